@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The hgw-ebpf fast path: two TC ingress programs that forward cross-node
+ * pod traffic the way a flannel host-gw node's kernel routes would, without
+ * the bridge, the FIB walk and netfilter.
+ *
+ *   from_pods      on cni0 ingress: pod -> remote pod subnet (LPM hit)
+ *                  -> bpf_redirect_neigh(underlay, peer host IP)
+ *   from_underlay  on eth0 ingress: anyone -> our pod subnet
+ *                  -> bpf_redirect_neigh(cni0)
+ *
+ * Whatever is not plainly forwardable returns TC_ACT_OK untouched, and the
+ * kernel routes (still installed) handle it, ICMP errors included.
+ * Needs: kernel >= 5.10 (bpf_redirect_neigh, bpf_check_mtu); tcx >= 6.6. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "hgw.h"
+
+#define AF_INET 2
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct route_key);
+	__type(value, struct route_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, PROG_MAX * REASON_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");
+
+/* Make the enums part of the object's BTF so bpf2go -type can generate them
+ * and the Go side can read their names: they are never used otherwise. */
+const enum hgw_program *unused_program __attribute__((unused));
+const enum hgw_reason *unused_reason __attribute__((unused));
+
+/* A pseudo-reason: the packet may be forwarded. */
+#define FORWARD REASON_MAX
+
+static __always_inline int count(struct __sk_buff *skb, __u32 prog, __u32 reason, int verdict)
+{
+	__u32 idx = prog * REASON_MAX + reason;
+	struct counter *c = bpf_map_lookup_elem(&stats, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += skb->len;
+	}
+	return verdict;
+}
+
+/* Checks that the frame is a plain IPv4 packet addressed to this host at L2
+ * that a router may forward without looking inside. Returns FORWARD and sets
+ * *ipp, or the reason to leave it to the kernel. */
+static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u32 tot_len;
+
+	if ((void *)(eth + 1) > data_end)
+		return REASON_MALFORMED;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return REASON_NOT_IPV4;
+	/* Broadcast, multicast and frames for another MAC are not ours to route. */
+	if (skb->pkt_type != PACKET_HOST)
+		return REASON_NOT_FOR_HOST;
+
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return REASON_MALFORMED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return REASON_MALFORMED;
+	/* Options (record route, source route, ...) need the kernel's router. */
+	if (ip->ihl != 5)
+		return REASON_IP_OPTIONS;
+	tot_len = bpf_ntohs(ip->tot_len);
+	/* A header that claims more bytes than the frame holds is corrupt. A
+	 * GSO packet may legitimately say 0 (BIG TCP beyond 64 KB). */
+	if (tot_len < sizeof(*ip) || tot_len > skb->len - sizeof(*eth)) {
+		if (!(tot_len == 0 && skb->gso_size))
+			return REASON_MALFORMED;
+	}
+	/* Fragments go to the kernel, which reassembles them for conntrack:
+	 * the fast path never sees a flow half-fragmented. */
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return REASON_FRAGMENT;
+
+	*ipp = ip;
+	return FORWARD;
+}
+
+static __always_inline int in_pod_subnet(const struct node_config *cfg, __be32 addr)
+{
+	__be32 net = *(const __be32 *)cfg->pod_subnet;
+	__be32 mask = bpf_htonl(~0U << (32 - cfg->pod_prefixlen));
+
+	return (addr & mask) == net;
+}
+
+static __always_inline const struct node_config *load_config(void)
+{
+	__u32 zero = 0;
+	const struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg || cfg->pod_prefixlen == 0 || cfg->pod_prefixlen > 32)
+		return NULL;
+	return cfg;
+}
+
+/* Router duties before forwarding out of ifindex. Returns FORWARD when the
+ * packet may go, having decremented its TTL, else the reason to leave it,
+ * untouched, to the kernel. */
+static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *ip, __u32 ifindex)
+{
+	__u32 mtu = 0;
+	__u32 check;
+
+	/* TTL 1 would expire here: the kernel sends ICMP time exceeded. */
+	if (ip->ttl <= 1)
+		return REASON_TTL_EXPIRED;
+	/* GSO-aware: a GRO'd 64 KB segment is checked per segment, so one flow
+	 * never flips between the fast and the slow path by packet size. Too
+	 * big, or no such device: the kernel fragments or says frag-needed. */
+	if (bpf_check_mtu(skb, ifindex, &mtu, 0, 0) != 0)
+		return REASON_TOO_BIG;
+
+	/* Incremental checksum update for TTL-1, as the kernel's own
+	 * ip_decrease_ttl (RFC 1141): the TTL is the high byte of its word. */
+	check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+	return FORWARD;
+}
+
+SEC("tc")
+int from_pods(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = load_config();
+	struct route_value *rt;
+	struct route_key key;
+	struct bpf_redir_neigh nh = {};
+	struct iphdr *ip = NULL;
+	__u32 reason;
+
+	if (!cfg)
+		return count(skb, PROG_FROM_PODS, REASON_NO_CONFIG, TC_ACT_OK);
+	reason = parse_ipv4(skb, &ip);
+	if (reason != FORWARD || !ip)
+		return count(skb, PROG_FROM_PODS, reason, TC_ACT_OK);
+	/* Pod to pod on this node, or to the gateway: the bridge's business. */
+	if (in_pod_subnet(cfg, ip->daddr))
+		return count(skb, PROG_FROM_PODS, REASON_LOCAL_DEST, TC_ACT_OK);
+
+	key.prefixlen = 32;
+	__builtin_memcpy(key.addr, &ip->daddr, sizeof(key.addr));
+	rt = bpf_map_lookup_elem(&routes, &key);
+	if (!rt)
+		return count(skb, PROG_FROM_PODS, REASON_NO_ROUTE, TC_ACT_OK);
+
+	reason = route_checks(skb, ip, rt->ifindex);
+	if (reason != FORWARD)
+		return count(skb, PROG_FROM_PODS, reason, TC_ACT_OK);
+
+	nh.nh_family = AF_INET;
+	__builtin_memcpy(&nh.ipv4_nh, rt->nexthop, sizeof(nh.ipv4_nh));
+	count(skb, PROG_FROM_PODS, REASON_REDIRECT, TC_ACT_OK);
+	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
+}
+
+SEC("tc")
+int from_underlay(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = load_config();
+	struct iphdr *ip = NULL;
+	__be32 host_mask;
+	__u32 reason;
+
+	if (!cfg)
+		return count(skb, PROG_FROM_UNDERLAY, REASON_NO_CONFIG, TC_ACT_OK);
+	reason = parse_ipv4(skb, &ip);
+	if (reason != FORWARD || !ip)
+		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
+	/* Not for our pods (the node itself, another subnet): the kernel's. */
+	if (!in_pod_subnet(cfg, ip->daddr))
+		return count(skb, PROG_FROM_UNDERLAY, REASON_NO_ROUTE, TC_ACT_OK);
+	/* The gateway address and the subnet's network and broadcast addresses
+	 * belong to the host, not to a pod. */
+	host_mask = ~bpf_htonl(~0U << (32 - cfg->pod_prefixlen));
+	if (ip->daddr == *(const __be32 *)cfg->gateway || (ip->daddr & host_mask) == 0 ||
+	    (ip->daddr & host_mask) == host_mask)
+		return count(skb, PROG_FROM_UNDERLAY, REASON_LOCAL_DEST, TC_ACT_OK);
+
+	reason = route_checks(skb, ip, cfg->bridge_ifindex);
+	if (reason != FORWARD)
+		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
+
+	count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT, TC_ACT_OK);
+	return bpf_redirect_neigh(cfg->bridge_ifindex, NULL, 0, 0);
+}

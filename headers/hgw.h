@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Types shared by the datapath programs and the Go loader. Go gets every
+ * one of them from bpf2go (map types, and -type for the enums), so this file
+ * is the single definition of the maps' layout. */
+#ifndef HGW_H
+#define HGW_H
+
+#include <linux/types.h>
+
+/* Key of the `routes` LPM trie: a peer node's pod subnet. addr is a byte
+ * array so that bpftool prints octets. */
+struct route_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+/* Where packets for a peer subnet go: out of ifindex, to nexthop (the peer
+ * node's host IP), whose MAC the kernel neighbour table supplies. */
+struct route_value {
+	__u8 nexthop[4];
+	__u32 ifindex;
+	__u32 flags; /* reserved, 0 */
+};
+
+/* The node's own view, written by the agent before programs are attached.
+ * A zeroed config (no agent yet) makes both programs pass everything. */
+struct node_config {
+	__u8 pod_subnet[4];   /* this node's pod subnet, e.g. 10.244.1.0 */
+	__u32 pod_prefixlen;  /* e.g. 24; 0 = not configured */
+	__u8 gateway[4];      /* the bridge's own address, e.g. 10.244.1.1 */
+	__u32 bridge_ifindex; /* cni0 */
+	__u32 underlay_ifindex; /* eth0 */
+	__u32 flags;          /* reserved, 0 */
+};
+
+/* Which program counted. */
+enum hgw_program {
+	PROG_FROM_PODS = 0,
+	PROG_FROM_UNDERLAY = 1,
+	PROG_MAX = 2,
+};
+
+/* Why a packet took the path it took. Every return of the programs counts
+ * exactly one reason. */
+enum hgw_reason {
+	REASON_REDIRECT = 0,     /* fast path: bpf_redirect_neigh */
+	REASON_NOT_IPV4 = 1,     /* ARP, IPv6, VLAN, ...: kernel */
+	REASON_MALFORMED = 2,    /* truncated or inconsistent header */
+	REASON_IP_OPTIONS = 3,   /* IHL > 5: the kernel handles options */
+	REASON_FRAGMENT = 4,     /* the kernel reassembles for conntrack */
+	REASON_NOT_FOR_HOST = 5, /* L2 broadcast/multicast/other host */
+	REASON_LOCAL_DEST = 6,   /* destination on this node: kernel/bridge */
+	REASON_NO_ROUTE = 7,     /* no LPM entry / not our pod subnet */
+	REASON_TTL_EXPIRED = 8,  /* TTL <= 1: kernel sends time exceeded */
+	REASON_TOO_BIG = 9,      /* over egress MTU: kernel sends frag-needed */
+	REASON_NO_CONFIG = 10,   /* agent has not written config yet */
+	REASON_MAX = 11,
+};
+
+/* One counter cell of the per-CPU `stats` array, indexed by
+ * program * REASON_MAX + reason. */
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif /* HGW_H */

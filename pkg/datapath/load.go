@@ -1,0 +1,91 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+)
+
+// Options says where the datapath lives and how it attaches.
+type Options struct {
+	// PinRoot is the bpffs directory holding the maps and links; one per
+	// agent. Default DefaultPinRoot.
+	PinRoot string
+	// Mode picks the attach mechanism; default ModeAuto.
+	Mode Mode
+}
+
+func (o Options) withDefaults() Options {
+	if o.PinRoot == "" {
+		o.PinRoot = DefaultPinRoot
+	}
+	if o.Mode == "" {
+		o.Mode = ModeAuto
+	}
+	return o
+}
+
+// Datapath is the loaded programs plus the pinned maps they share.
+type Datapath struct {
+	*Maps
+	opts  Options
+	progs hgwPrograms
+}
+
+// Load loads the programs, creating the pinned maps under opts.PinRoot or
+// reusing those an earlier agent left there, so counters and routes survive
+// a restart. Nothing is attached yet.
+//
+//go:generate go tool bpf2go -cc clang-19 -target bpfel -type hgw_program -type hgw_reason -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I../../headers" hgw ../../bpf/hgw.c
+func Load(opts Options) (*Datapath, error) {
+	opts = opts.withDefaults()
+	if _, err := parseMode(string(opts.Mode)); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(opts.PinRoot); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.PinRoot, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin root %s: %w", opts.PinRoot, err)
+	}
+	spec, err := loadHgw()
+	if err != nil {
+		return nil, fmt.Errorf("load embedded BPF spec: %w", err)
+	}
+	var objs hgwObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: opts.PinRoot},
+	})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return nil, fmt.Errorf("maps pinned under %s have another layout than this version expects (run `hgw-ebpf cleanup --bpffs-root %s` to remove them): %w",
+			opts.PinRoot, opts.PinRoot, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load BPF objects (pins under %s): %w", opts.PinRoot, err)
+	}
+	maps, err := newMaps(opts.PinRoot, objs.Routes, objs.Config, objs.Stats)
+	if err != nil {
+		objs.Close()
+		return nil, err
+	}
+	return &Datapath{Maps: maps, opts: opts, progs: objs.hgwPrograms}, nil
+}
+
+// Close releases this process's handles. Pinned maps and links stay, so
+// traffic keeps its fast path while the agent is away.
+func (d *Datapath) Close() error {
+	return errors.Join(d.progs.Close(), d.Maps.Close())
+}
+
+// Program returns the loaded program for p, for attaching or test runs.
+func (d *Datapath) Program(p Program) (*ebpf.Program, error) {
+	switch p {
+	case FromPods:
+		return d.progs.FromPods, nil
+	case FromUnderlay:
+		return d.progs.FromUnderlay, nil
+	}
+	return nil, fmt.Errorf("unknown program %q", p)
+}

@@ -1,0 +1,11 @@
+package datapath
+
+import "net/netip"
+
+// Route is one entry of the pinned `routes` LPM map: packets to Subnet leave
+// through Ifindex towards NextHop (the peer node's host IP).
+type Route struct {
+	Subnet  netip.Prefix
+	NextHop netip.Addr
+	Ifindex uint32
+}
