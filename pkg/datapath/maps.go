@@ -104,10 +104,10 @@ func (r *RouteMap) Delete(subnet netip.Prefix) error {
 // List returns every entry.
 func (r *RouteMap) List() ([]Route, error) {
 	var (
-		key   hgwRouteKey
-		val   hgwRouteValue
-		out   []Route
-		iter  = r.m.Iterate()
+		key  hgwRouteKey
+		val  hgwRouteValue
+		out  []Route
+		iter = r.m.Iterate()
 	)
 	for iter.Next(&key, &val) {
 		out = append(out, Route{
@@ -124,10 +124,10 @@ func (r *RouteMap) List() ([]Route, error) {
 
 // NodeConfig is what the programs need to know about this node.
 type NodeConfig struct {
-	PodSubnet       netip.Prefix // this node's pod subnet
-	Gateway         netip.Addr   // the bridge's address in it
-	BridgeIfindex   uint32
-	UnderlayIfindex uint32
+	PodSubnet       netip.Prefix `json:"pod_subnet"` // this node's pod subnet
+	Gateway         netip.Addr   `json:"gateway"`    // the bridge's address in it
+	BridgeIfindex   uint32       `json:"bridge_ifindex"`
+	UnderlayIfindex uint32       `json:"underlay_ifindex"`
 }
 
 // SetConfig writes the node config the programs read on every packet.
@@ -167,10 +167,10 @@ func (m *Maps) Config() (c NodeConfig, ok bool, err error) {
 
 // Counter is one (program, reason) cell of the stats map, summed over CPUs.
 type Counter struct {
-	Program string // "from_pods", "from_underlay"
-	Reason  string // "redirect", "no_route", ...
-	Packets uint64
-	Bytes   uint64
+	Program string `json:"program"` // "from_pods", "from_underlay"
+	Reason  string `json:"reason"`  // "redirect", "no_route", ...
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
 }
 
 // Stats reads every counter, summed over CPUs, in program then reason order.

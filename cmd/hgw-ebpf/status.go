@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// statusReport is what `hgw-ebpf status` prints; its JSON field names are
+// documented in the README and stable.
+type statusReport struct {
+	PinRoot     string                `json:"pin_root"`
+	Config      *datapath.NodeConfig  `json:"config"`
+	Attachments []datapath.Attachment `json:"attachments"`
+	Routes      []datapath.Route      `json:"routes"`
+	Counters    []datapath.Counter    `json:"counters"`
+}
+
+func newStatusCmd() *cobra.Command {
+	var root, output string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the pinned datapath state: attachments, routes, counters",
+		Long: `Reads the state the agent pinned under --bpffs-root, with or without an agent
+running: which programs are attached to which devices, the node config the
+programs use, the peer subnets in the routes map, and the packet counters by
+program and reason (summed over CPUs).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := readStatus(root)
+			if err != nil {
+				return err
+			}
+			switch output {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			case "text":
+				return printStatus(cmd.OutOrStdout(), rep, all)
+			}
+			return fmt.Errorf("output format %q: want text or json", output)
+		},
+	}
+	addPinRootFlag(cmd, &root)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().BoolVar(&all, "all", false, "list counters that are still zero too")
+	return cmd
+}
+
+func readStatus(root string) (*statusReport, error) {
+	maps, err := datapath.OpenPinned(root)
+	if err != nil {
+		return nil, fmt.Errorf("no datapath state under %s (is the agent running with this --bpffs-root?): %w", root, err)
+	}
+	defer maps.Close()
+	rep := &statusReport{PinRoot: root}
+	if cfg, ok, err := maps.Config(); err != nil {
+		return nil, err
+	} else if ok {
+		rep.Config = &cfg
+	}
+	if rep.Attachments, err = datapath.Attachments(root); err != nil {
+		return nil, err
+	}
+	if rep.Routes, err = maps.Routes().List(); err != nil {
+		return nil, err
+	}
+	if rep.Counters, err = maps.Stats(); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+func devName(ifindex uint32) string {
+	if ifi, err := net.InterfaceByIndex(int(ifindex)); err == nil {
+		return ifi.Name
+	}
+	return fmt.Sprintf("ifindex %d", ifindex)
+}
+
+func printStatus(w io.Writer, rep *statusReport, all bool) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Pinned state:\t%s\n", rep.PinRoot)
+	if c := rep.Config; c != nil {
+		fmt.Fprintf(tw, "Pod subnet:\t%s (gateway %s)\n", c.PodSubnet, c.Gateway)
+		fmt.Fprintf(tw, "Devices:\tbridge %s, underlay %s\n", devName(c.BridgeIfindex), devName(c.UnderlayIfindex))
+	} else {
+		fmt.Fprintf(tw, "Pod subnet:\tnot configured (programs pass everything to the kernel)\n")
+	}
+
+	fmt.Fprintf(tw, "\nAttachments:\n")
+	if len(rep.Attachments) == 0 {
+		fmt.Fprintf(tw, "  none: traffic takes the kernel routes\n")
+	} else {
+		fmt.Fprintf(tw, "  DEVICE\tHOOK\tPROGRAM\tMODE\tPROG ID\n")
+		for _, a := range rep.Attachments {
+			dev := a.Dev
+			if a.Ifindex == 0 {
+				dev += " (gone)"
+			}
+			fmt.Fprintf(tw, "  %s\tingress\t%s\t%s\t%d\n", dev, a.Program, a.Mode, a.ProgramID)
+		}
+	}
+
+	fmt.Fprintf(tw, "\nRoutes map (%d peers):\n", len(rep.Routes))
+	if len(rep.Routes) > 0 {
+		fmt.Fprintf(tw, "  SUBNET\tNEXT HOP\tDEVICE\n")
+		for _, r := range rep.Routes {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", r.Subnet, r.NextHop, devName(r.Ifindex))
+		}
+	}
+
+	fmt.Fprintf(tw, "\nCounters:\n  PROGRAM\tREASON\tPACKETS\tBYTES\n")
+	shown := 0
+	for _, c := range rep.Counters {
+		if c.Packets == 0 && !all {
+			continue
+		}
+		shown++
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\n", c.Program, c.Reason, c.Packets, c.Bytes)
+	}
+	if shown == 0 {
+		fmt.Fprintf(tw, "  (all zero)\n")
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,278 @@
+// Package fastpath tests the datapath on the seed topology, without an
+// agent: two nodes whose eth0 share one L2 segment, a cni0 bridge and one pod
+// each, all in network namespaces the test creates and removes.
+package fastpath
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// node is one host of the seed topology.
+type node struct {
+	ns, pod  string       // namespace names
+	underlay netip.Addr   // eth0
+	subnet   netip.Prefix // pod subnet; .1 is cni0, .2 the pod
+	pinRoot  string
+}
+
+func (n node) gateway() netip.Addr { return n.subnet.Addr().Next() }
+func (n node) podIP() netip.Addr   { return n.gateway().Next() }
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// seed builds the two-node topology with kernel routes in place, exactly as
+// flannel host-gw would leave it.
+func seed(t *testing.T) (a, b node) {
+	requireRoot(t)
+	suffix := make([]byte, 3)
+	rand.Read(suffix)
+	id := "hgwt-fp" + hex.EncodeToString(suffix)
+	a = node{ns: id + "-a", pod: id + "-a-p", underlay: netip.MustParseAddr("198.18.0.11"),
+		subnet: netip.MustParsePrefix("10.244.1.0/24"), pinRoot: "/sys/fs/bpf/" + id + "-a"}
+	b = node{ns: id + "-b", pod: id + "-b-p", underlay: netip.MustParseAddr("198.18.0.12"),
+		subnet: netip.MustParsePrefix("10.244.2.0/24"), pinRoot: "/sys/fs/bpf/" + id + "-b"}
+	for _, name := range []string{a.ns, a.pod, b.ns, b.pod} {
+		run(t, "ip", "netns", "add", name)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	}
+	t.Cleanup(func() {
+		for _, n := range []node{a, b} {
+			if err := datapath.Cleanup(n.pinRoot); err != nil {
+				t.Errorf("cleanup %s: %v", n.pinRoot, err)
+			}
+		}
+	})
+	// eth0 <-> eth0: the nodes are L2-adjacent.
+	run(t, "ip", "link", "add", "eth0", "netns", a.ns, "type", "veth", "peer", "eth0", "netns", b.ns)
+	for _, n := range []node{a, b} {
+		ip := func(args ...string) { run(t, append([]string{"ip", "-n", n.ns}, args...)...) }
+		ip("link", "set", "lo", "up")
+		ip("addr", "add", n.underlay.String()+"/24", "dev", "eth0")
+		ip("link", "set", "eth0", "up")
+		ip("link", "add", "cni0", "type", "bridge")
+		ip("addr", "add", fmt.Sprintf("%s/%d", n.gateway(), n.subnet.Bits()), "dev", "cni0")
+		ip("link", "set", "cni0", "up")
+		run(t, "ip", "netns", "exec", n.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		run(t, "ip", "-n", n.ns, "link", "add", "veth0", "type", "veth", "peer", "eth0", "netns", n.pod)
+		ip("link", "set", "veth0", "master", "cni0", "up")
+		pod := func(args ...string) { run(t, append([]string{"ip", "-n", n.pod}, args...)...) }
+		pod("link", "set", "lo", "up")
+		pod("addr", "add", fmt.Sprintf("%s/%d", n.podIP(), n.subnet.Bits()), "dev", "eth0")
+		pod("link", "set", "eth0", "up")
+		pod("route", "add", "default", "via", n.gateway().String())
+	}
+	addRoutes(t, a, b)
+	return a, b
+}
+
+func addRoutes(t *testing.T, a, b node) {
+	run(t, "ip", "-n", a.ns, "route", "replace", b.subnet.String(), "via", b.underlay.String(), "dev", "eth0")
+	run(t, "ip", "-n", b.ns, "route", "replace", a.subnet.String(), "via", a.underlay.String(), "dev", "eth0")
+}
+
+func delRoutes(t *testing.T, a, b node) {
+	run(t, "ip", "-n", a.ns, "route", "del", b.subnet.String())
+	run(t, "ip", "-n", b.ns, "route", "del", a.subnet.String())
+}
+
+// inNode runs fn on a thread inside n's namespace: attach and ifindexes are
+// per namespace.
+func inNode(t *testing.T, n node, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	h, err := netns.GetFromName(n.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Set(orig)
+	fn()
+}
+
+// attach loads the datapath of n with peer as its one route, as the agent
+// would, and attaches both programs.
+func attach(t *testing.T, n, peer node, mode datapath.Mode) {
+	t.Helper()
+	inNode(t, n, func() {
+		dp, err := datapath.Load(datapath.Options{PinRoot: n.pinRoot, Mode: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cni0, err := netlink.LinkByName("cni0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dp.SetConfig(datapath.NodeConfig{PodSubnet: n.subnet, Gateway: n.gateway(),
+			BridgeIfindex: uint32(cni0.Attrs().Index), UnderlayIfindex: uint32(eth0.Attrs().Index)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := dp.Routes().Put(datapath.Route{Subnet: peer.subnet, NextHop: peer.underlay,
+			Ifindex: uint32(eth0.Attrs().Index)}); err != nil {
+			t.Fatal(err)
+		}
+		for dev, p := range map[string]datapath.Program{"cni0": datapath.FromPods, "eth0": datapath.FromUnderlay} {
+			if _, err := dp.Attach(dev, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+func detach(t *testing.T, n node) {
+	t.Helper()
+	inNode(t, n, func() {
+		if err := datapath.Cleanup(n.pinRoot); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// redirected returns the packets each program redirected on n.
+func redirected(t *testing.T, n node) (fromPods, fromUnderlay uint64) {
+	t.Helper()
+	maps, err := datapath.OpenPinned(n.pinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	stats, err := maps.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range stats {
+		if c.Reason != "redirect" {
+			continue
+		}
+		switch datapath.Program(c.Program) {
+		case datapath.FromPods:
+			fromPods = c.Packets
+		case datapath.FromUnderlay:
+			fromUnderlay = c.Packets
+		}
+	}
+	return fromPods, fromUnderlay
+}
+
+// ping sends count echo requests from a's pod to b's pod, bounded in time,
+// and reports whether all were answered.
+func ping(from, to node, count int) error {
+	out, err := exec.Command("ip", "netns", "exec", from.pod, "ping", "-n", "-q",
+		"-c", fmt.Sprint(count), "-i", "0.2", "-W", "1", "-w", fmt.Sprint(count+2), to.podIP().String()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ping %s -> %s: %v\n%s", from.podIP(), to.podIP(), err, out)
+	}
+	return nil
+}
+
+func TestFastPathCarriesTrafficWithoutKernelRoutes(t *testing.T) {
+	for _, mode := range []datapath.Mode{datapath.ModeTCX, datapath.ModeTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			a, b := seed(t)
+			if err := ping(a, b, 2); err != nil {
+				t.Fatalf("kernel routes alone must connect the pods: %v", err)
+			}
+			attach(t, a, b, mode)
+			attach(t, b, a, mode)
+			delRoutes(t, a, b)
+
+			const count = 5
+			if err := ping(a, b, count); err != nil {
+				t.Fatalf("with programs attached and no kernel routes: %v", err)
+			}
+			aPods, aUnder := redirected(t, a)
+			bPods, bUnder := redirected(t, b)
+			// Requests: a.from_pods -> b.from_underlay; replies the other way.
+			for name, got := range map[string]uint64{"a from_pods": aPods, "a from_underlay": aUnder,
+				"b from_pods": bPods, "b from_underlay": bUnder} {
+				if got < count {
+					t.Errorf("%s redirected %d packets, want >= %d", name, got, count)
+				}
+			}
+
+			// Detached and no routes: nothing carries the traffic any more,
+			// which proves the programs did.
+			detach(t, a)
+			detach(t, b)
+			if err := ping(a, b, 2); err == nil {
+				t.Fatal("ping succeeded with neither programs nor kernel routes")
+			}
+
+			// The fallback: kernel routes alone, as flannel host-gw.
+			addRoutes(t, a, b)
+			if err := ping(a, b, 2); err != nil {
+				t.Fatalf("kernel routes after detach: %v", err)
+			}
+		})
+	}
+}
+
+func TestTracerouteShowsThreeHops(t *testing.T) {
+	a, b := seed(t)
+	attach(t, a, b, datapath.ModeAuto)
+	attach(t, b, a, datapath.ModeAuto)
+	before, _ := redirected(t, a)
+	out, err := exec.Command("ip", "netns", "exec", a.pod, "traceroute", "-n", "-q", "1", "-w", "1", "-m", "5",
+		b.podIP().String()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("traceroute: %v\n%s", err, out)
+	}
+	var hops []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n")[1:] {
+		if f := strings.Fields(line); len(f) >= 2 {
+			hops = append(hops, f[1])
+		}
+	}
+	want := []string{a.gateway().String(), b.underlay.String(), b.podIP().String()}
+	if strings.Join(hops, " ") != strings.Join(want, " ") {
+		t.Fatalf("hops %v, want %v\n%s", hops, want, out)
+	}
+	// Hops 2 and 3 crossed a's fast path (hop 1 expired at its gateway).
+	if after, _ := redirected(t, a); after-before < 2 {
+		t.Errorf("from_pods on a redirected %d traceroute probes, want >= 2", after-before)
+	}
+}
+
+// requireRoot skips only outside CI: in CI these tests must run.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "" {
+			t.Skip("needs root (network namespaces, BPF)")
+		}
+		t.Fatal("needs root, and CI is set: not skipping")
+	}
+}
