@@ -22,6 +22,11 @@
 #include "hgw.h"
 
 #define AF_INET 2
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -54,8 +59,38 @@ struct {
 
 /* Make the enums part of the object's BTF so bpf2go -type can generate them
  * and the Go side can read their names: they are never used otherwise. */
-const enum hgw_program *unused_program __attribute__((unused));
-const enum hgw_reason *unused_reason __attribute__((unused));
+struct hgw_enums {
+	enum hgw_program program;
+	enum hgw_reason reason;
+	enum config_flag flag;
+};
+const struct hgw_enums *unused_enums __attribute__((unused));
+
+/* Conntrack kfuncs (kernel >= 6.0 with nf_conntrack). __weak: the object
+ * still loads where they are missing, and bpf_ksym_exists() is then false. */
+struct nf_conn {
+	unsigned long status;
+} __attribute__((preserve_access_index));
+
+struct bpf_ct_opts___hgw {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u8 reserved[2];
+};
+
+#define CT_OPTS_SIZE 12 /* the original layout, accepted by every kernel */
+#define IPS_SRC_NAT (1 << 4)
+#define IPS_DST_NAT (1 << 5)
+
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+					 struct bpf_ct_opts___hgw *opts, __u32 opts__sz) __ksym __weak;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
+
+#ifndef bpf_ksym_exists
+#define bpf_ksym_exists(sym) (!!(sym))
+#endif
 
 /* A pseudo-reason: the packet may be forwarded. */
 #define FORWARD REASON_MAX
@@ -159,6 +194,52 @@ static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *i
 	return FORWARD;
 }
 
+/* One path per flow: a flow the node's conntrack already tracks stays with
+ * the kernel for its whole life. That keeps kube-proxy's NAT working (a reply
+ * of a DNATed connection must be un-NATed by the kernel) and keeps conntrack
+ * from seeing half a TCP conversation, which kube-proxy drops as INVALID.
+ * Flows conntrack does not know are fast from their first packet, and stay
+ * unknown to it because the fast path skips netfilter. */
+static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct bpf_ct_opts___hgw opts = {.netns_id = BPF_F_CURRENT_NETNS};
+	struct bpf_sock_tuple tuple = {};
+	struct nf_conn *ct;
+	unsigned long status;
+	__u16 *ports;
+	__u8 *icmp;
+
+	if (ip->protocol == IPPROTO_ICMP) {
+		/* Errors quote a packet whose addresses NAT may have changed. */
+		icmp = (void *)(ip + 1);
+		if ((void *)(icmp + 1) > data_end)
+			return REASON_MALFORMED;
+		if (*icmp != ICMP_ECHO && *icmp != ICMP_ECHOREPLY)
+			return REASON_ICMP_ERROR;
+		return FORWARD;
+	}
+	if (!(cfg->flags & CONFIG_F_CONNTRACK) || !bpf_ksym_exists(bpf_skb_ct_lookup))
+		return FORWARD;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return FORWARD;
+	ports = (void *)(ip + 1);
+	if ((void *)(ports + 2) > data_end)
+		return REASON_MALFORMED;
+
+	tuple.ipv4.saddr = ip->saddr;
+	tuple.ipv4.daddr = ip->daddr;
+	tuple.ipv4.sport = ports[0];
+	tuple.ipv4.dport = ports[1];
+	opts.l4proto = ip->protocol;
+	ct = bpf_skb_ct_lookup(skb, &tuple, sizeof(tuple.ipv4), &opts, CT_OPTS_SIZE);
+	if (!ct)
+		return FORWARD;
+	status = ct->status;
+	bpf_ct_release(ct);
+	return (status & (IPS_SRC_NAT | IPS_DST_NAT)) ? REASON_CT_NAT : REASON_CT_TRACKED;
+}
+
 SEC("tc")
 int from_pods(struct __sk_buff *skb)
 {
@@ -184,6 +265,9 @@ int from_pods(struct __sk_buff *skb)
 	if (!rt)
 		return count(skb, PROG_FROM_PODS, REASON_NO_ROUTE, TC_ACT_OK);
 
+	reason = ct_check(skb, cfg, ip);
+	if (reason != FORWARD)
+		return count(skb, PROG_FROM_PODS, reason, TC_ACT_OK);
 	reason = route_checks(skb, ip, rt->ifindex);
 	if (reason != FORWARD)
 		return count(skb, PROG_FROM_PODS, reason, TC_ACT_OK);
@@ -217,6 +301,9 @@ int from_underlay(struct __sk_buff *skb)
 	    (ip->daddr & host_mask) == host_mask)
 		return count(skb, PROG_FROM_UNDERLAY, REASON_LOCAL_DEST, TC_ACT_OK);
 
+	reason = ct_check(skb, cfg, ip);
+	if (reason != FORWARD)
+		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
 	reason = route_checks(skb, ip, cfg->bridge_ifindex);
 	if (reason != FORWARD)
 		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);

@@ -30,7 +30,14 @@ struct node_config {
 	__u8 gateway[4];      /* the bridge's own address, e.g. 10.244.1.1 */
 	__u32 bridge_ifindex; /* cni0 */
 	__u32 underlay_ifindex; /* eth0 */
-	__u32 flags;          /* reserved, 0 */
+	__u32 flags;          /* enum config_flag */
+};
+
+enum config_flag {
+	/* Ask conntrack before forwarding: flows the kernel tracks (NATed
+	 * ones above all) stay on the kernel path. Off only for clusters
+	 * without kube-proxy, or in tests proving why it is needed. */
+	CONFIG_F_CONNTRACK = 1,
 };
 
 /* Which program counted. */
@@ -54,7 +61,10 @@ enum hgw_reason {
 	REASON_TTL_EXPIRED = 8,  /* TTL <= 1: kernel sends time exceeded */
 	REASON_TOO_BIG = 9,      /* over egress MTU: kernel sends frag-needed */
 	REASON_NO_CONFIG = 10,   /* agent has not written config yet */
-	REASON_MAX = 11,
+	REASON_CT_NAT = 11,      /* conntrack NATed this flow: kernel un-NATs */
+	REASON_CT_TRACKED = 12,  /* conntrack tracks this flow: keep it there */
+	REASON_ICMP_ERROR = 13,  /* ICMP error: its inner header may need un-NAT */
+	REASON_MAX = 14,
 };
 
 /* One counter cell of the per-CPU `stats` array, indexed by

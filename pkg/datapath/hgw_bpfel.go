@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type hgwConfigFlag uint32
+
+const (
+	hgwConfigFlagCONFIG_F_CONNTRACK hgwConfigFlag = 1
+)
+
 type hgwCounter struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -41,7 +47,10 @@ const (
 	hgwHgwReasonREASON_TTL_EXPIRED  hgwHgwReason = 8
 	hgwHgwReasonREASON_TOO_BIG      hgwHgwReason = 9
 	hgwHgwReasonREASON_NO_CONFIG    hgwHgwReason = 10
-	hgwHgwReasonREASON_MAX          hgwHgwReason = 11
+	hgwHgwReasonREASON_CT_NAT       hgwHgwReason = 11
+	hgwHgwReasonREASON_CT_TRACKED   hgwHgwReason = 12
+	hgwHgwReasonREASON_ICMP_ERROR   hgwHgwReason = 13
+	hgwHgwReasonREASON_MAX          hgwHgwReason = 14
 )
 
 type hgwNodeConfig struct {
@@ -76,8 +85,7 @@ const (
 	hgwMapStats         = "stats"
 	hgwProgFromPods     = "from_pods"
 	hgwProgFromUnderlay = "from_underlay"
-	hgwVarUnusedProgram = "unused_program"
-	hgwVarUnusedReason  = "unused_reason"
+	hgwVarUnusedEnums   = "unused_enums"
 )
 
 // loadHgw returns the embedded CollectionSpec for hgw.
@@ -139,8 +147,7 @@ type hgwMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hgwVariableSpecs struct {
-	UnusedProgram *ebpf.VariableSpec `ebpf:"unused_program"`
-	UnusedReason  *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedEnums *ebpf.VariableSpec `ebpf:"unused_enums"`
 }
 
 // hgwObjects contains all objects after they have been loaded into the kernel.
@@ -180,8 +187,7 @@ func (m *hgwMaps) Close() error {
 //
 // It can be passed to loadHgwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hgwVariables struct {
-	UnusedProgram *ebpf.Variable `ebpf:"unused_program"`
-	UnusedReason  *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedEnums *ebpf.Variable `ebpf:"unused_enums"`
 }
 
 // hgwPrograms contains all programs after they have been loaded into the kernel.

@@ -128,6 +128,9 @@ type NodeConfig struct {
 	Gateway         netip.Addr   `json:"gateway"`    // the bridge's address in it
 	BridgeIfindex   uint32       `json:"bridge_ifindex"`
 	UnderlayIfindex uint32       `json:"underlay_ifindex"`
+	// Conntrack makes both programs leave flows the kernel's conntrack
+	// tracks to the kernel (see ConntrackSupported).
+	Conntrack bool `json:"conntrack"`
 }
 
 // SetConfig writes the node config the programs read on every packet.
@@ -141,6 +144,9 @@ func (m *Maps) SetConfig(c NodeConfig) error {
 		Gateway:         c.Gateway.As4(),
 		BridgeIfindex:   c.BridgeIfindex,
 		UnderlayIfindex: c.UnderlayIfindex,
+	}
+	if c.Conntrack {
+		v.Flags |= uint32(hgwConfigFlagCONFIG_F_CONNTRACK)
 	}
 	if err := m.config.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("write config map: %w", err)
@@ -162,6 +168,7 @@ func (m *Maps) Config() (c NodeConfig, ok bool, err error) {
 		Gateway:         netip.AddrFrom4(v.Gateway),
 		BridgeIfindex:   v.BridgeIfindex,
 		UnderlayIfindex: v.UnderlayIfindex,
+		Conntrack:       v.Flags&uint32(hgwConfigFlagCONFIG_F_CONNTRACK) != 0,
 	}, true, nil
 }
 

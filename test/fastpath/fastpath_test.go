@@ -137,7 +137,8 @@ func attach(t *testing.T, n, peer node, mode datapath.Mode) {
 			t.Fatal(err)
 		}
 		if err := dp.SetConfig(datapath.NodeConfig{PodSubnet: n.subnet, Gateway: n.gateway(),
-			BridgeIfindex: uint32(cni0.Attrs().Index), UnderlayIfindex: uint32(eth0.Attrs().Index)}); err != nil {
+			BridgeIfindex: uint32(cni0.Attrs().Index), UnderlayIfindex: uint32(eth0.Attrs().Index),
+			Conntrack: true}); err != nil {
 			t.Fatal(err)
 		}
 		if err := dp.Routes().Put(datapath.Route{Subnet: peer.subnet, NextHop: peer.underlay,
