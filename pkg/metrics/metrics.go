@@ -1,0 +1,123 @@
+// Package metrics exposes the agent's Prometheus metrics and its /healthz
+// and /readyz endpoints. Fast-path counters are read from the pinned per-CPU
+// stats map at scrape time, so they are exact and cost nothing per packet.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+const namespace = "hgw"
+
+// Metrics holds every metric of one agent, registered in its own registry
+// (no global state: tests and the lab can run several agents).
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Peers            prometheus.Gauge
+	Entries          *prometheus.GaugeVec // by table (kernel, map) and state
+	LeasesSkipped    *prometheus.GaugeVec // by reason, in the current snapshot
+	ReconcileRuns    *prometheus.CounterVec
+	ReconcileSeconds prometheus.Histogram
+	RouteRepairs     prometheus.Counter
+	WatchEvents      prometheus.Counter
+	EtcdReconnects   prometheus.Counter
+	LeaseExpiry      prometheus.Gauge
+	Attached         *prometheus.GaugeVec // by dev and program
+}
+
+// New builds the metrics; stats may be nil (routes-only mode).
+func New(stats StatsReader) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		Peers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers",
+			Help: "Peer nodes in the desired state (leases routed to)."}),
+		Entries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "route_entries",
+			Help: "Route entries after the last reconcile, by table (kernel, map)."}, []string{"table"}),
+		LeasesSkipped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "leases_skipped",
+			Help: "Leases in etcd that are not routed to, by reason."}, []string{"reason"}),
+		ReconcileRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "reconcile_runs_total",
+			Help: "Reconcile runs, by result (ok, error)."}, []string{"result"}),
+		ReconcileSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "reconcile_duration_seconds",
+			Help: "Time one reconcile run takes.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		RouteRepairs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "route_repairs_total",
+			Help: "Routes or map entries found missing or wrong and put back."}),
+		WatchEvents: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "etcd_watch_events_total",
+			Help: "Lease changes received from the etcd watch."}),
+		EtcdReconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "etcd_relists_total",
+			Help: "Full re-reads of the leases after a broken or compacted watch."}),
+		LeaseExpiry: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "lease_expiry_timestamp_seconds",
+			Help: "When this node's own lease expires unless renewed (0: a reservation without TTL)."}),
+		Attached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "datapath_attached",
+			Help: "1 if the program is attached to the device's ingress."}, []string{"dev", "program"}),
+	}
+	m.Registry.MustRegister(
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.Peers, m.Entries, m.LeasesSkipped, m.ReconcileRuns, m.ReconcileSeconds, m.RouteRepairs,
+		m.WatchEvents, m.EtcdReconnects, m.LeaseExpiry, m.Attached,
+	)
+	if stats != nil {
+		m.Registry.MustRegister(newFastPathCollector(stats))
+	}
+	return m
+}
+
+// SetLeaseExpiry records the own lease's expiry (zero time: no TTL).
+func (m *Metrics) SetLeaseExpiry(t time.Time) {
+	if t.IsZero() {
+		m.LeaseExpiry.Set(0)
+		return
+	}
+	m.LeaseExpiry.Set(float64(t.Unix()))
+}
+
+// StatsReader is the stats map (datapath.Maps satisfies it).
+type StatsReader interface {
+	Stats() ([]datapath.Counter, error)
+}
+
+// fastPathCollector turns the per-CPU stats map into counters at scrape
+// time.
+type fastPathCollector struct {
+	stats   StatsReader
+	packets *prometheus.Desc
+	bytes   *prometheus.Desc
+	errors  *prometheus.Desc
+}
+
+func newFastPathCollector(s StatsReader) *fastPathCollector {
+	labels := []string{"program", "reason"}
+	return &fastPathCollector{
+		stats: s,
+		packets: prometheus.NewDesc(namespace+"_fastpath_packets_total",
+			"Packets seen by the TC programs, by program and by the reason for their path (redirect = fast path).", labels, nil),
+		bytes: prometheus.NewDesc(namespace+"_fastpath_bytes_total",
+			"Bytes seen by the TC programs, by program and reason.", labels, nil),
+		errors: prometheus.NewDesc(namespace+"_fastpath_stats_read_errors",
+			"1 if the stats map could not be read at this scrape.", nil, nil),
+	}
+}
+
+func (c *fastPathCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.packets
+	ch <- c.bytes
+	ch <- c.errors
+}
+
+func (c *fastPathCollector) Collect(ch chan<- prometheus.Metric) {
+	counters, err := c.stats.Stats()
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(c.errors, prometheus.GaugeValue, 1)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.errors, prometheus.GaugeValue, 0)
+	for _, s := range counters {
+		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(s.Packets), s.Program, s.Reason)
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), s.Program, s.Reason)
+	}
+}

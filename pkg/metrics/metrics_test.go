@@ -1,0 +1,67 @@
+package metrics
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+type fakeStats struct {
+	counters []datapath.Counter
+	err      error
+}
+
+func (f *fakeStats) Stats() ([]datapath.Counter, error) { return f.counters, f.err }
+
+func TestFastPathCountersFollowTheMapAtScrapeTime(t *testing.T) {
+	s := &fakeStats{counters: []datapath.Counter{
+		{Program: "from_pods", Reason: "redirect", Packets: 3, Bytes: 300},
+		{Program: "from_underlay", Reason: "no_route", Packets: 1, Bytes: 60},
+	}}
+	m := New(s)
+	want := `
+# HELP hgw_fastpath_packets_total Packets seen by the TC programs, by program and by the reason for their path (redirect = fast path).
+# TYPE hgw_fastpath_packets_total counter
+hgw_fastpath_packets_total{program="from_pods",reason="redirect"} 3
+hgw_fastpath_packets_total{program="from_underlay",reason="no_route"} 1
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "hgw_fastpath_packets_total"); err != nil {
+		t.Fatal(err)
+	}
+	s.counters[0].Packets = 10
+	want = strings.Replace(want, `reason="redirect"} 3`, `reason="redirect"} 10`, 1)
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "hgw_fastpath_packets_total"); err != nil {
+		t.Fatalf("second scrape must read the map again: %v", err)
+	}
+	s.err = errors.New("map gone")
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(`
+# HELP hgw_fastpath_stats_read_errors 1 if the stats map could not be read at this scrape.
+# TYPE hgw_fastpath_stats_read_errors gauge
+hgw_fastpath_stats_read_errors 1
+`), "hgw_fastpath_stats_read_errors"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadinessNamesWhatIsMissing(t *testing.T) {
+	r := NewReadiness("registry synced", "programs attached")
+	if why := r.Ready(); !strings.Contains(why, "registry synced") || !strings.Contains(why, "programs attached") {
+		t.Fatalf("Ready() = %q, want both conditions named", why)
+	}
+	r.Set("registry synced", true)
+	if why := r.Ready(); strings.Contains(why, "registry synced") || !strings.Contains(why, "programs attached") {
+		t.Fatalf("Ready() = %q, want only the attach condition", why)
+	}
+	r.Set("programs attached", true)
+	if why := r.Ready(); why != "" {
+		t.Fatalf("Ready() = %q, want ready", why)
+	}
+	r.Set("programs attached", false)
+	if r.Ready() == "" {
+		t.Fatal("a condition set back to unmet must make it unready again")
+	}
+}

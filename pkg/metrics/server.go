@@ -1,0 +1,89 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Readiness tracks the conditions /readyz waits for; each starts not met.
+type Readiness struct {
+	mu      sync.Mutex
+	pending map[string]bool // condition -> met
+	order   []string
+}
+
+// NewReadiness starts with the named conditions unmet.
+func NewReadiness(conditions ...string) *Readiness {
+	r := &Readiness{pending: map[string]bool{}}
+	for _, c := range conditions {
+		r.pending[c] = false
+		r.order = append(r.order, c)
+	}
+	return r
+}
+
+// Set marks a condition met or unmet.
+func (r *Readiness) Set(condition string, met bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.pending[condition]; !ok {
+		r.order = append(r.order, condition)
+	}
+	r.pending[condition] = met
+}
+
+// Ready returns "" when every condition is met, else what is missing.
+func (r *Readiness) Ready() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var missing []string
+	for _, c := range r.order {
+		if !r.pending[c] {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("not ready: waiting for %v", missing)
+}
+
+// Serve serves /metrics, /healthz and /readyz on addr until ctx is done.
+func Serve(ctx context.Context, addr string, m *Metrics, ready *Readiness, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if why := ready.Ready(); why != "" {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listener on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics server: %w", err)
+	}
+	return nil
+}
