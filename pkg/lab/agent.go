@@ -1,0 +1,190 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Datapaths a lab can run.
+const (
+	DatapathEBPF   = "ebpf"   // hgw-ebpf run: kernel routes + fast path
+	DatapathRoutes = "routes" // hgw-ebpf run --datapath routes: plain flannel host-gw
+	// DatapathStatic runs no agent: the lab writes the subnet files, leases
+	// and routes itself. It tests the topology on its own.
+	DatapathStatic = "static"
+)
+
+// agentProc is one supervised `hgw-ebpf run`.
+type agentProc struct {
+	cancel context.CancelFunc // stops the supervisor from restarting it
+	done   chan struct{}      // closed when the supervisor has returned
+	sigc   chan syscall.Signal
+}
+
+// agentArgs are the flags of node n's agent. Every node has its own pin
+// directory: bpffs is shared by all namespaces, so the default /sys/fs/bpf/hgw
+// would be one node's state seen by all.
+func (l *Lab) agentArgs(n Node) []string {
+	args := []string{"run",
+		"--etcd-endpoints", etcdEndpoint(),
+		"--etcd-prefix", l.cfg.EtcdPrefix,
+		"--iface", nodeUplink,
+		"--public-ip", n.IP,
+		"--subnet-file", n.SubnetFile,
+		"--bridge", podBridge,
+		"--datapath", l.cfg.Datapath,
+		"--bpffs-root", n.PinRoot,
+		"--resync-interval", l.cfg.ResyncInterval.String(),
+		"--log-format", "text",
+	}
+	return append(args, l.cfg.AgentArgs...)
+}
+
+// startProcess starts cmd inside the named namespace: the fork happens on a
+// thread that has joined it, so the child is born there. Unlike `ip netns
+// exec` this keeps the mount namespace, so /sys/fs/bpf stays visible.
+func startProcess(ns string, cmd *exec.Cmd) error {
+	if err := inNetns(ns, cmd.Start); err != nil {
+		return fmt.Errorf("start %s in %s: %w", filepath.Base(cmd.Path), ns, err)
+	}
+	return nil
+}
+
+// startAgent launches node n's agent once, logging to its agent.log.
+func (l *Lab) startAgent(n Node) (*exec.Cmd, error) {
+	logf, err := os.OpenFile(n.AgentLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open agent log: %w", err)
+	}
+	defer logf.Close() // the child has its own copy
+	cmd := exec.Command(l.agentBin, l.agentArgs(n)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group: a Ctrl-C on the lab's terminal reaches the lab,
+	// which stops the agents in order, not the agents directly.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	fmt.Fprintf(logf, "--- hgw-lab: starting %s %v\n", l.agentBin, cmd.Args[1:])
+	if err := startProcess(n.Name, cmd); err != nil {
+		return nil, err
+	}
+	start, err := procStart(cmd.Process.Pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("agent of %s exited at once (see %s)", n.Name, n.AgentLog)
+	}
+	l.updateNode(n.Name, func(st *Node) { st.AgentPID, st.AgentStart = cmd.Process.Pid, start })
+	return cmd, nil
+}
+
+// superviseAgent keeps node's agent running until ctx ends: an agent that
+// dies (a crash, a `kill -9` in a test) is restarted, after a pause that
+// grows while it keeps dying quickly.
+func (l *Lab) superviseAgent(ctx context.Context, n Node, p *agentProc) {
+	defer close(p.done)
+	const minPause, maxPause = 100 * time.Millisecond, 5 * time.Second
+	pause := minPause
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		cmd, err := l.startAgent(n)
+		if err != nil {
+			l.log.Error("agent start failed", "node", n.Name, "err", err)
+		} else {
+			l.log.Info("agent started", "node", n.Name, "pid", cmd.Process.Pid)
+			started := time.Now()
+			waitc := make(chan error, 1)
+			go func() { waitc <- cmd.Wait() }()
+			var werr error
+		wait:
+			for {
+				select {
+				case werr = <-waitc:
+					break wait
+				case sig := <-p.sigc:
+					_ = cmd.Process.Signal(sig)
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			l.log.Warn("agent exited; restarting", "node", n.Name, "reason", werr, "log", n.AgentLog)
+			if time.Since(started) > 10*time.Second {
+				pause = minPause
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, maxPause)
+	}
+}
+
+// runAgent starts supervising node n's agent.
+func (l *Lab) runAgent(n Node) {
+	ctx, cancel := context.WithCancel(l.ctx)
+	p := &agentProc{cancel: cancel, done: make(chan struct{}), sigc: make(chan syscall.Signal, 1)}
+	l.mu.Lock()
+	l.agents[n.Name] = p
+	l.mu.Unlock()
+	go l.superviseAgent(ctx, n, p)
+}
+
+// stopAgent stops node's agent for good: SIGTERM (it leaves routes, maps
+// and links in place), SIGKILL after grace.
+func (l *Lab) stopAgent(node string, grace time.Duration) {
+	l.mu.Lock()
+	p := l.agents[node]
+	delete(l.agents, node)
+	l.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.cancel()
+	select {
+	case p.sigc <- syscall.SIGTERM:
+	default:
+	}
+	select {
+	case <-p.done:
+		return
+	case <-time.After(grace):
+	}
+	select {
+	case p.sigc <- syscall.SIGKILL:
+	case <-p.done:
+	}
+	<-p.done
+}
+
+// runCleanup runs `hgw-ebpf cleanup` for one node's pin directory inside
+// the node's namespace (tc filters are found by device there).
+func runCleanup(ctx context.Context, agentBin, ns, pinRoot string) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, agentBin, "cleanup", "--bpffs-root", pinRoot)
+	out, err := runIn(ns, cmd)
+	if err != nil {
+		return fmt.Errorf("hgw-ebpf cleanup --bpffs-root %s: %w: %s", pinRoot, err, out)
+	}
+	return nil
+}
+
+// runIn runs cmd to completion inside the named namespace and returns its
+// combined output.
+func runIn(ns string, cmd *exec.Cmd) ([]byte, error) {
+	var buf limitedBuffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := startProcess(ns, cmd); err != nil {
+		return nil, err
+	}
+	err := cmd.Wait()
+	return buf.Bytes(), err
+}

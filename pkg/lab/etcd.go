@@ -1,0 +1,149 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+)
+
+// networkConfig is the flannel network config the lab seeds.
+const networkConfig = `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}`
+
+// etcdEndpoint is the URL the agents (inside the node namespaces) use.
+func etcdEndpoint() string {
+	return "http://" + net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort))
+}
+
+// startEtcd starts the embedded etcd with its listeners inside the underlay
+// namespace. embed.StartEtcd creates every listen socket synchronously
+// (configurePeerListeners, configureClientListeners) before it returns, and a
+// socket keeps the namespace it was created in, so calling it on a thread in
+// the underlay namespace is enough. The goroutines it leaves behind only
+// accept on those sockets; new OS threads the runtime spawns meanwhile come
+// from its template thread, not from our namespaced one. The gRPC gateway is
+// off because it would dial the client URL from the root namespace.
+func startEtcd(ctx context.Context, underlay, dataDir string) (*embed.Etcd, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("etcd data dir: %w", err)
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "hgw-lab"
+	cfg.Dir = dataDir
+	client := url.URL{Scheme: "http", Host: net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort))}
+	peer := url.URL{Scheme: "http", Host: net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdPeerPort))}
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	cfg.ListenPeerUrls = []url.URL{peer}
+	cfg.AdvertisePeerUrls = []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.EnableGRPCGateway = false
+	cfg.Logger = "zap"
+	cfg.LogLevel = "warn"
+	cfg.LogOutputs = []string{filepath.Join(filepath.Dir(dataDir), "etcd.log")}
+	// A lab's etcd lives minutes on a tmpfs: durability is not the point.
+	cfg.UnsafeNoFsync = true
+
+	var e *embed.Etcd
+	err := inNetns(underlay, func() error {
+		var err error
+		e, err = embed.StartEtcd(cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start etcd in %s: %w", underlay, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("etcd failed while starting: %w", err)
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("etcd not ready after 30s (see %s)", cfg.LogOutputs[0])
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+}
+
+// newEtcdClient connects to the lab's etcd from any process: every
+// connection's socket is created inside the underlay namespace, where
+// 198.18.0.1 is reachable, so the root namespace needs no route to it.
+func newEtcdClient(underlay string) (*clientv3.Client, error) {
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		// clientv3 hands over host:port, or a URL for some endpoint forms.
+		if u, err := url.Parse(addr); err == nil && u.Host != "" {
+			addr = u.Host
+		}
+		var conn net.Conn
+		err := inNetns(underlay, func() error {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", addr)
+			conn = c
+			return err
+		})
+		return conn, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{etcdEndpoint()},
+		DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %s: %w", etcdEndpoint(), err)
+	}
+	return cli, nil
+}
+
+// seedNetworkConfig writes <prefix>/config as a flannel operator would.
+func seedNetworkConfig(ctx context.Context, cli *clientv3.Client, prefix string) error {
+	key := strings.TrimSuffix(prefix, "/") + "/config"
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, key, networkConfig); err != nil {
+		return fmt.Errorf("seed %s: %w", key, err)
+	}
+	return nil
+}
+
+// LeaseEntry is one key under <prefix>/subnets/ as stored in etcd.
+type LeaseEntry struct {
+	Key   string
+	Value string
+	TTL   int64 // seconds left; 0 for a reservation (no etcd lease)
+}
+
+// listLeases reads every subnet lease with its remaining TTL.
+func listLeases(ctx context.Context, cli *clientv3.Client, prefix string) ([]LeaseEntry, error) {
+	dir := strings.TrimSuffix(prefix, "/") + "/subnets/"
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	out := make([]LeaseEntry, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		le := LeaseEntry{Key: string(kv.Key), Value: string(kv.Value)}
+		if kv.Lease != 0 {
+			if ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(kv.Lease)); err == nil {
+				le.TTL = ttl.TTL
+			}
+		}
+		out = append(out, le)
+	}
+	return out, nil
+}

@@ -1,0 +1,71 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+)
+
+// limitedBuffer keeps the first 64 KiB written to it: enough for any
+// error message, bounded for a chatty command.
+type limitedBuffer struct{ bytes.Buffer }
+
+const outputLimit = 64 << 10
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := outputLimit - b.Len(); room > 0 {
+		b.Buffer.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// Resolve maps a user's name for a lab namespace to the namespace: a node
+// or pod by full name ("hgwlab-n1-p2") or short name ("n1-p2"), or "ul" /
+// "underlay".
+func (s *State) Resolve(target string) (string, error) {
+	if target == "underlay" {
+		target = "ul"
+	}
+	full := target
+	if !strings.HasPrefix(target, s.Prefix+"-") {
+		full = s.Prefix + "-" + target
+	}
+	if full == s.Underlay {
+		return full, nil
+	}
+	if _, ok := s.Node(full); ok {
+		return full, nil
+	}
+	if _, ok := s.Pod(full); ok {
+		return full, nil
+	}
+	return "", fmt.Errorf("no node or pod %q in lab %s", target, s.Prefix)
+}
+
+// Exec runs argv inside a lab namespace (see State.Resolve) with the given
+// standard streams, until it exits or ctx ends.
+func (s *State) Exec(ctx context.Context, target string, argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(argv) == 0 {
+		return fmt.Errorf("exec: no command")
+	}
+	ns, err := s.Resolve(target)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	if err := startProcess(ns, cmd); err != nil {
+		return err
+	}
+	return cmd.Wait()
+}
+
+// Output runs argv inside a lab namespace and returns its combined output.
+func (s *State) Output(ctx context.Context, target string, argv ...string) (string, error) {
+	var buf limitedBuffer
+	err := s.Exec(ctx, target, argv, nil, &buf, &buf)
+	return buf.String(), err
+}

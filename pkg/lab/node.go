@@ -1,0 +1,277 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+)
+
+// AddNode adds a node to the running lab (with its agent, but no pods) and
+// returns once the node has its subnet.
+func (l *Lab) AddNode(ctx context.Context) (Node, error) { return l.addNode(ctx) }
+
+func (l *Lab) addNode(ctx context.Context) (Node, error) {
+	l.mu.Lock()
+	k := l.state.NextIndex
+	if k > MaxNodes {
+		l.mu.Unlock()
+		return Node{}, fmt.Errorf("no node address left (max %d nodes)", MaxNodes)
+	}
+	l.state.NextIndex++
+	name := NodeName(l.cfg.Prefix, k)
+	dir := filepath.Join(l.state.Dir, name)
+	n := Node{
+		Name: name, Index: k, IP: nodeIP(k).String(),
+		PinRoot:    filepath.Join(l.state.PinRoot, name),
+		SubnetFile: filepath.Join(dir, "subnet.env"),
+		AgentLog:   filepath.Join(dir, "agent.log"),
+	}
+	l.state.Nodes = append(l.state.Nodes, n)
+	err := l.state.save()
+	l.mu.Unlock()
+	if err != nil {
+		return Node{}, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Node{}, fmt.Errorf("create node dir: %w", err)
+	}
+
+	l.log.Info("creating node", "node", name, "addr", n.IP)
+	if err := createNode(l.state.Underlay, name, k); err != nil {
+		return Node{}, err
+	}
+	if l.cfg.Datapath == DatapathStatic {
+		if err := l.staticNode(ctx, n); err != nil {
+			return Node{}, err
+		}
+	} else {
+		l.runAgent(n)
+	}
+	env, err := waitSubnetEnv(ctx, n.SubnetFile, l.cfg.ReadyTimeout)
+	if err != nil {
+		return Node{}, fmt.Errorf("node %s: %w (agent log: %s)", name, err, n.AgentLog)
+	}
+	cni, err := newCNINetwork(l.cfg.CNIPath, name, dir, env)
+	if err != nil {
+		return Node{}, err
+	}
+	n.Subnet = env.Subnet.Masked().String()
+	l.mu.Lock()
+	l.cni[name] = cni
+	l.mu.Unlock()
+	l.updateNode(name, func(st *Node) { st.Subnet = n.Subnet })
+	l.log.Info("node ready", "node", name, "subnet", n.Subnet)
+	return n, nil
+}
+
+// staticNode stands in for the agent (datapath "static"): node k gets
+// 10.244.k.0/24, a subnet file, a flannel lease reservation, and kernel
+// routes to and from every existing node.
+func (l *Lab) staticNode(ctx context.Context, n Node) error {
+	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 0}), 24)
+	gw := netip.PrefixFrom(subnet.Addr().Next(), 24)
+	if err := writeSubnetEnv(n.SubnetFile, subnetEnv{Network: clusterNetwork, Subnet: gw, MTU: 1500}); err != nil {
+		return err
+	}
+	attrs, err := json.Marshal(registry.LeaseAttrs{PublicIP: n.IP, BackendType: "host-gw"})
+	if err != nil {
+		return fmt.Errorf("encode lease: %w", err)
+	}
+	if err := l.PutLease(ctx, subnet, string(attrs)); err != nil {
+		return err
+	}
+	ip := netip.MustParseAddr(n.IP)
+	for _, other := range l.State().Nodes {
+		if other.Name == n.Name || other.Subnet == "" {
+			continue
+		}
+		osub := netip.MustParsePrefix(other.Subnet)
+		if err := addStaticRoute(n.Name, osub, netip.MustParseAddr(other.IP)); err != nil {
+			return err
+		}
+		if err := addStaticRoute(other.Name, subnet, ip); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// leaseKey is flannel's key for an IPv4 subnet: <prefix>/subnets/10.244.1.0-24.
+func leaseKey(prefix string, subnet netip.Prefix) string {
+	return fmt.Sprintf("%s/subnets/%s-%d", strings.TrimSuffix(prefix, "/"), subnet.Masked().Addr(), subnet.Bits())
+}
+
+// PutLease writes a lease reservation (no TTL) with a raw JSON value, as
+// flanneld's JSON would look, for a node that runs no agent of ours.
+func (l *Lab) PutLease(ctx context.Context, subnet netip.Prefix, value string) error {
+	key := leaseKey(l.cfg.EtcdPrefix, subnet)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := l.client.Put(ctx, key, value); err != nil {
+		return fmt.Errorf("put lease %s: %w", key, err)
+	}
+	return nil
+}
+
+// DeleteLease removes the lease of a subnet.
+func (l *Lab) DeleteLease(ctx context.Context, subnet netip.Prefix) error {
+	key := leaseKey(l.cfg.EtcdPrefix, subnet)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := l.client.Delete(ctx, key); err != nil {
+		return fmt.Errorf("delete lease %s: %w", key, err)
+	}
+	return nil
+}
+
+// Leases lists the subnet leases in the lab's etcd.
+func (l *Lab) Leases(ctx context.Context) ([]LeaseEntry, error) {
+	return listLeases(ctx, l.client, l.cfg.EtcdPrefix)
+}
+
+// RemoveNode takes a node out the way an operator would with cleanup: its
+// agent stops, its datapath state is removed, its lease is released, and
+// its namespaces (the node's and its pods') are deleted.
+func (l *Lab) RemoveNode(ctx context.Context, name string) error {
+	n, ok := l.State().Node(name)
+	if !ok {
+		return fmt.Errorf("no node %s", name)
+	}
+	l.stopAgent(name, 5*time.Second)
+	var errs []error
+	if l.cfg.Datapath != DatapathStatic {
+		errs = append(errs, runCleanup(ctx, l.agentBin, name, n.PinRoot))
+	}
+	if n.Subnet != "" {
+		errs = append(errs, l.DeleteLease(ctx, netip.MustParsePrefix(n.Subnet)))
+		if l.cfg.Datapath == DatapathStatic {
+			errs = append(errs, l.removeStaticRoutesTo(netip.MustParsePrefix(n.Subnet)))
+		}
+	}
+	for _, p := range l.State().PodsOf(name) {
+		errs = append(errs, deleteNetns(p.Name))
+	}
+	errs = append(errs, removeUnderlayPort(l.State().Underlay, n.Index), deleteNetns(name))
+	if err := os.RemoveAll(n.PinRoot); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", n.PinRoot, err))
+	}
+	l.mu.Lock()
+	delete(l.cni, name)
+	nodes := l.state.Nodes[:0]
+	for _, sn := range l.state.Nodes {
+		if sn.Name != name {
+			nodes = append(nodes, sn)
+		}
+	}
+	l.state.Nodes = nodes
+	pods := l.state.Pods[:0]
+	for _, p := range l.state.Pods {
+		if p.Node != name {
+			pods = append(pods, p)
+		}
+	}
+	l.state.Pods = pods
+	errs = append(errs, l.state.save())
+	l.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (l *Lab) removeStaticRoutesTo(subnet netip.Prefix) error {
+	var errs []error
+	for _, n := range l.State().Nodes {
+		h, err := handleAt(n.Name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		err = h.RouteDel(&netlink.Route{Dst: prefixIPNet(subnet.Masked())})
+		if err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete route %s in %s: %w", subnet, n.Name, err))
+		}
+		h.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// NodeRoutes lists a node's kernel routes into the cluster network, as
+// subnet -> next hop.
+func NodeRoutes(node string) (map[netip.Prefix]netip.Addr, error) {
+	h, err := handleAt(node)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("list routes in %s: %w", node, err)
+	}
+	out := map[netip.Prefix]netip.Addr{}
+	for _, r := range routes {
+		if r.Dst == nil || r.Gw == nil {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		dst, ok1 := netip.AddrFromSlice(r.Dst.IP.To4())
+		gw, ok2 := netip.AddrFromSlice(r.Gw.To4())
+		if !ok1 || !ok2 {
+			continue
+		}
+		p := netip.PrefixFrom(dst, ones)
+		if clusterNetwork.Overlaps(p) {
+			out[p] = gw
+		}
+	}
+	return out, nil
+}
+
+// WaitRoutes waits until every node routes every other node's subnet via
+// that node's address: the control plane has converged.
+func (l *Lab) WaitRoutes(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		missing, err := missingRoutes(l.State().Nodes)
+		if err == nil && missing == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("wait for routes: %w", err)
+			}
+			return fmt.Errorf("wait for routes: %w: %s", ctx.Err(), missing)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// missingRoutes describes the first node lacking a route to a peer, or "".
+func missingRoutes(nodes []Node) (string, error) {
+	for _, n := range nodes {
+		have, err := NodeRoutes(n.Name)
+		if err != nil {
+			return "", err
+		}
+		for _, peer := range nodes {
+			if peer.Name == n.Name || peer.Subnet == "" {
+				continue
+			}
+			want := netip.MustParsePrefix(peer.Subnet)
+			if gw, ok := have[want]; !ok || gw.String() != peer.IP {
+				return fmt.Sprintf("%s has no route %s via %s", n.Name, want, peer.IP), nil
+			}
+		}
+	}
+	return "", nil
+}

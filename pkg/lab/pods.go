@@ -1,0 +1,61 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+)
+
+// AddPod creates a pod namespace on node and attaches it through the CNI
+// plugins, with the address host-local hands out from the node's subnet.
+func (l *Lab) AddPod(ctx context.Context, node string) (Pod, error) {
+	l.mu.Lock()
+	cni := l.cni[node]
+	j := len(l.state.PodsOf(node)) + 1
+	var k int
+	for _, n := range l.state.Nodes {
+		if n.Name == node {
+			k = n.Index
+		}
+	}
+	l.mu.Unlock()
+	if cni == nil || k == 0 {
+		return Pod{}, fmt.Errorf("add pod: node %s is not ready", node)
+	}
+	name := PodName(l.cfg.Prefix, k, j)
+	if err := createNetns(name); err != nil {
+		return Pod{}, err
+	}
+	// Record the pod before attaching: a half-attached pod is still removed.
+	pod := Pod{Name: name, Node: node}
+	l.mu.Lock()
+	l.state.Pods = append(l.state.Pods, pod)
+	err := l.state.save()
+	l.mu.Unlock()
+	if err != nil {
+		return Pod{}, err
+	}
+	h, err := handleAt(name)
+	if err != nil {
+		return Pod{}, err
+	}
+	err = linkUp(h, "lo")
+	h.Close()
+	if err != nil {
+		return Pod{}, fmt.Errorf("pod %s: %w", name, err)
+	}
+	ip, err := cni.attach(ctx, name)
+	if err != nil {
+		return Pod{}, err
+	}
+	pod.IP = ip.String()
+	l.mu.Lock()
+	for i := range l.state.Pods {
+		if l.state.Pods[i].Name == name {
+			l.state.Pods[i].IP = pod.IP
+		}
+	}
+	err = l.state.save()
+	l.mu.Unlock()
+	l.log.Info("pod ready", "pod", name, "node", node, "addr", pod.IP)
+	return pod, err
+}

@@ -1,0 +1,204 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// createUnderlay creates the underlay namespace with bridge br0 holding
+// 198.18.0.1/24. It has no uplink and ip_forward stays 0 there, so nothing
+// a node sends to it can go further.
+func createUnderlay(name string) error {
+	if err := createNetns(name); err != nil {
+		return err
+	}
+	h, err := handleAt(name)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if err := linkUp(h, "lo"); err != nil {
+		return err
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: underlayBridge}}
+	if err := h.LinkAdd(br); err != nil {
+		return fmt.Errorf("add %s in %s: %w", underlayBridge, name, err)
+	}
+	if err := addAddr(h, underlayBridge, netip.PrefixFrom(underlayGateway, underlayNet.Bits())); err != nil {
+		return err
+	}
+	return linkUp(h, underlayBridge)
+}
+
+// createNode creates node k's namespace: eth0 (a veth whose peer is plugged
+// into the underlay bridge) with 198.18.0.(10+k)/24, lo up, and ip_forward
+// on. No default route: the agents get --iface and --public-ip explicitly,
+// and the underlay leads nowhere, so a default route would only pretend.
+func createNode(underlay, name string, k int) error {
+	if err := createNetns(name); err != nil {
+		return err
+	}
+	ulNs, err := netns.GetFromName(underlay)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", underlay, err)
+	}
+	defer ulNs.Close()
+	nodeNs, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer nodeNs.Close()
+
+	ul, err := netlink.NewHandleAt(ulNs)
+	if err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", underlay, err)
+	}
+	defer ul.Close()
+	port := underlayPort(k)
+	// Both ends are created directly in their namespaces: nothing appears in
+	// the root namespace, not even for a moment.
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: port},
+		PeerName:      nodeUplink,
+		PeerNamespace: netlink.NsFd(nodeNs),
+	}
+	if err := ul.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s/%s for %s: %w", port, nodeUplink, name, err)
+	}
+	br, err := ul.LinkByName(underlayBridge)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", underlayBridge, underlay, err)
+	}
+	portLink, err := ul.LinkByName(port)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", port, underlay, err)
+	}
+	if err := ul.LinkSetMaster(portLink, br); err != nil {
+		return fmt.Errorf("plug %s into %s: %w", port, underlayBridge, err)
+	}
+	if err := ul.LinkSetUp(portLink); err != nil {
+		return fmt.Errorf("set %s up: %w", port, err)
+	}
+
+	h, err := netlink.NewHandleAt(nodeNs)
+	if err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", name, err)
+	}
+	defer h.Close()
+	if err := linkUp(h, "lo"); err != nil {
+		return err
+	}
+	if err := addAddr(h, nodeUplink, netip.PrefixFrom(nodeIP(k), underlayNet.Bits())); err != nil {
+		return err
+	}
+	if err := linkUp(h, nodeUplink); err != nil {
+		return err
+	}
+	return setSysctl(name, "net/ipv4/ip_forward", "1")
+}
+
+// removeUnderlayPort deletes node k's veth (and so the node's eth0) before
+// the node namespace goes, so the underlay bridge forgets it at once.
+func removeUnderlayPort(underlay string, k int) error {
+	h, err := handleAt(underlay)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(underlayPort(k))
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", underlayPort(k), underlay, err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s in %s: %w", underlayPort(k), underlay, err)
+	}
+	return nil
+}
+
+// setSysctl writes a sysctl of the named namespace. /proc/sys/net resolves
+// against the writing thread's namespace, so the write happens on a thread
+// inside it: the root namespace's value is never touched.
+func setSysctl(ns, key, value string) error {
+	return inNetns(ns, func() error {
+		path := "/proc/sys/" + key
+		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, ns, err)
+		}
+		return nil
+	})
+}
+
+// readSysctl reads a sysctl of the named namespace.
+func readSysctl(ns, key string) (string, error) {
+	var out string
+	err := inNetns(ns, func() error {
+		b, err := os.ReadFile("/proc/sys/" + key)
+		if err != nil {
+			return fmt.Errorf("read sysctl %s in %s: %w", key, ns, err)
+		}
+		out = string(b)
+		return nil
+	})
+	return out, err
+}
+
+// addStaticRoute installs `<subnet> via <nexthop> dev eth0` in a node: the
+// lab's own stand-in for the agent (datapath "static"), for testing the
+// topology alone.
+func addStaticRoute(node string, subnet netip.Prefix, nexthop netip.Addr) error {
+	h, err := handleAt(node)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(nodeUplink)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", nodeUplink, node, err)
+	}
+	r := &netlink.Route{
+		LinkIndex: l.Attrs().Index,
+		Dst:       prefixIPNet(subnet),
+		Gw:        net.IP(nexthop.AsSlice()),
+	}
+	if err := h.RouteReplace(r); err != nil {
+		return fmt.Errorf("route %s via %s in %s: %w", subnet, nexthop, node, err)
+	}
+	return nil
+}
+
+func linkUp(h *netlink.Handle, name string) error {
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}
+
+func addAddr(h *netlink.Handle, dev string, p netip.Prefix) error {
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", dev, err)
+	}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: prefixIPNet(p)}); err != nil {
+		return fmt.Errorf("add %s to %s: %w", p, dev, err)
+	}
+	return nil
+}
+
+// prefixIPNet keeps the address bits (an interface address, not a network).
+func prefixIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
