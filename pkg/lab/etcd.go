@@ -147,3 +147,14 @@ func listLeases(ctx context.Context, cli *clientv3.Client, prefix string) ([]Lea
 	}
 	return out, nil
 }
+
+// Leases lists the subnet leases in the etcd of the lab described by s,
+// from any process.
+func (s State) Leases(ctx context.Context) ([]LeaseEntry, error) {
+	cli, err := newEtcdClient(s.Underlay)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	return listLeases(ctx, cli, s.EtcdKeys)
+}

@@ -25,7 +25,7 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 // Resolve maps a user's name for a lab namespace to the namespace: a node
 // or pod by full name ("hgwlab-n1-p2") or short name ("n1-p2"), or "ul" /
 // "underlay".
-func (s *State) Resolve(target string) (string, error) {
+func (s State) Resolve(target string) (string, error) {
 	if target == "underlay" {
 		target = "ul"
 	}
@@ -47,7 +47,7 @@ func (s *State) Resolve(target string) (string, error) {
 
 // Exec runs argv inside a lab namespace (see State.Resolve) with the given
 // standard streams, until it exits or ctx ends.
-func (s *State) Exec(ctx context.Context, target string, argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
+func (s State) Exec(ctx context.Context, target string, argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(argv) == 0 {
 		return fmt.Errorf("exec: no command")
 	}
@@ -64,8 +64,19 @@ func (s *State) Exec(ctx context.Context, target string, argv []string, stdin io
 }
 
 // Output runs argv inside a lab namespace and returns its combined output.
-func (s *State) Output(ctx context.Context, target string, argv ...string) (string, error) {
+func (s State) Output(ctx context.Context, target string, argv ...string) (string, error) {
 	var buf limitedBuffer
 	err := s.Exec(ctx, target, argv, nil, &buf, &buf)
 	return buf.String(), err
+}
+
+// Start starts cmd inside a lab namespace (see State.Resolve) without
+// waiting: for helpers such as an iperf3 server, which the caller stops by
+// PID (cmd.Process) and then waits for.
+func (s State) Start(target string, cmd *exec.Cmd) error {
+	ns, err := s.Resolve(target)
+	if err != nil {
+		return err
+	}
+	return startProcess(ns, cmd)
 }

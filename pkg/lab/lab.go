@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
@@ -36,7 +35,10 @@ type Config struct {
 	ResyncInterval time.Duration
 	AgentArgs      []string      // extra flags for every `hgw-ebpf run`
 	ReadyTimeout   time.Duration // for agents' subnet files and routes (default 30s)
-	Log            *slog.Logger
+	// LeftoversRemoved skips the initial Down: the caller (a detaching
+	// parent that already opened the log in the state dir) has run it.
+	LeftoversRemoved bool
+	Log              *slog.Logger
 }
 
 func (c *Config) setDefaults() error {
@@ -132,8 +134,10 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := checkExecutable(l.agentBin); err != nil && cfg.Datapath != DatapathStatic {
 		return nil, fmt.Errorf("agent binary (run `make build`): %w", err)
 	}
-	if err := Down(ctx, DownOptions{Prefix: cfg.Prefix, StateRoot: cfg.StateRoot, BinDir: cfg.BinDir, Log: cfg.Log}); err != nil {
-		return nil, fmt.Errorf("remove leftovers of an earlier lab: %w", err)
+	if !cfg.LeftoversRemoved {
+		if err := Down(ctx, DownOptions{Prefix: cfg.Prefix, StateRoot: cfg.StateRoot, BinDir: cfg.BinDir, Log: cfg.Log}); err != nil {
+			return nil, fmt.Errorf("remove leftovers of an earlier lab: %w", err)
+		}
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if err := l.build(ctx); err != nil {
@@ -294,7 +298,3 @@ func (l *Lab) Close() error {
 		Prefix: l.cfg.Prefix, StateRoot: l.cfg.StateRoot, BinDir: l.cfg.BinDir, Log: l.log, self: true,
 	})
 }
-
-// runHelper starts a helper (iperf3 server, ping loop) in a lab namespace;
-// the caller kills it by PID.
-func runHelper(ns string, cmd *exec.Cmd) error { return startProcess(ns, cmd) }

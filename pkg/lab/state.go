@@ -44,7 +44,7 @@ type Node struct {
 	AgentLog   string `json:"agent_log,omitempty"`
 	AgentPID   int    `json:"agent_pid,omitempty"`
 	AgentStart uint64 `json:"agent_start,omitempty"` // start time (clock ticks) against PID reuse
-	Subnet     string `json:"subnet,omitempty"` // from the subnet file, once written
+	Subnet     string `json:"subnet,omitempty"`      // from the subnet file, once written
 }
 
 // Pod is one pod namespace attached to its node's cni0 by the CNI plugins.
@@ -83,7 +83,7 @@ func LoadState(root, prefix string) (*State, error) {
 }
 
 // save writes the state file atomically: readers never see half a file.
-func (s *State) save() error {
+func (s State) save() error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode lab state: %w", err)
@@ -131,12 +131,12 @@ func (s State) PodsOf(node string) []Pod {
 }
 
 // Alive reports whether the process that wrote the state still runs.
-func (s *State) Alive() bool {
+func (s State) Alive() bool {
 	return sameProcess(s.PID, s.PIDStart)
 }
 
-func (s *State) clone() State {
-	c := *s
+func (s State) clone() State {
+	c := s
 	c.Nodes = append([]Node(nil), s.Nodes...)
 	c.Pods = append([]Pod(nil), s.Pods...)
 	return c

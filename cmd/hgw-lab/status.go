@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+func newStatusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show nodes, pods with their addresses, etcd leases and fast-path counters",
+		Long: `Shows the running lab: each node with its address, pod subnet and agent, each
+pod with its address, the subnet leases in etcd, and for each node the output
+of 'hgw-ebpf status' run inside it (attachments, routes map, counters).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := g.loadState()
+			if err != nil {
+				return err
+			}
+			return printStatus(cmd.Context(), cmd.OutOrStdout(), *st)
+		},
+	}
+}
+
+func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
+	state := "starting"
+	if st.Ready {
+		state = "ready"
+	}
+	if !st.Alive() {
+		state = "STALE: its process is gone; run `hgw-lab down`"
+	}
+	fmt.Fprintf(w, "Lab %s: %s, datapath %s, etcd %s (pid %d, up %s)\n\n",
+		st.Prefix, state, st.Datapath, st.Etcd, st.PID, time.Since(st.Started).Round(time.Second))
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tETH0\tPOD SUBNET\tAGENT PID\tPODS")
+	for _, n := range st.Nodes {
+		var pods []string
+		for _, p := range st.PodsOf(n.Name) {
+			pods = append(pods, fmt.Sprintf("%s=%s", strings.TrimPrefix(p.Name, st.Prefix+"-"), p.IP))
+		}
+		agent := "-"
+		if n.AgentPID != 0 {
+			agent = fmt.Sprint(n.AgentPID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Subnet, agent, strings.Join(pods, " "))
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nLeases in etcd:")
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	leases, err := st.Leases(ctx)
+	if err != nil {
+		fmt.Fprintf(w, "  unavailable: %v\n", err)
+	}
+	for _, le := range leases {
+		ttl := "reservation"
+		if le.TTL > 0 {
+			ttl = fmt.Sprintf("ttl %s", time.Duration(le.TTL)*time.Second)
+		}
+		fmt.Fprintf(w, "  %s = %s (%s)\n", le.Key, le.Value, ttl)
+	}
+
+	if st.Datapath == lab.DatapathStatic {
+		return nil
+	}
+	agent := filepath.Join(st.BinDir, "hgw-ebpf")
+	for _, n := range st.Nodes {
+		fmt.Fprintf(w, "\n--- %s: hgw-ebpf status --bpffs-root %s\n", n.Name, n.PinRoot)
+		out, err := st.Output(ctx, n.Name, agent, "status", "--bpffs-root", n.PinRoot)
+		fmt.Fprint(w, out)
+		if err != nil {
+			fmt.Fprintf(w, "(%v)\n", err)
+		}
+	}
+	return nil
+}

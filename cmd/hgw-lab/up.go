@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+// detachedEnv marks the background copy of `up --detach`: its parent has
+// already removed leftovers and opened the log in the state directory.
+const detachedEnv = "HGW_LAB_DETACHED"
+
+// labConfig holds the flags shared by `up` and `demo`.
+type labConfig struct {
+	nodes, pods int
+	datapath    string
+	cniPath     string
+	resync      time.Duration
+	agentArgs   []string
+}
+
+func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
+	f := cmd.Flags()
+	f.IntVar(&c.nodes, "nodes", nodes, fmt.Sprintf("number of nodes (1..%d)", lab.MaxNodes))
+	f.IntVar(&c.pods, "pods", pods, "pods per node")
+	f.StringVar(&c.datapath, "datapath", lab.DatapathEBPF,
+		"ebpf (agents with the fast path), routes (agents, kernel routes only: plain host-gw) or static (no agents: the lab adds the routes)")
+	f.StringVar(&c.cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
+	f.DurationVar(&c.resync, "resync-interval", 2*time.Second, "the agents' --resync-interval")
+	f.StringArrayVar(&c.agentArgs, "agent-arg", nil, "extra flag for every 'hgw-ebpf run' (repeatable)")
+}
+
+func (c *labConfig) config(g *globals) lab.Config {
+	return lab.Config{
+		Prefix: g.prefix, StateRoot: g.stateRoot, BinDir: g.binDir, CNIPath: c.cniPath,
+		Nodes: c.nodes, PodsPerNode: c.pods, Datapath: c.datapath,
+		ResyncInterval: c.resync, AgentArgs: c.agentArgs, Log: g.logger(),
+	}
+}
+
+func newUpCmd(g *globals) *cobra.Command {
+	var (
+		lc     labConfig
+		detach bool
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Build the cluster and keep it running",
+		Long: `Removes whatever an earlier lab with the same prefix left behind, then builds
+the cluster: the underlay, etcd (seeded with flannel's network config), the
+nodes with one 'hgw-ebpf run' each, and the pods. It returns when every pod
+has an address and every node routes to every other node.
+
+Without --detach it stays in the foreground, serving etcd and restarting any
+agent that dies, until Ctrl-C (or SIGTERM), then removes everything. With
+--detach it does the same in the background and returns once the lab is
+ready; 'hgw-lab down' stops it.`,
+		Example: `  hgw-lab up --nodes 3 --pods 2
+  hgw-lab up --nodes 5 --pods 4 --detach
+  hgw-lab up --datapath routes --detach    # plain flannel host-gw, for comparison`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := lc.config(g)
+			if detach {
+				return startDetached(cmd, g)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if os.Getenv(detachedEnv) != "" {
+				cfg.LeftoversRemoved = true
+			}
+			l, err := lab.Up(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			printReady(cmd.OutOrStdout(), l.State(), g, false)
+			<-ctx.Done()
+			fmt.Fprintln(cmd.OutOrStdout(), "stopping the lab...")
+			if err := l.Close(); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "lab removed")
+			return nil
+		},
+	}
+	lc.addFlags(cmd, 3, 2)
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run the lab in the background and return once it is ready")
+	return cmd
+}
+
+// startDetached re-executes this command without --detach in a new session
+// (so closing the terminal does not stop it), logging to lab.log in the
+// state directory, and waits until the child reports the lab ready.
+func startDetached(cmd *cobra.Command, g *globals) error {
+	ctx := cmd.Context()
+	if err := lab.Down(ctx, lab.DownOptions{Prefix: g.prefix, StateRoot: g.stateRoot, BinDir: g.binDir, Log: g.logger()}); err != nil {
+		return fmt.Errorf("remove leftovers of an earlier lab: %w", err)
+	}
+	dir := lab.StateDir(g.stateRoot, g.prefix)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	logPath := filepath.Join(dir, "lab.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("open lab log: %w", err)
+	}
+	defer logf.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--detach" && a != "-d" && a != "--detach=true" {
+			args = append(args, a)
+		}
+	}
+	args = append(args, "--verbose")
+	child := exec.Command(exe, args...)
+	child.Env = append(os.Environ(), detachedEnv+"=1")
+	child.Stdout, child.Stderr = logf, logf
+	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := child.Start(); err != nil {
+		return fmt.Errorf("start background lab: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(5 * time.Minute)
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("background lab exited (%v); its log %s says:\n%s", err, logPath, tail(logPath, 20))
+		case <-timeout:
+			return fmt.Errorf("background lab not ready after 5 minutes; see %s, stop it with `hgw-lab down`", logPath)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			st, err := lab.LoadState(g.stateRoot, g.prefix)
+			if err == nil && st.Ready && st.PID == child.Process.Pid {
+				printReady(cmd.OutOrStdout(), *st, g, true)
+				return nil
+			}
+		}
+	}
+}
+
+func printReady(w io.Writer, st lab.State, g *globals, detached bool) {
+	fmt.Fprintf(w, "lab %q is up: %d nodes, %d pods, datapath %s (etcd %s)\n",
+		st.Prefix, len(st.Nodes), len(st.Pods), st.Datapath, st.Etcd)
+	flags := ""
+	if g.prefix != lab.DefaultPrefix {
+		flags = " --prefix " + g.prefix
+	}
+	if g.stateRoot != lab.DefaultStateRoot {
+		flags += " --state-dir " + g.stateRoot
+	}
+	fmt.Fprintf(w, "  hgw-lab%s status                   nodes, pods, leases, counters\n", flags)
+	fmt.Fprintf(w, "  hgw-lab%s ping                     every pod to every other pod\n", flags)
+	fmt.Fprintf(w, "  hgw-lab%s exec n1-p1 -- ip addr    a command inside a pod or node\n", flags)
+	if detached {
+		fmt.Fprintf(w, "  hgw-lab%s down                     stop and remove everything (log: %s)\n",
+			flags, filepath.Join(st.Dir, "lab.log"))
+	} else {
+		fmt.Fprintln(w, "Ctrl-C stops and removes everything.")
+	}
+}
+
+// tail returns the last n lines of a file, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ") + "\n"
+}
