@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -181,7 +182,7 @@ func (l *Lab) build(ctx context.Context) error {
 	}
 	nodes := make([]Node, 0, l.cfg.Nodes)
 	for range l.cfg.Nodes {
-		n, err := l.addNode(ctx)
+		n, err := l.addNode(ctx, netip.Prefix{})
 		if err != nil {
 			return err
 		}

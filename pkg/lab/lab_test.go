@@ -275,3 +275,60 @@ func TestParseName(t *testing.T) {
 		}
 	}
 }
+
+func TestStaticNodeJoinAndLeave(t *testing.T) {
+	requireRoot(t)
+	prefix, root := testPrefix(t), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := Up(ctx, testConfig(t, prefix, root))
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	defer func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("down: %v", err)
+		}
+		assertNoTrace(t, prefix, root, nil)
+	}()
+
+	n3, err := l.AddNode(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.AddPod(ctx, n3.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitRoutes(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st := l.State()
+	for _, r := range st.PingAll(ctx, 8) {
+		if !r.OK {
+			t.Errorf("%s -> %s: %s", r.From, r.To, r.Output)
+		}
+	}
+
+	if err := l.RemoveNode(ctx, n3.Name); err != nil {
+		t.Fatal(err)
+	}
+	gone := netip.MustParsePrefix(n3.Subnet)
+	for _, n := range l.State().Nodes {
+		routes, err := NodeRoutes(n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := routes[gone]; ok {
+			t.Errorf("%s still routes %s after %s left", n.Name, gone, n3.Name)
+		}
+	}
+	names, _ := listNetns(prefix)
+	for _, name := range names {
+		if strings.HasPrefix(name, n3.Name) {
+			t.Errorf("namespace %s of the removed node left", name)
+		}
+	}
+	if leases, err := l.Leases(ctx); err != nil || len(leases) != 2 {
+		t.Errorf("leases after leave: %v, %v", leases, err)
+	}
+}

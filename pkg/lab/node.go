@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,16 +11,32 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
-
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
 // AddNode adds a node to the running lab (with its agent, but no pods) and
 // returns once the node has its subnet.
-func (l *Lab) AddNode(ctx context.Context) (Node, error) { return l.addNode(ctx) }
+func (l *Lab) AddNode(ctx context.Context) (Node, error) { return l.addNode(ctx, netip.Prefix{}) }
 
-func (l *Lab) addNode(ctx context.Context) (Node, error) {
+// AddFlannelNode adds a node that runs no agent of ours, set up the way
+// flanneld's host-gw backend leaves a node: its lease for subnet in
+// flanneld's exact JSON, bound to an etcd lease with flanneld's 24 h TTL,
+// its subnet file, and kernel routes to every node that had a lease when
+// it was added. The other nodes' agents must route to it on their own.
+func (l *Lab) AddFlannelNode(ctx context.Context, subnet netip.Prefix) (Node, error) {
+	if !subnet.IsValid() || !clusterNetwork.Contains(subnet.Addr()) || subnet.Bits() != 24 {
+		return Node{}, fmt.Errorf("flannel node subnet %s: want a /24 inside %s", subnet, clusterNetwork)
+	}
+	return l.addNode(ctx, subnet.Masked())
+}
+
+// flannelLeaseTTL is flanneld's subnet lease TTL.
+const flannelLeaseTTL = 24 * time.Hour
+
+// addNode adds a node; with a valid flannelSubnet it is a flanneld-style
+// node on that subnet, else it follows the lab's datapath.
+func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, error) {
 	l.mu.Lock()
 	k := l.state.NextIndex
 	if k > MaxNodes {
@@ -51,11 +66,17 @@ func (l *Lab) addNode(ctx context.Context) (Node, error) {
 	if err := createNode(l.state.Underlay, name, k); err != nil {
 		return Node{}, err
 	}
-	if l.cfg.Datapath == DatapathStatic {
-		if err := l.staticNode(ctx, n); err != nil {
+	switch {
+	case flannelSubnet.IsValid():
+		if err := l.staticNode(ctx, n, flannelSubnet, false); err != nil {
 			return Node{}, err
 		}
-	} else {
+	case l.cfg.Datapath == DatapathStatic:
+		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(k), 0}), 24)
+		if err := l.staticNode(ctx, n, subnet, true); err != nil {
+			return Node{}, err
+		}
+	default:
 		l.runAgent(n)
 	}
 	env, err := waitSubnetEnv(ctx, n.SubnetFile, l.cfg.ReadyTimeout)
@@ -75,20 +96,24 @@ func (l *Lab) addNode(ctx context.Context) (Node, error) {
 	return n, nil
 }
 
-// staticNode stands in for the agent (datapath "static"): node k gets
-// 10.244.k.0/24, a subnet file, a flannel lease reservation, and kernel
-// routes to and from every existing node.
-func (l *Lab) staticNode(ctx context.Context, n Node) error {
-	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 0}), 24)
+// staticNode stands in for an agent: the node gets subnet, a subnet file,
+// a lease and kernel routes to every node with a lease. With fromPeers
+// (datapath "static": nobody else will) the lease is a reservation and the
+// lab adds the routes towards it too; without, it is a flanneld-style lease
+// with flanneld's TTL that the peers' agents must pick up.
+func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromPeers bool) error {
 	gw := netip.PrefixFrom(subnet.Addr().Next(), 24)
 	if err := writeSubnetEnv(n.SubnetFile, subnetEnv{Network: clusterNetwork, Subnet: gw, MTU: 1500}); err != nil {
 		return err
 	}
-	attrs, err := json.Marshal(registry.LeaseAttrs{PublicIP: n.IP, BackendType: "host-gw"})
-	if err != nil {
-		return fmt.Errorf("encode lease: %w", err)
+	// Byte for byte what flanneld's host-gw backend writes (its LeaseAttrs
+	// with empty BackendData omitted), not our own encoder's idea of it.
+	attrs := fmt.Sprintf(`{"PublicIP":%q,"BackendType":"host-gw"}`, n.IP)
+	ttl := time.Duration(0)
+	if !fromPeers {
+		ttl = flannelLeaseTTL
 	}
-	if err := l.PutLease(ctx, subnet, string(attrs)); err != nil {
+	if err := l.putLease(ctx, subnet, attrs, ttl); err != nil {
 		return err
 	}
 	ip := netip.MustParseAddr(n.IP)
@@ -99,6 +124,9 @@ func (l *Lab) staticNode(ctx context.Context, n Node) error {
 		osub := netip.MustParsePrefix(other.Subnet)
 		if err := addStaticRoute(n.Name, osub, netip.MustParseAddr(other.IP)); err != nil {
 			return err
+		}
+		if !fromPeers {
+			continue
 		}
 		if err := addStaticRoute(other.Name, subnet, ip); err != nil {
 			return err
@@ -112,13 +140,26 @@ func leaseKey(prefix string, subnet netip.Prefix) string {
 	return fmt.Sprintf("%s/subnets/%s-%d", strings.TrimSuffix(prefix, "/"), subnet.Masked().Addr(), subnet.Bits())
 }
 
-// PutLease writes a lease reservation (no TTL) with a raw JSON value, as
-// flanneld's JSON would look, for a node that runs no agent of ours.
-func (l *Lab) PutLease(ctx context.Context, subnet netip.Prefix, value string) error {
+// PutLease writes the lease of subnet with a raw value (any JSON, valid or
+// not: tests feed the agents bad input too), bound to an etcd lease of ttl,
+// or a reservation when ttl is 0.
+func (l *Lab) PutLease(ctx context.Context, subnet netip.Prefix, value string, ttl time.Duration) error {
+	return l.putLease(ctx, subnet, value, ttl)
+}
+
+func (l *Lab) putLease(ctx context.Context, subnet netip.Prefix, value string, ttl time.Duration) error {
 	key := leaseKey(l.cfg.EtcdPrefix, subnet)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := l.client.Put(ctx, key, value); err != nil {
+	var opts []clientv3.OpOption
+	if ttl > 0 {
+		grant, err := l.client.Grant(ctx, int64(ttl/time.Second))
+		if err != nil {
+			return fmt.Errorf("grant etcd lease for %s: %w", key, err)
+		}
+		opts = append(opts, clientv3.WithLease(grant.ID))
+	}
+	if _, err := l.client.Put(ctx, key, value, opts...); err != nil {
 		return fmt.Errorf("put lease %s: %w", key, err)
 	}
 	return nil
