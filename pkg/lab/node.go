@@ -61,6 +61,11 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Node{}, fmt.Errorf("create node dir: %w", err)
 	}
+	if l.cfg.Datapath != DatapathStatic && !flannelSubnet.IsValid() {
+		if err := os.MkdirAll(n.PinRoot, 0o700); err != nil {
+			return Node{}, fmt.Errorf("create pin dir: %w", err)
+		}
+	}
 
 	l.log.Info("creating node", "node", name, "addr", n.IP)
 	if err := createNode(l.state.Underlay, name, k); err != nil {

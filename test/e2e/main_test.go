@@ -1,0 +1,170 @@
+// Package e2e runs whole clusters of `hgw-ebpf run` agents in lab network
+// namespaces (pkg/lab) and checks what a user of flannel host-gw would:
+// pods reach each other, over the fast path, through membership changes.
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+// binDir holds hgw-ebpf: $HGW_BIN (set by `make test` after `make build`),
+// or a fresh build of ./cmd/hgw-ebpf made by TestMain.
+var binDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	binDir = os.Getenv("HGW_BIN")
+	if binDir == "" && os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "hgw-e2e-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "hgw-ebpf"), "../../cmd/hgw-ebpf").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build hgw-ebpf for the end-to-end tests: %v\n%s", err, out)
+			return 1
+		}
+		binDir = dir
+	}
+	return m.Run()
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 && os.Getenv("CI") == "" {
+		t.Skip("needs root (network namespaces, BPF)")
+	}
+}
+
+// cniPath is where `make deps` installs the CNI plugins.
+func cniPath(t *testing.T) string {
+	if p := os.Getenv("CNI_PATH"); p != "" {
+		return p
+	}
+	p, err := filepath.Abs("../../bin/cni")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startLab brings up a lab with a fresh "hgwt<random>" prefix and removes
+// it when the test ends, pass or fail, checking that nothing is left.
+func startLab(t *testing.T, nodes, pods int, datapath string) *lab.Lab {
+	t.Helper()
+	requireRoot(t)
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	prefix, root := "hgwt"+hex.EncodeToString(b), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Config{
+		Prefix: prefix, StateRoot: root, Nodes: nodes, PodsPerNode: pods, Datapath: datapath,
+		BinDir: binDir, CNIPath: cniPath(t), ResyncInterval: time.Second,
+		Log: slog.New(slog.NewTextHandler(testLog{t}, nil)),
+	})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(func() {
+		st := l.State()
+		if t.Failed() {
+			for _, n := range st.Nodes {
+				if b, err := os.ReadFile(n.AgentLog); err == nil {
+					t.Logf("agent log of %s:\n%s", n.Name, lastLines(string(b), 30))
+				}
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		assertNothingLeft(t, st)
+	})
+	return l
+}
+
+// assertNothingLeft checks the lab left no namespace, pin, state or agent.
+func assertNothingLeft(t *testing.T, st lab.State) {
+	t.Helper()
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), st.Prefix+"-") {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+	for _, path := range []string{st.PinRoot, st.Dir} {
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind", path)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), st.PinRoot) {
+			t.Errorf("process left behind: %s", strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+}
+
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// pingAll fails the test for every pod pair that cannot talk.
+func pingAll(t *testing.T, ctx context.Context, st lab.State) {
+	t.Helper()
+	results := st.PingAll(ctx, 16)
+	for _, r := range results {
+		if !r.OK {
+			t.Errorf("%s -> %s: %s", r.From, r.To, r.Output)
+		}
+	}
+	if len(results) != len(st.Pods)*(len(st.Pods)-1) {
+		t.Errorf("%d probes for %d pods", len(results), len(st.Pods))
+	}
+}
+
+// waitFor polls cond every 10 ms until it holds or timeout passes, and
+// returns when it first held.
+func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) (time.Time, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return time.Now(), true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return time.Time{}, false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
