@@ -80,3 +80,13 @@ func (s State) Start(target string, cmd *exec.Cmd) error {
 	}
 	return startProcess(ns, cmd)
 }
+
+// Do runs fn on a thread inside a lab namespace (see State.Resolve), for
+// netlink or BPF inspection code that works on "the current namespace".
+func (s State) Do(target string, fn func() error) error {
+	ns, err := s.Resolve(target)
+	if err != nil {
+		return err
+	}
+	return inNetns(ns, fn)
+}

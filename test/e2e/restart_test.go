@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+var pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// startPinger starts `ping -i 0.01` from one pod to another for count
+// packets, in the background; wait returns transmitted and received.
+func startPinger(t *testing.T, st lab.State, from string, to string, count int) (wait func() (int, int)) {
+	t.Helper()
+	var out limitedOutput
+	cmd := exec.Command("ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", strconv.Itoa(count), to)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := st.Start(from, cmd); err != nil {
+		t.Fatal(err)
+	}
+	killer := time.AfterFunc(time.Duration(count)*10*time.Millisecond+30*time.Second, func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+	})
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
+	return func() (int, int) {
+		_ = cmd.Wait()
+		killer.Stop()
+		m := pingSummaryRE.FindStringSubmatch(out.String())
+		if m == nil {
+			t.Fatalf("ping output has no summary: %s", out.String())
+		}
+		sent, _ := strconv.Atoi(m[1])
+		got, _ := strconv.Atoi(m[2])
+		return sent, got
+	}
+}
+
+type limitedOutput struct{ b []byte }
+
+func (o *limitedOutput) Write(p []byte) (int, error) {
+	if len(o.b) < 1<<16 {
+		o.b = append(o.b, p...)
+	}
+	return len(p), nil
+}
+func (o *limitedOutput) String() string { return string(o.b) }
+
+// kill -9 of an agent while a pod pings a remote pod every 10 ms: no packet
+// is lost, the lab restarts the agent, and the restarted agent keeps the
+// programs attached (it takes over the pinned links).
+func TestAgentKill9LosesNothing(t *testing.T) {
+	l := startLab(t, 2, 1, lab.DatapathEBPF)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st := l.State()
+	a, b := st.Pods[0], st.Pods[1]
+	node, _ := st.Node(a.Node)
+
+	wait := startPinger(t, st, a.Name, b.IP, 300) // 3 s
+	time.Sleep(500 * time.Millisecond)
+	if err := syscall.Kill(node.AgentPID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill agent %d: %v", node.AgentPID, err)
+	}
+	// While the agent is gone (and as it comes back), the pinned programs
+	// stay attached.
+	restarted, ok := waitFor(ctx, 10*time.Second, func() bool {
+		n, _ := l.State().Node(node.Name)
+		return n.AgentPID != 0 && n.AgentPID != node.AgentPID
+	})
+	if !ok {
+		t.Fatal("the lab did not restart the killed agent")
+	}
+	if !fastPathAttached(t, ctx, st, node.Name) {
+		t.Error("fast path detached across the agent restart")
+	}
+	sent, got := wait()
+	if sent == 0 || got != sent {
+		t.Errorf("ping across kill -9: %d sent, %d received", sent, got)
+	}
+	// Still attached, and still forwarding, a while after the restart.
+	time.Sleep(time.Until(restarted.Add(2 * time.Second)))
+	if !fastPathAttached(t, ctx, st, node.Name) {
+		t.Error("fast path detached after the restarted agent took over")
+	}
+	before, _ := node.Counters()
+	pingAll(t, ctx, l.State())
+	after, _ := node.Counters()
+	if d := lab.Redirected(after, "from_pods") - lab.Redirected(before, "from_pods"); d == 0 {
+		t.Errorf("%s: from_pods redirected nothing after the restart", node.Name)
+	}
+}
