@@ -216,11 +216,17 @@ func (d *demo) iperf(ctx context.Context, st State, client, server Pod) error {
 	if err != nil {
 		return fmt.Errorf("iperf3: %w\n%s", err, out)
 	}
+	// The summary: iperf3 ends with a header and the sender/receiver lines.
+	var summary []string
 	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "sender") || strings.Contains(line, "receiver") || strings.Contains(line, "Interval") {
-			fmt.Fprintln(&indent{w: d.w}, strings.TrimSpace(line))
+		switch {
+		case strings.Contains(line, "Interval"):
+			summary = []string{line}
+		case strings.HasSuffix(line, "sender") || strings.HasSuffix(line, "receiver"):
+			summary = append(summary, line)
 		}
 	}
+	fmt.Fprintln(&indent{w: d.w}, strings.Join(summary, "\n"))
 	return nil
 }
 
