@@ -1,0 +1,76 @@
+package lab
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestSubnetEnvRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "subnet.env")
+	want := subnetEnv{Network: clusterNetwork, Subnet: netip.MustParsePrefix("10.244.7.1/24"), MTU: 1450}
+	if err := writeSubnetEnv(path, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readSubnetEnv(path)
+	if err != nil || got != want {
+		t.Fatalf("read back %+v, %v; want %+v", got, err, want)
+	}
+	// A file the agent is still writing (no MTU yet) is not ready.
+	if err := os.WriteFile(path, []byte("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSubnetEnv(path); err == nil {
+		t.Error("incomplete subnet file accepted")
+	}
+	if err := os.WriteFile(path, []byte("FLANNEL_SUBNET=banana\nFLANNEL_MTU=1500\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSubnetEnv(path); err == nil {
+		t.Error("bad FLANNEL_SUBNET accepted")
+	}
+}
+
+func TestResolve(t *testing.T) {
+	st := State{
+		Prefix: "hgwx", Underlay: "hgwx-ul",
+		Nodes: []Node{{Name: "hgwx-n1"}},
+		Pods:  []Pod{{Name: "hgwx-n1-p1", Node: "hgwx-n1"}},
+	}
+	for in, want := range map[string]string{
+		"n1": "hgwx-n1", "hgwx-n1": "hgwx-n1", "n1-p1": "hgwx-n1-p1", "ul": "hgwx-ul", "underlay": "hgwx-ul",
+	} {
+		if got, err := st.Resolve(in); err != nil || got != want {
+			t.Errorf("Resolve(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"n2", "n1-p2", "", "hgwy-n1"} {
+		if _, err := st.Resolve(bad); err == nil {
+			t.Errorf("Resolve(%q) accepted", bad)
+		}
+	}
+}
+
+func TestProcessIdentity(t *testing.T) {
+	self := os.Getpid()
+	start, err := procStart(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameProcess(self, start) {
+		t.Error("this process does not match its own start time")
+	}
+	if sameProcess(self, start+1) {
+		t.Error("a different start time matched: a reused PID would be killed")
+	}
+	if sameProcess(0, 0) {
+		t.Error("PID 0 matched")
+	}
+}
+
+func TestLeaseKey(t *testing.T) {
+	if got := leaseKey("/coreos.com/network/", netip.MustParsePrefix("10.244.3.1/24")); got != "/coreos.com/network/subnets/10.244.3.0-24" {
+		t.Errorf("leaseKey = %q", got)
+	}
+}
