@@ -37,7 +37,9 @@ func runTests(m *testing.M) int {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "hgw-ebpf"), "../../cmd/hgw-ebpf").CombinedOutput()
+		build := exec.Command("go", "build", "-o", filepath.Join(dir, "hgw-ebpf"), "./cmd/hgw-ebpf")
+		build.Dir = repoRoot()
+		out, err := build.CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build hgw-ebpf for the end-to-end tests: %v\n%s", err, out)
 			return 1
@@ -59,11 +61,19 @@ func cniPath(t *testing.T) string {
 	if p := os.Getenv("CNI_PATH"); p != "" {
 		return p
 	}
-	p, err := filepath.Abs("../../bin/cni")
-	if err != nil {
-		t.Fatal(err)
+	return filepath.Join(repoRoot(), "bin", "cni")
+}
+
+// repoRoot is the module root above the test's directory (`go test` runs a
+// test binary in its package directory).
+func repoRoot() string {
+	dir, _ := os.Getwd()
+	for d := dir; d != "/"; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
 	}
-	return p
+	return filepath.Join(dir, "..", "..")
 }
 
 // startLab brings up a lab with a fresh "hgwt<random>" prefix and removes
