@@ -21,7 +21,7 @@ kernel routes stay in place as the fallback.`,
 			return applyEnv(cmd)
 		},
 	}
-	root.AddCommand(newVersionCmd(), newStatusCmd(), newCleanupCmd())
+	root.AddCommand(newVersionCmd(), newStatusCmd(), newCleanupCmd(), newStatsCmd(), newRunCmd())
 	documentEnv(root)
 	return root
 }

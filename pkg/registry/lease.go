@@ -37,14 +37,27 @@ type Lease struct {
 	IPv6Subnet netip.Prefix // zero if the key has no IPv6 part
 	PublicIP   netip.Addr   // parsed Attrs.PublicIP
 	Attrs      LeaseAttrs
-	// Expiration is zero for a reservation (a key bound to no etcd lease):
-	// honoured, never expired, as in flannel.
+	// Reservation is a key bound to no etcd lease: honoured, never
+	// expired, as in flannel.
+	Reservation bool
+	// Expiration is known for our own lease only (zero otherwise).
 	Expiration time.Time
+	// LeaseID is the etcd lease the key is bound to (0: reservation).
+	LeaseID int64
+	// ModRevision of the key when read.
+	ModRevision int64
+}
+
+// Snapshot is the complete set of leases at one etcd revision.
+type Snapshot struct {
+	Revision int64
+	Leases   []Lease
+	Skipped  []Skipped
 }
 
 // Skipped is an etcd entry that is not a usable lease, with the reason.
 type Skipped struct {
 	Key    string
-	Reason string // stable, metric-friendly: "bad_key", "bad_json", "bad_public_ip", "outside_network", "backend"
+	Reason string // stable, metric-friendly: "bad_key", "bad_json", "bad_public_ip", "outside_network", "backend", or a reconcile reason
 	Err    error
 }

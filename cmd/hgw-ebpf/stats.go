@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+func newStatsCmd() *cobra.Command {
+	var (
+		root, output string
+		watch        time.Duration
+		all          bool
+	)
+	cmd := &cobra.Command{
+		Use:   "stats",
+		Short: "Show the fast-path counters by program and reason",
+		Long: `Prints the per-CPU counters of the pinned stats map, summed over CPUs: for
+each program (from_pods on the bridge, from_underlay on the underlay device)
+how many packets and bytes took the fast path (reason "redirect") and why the
+others were left to the kernel. With --watch it prints per-second rates at
+that interval until interrupted.`,
+		Example: "  hgw-ebpf stats\n  hgw-ebpf stats --watch 1s\n  hgw-ebpf stats -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("output format %q: want text or json", output)
+			}
+			maps, err := datapath.OpenPinned(root)
+			if err != nil {
+				return fmt.Errorf("no datapath state under %s: %w", root, err)
+			}
+			defer maps.Close()
+			prev, err := maps.Stats()
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if watch <= 0 {
+				if output == "json" {
+					return json.NewEncoder(w).Encode(prev)
+				}
+				return printCounters(w, prev, nil, 0, all)
+			}
+			t := time.NewTicker(watch)
+			defer t.Stop()
+			for {
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-t.C:
+				}
+				cur, err := maps.Stats()
+				if err != nil {
+					return err
+				}
+				if output == "json" {
+					if err := json.NewEncoder(w).Encode(rates(cur, prev, watch)); err != nil {
+						return err
+					}
+				} else if err := printCounters(w, cur, prev, watch, all); err != nil {
+					return err
+				}
+				prev = cur
+			}
+		},
+	}
+	addPinRootFlag(cmd, &root)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().DurationVar(&watch, "watch", 0, "print per-second rates at this interval (e.g. 1s) until interrupted")
+	cmd.Flags().BoolVar(&all, "all", false, "list counters that are zero too")
+	return cmd
+}
+
+// rate is one counter's per-second rate over an interval.
+type rate struct {
+	Program       string  `json:"program"`
+	Reason        string  `json:"reason"`
+	PacketsPerSec float64 `json:"packets_per_sec"`
+	BytesPerSec   float64 `json:"bytes_per_sec"`
+	PacketsTotal  uint64  `json:"packets_total"`
+}
+
+func rates(cur, prev []datapath.Counter, d time.Duration) []rate {
+	out := make([]rate, 0, len(cur))
+	for i, c := range cur {
+		r := rate{Program: c.Program, Reason: c.Reason, PacketsTotal: c.Packets}
+		if i < len(prev) {
+			r.PacketsPerSec = float64(c.Packets-prev[i].Packets) / d.Seconds()
+			r.BytesPerSec = float64(c.Bytes-prev[i].Bytes) / d.Seconds()
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func printCounters(w io.Writer, cur, prev []datapath.Counter, d time.Duration, all bool) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	if prev == nil {
+		fmt.Fprintf(tw, "PROGRAM\tREASON\tPACKETS\tBYTES\t\n")
+		for _, c := range cur {
+			if c.Packets > 0 || all {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t\n", c.Program, c.Reason, c.Packets, c.Bytes)
+			}
+		}
+		return tw.Flush()
+	}
+	fmt.Fprintf(tw, "%s\t\t\t\t\nPROGRAM\tREASON\tPKT/S\tBIT/S\t\n", time.Now().Format(time.TimeOnly))
+	for _, r := range rates(cur, prev, d) {
+		if r.PacketsPerSec > 0 || all {
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t\n", r.Program, r.Reason, r.PacketsPerSec, 8*r.BytesPerSec)
+		}
+	}
+	return tw.Flush()
+}

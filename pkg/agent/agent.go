@@ -1,0 +1,264 @@
+// Package agent is `hgw-ebpf run`: it takes this node's subnet lease in
+// etcd as flanneld does, writes the subnet file for the CNI plugins, and
+// keeps the kernel routes and the BPF routes map equal to the leases of the
+// other nodes, with the fast-path programs attached.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
+)
+
+// Datapath modes of the agent.
+const (
+	DatapathEBPF   = "ebpf"   // kernel routes + fast-path programs
+	DatapathRoutes = "routes" // kernel routes only: plain flannel host-gw
+)
+
+// Config is the agent's configuration, one field per `run` flag.
+type Config struct {
+	Etcd           registry.ClientOptions
+	Prefix         string
+	Iface          string     // "" = the default route's device
+	PublicIP       netip.Addr // zero = the device's first IPv4
+	SubnetFile     string
+	LeaseTTL       time.Duration
+	Bridge         string
+	Datapath       string // DatapathEBPF or DatapathRoutes
+	AttachMode     datapath.Mode
+	ResyncInterval time.Duration
+	PinRoot        string
+	CleanupOnExit  bool // remove routes, programs, pins and the lease on exit
+	// UnsafeIgnoreConntrack forwards flows conntrack tracks on the fast
+	// path too: only for clusters without kube-proxy or other NAT.
+	UnsafeIgnoreConntrack bool
+}
+
+func (c Config) validate() error {
+	switch c.Datapath {
+	case DatapathEBPF, DatapathRoutes:
+	default:
+		return fmt.Errorf("--datapath %q: want %s or %s", c.Datapath, DatapathEBPF, DatapathRoutes)
+	}
+	if _, err := datapath.ParseMode(string(c.AttachMode)); err != nil {
+		return fmt.Errorf("--attach-mode: %w", err)
+	}
+	if c.ResyncInterval <= 0 {
+		return fmt.Errorf("--resync-interval %s must be positive", c.ResyncInterval)
+	}
+	if c.LeaseTTL < 10*time.Second {
+		return fmt.Errorf("--subnet-lease-ttl %s is too short (minimum 10s)", c.LeaseTTL)
+	}
+	if c.SubnetFile == "" || c.Bridge == "" || c.Prefix == "" {
+		return errors.New("--subnet-file, --bridge and --etcd-prefix must not be empty")
+	}
+	return nil
+}
+
+// Run runs the agent until ctx is cancelled. On return the routes, maps and
+// programs stay in place (traffic keeps flowing across a restart) unless
+// CleanupOnExit is set.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	ul, err := resolveUnderlay(cfg.Iface, cfg.PublicIP)
+	if err != nil {
+		return err
+	}
+	dev := ul.link.Attrs().Name
+	log.Info("underlay", "dev", dev, "public_ip", ul.publicIP, "on_link", ul.prefixes)
+
+	cli, err := registry.Dial(ctx, cfg.Etcd)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	reg := registry.New(cli, cfg.Prefix, log)
+	netCfg, err := reg.Config(ctx)
+	if err != nil {
+		return err
+	}
+	if netCfg.BackendType != "" && netCfg.BackendType != "host-gw" {
+		log.Warn("network config names another backend; hgw-ebpf always forwards host-gw style",
+			"backend", netCfg.BackendType)
+	}
+
+	acq := registry.AcquireOptions{PublicIP: ul.publicIP, TTL: cfg.LeaseTTL}
+	if prev, err := subnetfile.Read(cfg.SubnetFile); err == nil {
+		acq.Previous = prev.Subnet.Masked()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		log.Warn("ignoring unreadable subnet file", "path", cfg.SubnetFile, "err", err)
+	}
+	lease, err := reg.Acquire(ctx, acq)
+	if err != nil {
+		return fmt.Errorf("acquire subnet lease: %w", err)
+	}
+	log.Info("subnet lease acquired", "subnet", lease.Subnet, "key", lease.Key, "expires", lease.Expiration)
+
+	mtu := ul.link.Attrs().MTU
+	if err := subnetfile.Write(cfg.SubnetFile, subnetfile.Env{
+		Network: netCfg.Network, Subnet: lease.Subnet, MTU: mtu, IPMasq: false,
+	}); err != nil {
+		return err
+	}
+
+	n := &node{cfg: cfg, log: log, ul: ul, network: netCfg.Network, reg: reg, underlayFast: true}
+	n.setOwn(lease.Subnet)
+	if cfg.Datapath == DatapathEBPF {
+		if err := n.startDatapath(); err != nil {
+			return err
+		}
+		defer n.dp.Close()
+	}
+	var routeMap reconcile.RouteMap
+	if n.dp != nil {
+		routeMap = n.dp.Routes()
+	}
+	n.rec, err = reconcile.New(reconcile.Options{Link: ul.link, RouteMap: routeMap, Log: log, ResyncInterval: cfg.ResyncInterval})
+	if err != nil {
+		return err
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	goRun := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(runCtx); err != nil && runCtx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+				stop()
+			}
+		}()
+	}
+	goRun("reconciler", n.rec.Run)
+	goRun("registry watch", func(ctx context.Context) error { return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{}) })
+	goRun("lease keepalive", func(ctx context.Context) error {
+		return reg.KeepAlive(ctx, lease, acq, n.onLeaseChange)
+	})
+	if n.dp != nil {
+		goRun("attach check", n.keepAttached)
+	}
+	log.Info("agent running", "datapath", cfg.Datapath, "subnet", lease.Subnet, "resync", cfg.ResyncInterval)
+	<-runCtx.Done()
+	wg.Wait()
+	close(errc)
+	runErr := <-errc
+
+	if cfg.CleanupOnExit {
+		runErr = errors.Join(runErr, n.cleanup())
+	} else {
+		log.Info("agent stopped; routes, maps and programs stay in place")
+	}
+	return runErr
+}
+
+// node is the running agent's state that the event handlers share.
+type node struct {
+	cfg     Config
+	log     *slog.Logger
+	ul      underlay
+	network netip.Prefix
+	reg     *registry.Registry
+	dp      *datapath.Datapath
+	rec     *reconcile.Reconciler
+
+	conntrack    bool // programs ask conntrack
+	underlayFast bool // from_underlay may be attached
+
+	mu       sync.Mutex
+	own      netip.Prefix
+	lastSnap *registry.Snapshot
+}
+
+func (n *node) setOwn(p netip.Prefix) {
+	n.mu.Lock()
+	n.own = p
+	n.mu.Unlock()
+}
+
+// onSnapshot turns the registry's complete view into the desired peers.
+func (n *node) onSnapshot(s registry.Snapshot) {
+	n.mu.Lock()
+	n.lastSnap = &s
+	own := n.own
+	n.mu.Unlock()
+	peers, skipped := reconcile.Desired(reconcile.Input{
+		Own: own, Network: n.network, OnLink: n.ul.prefixes, PublicIP: n.ul.publicIP, Leases: s.Leases,
+	})
+	for _, sk := range skipped {
+		n.log.Debug("lease skipped", "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
+	}
+	n.rec.Update(peers)
+}
+
+// onLeaseChange follows a re-acquired lease (ours vanished from etcd).
+func (n *node) onLeaseChange(l registry.Lease) {
+	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "key", l.Key)
+	n.setOwn(l.Subnet)
+	if err := subnetfile.Write(n.cfg.SubnetFile, subnetfile.Env{
+		Network: n.network, Subnet: l.Subnet, MTU: n.ul.link.Attrs().MTU,
+	}); err != nil {
+		n.log.Error("rewrite subnet file", "err", err)
+	}
+	if n.dp != nil {
+		if err := n.writeConfig(); err != nil {
+			n.log.Error("update datapath config", "err", err)
+		}
+	}
+	n.mu.Lock()
+	s := n.lastSnap
+	n.mu.Unlock()
+	if s != nil {
+		n.onSnapshot(*s)
+	}
+}
+
+func (n *node) cleanup() error {
+	var errs []error
+	if err := n.rec.RemoveAll(); err != nil {
+		errs = append(errs, fmt.Errorf("remove routes: %w", err))
+	}
+	if n.dp != nil {
+		if err := datapath.Cleanup(n.cfg.PinRoot); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	n.mu.Lock()
+	own := n.own
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.reg.Release(ctx, own, n.ul.publicIP); err != nil {
+		errs = append(errs, fmt.Errorf("release lease %s: %w", own, err))
+	}
+	if len(errs) == 0 {
+		n.log.Info("cleaned up: routes, programs, pins and lease removed", "subnet", own)
+	}
+	return errors.Join(errs...)
+}
+
+// linkIndex re-reads a device's ifindex: the bridge may be re-created.
+func linkIndex(name string) (uint32, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("look up %s: %w", name, err)
+	}
+	return uint32(l.Attrs().Index), nil
+}

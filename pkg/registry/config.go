@@ -1,0 +1,93 @@
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+)
+
+// rawConfig is <prefix>/config's JSON, with flannel's field names.
+type rawConfig struct {
+	Network   string
+	SubnetLen int
+	SubnetMin string
+	SubnetMax string
+	Backend   struct {
+		Type string
+	}
+}
+
+// ParseConfig parses <prefix>/config and fills in flannel's defaults:
+// SubnetLen 24 (or Network's length + 1 for networks of /24 and smaller),
+// SubnetMin the second subnet, SubnetMax the last one.
+func ParseConfig(data []byte) (Config, error) {
+	var raw rawConfig
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return Config{}, fmt.Errorf("not JSON: %w", err)
+	}
+	network, err := netip.ParsePrefix(raw.Network)
+	if err != nil || !network.Addr().Is4() {
+		return Config{}, fmt.Errorf("Network %q is not an IPv4 prefix", raw.Network)
+	}
+	network = network.Masked()
+	cfg := Config{Network: network, SubnetLen: raw.SubnetLen, BackendType: raw.Backend.Type}
+	if cfg.SubnetLen == 0 {
+		cfg.SubnetLen = 24
+		if network.Bits() >= 24 {
+			cfg.SubnetLen = network.Bits() + 1
+		}
+	}
+	if cfg.SubnetLen <= network.Bits() || cfg.SubnetLen > 30 {
+		return Config{}, fmt.Errorf("SubnetLen %d must be longer than Network %s and at most 30", cfg.SubnetLen, network)
+	}
+	size := uint32(1) << (32 - cfg.SubnetLen)
+	base := addrToU32(network.Addr())
+	last := base + (uint32(1)<<(32-network.Bits()) - size)
+	// Like flannel, skip the first subnet: its .0 is the network's address.
+	cfg.SubnetMin, cfg.SubnetMax = u32ToAddr(base+size), u32ToAddr(last)
+	for _, b := range []struct {
+		name string
+		s    string
+		dst  *netip.Addr
+	}{{"SubnetMin", raw.SubnetMin, &cfg.SubnetMin}, {"SubnetMax", raw.SubnetMax, &cfg.SubnetMax}} {
+		if b.s == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(b.s)
+		if err != nil || !network.Contains(a) {
+			return Config{}, fmt.Errorf("%s %q is not an address in %s", b.name, b.s, network)
+		}
+		*b.dst = netip.PrefixFrom(a, cfg.SubnetLen).Masked().Addr()
+	}
+	if addrToU32(cfg.SubnetMin) > addrToU32(cfg.SubnetMax) {
+		return Config{}, fmt.Errorf("SubnetMin %s is above SubnetMax %s", cfg.SubnetMin, cfg.SubnetMax)
+	}
+	return cfg, nil
+}
+
+// Subnets returns how many subnets SubnetMin..SubnetMax hold, and the i-th.
+func (c Config) Subnets() (n int, nth func(i int) netip.Prefix) {
+	size := uint32(1) << (32 - c.SubnetLen)
+	lo, hi := addrToU32(c.SubnetMin), addrToU32(c.SubnetMax)
+	return int((hi-lo)/size) + 1, func(i int) netip.Prefix {
+		return netip.PrefixFrom(u32ToAddr(lo+uint32(i)*size), c.SubnetLen)
+	}
+}
+
+// InRange reports whether p is one of the subnets this config hands out.
+func (c Config) InRange(p netip.Prefix) bool {
+	if p.Bits() != c.SubnetLen || !c.Network.Contains(p.Addr()) {
+		return false
+	}
+	a := addrToU32(p.Addr())
+	return a >= addrToU32(c.SubnetMin) && a <= addrToU32(c.SubnetMax)
+}
+
+func addrToU32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func u32ToAddr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

@@ -1,0 +1,117 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// WatchHooks lets the caller count what the watch does (metrics).
+type WatchHooks struct {
+	Event  func() // one lease change received
+	Relist func() // a full re-read after a broken or compacted watch
+}
+
+// Watch lists the leases, then watches them from the listed revision, and
+// calls fn with the complete set after the initial list and after every
+// change. A compacted or broken watch, a lost leader or an unreachable etcd
+// leads to a fresh list once etcd answers again; meanwhile fn is not called,
+// so consumers keep the last good state. Returns when ctx is done.
+func (r *Registry) Watch(ctx context.Context, fn func(Snapshot), hooks WatchHooks) error {
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for first := true; ; first = false {
+		if !first && hooks.Relist != nil {
+			hooks.Relist()
+		}
+		err := r.watchOnce(ctx, fn, hooks)
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log.Warn("lease watch broken, reading all leases again", "err", err)
+		if !backoff.sleep(ctx) {
+			return nil
+		}
+	}
+}
+
+func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks WatchHooks) error {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	leases, skipped, rev, err := r.list(lctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	fn(snapshot(rev, leases, skipped))
+	cfg, err := r.config()
+	if err != nil {
+		return err
+	}
+
+	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer wcancel()
+	wch := r.cli.Watch(wctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch %s: %w", r.subnetsDir(), err)
+		}
+		for _, ev := range wr.Events {
+			key := string(ev.Kv.Key)
+			delete(leases, key)
+			delete(skipped, key)
+			if ev.Type == clientv3.EventTypePut {
+				l, sk := r.parse(cfg, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
+				if sk != nil {
+					r.logSkipped(*sk, ev.Kv.ModRevision)
+					skipped[key] = *sk
+				} else {
+					leases[key] = l
+				}
+			}
+			if hooks.Event != nil {
+				hooks.Event()
+			}
+		}
+		if len(wr.Events) > 0 {
+			fn(snapshot(wr.Header.Revision, leases, skipped))
+		}
+	}
+	return fmt.Errorf("watch %s closed", r.subnetsDir())
+}
+
+func snapshot(rev int64, leases map[string]Lease, skipped map[string]Skipped) Snapshot {
+	s := Snapshot{Revision: rev}
+	for _, l := range leases {
+		s.Leases = append(s.Leases, l)
+	}
+	for _, sk := range skipped {
+		s.Skipped = append(s.Skipped, sk)
+	}
+	sort.Slice(s.Leases, func(i, j int) bool { return s.Leases[i].Key < s.Leases[j].Key })
+	sort.Slice(s.Skipped, func(i, j int) bool { return s.Skipped[i].Key < s.Skipped[j].Key })
+	return s
+}
+
+// backoff doubles a wait up to a ceiling; reset after success.
+type backoff struct {
+	cur, min, max time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{cur: min, min: min, max: max} }
+
+func (b *backoff) reset() { b.cur = b.min }
+
+// sleep waits the current delay; false if ctx ended first.
+func (b *backoff) sleep(ctx context.Context) bool {
+	t := time.NewTimer(b.cur)
+	defer t.Stop()
+	b.cur = min(2*b.cur, b.max)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
