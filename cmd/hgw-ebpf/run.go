@@ -85,6 +85,7 @@ environment variable named in its help.`,
 	f.BoolVar(&cfg.UnsafeIgnoreConntrack, "unsafe-ignore-conntrack", false,
 		"forward flows conntrack tracks on the fast path too (breaks kube-proxy NAT; only for clusters without it)")
 	f.BoolVar(&cfg.CleanupOnExit, "cleanup-on-exit", false, "on exit remove routes, programs and pins, and release the lease")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9742", "address of /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/metrics"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
@@ -41,7 +42,8 @@ type Config struct {
 	AttachMode     datapath.Mode
 	ResyncInterval time.Duration
 	PinRoot        string
-	CleanupOnExit  bool // remove routes, programs, pins and the lease on exit
+	CleanupOnExit  bool   // remove routes, programs, pins and the lease on exit
+	MetricsAddr    string // "" disables /metrics, /healthz, /readyz
 	// UnsafeIgnoreConntrack forwards flows conntrack tracks on the fast
 	// path too: only for clusters without kube-proxy or other NAT.
 	UnsafeIgnoreConntrack bool
@@ -109,15 +111,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.Info("subnet lease acquired", "subnet", lease.Subnet, "key", lease.Key, "expires", lease.Expiration)
 
-	mtu := ul.link.Attrs().MTU
-	if err := subnetfile.Write(cfg.SubnetFile, subnetfile.Env{
-		Network: netCfg.Network, Subnet: lease.Subnet, MTU: mtu, IPMasq: false,
-	}); err != nil {
-		return err
-	}
-
-	n := &node{cfg: cfg, log: log, ul: ul, network: netCfg.Network, reg: reg, underlayFast: true}
+	n := &node{cfg: cfg, log: log, ul: ul, network: netCfg.Network, reg: reg, underlayFast: true,
+		firstApply: make(chan struct{})}
 	n.setOwn(lease.Subnet)
+	n.setLeaseExpiry(lease)
 	if cfg.Datapath == DatapathEBPF {
 		if err := n.startDatapath(); err != nil {
 			return err
@@ -125,10 +122,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer n.dp.Close()
 	}
 	var routeMap reconcile.RouteMap
+	var stats metrics.StatsReader
 	if n.dp != nil {
-		routeMap = n.dp.Routes()
+		routeMap, stats = n.dp.Routes(), n.dp
 	}
-	n.rec, err = reconcile.New(reconcile.Options{Link: ul.link, RouteMap: routeMap, Log: log, ResyncInterval: cfg.ResyncInterval})
+	n.metrics = metrics.New(stats)
+	n.setLeaseExpiry(lease)
+	n.ready = metrics.NewReadiness("registry synced", "routes applied")
+	if n.dp != nil {
+		n.ready.Set("programs attached", true) // startDatapath succeeded
+	}
+	n.rec, err = reconcile.New(reconcile.Options{Link: ul.link, RouteMap: routeMap, Log: log,
+		ResyncInterval: cfg.ResyncInterval, Observe: n.observe, OnRepair: n.metrics.RouteRepairs.Inc})
 	if err != nil {
 		return err
 	}
@@ -148,14 +153,30 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}()
 	}
 	goRun("reconciler", n.rec.Run)
-	goRun("registry watch", func(ctx context.Context) error { return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{}) })
+	goRun("registry watch", func(ctx context.Context) error {
+		return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: n.metrics.EtcdReconnects.Inc})
+	})
+	if cfg.MetricsAddr != "" {
+		goRun("metrics server", func(ctx context.Context) error { return metrics.Serve(ctx, cfg.MetricsAddr, n.metrics, n.ready, log) })
+	}
 	goRun("lease keepalive", func(ctx context.Context) error {
 		return reg.KeepAlive(ctx, lease, acq, n.onLeaseChange)
 	})
 	if n.dp != nil {
 		goRun("attach check", n.keepAttached)
 	}
-	log.Info("agent running", "datapath", cfg.Datapath, "subnet", lease.Subnet, "resync", cfg.ResyncInterval)
+	// The subnet file tells the CNI plugins the node is ready for pods:
+	// write it once routes to the peers are in place, not before.
+	select {
+	case <-runCtx.Done():
+	case <-n.firstApply:
+		if err := n.writeSubnetFile(); err != nil {
+			errc <- err
+			stop()
+			break
+		}
+		log.Info("node ready", "datapath", cfg.Datapath, "subnet", n.ownSubnet(), "subnet_file", cfg.SubnetFile)
+	}
 	<-runCtx.Done()
 	wg.Wait()
 	close(errc)
@@ -182,9 +203,51 @@ type node struct {
 	conntrack    bool // programs ask conntrack
 	underlayFast bool // from_underlay may be attached
 
-	mu       sync.Mutex
-	own      netip.Prefix
-	lastSnap *registry.Snapshot
+	metrics    *metrics.Metrics
+	ready      *metrics.Readiness
+	firstApply chan struct{} // closed after the first reconcile
+	applyOnce  sync.Once
+
+	mu         sync.Mutex
+	own        netip.Prefix
+	lastSnap   *registry.Snapshot
+	skipLogged map[string]string // key -> reason already logged
+}
+
+func (n *node) ownSubnet() netip.Prefix {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.own
+}
+
+func (n *node) writeSubnetFile() error {
+	return subnetfile.Write(n.cfg.SubnetFile, subnetfile.Env{
+		Network: n.network, Subnet: n.ownSubnet(), MTU: n.ul.link.Attrs().MTU,
+	})
+}
+
+func (n *node) setLeaseExpiry(l registry.Lease) {
+	if n.metrics != nil {
+		n.metrics.SetLeaseExpiry(l.Expiration)
+	}
+}
+
+// observe records a reconcile run.
+func (n *node) observe(res reconcile.Result, d time.Duration) {
+	result := "ok"
+	if len(res.Errors) > 0 {
+		result = "error"
+	}
+	n.metrics.ReconcileRuns.WithLabelValues(result).Inc()
+	n.metrics.ReconcileSeconds.Observe(d.Seconds())
+	n.metrics.Entries.WithLabelValues("kernel").Set(float64(res.KernelRoutes))
+	if n.dp != nil {
+		n.metrics.Entries.WithLabelValues("map").Set(float64(res.MapEntries))
+	}
+	n.ready.Set("routes applied", len(res.Errors) == 0)
+	if len(res.Errors) == 0 {
+		n.applyOnce.Do(func() { close(n.firstApply) })
+	}
 }
 
 func (n *node) setOwn(p netip.Prefix) {
@@ -202,9 +265,13 @@ func (n *node) onSnapshot(s registry.Snapshot) {
 	peers, skipped := reconcile.Desired(reconcile.Input{
 		Own: own, Network: n.network, OnLink: n.ul.prefixes, PublicIP: n.ul.publicIP, Leases: s.Leases,
 	})
-	for _, sk := range skipped {
-		n.log.Debug("lease skipped", "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
+	n.metrics.Peers.Set(float64(len(peers)))
+	n.metrics.LeasesSkipped.Reset()
+	for _, sk := range append(s.Skipped, skipped...) {
+		n.metrics.LeasesSkipped.WithLabelValues(sk.Reason).Inc()
 	}
+	n.logSkipped(skipped)
+	n.ready.Set("registry synced", true)
 	n.rec.Update(peers)
 }
 
@@ -212,9 +279,8 @@ func (n *node) onSnapshot(s registry.Snapshot) {
 func (n *node) onLeaseChange(l registry.Lease) {
 	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "key", l.Key)
 	n.setOwn(l.Subnet)
-	if err := subnetfile.Write(n.cfg.SubnetFile, subnetfile.Env{
-		Network: n.network, Subnet: l.Subnet, MTU: n.ul.link.Attrs().MTU,
-	}); err != nil {
+	n.setLeaseExpiry(l)
+	if err := n.writeSubnetFile(); err != nil {
 		n.log.Error("rewrite subnet file", "err", err)
 	}
 	if n.dp != nil {
@@ -261,4 +327,28 @@ func linkIndex(name string) (uint32, error) {
 		return 0, fmt.Errorf("look up %s: %w", name, err)
 	}
 	return uint32(l.Attrs().Index), nil
+}
+
+// logSkipped logs each lease the reconciler will not route, once per key
+// and reason (the registry logs malformed entries itself).
+func (n *node) logSkipped(skipped []registry.Skipped) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.skipLogged == nil {
+		n.skipLogged = map[string]string{}
+	}
+	seen := map[string]bool{}
+	for _, sk := range skipped {
+		seen[sk.Key] = true
+		if n.skipLogged[sk.Key] == sk.Reason {
+			continue
+		}
+		n.skipLogged[sk.Key] = sk.Reason
+		n.log.Warn("lease not routed", "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
+	}
+	for k := range n.skipLogged {
+		if !seen[k] {
+			delete(n.skipLogged, k)
+		}
+	}
 }

@@ -38,8 +38,10 @@ type Options struct {
 	Netns          *netns.NsHandle // namespace of Handle, for route events; nil: current
 	Log            *slog.Logger
 	ResyncInterval time.Duration
-	// Observe is called after every Apply.
-	Observe func(Result, time.Duration)
+	// Observe is called after every Apply; OnRepair when one of our
+	// routes was deleted behind our back.
+	Observe  func(Result, time.Duration)
+	OnRepair func()
 }
 
 // Result is what one Apply changed, per table.
@@ -57,7 +59,22 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	desired []Peer
-	known   bool // desired was set at least once
+	known   bool                      // desired was set at least once
+	deleted map[netip.Prefix]struct{} // routes Apply deleted, whose events are ours
+}
+
+// ownDeletion tells a route event caused by Apply's own deletion (a peer
+// left) from one made behind our back.
+func (r *Reconciler) ownDeletion(dst *net.IPNet) bool {
+	p, ok := prefixOf(dst)
+	if !ok {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ours := r.deleted[p]
+	delete(r.deleted, p)
+	return ours
 }
 
 // New builds a Reconciler.
@@ -78,7 +95,7 @@ func New(opts Options) (*Reconciler, error) {
 			return nil, fmt.Errorf("netlink handle: %w", err)
 		}
 	}
-	return &Reconciler{opts: opts, h: h, poke: make(chan struct{}, 1)}, nil
+	return &Reconciler{opts: opts, h: h, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]struct{}{}}, nil
 }
 
 // Update sets the desired peers and triggers a run.
@@ -133,7 +150,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			if ev.Type != unix.RTM_DELROUTE || ev.Protocol != RouteProtocol {
 				continue
 			}
+			if r.ownDeletion(ev.Dst) {
+				continue
+			}
 			r.opts.Log.Warn("route of ours deleted, repairing", "subnet", ipNetString(ev.Dst))
+			if r.opts.OnRepair != nil {
+				r.opts.OnRepair()
+			}
 		}
 		r.mu.Lock()
 		peers, known := r.desired, r.known
@@ -242,6 +265,9 @@ func (r *Reconciler) applyKernel(want map[netip.Prefix]netip.Addr, res *Result) 
 		if _, ok := want[subnet]; ok {
 			continue
 		}
+		r.mu.Lock()
+		r.deleted[subnet] = struct{}{}
+		r.mu.Unlock()
 		if err := r.h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
 			res.Errors = append(res.Errors, fmt.Errorf("delete route %s: %w", subnet, err))
 			continue
