@@ -21,7 +21,7 @@ kernel routes stay in place as the fallback.`,
 			return applyEnv(cmd)
 		},
 	}
-	root.AddCommand(newVersionCmd(), newStatusCmd(), newCleanupCmd(), newStatsCmd(), newRunCmd())
+	root.AddCommand(newVersionCmd(), newStatusCmd(), newCleanupCmd(), newStatsCmd(), newRoutesCmd(), newRunCmd())
 	documentEnv(root)
 	return root
 }

@@ -14,13 +14,12 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
 func newRunCmd() *cobra.Command {
 	var (
 		cfg       agent.Config
-		endpoints string
+		etcd      etcdFlags
 		publicIP  string
 		mode      string
 		logFormat string
@@ -48,10 +47,10 @@ environment variable named in its help.`,
 			if err != nil {
 				return err
 			}
-			cfg.Etcd.Endpoints = splitList(endpoints)
-			if len(cfg.Etcd.Endpoints) == 0 {
-				return fmt.Errorf("--etcd-endpoints is empty")
+			if cfg.Etcd, err = etcd.client(); err != nil {
+				return err
 			}
+			cfg.Prefix = etcd.prefix
 			if publicIP != "" {
 				ip, err := netip.ParseAddr(publicIP)
 				if err != nil || !ip.Is4() {
@@ -66,13 +65,7 @@ environment variable named in its help.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated etcd endpoints")
-	f.StringVar(&cfg.Prefix, "etcd-prefix", registry.DefaultPrefix, "etcd prefix of the network config and subnet leases")
-	f.StringVar(&cfg.Etcd.CAFile, "etcd-cafile", "", "CA certificate to verify etcd's server certificate")
-	f.StringVar(&cfg.Etcd.CertFile, "etcd-certfile", "", "client certificate for etcd")
-	f.StringVar(&cfg.Etcd.KeyFile, "etcd-keyfile", "", "key of the etcd client certificate")
-	f.StringVar(&cfg.Etcd.Username, "etcd-username", "", "etcd user name")
-	f.StringVar(&cfg.Etcd.Password, "etcd-password", "", "etcd password")
+	etcd.register(f)
 	f.StringVar(&cfg.Iface, "iface", "", "underlay device towards the other nodes (default: the default route's device)")
 	f.StringVar(&publicIP, "public-ip", "", "IP other nodes route this node's pods via (default: --iface's first IPv4)")
 	f.StringVar(&cfg.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "subnet file for the CNI plugins, in flanneld's format")

@@ -199,11 +199,13 @@ func (r *Reconciler) Apply(peers []Peer) Result {
 
 func (r *Reconciler) dev() string { return r.opts.Link.Attrs().Name }
 
+func (r *Reconciler) ourRoutes() ([]netlink.Route, error) { return ourRoutes(r.h) }
+
 // ourRoutes lists the main table's routes with our protocol tag.
-func (r *Reconciler) ourRoutes() ([]netlink.Route, error) {
+func ourRoutes(h *netlink.Handle) ([]netlink.Route, error) {
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
 	for attempt := 0; ; attempt++ {
-		routes, err := r.h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		routes, err := h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 		if errors.Is(err, netlink.ErrDumpInterrupted) && attempt < 5 {
 			continue // the table changed during the dump: read it again
 		}
@@ -318,6 +320,44 @@ func (r *Reconciler) applyMap(want map[netip.Prefix]netip.Addr, res *Result) {
 		r.opts.Log.Info("map entry removed", "subnet", subnet, "table", "map")
 	}
 	res.MapEntries = len(want)
+}
+
+// KernelRoutes lists the agent's kernel routes (protocol RouteProtocol) in
+// the namespace of h, in the map's terms.
+func KernelRoutes(h *netlink.Handle) ([]datapath.Route, error) {
+	routes, err := ourRoutes(h)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]datapath.Route, 0, len(routes))
+	for _, rt := range routes {
+		p, ok := prefixOf(rt.Dst)
+		gw, gok := netip.AddrFromSlice(rt.Gw.To4())
+		if !ok || !gok {
+			continue
+		}
+		out = append(out, datapath.Route{Subnet: p, NextHop: gw, Ifindex: uint32(rt.LinkIndex)})
+	}
+	return out, nil
+}
+
+// RemoveKernelRoutes deletes every route tagged RouteProtocol in the
+// namespace of h, on any device: `hgw-ebpf cleanup` without an agent.
+func RemoveKernelRoutes(h *netlink.Handle) (int, error) {
+	routes, err := ourRoutes(h)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	n := 0
+	for _, rt := range routes {
+		if err := h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete route %s: %w", ipNetString(rt.Dst), err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
 }
 
 // RemoveAll deletes every route and map entry the agent owns: what a node
