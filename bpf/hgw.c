@@ -81,8 +81,18 @@ struct bpf_ct_opts___hgw {
 };
 
 #define CT_OPTS_SIZE 12 /* the original layout, accepted by every kernel */
+#define IPS_CONFIRMED (1 << 3)
 #define IPS_SRC_NAT (1 << 4)
 #define IPS_DST_NAT (1 << 5)
+#define NFCT_PTRMASK (~7UL)
+
+/* The one field of the kernel's sk_buff we read: the conntrack entry
+ * netfilter attached to the packet (CO-RE, kernel >= 6.3 for the cast). */
+struct sk_buff {
+	unsigned long _nfct;
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
 extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
 					 struct bpf_ct_opts___hgw *opts, __u32 opts__sz) __ksym __weak;
@@ -194,6 +204,34 @@ static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *i
 	return FORWARD;
 }
 
+/* With br_netfilter (bridge-nf-call-iptables=1, as every kube-proxy node
+ * has), a pod's packet meets iptables PREROUTING at the bridge port, before
+ * cni0's ingress: kube-proxy's DNAT is already applied and its conntrack
+ * entry is attached to the packet, not yet confirmed, so the table lookup
+ * cannot see it. Such a packet must go on through the kernel, which confirms
+ * the entry and un-NATs the replies. An unconfirmed entry without NAT is a
+ * new flow: it may take the fast path (and conntrack forgets it). */
+static __always_inline __u32 attached_ct_check(struct __sk_buff *skb)
+{
+	struct sk_buff *kskb;
+	struct nf_conn *ct;
+	unsigned long status = 0;
+
+	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
+		return FORWARD;
+	kskb = bpf_cast_to_kern_ctx(skb);
+	ct = (struct nf_conn *)(kskb->_nfct & NFCT_PTRMASK);
+	if (!ct)
+		return FORWARD;
+	if (bpf_probe_read_kernel(&status, sizeof(status), &ct->status))
+		return REASON_CT_TRACKED; /* unreadable: be safe, use the kernel */
+	if (status & (IPS_SRC_NAT | IPS_DST_NAT))
+		return REASON_CT_NAT;
+	if (status & IPS_CONFIRMED)
+		return REASON_CT_TRACKED;
+	return FORWARD;
+}
+
 /* One path per flow: a flow the node's conntrack already tracks stays with
  * the kernel for its whole life. That keeps kube-proxy's NAT working (a reply
  * of a DNATed connection must be un-NATed by the kernel) and keeps conntrack
@@ -209,6 +247,7 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 	unsigned long status;
 	__u16 *ports;
 	__u8 *icmp;
+	__u32 reason;
 
 	if (ip->protocol == IPPROTO_ICMP) {
 		/* Errors quote a packet whose addresses NAT may have changed. */
@@ -219,7 +258,12 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 			return REASON_ICMP_ERROR;
 		return FORWARD;
 	}
-	if (!(cfg->flags & CONFIG_F_CONNTRACK) || !bpf_ksym_exists(bpf_skb_ct_lookup))
+	if (!(cfg->flags & CONFIG_F_CONNTRACK))
+		return FORWARD;
+	reason = attached_ct_check(skb);
+	if (reason != FORWARD)
+		return reason;
+	if (!bpf_ksym_exists(bpf_skb_ct_lookup))
 		return FORWARD;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return FORWARD;

@@ -37,7 +37,7 @@ func (l *Lab) agentArgs(n Node) []string {
 		"--public-ip", n.IP,
 		"--subnet-file", n.SubnetFile,
 		"--bridge", podBridge,
-		"--datapath", l.cfg.Datapath,
+		"--datapath", l.datapath(),
 		"--bpffs-root", n.PinRoot,
 		"--resync-interval", l.cfg.ResyncInterval.String(),
 		"--log-format", "text",

@@ -78,7 +78,7 @@ func repoRoot() string {
 
 // startLab brings up a lab with a fresh "hgwt<random>" prefix and removes
 // it when the test ends, pass or fail, checking that nothing is left.
-func startLab(t *testing.T, nodes, pods int, datapath string) *lab.Lab {
+func startLab(t *testing.T, nodes, pods int, datapath string, agentArgs ...string) *lab.Lab {
 	t.Helper()
 	requireRoot(t)
 	b := make([]byte, 3)
@@ -90,7 +90,7 @@ func startLab(t *testing.T, nodes, pods int, datapath string) *lab.Lab {
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{
 		Prefix: prefix, StateRoot: root, Nodes: nodes, PodsPerNode: pods, Datapath: datapath,
-		BinDir: binDir, CNIPath: cniPath(t), ResyncInterval: time.Second,
+		BinDir: binDir, CNIPath: cniPath(t), ResyncInterval: time.Second, AgentArgs: agentArgs,
 		Log: slog.New(slog.NewTextHandler(testLog{t}, nil)),
 	})
 	if err != nil {
