@@ -31,6 +31,9 @@ func (n *node) startDatapath() error {
 		return err
 	}
 	n.dp = dp
+	for _, m := range dp.Migrated {
+		n.log.Warn("pinned map of an older layout replaced; it is refilled now", "map", m)
+	}
 	if _, created, err := ensureBridge(n.cfg.Bridge); err != nil {
 		return err
 	} else if created {

@@ -32,6 +32,9 @@ type Datapath struct {
 	*Maps
 	opts  Options
 	progs hgwPrograms
+	// Migrated lists the pinned maps an older version left with another
+	// layout, which Load replaced by new, empty ones.
+	Migrated []string
 }
 
 // Load loads the programs, creating the pinned maps under opts.PinRoot or
@@ -54,6 +57,10 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF spec: %w", err)
 	}
+	migrated, err := checkPinnedLayouts(opts.PinRoot, spec, true)
+	if err != nil {
+		return nil, err
+	}
 	var objs hgwObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: opts.PinRoot},
@@ -70,7 +77,7 @@ func Load(opts Options) (*Datapath, error) {
 		objs.Close()
 		return nil, err
 	}
-	return &Datapath{Maps: maps, opts: opts, progs: objs.hgwPrograms}, nil
+	return &Datapath{Maps: maps, opts: opts, progs: objs.hgwPrograms, Migrated: migrated}, nil
 }
 
 // Close releases this process's handles. Pinned maps and links stay, so

@@ -31,6 +31,13 @@ func newMaps(root string, routes, config, stats *ebpf.Map) (*Maps, error) {
 
 // OpenPinned opens the maps an agent pinned under root.
 func OpenPinned(root string) (*Maps, error) {
+	spec, err := loadHgw()
+	if err != nil {
+		return nil, fmt.Errorf("load embedded BPF spec: %w", err)
+	}
+	if _, err := checkPinnedLayouts(root, spec, false); err != nil {
+		return nil, err
+	}
 	var ms [3]*ebpf.Map
 	for i, name := range []string{hgwMapRoutes, hgwMapConfig, hgwMapStats} {
 		path := filepath.Join(root, name)
