@@ -48,7 +48,18 @@ func (l *Lab) agentArgs(n Node) []string {
 // startProcess starts cmd inside the named namespace: the fork happens on a
 // thread that has joined it, so the child is born there. Unlike `ip netns
 // exec` this keeps the mount namespace, so /sys/fs/bpf stays visible.
+//
+// Unless the caller chose otherwise, the child gets SIGKILL when the thread
+// that forked it ends, which for us means when this process dies: a crashed
+// lab or test leaves no helper behind. (The forking thread goes back to the
+// Go runtime, which keeps its threads for the life of the process.)
 func startProcess(ns string, cmd *exec.Cmd) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	if cmd.SysProcAttr.Pdeathsig == 0 {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := inNetns(ns, cmd.Start); err != nil {
 		return fmt.Errorf("start %s in %s: %w", filepath.Base(cmd.Path), ns, err)
 	}
@@ -66,7 +77,9 @@ func (l *Lab) startAgent(n Node) (*exec.Cmd, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a Ctrl-C on the lab's terminal reaches the lab,
 	// which stops the agents in order, not the agents directly.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// SIGTERM when the lab process dies: the agent stops as on a normal
+	// shutdown, leaving its pins for the next `up` or `down` to remove.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	fmt.Fprintf(logf, "--- hgw-lab: starting %s %v\n", l.agentBin, cmd.Args[1:])
 	if err := startProcess(n.Name, cmd); err != nil {
 		return nil, err

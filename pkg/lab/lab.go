@@ -253,6 +253,11 @@ func (l *Lab) StartEtcd(ctx context.Context) error {
 		return err
 	}
 	l.etcd = e
+	if l.client != nil {
+		// After an outage gRPC may wait out a long backoff before it
+		// redials; the server is back now, so redial at once.
+		l.client.ActiveConnection().ResetConnectBackoff()
+	}
 	return nil
 }
 

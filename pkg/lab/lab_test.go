@@ -182,12 +182,18 @@ func TestCrashHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := l.State()
-	sleep := exec.Command("sleep", "300")
-	if err := startProcess(st.Nodes[0].Name, sleep); err != nil {
+	// A grandchild escapes the parent-death signal the lab gives its
+	// children, as a daemonizing helper would: only Down can find it.
+	out, err := st.Output(context.Background(), st.Nodes[0].Name, "sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!")
+	if err != nil {
 		t.Fatal(err)
 	}
-	start, _ := procStart(sleep.Process.Pid)
-	fmt.Printf("ORPHAN %d %d\n", sleep.Process.Pid, start)
+	var pid int
+	if _, err := fmt.Sscan(out, &pid); err != nil {
+		t.Fatalf("pid of the escaped process: %q: %v", out, err)
+	}
+	start, _ := procStart(pid)
+	fmt.Printf("ORPHAN %d %d\n", pid, start)
 	select {} // until SIGKILL
 }
 

@@ -1,46 +1,81 @@
 package e2e
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
 // tcProgram is one TC program attachment as the kernel reports it.
 type tcProgram struct {
-	Dev  string `json:"devname"`
-	Kind string `json:"kind"` // "tcx/ingress", "clsact/ingress", ...
-	Name string `json:"name"`
-	ID   int    `json:"prog_id"`
+	Dev  string
+	Kind string // "tcx/ingress", "tcx/egress", "clsact/ingress", "clsact/egress"
+	Name string
+	ID   ebpf.ProgramID
 }
 
-// attachedTC asks the kernel (bpftool net show, inside the node) which TC
-// programs are attached to the node's devices: the truth, not the pins.
-func attachedTC(ctx context.Context, st lab.State, node string) ([]tcProgram, error) {
-	out, err := st.Output(ctx, node, "bpftool", "--json", "net", "show")
-	if err != nil {
-		return nil, fmt.Errorf("bpftool net show in %s: %w: %s", node, err, out)
-	}
-	var sections []struct {
-		TC []tcProgram `json:"tc"`
-	}
-	if err := json.Unmarshal([]byte(out), &sections); err != nil {
-		return nil, fmt.Errorf("parse bpftool output %q: %w", out, err)
-	}
+// attachedTC asks the kernel which TC programs (tcx links and clsact
+// filters) are attached to the node's devices: the truth, not the pins.
+// (Debian's bpftool 7.1 does not list tcx attachments.) tcx queries take an
+// ifindex, which the kernel resolves in the caller's namespace, so this
+// runs inside the node.
+func attachedTC(st lab.State, node string) ([]tcProgram, error) {
 	var progs []tcProgram
-	for _, s := range sections {
-		progs = append(progs, s.TC...)
+	err := st.Do(node, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("list devices: %w", err)
+		}
+		for _, l := range links {
+			dev, idx := l.Attrs().Name, l.Attrs().Index
+			for kind, at := range map[string]ebpf.AttachType{"tcx/ingress": ebpf.AttachTCXIngress, "tcx/egress": ebpf.AttachTCXEgress} {
+				res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: at})
+				if err != nil {
+					return fmt.Errorf("query %s programs of %s: %w", kind, dev, err)
+				}
+				for _, p := range res.Programs {
+					progs = append(progs, tcProgram{Dev: dev, Kind: kind, Name: progName(p.ID), ID: p.ID})
+				}
+			}
+			for kind, parent := range map[string]uint32{"clsact/ingress": netlink.HANDLE_MIN_INGRESS, "clsact/egress": netlink.HANDLE_MIN_EGRESS} {
+				filters, err := netlink.FilterList(l, parent)
+				if err != nil {
+					continue // no clsact qdisc on this device
+				}
+				for _, f := range filters {
+					if bf, ok := f.(*netlink.BpfFilter); ok {
+						progs = append(progs, tcProgram{Dev: dev, Kind: kind, Name: progName(ebpf.ProgramID(bf.Id)), ID: ebpf.ProgramID(bf.Id)})
+					}
+				}
+			}
+		}
+		return nil
+	})
+	return progs, err
+}
+
+func progName(id ebpf.ProgramID) string {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return fmt.Sprintf("prog#%d", id)
 	}
-	return progs, nil
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return fmt.Sprintf("prog#%d", id)
+	}
+	return info.Name
 }
 
 // fastPathAttached reports whether from_pods sits on cni0 and
 // from_underlay on eth0.
-func fastPathAttached(t *testing.T, ctx context.Context, st lab.State, node string) bool {
-	progs, err := attachedTC(ctx, st, node)
+func fastPathAttached(t *testing.T, st lab.State, node string) bool {
+	progs, err := attachedTC(st, node)
 	if err != nil {
 		t.Log(err)
 		return false

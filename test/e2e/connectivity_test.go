@@ -20,6 +20,11 @@ func TestAllPairsOverFastPath(t *testing.T) {
 	defer cancel()
 	st := l.State()
 
+	for _, n := range st.Nodes {
+		if !fastPathAttached(t, st, n.Name) {
+			t.Errorf("%s: from_pods/from_underlay not attached to cni0/eth0", n.Name)
+		}
+	}
 	before := counters(t, st)
 	pingAll(t, ctx, st)
 	after := counters(t, st)

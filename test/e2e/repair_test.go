@@ -61,11 +61,11 @@ func TestRepairsRouteAndAttachment(t *testing.T) {
 		}
 		lk.Close()
 	}
-	if fastPathAttached(t, ctx, st, n1.Name) {
+	if fastPathAttached(t, st, n1.Name) {
 		t.Fatal("programs still attached after the manual detach")
 	}
 	pingAll(t, ctx, st) // kernel routes carry the traffic meanwhile
-	if _, ok := waitFor(ctx, 10*time.Second, func() bool { return fastPathAttached(t, ctx, st, n1.Name) }); !ok {
+	if _, ok := waitFor(ctx, 10*time.Second, func() bool { return fastPathAttached(t, st, n1.Name) }); !ok {
 		t.Fatal("agent did not reattach the programs on its resync")
 	}
 	before, _ := n1.Counters()

@@ -76,7 +76,7 @@ func TestAgentKill9LosesNothing(t *testing.T) {
 	if !ok {
 		t.Fatal("the lab did not restart the killed agent")
 	}
-	if !fastPathAttached(t, ctx, st, node.Name) {
+	if !fastPathAttached(t, st, node.Name) {
 		t.Error("fast path detached across the agent restart")
 	}
 	sent, got := wait()
@@ -85,7 +85,7 @@ func TestAgentKill9LosesNothing(t *testing.T) {
 	}
 	// Still attached, and still forwarding, a while after the restart.
 	time.Sleep(time.Until(restarted.Add(2 * time.Second)))
-	if !fastPathAttached(t, ctx, st, node.Name) {
+	if !fastPathAttached(t, st, node.Name) {
 		t.Error("fast path detached after the restarted agent took over")
 	}
 	before, _ := node.Counters()

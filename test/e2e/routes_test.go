@@ -16,8 +16,10 @@ func TestRoutesDatapath(t *testing.T) {
 	defer cancel()
 	st := l.State()
 	pingAll(t, ctx, st)
+	// The same check sees the programs on an ebpf node (so its silence
+	// here means something): see TestAllPairsOverFastPath.
 	for _, n := range st.Nodes {
-		progs, err := attachedTC(ctx, st, n.Name)
+		progs, err := attachedTC(st, n.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
