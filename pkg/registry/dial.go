@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
+	"net/url"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -43,11 +45,52 @@ func Dial(ctx context.Context, o ClientOptions) (*clientv3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", o.Endpoints, err)
 	}
+	// Status needs no key permission, so a user limited to the prefix passes.
 	sctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
-	if _, err := cli.Get(sctx, "health-check-by-hgw-ebpf", clientv3.WithCountOnly()); err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("etcd %v does not answer: %w", o.Endpoints, err)
+	var statusErr error
+	for _, ep := range o.Endpoints {
+		if _, statusErr = cli.Status(sctx, ep); statusErr == nil {
+			return cli, nil
+		}
 	}
-	return cli, nil
+	cli.Close()
+	if tlsCfg != nil {
+		// gRPC reports a rejected handshake as a timeout; say what failed.
+		if why := diagnoseTLS(o.Endpoints[0], tlsCfg, o.DialTimeout); why != nil {
+			return nil, fmt.Errorf("etcd %v: TLS: %w (check --etcd-cafile, --etcd-certfile, --etcd-keyfile)", o.Endpoints, why)
+		}
+	}
+	return nil, fmt.Errorf("etcd %v does not answer: %w", o.Endpoints, statusErr)
+}
+
+// diagnoseTLS performs one TLS handshake with endpoint and reads once, so
+// that a certificate the server rejects shows as the server's alert.
+func diagnoseTLS(endpoint string, cfg *tls.Config, timeout time.Duration) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return nil
+	}
+	cfg = cfg.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName = u.Hostname()
+	}
+	cfg.NextProtos = []string{"h2"}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", u.Host, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(timeout))
+	// With TLS 1.3 the server checks our certificate after the handshake;
+	// its verdict arrives as an alert on the first read.
+	if _, err := conn.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
+		return err
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }
