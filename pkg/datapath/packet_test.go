@@ -126,7 +126,7 @@ func tcp(sport, dport uint16, flags uint8) []byte {
 	binary.BigEndian.PutUint16(b[0:2], sport)
 	binary.BigEndian.PutUint16(b[2:4], dport)
 	binary.BigEndian.PutUint32(b[4:8], 0x01020304) // sequence number
-	b[12] = 5 << 4                                  // data offset
+	b[12] = 5 << 4                                 // data offset
 	b[13] = flags
 	binary.BigEndian.PutUint16(b[14:16], 64240) // window
 	return b
