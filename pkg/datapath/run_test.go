@@ -521,15 +521,16 @@ func onesAdd(a, b uint16) uint16 {
 	return uint16(s&0xffff + s>>16)
 }
 
-// withChecksum picks the IP ID so that the header's checksum comes out as
-// want; ok is false when no ID can (want 0xffff would need an all-zero sum).
-func withChecksum(h ipv4Header, want uint16) (ipv4Header, bool) {
+// withChecksum picks the IP ID so that the header carrying payload gets
+// checksum want; ok is false when no ID can (want 0xffff would need an
+// all-zero sum).
+func withChecksum(h ipv4Header, payload []byte, want uint16) (ipv4Header, bool) {
 	h.ID = 0
-	hdr := ipv4(h, nil)[:ipv4Len]
+	hdr := ipv4(h, payload)[:ipv4Len]
 	hdr[10], hdr[11] = 0, 0
 	// sum(header with ID) = sum(header without) + ID must equal ^want.
 	h.ID = onesAdd(^want, ^onesSum(hdr))
-	b := ipv4(h, nil)
+	b := ipv4(h, payload)
 	return h, binary.BigEndian.Uint16(b[10:12]) == want
 }
 
@@ -543,7 +544,7 @@ func TestForwardedChecksumProperty(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := mrand.New(mrand.NewPCG(seed, 0x68677721))
-	edges := []uint16{0x0000, 0x0001, 0x00ff, 0x0100, 0x00fe, 0xfe00, 0xfeff, 0xff00, 0xff01, 0xfffd, 0xfffe, 0xfeff}
+	edges := []uint16{0x0000, 0x0001, 0x00fe, 0x00ff, 0x0100, 0xfe00, 0xfeff, 0xff00, 0xff01, 0xfffd, 0xfffe}
 	hitEdges := 0
 	for i := range 240 {
 		fromPods := i%2 == 0
@@ -572,7 +573,7 @@ func TestForwardedChecksumProperty(t *testing.T) {
 			h.Protocol, l4 = protoICMP, icmpEchoMsg([]uint8{icmpEcho, icmpEchoReply}[rng.IntN(2)], uint16(rng.Uint32()), uint16(i))
 		}
 		if i%3 == 0 {
-			if steered, ok := withChecksum(h, edges[rng.IntN(len(edges))]); ok {
+			if steered, ok := withChecksum(h, l4, edges[rng.IntN(len(edges))]); ok {
 				h = steered
 				hitEdges++
 			}
@@ -589,6 +590,28 @@ func TestForwardedChecksumProperty(t *testing.T) {
 	}
 	if hitEdges < 40 {
 		t.Errorf("only %d headers had an edge checksum; the property was not exercised", hitEdges)
+	}
+	// Every edge at least once, whatever the random draw.
+	for _, c := range edges {
+		for _, h := range []ipv4Header{
+			{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoUDP},
+			{Src: peerPod, Dst: localPod, TTL: 2, Protocol: protoUDP, TOS: 0xb8},
+		} {
+			l4 := udp(40000, 5201, []byte("edge"))
+			steered, ok := withChecksum(h, l4, c)
+			if !ok {
+				t.Fatalf("cannot steer the checksum to %#04x", c)
+			}
+			frame := ipFrame(steered, l4)
+			if got := binary.BigEndian.Uint16(frame[ethLen+10:]); got != c {
+				t.Fatalf("steered checksum %#04x, want %#04x", got, c)
+			}
+			p := datapath.FromPods
+			if h.Dst == localPod {
+				p = datapath.FromUnderlay
+			}
+			e.forward(t, p, frame)
+		}
 	}
 }
 
