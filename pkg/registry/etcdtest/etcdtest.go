@@ -1,0 +1,159 @@
+// Package etcdtest runs a real single-member etcd inside a test process,
+// so registry code is tested against etcd itself rather than a mock.
+package etcdtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+const readyTimeout = 30 * time.Second
+
+// Server is an embedded etcd listening on loopback. Its data survive Stop,
+// so Restart brings back the same cluster on the same ports.
+type Server struct {
+	dir          string
+	client, peer url.URL
+
+	mu   sync.Mutex
+	etcd *embed.Etcd // nil while stopped
+}
+
+// Start starts etcd on free loopback ports with its data in t.TempDir();
+// it is stopped when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{dir: filepath.Join(t.TempDir(), "etcd")}
+	var err error
+	// A port found free may be taken before etcd binds it: try a few.
+	for range 3 {
+		s.client, s.peer = loopbackURL(t), loopbackURL(t)
+		if err = s.start(); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("etcdtest: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func loopbackURL(t testing.TB) url.URL {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("etcdtest: find a free port: %v", err)
+	}
+	defer l.Close()
+	return url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)}
+}
+
+func (s *Server) start() error {
+	cfg := embed.NewConfig()
+	cfg.Name = "etcdtest"
+	cfg.Dir = s.dir
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{s.client}, []url.URL{s.client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{s.peer}, []url.URL{s.peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.LogLevel = "error"
+	// Even error-level lines are noise here (e.g. on Stop): test
+	// failures are reported by the tests, not by etcd's log.
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.UnsafeNoFsync = true // test data need no durability across crashes
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("start etcd on %s: %w", s.client.Host, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return fmt.Errorf("etcd on %s failed while starting: %w", s.client.Host, err)
+	case <-time.After(readyTimeout):
+		e.Close()
+		return fmt.Errorf("etcd on %s not ready after %s", s.client.Host, readyTimeout)
+	}
+	s.mu.Lock()
+	s.etcd = e
+	s.mu.Unlock()
+	return nil
+}
+
+// Endpoints are the client URLs, for clientv3.Config or registry.Dial.
+func (s *Server) Endpoints() []string { return []string{s.client.String()} }
+
+// Client returns a client of this server, closed when the test ends. It
+// keeps working across Stop and Restart, as a real agent's client would.
+func (s *Server) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli := s.newClient(t)
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func (s *Server) newClient(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   s.Endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("etcdtest: client of %v: %v", s.Endpoints(), err)
+	}
+	return cli
+}
+
+// Stop shuts etcd down and keeps its data. Stopping twice is harmless.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	e := s.etcd
+	s.etcd = nil
+	s.mu.Unlock()
+	if e != nil {
+		e.Close()
+	}
+}
+
+// Restart stops etcd if it runs and starts it again on the same data
+// directory and ports.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	if err := s.start(); err != nil {
+		t.Fatalf("etcdtest: restart: %v", err)
+	}
+}
+
+// Compact compacts the key history up to rev (the current revision if
+// rev <= 0), so that watches from an older revision fail as compacted.
+func (s *Server) Compact(t testing.TB, rev int64) {
+	t.Helper()
+	cli := s.newClient(t)
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if rev <= 0 {
+		resp, err := cli.Get(ctx, "compact-probe")
+		if err != nil {
+			t.Fatalf("etcdtest: read the current revision: %v", err)
+		}
+		rev = resp.Header.Revision
+	}
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("etcdtest: compact at %d: %v", rev, err)
+	}
+}

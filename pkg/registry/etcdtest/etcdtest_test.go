@@ -1,0 +1,51 @@
+package etcdtest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func TestRestartKeepsDataAndEndpoints(t *testing.T) {
+	s := Start(t)
+	endpoints := s.Endpoints()
+	cli := s.Client(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	put, err := cli.Put(ctx, "k", "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s.Stop()
+	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
+	if _, err := cli.Get(short, "k"); err == nil {
+		t.Error("Get succeeded while the server was stopped")
+	}
+	cancelShort()
+
+	s.Restart(t)
+	if got := s.Endpoints(); got[0] != endpoints[0] {
+		t.Errorf("endpoints changed across Restart: %v, was %v", got, endpoints)
+	}
+	resp, err := cli.Get(ctx, "k") // the same client reconnects
+	if err != nil {
+		t.Fatalf("Get after Restart: %v", err)
+	}
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "before" {
+		t.Fatalf("after Restart k = %v, want \"before\"", resp.Kvs)
+	}
+
+	if _, err := cli.Put(ctx, "k", "after"); err != nil {
+		t.Fatal(err)
+	}
+	s.Compact(t, 0)
+	_, err = cli.Get(ctx, "k", clientv3.WithRev(put.Header.Revision))
+	if !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Errorf("Get at revision %d after Compact: %v, want %v", put.Header.Revision, err, rpctypes.ErrCompacted)
+	}
+}
