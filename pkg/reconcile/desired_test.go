@@ -1,0 +1,241 @@
+package reconcile_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+)
+
+const subnetsDir = "/coreos.com/network/subnets/"
+
+func lease(subnet, publicIP string) registry.Lease {
+	p := netip.MustParsePrefix(subnet)
+	return registry.Lease{Key: subnetsDir + registry.SubnetKey(p), Subnet: p, PublicIP: netip.MustParseAddr(publicIP)}
+}
+
+// node is the Input of a node 198.18.0.11 owning 10.244.1.0/24.
+func node(leases ...registry.Lease) reconcile.Input {
+	return reconcile.Input{
+		Own:      netip.MustParsePrefix("10.244.1.0/24"),
+		Network:  netip.MustParsePrefix("10.244.0.0/16"),
+		OnLink:   []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")},
+		PublicIP: netip.MustParseAddr("198.18.0.11"),
+		Leases:   leases,
+	}
+}
+
+// outcome is Desired's verdict on one lease: "peer" or the skip reason.
+type outcome map[string]string
+
+func outcomes(t *testing.T, in reconcile.Input) outcome {
+	t.Helper()
+	peers, skipped := reconcile.Desired(in)
+	got := outcome{}
+	for _, p := range peers {
+		if _, dup := got[p.Key]; dup {
+			t.Errorf("%s returned twice", p.Key)
+		}
+		got[p.Key] = "peer"
+	}
+	for _, s := range skipped {
+		if _, dup := got[s.Key]; dup {
+			t.Errorf("%s both a peer and skipped, or skipped twice", s.Key)
+		}
+		if s.Err == nil {
+			t.Errorf("%s skipped (%s) without an error to log", s.Key, s.Reason)
+		}
+		got[s.Key] = s.Reason
+	}
+	return got
+}
+
+func key(subnet string) string { return subnetsDir + registry.SubnetKey(netip.MustParsePrefix(subnet)) }
+
+func TestDesired(t *testing.T) {
+	self := lease("10.244.1.0/24", "198.18.0.11")
+	for _, tc := range []struct {
+		name   string
+		leases []registry.Lease
+		want   outcome // keys absent from want must be absent from the result
+	}{
+		{
+			name:   "ourselves excluded, peers kept",
+			leases: []registry.Lease{self, lease("10.244.2.0/24", "198.18.0.12"), lease("10.244.3.0/24", "198.18.0.13")},
+			want:   outcome{key("10.244.2.0/24"): "peer", key("10.244.3.0/24"): "peer"},
+		},
+		{
+			name:   "our PublicIP with another subnet",
+			leases: []registry.Lease{self, lease("10.244.7.0/24", "198.18.0.11")},
+			want:   outcome{key("10.244.7.0/24"): "own_public_ip"},
+		},
+		{
+			name:   "our PublicIP wins over every other reason",
+			leases: []registry.Lease{lease("10.245.0.0/24", "198.18.0.11")},
+			want:   outcome{key("10.245.0.0/24"): "own_public_ip"},
+		},
+		{
+			name: "overlapping our subnet",
+			leases: []registry.Lease{
+				lease("10.244.1.0/24", "198.18.0.12"), // our subnet, another node
+				lease("10.244.0.0/23", "198.18.0.13"), // contains ours
+				lease("10.244.1.128/25", "198.18.0.14"),
+			},
+			want: outcome{key("10.244.1.0/24"): "own_subnet", key("10.244.0.0/23"): "own_subnet", key("10.244.1.128/25"): "own_subnet"},
+		},
+		{
+			name: "outside the network",
+			leases: []registry.Lease{
+				lease("10.245.2.0/24", "198.18.0.12"),
+				lease("10.242.0.0/15", "198.18.0.13"), // starts outside
+				lease("10.244.0.0/15", "198.18.0.14"), // wider than the network, so also around our subnet: that is checked first
+				lease("10.244.200.0/24", "198.18.0.15"),
+			},
+			want: outcome{
+				key("10.245.2.0/24"): "outside_network", key("10.242.0.0/15"): "outside_network",
+				key("10.244.0.0/15"): "own_subnet", key("10.244.200.0/24"): "peer",
+			},
+		},
+		{
+			name:   "PublicIP not on-link",
+			leases: []registry.Lease{lease("10.244.2.0/24", "198.19.0.12"), lease("10.244.3.0/24", "198.18.1.13")},
+			want:   outcome{key("10.244.2.0/24"): "not_on_link", key("10.244.3.0/24"): "not_on_link"},
+		},
+		{
+			name: "overlapping peers: smaller key wins, shorter prefix first",
+			// "…/10.244.2.0-23" < "…/10.244.3.0-24": the /23 wins.
+			leases: []registry.Lease{lease("10.244.3.0/24", "198.18.0.13"), lease("10.244.2.0/23", "198.18.0.12")},
+			want:   outcome{key("10.244.2.0/23"): "peer", key("10.244.3.0/24"): "overlap"},
+		},
+		{
+			name: "overlapping peers: smaller key wins, longer prefix first",
+			// "…/10.244.10.0-24" < "…/10.244.8.0-21": the /24 wins and
+			// the /21 around it is refused.
+			leases: []registry.Lease{lease("10.244.8.0/21", "198.18.0.18"), lease("10.244.10.0/24", "198.18.0.20")},
+			want:   outcome{key("10.244.10.0/24"): "peer", key("10.244.8.0/21"): "overlap"},
+		},
+		{
+			name: "same subnet under two keys (dual-stack and plain)",
+			leases: []registry.Lease{
+				{Key: subnetsDir + "10.244.4.0-24&fd00:10:244:4::-64", Subnet: netip.MustParsePrefix("10.244.4.0/24"), PublicIP: netip.MustParseAddr("198.18.0.15")},
+				lease("10.244.4.0/24", "198.18.0.14"),
+			},
+			want: outcome{key("10.244.4.0/24"): "peer", subnetsDir + "10.244.4.0-24&fd00:10:244:4::-64": "overlap"},
+		},
+		{
+			name: "a skipped lease reserves nothing",
+			// The smaller key is refused (not on-link), so it must not
+			// make the routable one an "overlap".
+			leases: []registry.Lease{lease("10.244.2.0/23", "192.0.2.1"), lease("10.244.3.0/24", "198.18.0.13")},
+			want:   outcome{key("10.244.2.0/23"): "not_on_link", key("10.244.3.0/24"): "peer"},
+		},
+		{
+			name:   "no leases",
+			leases: nil,
+			want:   outcome{},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := outcomes(t, node(tc.leases...)); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Desired:\n got %v\nwant %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDesiredPeerFields(t *testing.T) {
+	l := lease("10.244.2.0/24", "198.18.0.12")
+	peers, skipped := reconcile.Desired(node(l))
+	want := []reconcile.Peer{{Subnet: l.Subnet, NextHop: l.PublicIP, Key: l.Key}}
+	if !reflect.DeepEqual(peers, want) || len(skipped) != 0 {
+		t.Fatalf("Desired = %v, %v; want %v and nothing skipped", peers, skipped, want)
+	}
+}
+
+// Every node must compute the same result from the same leases, in
+// whatever order etcd listed them, and the caller's slice stays as it was.
+func TestDesiredStableOrder(t *testing.T) {
+	var leases []registry.Lease
+	for i := 2; i < 40; i++ {
+		leases = append(leases, lease(fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("198.18.0.%d", 100+i)))
+	}
+	leases = append(leases,
+		lease("10.244.1.0/24", "198.18.0.11"), lease("10.244.8.0/21", "198.18.0.99"),
+		lease("10.245.0.0/24", "198.18.0.98"), lease("10.244.50.0/24", "203.0.113.1"))
+	wantPeers, wantSkipped := reconcile.Desired(node(leases...))
+	if len(wantPeers) == 0 || len(wantSkipped) == 0 {
+		t.Fatalf("fixture should give peers and skips: %d, %d", len(wantPeers), len(wantSkipped))
+	}
+	for i := 1; i < len(wantPeers); i++ {
+		if wantPeers[i-1].Key >= wantPeers[i].Key {
+			t.Fatalf("peers not in key order at %d: %s then %s", i, wantPeers[i-1].Key, wantPeers[i].Key)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 20; round++ {
+		shuffled := append([]registry.Lease(nil), leases...)
+		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		before := append([]registry.Lease(nil), shuffled...)
+		peers, skipped := reconcile.Desired(node(shuffled...))
+		if !reflect.DeepEqual(peers, wantPeers) {
+			t.Fatalf("round %d: peers depend on input order:\n got %v\nwant %v", round, peers, wantPeers)
+		}
+		if !reflect.DeepEqual(skipKeys(skipped), skipKeys(wantSkipped)) {
+			t.Fatalf("round %d: skipped depend on input order:\n got %v\nwant %v", round, skipKeys(skipped), skipKeys(wantSkipped))
+		}
+		if !reflect.DeepEqual(shuffled, before) {
+			t.Fatalf("round %d: Desired reordered the caller's leases", round)
+		}
+	}
+}
+
+func skipKeys(s []registry.Skipped) []string {
+	out := make([]string, len(s))
+	for i, x := range s {
+		out[i] = x.Key + " " + x.Reason
+	}
+	return out
+}
+
+// A large cluster: 5000 leases in a /8 of /24s, plus a few /23s so the
+// mixed-length overlap path runs too. The time is logged, not asserted.
+func TestDesiredManyLeases(t *testing.T) {
+	const n = 5000
+	in := reconcile.Input{
+		Own:      netip.MustParsePrefix("10.0.0.0/24"),
+		Network:  netip.MustParsePrefix("10.0.0.0/8"),
+		OnLink:   []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")},
+		PublicIP: netip.MustParseAddr("198.18.0.1"),
+	}
+	for i := 0; i < n; i++ {
+		in.Leases = append(in.Leases, lease(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256), fmt.Sprintf("198.18.%d.%d", 1+i/250, 1+i%250)))
+	}
+	// Each /23 covers two /24s leased above: with its smaller key it is
+	// accepted and both /24s become overlaps.
+	const wide = 10
+	for i := 0; i < wide; i++ {
+		in.Leases = append(in.Leases, lease(fmt.Sprintf("10.10.%d.0/23", 2*i), fmt.Sprintf("198.19.0.%d", 1+i)))
+	}
+	start := time.Now()
+	peers, skipped := reconcile.Desired(in)
+	elapsed := time.Since(start)
+	t.Logf("Desired over %d leases: %v (%d peers, %d skipped)", len(in.Leases), elapsed, len(peers), len(skipped))
+
+	// 10.10.x is i/256 == 9: leases 9*256 .. 9*256+19 lie under the /23s.
+	if want := n + wide - 2*wide; len(peers) != want {
+		t.Errorf("peers = %d, want %d", len(peers), want)
+	}
+	if len(skipped) != 2*wide {
+		t.Errorf("skipped = %d, want %d", len(skipped), 2*wide)
+	}
+	for _, s := range skipped {
+		if s.Reason != "overlap" {
+			t.Errorf("%s skipped as %s, want overlap", s.Key, s.Reason)
+		}
+	}
+}
