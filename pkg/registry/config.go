@@ -18,7 +18,7 @@ type rawConfig struct {
 }
 
 // ParseConfig parses <prefix>/config and fills in flannel's defaults:
-// SubnetLen 24 (or Network's length + 1 for networks of /24 and smaller),
+// SubnetLen 24 (Network's length + 2 for networks of /23 to /28),
 // SubnetMin the second subnet, SubnetMax the last one.
 func ParseConfig(data []byte) (Config, error) {
 	var raw rawConfig
@@ -31,14 +31,20 @@ func ParseConfig(data []byte) (Config, error) {
 	}
 	network = network.Masked()
 	cfg := Config{Network: network, SubnetLen: raw.SubnetLen, BackendType: raw.Backend.Type}
+	// flannel's rules (CheckNetworkConfig): room for at least four
+	// subnets, so flanneld and we cut the network the same way.
 	if cfg.SubnetLen == 0 {
-		cfg.SubnetLen = 24
-		if network.Bits() >= 24 {
-			cfg.SubnetLen = network.Bits() + 1
+		switch {
+		case network.Bits() > 28:
+			return Config{}, fmt.Errorf("Network %s is too small: flannel needs at least a /28", network)
+		case network.Bits() <= 22:
+			cfg.SubnetLen = 24
+		default:
+			cfg.SubnetLen = network.Bits() + 2
 		}
 	}
-	if cfg.SubnetLen <= network.Bits() || cfg.SubnetLen > 30 {
-		return Config{}, fmt.Errorf("SubnetLen %d must be longer than Network %s and at most 30", cfg.SubnetLen, network)
+	if cfg.SubnetLen < network.Bits()+2 || cfg.SubnetLen > 30 {
+		return Config{}, fmt.Errorf("SubnetLen %d must be at least 2 longer than Network %s and at most 30", cfg.SubnetLen, network)
 	}
 	size := uint32(1) << (32 - cfg.SubnetLen)
 	base := addrToU32(network.Addr())

@@ -1,0 +1,135 @@
+package registry_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+)
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name, json string
+		want       registry.Config
+	}{{
+		name: "defaults for a /16",
+		json: `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`,
+		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 24,
+			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"), BackendType: "host-gw"},
+	}, {
+		name: "defaults for a /8, no backend",
+		json: `{"Network":"10.0.0.0/8"}`,
+		want: registry.Config{Network: pfx("10.0.0.0/8"), SubnetLen: 24,
+			SubnetMin: addr("10.0.1.0"), SubnetMax: addr("10.255.255.0")},
+	}, {
+		// flannel's CheckNetworkConfig: /24 down to a /22, then four subnets.
+		name: "a /22 network still gets /24 subnets",
+		json: `{"Network":"192.168.4.0/22"}`,
+		want: registry.Config{Network: pfx("192.168.4.0/22"), SubnetLen: 24,
+			SubnetMin: addr("192.168.5.0"), SubnetMax: addr("192.168.7.0")},
+	}, {
+		name: "a /23 network is cut in four like flanneld does",
+		json: `{"Network":"192.168.6.0/23"}`,
+		want: registry.Config{Network: pfx("192.168.6.0/23"), SubnetLen: 25,
+			SubnetMin: addr("192.168.6.128"), SubnetMax: addr("192.168.7.128")},
+	}, {
+		name: "a /28 network is the smallest flanneld accepts",
+		json: `{"Network":"192.168.7.0/28"}`,
+		want: registry.Config{Network: pfx("192.168.7.0/28"), SubnetLen: 30,
+			SubnetMin: addr("192.168.7.4"), SubnetMax: addr("192.168.7.12")},
+	}, {
+		name: "explicit values",
+		json: `{"Network":"10.244.0.0/16","SubnetLen":26,"SubnetMin":"10.244.10.0","SubnetMax":"10.244.20.192","Backend":{"Type":"host-gw"}}`,
+		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 26,
+			SubnetMin: addr("10.244.10.0"), SubnetMax: addr("10.244.20.192"), BackendType: "host-gw"},
+	}, {
+		name: "bounds are rounded down to their subnet",
+		json: `{"Network":"10.244.0.0/16","SubnetMin":"10.244.3.7","SubnetMax":"10.244.9.200"}`,
+		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 24,
+			SubnetMin: addr("10.244.3.0"), SubnetMax: addr("10.244.9.0")},
+	}, {
+		name: "network with host bits is masked",
+		json: `{"Network":"10.244.3.4/16"}`,
+		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 24,
+			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0")},
+	}, {
+		name: "flanneld's extra fields are ignored",
+		json: `{"Network":"10.244.0.0/16","EnableIPv6":false,"Backend":{"Type":"host-gw","DirectRouting":true}}`,
+		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 24,
+			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"), BackendType: "host-gw"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := registry.ParseConfig([]byte(tt.json))
+			if err != nil {
+				t.Fatalf("ParseConfig(%s): %v", tt.json, err)
+			}
+			if got != tt.want {
+				t.Errorf("ParseConfig(%s)\n got %+v\nwant %+v", tt.json, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	tests := []struct {
+		name, json, mention string
+	}{
+		{"not JSON", `Network=10.244.0.0/16`, "JSON"},
+		{"JSON but not an object", `["10.244.0.0/16"]`, "JSON"},
+		{"no Network", `{"SubnetLen":24}`, "Network"},
+		{"bad Network", `{"Network":"10.244.0.0"}`, "Network"},
+		{"IPv6 Network", `{"Network":"fd00::/48"}`, "Network"},
+		{"SubnetLen equal to the network", `{"Network":"10.244.0.0/16","SubnetLen":16}`, "SubnetLen"},
+		{"SubnetLen leaves room for one subnet only", `{"Network":"10.244.0.0/16","SubnetLen":17}`, "SubnetLen"},
+		{"SubnetLen shorter than the network", `{"Network":"10.244.0.0/16","SubnetLen":8}`, "SubnetLen"},
+		{"SubnetLen too long", `{"Network":"10.244.0.0/16","SubnetLen":31}`, "SubnetLen"},
+		{"negative SubnetLen", `{"Network":"10.244.0.0/16","SubnetLen":-24}`, "SubnetLen"},
+		{"SubnetLen not a number", `{"Network":"10.244.0.0/16","SubnetLen":"24"}`, "JSON"},
+		{"SubnetMin outside", `{"Network":"10.244.0.0/16","SubnetMin":"10.245.1.0"}`, "SubnetMin"},
+		{"SubnetMax outside", `{"Network":"10.244.0.0/16","SubnetMax":"10.243.1.0"}`, "SubnetMax"},
+		{"SubnetMin not an address", `{"Network":"10.244.0.0/16","SubnetMin":"ten"}`, "SubnetMin"},
+		{"min above max", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.20.0","SubnetMax":"10.244.10.0"}`, "above"},
+		{"a /32 network has no subnets", `{"Network":"10.244.0.0/32"}`, "10.244.0.0/32"},
+		{"a /29 network is too small for flanneld", `{"Network":"10.244.0.0/29"}`, "10.244.0.0/29"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := registry.ParseConfig([]byte(tt.json))
+			if err == nil {
+				t.Fatalf("ParseConfig(%s) = %+v, want an error", tt.json, cfg)
+			}
+			if !strings.Contains(err.Error(), tt.mention) {
+				t.Errorf("ParseConfig(%s) error %q does not mention %q", tt.json, err, tt.mention)
+			}
+		})
+	}
+}
+
+func TestConfigSubnetsAndInRange(t *testing.T) {
+	cfg, err := registry.ParseConfig([]byte(`{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, nth := cfg.Subnets()
+	var got []string
+	for i := range n {
+		got = append(got, nth(i).String())
+	}
+	if want := "10.244.10.0/24 10.244.11.0/24 10.244.12.0/24"; strings.Join(got, " ") != want {
+		t.Errorf("Subnets = %v, want %s", got, want)
+	}
+	for p, want := range map[string]bool{
+		"10.244.10.0/24": true, "10.244.12.0/24": true,
+		"10.244.9.0/24": false, "10.244.13.0/24": false, // outside Min..Max
+		"10.244.10.0/25": false, "10.245.10.0/24": false, // wrong length, wrong network
+	} {
+		if got := cfg.InRange(pfx(p)); got != want {
+			t.Errorf("InRange(%s) = %v, want %v", p, got, want)
+		}
+	}
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
