@@ -123,7 +123,14 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer close(done)
 	subscribe := func() {
 		opts := netlink.RouteSubscribeOptions{
-			ErrorCallback: func(err error) { r.opts.Log.Warn("route event subscription", "err", err) },
+			ErrorCallback: func(err error) {
+				select {
+				case <-done: // Run returned and closed the socket: not a failure
+					return
+				default:
+				}
+				r.opts.Log.Warn("route event subscription", "err", err)
+			},
 		}
 		if r.opts.Netns != nil {
 			opts.Namespace = r.opts.Netns
