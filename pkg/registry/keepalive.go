@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -82,6 +83,11 @@ func (r *Registry) holdLease(ctx context.Context, lease Lease) error {
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypeDelete {
 					return fmt.Errorf("%s deleted", lease.Key)
+				}
+				// Overwritten by another node: the subnet is no longer ours.
+				var attrs LeaseAttrs
+				if err := json.Unmarshal(ev.Kv.Value, &attrs); err != nil || attrs.PublicIP != lease.PublicIP.String() {
+					return fmt.Errorf("%s taken over by %q", lease.Key, attrs.PublicIP)
 				}
 			}
 		}

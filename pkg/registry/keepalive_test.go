@@ -1,0 +1,219 @@
+package registry_test
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+)
+
+// keeper runs KeepAlive for the rest of the test (or until stop) and
+// queues every lease it reports.
+type keeper struct {
+	changes chan registry.Lease
+	stop    func()
+}
+
+func startKeepAlive(t *testing.T, reg *registry.Registry, l registry.Lease, o registry.AcquireOptions) *keeper {
+	t.Helper()
+	k := &keeper{changes: make(chan registry.Lease, 100)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- reg.KeepAlive(ctx, l, o, func(l registry.Lease) { k.changes <- l }) }()
+	stopped := false
+	k.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("KeepAlive returned %v after cancel, want nil", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("KeepAlive did not return within 10s of cancel")
+		}
+	}
+	t.Cleanup(k.stop)
+	return k
+}
+
+func (k *keeper) change(t *testing.T) registry.Lease {
+	t.Helper()
+	select {
+	case l := <-k.changes:
+		return l
+	case <-time.After(15 * time.Second):
+		t.Fatal("KeepAlive reported no new lease within 15s")
+		return registry.Lease{}
+	}
+}
+
+func (k *keeper) noChange(t *testing.T) {
+	t.Helper()
+	select {
+	case l := <-k.changes:
+		t.Fatalf("unexpected new lease %+v", l)
+	default:
+	}
+}
+
+func TestKeepAliveRenews(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	o := opts("198.18.0.11", 2*time.Second)
+	l, err := c.reg.Acquire(testCtx(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKeepAlive(t, c.reg, l, o)
+	time.Sleep(5 * time.Second) // 2.5 TTLs
+	kv := c.get(t, l.Key)
+	if kv == nil || int64(kv.Lease) != l.LeaseID {
+		t.Fatalf("after 5s with a 2s TTL: key %+v, want it bound to %x", kv, l.LeaseID)
+	}
+	if _, left := c.ttl(t, kv.Lease); left <= 0 {
+		t.Errorf("etcd lease has %ds left", left)
+	}
+	k.noChange(t)
+
+	// Without KeepAlive the same key expires: it was KeepAlive that held it.
+	k.stop()
+	deadline := time.Now().Add(6 * time.Second)
+	for c.get(t, l.Key) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("key still there 6s after KeepAlive stopped (TTL 2s)")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestKeepAliveReacquires(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	ctx := testCtx(t)
+	o := opts("198.18.0.11", 2*time.Second)
+	l, err := c.reg.Acquire(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKeepAlive(t, c.reg, l, o)
+
+	// Deleted by hand: the same subnet comes back, on a new etcd lease.
+	if _, err := c.cli.Delete(ctx, l.Key); err != nil {
+		t.Fatal(err)
+	}
+	l2 := k.change(t)
+	if l2.Subnet != l.Subnet || l2.Key != l.Key || l2.LeaseID == 0 || l2.LeaseID == l.LeaseID {
+		t.Errorf("re-acquired %+v after deletion, want %s on a new etcd lease (old %x)", l2, l.Subnet, l.LeaseID)
+	}
+	kv := c.get(t, l.Key)
+	if kv == nil || int64(kv.Lease) != l2.LeaseID || kv.Value != `{"PublicIP":"198.18.0.11","BackendType":"host-gw"}` {
+		t.Fatalf("key after re-acquire %+v", kv)
+	}
+
+	// The re-acquired lease is kept alive too.
+	time.Sleep(4 * time.Second)
+	if kv := c.get(t, l.Key); kv == nil || int64(kv.Lease) != l2.LeaseID {
+		t.Fatalf("re-acquired key not kept alive: %+v", kv)
+	}
+
+	// Etcd lease revoked by hand (its key goes with it): back again.
+	if _, err := c.cli.Revoke(ctx, clientv3.LeaseID(l2.LeaseID)); err != nil {
+		t.Fatal(err)
+	}
+	l3 := k.change(t)
+	if l3.Subnet != l.Subnet || l3.LeaseID == l2.LeaseID {
+		t.Errorf("re-acquired %+v after revoke, want %s on a new etcd lease", l3, l.Subnet)
+	}
+
+	// Deleted, and taken by another node before we come back (KeepAlive
+	// waits a backoff step before it acquires again): we move.
+	other := `{"PublicIP":"198.18.0.99","BackendType":"host-gw"}`
+	if _, err := c.cli.Delete(ctx, l.Key); err != nil {
+		t.Fatal(err)
+	}
+	c.put(t, l.Key, other, 0)
+	l4 := k.change(t)
+	if l4.Subnet == l.Subnet {
+		t.Fatalf("re-acquired %s, which 198.18.0.99 now holds", l4.Subnet)
+	}
+	if kv := c.get(t, l.Key); kv == nil || kv.Value != other {
+		t.Errorf("other node's key changed: %+v", kv)
+	}
+	if kv := c.get(t, l4.Key); kv == nil || int64(kv.Lease) != l4.LeaseID || !strings.Contains(kv.Value, `"198.18.0.11"`) {
+		t.Errorf("our new key %s: %+v", l4.Key, kv)
+	}
+}
+
+// Another node overwriting our key (a Put, no delete) takes the subnet
+// from us just as surely as a deletion: we must not keep using it.
+func TestKeepAliveNoticesKeyTakenOver(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	o := opts("198.18.0.11", 5*time.Second)
+	l, err := c.reg.Acquire(testCtx(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKeepAlive(t, c.reg, l, o)
+	other := `{"PublicIP":"198.18.0.99","BackendType":"host-gw"}`
+	c.put(t, l.Key, other, 60)
+	l2 := k.change(t)
+	if l2.Subnet == l.Subnet {
+		t.Fatalf("still on %s, which 198.18.0.99 now holds", l.Subnet)
+	}
+	if kv := c.get(t, l.Key); kv == nil || kv.Value != other {
+		t.Errorf("other node's key changed: %+v", kv)
+	}
+	if kv := c.get(t, l2.Key); kv == nil || int64(kv.Lease) != l2.LeaseID || !strings.Contains(kv.Value, `"198.18.0.11"`) {
+		t.Errorf("our new key %s: %+v", l2.Key, kv)
+	}
+}
+
+func TestRelease(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	ctx := testCtx(t)
+	me := netip.MustParseAddr("198.18.0.11")
+	l, err := c.reg.Acquire(ctx, opts(me.String(), 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := c.reg.Release(ctx, l.Subnet, netip.MustParseAddr("198.18.0.99")); err == nil {
+		t.Error("Release of a key that names another PublicIP succeeded")
+	}
+	if c.get(t, l.Key) == nil {
+		t.Fatal("refused Release deleted the key anyway")
+	}
+
+	if err := c.reg.Release(ctx, l.Subnet, me); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if kv := c.get(t, l.Key); kv != nil {
+		t.Errorf("key still there after Release: %+v", kv)
+	}
+	if _, left := c.ttl(t, clientv3.LeaseID(l.LeaseID)); left != -1 {
+		t.Errorf("etcd lease not revoked: %ds left", left)
+	}
+	if err := c.reg.Release(ctx, l.Subnet, me); err != nil {
+		t.Errorf("Release of an absent key: %v, want nil", err)
+	}
+
+	// A value we cannot read is not ours to delete.
+	c.put(t, subnetKey("10.244.77.0-24"), `garbage`, 0)
+	if err := c.reg.Release(ctx, netip.MustParsePrefix("10.244.77.0/24"), me); err == nil {
+		t.Error("Release of a non-JSON value succeeded")
+	}
+	if c.get(t, subnetKey("10.244.77.0-24")) == nil {
+		t.Error("non-JSON key deleted")
+	}
+}
