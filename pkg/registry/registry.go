@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -167,25 +168,36 @@ func (r *Registry) Acquire(ctx context.Context, opts AcquireOptions) (Lease, err
 			return Lease{}, err
 		}
 		taken := map[netip.Prefix]bool{}
+		var odd []netip.Prefix // other lengths block every subnet they overlap
+		mark := func(p netip.Prefix) {
+			if p.Bits() == cfg.SubnetLen {
+				taken[p] = true
+			} else {
+				odd = append(odd, p)
+			}
+		}
+		isFree := func(p netip.Prefix) bool {
+			return !taken[p] && !slices.ContainsFunc(odd, p.Overlaps)
+		}
 		for _, l := range leases {
 			if l.PublicIP == opts.PublicIP {
 				return r.renew(ctx, l, opts)
 			}
-			taken[l.Subnet] = true
+			mark(l.Subnet)
 		}
 		for _, s := range skipped { // a bad value still occupies its key
 			if v4, _, err := ParseSubnetKey(strings.TrimPrefix(s.Key, r.subnetsDir())); err == nil {
-				taken[v4] = true
+				mark(v4)
 			}
 		}
 		var candidate netip.Prefix
-		if p := opts.Previous; p.IsValid() && cfg.InRange(p) && !taken[p] {
+		if p := opts.Previous; p.IsValid() && cfg.InRange(p) && isFree(p) {
 			candidate = p
 		} else {
 			n, nth := cfg.Subnets()
 			var free []netip.Prefix
 			for i := 0; i < n; i++ {
-				if p := nth(i); !taken[p] {
+				if p := nth(i); isFree(p) {
 					free = append(free, p)
 				}
 			}

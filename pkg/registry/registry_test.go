@@ -526,3 +526,33 @@ func TestLeaseJSONMatchesFlannel(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A lease of another length (an operator's /22 reservation, a flanneld of
+// an older SubnetLen) blocks every subnet it overlaps, as in flannel's
+// allocateSubnet.
+func TestAcquireAvoidsOverlappingLeases(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.8.0","SubnetMax":"10.244.13.0","Backend":{"Type":"host-gw"}}`)
+	c.put(t, subnetKey("10.244.8.0-22"), `{"PublicIP":"198.18.0.50"}`, 0)    // covers 8..11
+	c.put(t, subnetKey("10.244.13.128-25"), `{"PublicIP":"198.18.0.51"}`, 0) // inside 13
+	ctx := testCtx(t)
+	for i := range 3 {
+		ip := fmt.Sprintf("198.18.0.%d", 11+i)
+		l, err := c.reg.Acquire(ctx, opts(ip, 5*time.Second))
+		if i == 0 {
+			if err != nil || l.Subnet != netip.MustParsePrefix("10.244.12.0/24") {
+				t.Errorf("%s got %s, %v; want 10.244.12.0/24, the only subnet nothing overlaps", ip, l.Subnet, err)
+			}
+			continue
+		}
+		if !errors.Is(err, registry.ErrNoFreeSubnet) {
+			t.Errorf("%s got %s, %v; want ErrNoFreeSubnet", ip, l.Subnet, err)
+		}
+	}
+	// Previous is no exception.
+	o := opts("198.18.0.20", 5*time.Second)
+	o.Previous = netip.MustParsePrefix("10.244.9.0/24")
+	if l, err := c.reg.Acquire(ctx, o); err == nil {
+		t.Errorf("Previous %s inside a /22 reservation granted: %s", o.Previous, l.Subnet)
+	}
+}
