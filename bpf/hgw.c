@@ -178,6 +178,24 @@ static __always_inline const struct node_config *load_config(void)
 	return cfg;
 }
 
+/* The IP length of one segment of a GSO packet: IP and L4 headers plus
+ * gso_size. An unreadable TCP header counts as too big. */
+static __always_inline __u32 gso_segment_len(struct __sk_buff *skb, struct iphdr *ip)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	__u8 *l4 = (void *)(ip + 1);
+	__u32 hdrs = sizeof(*ip);
+
+	if (ip->protocol == IPPROTO_TCP) {
+		if ((void *)(l4 + 13) > data_end)
+			return 0xffffffff;
+		hdrs += (l4[12] >> 4) * 4;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		hdrs += 8;
+	}
+	return hdrs + skb->gso_size;
+}
+
 /* Router duties before forwarding out of ifindex. Returns FORWARD when the
  * packet may go, having decremented its TTL, else the reason to leave it,
  * untouched, to the kernel. */
@@ -193,6 +211,11 @@ static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *i
 	 * never flips between the fast and the slow path by packet size. Too
 	 * big, or no such device: the kernel fragments or says frag-needed. */
 	if (bpf_check_mtu(skb, ifindex, &mtu, 0, 0) != 0)
+		return REASON_TOO_BIG;
+	/* bpf_check_mtu passes any GSO packet without BPF_MTU_CHK_SEGS, and
+	 * that flag trusts a transport header TC ingress may not have set.
+	 * Check one segment, headers + gso_size, as ip_exceeds_mtu would. */
+	if (skb->gso_size && gso_segment_len(skb, ip) > mtu)
 		return REASON_TOO_BIG;
 
 	/* Incremental checksum update for TTL-1, as the kernel's own
