@@ -234,7 +234,7 @@ func (r *Registry) create(ctx context.Context, subnet netip.Prefix, opts Acquire
 		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(grant.ID))).
 		Commit()
 	if err != nil || !resp.Succeeded {
-		r.cli.Revoke(context.WithoutCancel(ctx), grant.ID)
+		r.revoke(ctx, grant.ID)
 		if err != nil {
 			return Lease{}, false, fmt.Errorf("create %s: %w", key, err)
 		}
@@ -270,10 +270,10 @@ func (r *Registry) renew(ctx context.Context, l Lease, opts AcquireOptions) (Lea
 		return Lease{}, fmt.Errorf("renew %s: %w", l.Key, err)
 	}
 	if !resp.Succeeded {
-		r.cli.Revoke(context.WithoutCancel(ctx), grant.ID)
+		r.revoke(ctx, grant.ID)
 		return Lease{}, fmt.Errorf("renew %s: changed by someone else meanwhile", l.Key)
 	}
-	r.cli.Revoke(context.WithoutCancel(ctx), clientv3.LeaseID(l.LeaseID)) // the old process's lease, now unused
+	r.revoke(ctx, clientv3.LeaseID(l.LeaseID)) // the old process's lease, now unused
 	l.LeaseID = int64(grant.ID)
 	l.Expiration = time.Now().Add(time.Duration(grant.TTL) * time.Second)
 	l.ModRevision = resp.Header.Revision
@@ -317,4 +317,12 @@ func (r *Registry) Release(ctx context.Context, subnet netip.Prefix, publicIP ne
 	}
 	r.log.Info("lease released", "subnet", subnet, "key", key)
 	return nil
+}
+
+// revoke frees an etcd lease we no longer use. It outlives a cancelled ctx
+// (cleanup) but not etcd being gone: the client would wait for it forever.
+func (r *Registry) revoke(ctx context.Context, id clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	r.cli.Revoke(ctx, id)
 }

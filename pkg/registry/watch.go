@@ -26,7 +26,7 @@ func (r *Registry) Watch(ctx context.Context, fn func(Snapshot), hooks WatchHook
 		if !first && hooks.Relist != nil {
 			hooks.Relist()
 		}
-		err := r.watchOnce(ctx, fn, hooks)
+		err := r.watchOnce(ctx, fn, hooks, backoff)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -37,7 +37,7 @@ func (r *Registry) Watch(ctx context.Context, fn func(Snapshot), hooks WatchHook
 	}
 }
 
-func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks WatchHooks) error {
+func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks WatchHooks, backoff *backoff) error {
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	leases, skipped, rev, err := r.list(lctx)
 	cancel()
@@ -45,6 +45,7 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 		return err
 	}
 	fn(snapshot(rev, leases, skipped))
+	backoff.reset() // etcd answers again: the next break re-lists quickly
 	cfg, err := r.config()
 	if err != nil {
 		return err
