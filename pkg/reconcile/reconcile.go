@@ -194,9 +194,20 @@ func (r *Reconciler) Apply(peers []Peer) Result {
 	for _, p := range peers {
 		want[p.Subnet] = p.NextHop
 	}
-	r.applyKernel(want, &res)
+	failed := r.applyKernel(want, &res)
 	if r.opts.RouteMap != nil {
-		r.applyMap(want, &res)
+		// No kernel route, no fast path: the map must never send where
+		// the kernel itself would not.
+		mapWant := want
+		if len(failed) > 0 {
+			mapWant = make(map[netip.Prefix]netip.Addr, len(want))
+			for p, nh := range want {
+				if !failed[p] {
+					mapWant[p] = nh
+				}
+			}
+		}
+		r.applyMap(mapWant, &res)
 	}
 	for _, err := range res.Errors {
 		r.opts.Log.Error("reconcile", "err", err)
@@ -235,11 +246,13 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, ones), true
 }
 
-func (r *Reconciler) applyKernel(want map[netip.Prefix]netip.Addr, res *Result) {
+// applyKernel returns the subnets whose route the kernel refused.
+func (r *Reconciler) applyKernel(want map[netip.Prefix]netip.Addr, res *Result) map[netip.Prefix]bool {
+	failed := map[netip.Prefix]bool{}
 	routes, err := r.ourRoutes()
 	if err != nil {
 		res.Errors = append(res.Errors, err)
-		return
+		return failed
 	}
 	have := map[netip.Prefix]netlink.Route{}
 	for _, rt := range routes {
@@ -260,6 +273,7 @@ func (r *Reconciler) applyKernel(want map[netip.Prefix]netip.Addr, res *Result) 
 		}
 		if err := r.h.RouteReplace(rt); err != nil {
 			res.Errors = append(res.Errors, fmt.Errorf("route %s via %s dev %s: %w", subnet, nh, r.dev(), err))
+			failed[subnet] = true
 			continue
 		}
 		if exists {
@@ -284,7 +298,8 @@ func (r *Reconciler) applyKernel(want map[netip.Prefix]netip.Addr, res *Result) 
 		res.Removed++
 		r.opts.Log.Info("route removed", "subnet", subnet, "nexthop", rt.Gw, "dev", r.dev(), "table", "kernel")
 	}
-	res.KernelRoutes = len(want)
+	res.KernelRoutes = len(want) - len(failed)
+	return failed
 }
 
 func (r *Reconciler) applyMap(want map[netip.Prefix]netip.Addr, res *Result) {
