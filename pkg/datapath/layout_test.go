@@ -10,16 +10,13 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 func layoutTestRoot(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "" {
-			t.Skip("needs root (BPF)")
-		}
-		t.Fatal("needs root, and CI is set: not skipping")
-	}
+	testutil.RequireRoot(t)
 	b := make([]byte, 4)
 	rand.Read(b)
 	root := "/sys/fs/bpf/hgwt-layout-" + hex.EncodeToString(b)

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // node is one host of the seed topology.
@@ -43,7 +43,7 @@ func run(t *testing.T, args ...string) string {
 // seed builds the two-node topology with kernel routes in place, exactly as
 // flannel host-gw would leave it.
 func seed(t *testing.T) (a, b node) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	suffix := make([]byte, 3)
 	rand.Read(suffix)
 	id := "hgwt-fp" + hex.EncodeToString(suffix)
@@ -264,16 +264,5 @@ func TestTracerouteShowsThreeHops(t *testing.T) {
 	// Hops 2 and 3 crossed a's fast path (hop 1 expired at its gateway).
 	if after, _ := redirected(t, a); after-before < 2 {
 		t.Errorf("from_pods on a redirected %d traceroute probes, want >= 2", after-before)
-	}
-}
-
-// requireRoot skips only outside CI: in CI these tests must run.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "" {
-			t.Skip("needs root (network namespaces, BPF)")
-		}
-		t.Fatal("needs root, and CI is set: not skipping")
 	}
 }
