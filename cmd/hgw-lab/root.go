@@ -76,6 +76,6 @@ verb works from any shell while 'up' runs.`,
 	f.StringVar(&g.stateRoot, "state-dir", lab.DefaultStateRoot, "directory holding one state directory per lab prefix")
 	f.StringVar(&g.binDir, "bin", defaultBinDir(), "directory holding hgw-ebpf (and cni/ with the CNI plugins)")
 	f.BoolVarP(&g.verbose, "verbose", "v", false, "log every step")
-	root.AddCommand(newUpCmd(g), newDownCmd(g), newStatusCmd(g), newExecCmd(g), newPingCmd(g), newDemoCmd(g))
+	root.AddCommand(newUpCmd(g), newDownCmd(g), newStatusCmd(g), newExecCmd(g), newPingCmd(g), newDemoCmd(g), newBenchCmd(g))
 	return root
 }

@@ -1,0 +1,316 @@
+// Package bench measures the lab's datapaths side by side (issue 5,
+// DESIGN.md "Benchmark method"): host, routes, ebpf and vxlan, on bare
+// nodes and on nodes carrying kube-proxy's netfilter state, interleaved
+// round by round, and reports medians and spreads as ratios to host and
+// to routes.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+// DefaultPrefix is the base of the labs' prefixes: hgwbr, hgwbe, hgwbx.
+const DefaultPrefix = "hgwb"
+
+// Options configure a run.
+type Options struct {
+	Prefix    string   // base prefix of the labs (DefaultPrefix if empty)
+	StateRoot string   // lab state root (lab.DefaultStateRoot if empty)
+	BinDir    string   // hgw-ebpf and cni/
+	CNIPath   string   // <BinDir>/cni if empty
+	Rounds    int      // interleaved rounds (default 5)
+	Profiles  []string // AllProfiles if empty
+	Datapaths []string // AllDatapaths if empty
+	Services  int      // services of the kube profile (default 1000)
+	// Duration of each throughput and fixed-load run (default 3s);
+	// latency and connection-rate runs last LatencyDuration (default 2s).
+	Duration        time.Duration
+	LatencyDuration time.Duration
+	PPS             int // offered UDP packet rate of the CPU figure (default 50000)
+	OutDir          string
+	Log             *slog.Logger
+	Progress        io.Writer // one line per step; os.Stderr if nil
+}
+
+func (o *Options) setDefaults() error {
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	for _, r := range allLabs {
+		if err := lab.ValidatePrefix(o.Prefix + r.suffix); err != nil {
+			return fmt.Errorf("bench prefix: %w", err)
+		}
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 5
+	}
+	if o.Rounds < 1 || o.Rounds > 100 {
+		return fmt.Errorf("rounds %d: want 1..100", o.Rounds)
+	}
+	if len(o.Profiles) == 0 {
+		o.Profiles = AllProfiles
+	}
+	for _, p := range o.Profiles {
+		if !slices.Contains(AllProfiles, p) {
+			return fmt.Errorf("profile %q: want %s", p, strings.Join(AllProfiles, ", "))
+		}
+	}
+	// bare before kube, whatever order was asked for: see AllProfiles.
+	var ordered []string
+	for _, p := range AllProfiles {
+		if slices.Contains(o.Profiles, p) {
+			ordered = append(ordered, p)
+		}
+	}
+	o.Profiles = ordered
+	if len(o.Datapaths) == 0 {
+		o.Datapaths = AllDatapaths
+	}
+	var dps []string
+	for _, d := range AllDatapaths {
+		if slices.Contains(o.Datapaths, d) {
+			dps = append(dps, d)
+		}
+	}
+	for _, d := range o.Datapaths {
+		if !slices.Contains(AllDatapaths, d) {
+			return fmt.Errorf("datapath %q: want %s", d, strings.Join(AllDatapaths, ", "))
+		}
+	}
+	o.Datapaths = dps
+	if o.Services == 0 {
+		o.Services = 1000
+	}
+	if o.Duration == 0 {
+		o.Duration = 3 * time.Second
+	}
+	if o.LatencyDuration == 0 {
+		o.LatencyDuration = 2 * time.Second
+	}
+	if o.Duration < time.Second || o.Duration > 60*time.Second || o.LatencyDuration < time.Second || o.LatencyDuration > 60*time.Second {
+		return fmt.Errorf("durations %s/%s: want 1s..60s", o.Duration, o.LatencyDuration)
+	}
+	if o.PPS == 0 {
+		o.PPS = 50000
+	}
+	if o.OutDir == "" {
+		o.OutDir = "bench-out"
+	}
+	if o.Log == nil {
+		o.Log = discard()
+	}
+	if o.Progress == nil {
+		o.Progress = os.Stderr
+	}
+	return nil
+}
+
+// Sample is one measurement.
+type Sample struct {
+	Profile  string    `json:"profile"`
+	Round    int       `json:"round"`
+	Datapath string    `json:"datapath"`
+	Figure   string    `json:"figure"`
+	Value    Float     `json:"value"` // NaN (null in JSON) when Error is set
+	Unit     string    `json:"unit"`
+	At       time.Time `json:"at"`
+	Error    string    `json:"error,omitempty"`
+	// Delivered is the share of offered UDP packets received (CPU figure).
+	Delivered float64 `json:"delivered,omitempty"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPUs    int    `json:"cpus"`
+	CPU     string `json:"cpu_model"`
+	Kernel  string `json:"kernel"`
+	Iperf3  string `json:"iperf3"`
+	Sockprf string `json:"sockperf"`
+}
+
+// Result is everything a run measured; it is written as results.json.
+type Result struct {
+	Started    time.Time         `json:"started"`
+	Finished   time.Time         `json:"finished"`
+	Machine    Machine           `json:"machine"`
+	Rounds     int               `json:"rounds"`
+	Profiles   []string          `json:"profiles"`
+	Datapaths  []string          `json:"datapaths"`
+	Services   int               `json:"services"`
+	Duration   string            `json:"duration"`
+	LatencyDur string            `json:"latency_duration"`
+	PPS        int               `json:"udp_pps"`
+	LatencyCPU int               `json:"latency_cpu"`
+	Setup      map[string]string `json:"setup"` // per datapath: client -> server
+	Notes      []string          `json:"notes"`
+	Samples    []Sample          `json:"samples"`
+}
+
+// Run brings up the labs, measures every profile round by round, writes
+// the results into o.OutDir and returns them. Whatever happens, and on
+// ctx's end, every lab is removed before it returns.
+func Run(ctx context.Context, o Options) (res *Result, err error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("output dir: %w", err)
+	}
+	began := time.Now()
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(began).Seconds(), fmt.Sprintf(format, args...))
+	}
+	res = &Result{
+		Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Profiles: o.Profiles,
+		Datapaths: o.Datapaths, Services: o.Services, Duration: o.Duration.String(),
+		LatencyDur: o.LatencyDuration.String(), PPS: o.PPS, LatencyCPU: runtime.NumCPU() - 1,
+		Setup: map[string]string{},
+	}
+
+	progress("removing leftovers of earlier runs (prefix %s*)", o.Prefix)
+	if err := o.removeLeftovers(ctx); err != nil {
+		return nil, err
+	}
+	tb := newTestbed()
+	defer func() {
+		progress("removing the labs")
+		if cerr := tb.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	if err := setUp(ctx, &o, tb, progress); err != nil {
+		return nil, err
+	}
+	for _, p := range tb.paths {
+		res.Setup[p.Datapath] = fmt.Sprintf("%s -> %s (%s)", p.Client, p.Server, p.ServerIP)
+	}
+	if slices.Contains(o.Datapaths, DatapathVXLAN) {
+		res.Notes = append(res.Notes, fmt.Sprintf("vxlan: lab %s%s has no agent; %s (VNI %d, dstport %d, MTU %d, nolearning) with on-link routes, permanent neighbour and FDB entries as flanneld's vxlan backend programs them; pods' MTU %d",
+			o.Prefix, vxlanLab.suffix, vxlanDev, vxlanVNI, vxlanPort, vxlanMTU, vxlanMTU))
+	}
+
+	total := len(o.Profiles) * o.Rounds * len(tb.paths)
+	step := 0
+	for _, profile := range o.Profiles {
+		if profile == ProfileKube {
+			progress("profile kube: loading %d services of kube-proxy rules into every node", o.Services)
+			notes, err := applyKube(ctx, tb.states(), o.Services)
+			if err != nil {
+				return res, err
+			}
+			res.Notes = append(res.Notes, notes...)
+		}
+		for _, st := range tb.states() {
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: bridge-nf-call-iptables=%s in %s", profile,
+				readBridgeNF(st, st.Nodes[0].Name), st.Nodes[0].Name))
+		}
+		for round := 1; round <= o.Rounds; round++ {
+			for _, p := range tb.paths {
+				step++
+				if err := ctx.Err(); err != nil {
+					return res, err
+				}
+				samples := measure(ctx, &o, p, profile, round)
+				res.Samples = append(res.Samples, samples...)
+				progress("%d/%d %s round %d/%d %-6s %s", step, total, profile, round, o.Rounds, p.Datapath, brief(samples))
+			}
+		}
+		if profile == ProfileKube {
+			for _, st := range tb.states() {
+				n := st.Nodes[1].Name
+				res.Notes = append(res.Notes, fmt.Sprintf("kube: %d conntrack entries in %s (datapath %s) after the rounds",
+					conntrackCount(st, n), n, st.Datapath))
+				if pkts, err := natPrerouting(ctx, st, n); err == nil {
+					res.Notes = append(res.Notes, fmt.Sprintf("kube: %d packets walked the nat table (PREROUTING -> KUBE-SERVICES) in %s (datapath %s)",
+						pkts, n, st.Datapath))
+				}
+			}
+		}
+	}
+	res.Finished = time.Now()
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// states are the labs' states in prefix order (stable notes).
+func (tb *testbed) states() []lab.State {
+	var out []lab.State
+	for _, prefix := range slices.Sorted(maps.Keys(tb.labs)) {
+		out = append(out, tb.labs[prefix].State())
+	}
+	return out
+}
+
+// measure takes one sample of every figure on one path.
+func measure(ctx context.Context, o *Options, p path, profile string, round int) []Sample {
+	var out []Sample
+	add := func(f Figure, v float64, err error) *Sample {
+		s := Sample{Profile: profile, Round: round, Datapath: p.Datapath, Figure: f.Key, Value: Float(v), Unit: f.Unit, At: time.Now()}
+		if err != nil {
+			s.Value, s.Error = Float(math.NaN()), err.Error()
+			o.Log.Warn("sample failed", "datapath", p.Datapath, "figure", f.Key, "err", err)
+		}
+		out = append(out, s)
+		return &out[len(out)-1]
+	}
+	gbps, err := tcpThroughput(ctx, p, o.Duration)
+	add(FigTCPThroughput, gbps, err)
+	cpu := runtime.NumCPU() - 1
+	for _, proto := range []string{"tcp", "udp"} {
+		lat, err := latency(ctx, p, proto, o.LatencyDuration, cpu)
+		f50, f99 := FigTCPRTT50, FigTCPRTT99
+		if proto == "udp" {
+			f50, f99 = FigUDPRTT50, FigUDPRTT99
+		}
+		add(f50, lat.P50, err)
+		add(f99, lat.P99, err)
+	}
+	rate, err := connRate(ctx, p, o.LatencyDuration)
+	add(FigConnRate, rate, err)
+	ns, delivered, err := cpuPerPacket(ctx, p, o.Duration, udpLoad{PPS: o.PPS, Payload: 64})
+	if err == nil && delivered < 0.99 {
+		err = fmt.Errorf("only %.1f%% of the offered %d pps delivered: the load is above this path's limit", delivered*100, o.PPS)
+	}
+	s := add(FigCPUPerPacket, ns, err)
+	s.Delivered = delivered
+	return out
+}
+
+// brief is the progress line's summary of one path's samples.
+func brief(samples []Sample) string {
+	var parts []string
+	for _, s := range samples {
+		if s.Error != "" {
+			parts = append(parts, s.Figure+"=ERR")
+			continue
+		}
+		switch s.Figure {
+		case FigTCPThroughput.Key:
+			parts = append(parts, fmt.Sprintf("tcp %.2f Gbit/s", s.Value))
+		case FigTCPRTT50.Key:
+			parts = append(parts, fmt.Sprintf("tcp rtt %.1fµs", s.Value))
+		case FigUDPRTT50.Key:
+			parts = append(parts, fmt.Sprintf("udp rtt %.1fµs", s.Value))
+		case FigConnRate.Key:
+			parts = append(parts, fmt.Sprintf("%.0f conn/s", s.Value))
+		case FigCPUPerPacket.Key:
+			parts = append(parts, fmt.Sprintf("%.0f ns/pkt", s.Value))
+		}
+	}
+	return strings.Join(parts, "  ")
+}

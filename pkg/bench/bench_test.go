@@ -1,0 +1,318 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+)
+
+func TestSummarize(t *testing.T) {
+	nan := math.NaN()
+	cases := []struct {
+		in            []float64
+		n             int
+		med, min, max float64
+	}{
+		{[]float64{3, 1, 2}, 3, 2, 1, 3},
+		{[]float64{4, 1, 3, 2}, 4, 2.5, 1, 4},
+		{[]float64{5, nan, 1}, 2, 3, 1, 5}, // a failed sample is left out
+		{[]float64{7}, 1, 7, 7, 7},
+	}
+	for _, c := range cases {
+		s := Summarize(c.in)
+		if s.N != c.n || s.Median != c.med || s.Min != c.min || s.Max != c.max {
+			t.Errorf("Summarize(%v) = %+v, want n=%d median=%v min=%v max=%v", c.in, s, c.n, c.med, c.min, c.max)
+		}
+	}
+	if s := Summarize([]float64{nan}); s.N != 0 || !math.IsNaN(s.Median) {
+		t.Errorf("Summarize(NaN) = %+v, want N=0 and NaN median", s)
+	}
+}
+
+func TestRatio(t *testing.T) {
+	if r := Ratio(3, 2); r != 1.5 {
+		t.Errorf("Ratio(3, 2) = %v", r)
+	}
+	for _, c := range [][2]float64{{1, 0}, {math.NaN(), 1}, {1, math.NaN()}} {
+		if r := Ratio(c[0], c[1]); !math.IsNaN(r) {
+			t.Errorf("Ratio(%v, %v) = %v, want NaN", c[0], c[1], r)
+		}
+	}
+}
+
+// A sockperf 3.7 ping-pong report, colour codes included.
+const sockperfOut = "sockperf: \x1b[2;35m== version #3.7-no.git == \x1b[0m\n" +
+	"sockperf: [Total Run] RunTime=1.001 sec; Warm up time=400 msec; SentMessages=55229; ReceivedMessages=55228\n" +
+	"sockperf: \x1b[2;35m====> avg-rtt=18.224 (std-dev=11.475)\x1b[0m\n" +
+	"sockperf: ---> <MAX> observation = 1210.366\n" +
+	"sockperf: ---> percentile 99.999 = 1210.366\n" +
+	"sockperf: ---> percentile 99.990 =  370.142\n" +
+	"sockperf: ---> percentile 99.900 =  100.701\n" +
+	"sockperf: ---> percentile 99.000 =   58.200\n" +
+	"sockperf: ---> percentile 90.000 =   18.234\n" +
+	"sockperf: ---> percentile 50.000 =   16.691\n" +
+	"sockperf: ---> <MIN> observation =   15.689\n"
+
+func TestParseSockperf(t *testing.T) {
+	lat, err := ParseSockperf(sockperfOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lat.P50 != 16.691 || lat.P99 != 58.2 {
+		t.Errorf("got p50=%v p99=%v, want 16.691 and 58.2", lat.P50, lat.P99)
+	}
+	if _, err := ParseSockperf("sockperf: ERROR: connection refused\n"); err == nil {
+		t.Error("a report without percentiles parsed")
+	}
+	noP99 := strings.ReplaceAll(sockperfOut, "percentile 99.000", "percentile 98.000")
+	if _, err := ParseSockperf(noP99); err == nil {
+		t.Error("a report without p99 parsed")
+	}
+}
+
+func TestParseIperf3(t *testing.T) {
+	tcp := `{"start":{},"end":{"sum_sent":{"seconds":3.0,"bytes":4500000000,"bits_per_second":1.2e10},
+	  "sum_received":{"seconds":3.0,"bytes":4499000000,"bits_per_second":11997333333.3}}}`
+	s, err := ParseIperf3([]byte(tcp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.BitsPerSecond != 11997333333.3 || s.Seconds != 3 {
+		t.Errorf("TCP: got %+v", s)
+	}
+	udp := `{"end":{"sum":{"packets":49992},"sum_sent":{"seconds":1.0,"packets":50000,"bits_per_second":25600000},
+	  "sum_received":{"seconds":1.0,"packets":50000,"lost_packets":8,"bits_per_second":25590000}}}`
+	s, err = ParseIperf3([]byte(udp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Sent != 50000 || s.Delivered != 49992 {
+		t.Errorf("UDP: sent %d delivered %d, want 50000 and 49992", s.Sent, s.Delivered)
+	}
+	if _, err := ParseIperf3([]byte(`{"error":"unable to connect to server: Connection refused"}`)); err == nil ||
+		!strings.Contains(err.Error(), "Connection refused") {
+		t.Errorf("iperf3's own error not reported: %v", err)
+	}
+	if _, err := ParseIperf3([]byte(`{"end":{}}`)); err == nil {
+		t.Error("a report without a receiver summary parsed")
+	}
+	if _, err := ParseIperf3([]byte(`iperf3: error`)); err == nil {
+		t.Error("text parsed as JSON")
+	}
+}
+
+func TestCPUPerPacket(t *testing.T) {
+	before, err := ParseProcStat("cpu  100 5 50 1000 10 1 4 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Busy != 160 || before.All != 1170 {
+		t.Errorf("busy %d all %d, want 160 and 1170", before.Busy, before.All)
+	}
+	after, err := ParseProcStat("cpu  150 5 70 1400 10 1 14 0 0 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 80 jiffies of 10 ms = 0.8 s over 100000 packets = 8000 ns each.
+	ns, err := NsPerPacket(before, after, 100000)
+	if err != nil || ns != 8000 {
+		t.Errorf("NsPerPacket = %v, %v; want 8000", ns, err)
+	}
+	if _, err := NsPerPacket(before, after, 0); err == nil {
+		t.Error("zero packets gave a figure")
+	}
+	if _, err := ParseProcStat("intr 1 2 3\n"); err == nil {
+		t.Error("no cpu line parsed")
+	}
+}
+
+func TestParseChainPackets(t *testing.T) {
+	listing := `Chain PREROUTING (policy ACCEPT 12 packets, 720 bytes)
+    pkts      bytes target     prot opt in     out     source               destination
+  150012  9600768 KUBE-SERVICES  0    --  *      *       0.0.0.0/0            0.0.0.0/0            /* kubernetes service portals */
+       3      180 FLANNEL-X  0    --  *      *       0.0.0.0/0            0.0.0.0/0
+`
+	n, err := ParseChainPackets(listing)
+	if err != nil || n != 150015 {
+		t.Errorf("ParseChainPackets = %d, %v; want 150015", n, err)
+	}
+	if _, err := ParseChainPackets("Chain PREROUTING (policy ACCEPT)\n    pkts bytes target\n"); err == nil {
+		t.Error("an empty chain gave a count")
+	}
+}
+
+func kubeNode(services int) KubeNode {
+	subnets := []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")}
+	return KubeNode{Services: services, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), NodeSubnet: subnets[0], PodSubnets: subnets}
+}
+
+var (
+	declRE   = regexp.MustCompile(`(?m)^:(\S+) `)
+	targetRE = regexp.MustCompile(`-j (\S+)`)
+)
+
+func TestKubeProxyRulesShape(t *testing.T) {
+	const services = 300
+	rules, err := KubeProxyRules(kubeNode(services))
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(re string) int { return len(regexp.MustCompile(re).FindAllString(rules, -1)) }
+	if n := count(`(?m)^:KUBE-SVC-[A-Z2-7]{16} `); n != services {
+		t.Errorf("%d KUBE-SVC chains, want %d", n, services)
+	}
+	if n := count(`(?m)^:KUBE-SEP-[A-Z2-7]{16} `); n != 2*services {
+		t.Errorf("%d KUBE-SEP chains, want %d", n, 2*services)
+	}
+	if n := count(`(?m)^-A KUBE-SERVICES -d 10\.9[6-9]\.\d+\.\d+/32 .* -j KUBE-SVC-`); n != services {
+		t.Errorf("%d service portals in KUBE-SERVICES, want %d", n, services)
+	}
+	if n := count(`-j DNAT --to-destination 10\.244\.[12]\.\d+:8080`); n != 2*services {
+		t.Errorf("%d DNAT rules to pod endpoints, want %d", n, 2*services)
+	}
+	for _, want := range []string{
+		"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+		"-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+		"-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+		"-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+		"-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN",
+		"-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully",
+		"-m statistic --mode random --probability 0.50000000000",
+	} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("rules lack %q", want)
+		}
+	}
+	// Every jump goes to a builtin target or a chain the tables declare,
+	// and every chain name fits iptables' 28 characters.
+	declared := map[string]bool{}
+	for _, m := range declRE.FindAllStringSubmatch(rules, -1) {
+		declared[m[1]] = true
+		if len(m[1]) > 28 {
+			t.Errorf("chain %s is longer than 28 characters", m[1])
+		}
+	}
+	builtin := map[string]bool{"ACCEPT": true, "DROP": true, "RETURN": true, "DNAT": true, "MASQUERADE": true, "MARK": true}
+	for _, m := range targetRE.FindAllStringSubmatch(rules, -1) {
+		if !builtin[m[1]] && !declared[m[1]] {
+			t.Errorf("jump to undeclared chain %s", m[1])
+		}
+	}
+	// Same input, same rules: chain names are hashes, not random.
+	again, _ := KubeProxyRules(kubeNode(services))
+	if again != rules {
+		t.Error("rule generation is not deterministic")
+	}
+	if _, err := KubeProxyRules(KubeNode{Services: 10}); err == nil {
+		t.Error("rules without subnets generated")
+	}
+}
+
+// TestKubeProxyRulesLoad feeds the rules to the real iptables-restore in a
+// throw-away namespace: the shapes must be what iptables accepts.
+func TestKubeProxyRulesLoad(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		t.Skip("no iptables-restore (make deps installs it)")
+	}
+	name, _ := testutil.NetNS(t, "bench")
+	rules, err := KubeProxyRules(kubeNode(50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("nsenter", "--net=/var/run/netns/"+name, "iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("iptables-restore: %v\n%s", err, out)
+	}
+	out, err := exec.Command("nsenter", "--net=/var/run/netns/"+name, "iptables-save", "-t", "nat").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-save: %v\n%s", err, out)
+	}
+	if n := bytes.Count(out, []byte("-j DNAT --to-destination")); n != 100 {
+		t.Errorf("%d DNAT rules loaded, want 100", n)
+	}
+}
+
+func TestRowsRatiosAndJSON(t *testing.T) {
+	r := &Result{Rounds: 2, Profiles: []string{ProfileBare}, Datapaths: []string{DatapathHost, DatapathRoutes, DatapathEBPF}}
+	add := func(dp string, v float64, errMsg string) {
+		r.Samples = append(r.Samples, Sample{Profile: ProfileBare, Datapath: dp, Figure: FigTCPThroughput.Key,
+			Value: Float(v), Error: errMsg, At: time.Unix(0, 0)})
+	}
+	add(DatapathHost, 10, "")
+	add(DatapathHost, 12, "")
+	add(DatapathRoutes, 5, "")
+	add(DatapathRoutes, math.NaN(), "iperf3: timed out")
+	add(DatapathEBPF, 9, "")
+	add(DatapathEBPF, 11, "")
+	var got []Row
+	for _, row := range r.Rows() {
+		if row.Figure == FigTCPThroughput {
+			got = append(got, row)
+		}
+	}
+	if len(got) != 3 {
+		t.Fatalf("%d throughput rows, want 3", len(got))
+	}
+	ebpf := got[2]
+	if ebpf.Datapath != DatapathEBPF || ebpf.Median != 10 || ebpf.VsHost != 10.0/11 || ebpf.VsRoutes != 2 {
+		t.Errorf("ebpf row %+v: want median 10, x host 10/11, x routes 2", ebpf)
+	}
+	if routes := got[1]; routes.N != 1 || routes.Errors != 1 {
+		t.Errorf("routes row %+v: want 1 value and 1 error", routes)
+	}
+	var table bytes.Buffer
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "0.91x") || !strings.Contains(table.String(), "2.00x") {
+		t.Errorf("table lacks the ratios:\n%s", table.String())
+	}
+	// A failed sample's NaN is null in JSON, and reads back as NaN.
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(`"value":null`)) {
+		t.Errorf("NaN sample not written as null: %s", b)
+	}
+	var back Result
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if v := back.Samples[3].Value; !math.IsNaN(float64(v)) {
+		t.Errorf("null read back as %v", v)
+	}
+}
+
+func TestOptionsDefaultsAndOrder(t *testing.T) {
+	o := Options{Profiles: []string{ProfileKube, ProfileBare}, Datapaths: []string{DatapathEBPF, DatapathHost}}
+	if err := o.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.Profiles, ",") != "bare,kube" || strings.Join(o.Datapaths, ",") != "host,ebpf" {
+		t.Errorf("order: profiles %v datapaths %v", o.Profiles, o.Datapaths)
+	}
+	if o.Rounds != 5 || o.Services != 1000 || o.Duration != 3*time.Second || o.PPS != 50000 {
+		t.Errorf("defaults: %+v", o)
+	}
+	for _, bad := range []Options{
+		{Datapaths: []string{"geneve"}},
+		{Profiles: []string{"empty"}},
+		{Prefix: "notours"},
+		{Rounds: -1},
+	} {
+		if err := bad.setDefaults(); err == nil {
+			t.Errorf("options %+v accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,150 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+// The datapaths a run compares (DESIGN.md, "Benchmark method").
+const (
+	DatapathHost   = "host"   // node eth0 to node eth0: the physical limit of this setup
+	DatapathRoutes = "routes" // pod to pod, `hgw-ebpf run --datapath routes` (plain host-gw)
+	DatapathEBPF   = "ebpf"   // pod to pod, `hgw-ebpf run` (this project)
+	DatapathVXLAN  = "vxlan"  // pod to pod over flannel.1, as flannel's vxlan backend sets it up
+)
+
+// AllDatapaths is the default set, in table order.
+var AllDatapaths = []string{DatapathHost, DatapathRoutes, DatapathEBPF, DatapathVXLAN}
+
+// labRole names one of the labs a run brings up; each lab has its own
+// underlay namespace, so their 198.18.0.x addresses never meet.
+type labRole struct {
+	suffix   string // appended to the base prefix: hgwb + r = hgwbr
+	datapath string // the lab's datapath
+}
+
+var (
+	routesLab = labRole{"r", lab.DatapathRoutes}
+	ebpfLab   = labRole{"e", lab.DatapathEBPF}
+	vxlanLab  = labRole{"x", lab.DatapathStatic} // static routes, then replaced by flannel.1 (vxlan.go)
+	allLabs   = []labRole{routesLab, ebpfLab, vxlanLab}
+)
+
+// roleOf is the lab a datapath is measured in: host runs between the
+// routes lab's nodes, whose eth0s carry no pod traffic at that moment.
+func roleOf(datapath string) labRole {
+	switch datapath {
+	case DatapathEBPF:
+		return ebpfLab
+	case DatapathVXLAN:
+		return vxlanLab
+	default:
+		return routesLab
+	}
+}
+
+// path is one datapath's client and server: namespaces and the server's
+// address as the client sees it.
+type path struct {
+	Datapath string
+	St       lab.State
+	Client   string // netns
+	Server   string // netns
+	ServerIP string
+	Nodes    []string // the namespaces that carry the kube profile's rules
+}
+
+// testbed is the set of running labs and the path of every datapath.
+type testbed struct {
+	labs  map[string]*lab.Lab // by prefix
+	paths []path
+	notes []string
+}
+
+// labConfig is what every bench lab has in common: two nodes, one pod each.
+func (o *Options) labConfig(role labRole) lab.Config {
+	return lab.Config{
+		Prefix: o.Prefix + role.suffix, StateRoot: o.StateRoot, BinDir: o.BinDir, CNIPath: o.CNIPath,
+		Nodes: 2, PodsPerNode: 1, Datapath: role.datapath, Log: o.Log,
+	}
+}
+
+// removeLeftovers tears down every bench lab of this base prefix, also
+// those of datapaths this run does not measure (a crashed earlier run).
+func (o *Options) removeLeftovers(ctx context.Context) error {
+	var errs []error
+	for _, role := range allLabs {
+		errs = append(errs, lab.Down(ctx, lab.DownOptions{
+			Prefix: o.Prefix + role.suffix, StateRoot: o.StateRoot, BinDir: o.BinDir, Log: o.Log,
+		}))
+	}
+	return errors.Join(errs...)
+}
+
+// setUp brings up the labs the chosen datapaths need and resolves each
+// datapath's endpoints. On error the caller still closes what exists.
+func setUp(ctx context.Context, o *Options, tb *testbed, progress func(string, ...any)) error {
+	var roles []labRole
+	for _, dp := range o.Datapaths {
+		if r := roleOf(dp); !slices.Contains(roles, r) {
+			roles = append(roles, r)
+		}
+	}
+	states := map[labRole]lab.State{}
+	for _, role := range roles {
+		cfg := o.labConfig(role)
+		progress("lab %s: bringing up 2 nodes x 1 pod, datapath %s", cfg.Prefix, cfg.Datapath)
+		l, err := lab.Up(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("lab %s: %w", cfg.Prefix, err)
+		}
+		tb.labs[cfg.Prefix] = l
+		states[role] = l.State()
+		if role == vxlanLab {
+			if err := setUpVXLAN(states[role], o.Log); err != nil {
+				return fmt.Errorf("lab %s: vxlan: %w", cfg.Prefix, err)
+			}
+		}
+	}
+	for _, dp := range o.Datapaths {
+		st := states[roleOf(dp)]
+		if len(st.Nodes) < 2 || len(st.PodsOf(st.Nodes[0].Name)) < 1 || len(st.PodsOf(st.Nodes[1].Name)) < 1 {
+			return fmt.Errorf("lab %s: want 2 nodes with a pod each", st.Prefix)
+		}
+		n1, n2 := st.Nodes[0], st.Nodes[1]
+		p := path{Datapath: dp, St: st, Nodes: []string{n1.Name, n2.Name}}
+		if dp == DatapathHost {
+			p.Client, p.Server, p.ServerIP = n1.Name, n2.Name, n2.IP
+		} else {
+			c, s := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
+			p.Client, p.Server, p.ServerIP = c.Name, s.Name, s.IP
+		}
+		if out, err := st.Output(ctx, p.Client, "ping", "-c", "1", "-W", "2", p.ServerIP); err != nil {
+			return fmt.Errorf("%s: %s cannot reach %s: %w\n%s", dp, p.Client, p.ServerIP, err, out)
+		}
+		o.Log.Info("path ready", "datapath", dp, "client", p.Client, "server", p.Server, "addr", p.ServerIP)
+		tb.paths = append(tb.paths, p)
+	}
+	return nil
+}
+
+// close removes every lab, whatever happened.
+func (tb *testbed) close() error {
+	var errs []error
+	for prefix, l := range tb.labs {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("remove lab %s: %w", prefix, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func newTestbed() *testbed { return &testbed{labs: map[string]*lab.Lab{}} }
+
+// discard is a logger for callers that pass none.
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
