@@ -59,8 +59,9 @@ and (leftovers of a crashed run) at the start.`,
 				res.Finished = time.Now()
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "hgw-lab bench: %d CPUs (%s), kernel %s, %d rounds, %d services, %s runs\n\n",
-				res.Machine.CPUs, res.Machine.CPU, res.Machine.Kernel, res.Rounds, res.Services, res.Duration)
+			fmt.Fprintf(out, "hgw-lab bench: %d CPUs (%s), kernel %s, load %s -> %s; %d rounds, %d services, %s runs\n\n",
+				res.Machine.CPUs, res.Machine.CPU, res.Machine.Kernel, res.Machine.LoadStart, res.Machine.LoadEnd,
+				res.Rounds, res.Services, res.Duration)
 			errs = append(errs, res.WriteTable(out))
 			res.WriteNotes(out)
 			dir := o.OutDir

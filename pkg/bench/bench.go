@@ -130,6 +130,8 @@ type Sample struct {
 	Error    string    `json:"error,omitempty"`
 	// Delivered is the share of offered UDP packets received (CPU figure).
 	Delivered float64 `json:"delivered,omitempty"`
+	// BusyNs is the CPU figure with user time included (ns per packet).
+	BusyNs float64 `json:"busy_ns_per_packet,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -139,6 +141,10 @@ type Machine struct {
 	Kernel  string `json:"kernel"`
 	Iperf3  string `json:"iperf3"`
 	Sockprf string `json:"sockperf"`
+	// Load averages at the start and the end: other work on the machine
+	// shows up in every figure, most in CPU per packet.
+	LoadStart string `json:"loadavg_start"`
+	LoadEnd   string `json:"loadavg_end"`
 }
 
 // Result is everything a run measured; it is written as results.json.
@@ -241,6 +247,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	res.Finished = time.Now()
+	res.Machine.LoadEnd = loadAvg()
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
@@ -282,12 +289,12 @@ func measure(ctx context.Context, o *Options, p path, profile string, round int)
 	}
 	rate, err := connRate(ctx, p, o.LatencyDuration)
 	add(FigConnRate, rate, err)
-	ns, delivered, err := cpuPerPacket(ctx, p, o.Duration, udpLoad{PPS: o.PPS, Payload: 64})
+	ns, busy, delivered, err := cpuPerPacket(ctx, p, o.Duration, udpLoad{PPS: o.PPS, Payload: 64})
 	if err == nil && delivered < 0.99 {
 		err = fmt.Errorf("only %.1f%% of the offered %d pps delivered: the load is above this path's limit", delivered*100, o.PPS)
 	}
 	s := add(FigCPUPerPacket, ns, err)
-	s.Delivered = delivered
+	s.Delivered, s.BusyNs = delivered, busy
 	return out
 }
 

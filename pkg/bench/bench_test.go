@@ -114,19 +114,20 @@ func TestCPUPerPacket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if before.Busy != 160 || before.All != 1170 {
-		t.Errorf("busy %d all %d, want 160 and 1170", before.Busy, before.All)
+	if before.Kernel != 55 || before.Busy != 160 || before.All != 1170 {
+		t.Errorf("kernel %d busy %d all %d, want 55, 160 and 1170", before.Kernel, before.Busy, before.All)
 	}
 	after, err := ParseProcStat("cpu  150 5 70 1400 10 1 14 0 0 0\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 80 jiffies of 10 ms = 0.8 s over 100000 packets = 8000 ns each.
-	ns, err := NsPerPacket(before, after, 100000)
-	if err != nil || ns != 8000 {
-		t.Errorf("NsPerPacket = %v, %v; want 8000", ns, err)
+	// Kernel: 20 system + 10 softirq jiffies of 10 ms = 0.3 s over 100000
+	// packets = 3000 ns each; busy adds 50 user jiffies: 8000 ns.
+	kernel, busy, err := PerPacket(before, after, 100000)
+	if err != nil || kernel != 3000 || busy != 8000 {
+		t.Errorf("PerPacket = %v, %v, %v; want 3000, 8000", kernel, busy, err)
 	}
-	if _, err := NsPerPacket(before, after, 0); err == nil {
+	if _, _, err := PerPacket(before, after, 0); err == nil {
 		t.Error("zero packets gave a figure")
 	}
 	if _, err := ParseProcStat("intr 1 2 3\n"); err == nil {

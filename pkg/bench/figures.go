@@ -16,7 +16,7 @@ var (
 	FigUDPRTT50      = Figure{"udp_rtt_p50", "UDP RTT p50", "µs", false}
 	FigUDPRTT99      = Figure{"udp_rtt_p99", "UDP RTT p99", "µs", false}
 	FigConnRate      = Figure{"conn_rate", "TCP connections", "conn/s", true}
-	FigCPUPerPacket  = Figure{"cpu_per_packet", "CPU per packet", "ns/pkt", false}
+	FigCPUPerPacket  = Figure{"cpu_per_packet", "Kernel CPU per packet", "ns/pkt", false}
 
 	AllFigures = []Figure{FigTCPThroughput, FigTCPRTT50, FigTCPRTT99, FigUDPRTT50, FigUDPRTT99, FigConnRate, FigCPUPerPacket}
 )

@@ -21,7 +21,21 @@ func describeMachine(ctx context.Context) Machine {
 	}
 	m.Iperf3 = firstLine(ctx, "iperf3", "--version")
 	m.Sockprf = firstLine(ctx, "sockperf", "--version")
+	m.LoadStart = loadAvg()
 	return m
+}
+
+// loadAvg is /proc/loadavg's 1, 5 and 15 minute averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func cpuModel() string {

@@ -22,15 +22,15 @@ type udpLoad struct {
 }
 
 // cpuPerPacket offers load from the client to the server for d and returns
-// the machine's busy CPU time during the run per packet the server
-// received, and the share of sent packets received.
+// the machine's kernel and busy CPU time during the run per packet the
+// server received (see PerPacket), and the share of sent packets received.
 //
 // Sender and receiver are this process's own sockets (made on threads in
 // the client's and the server's namespace) and move packets in batches
 // (sendmmsg/recvmmsg), sleeping between them: iperf3's UDP sender spins
 // on the rate limiter and would add a whole busy CPU (~20 µs per packet
 // at 50k pps) to every datapath's figure, hiding their difference.
-func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (nsPerPkt, delivered float64, err error) {
+func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (kernelNs, busyNs, delivered float64, err error) {
 	addr := net.JoinHostPort(p.ServerIP, strconv.Itoa(udpLoadPort))
 	var rc net.PacketConn
 	err = p.St.Do(p.Server, func() error {
@@ -40,7 +40,7 @@ func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (n
 		return err
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("listen on udp %s in %s: %w", addr, p.Server, err)
+		return 0, 0, 0, fmt.Errorf("listen on udp %s in %s: %w", addr, p.Server, err)
 	}
 	var received atomic.Int64
 	var wg sync.WaitGroup
@@ -66,19 +66,19 @@ func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (n
 		return err
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("offer %d pps from %s: %w", load.PPS, p.Client, err)
+		return 0, 0, 0, fmt.Errorf("offer %d pps from %s: %w", load.PPS, p.Client, err)
 	}
 	// Let the last batches land before reading the counters.
 	time.Sleep(50 * time.Millisecond)
 	if after, err = readCPUTimes(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	got := received.Load()
-	ns, err := NsPerPacket(before, after, got)
+	kernelNs, busyNs, err = PerPacket(before, after, got)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	return ns, float64(got) / float64(max(sent, 1)), nil
+	return kernelNs, busyNs, float64(got) / float64(max(sent, 1)), nil
 }
 
 // offer sends load.PPS datagrams a second for d, in one batch per
