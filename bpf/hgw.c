@@ -5,8 +5,10 @@
  *
  *   from_pods      on cni0 ingress: pod -> remote pod subnet (LPM hit)
  *                  -> bpf_redirect_neigh(underlay, peer host IP)
+ *                  also on each known pod's host-side veth ingress
  *   from_underlay  on eth0 ingress: anyone -> our pod subnet
- *                  -> bpf_redirect_neigh(cni0)
+ *                  -> known pod (endpoints map): bpf_redirect_peer(its veth)
+ *                  -> else bpf_redirect_neigh(cni0)
  *
  * Whatever is not plainly forwardable returns TC_ACT_OK untouched, and the
  * kernel routes (still installed) handle it, ICMP errors included.
@@ -56,6 +58,16 @@ struct {
 	__uint(max_entries, PROG_MAX * REASON_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
+
+/* Local pods, written by the hgw-cni plugin and the agent. A missing entry
+ * only costs speed: the packet takes bpf_redirect_neigh(cni0) and the bridge. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_value);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints SEC(".maps");
 
 /* Make the enums part of the object's BTF so bpf2go -type can generate them
  * and the Go side can read their names: they are never used otherwise. */
@@ -117,6 +129,28 @@ static __always_inline int count(struct __sk_buff *skb, __u32 prog, __u32 reason
 	return verdict;
 }
 
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return *(const __u32 *)a == *(const __u32 *)b && *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
+/* A pod sends routed packets to its gateway's MAC, the bridge's. At the
+ * pod's host-side veth that MAC is not the device's own, so the kernel marks
+ * the frame PACKET_OTHERHOST. It is for the host all the same when a known
+ * pod sends it from its own veth to its gateway's MAC. */
+static __always_inline int pod_to_gateway(struct __sk_buff *skb, struct ethhdr *eth, void *data_end)
+{
+	struct iphdr *ip = (void *)(eth + 1);
+	struct endpoint_value *ep;
+	struct endpoint_key key;
+
+	if (skb->pkt_type != PACKET_OTHERHOST || (void *)(ip + 1) > data_end)
+		return 0;
+	__builtin_memcpy(key.addr, &ip->saddr, sizeof(key.addr));
+	ep = bpf_map_lookup_elem(&endpoints, &key);
+	return ep && ep->ifindex == skb->ifindex && mac_equal(eth->h_dest, ep->gateway_mac);
+}
+
 /* Checks that the frame is a plain IPv4 packet addressed to this host at L2
  * that a router may forward without looking inside. Returns FORWARD and sets
  * *ipp, or the reason to leave it to the kernel. */
@@ -133,7 +167,7 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return REASON_NOT_IPV4;
 	/* Broadcast, multicast and frames for another MAC are not ours to route. */
-	if (skb->pkt_type != PACKET_HOST)
+	if (skb->pkt_type != PACKET_HOST && !pod_to_gateway(skb, eth, data_end))
 		return REASON_NOT_FOR_HOST;
 
 	ip = (void *)(eth + 1);
@@ -349,7 +383,10 @@ SEC("tc")
 int from_underlay(struct __sk_buff *skb)
 {
 	const struct node_config *cfg = load_config();
+	struct endpoint_value *ep;
+	struct endpoint_key ep_key;
 	struct iphdr *ip = NULL;
+	struct ethhdr *eth;
 	__be32 host_mask;
 	__u32 reason;
 
@@ -371,10 +408,24 @@ int from_underlay(struct __sk_buff *skb)
 	reason = ct_check(skb, cfg, ip);
 	if (reason != FORWARD)
 		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
+	/* Looked up before route_checks rewrites the header. */
+	__builtin_memcpy(ep_key.addr, &ip->daddr, sizeof(ep_key.addr));
+	ep = bpf_map_lookup_elem(&endpoints, &ep_key);
+	/* The MTU that counts is the bridge's, as on the kernel's path: the
+	 * pods' veths are made with it. */
 	reason = route_checks(skb, ip, cfg->bridge_ifindex);
 	if (reason != FORWARD)
 		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
 
+	/* A known pod: be its gateway at L2 too and hand the packet straight to
+	 * its namespace, skipping the bridge and the veth's transmit path. */
+	eth = (void *)(long)skb->data;
+	if (ep && (void *)(eth + 1) <= (void *)(long)skb->data_end) {
+		__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, ep->gateway_mac, ETH_ALEN);
+		count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT_PEER, TC_ACT_OK);
+		return bpf_redirect_peer(ep->ifindex, 0);
+	}
 	count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT, TC_ACT_OK);
 	return bpf_redirect_neigh(cfg->bridge_ifindex, NULL, 0, 0);
 }

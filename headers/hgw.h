@@ -22,6 +22,19 @@ struct route_value {
 	__u32 flags; /* reserved, 0 */
 };
 
+/* Key of the `endpoints` hash: a pod on this node, by its IPv4 address. */
+struct endpoint_key {
+	__u8 addr[4];
+};
+
+/* How to hand a packet straight to a local pod: rewrite the MACs as its
+ * gateway would and bpf_redirect_peer() through its host-side veth. */
+struct endpoint_value {
+	__u32 ifindex;       /* host-side veth of the pod */
+	__u8 pod_mac[6];     /* the pod's own interface */
+	__u8 gateway_mac[6]; /* the bridge's: the source a routed packet has */
+};
+
 /* The node's own view, written by the agent before programs are attached.
  * A zeroed config (no agent yet) makes both programs pass everything. */
 struct node_config {
@@ -64,7 +77,8 @@ enum hgw_reason {
 	REASON_CT_NAT = 11,      /* conntrack NATed this flow: kernel un-NATs */
 	REASON_CT_TRACKED = 12,  /* conntrack tracks this flow: keep it there */
 	REASON_ICMP_ERROR = 13,  /* ICMP error: its inner header may need un-NAT */
-	REASON_MAX = 14,
+	REASON_REDIRECT_PEER = 14, /* fast path: bpf_redirect_peer into a known pod */
+	REASON_MAX = 15,
 };
 
 /* One counter cell of the per-CPU `stats` array, indexed by

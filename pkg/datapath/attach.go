@@ -306,7 +306,7 @@ func Cleanup(root string) error {
 			errs = append(errs, err)
 		}
 	}
-	for _, name := range []string{"links", hgwMapRoutes, hgwMapConfig, hgwMapStats} {
+	for _, name := range append([]string{"links"}, pinnedMaps[:]...) {
 		if err := os.RemoveAll(filepath.Join(root, name)); err != nil {
 			errs = append(errs, fmt.Errorf("remove pin %s: %w", filepath.Join(root, name), err))
 		}

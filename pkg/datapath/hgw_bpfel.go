@@ -25,6 +25,18 @@ type hgwCounter struct {
 	Bytes   uint64
 }
 
+type hgwEndpointKey struct {
+	_    structs.HostLayout
+	Addr [4]uint8
+}
+
+type hgwEndpointValue struct {
+	_          structs.HostLayout
+	Ifindex    uint32
+	PodMac     [6]uint8
+	GatewayMac [6]uint8
+}
+
 type hgwHgwProgram uint32
 
 const (
@@ -36,21 +48,22 @@ const (
 type hgwHgwReason uint32
 
 const (
-	hgwHgwReasonREASON_REDIRECT     hgwHgwReason = 0
-	hgwHgwReasonREASON_NOT_IPV4     hgwHgwReason = 1
-	hgwHgwReasonREASON_MALFORMED    hgwHgwReason = 2
-	hgwHgwReasonREASON_IP_OPTIONS   hgwHgwReason = 3
-	hgwHgwReasonREASON_FRAGMENT     hgwHgwReason = 4
-	hgwHgwReasonREASON_NOT_FOR_HOST hgwHgwReason = 5
-	hgwHgwReasonREASON_LOCAL_DEST   hgwHgwReason = 6
-	hgwHgwReasonREASON_NO_ROUTE     hgwHgwReason = 7
-	hgwHgwReasonREASON_TTL_EXPIRED  hgwHgwReason = 8
-	hgwHgwReasonREASON_TOO_BIG      hgwHgwReason = 9
-	hgwHgwReasonREASON_NO_CONFIG    hgwHgwReason = 10
-	hgwHgwReasonREASON_CT_NAT       hgwHgwReason = 11
-	hgwHgwReasonREASON_CT_TRACKED   hgwHgwReason = 12
-	hgwHgwReasonREASON_ICMP_ERROR   hgwHgwReason = 13
-	hgwHgwReasonREASON_MAX          hgwHgwReason = 14
+	hgwHgwReasonREASON_REDIRECT      hgwHgwReason = 0
+	hgwHgwReasonREASON_NOT_IPV4      hgwHgwReason = 1
+	hgwHgwReasonREASON_MALFORMED     hgwHgwReason = 2
+	hgwHgwReasonREASON_IP_OPTIONS    hgwHgwReason = 3
+	hgwHgwReasonREASON_FRAGMENT      hgwHgwReason = 4
+	hgwHgwReasonREASON_NOT_FOR_HOST  hgwHgwReason = 5
+	hgwHgwReasonREASON_LOCAL_DEST    hgwHgwReason = 6
+	hgwHgwReasonREASON_NO_ROUTE      hgwHgwReason = 7
+	hgwHgwReasonREASON_TTL_EXPIRED   hgwHgwReason = 8
+	hgwHgwReasonREASON_TOO_BIG       hgwHgwReason = 9
+	hgwHgwReasonREASON_NO_CONFIG     hgwHgwReason = 10
+	hgwHgwReasonREASON_CT_NAT        hgwHgwReason = 11
+	hgwHgwReasonREASON_CT_TRACKED    hgwHgwReason = 12
+	hgwHgwReasonREASON_ICMP_ERROR    hgwHgwReason = 13
+	hgwHgwReasonREASON_REDIRECT_PEER hgwHgwReason = 14
+	hgwHgwReasonREASON_MAX           hgwHgwReason = 15
 )
 
 type hgwNodeConfig struct {
@@ -81,6 +94,7 @@ type hgwRouteValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	hgwMapConfig        = "config"
+	hgwMapEndpoints     = "endpoints"
 	hgwMapRoutes        = "routes"
 	hgwMapStats         = "stats"
 	hgwProgFromPods     = "from_pods"
@@ -138,9 +152,10 @@ type hgwProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hgwMapSpecs struct {
-	Config *ebpf.MapSpec `ebpf:"config"`
-	Routes *ebpf.MapSpec `ebpf:"routes"`
-	Stats  *ebpf.MapSpec `ebpf:"stats"`
+	Config    *ebpf.MapSpec `ebpf:"config"`
+	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Routes    *ebpf.MapSpec `ebpf:"routes"`
+	Stats     *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // hgwVariableSpecs contains global variables before they are loaded into the kernel.
@@ -170,14 +185,16 @@ func (o *hgwObjects) Close() error {
 //
 // It can be passed to loadHgwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hgwMaps struct {
-	Config *ebpf.Map `ebpf:"config"`
-	Routes *ebpf.Map `ebpf:"routes"`
-	Stats  *ebpf.Map `ebpf:"stats"`
+	Config    *ebpf.Map `ebpf:"config"`
+	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Routes    *ebpf.Map `ebpf:"routes"`
+	Stats     *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *hgwMaps) Close() error {
 	return _HgwClose(
 		m.Config,
+		m.Endpoints,
 		m.Routes,
 		m.Stats,
 	)

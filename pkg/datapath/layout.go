@@ -74,7 +74,7 @@ func describe(s *btf.Struct) string {
 // names returned; without it, a changed map is an error.
 func checkPinnedLayouts(root string, spec *ebpf.CollectionSpec, unpin bool) ([]string, error) {
 	var migrated []string
-	for _, name := range []string{hgwMapRoutes, hgwMapConfig, hgwMapStats} {
+	for _, name := range pinnedMaps {
 		path := filepath.Join(root, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {

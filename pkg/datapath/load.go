@@ -72,7 +72,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF objects (pins under %s): %w", opts.PinRoot, err)
 	}
-	maps, err := newMaps(opts.PinRoot, objs.Routes, objs.Config, objs.Stats)
+	maps, err := newMaps(opts.PinRoot, objs.Routes, objs.Config, objs.Stats, objs.Endpoints)
 	if err != nil {
 		objs.Close()
 		return nil, err

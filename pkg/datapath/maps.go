@@ -18,15 +18,19 @@ type Maps struct {
 	routes *ebpf.Map
 	config *ebpf.Map
 	stats  *ebpf.Map
+	eps    *ebpf.Map
 	names  counterNames
 }
 
-func newMaps(root string, routes, config, stats *ebpf.Map) (*Maps, error) {
+// pinnedMaps names every pinned map, in newMaps' argument order.
+var pinnedMaps = [...]string{hgwMapRoutes, hgwMapConfig, hgwMapStats, hgwMapEndpoints}
+
+func newMaps(root string, routes, config, stats, endpoints *ebpf.Map) (*Maps, error) {
 	names, err := loadCounterNames()
 	if err != nil {
 		return nil, err
 	}
-	return &Maps{root: root, routes: routes, config: config, stats: stats, names: names}, nil
+	return &Maps{root: root, routes: routes, config: config, stats: stats, eps: endpoints, names: names}, nil
 }
 
 // OpenPinned opens the maps an agent pinned under root.
@@ -38,8 +42,8 @@ func OpenPinned(root string) (*Maps, error) {
 	if _, err := checkPinnedLayouts(root, spec, false); err != nil {
 		return nil, err
 	}
-	var ms [3]*ebpf.Map
-	for i, name := range []string{hgwMapRoutes, hgwMapConfig, hgwMapStats} {
+	var ms [len(pinnedMaps)]*ebpf.Map
+	for i, name := range pinnedMaps {
 		path := filepath.Join(root, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
 		if err != nil {
@@ -50,9 +54,9 @@ func OpenPinned(root string) (*Maps, error) {
 		}
 		ms[i] = m
 	}
-	maps, err := newMaps(root, ms[0], ms[1], ms[2])
+	maps, err := newMaps(root, ms[0], ms[1], ms[2], ms[3])
 	if err != nil {
-		errors.Join(ms[0].Close(), ms[1].Close(), ms[2].Close())
+		errors.Join(ms[0].Close(), ms[1].Close(), ms[2].Close(), ms[3].Close())
 		return nil, err
 	}
 	return maps, nil
@@ -63,7 +67,7 @@ func (m *Maps) PinRoot() string { return m.root }
 
 // Close releases the handles; the pins stay.
 func (m *Maps) Close() error {
-	return errors.Join(m.routes.Close(), m.config.Close(), m.stats.Close())
+	return errors.Join(m.routes.Close(), m.config.Close(), m.stats.Close(), m.eps.Close())
 }
 
 // Routes is the LPM map of peer subnets.

@@ -1,0 +1,118 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// Endpoint is one entry of the pinned `endpoints` map: a pod on this node
+// that from_underlay hands packets to with bpf_redirect_peer, as its
+// gateway would at L2.
+type Endpoint struct {
+	IP         netip.Addr       `json:"ip"`          // the pod's IPv4 address
+	Ifindex    uint32           `json:"ifindex"`     // its host-side veth
+	PodMAC     net.HardwareAddr `json:"pod_mac"`     // its own interface's MAC
+	GatewayMAC net.HardwareAddr `json:"gateway_mac"` // the bridge's MAC
+}
+
+// Endpoints gives typed access to the `endpoints` hash.
+func (m *Maps) Endpoints() *EndpointMap { return &EndpointMap{m: m.eps} }
+
+// EndpointMap is the `endpoints` map of local pods.
+type EndpointMap struct{ m *ebpf.Map }
+
+func endpointKey(ip netip.Addr) (hgwEndpointKey, error) {
+	if !ip.Is4() {
+		return hgwEndpointKey{}, fmt.Errorf("endpoint address %s is not IPv4", ip)
+	}
+	return hgwEndpointKey{Addr: ip.As4()}, nil
+}
+
+func mac6(name string, hw net.HardwareAddr) ([6]uint8, error) {
+	var out [6]uint8
+	if len(hw) != len(out) {
+		return out, fmt.Errorf("%s %q is not an Ethernet MAC", name, hw)
+	}
+	copy(out[:], hw)
+	return out, nil
+}
+
+// Put inserts or overwrites the entry for e.IP in one update.
+func (r *EndpointMap) Put(e Endpoint) error {
+	key, err := endpointKey(e.IP)
+	if err != nil {
+		return err
+	}
+	// Ifindex 0 would make bpf_redirect_peer drop every packet to the pod.
+	if e.Ifindex == 0 {
+		return fmt.Errorf("endpoint %s: no veth ifindex", e.IP)
+	}
+	val := hgwEndpointValue{Ifindex: e.Ifindex}
+	if val.PodMac, err = mac6("pod MAC", e.PodMAC); err != nil {
+		return fmt.Errorf("endpoint %s: %w", e.IP, err)
+	}
+	if val.GatewayMac, err = mac6("gateway MAC", e.GatewayMAC); err != nil {
+		return fmt.Errorf("endpoint %s: %w", e.IP, err)
+	}
+	if err := r.m.Put(&key, &val); err != nil {
+		return fmt.Errorf("put endpoint %s in endpoints map: %w", e.IP, err)
+	}
+	return nil
+}
+
+// Delete removes the entry for ip; a missing entry is not an error.
+func (r *EndpointMap) Delete(ip netip.Addr) error {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return err
+	}
+	if err := r.m.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint %s from endpoints map: %w", ip, err)
+	}
+	return nil
+}
+
+// Get returns the entry for ip; ok is false when there is none.
+func (r *EndpointMap) Get(ip netip.Addr) (e Endpoint, ok bool, err error) {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return Endpoint{}, false, err
+	}
+	var val hgwEndpointValue
+	if err := r.m.Lookup(&key, &val); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Endpoint{}, false, nil
+	} else if err != nil {
+		return Endpoint{}, false, fmt.Errorf("look up endpoint %s: %w", ip, err)
+	}
+	return endpointOf(key, val), true, nil
+}
+
+func endpointOf(key hgwEndpointKey, val hgwEndpointValue) Endpoint {
+	return Endpoint{
+		IP:         netip.AddrFrom4(key.Addr),
+		Ifindex:    val.Ifindex,
+		PodMAC:     net.HardwareAddr(val.PodMac[:]),
+		GatewayMAC: net.HardwareAddr(val.GatewayMac[:]),
+	}
+}
+
+// List returns every entry.
+func (r *EndpointMap) List() ([]Endpoint, error) {
+	var (
+		key  hgwEndpointKey
+		val  hgwEndpointValue
+		out  []Endpoint
+		iter = r.m.Iterate()
+	)
+	for iter.Next(&key, &val) {
+		out = append(out, endpointOf(key, val))
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("list endpoints map: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,178 @@
+package datapath_test
+
+// The endpoint fast path: from_underlay hands packets for a known local pod
+// straight to its namespace (bpf_redirect_peer) with the MACs its gateway
+// would write, and from_pods takes a known pod's packets at its own veth.
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+var (
+	macGateway = mac{0x02, 0x42, 0x0a, 0xf4, 0x01, 0x01}
+	macPod2    = mac{0x02, 0x42, 0x0a, 0xf4, 0x01, 0x06}
+)
+
+// addEndpoint adds a host-side veth stub to the test namespace and an
+// endpoint entry for ip behind it, and returns the entry.
+func (e *runEnv) addEndpoint(t *testing.T, dev string, ip netip.Addr, pod mac) datapath.Endpoint {
+	t.Helper()
+	ep := datapath.Endpoint{
+		IP: ip, Ifindex: uint32(e.ns.addLink(t, stubDev(dev, 1500))),
+		PodMAC: net.HardwareAddr(pod[:]), GatewayMAC: net.HardwareAddr(macGateway[:]),
+	}
+	if err := e.dp.Endpoints().Put(ep); err != nil {
+		t.Fatal(err)
+	}
+	return ep
+}
+
+// peerDelivered is what from_underlay makes of frame for a known pod:
+// TTL-1, fresh checksum, destination the pod's MAC, source the gateway's.
+func peerDelivered(frame []byte, pod mac) []byte {
+	out := routed(frame)
+	copy(out[0:6], pod[:])
+	copy(out[6:12], macGateway[:])
+	return out
+}
+
+func TestDeliversToKnownPodWithRedirectPeer(t *testing.T) {
+	e := newRunEnv(t, true)
+	e.addEndpoint(t, "vethpod1", localPod, macPod)
+
+	for _, frame := range [][]byte{
+		udpFrame(peerPod, localPod),
+		ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 63, Protocol: protoTCP}, tcp(80, 40000, 0x12)),
+		ipFrame(ipv4Header{Src: nodeIP, Dst: localPod, TTL: 2, Protocol: protoICMP}, icmpEchoMsg(icmpEcho, 7, 3)),
+	} {
+		want := peerDelivered(frame, macPod)
+		out := e.expect(t, datapath.FromUnderlay, frame, nil, tcActRedirect, "redirect_peer")
+		if !bytes.Equal(out, want) {
+			t.Errorf("delivered frame differs from MACs rewritten + TTL-1 + fresh checksum:\n got % x\nwant % x", out, want)
+		}
+		if sum := onesSum(ipHeaderOf(out)); sum != 0xffff {
+			t.Errorf("delivered header sums to %#04x, not 0xffff: checksum invalid", sum)
+		}
+	}
+
+	// Router duties come first: a packet whose TTL would expire is the
+	// kernel's, untouched, even for a known pod.
+	e.pass(t, datapath.FromUnderlay, udpFrame(peerPod, localPod, ttl(1)), "ttl_expired")
+	// The gateway address is the host's even if someone put it in the map.
+	if err := e.dp.Endpoints().Put(datapath.Endpoint{IP: gateway, Ifindex: 1,
+		PodMAC: net.HardwareAddr(macPod[:]), GatewayMAC: net.HardwareAddr(macGateway[:])}); err != nil {
+		t.Fatal(err)
+	}
+	e.pass(t, datapath.FromUnderlay, udpFrame(peerPod, gateway), "local_dest")
+}
+
+// An unknown local pod keeps the bridge path, with its MACs untouched: the
+// map only ever makes delivery faster, never possible.
+func TestUnknownLocalPodTakesTheBridgePath(t *testing.T) {
+	e := newRunEnv(t, true)
+	e.addEndpoint(t, "vethpod1", localPod, macPod)
+	e.forward(t, datapath.FromUnderlay, udpFrame(peerPod, localPod2))
+
+	// A deleted endpoint falls back the same way.
+	if err := e.dp.Endpoints().Delete(localPod); err != nil {
+		t.Fatal(err)
+	}
+	e.forward(t, datapath.FromUnderlay, udpFrame(peerPod, localPod))
+	if err := e.dp.Endpoints().Delete(localPod); err != nil {
+		t.Errorf("deleting a missing endpoint: %v", err)
+	}
+}
+
+// At a pod's host-side veth the pod's frames carry the gateway's MAC, not
+// the veth's, so the kernel marks them PACKET_OTHERHOST. from_pods forwards
+// them when a known pod sends them from its own veth to its gateway's MAC,
+// and leaves everything else to the bridge.
+func TestFromPodsAtTheVethOfAKnownPod(t *testing.T) {
+	e := newRunEnv(t, true)
+	ep := e.addEndpoint(t, "vethpod1", localPod, macPod)
+	other := e.addEndpoint(t, "vethpod2", localPod2, macPod2)
+	atVeth := &skbContext{Ifindex: ep.Ifindex}
+	toGateway := func(src netip.Addr, dst mac) []byte {
+		f := udpFrame(src, peerPod)
+		copy(f[0:6], dst[:])
+		return f
+	}
+
+	e.forwardCtx(t, datapath.FromPods, toGateway(localPod, macGateway), atVeth)
+	// Another pod's address from this veth (spoofed, or a stale entry).
+	e.passCtx(t, datapath.FromPods, toGateway(localPod2, macGateway), atVeth, "not_for_host")
+	// The pod's own address, but to some other MAC on the bridge.
+	e.passCtx(t, datapath.FromPods, toGateway(localPod, macForeign), atVeth, "not_for_host")
+	// An unknown pod: the bridge and the cni0 attachment handle it.
+	e.passCtx(t, datapath.FromPods, toGateway(netip.MustParseAddr("10.244.1.77"), macGateway), atVeth, "not_for_host")
+	// The other pod at its own veth is fine.
+	e.forwardCtx(t, datapath.FromPods, toGateway(localPod2, macGateway), &skbContext{Ifindex: other.Ifindex})
+}
+
+func TestEndpointMapPutListDelete(t *testing.T) {
+	e := newRunEnv(t, false)
+	eps := e.dp.Endpoints()
+	a := datapath.Endpoint{IP: localPod, Ifindex: 7, PodMAC: net.HardwareAddr(macPod[:]), GatewayMAC: net.HardwareAddr(macGateway[:])}
+	b := datapath.Endpoint{IP: localPod2, Ifindex: 8, PodMAC: net.HardwareAddr(macPod2[:]), GatewayMAC: net.HardwareAddr(macGateway[:])}
+	for _, ep := range []datapath.Endpoint{a, b} {
+		if err := eps.Put(ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Ifindex = 9 // overwrite in place
+	if err := eps.Put(a); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := eps.Get(localPod)
+	if err != nil || !ok || got.Ifindex != 9 || got.PodMAC.String() != a.PodMAC.String() || got.GatewayMAC.String() != a.GatewayMAC.String() {
+		t.Errorf("Get(%s) = %+v, %v, %v; want %+v", localPod, got, ok, err, a)
+	}
+	list, err := eps.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := make([]netip.Addr, 0, len(list))
+	for _, ep := range list {
+		ips = append(ips, ep.IP)
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	if !slices.Equal(ips, []netip.Addr{localPod, localPod2}) {
+		t.Errorf("List = %v, want %v and %v", ips, localPod, localPod2)
+	}
+	if err := eps.Delete(localPod2); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := eps.Get(localPod2); ok {
+		t.Errorf("%s still there after Delete", localPod2)
+	}
+
+	// The pinned map is what the CNI plugin and the agent share.
+	maps, err := datapath.OpenPinned(e.dp.PinRoot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	if _, ok, err := maps.Endpoints().Get(localPod); err != nil || !ok {
+		t.Errorf("endpoint %s not in the pinned map (%v)", localPod, err)
+	}
+
+	for name, bad := range map[string]datapath.Endpoint{
+		"IPv6":       {IP: netip.MustParseAddr("fd00::5"), Ifindex: 7, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
+		"no ifindex": {IP: localPod, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
+		"short MAC":  {IP: localPod, Ifindex: 7, PodMAC: a.PodMAC[:4], GatewayMAC: a.GatewayMAC},
+		"no gw MAC":  {IP: localPod, Ifindex: 7, PodMAC: a.PodMAC},
+	} {
+		if err := eps.Put(bad); err == nil {
+			t.Errorf("Put with %s accepted", name)
+		}
+	}
+	if got, _, _ := eps.Get(localPod); got.Ifindex != 9 {
+		t.Errorf("a refused Put changed the entry: %+v", got)
+	}
+}
