@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -22,14 +23,39 @@ const netnsDir = "/var/run/netns"
 // so a concurrent run of the same test is never disturbed.
 const staleAfter = 30 * time.Minute
 
-// NetNS creates the named network namespace hgwt-<prefix>-<6 hex>, removed in t.Cleanup.
-func NetNS(t testing.TB, prefix string) (string, netns.NsHandle) {
+// NSPrefix starts the name of every namespace a test creates, so that a
+// crashed run's leftovers are recognised and nothing else is touched.
+const NSPrefix = "hgwt-"
+
+// NewNetNS creates the named network namespace <name>-<6 hex> and deletes
+// it in t.Cleanup. name must start with NSPrefix ("hgwt-"). Leftovers of a
+// crashed run with the same name are removed first (see CleanupStale). The
+// calling goroutine's thread is left in its own namespace.
+func NewNetNS(t testing.TB, name string) netns.NsHandle {
 	t.Helper()
-	if prefix == "" || strings.ContainsAny(prefix, "/ ") {
-		t.Fatalf("netns prefix %q: want a non-empty word", prefix)
+	if !strings.HasPrefix(name, NSPrefix) {
+		t.Fatalf("netns name %q: want the prefix %q", name, NSPrefix)
 	}
-	removeStale(t, "hgwt-"+prefix+"-")
-	name := "hgwt-" + prefix + "-" + RandHex(t, 3)
+	_, h := create(t, name)
+	return h
+}
+
+// NetNS is NewNetNS for the name hgwt-<word>, also returning the full name
+// (for `ip netns exec` and the like).
+func NetNS(t testing.TB, word string) (string, netns.NsHandle) {
+	t.Helper()
+	return create(t, NSPrefix+word)
+}
+
+func create(t testing.TB, prefix string) (string, netns.NsHandle) {
+	t.Helper()
+	if len(prefix) <= len(NSPrefix) || strings.ContainsAny(prefix, "/ ") {
+		t.Fatalf("netns name %q: want %s<word>", prefix, NSPrefix)
+	}
+	if err := CleanupStale(prefix + "-"); err != nil {
+		t.Logf("stale namespaces: %v", err)
+	}
+	name := prefix + "-" + RandHex(t, 3)
 
 	// NewNamed unshares the calling thread into the new namespace: keep
 	// the goroutine on that thread until it is back home.
@@ -61,8 +87,11 @@ func NetNS(t testing.TB, prefix string) (string, netns.NsHandle) {
 	return name, h
 }
 
-// InNetNS runs fn on a locked OS thread inside h and restores the thread's namespace after.
-func InNetNS(t testing.TB, h netns.NsHandle, fn func()) {
+// Do runs fn on a locked OS thread inside h and brings the thread back to
+// its namespace after, also when fn calls t.Fatal or panics. Goroutines fn
+// starts do not inherit the namespace: use netlink.NewHandleAt(h) for
+// netlink work instead.
+func Do(t testing.TB, h netns.NsHandle, fn func()) {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -96,17 +125,23 @@ func RandHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
-// removeStale deletes namespaces named with prefix that a crashed earlier
-// run left behind (older than staleAfter).
-func removeStale(t testing.TB, prefix string) {
-	t.Helper()
-	entries, err := os.ReadDir(netnsDir)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			t.Logf("list %s: %v", netnsDir, err)
-		}
-		return
+// CleanupStale deletes the named namespaces whose name starts with prefix
+// and that are older than 30 minutes: leftovers of a crashed run. Younger
+// ones may belong to a test running right now in another package, and are
+// kept. prefix must start with NSPrefix, so nothing but test namespaces is
+// ever removed.
+func CleanupStale(prefix string) error {
+	if !strings.HasPrefix(prefix, NSPrefix) {
+		return fmt.Errorf("cleanup stale netns %q: only names starting with %q", prefix, NSPrefix)
 	}
+	entries, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", netnsDir, err)
+	}
+	var errs []error
 	for _, e := range entries {
 		if !strings.HasPrefix(e.Name(), prefix) {
 			continue
@@ -117,12 +152,10 @@ func removeStale(t testing.TB, prefix string) {
 		}
 		if err := netns.DeleteNamed(e.Name()); err != nil {
 			// Not mounted (a crash between create and mount): just the file.
-			err = os.Remove(filepath.Join(netnsDir, e.Name()))
-			if err != nil {
-				t.Logf("remove stale netns %s: %v", e.Name(), err)
-				continue
+			if err := os.Remove(filepath.Join(netnsDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove stale netns %s: %w", e.Name(), err))
 			}
 		}
-		t.Logf("removed stale netns %s from an earlier run", e.Name())
 	}
+	return errors.Join(errs...)
 }

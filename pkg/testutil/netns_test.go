@@ -57,7 +57,7 @@ func TestNetNSCreatesNamedAndRemoves(t *testing.T) {
 	}
 }
 
-func TestInNetNSEntersAndRestores(t *testing.T) {
+func TestDoEntersAndRestores(t *testing.T) {
 	RequireRoot(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -65,7 +65,7 @@ func TestInNetNSEntersAndRestores(t *testing.T) {
 	_, h := NetNS(t, "tu")
 
 	ran := false
-	InNetNS(t, h, func() {
+	Do(t, h, func() {
 		ran = true
 		if inside := currentNetNS(t); !inside.Equal(h) {
 			t.Errorf("fn does not run inside the namespace")
@@ -75,13 +75,13 @@ func TestInNetNSEntersAndRestores(t *testing.T) {
 		t.Fatal("fn did not run")
 	}
 	if now := currentNetNS(t); !now.Equal(orig) {
-		t.Fatal("thread not restored after InNetNS")
+		t.Fatal("thread not restored after Do")
 	}
 
 	// A panicking fn still brings the thread home.
 	func() {
 		defer func() { _ = recover() }()
-		InNetNS(t, h, func() { panic("boom") })
+		Do(t, h, func() { panic("boom") })
 	}()
 	if now := currentNetNS(t); !now.Equal(orig) {
 		t.Fatal("thread not restored after fn panicked")
@@ -116,5 +116,39 @@ func TestNetNSRemovesStaleLeftovers(t *testing.T) {
 	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Errorf("recent %s was removed, a concurrent run may own it: %v", fresh, err)
+	}
+}
+
+func TestNewNetNSNamesAndRemoves(t *testing.T) {
+	RequireRoot(t)
+	var h netns.NsHandle
+	var name string
+	t.Run("create", func(t *testing.T) {
+		h = NewNetNS(t, "hgwt-tu-new")
+		matches, _ := filepath.Glob(filepath.Join(netnsDir, "hgwt-tu-new-*"))
+		for _, m := range matches {
+			byName, err := netns.GetFromPath(m)
+			if err != nil {
+				continue
+			}
+			if byName.Equal(h) {
+				name = m
+			}
+			byName.Close()
+		}
+		if name == "" {
+			t.Fatalf("no hgwt-tu-new-* in %s is the returned namespace (found %v)", netnsDir, matches)
+		}
+	})
+	if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still exists after its test ended (stat: %v)", name, err)
+	}
+}
+
+func TestCleanupStaleRefusesForeignNames(t *testing.T) {
+	for _, prefix := range []string{"", "cni-", "hgw-", "hgwt"} {
+		if err := CleanupStale(prefix); err == nil {
+			t.Errorf("CleanupStale(%q) = nil, want a refusal: only %s names are ours", prefix, NSPrefix)
+		}
 	}
 }
