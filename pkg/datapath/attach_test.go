@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // attachEnv is a namespace with an eth0 (veth) and a cni0 (bridge) and a
@@ -32,7 +33,7 @@ type attachEnv struct {
 
 func newAttachEnv(t *testing.T) *attachEnv {
 	t.Helper()
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	e := &attachEnv{ns: newTestNetns(t)}
 	e.eth0 = e.ns.addLink(t, stubDev("eth0", 1500))
 	e.cni0 = e.ns.addLink(t, bridge("cni0", 1500))

@@ -15,26 +15,17 @@ package datapath_test
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"reflect"
-	"runtime"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
@@ -43,226 +34,7 @@ import (
 const (
 	tcActOK       = 0
 	tcActRedirect = 7
-
-	pinPrefix = "hgwt-dp-"
 )
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "" {
-		t.Skip("needs root (BPF, network namespaces)")
-	}
-	t.Fatal("needs root, and CI is set: not skipping")
-}
-
-// testNetns is an anonymous network namespace owned by one test: its
-// devices, routes and conntrack entries go away with its last handle.
-type testNetns struct {
-	ns netns.NsHandle
-	h  *netlink.Handle
-}
-
-func newTestNetns(t *testing.T) *testNetns {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
-	}
-	defer orig.Close()
-	ns, err := netns.New() // unshare: this thread is now inside it
-	if rerr := netns.Set(orig); rerr != nil {
-		// The thread stays locked in a foreign namespace; let it die.
-		panic(fmt.Sprintf("restore netns after creating a test netns: %v", rerr))
-	}
-	runtime.UnlockOSThread()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		t.Fatalf("netlink handle in test netns: %v", err)
-	}
-	n := &testNetns{ns: ns, h: h}
-	t.Cleanup(func() {
-		h.Close()
-		ns.Close()
-	})
-	return n
-}
-
-// do runs fn on a locked OS thread inside the namespace and restores the
-// thread's namespace afterwards (also when fn calls t.Fatal).
-func (n *testNetns) do(t *testing.T, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(n.ns); err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("enter test netns: %v", err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic(fmt.Sprintf("restore netns: %v", err))
-		}
-		runtime.UnlockOSThread()
-	}()
-	fn()
-}
-
-// addLink creates l in the namespace, up, and returns its ifindex.
-func (n *testNetns) addLink(t *testing.T, l netlink.Link) int {
-	t.Helper()
-	name := l.Attrs().Name
-	if err := n.h.LinkAdd(l); err != nil {
-		t.Fatalf("add %s: %v", name, err)
-	}
-	got, err := n.h.LinkByName(name)
-	if err != nil {
-		t.Fatalf("look up %s: %v", name, err)
-	}
-	if err := n.h.LinkSetUp(got); err != nil {
-		t.Fatalf("set %s up: %v", name, err)
-	}
-	return got.Attrs().Index
-}
-
-// stubDev is an Ethernet device to point ifindexes at. A veth with its
-// peer in the same namespace: this kernel has no dummy driver.
-func stubDev(name string, mtu int) *netlink.Veth {
-	return &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, PeerName: name + "-peer"}
-}
-
-func bridge(name string, mtu int) *netlink.Bridge {
-	return &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}}
-}
-
-// newPinRoot returns a fresh pin root under /sys/fs/bpf that is removed,
-// from inside n, when the test ends. Pin roots a crashed earlier run left
-// behind (same prefix, older than an hour) are removed first.
-func newPinRoot(t *testing.T, n *testNetns) string {
-	t.Helper()
-	b := make([]byte, 6)
-	rand.Read(b)
-	root := filepath.Join("/sys/fs/bpf", pinPrefix+hex.EncodeToString(b))
-	n.do(t, func() {
-		sweepStalePinRoots(t)
-	})
-	t.Cleanup(func() {
-		n.do(t, func() {
-			// Cleanup looks for our tc filters on every device of the
-			// current namespace: run it where the test attached them.
-			if err := datapath.Cleanup(root); err != nil {
-				t.Errorf("cleanup %s: %v", root, err)
-			}
-		})
-	})
-	return root
-}
-
-func sweepStalePinRoots(t *testing.T) {
-	stale, _ := filepath.Glob(filepath.Join("/sys/fs/bpf", pinPrefix+"*"))
-	for _, dir := range stale {
-		st, err := os.Stat(dir)
-		if err != nil || time.Since(st.ModTime()) < time.Hour {
-			continue // another test of this run may be using it
-		}
-		if err := datapath.Cleanup(dir); err != nil {
-			t.Logf("remove stale pin root %s: %v", dir, err)
-		}
-	}
-}
-
-// skbContext mirrors the first fields of the kernel's struct __sk_buff
-// (include/uapi/linux/bpf.h) for test runs that need one. The kernel
-// rejects non-zero values in the fields it does not take (len, pkt_type,
-// protocol, ...) with EINVAL; gso_segs and gso_size are taken. Every field
-// is declared, so encoding/binary lays it out without hidden padding; the
-// btf tags let TestSKBContextLayout check the offsets against the running
-// kernel's BTF.
-type skbContext struct {
-	Len            uint32    `btf:"len"`
-	PktType        uint32    `btf:"pkt_type"`
-	Mark           uint32    `btf:"mark"`
-	QueueMapping   uint32    `btf:"queue_mapping"`
-	Protocol       uint32    `btf:"protocol"`
-	VlanPresent    uint32    `btf:"vlan_present"`
-	VlanTCI        uint32    `btf:"vlan_tci"`
-	VlanProto      uint32    `btf:"vlan_proto"`
-	Priority       uint32    `btf:"priority"`
-	IngressIfindex uint32    `btf:"ingress_ifindex"`
-	Ifindex        uint32    `btf:"ifindex"`
-	TCIndex        uint32    `btf:"tc_index"`
-	CB             [5]uint32 `btf:"cb"`
-	Hash           uint32    `btf:"hash"`
-	TCClassid      uint32    `btf:"tc_classid"`
-	Data           uint32    `btf:"data"`
-	DataEnd        uint32    `btf:"data_end"`
-	NapiID         uint32    `btf:"napi_id"`
-	Family         uint32    `btf:"family"`
-	RemoteIP4      uint32    `btf:"remote_ip4"`
-	LocalIP4       uint32    `btf:"local_ip4"`
-	RemoteIP6      [4]uint32 `btf:"remote_ip6"`
-	LocalIP6       [4]uint32 `btf:"local_ip6"`
-	RemotePort     uint32    `btf:"remote_port"`
-	LocalPort      uint32    `btf:"local_port"`
-	DataMeta       uint32    `btf:"data_meta"`
-	FlowKeys       uint64    // anonymous union in BTF
-	Tstamp         uint64    `btf:"tstamp"`
-	WireLen        uint32    `btf:"wire_len"`
-	GSOSegs        uint32    `btf:"gso_segs"`
-	SK             uint64    // anonymous union in BTF
-	GSOSize        uint32    `btf:"gso_size"`
-	TstampType     uint32    `btf:"tstamp_type"` // u8 + 24 bits of padding
-	HWTstamp       uint64    `btf:"hwtstamp"`
-}
-
-func TestSKBContextLayout(t *testing.T) {
-	if got, want := binary.Size(skbContext{}), int(unsafe.Sizeof(skbContext{})); got != want {
-		t.Fatalf("binary size %d != Go size %d: hidden padding", got, want)
-	}
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		t.Skipf("no kernel BTF to check against: %v", err)
-	}
-	var s *btf.Struct
-	if err := spec.TypeByName("__sk_buff", &s); err != nil {
-		t.Fatalf("__sk_buff in kernel BTF: %v", err)
-	}
-	offsets := map[string]uint32{}
-	for _, m := range s.Members {
-		offsets[m.Name] = m.Offset.Bytes()
-	}
-	if int(s.Size) != binary.Size(skbContext{}) {
-		t.Errorf("kernel __sk_buff is %d bytes, mirror %d (fine while the kernel only grows it, but check)", s.Size, binary.Size(skbContext{}))
-	}
-	typ := reflect.TypeFor[skbContext]()
-	for i := range typ.NumField() {
-		f := typ.Field(i)
-		name := f.Tag.Get("btf")
-		if name == "" {
-			continue
-		}
-		off, ok := offsets[name]
-		if !ok {
-			t.Errorf("kernel __sk_buff has no member %s", name)
-			continue
-		}
-		if uintptr(off) != f.Offset {
-			t.Errorf("%s: kernel offset %d, mirror %d", name, off, f.Offset)
-		}
-	}
-}
 
 // runEnv is a loaded datapath whose config and routes point at devices of a
 // fresh namespace: eth0 (MTU 1500), eth1 (MTU 1400) and cni0 (MTU 1500).
@@ -289,7 +61,6 @@ var (
 
 func newRunEnv(t *testing.T, configure bool) *runEnv {
 	t.Helper()
-	requireRoot(t)
 	e := &runEnv{ns: newTestNetns(t)}
 	e.eth0 = e.ns.addLink(t, stubDev("eth0", 1500))
 	e.eth1 = e.ns.addLink(t, stubDev("eth1", 1400))
