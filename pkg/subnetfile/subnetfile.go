@@ -6,13 +6,18 @@ package subnetfile
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 )
+
+// DefaultPath is flanneld's default --subnet-file.
+const DefaultPath = "/run/flannel/subnet.env"
 
 // Env is the content of a subnet file.
 type Env struct {
@@ -22,40 +27,86 @@ type Env struct {
 	IPMasq  bool         // FLANNEL_IPMASQ
 }
 
-// Format renders e in flanneld's order and format: FLANNEL_SUBNET is the
-// subnet's first host address with the prefix length, e.g. 10.244.1.1/24.
-func Format(e Env) []byte {
+// Format renders e in flanneld's order and format (flannel
+// pkg/subnet.WriteSubnetFile, IPv4): FLANNEL_NETWORK, FLANNEL_SUBNET,
+// FLANNEL_MTU, FLANNEL_IPMASQ, one per line. FLANNEL_SUBNET is the subnet's
+// first host address with the prefix length (10.244.1.1/24): the bridge's
+// gateway address, as the CNI plugins use it.
+func Format(e Env) ([]byte, error) {
+	if !e.Network.Addr().Is4() || !e.Subnet.Addr().Is4() {
+		return nil, fmt.Errorf("subnet file: network %s and subnet %s must be IPv4 prefixes", e.Network, e.Subnet)
+	}
+	sn := e.Subnet.Masked()
+	gw := sn.Addr().Next()
+	if !sn.Contains(gw) {
+		return nil, fmt.Errorf("subnet file: subnet %s has no host address", e.Subnet)
+	}
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network)
-	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s/%d\n", e.Subnet.Masked().Addr().Next(), e.Subnet.Bits())
+	fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network.Masked())
+	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", netip.PrefixFrom(gw, sn.Bits()))
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", e.MTU)
-	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%v\n", e.IPMasq)
-	return b.Bytes()
+	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%t\n", e.IPMasq)
+	return b.Bytes(), nil
 }
 
-// Write replaces path atomically (temp file in the same directory, then
-// rename, as flanneld), readable by the owner only.
+// Write replaces path atomically, as flanneld does: a temporary file in
+// the same directory, synced, renamed over path, then the directory synced,
+// so a reader (the CNI plugin, at any moment) sees the old or the new file,
+// never half of one. The mode is flanneld's: 0644 for a new file, the
+// existing file's mode otherwise. The directory is created (0755) if
+// missing.
 func Write(path string, e Env) error {
-	dir, name := filepath.Split(path)
-	if dir == "" {
-		dir = "."
+	data, err := Format(e)
+	if err != nil {
+		return err
 	}
+	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create directory of subnet file %s: %w", path, err)
 	}
-	tmp := filepath.Join(dir, "."+name)
-	if err := os.WriteFile(tmp, Format(e), 0o600); err != nil {
-		return fmt.Errorf("write subnet file %s: %w", tmp, err)
+	perm := fs.FileMode(0o644)
+	if st, err := os.Stat(path); err == nil {
+		perm = st.Mode().Perm()
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	tmp := f.Name()
+	err = writeSynced(f, data, perm)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("install subnet file %s: %w", path, err)
+		return fmt.Errorf("write subnet file %s: %w", path, err)
+	}
+	// The rename is durable once the directory is; a failure here leaves a
+	// complete file in place, so it is not worth failing the write.
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
 	}
 	return nil
 }
 
-// Read parses a subnet file (flanneld's or ours). Unknown variables, such
-// as the IPv6 ones, are ignored. A missing file wraps os.ErrNotExist.
+// writeSynced fills f, sets perm (CreateTemp made it 0600, and the umask
+// must not matter) and closes it.
+func writeSynced(f *os.File, data []byte, perm fs.FileMode) error {
+	_, err := f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
+}
+
+// Read parses a subnet file (flanneld's or ours), to reuse the previous
+// subnet. Unknown variables, such as the IPv6 ones, are ignored. A missing
+// file wraps os.ErrNotExist; a malformed one is an error naming the path
+// and line.
 func Read(path string) (Env, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -74,9 +125,9 @@ func Read(path string) (Env, error) {
 		}
 		switch k {
 		case "FLANNEL_NETWORK":
-			e.Network, err = netip.ParsePrefix(v)
+			e.Network, err = parsePrefix4(v)
 		case "FLANNEL_SUBNET":
-			e.Subnet, err = netip.ParsePrefix(v)
+			e.Subnet, err = parsePrefix4(v)
 			e.Subnet = e.Subnet.Masked()
 		case "FLANNEL_MTU":
 			e.MTU, err = strconv.Atoi(v)
@@ -87,8 +138,22 @@ func Read(path string) (Env, error) {
 			return Env{}, fmt.Errorf("subnet file %s line %d: %s: %w", path, line, k, err)
 		}
 	}
+	if err := sc.Err(); err != nil {
+		return Env{}, fmt.Errorf("read subnet file %s: %w", path, err)
+	}
 	if !e.Subnet.IsValid() {
 		return Env{}, fmt.Errorf("subnet file %s has no FLANNEL_SUBNET", path)
 	}
 	return e, nil
+}
+
+func parsePrefix4(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("%s is not an IPv4 prefix", s)
+	}
+	return p, nil
 }

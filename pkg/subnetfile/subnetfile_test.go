@@ -5,63 +5,170 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 )
 
-// What flanneld v0.2x writes for a host-gw node (IPv4 only).
+// What flanneld writes for a host-gw node, IPv4 only (flannel
+// pkg/subnet/subnetfile_unix.go).
 const flanneldFile = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
 
+func env(network, subnet string, mtu int, masq bool) Env {
+	return Env{Network: netip.MustParsePrefix(network), Subnet: netip.MustParsePrefix(subnet), MTU: mtu, IPMasq: masq}
+}
+
 func TestWriteMatchesFlanneldByteForByte(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "run", "flannel", "subnet.env")
-	env := Env{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.3.0/24"), MTU: 1500, IPMasq: true}
-	if err := Write(path, env); err != nil {
+	// The umask must not decide the mode: flanneld's files are 0644.
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	dir := filepath.Join(t.TempDir(), "run", "flannel") // created by Write
+	path := filepath.Join(dir, "subnet.env")
+
+	if err := Write(path, env("10.244.0.0/16", "10.244.3.0/24", 1500, true)); err != nil {
 		t.Fatal(err)
 	}
+
 	got, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if string(got) != flanneldFile {
-		t.Fatalf("got\n%s\nwant\n%s", got, flanneldFile)
+		t.Fatalf("got\n%q\nwant\n%q", got, flanneldFile)
 	}
-	st, _ := os.Stat(path)
-	if st.Mode().Perm() != 0o600 {
-		t.Errorf("mode %v, want owner-only 0600", st.Mode().Perm())
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(filepath.Dir(path), ".subnet.env")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("temp file left behind: %v", err)
+	if st.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v, want flanneld's 0644", st.Mode().Perm())
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("directory holds %v, want only subnet.env (no temp file left)", entries)
+	}
+}
+
+func TestFormat(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   Env
+		want string
+	}{
+		{"no masquerade, other MTU", env("10.244.0.0/16", "10.244.200.0/24", 1450, false),
+			"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"},
+		{"unmasked input is masked", env("10.244.7.7/16", "10.244.3.77/24", 9000, true),
+			"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=9000\nFLANNEL_IPMASQ=true\n"},
+		{"a /23 subnet", env("10.0.0.0/8", "10.1.2.0/23", 1500, true),
+			"FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.1.2.1/23\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Format(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tc.want {
+				t.Errorf("got\n%q\nwant\n%q", got, tc.want)
+			}
+		})
+	}
+	for _, bad := range []Env{
+		{Subnet: netip.MustParsePrefix("10.244.3.0/24")},                                                  // no network
+		env("fd00::/56", "fd00:0:0:3::/64", 1500, true),                                                   // IPv6
+		{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.3.7/32")}, // no host address
+	} {
+		if got, err := Format(bad); err == nil {
+			t.Errorf("Format(%+v) = %q, want an error", bad, got)
+		}
+	}
+}
+
+func TestWriteReplacesAndKeepsMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "subnet.env")
+	if err := os.WriteFile(path, []byte("FLANNEL_SUBNET=10.244.9.1/24\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(path, env("10.244.0.0/16", "10.244.3.0/24", 1500, true)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(path)
+	if string(got) != flanneldFile {
+		t.Errorf("got %q, want %q", got, flanneldFile)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want the existing file's 0640 kept (as flanneld)", st.Mode().Perm())
+	}
+}
+
+func TestWriteFailsLeavingOldFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "subnet.env")
+	if err := os.WriteFile(path, []byte(flanneldFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(path, Env{}); err == nil {
+		t.Fatal("Write of an empty Env succeeded")
+	}
+	if got, _ := os.ReadFile(path); string(got) != flanneldFile {
+		t.Errorf("old file changed to %q", got)
+	}
+	// A path whose directory is a file cannot be written.
+	if err := Write(filepath.Join(path, "x"), env("10.244.0.0/16", "10.244.3.0/24", 1500, true)); err == nil {
+		t.Error("Write under a regular file succeeded")
 	}
 }
 
 func TestReadRoundTripsAndAcceptsFlanneldDualStack(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "subnet.env")
-	dual := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
-	os.WriteFile(path, []byte(dual), 0o644)
-	e, err := Read(path)
-	if err != nil {
+	dir := t.TempDir()
+	want := env("10.244.0.0/16", "10.244.3.0/24", 1450, false)
+	path := filepath.Join(dir, "ours.env")
+	if err := Write(path, want); err != nil {
 		t.Fatal(err)
 	}
-	want := Env{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.3.0/24"), MTU: 1450}
-	if e != want {
-		t.Fatalf("Read = %+v, want %+v", e, want)
+	if got, err := Read(path); err != nil || got != want {
+		t.Fatalf("Read(Write(x)) = %+v, %v; want %+v", got, err, want)
+	}
+
+	dual := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+	path = filepath.Join(dir, "dual.env")
+	if err := os.WriteFile(path, []byte(dual), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Read(path); err != nil || got != want {
+		t.Fatalf("Read(flanneld dual-stack) = %+v, %v; want %+v", got, err, want)
 	}
 }
 
 func TestReadErrors(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := Read(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("missing file: %v, want ErrNotExist", err)
+	missing := filepath.Join(dir, "missing")
+	if _, err := Read(missing); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing file: %v, want ErrNotExist naming %s", err, missing)
 	}
-	for name, content := range map[string]string{
-		"garbage":   "FLANNEL_SUBNET=10.244.3.1/24\nthis is not a variable\n",
-		"badsubnet": "FLANNEL_SUBNET=10.244.3.1\n",
-		"badmtu":    "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=big\n",
-		"nosubnet":  "FLANNEL_NETWORK=10.244.0.0/16\n",
+	for _, tc := range []struct {
+		name, content, mention string
+	}{
+		{"garbage", "FLANNEL_SUBNET=10.244.3.1/24\nthis is not a variable\n", "line 2"},
+		{"badsubnet", "FLANNEL_SUBNET=10.244.3.1\n", "line 1"},
+		{"v6subnet", "FLANNEL_SUBNET=fd00::1/64\n", "line 1"},
+		{"badmtu", "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=big\n", "line 2"},
+		{"badmasq", "FLANNEL_SUBNET=10.244.3.1/24\n\nFLANNEL_IPMASQ=maybe\n", "line 3"},
+		{"nosubnet", "FLANNEL_NETWORK=10.244.0.0/16\n", "no FLANNEL_SUBNET"},
 	} {
-		path := filepath.Join(dir, name)
-		os.WriteFile(path, []byte(content), 0o644)
-		if _, err := Read(path); err == nil {
-			t.Errorf("%s: no error for %q", name, content)
+		path := filepath.Join(dir, tc.name)
+		if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Read(path)
+		if err == nil {
+			t.Errorf("%s: no error for %q", tc.name, tc.content)
+			continue
+		}
+		if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.mention) {
+			t.Errorf("%s: error %q should name %s and %q", tc.name, err, path, tc.mention)
 		}
 	}
 }
