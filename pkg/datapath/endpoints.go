@@ -116,3 +116,8 @@ func (r *EndpointMap) List() ([]Endpoint, error) {
 	}
 	return out, nil
 }
+
+// DetachPinned removes program p from dev in either mode with nothing but
+// the pin root, for callers that load no programs (the CNI plugin's DEL).
+// Detaching what is not attached is not an error.
+func DetachPinned(root, dev string, p Program) error { return detach(root, dev, p) }

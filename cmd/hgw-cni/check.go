@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// cmdCheck verifies that every endpoint ADD wrote is in the map as the
+// kernel sees the pod now, and that from_pods is attached to its veth.
+func cmdCheck(args *skel.CmdArgs) error {
+	conf, res, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		return errNoPrevResult
+	}
+	p, err := podFromResult(res, args.IfName)
+	if err != nil {
+		return err
+	}
+	want, err := p.endpoints()
+	if err != nil {
+		return err
+	}
+	maps, err := datapath.OpenPinned(conf.BPFFSRoot)
+	if err != nil {
+		return err
+	}
+	defer maps.Close()
+	for _, w := range want {
+		got, ok, err := maps.Endpoints().Get(w.IP)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("endpoint %s missing from the endpoints map under %s", w.IP, conf.BPFFSRoot)
+		}
+		if got.Ifindex != w.Ifindex || got.PodMAC.String() != w.PodMAC.String() || got.GatewayMAC.String() != w.GatewayMAC.String() {
+			return fmt.Errorf("endpoint %s is {ifindex %d, pod %s, gateway %s}, want {ifindex %d, pod %s, gateway %s}",
+				w.IP, got.Ifindex, got.PodMAC, got.GatewayMAC, w.Ifindex, w.PodMAC, w.GatewayMAC)
+		}
+	}
+	atts, err := datapath.Attachments(conf.BPFFSRoot)
+	if err != nil {
+		return err
+	}
+	for _, a := range atts {
+		if a.Dev == p.hostVeth && a.Program == datapath.FromPods && a.Ifindex == int(want[0].Ifindex) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not attached to host veth %s", datapath.FromPods, p.hostVeth)
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// netConf is the plugin's network configuration.
+type netConf struct {
+	types.PluginConf
+	BPFFSRoot  string `json:"bpffsRoot,omitempty"`
+	AttachMode string `json:"attachMode,omitempty"`
+}
+
+// parseConf decodes stdin data and, when present, the previous plugin's
+// result, converted to the 1.0 result type the plugin reads.
+func parseConf(stdin []byte) (*netConf, *types100.Result, error) {
+	conf := &netConf{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return nil, nil, fmt.Errorf("parse network configuration: %w", err)
+	}
+	if conf.BPFFSRoot == "" {
+		conf.BPFFSRoot = datapath.DefaultPinRoot
+	}
+	if conf.AttachMode == "" {
+		conf.AttachMode = string(datapath.ModeAuto)
+	}
+	if _, err := datapath.ParseMode(conf.AttachMode); err != nil {
+		return nil, nil, fmt.Errorf("attachMode: %w", err)
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return nil, nil, fmt.Errorf("prevResult: %w", err)
+	}
+	if conf.PrevResult == nil {
+		return conf, nil, nil
+	}
+	res, err := types100.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return nil, nil, fmt.Errorf("convert prevResult: %w", err)
+	}
+	return conf, res, nil
+}
+
+var errNoPrevResult = errors.New("no prevResult: hgw-cni must be chained after the bridge plugin")

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// pod is what the bridge plugin's result says about one pod.
+type pod struct {
+	hostVeth string           // host-side veth, in the node's namespace
+	podMAC   net.HardwareAddr // the pod's interface (ifName in its sandbox)
+	ips      []netip.Addr     // the pod interface's IPv4 addresses
+}
+
+// podFromResult reads the pod's interface, its IPv4 addresses and the host
+// end of its veth from the previous result: the sandbox interface named
+// ifName, and the interface without a sandbox that is a veth in this
+// namespace (the bridge plugin also lists the bridge itself).
+func podFromResult(res *types100.Result, ifName string) (pod, error) {
+	var p pod
+	podIdx := -1
+	for i, iface := range res.Interfaces {
+		if iface.Sandbox != "" {
+			if iface.Name == ifName || podIdx < 0 {
+				podIdx = i
+			}
+			continue
+		}
+		l, err := netlink.LinkByName(iface.Name)
+		if err != nil {
+			continue // gone, or not ours to know
+		}
+		if _, ok := l.(*netlink.Veth); ok {
+			p.hostVeth = iface.Name
+		}
+	}
+	if podIdx < 0 {
+		return pod{}, errors.New("prevResult lists no interface inside the pod's sandbox")
+	}
+	if p.hostVeth == "" {
+		return pod{}, errors.New("prevResult lists no host-side veth present in this namespace")
+	}
+	mac, err := net.ParseMAC(res.Interfaces[podIdx].Mac)
+	if err != nil {
+		return pod{}, fmt.Errorf("MAC %q of pod interface %s: %w", res.Interfaces[podIdx].Mac, res.Interfaces[podIdx].Name, err)
+	}
+	p.podMAC = mac
+	for _, ipc := range res.IPs {
+		if ipc.Interface != nil && *ipc.Interface != podIdx {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok && ipc.Address.IP.To4() != nil {
+			p.ips = append(p.ips, a)
+		}
+	}
+	if len(p.ips) == 0 {
+		return pod{}, errors.New("prevResult has no IPv4 address for the pod")
+	}
+	return p, nil
+}
+
+// endpoints resolves the veth and its bridge (the pods' gateway) in this
+// namespace and returns the map entries for the pod.
+func (p pod) endpoints() ([]datapath.Endpoint, error) {
+	veth, err := netlink.LinkByName(p.hostVeth)
+	if err != nil {
+		return nil, fmt.Errorf("look up host veth %s: %w", p.hostVeth, err)
+	}
+	master := veth.Attrs().MasterIndex
+	if master == 0 {
+		return nil, fmt.Errorf("host veth %s is on no bridge", p.hostVeth)
+	}
+	br, err := netlink.LinkByIndex(master)
+	if err != nil {
+		return nil, fmt.Errorf("look up bridge of %s: %w", p.hostVeth, err)
+	}
+	out := make([]datapath.Endpoint, 0, len(p.ips))
+	for _, ip := range p.ips {
+		out = append(out, datapath.Endpoint{
+			IP: ip, Ifindex: uint32(veth.Attrs().Index), PodMAC: p.podMAC, GatewayMAC: br.Attrs().HardwareAddr,
+		})
+	}
+	return out, nil
+}
