@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 8) // room for every goroutine below: a late error never blocks wg.Wait
 	goRun := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -164,6 +164,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	})
 	if n.dp != nil {
 		goRun("attach check", n.keepAttached)
+		goRun("endpoints", n.runEndpoints)
 	}
 	// The subnet file tells the CNI plugins the node is ready for pods:
 	// write it once routes to the peers are in place, not before.
