@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -263,8 +264,10 @@ func attachLifecycle(t *testing.T, start, other datapath.Mode) {
 	dp = e.load(t, other)
 	e.attachAll(t, dp, other)
 	e.expectAttached(t, dp, other)
-	if _, err := os.Stat(e.root + "/links/from_pods@cni0"); other == datapath.ModeTC && !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("tcx link pin after switching to tc: %v", err)
+	if other == datapath.ModeTC {
+		if pins := e.linkPins(t); len(pins) != 0 {
+			t.Errorf("tcx link pins after switching to tc: %v, want none", pins)
+		}
 	}
 
 	// Detach one; detaching it again is fine; the other stays.
@@ -291,9 +294,40 @@ func attachLifecycle(t *testing.T, start, other datapath.Mode) {
 			}
 		}
 	})
-	if _, err := os.Stat(e.root); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("pin root %s after cleanup: %v", e.root, err)
+	e.expectCleanedUp(t)
+}
+
+// linkPins lists the tcx link pins under the root.
+func (e *attachEnv) linkPins(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(e.root, "links"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("read link pins: %v", err)
 	}
+	var names []string
+	for _, en := range entries {
+		names = append(names, en.Name())
+	}
+	return names
+}
+
+// expectCleanedUp checks that nothing of ours is left: no pin root, no
+// attachment by our own account, and nothing on either device by the
+// kernel's.
+func (e *attachEnv) expectCleanedUp(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(e.root); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin root %s after cleanup: %v, want it gone", e.root, err)
+	}
+	e.ns.do(t, func() {
+		atts, err := datapath.Attachments(e.root)
+		if err != nil {
+			t.Errorf("attachments after cleanup: %v", err)
+		}
+		if len(atts) != 0 {
+			t.Errorf("attachments after cleanup: %+v, want none", atts)
+		}
+	})
 	e.expectNothingOn(t, "cni0")
 	e.expectNothingOn(t, "eth0")
 }
@@ -313,8 +347,8 @@ func TestAttachToAMissingDeviceNamesIt(t *testing.T) {
 func TestLoadRefusesAPinRootOffBPFFS(t *testing.T) {
 	dir := t.TempDir() + "/pins"
 	_, err := datapath.Load(datapath.Options{PinRoot: dir})
-	if err == nil || !strings.Contains(err.Error(), dir) {
-		t.Fatalf("load with pin root %s: %v, want an error naming it", dir, err)
+	if err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "not on a BPF filesystem") {
+		t.Fatalf("load with pin root %s: %v, want an error naming it and saying it is not on a BPF filesystem", dir, err)
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("load created %s although it refused it: %v", dir, err)
@@ -403,4 +437,249 @@ func htons(v uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], v)
 	return binary.NativeEndian.Uint16(b[:])
+}
+
+// Auto mode takes tcx wherever the kernel has it, and falls back to tc only
+// where link.AttachTCX says it is not supported.
+func TestAttachAutoMode(t *testing.T) {
+	e := newAttachEnv(t)
+	dp := e.load(t, datapath.ModeAuto)
+	defer dp.Close()
+	var got datapath.Mode
+	e.ns.do(t, func() {
+		for _, h := range hooks {
+			m, err := dp.Attach(h.dev, h.p)
+			if err != nil {
+				t.Fatalf("attach %s to %s in auto mode: %v", h.p, h.dev, err)
+			}
+			if got != "" && m != got {
+				t.Fatalf("auto mode chose %s for %s and %s for %s", got, hooks[0].dev, m, h.dev)
+			}
+			got = m
+		}
+	})
+	switch got {
+	case datapath.ModeTCX:
+	case datapath.ModeTC:
+		// Only right if the kernel really lacks tcx.
+		prog, err := dp.Program(datapath.FromPods)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.ns.do(t, func() {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: e.cni0, Program: prog, Attach: ebpf.AttachTCXEgress})
+			if err == nil {
+				l.Close()
+				t.Errorf("auto mode chose tc although the kernel attaches tcx")
+			} else if !errors.Is(err, link.ErrNotSupported) {
+				t.Errorf("auto mode chose tc; probing tcx gives %v, not ErrNotSupported", err)
+			}
+		})
+	default:
+		t.Fatalf("auto mode attached with %q, want tcx or tc", got)
+	}
+	e.expectAttached(t, dp, got)
+}
+
+func TestAttachUnknownProgram(t *testing.T) {
+	e := newAttachEnv(t)
+	dp := e.load(t, datapath.ModeTCX)
+	defer dp.Close()
+	e.ns.do(t, func() {
+		_, err := dp.Attach("cni0", datapath.Program("from_nowhere"))
+		if err == nil || !strings.Contains(err.Error(), "from_nowhere") {
+			t.Errorf("attach of an unknown program: %v, want an error naming it", err)
+		}
+	})
+	if pins := e.linkPins(t); len(pins) != 0 {
+		t.Errorf("a refused attach left link pins %v", pins)
+	}
+	e.expectNothingOn(t, "cni0")
+}
+
+// CNI plugins delete and re-create cni0 (and operators eth0's driver): a
+// pinned tcx link then points at a device that is gone. Attachments shows
+// it defunct, Attach makes a fresh link on the new device, and Cleanup of
+// a defunct link is no error.
+func TestTCXLinkOnARecreatedDevice(t *testing.T) {
+	e := newAttachEnv(t)
+	dp := e.load(t, datapath.ModeTCX)
+	defer dp.Close()
+	e.attachAll(t, dp, datapath.ModeTCX)
+
+	recreateCNI0 := func() {
+		t.Helper()
+		l, err := e.ns.h.LinkByName("cni0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.ns.h.LinkDel(l); err != nil {
+			t.Fatalf("delete cni0: %v", err)
+		}
+	}
+	recreateCNI0()
+	var atts []datapath.Attachment
+	e.ns.do(t, func() {
+		var err error
+		if atts, err = datapath.Attachments(e.root); err != nil {
+			t.Fatalf("attachments with cni0 gone: %v", err)
+		}
+	})
+	defunct := datapath.Attachment{Dev: "cni0", Ifindex: 0, Program: datapath.FromPods, Mode: datapath.ModeTCX,
+		ProgramID: uint32(progID(t, dp, datapath.FromPods))}
+	if !slices.Contains(atts, defunct) {
+		t.Errorf("attachments with cni0 gone = %+v, want %+v (ifindex 0: defunct)", atts, defunct)
+	}
+
+	old := e.cni0
+	e.cni0 = e.ns.addLink(t, bridge("cni0", 1500))
+	if e.cni0 == old {
+		t.Fatalf("re-created cni0 kept ifindex %d: the test would prove nothing", old)
+	}
+	e.attachAll(t, dp, datapath.ModeTCX)
+	e.expectAttached(t, dp, datapath.ModeTCX)
+
+	// Gone again, then cleaned up: the defunct link's pin goes too.
+	recreateCNI0()
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.ns.do(t, func() {
+		if err := datapath.Cleanup(e.root); err != nil {
+			t.Fatalf("cleanup with a defunct link: %v", err)
+		}
+	})
+	if _, err := os.Stat(e.root); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin root %s after cleanup: %v, want it gone", e.root, err)
+	}
+	e.expectNothingOn(t, "eth0")
+}
+
+// Another tool's tc filters share the clsact qdisc with ours: detaching,
+// switching to tcx and cleaning up remove our filters only, and leave the
+// qdisc while anyone's filter is on it (ingress or egress).
+func TestTCLeavesOtherFiltersAlone(t *testing.T) {
+	e := newAttachEnv(t)
+	dp := e.load(t, datapath.ModeTC)
+	defer func() { dp.Close() }()
+	prog, err := dp.Program(datapath.FromPods) // any SCHED_CLS program will do
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := map[string]*netlink.BpfFilter{}
+	for dev, parent := range map[string]uint32{"cni0": netlink.HANDLE_MIN_INGRESS, "eth0": netlink.HANDLE_MIN_EGRESS} {
+		l, err := e.ns.h.LinkByName(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+		if err := e.ns.h.QdiscAdd(q); err != nil {
+			t.Fatalf("add clsact to %s: %v", dev, err)
+		}
+		f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
+			Handle: 1, Priority: 7, Protocol: unix.ETH_P_ALL}, Fd: prog.FD(), Name: "someone_else", DirectAction: true}
+		if err := e.ns.h.FilterAdd(f); err != nil {
+			t.Fatalf("add a foreign filter to %s: %v", dev, err)
+		}
+		foreign[dev] = f
+	}
+	// The foreign filters must survive every step below.
+	expectForeign := func(step string) {
+		t.Helper()
+		for dev, f := range foreign {
+			l, err := e.ns.h.LinkByName(dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs, err := e.ns.h.FilterList(l, f.Parent)
+			if err != nil {
+				t.Fatalf("%s: list filters of %s: %v", step, dev, err)
+			}
+			found := false
+			for _, g := range fs {
+				if bf, ok := g.(*netlink.BpfFilter); ok && bf.Name == f.Name && bf.Priority == f.Priority {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s: the foreign filter on %s is gone (filters now %+v)", step, dev, fs)
+			}
+			if !e.inspect(t, dev).clsact {
+				t.Errorf("%s: the clsact qdisc of %s is gone although a foreign filter uses it", step, dev)
+			}
+		}
+	}
+
+	e.attachAll(t, dp, datapath.ModeTC)
+	e.ns.do(t, func() {
+		atts, err := datapath.Attachments(e.root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(atts) != len(hooks) {
+			t.Errorf("attachments = %+v, want only our %d (not the foreign filters)", atts, len(hooks))
+		}
+	})
+	if v := e.inspect(t, "cni0"); len(v.filters) != 2 {
+		t.Errorf("cni0 ingress filters %+v, want ours and the foreign one", v.filters)
+	}
+
+	e.ns.do(t, func() {
+		for _, h := range hooks {
+			if err := dp.Detach(h.dev, h.p); err != nil {
+				t.Fatalf("detach %s from %s: %v", h.p, h.dev, err)
+			}
+		}
+	})
+	expectForeign("after detach")
+	if v := e.inspect(t, "cni0"); len(v.filters) != 1 || v.filters[0].Name != "someone_else" {
+		t.Errorf("after detach, cni0 ingress filters %+v, want only the foreign one", v.filters)
+	}
+
+	e.attachAll(t, dp, datapath.ModeTC)
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dp = e.load(t, datapath.ModeTCX)
+	e.attachAll(t, dp, datapath.ModeTCX)
+	expectForeign("after switching to tcx")
+	for _, h := range hooks {
+		for _, f := range e.inspect(t, h.dev).filters {
+			if strings.HasPrefix(f.Name, "hgw_") {
+				t.Errorf("after switching to tcx, our filter %s is still on %s", f.Name, h.dev)
+			}
+		}
+	}
+
+	e.ns.do(t, func() {
+		if err := datapath.Cleanup(e.root); err != nil {
+			t.Fatalf("cleanup: %v", err)
+		}
+	})
+	expectForeign("after cleanup")
+	for _, h := range hooks {
+		if v := e.inspect(t, h.dev); len(v.tcx) != 0 {
+			t.Errorf("after cleanup, tcx programs on %s: %+v", h.dev, v.tcx)
+		}
+	}
+}
+
+func TestCleanupOfAnEmptyRoot(t *testing.T) {
+	e := newAttachEnv(t)
+	e.ns.do(t, func() {
+		if err := datapath.Cleanup(e.root); err != nil {
+			t.Errorf("cleanup of a root that was never created: %v", err)
+		}
+	})
+	dp := e.load(t, datapath.ModeTCX)
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.ns.do(t, func() {
+		if err := datapath.Cleanup(e.root); err != nil {
+			t.Errorf("cleanup of maps without attachments: %v", err)
+		}
+	})
+	e.expectCleanedUp(t)
 }
