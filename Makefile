@@ -14,7 +14,7 @@ APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool iproute2 iputils-ping tracer
 GENERATED    := pkg/datapath/hgw_bpfel.go pkg/datapath/hgw_bpfel.o
 GO_TEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all deps generate check-generated build test demo clean lint
+.PHONY: all deps generate check-generated build test demo bench clean lint
 
 all: build
 
@@ -62,6 +62,10 @@ test: deps check-generated lint build
 ## demo: a 3-node lab cluster with real traffic on the fast path
 demo: deps build
 	$(BIN)/hgw-lab demo --bin $(BIN)
+
+## bench: host vs routes vs ebpf vs vxlan, bare and kube-proxy nodes (several minutes)
+bench: deps build
+	$(BIN)/hgw-lab bench --bin $(BIN) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)
