@@ -18,6 +18,15 @@ type Peer struct {
 	Key     string     // its etcd key, for logs
 }
 
+// Skip reasons Desired gives, stable for logs and metrics.
+const (
+	ReasonOwnSubnet      = "own_subnet"      // overlaps our subnet, another PublicIP
+	ReasonOwnPublicIP    = "own_public_ip"   // our PublicIP with a subnet not ours (a stale lease of ours)
+	ReasonOutsideNetwork = "outside_network" // not inside the cluster Network
+	ReasonNotOnLink      = "not_on_link"     // PublicIP not on the underlay: host-gw needs L2 adjacency
+	ReasonOverlap        = "overlap"         // overlaps another peer's subnet that won
+)
+
 // Input is everything the desired state depends on.
 type Input struct {
 	Own      netip.Prefix   // our own pod subnet
@@ -28,10 +37,17 @@ type Input struct {
 }
 
 // Desired is the one place the desired state is computed: every other
-// node's lease whose PublicIP is directly reachable on the underlay. Leases
-// that cannot be routed are returned as skipped, with a stable reason.
-// Among overlapping subnets the one with the smaller key wins (stable
-// across nodes and restarts).
+// node's lease whose PublicIP is directly reachable on the underlay (inside
+// one of Input.OnLink). Our own lease (our PublicIP and subnet) is simply
+// not a peer. Leases that cannot be routed are returned as skipped with a
+// Reason* constant, checked in this order: own_public_ip, own_subnet,
+// outside_network, not_on_link, overlap.
+//
+// Overlapping peer subnets: leases are taken in etcd key order and a
+// subnet overlapping one already taken is skipped, so the smaller key
+// wins. Every node sees the same keys, so every node picks the same
+// winner, whatever order etcd listed them in; a lease that is skipped for
+// another reason reserves nothing. Peers come back in key order.
 func Desired(in Input) ([]Peer, []registry.Skipped) {
 	leases := append([]registry.Lease(nil), in.Leases...)
 	sort.Slice(leases, func(i, j int) bool { return leases[i].Key < leases[j].Key })
@@ -45,25 +61,28 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 	skip := func(l registry.Lease, reason, format string, args ...any) {
 		skipped = append(skipped, registry.Skipped{Key: l.Key, Reason: reason, Err: fmt.Errorf(format, args...)})
 	}
+	own := in.Own.Masked()
 	for _, l := range leases {
+		l.Subnet = l.Subnet.Masked() // as the kernel and the map hold it
+		ours := l.PublicIP.IsValid() && l.PublicIP == in.PublicIP
 		switch {
-		case l.PublicIP == in.PublicIP && l.Subnet == in.Own:
+		case ours && l.Subnet == own:
 			continue // ourselves
-		case l.PublicIP == in.PublicIP:
-			skip(l, "own_public_ip", "another lease (%s) names our own public IP %s", l.Subnet, l.PublicIP)
+		case ours:
+			skip(l, ReasonOwnPublicIP, "another lease (%s) names our own public IP %s", l.Subnet, l.PublicIP)
 			continue
-		case l.Subnet.Overlaps(in.Own):
-			skip(l, "own_subnet", "subnet %s overlaps our own %s", l.Subnet, in.Own)
+		case l.Subnet.Overlaps(own):
+			skip(l, ReasonOwnSubnet, "subnet %s overlaps our own %s", l.Subnet, own)
 			continue
 		case !in.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < in.Network.Bits():
-			skip(l, "outside_network", "subnet %s is outside the network %s", l.Subnet, in.Network)
+			skip(l, ReasonOutsideNetwork, "subnet %s is outside the network %s", l.Subnet, in.Network)
 			continue
 		case !onLink(in.OnLink, l.PublicIP):
-			skip(l, "not_on_link", "PublicIP %s is not on the underlay link %v (host-gw needs L2 adjacency)", l.PublicIP, in.OnLink)
+			skip(l, ReasonNotOnLink, "PublicIP %s is not on the underlay link %v (host-gw needs L2 adjacency)", l.PublicIP, in.OnLink)
 			continue
 		}
 		if other, ok := overlapping(taken, lengths, l.Subnet); ok {
-			skip(l, "overlap", "subnet %s overlaps %s's", l.Subnet, other)
+			skip(l, ReasonOverlap, "subnet %s overlaps %s's", l.Subnet, other)
 			continue
 		}
 		taken[l.Subnet] = l.Key

@@ -15,8 +15,7 @@ import (
 const subnetsDir = "/coreos.com/network/subnets/"
 
 func lease(subnet, publicIP string) registry.Lease {
-	p := netip.MustParsePrefix(subnet)
-	return registry.Lease{Key: subnetsDir + registry.SubnetKey(p), Subnet: p, PublicIP: netip.MustParseAddr(publicIP)}
+	return registry.Lease{Key: key(subnet), Subnet: netip.MustParsePrefix(subnet), PublicIP: netip.MustParseAddr(publicIP)}
 }
 
 // node is the Input of a node 198.18.0.11 owning 10.244.1.0/24.
@@ -55,7 +54,11 @@ func outcomes(t *testing.T, in reconcile.Input) outcome {
 	return got
 }
 
-func key(subnet string) string { return subnetsDir + registry.SubnetKey(netip.MustParsePrefix(subnet)) }
+// key is flannel's lease key of subnet: <prefix>/subnets/10.244.1.0-24.
+func key(subnet string) string {
+	p := netip.MustParsePrefix(subnet)
+	return fmt.Sprintf("%s%s-%d", subnetsDir, p.Addr(), p.Bits())
+}
 
 func TestDesired(t *testing.T) {
 	self := lease("10.244.1.0/24", "198.18.0.11")

@@ -1,0 +1,206 @@
+package reconcile_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+)
+
+// waitFor polls cond until it holds and returns how long that took.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// startRun runs r until the returned stop is called; stop waits for Run.
+func startRun(t *testing.T, r *reconcile.Reconciler) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Run(ctx) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-stopped:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Errorf("Run did not return after cancel")
+			}
+		})
+	}
+}
+
+// observer counts the runs Run makes.
+type observer struct {
+	runs, repairs, errs atomic.Int32
+}
+
+func (o *observer) options() reconcile.Options {
+	return reconcile.Options{
+		Observe: func(res reconcile.Result, d time.Duration) {
+			o.runs.Add(1)
+			o.errs.Store(int32(len(res.Errors)))
+		},
+		OnRepair: func() { o.repairs.Add(1) },
+	}
+}
+
+func TestRun(t *testing.T) {
+	e := newEnv(t)
+	// A route and entry of ours from a previous agent run.
+	leftover := []reconcile.Peer{peer("10.244.9.0/24", "198.18.0.19")}
+	e.addRoute(t, "10.244.9.0/24", "198.18.0.19", reconcile.RouteProtocol)
+	e.rm.set("10.244.9.0/24", "198.18.0.19", e.ifindex)
+	var o observer
+	r, _ := e.reconciler(t, e.rm, o.options())
+	t.Cleanup(startRun(t, r))
+
+	// An agent that has not heard from etcd yet leaves routes alone,
+	// through two resyncs.
+	time.Sleep(2*resync + 100*time.Millisecond)
+	if n := o.runs.Load(); n != 0 {
+		t.Errorf("%d runs applied before the first Update", n)
+	}
+	e.assertConverged(t, leftover)
+
+	peers := threePeers()
+	r.Update(peers)
+	took := waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
+	t.Logf("converged %v after Update", took)
+	if o.errs.Load() != 0 {
+		t.Errorf("Apply reported errors")
+	}
+
+	// A map entry lost (no kernel event for that): the resync restores it.
+	if err := e.rm.Delete(peers[1].Subnet); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, 3*resync, "map entry restored by resync", func() bool { return e.converged(t, peers) })
+	t.Logf("map entry restored in %v (resync every %v)", took, resync)
+
+	// A peer leaving is our own deletion, not a repair.
+	repairsBefore := o.repairs.Load()
+	r.Update(peers[:2])
+	waitFor(t, 2*time.Second, "peer removal", func() bool { return e.converged(t, peers[:2]) })
+	time.Sleep(200 * time.Millisecond) // let the deletion event arrive
+	if n := o.repairs.Load() - repairsBefore; n != 0 {
+		t.Errorf("OnRepair called %d times for a deletion Apply made itself", n)
+	}
+}
+
+// A route of ours deleted by hand is back within 1 s, from the kernel's
+// deletion event alone: the resync is an hour away.
+func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
+	e := newEnv(t)
+	var o observer
+	opts := o.options()
+	opts.ResyncInterval = time.Hour
+	r, logs := e.reconciler(t, e.rm, opts)
+	t.Cleanup(startRun(t, r))
+	peers := threePeers()
+	r.Update(peers)
+	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
+	logs.take()
+
+	for i, p := range peers {
+		gone := p.Subnet.String()
+		repairsBefore := o.repairs.Load()
+		e.delRoute(t, gone)
+		took := waitFor(t, 2*time.Second, "repair "+gone, func() bool { return e.converged(t, peers) })
+		t.Logf("route %s deleted by hand was restored in %v", gone, took)
+		if took >= time.Second {
+			t.Errorf("repair %d took %v, want < 1s", i, took)
+		}
+		waitFor(t, 100*time.Millisecond, "OnRepair call", func() bool { return o.repairs.Load() > repairsBefore })
+	}
+	var repaired []string
+	for _, l := range logs.take() {
+		if strings.Contains(l, `msg="route of ours deleted, repairing"`) {
+			repaired = append(repaired, field(l, "subnet"))
+		}
+	}
+	if len(repaired) != len(peers) {
+		t.Errorf("repair warnings for %v, want one per deleted route", repaired)
+	}
+}
+
+// Many triggers at once cost a few runs, not one each: a burst of Updates
+// applies only the newest set, and a flush of every route of ours is
+// repaired in a run or two.
+func TestRunCoalescesBursts(t *testing.T) {
+	e := newEnv(t)
+	var o observer
+	opts := o.options()
+	opts.ResyncInterval = time.Hour // only the triggers under test run it
+	r, _ := e.reconciler(t, e.rm, opts)
+
+	var peers []reconcile.Peer
+	for i := 2; i < 102; i++ {
+		peers = append(peers, peer(fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("198.18.0.%d", i)))
+	}
+	// Updates before Run: all pending, one run.
+	for i := 1; i <= len(peers); i++ {
+		r.Update(peers[:i])
+	}
+	t.Cleanup(startRun(t, r))
+	waitFor(t, 2*time.Second, "converge", func() bool { return e.converged(t, peers) })
+	time.Sleep(50 * time.Millisecond)
+	if n := o.runs.Load(); n != 1 {
+		t.Errorf("%d runs for 100 pending Updates, want 1", n)
+	}
+
+	// Every route of ours deleted at once, by hand.
+	before := o.runs.Load()
+	start := time.Now()
+	for _, p := range peers {
+		e.delRoute(t, p.Subnet.String())
+	}
+	took := waitFor(t, 2*time.Second, "repair of 100 routes", func() bool { return e.converged(t, peers) })
+	t.Logf("100 routes deleted by hand, restored %v after the first deletion", time.Since(start))
+	if took >= time.Second {
+		t.Errorf("repair took %v after the deletions, want < 1s", took)
+	}
+	time.Sleep(100 * time.Millisecond)
+	t.Logf("%d runs for 100 deletion events", o.runs.Load()-before)
+	if n := o.runs.Load() - before; n > 10 {
+		t.Errorf("%d runs to repair 100 deletions, want a few (coalesced)", n)
+	}
+}
+
+// Stopping Run closes the route event socket on purpose: that is no
+// failure to warn about.
+func TestRunStopsQuietly(t *testing.T) {
+	e := newEnv(t)
+	r, logs := e.reconciler(t, e.rm, reconcile.Options{})
+	stop := startRun(t, r)
+	t.Cleanup(stop)
+	peers := threePeers()
+	r.Update(peers)
+	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
+
+	stop()
+	time.Sleep(200 * time.Millisecond) // netlink's reader notices the closed socket
+
+	for _, l := range logs.take() {
+		if strings.Contains(l, "level=WARN") {
+			t.Errorf("warning on a clean stop: %s", l)
+		}
+	}
+}
