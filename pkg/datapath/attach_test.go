@@ -5,7 +5,6 @@ package datapath_test
 // filter and qdisc dumps), not only against Attachments().
 
 import (
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -353,90 +351,6 @@ func TestLoadRefusesAPinRootOffBPFFS(t *testing.T) {
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("load created %s although it refused it: %v", dir, err)
 	}
-}
-
-// PROG_TEST_RUN cannot hand the program an IPv4 frame shorter than an IP
-// header (the kernel refuses it), so the truncated-header branch is
-// checked with a real frame: sent from eth0's veth peer, it arrives at
-// eth0's ingress, where from_underlay runs on it.
-func TestAttachedProgramSeesTruncatedIPv4(t *testing.T) {
-	e := newAttachEnv(t)
-	peer, err := e.ns.h.LinkByName("eth0-peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.ns.h.LinkSetUp(peer); err != nil {
-		t.Fatal(err)
-	}
-	eth0, err := e.ns.h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dp := e.load(t, datapath.ModeAuto)
-	defer dp.Close()
-	if err := dp.SetConfig(datapath.NodeConfig{PodSubnet: podSubnet, Gateway: gateway,
-		BridgeIfindex: uint32(e.cni0), UnderlayIfindex: uint32(e.eth0)}); err != nil {
-		t.Fatal(err)
-	}
-	e.ns.do(t, func() {
-		if _, err := dp.Attach("eth0", datapath.FromUnderlay); err != nil {
-			t.Fatal(err)
-		}
-	})
-
-	var toEth0 mac
-	copy(toEth0[:], eth0.Attrs().HardwareAddr)
-	full := udpFrame(peerPod, localPod)
-	copy(full[0:6], toEth0[:])
-	truncated := full[:ethLen+10]
-
-	counter := func() datapath.Counter {
-		cs, err := dp.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, c := range cs {
-			if c.Program == string(datapath.FromUnderlay) && c.Reason == "malformed" {
-				return c
-			}
-		}
-		t.Fatal("no from_underlay/malformed counter")
-		return datapath.Counter{}
-	}
-	before := counter()
-
-	e.ns.do(t, func() {
-		// The socket belongs to the namespace it is created in: this one.
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
-		if err != nil {
-			t.Fatalf("packet socket: %v", err)
-		}
-		defer unix.Close(fd)
-		to := &unix.SockaddrLinklayer{Ifindex: peer.Attrs().Index, Protocol: htons(etherTypeIPv4)}
-		if err := unix.Sendto(fd, truncated, 0, to); err != nil {
-			t.Fatalf("send %d bytes on eth0-peer: %v", len(truncated), err)
-		}
-	})
-
-	want := datapath.Counter{Program: before.Program, Reason: before.Reason,
-		Packets: before.Packets + 1, Bytes: before.Bytes + uint64(len(truncated))}
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		got := counter()
-		if got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("from_underlay/malformed = %+v, want %+v", got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func htons(v uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], v)
-	return binary.NativeEndian.Uint16(b[:])
 }
 
 // Auto mode takes tcx wherever the kernel has it, and falls back to tc only

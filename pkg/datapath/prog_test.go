@@ -386,6 +386,35 @@ func TestForwardedChecksumProperty(t *testing.T) {
 	}
 }
 
+// A table beside the random property: the TTLs at both ends of the range
+// and in between, to addresses at the edges of the subnets, through both
+// programs. Each run must leave TTL-1, a checksum equal to one computed from
+// scratch, and every other byte as it was.
+func TestForwardsAtEveryTTL(t *testing.T) {
+	e := newRunEnv(t, true)
+	for _, ttlv := range []uint8{2, 3, 64, 127, 128, 254, 255} {
+		for _, c := range []struct {
+			p        datapath.Program
+			src, dst string
+		}{
+			{datapath.FromPods, "10.244.1.5", "10.244.2.5"},
+			{datapath.FromPods, "10.244.1.254", "10.244.2.0"},
+			{datapath.FromPods, "10.244.1.2", "10.244.2.255"},
+			{datapath.FromPods, "10.244.1.5", "10.245.3.1"},
+			{datapath.FromPods, "10.244.1.5", "10.245.255.254"},
+			{datapath.FromUnderlay, "10.244.2.5", "10.244.1.2"},
+			{datapath.FromUnderlay, "198.18.0.12", "10.244.1.254"},
+			{datapath.FromUnderlay, "1.2.3.4", "10.244.1.128"},
+		} {
+			t.Run(fmt.Sprintf("%s %s->%s ttl %d", c.p, c.src, c.dst, ttlv), func(t *testing.T) {
+				h := ipv4Header{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), TTL: ttlv,
+					Protocol: protoUDP, ID: uint16(ttlv) << 8, FragOff: 0x4000}
+				e.forward(t, c.p, ipFrame(h, udp(40000, 5201, []byte("every ttl"))))
+			})
+		}
+	}
+}
+
 func TestTTLExpiresInTheKernel(t *testing.T) {
 	e := newRunEnv(t, true)
 	for _, v := range []uint8{1, 0} {
