@@ -119,6 +119,24 @@ func TestWireTruncatedIPv4(t *testing.T) {
 	e.expectCounted(t, "Ethernet + 10 bytes of IPv4", e.send(t, truncated), "malformed", len(truncated))
 }
 
+// A frame of VLAN 100 for a pod address, arriving on the untagged underlay.
+// The kernel would hand it to eth0.100 (none here: it drops it), never route
+// it as eth0's own traffic; the fast path must leave it to the kernel too,
+// or any host on another VLAN of the trunk reaches the pods directly. The
+// receiving device strips the tag into skb metadata before TC ingress, so
+// the program sees an IPv4 EtherType and must look at skb->vlan_present.
+func TestWireVLANTaggedFrameIsNotForwarded(t *testing.T) {
+	e := newWireEnv(t)
+	plain := udpFrame(peerPod, localPod)
+	copy(plain[0:6], e.eth0MAC[:])
+	tagged := vlanTagged(plain, 100)
+
+	// The untagged frame is forwarded: the setup can tell the difference.
+	e.expectCounted(t, "untagged", e.send(t, plain), "redirect", len(plain))
+	// The tag is not part of what the program sees of the frame.
+	e.expectCounted(t, "VLAN 100", e.send(t, tagged), "not_ipv4", len(tagged)-4)
+}
+
 func htons(v uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], v)
