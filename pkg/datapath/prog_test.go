@@ -415,6 +415,31 @@ func TestForwardsAtEveryTTL(t *testing.T) {
 	}
 }
 
+// The programs do not verify the header checksum a router should (RFC 1812
+// 5.2.2); the kernel would drop such a packet in ip_rcv. The incremental
+// update keeps the error, so the receiver still drops it: the fast path
+// moves the drop one hop, never repairs a corrupt header.
+func TestBadChecksumStaysBad(t *testing.T) {
+	e := newRunEnv(t, true)
+	for _, delta := range []uint16{1, 0x0100, 0x7fff, 0xfffe} {
+		for _, c := range []struct {
+			p        datapath.Program
+			src, dst netip.Addr
+		}{{datapath.FromPods, localPod, peerPod}, {datapath.FromUnderlay, peerPod, localPod}} {
+			f := udpFrame(c.src, c.dst)
+			good := binary.BigEndian.Uint16(f[ethLen+10:])
+			binary.BigEndian.PutUint16(f[ethLen+10:], onesAdd(good, delta))
+			out := e.expect(t, c.p, f, nil, tcActRedirect, "redirect")
+			if out[ethLen+8] != f[ethLen+8]-1 {
+				t.Errorf("%s, checksum off by %#x: TTL %d, want %d", c.p, delta, out[ethLen+8], f[ethLen+8]-1)
+			}
+			if sum := onesSum(ipHeaderOf(out)); sum == 0xffff || sum == 0 {
+				t.Errorf("%s, checksum off by %#x: forwarded header sums to %#04x: the error was repaired or lost", c.p, delta, sum)
+			}
+		}
+	}
+}
+
 func TestTTLExpiresInTheKernel(t *testing.T) {
 	e := newRunEnv(t, true)
 	for _, v := range []uint8{1, 0} {
