@@ -536,6 +536,9 @@ func TestContextWithProtocolIsRefused(t *testing.T) {
 	}
 }
 
+// The VLAN case here is a tagged frame as test_run hands it over (the tag
+// still in the data). On a real device the tag is stripped before TC
+// ingress: TestWireVLANTaggedFrameIsNotForwarded covers that.
 func TestNotIPv4(t *testing.T) {
 	e := newRunEnv(t, true)
 	v6 := ether(macLoopback, macPod, etherTypeIPv6, ipv6UDP(netip.MustParseAddr("fd00:10:244:1::5"),
