@@ -166,6 +166,11 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
 		return REASON_MALFORMED;
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return REASON_NOT_IPV4;
+	/* The receiving device moved an 802.1Q tag into the skb's metadata
+	 * before TC ingress: the frame belongs to a VLAN device, which the
+	 * kernel hands it to (or drops), never to this device's routing. */
+	if (skb->vlan_present)
+		return REASON_NOT_IPV4;
 	/* Broadcast, multicast and frames for another MAC are not ours to route. */
 	if (skb->pkt_type != PACKET_HOST && !pod_to_gateway(skb, eth, data_end))
 		return REASON_NOT_FOR_HOST;
