@@ -99,25 +99,29 @@ type cniNetwork struct {
 	cacheDir string
 }
 
-func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv) (*cniNetwork, error) {
+// newCNINetwork builds a node's conflist; with chain set, hgw-cni follows
+// bridge, as CNI chaining expects.
+func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, chain *hgwChain) (*cniNetwork, error) {
 	gw := env.Subnet.Addr()
-	conf := map[string]any{
-		"cniVersion": "1.0.0",
-		"name":       "hgw-lab",
-		"plugins": []any{map[string]any{
-			"type":             "bridge",
-			"bridge":           podBridge,
-			"isGateway":        true,
-			"isDefaultGateway": true,
-			"ipMasq":           false,
-			"mtu":              env.MTU,
-			"ipam": map[string]any{
-				"type":    "host-local",
-				"ranges":  [][]map[string]string{{{"subnet": env.Subnet.Masked().String(), "gateway": gw.String()}}},
-				"dataDir": nodeDir + "/ipam",
-			},
-		}},
+	plugins := []any{map[string]any{
+		"type":             "bridge",
+		"bridge":           podBridge,
+		"isGateway":        true,
+		"isDefaultGateway": true,
+		"ipMasq":           false,
+		"mtu":              env.MTU,
+		"ipam": map[string]any{
+			"type":    "host-local",
+			"ranges":  [][]map[string]string{{{"subnet": env.Subnet.Masked().String(), "gateway": gw.String()}}},
+			"dataDir": nodeDir + "/ipam",
+		},
+	}}
+	paths := []string{cniPath}
+	if chain != nil {
+		plugins = append(plugins, chain.conf())
+		paths = append(paths, chain.dir)
 	}
+	conf := map[string]any{"cniVersion": "1.0.0", "name": "hgw-lab", "plugins": plugins}
 	b, err := json.Marshal(conf)
 	if err != nil {
 		return nil, fmt.Errorf("encode CNI config: %w", err)
@@ -128,7 +132,7 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv) (*cniNetwork,
 	}
 	cacheDir := nodeDir + "/cni-cache"
 	return &cniNetwork{
-		cni:      libcni.NewCNIConfigWithCacheDir([]string{cniPath}, cacheDir, nil),
+		cni:      libcni.NewCNIConfigWithCacheDir(paths, cacheDir, nil),
 		conf:     list,
 		nodeNS:   nodeNS,
 		cacheDir: cacheDir,

@@ -18,11 +18,12 @@ func (n Node) Counters() ([]datapath.Counter, error) {
 	return maps.Stats()
 }
 
-// Redirected sums the packets a program redirected (reason "redirect").
+// Redirected sums the packets a program redirected: to a next hop or the
+// bridge (reason "redirect") or straight into a known pod ("redirect_peer").
 func Redirected(counters []datapath.Counter, program string) uint64 {
 	var sum uint64
 	for _, c := range counters {
-		if c.Program == program && c.Reason == "redirect" {
+		if c.Program == program && (c.Reason == "redirect" || c.Reason == "redirect_peer") {
 			sum += c.Packets
 		}
 	}

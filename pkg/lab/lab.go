@@ -30,7 +30,11 @@ type Config struct {
 	Datapath    string // DatapathEBPF (default), DatapathRoutes or DatapathStatic
 	BinDir      string // holds hgw-ebpf (and cni/ unless CNIPath is set)
 	CNIPath     string // holds the bridge and host-local plugins; BinDir/cni if empty
-	EtcdPrefix  string // registry.DefaultPrefix if empty
+	// PlainBridgeCNI attaches pods through bridge + host-local alone. By
+	// default ebpf nodes chain hgw-cni after bridge (found in CNIPath or
+	// BinDir), which puts every pod on the endpoint fast path at once.
+	PlainBridgeCNI bool
+	EtcdPrefix     string // registry.DefaultPrefix if empty
 	// ResyncInterval is the agents' --resync-interval (default 2s: a lab
 	// should show repairs quickly).
 	ResyncInterval time.Duration
@@ -113,13 +117,14 @@ type Lab struct {
 	ctx      context.Context // ends at Close: stops supervisors
 	cancel   context.CancelFunc
 
-	mu     sync.Mutex // guards state, agents, etcd, cni
-	state  State
-	agents map[string]*agentProc
-	etcd   *embed.Etcd
-	cni    map[string]*cniNetwork // by node
-	client *clientv3.Client
-	closed bool
+	mu        sync.Mutex // guards state, agents, etcd, cni
+	state     State
+	agents    map[string]*agentProc
+	etcd      *embed.Etcd
+	cni       map[string]*cniNetwork // by node
+	hgwCNIDir string                 // holds hgw-cni when the conflist chains it
+	client    *clientv3.Client
+	closed    bool
 }
 
 // Up removes what an earlier lab with the same prefix left behind, then
@@ -132,6 +137,13 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	}
 	l := &Lab{cfg: cfg, log: cfg.Log, agents: map[string]*agentProc{}, cni: map[string]*cniNetwork{}}
 	l.agentBin = filepath.Join(cfg.BinDir, "hgw-ebpf")
+	if cfg.chainsHgwCNI() {
+		dir, err := cfg.hgwCNIDir()
+		if err != nil {
+			return nil, err
+		}
+		l.hgwCNIDir = dir
+	}
 	if err := checkExecutable(l.agentBin); err != nil && cfg.Datapath != DatapathStatic {
 		return nil, fmt.Errorf("agent binary (run `make build`): %w", err)
 	}

@@ -22,6 +22,13 @@ func (l *Lab) AddPod(ctx context.Context, node string) (Pod, error) {
 		return Pod{}, fmt.Errorf("add pod: node %s is not ready", node)
 	}
 	name := PodName(l.cfg.Prefix, k, j)
+	l.mu.Lock()
+	// After a RemovePod the count may name a live pod: take a free name.
+	for _, taken := l.state.Pod(name); taken; _, taken = l.state.Pod(name) {
+		j++
+		name = PodName(l.cfg.Prefix, k, j)
+	}
+	l.mu.Unlock()
 	if err := createNetns(name); err != nil {
 		return Pod{}, err
 	}

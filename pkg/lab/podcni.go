@@ -1,0 +1,66 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+// detach runs the plugins' DEL for a pod namespace (in reverse order, with
+// the cached result, as a runtime would); running it twice is fine.
+func (n *cniNetwork) detach(ctx context.Context, pod string) error {
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: netnsPath(pod), IfName: podIface}
+	if err := inNetns(n.nodeNS, func() error { return n.cni.DelNetworkList(ctx, n.conf, rt) }); err != nil {
+		return fmt.Errorf("CNI DEL %s on %s: %w", pod, n.nodeNS, err)
+	}
+	return nil
+}
+
+// check runs the plugins' CHECK for a pod namespace.
+func (n *cniNetwork) check(ctx context.Context, pod string) error {
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: netnsPath(pod), IfName: podIface}
+	if err := inNetns(n.nodeNS, func() error { return n.cni.CheckNetworkList(ctx, n.conf, rt) }); err != nil {
+		return fmt.Errorf("CNI CHECK %s on %s: %w", pod, n.nodeNS, err)
+	}
+	return nil
+}
+
+// RemovePod detaches a pod through the CNI plugins' DEL, as a runtime
+// deleting the pod would, then removes its namespace.
+func (l *Lab) RemovePod(ctx context.Context, name string) error {
+	l.mu.Lock()
+	pod, ok := l.state.Pod(name)
+	cni := l.cni[pod.Node]
+	l.mu.Unlock()
+	if !ok || cni == nil {
+		return fmt.Errorf("remove pod: no pod %s on a ready node", name)
+	}
+	if err := cni.detach(ctx, name); err != nil {
+		return err
+	}
+	if err := deleteNetns(name); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range l.state.Pods {
+		if l.state.Pods[i].Name == name {
+			l.state.Pods = append(l.state.Pods[:i], l.state.Pods[i+1:]...)
+			break
+		}
+	}
+	return l.state.save()
+}
+
+// CheckPod runs the CNI plugins' CHECK for a pod.
+func (l *Lab) CheckPod(ctx context.Context, name string) error {
+	l.mu.Lock()
+	pod, ok := l.state.Pod(name)
+	cni := l.cni[pod.Node]
+	l.mu.Unlock()
+	if !ok || cni == nil {
+		return fmt.Errorf("check pod: no pod %s on a ready node", name)
+	}
+	return cni.check(ctx, name)
+}
