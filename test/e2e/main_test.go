@@ -20,8 +20,9 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
-// binDir holds hgw-ebpf: $HGW_BIN (set by `make test` after `make build`),
-// or a fresh build of ./cmd/hgw-ebpf made by TestMain.
+// binDir holds hgw-ebpf and hgw-cni: $HGW_BIN (set by `make test` after
+// `make build`), or fresh builds of ./cmd/hgw-ebpf and ./cmd/hgw-cni made by
+// TestMain.
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -37,12 +38,15 @@ func runTests(m *testing.M) int {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		build := exec.Command("go", "build", "-o", filepath.Join(dir, "hgw-ebpf"), "./cmd/hgw-ebpf")
-		build.Dir = repoRoot()
-		out, err := build.CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build hgw-ebpf for the end-to-end tests: %v\n%s", err, out)
-			return 1
+		// hgw-cni too: the lab chains it after bridge on ebpf nodes.
+		for _, cmd := range []string{"hgw-ebpf", "hgw-cni"} {
+			build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "./cmd/"+cmd)
+			build.Dir = repoRoot()
+			out, err := build.CombinedOutput()
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "build %s for the end-to-end tests: %v\n%s", cmd, err, out)
+				return 1
+			}
 		}
 		binDir = dir
 	}
@@ -80,6 +84,13 @@ func repoRoot() string {
 // it when the test ends, pass or fail, checking that nothing is left.
 func startLab(t *testing.T, nodes, pods int, datapath string, agentArgs ...string) *lab.Lab {
 	t.Helper()
+	return startLabConfig(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: datapath, AgentArgs: agentArgs})
+}
+
+// startLabConfig is startLab for a config beyond nodes, pods, datapath and
+// agent flags; prefix, state root, binaries, resync and log are set here.
+func startLabConfig(t *testing.T, cfg lab.Config) *lab.Lab {
+	t.Helper()
 	requireRoot(t)
 	b := make([]byte, 3)
 	if _, err := rand.Read(b); err != nil {
@@ -88,11 +99,9 @@ func startLab(t *testing.T, nodes, pods int, datapath string, agentArgs ...strin
 	prefix, root := "hgwt"+hex.EncodeToString(b), t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Config{
-		Prefix: prefix, StateRoot: root, Nodes: nodes, PodsPerNode: pods, Datapath: datapath,
-		BinDir: binDir, CNIPath: cniPath(t), ResyncInterval: time.Second, AgentArgs: agentArgs,
-		Log: slog.New(slog.NewTextHandler(testLog{t}, nil)),
-	})
+	cfg.Prefix, cfg.StateRoot, cfg.BinDir, cfg.CNIPath = prefix, root, binDir, cniPath(t)
+	cfg.ResyncInterval, cfg.Log = time.Second, slog.New(slog.NewTextHandler(testLog{t}, nil))
+	l, err := lab.Up(ctx, cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
