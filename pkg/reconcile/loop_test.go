@@ -130,6 +130,15 @@ func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
 		}
 		waitFor(t, 100*time.Millisecond, "OnRepair call", func() bool { return o.repairs.Load() > repairsBefore })
 	}
+	// A foreign route coming and going is none of our business.
+	repairsBefore, runsBefore := o.repairs.Load(), o.runs.Load()
+	e.addRoute(t, "10.10.0.0/16", "198.18.0.1", protoStatic)
+	e.delRoute(t, "10.10.0.0/16")
+	time.Sleep(200 * time.Millisecond)
+	if o.repairs.Load() != repairsBefore || o.runs.Load() != runsBefore {
+		t.Errorf("a foreign route's deletion triggered %d repairs, %d runs", o.repairs.Load()-repairsBefore, o.runs.Load()-runsBefore)
+	}
+
 	var repaired []string
 	for _, l := range logs.take() {
 		if strings.Contains(l, `msg="route of ours deleted, repairing"`) {
