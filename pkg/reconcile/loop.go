@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -44,11 +45,12 @@ func (r *Reconciler) trigger() {
 // agent that has not heard from etcd yet leaves existing routes alone.
 // Run always returns nil once ctx is done.
 func (r *Reconciler) Run(ctx context.Context) error {
-	sub := r.subscribe()
+	sub, err := r.subscribe()
 	defer func() { sub.close() }()
 	var retry <-chan time.Time
 	backoff := minResubscribe
-	if sub.events == nil {
+	if err != nil {
+		r.opts.Log.Warn("cannot watch route deletions, relying on resync until it works", "err", err)
 		retry = time.After(backoff)
 	}
 	tick := time.NewTicker(r.opts.ResyncInterval)
@@ -62,19 +64,21 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-tick.C:
 		case <-retry:
 			retry = nil
-			if sub = r.subscribe(); sub.events == nil {
+			if sub, err = r.subscribe(); err != nil {
+				r.opts.Log.Debug("route deletions still not watched", "err", err)
 				backoff = min(2*backoff, maxResubscribe)
 				retry = time.After(backoff)
 				continue
 			}
+			r.opts.Log.Info("watching route deletions again")
 			backoff = minResubscribe
-			// Deletions may have been missed while we were deaf.
+			// Deletions may have been missed meanwhile: apply now.
 		case ev, ok := <-sub.events:
-			if !ok {
+			if !ok { // the socket failed (ErrorCallback said why)
 				sub.close()
 				sub = subscription{}
 				retry = time.After(backoff)
-				continue // the resync and the retry cover the gap
+				continue // the retry applies once it is back
 			}
 			if !r.repairNeeded(ev) {
 				continue
@@ -132,15 +136,15 @@ func (r *Reconciler) repairNeeded(ev netlink.RouteUpdate) bool {
 	return true
 }
 
-// subscription is one route event socket. events is nil when subscribing
-// failed.
+// subscription is one route event socket; the zero value is none (its nil
+// channel never delivers).
 type subscription struct {
 	events chan netlink.RouteUpdate
 	done   chan struct{}
 }
 
 // subscribe opens a route event socket in the reconciler's namespace.
-func (r *Reconciler) subscribe() subscription {
+func (r *Reconciler) subscribe() (subscription, error) {
 	s := subscription{events: make(chan netlink.RouteUpdate, eventBuffer), done: make(chan struct{})}
 	opts := netlink.RouteSubscribeOptions{
 		Namespace: r.opts.Netns,
@@ -154,11 +158,10 @@ func (r *Reconciler) subscribe() subscription {
 		},
 	}
 	if err := netlink.RouteSubscribeWithOptions(s.events, s.done, opts); err != nil {
-		r.opts.Log.Warn("cannot watch route deletions, relying on resync until it works", "err", err)
 		close(s.done)
-		return subscription{}
+		return subscription{}, fmt.Errorf("subscribe to route events: %w", err)
 	}
-	return s
+	return s, nil
 }
 
 // close stops the socket. netlink's reader may be blocked handing us an

@@ -3,11 +3,14 @@ package reconcile_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 )
@@ -211,5 +214,33 @@ func TestRunStopsQuietly(t *testing.T) {
 		if strings.Contains(l, "level=WARN") {
 			t.Errorf("warning on a clean stop: %s", l)
 		}
+	}
+}
+
+// Without route events (the subscription cannot be opened) Run still
+// applies on Update and on every resync, and says why repairs are slower.
+func TestRunWithoutRouteEvents(t *testing.T) {
+	e := newEnv(t)
+	notNS, err := os.Open(os.DevNull) // entering it as a netns fails
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notNS.Close()
+	bad := netns.NsHandle(notNS.Fd())
+	r, logs := e.reconciler(t, e.rm, reconcile.Options{Netns: &bad})
+	t.Cleanup(startRun(t, r))
+	peers := threePeers()
+	r.Update(peers)
+	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
+
+	e.delRoute(t, peers[0].Subnet.String())
+	took := waitFor(t, 3*resync, "repair by resync", func() bool { return e.converged(t, peers) })
+	t.Logf("repaired by resync after %v", took)
+	warned := false
+	for _, l := range logs.take() {
+		warned = warned || strings.Contains(l, "cannot watch route deletions")
+	}
+	if !warned {
+		t.Error("no warning that route deletions are not watched")
 	}
 }

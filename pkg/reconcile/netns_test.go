@@ -110,7 +110,10 @@ func (e *env) reconciler(t *testing.T, rm reconcile.RouteMap, opts reconcile.Opt
 	ns := e.ns
 	logs := &testLog{out: t.Output()}
 	t.Cleanup(logs.close)
-	opts.Link, opts.RouteMap, opts.Handle, opts.Netns = e.link, rm, e.h, &ns
+	opts.Link, opts.RouteMap, opts.Handle = e.link, rm, e.h
+	if opts.Netns == nil {
+		opts.Netns = &ns
+	}
 	if opts.ResyncInterval == 0 {
 		opts.ResyncInterval = resync
 	}
