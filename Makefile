@@ -46,10 +46,11 @@ check-generated: generate
 	  git status --short -- $(GENERATED); exit 1; \
 	fi
 
-## build: the agent and the lab into bin/
+## build: the agent, the lab and the chained CNI plugin into bin/
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/hgw-ebpf ./cmd/hgw-ebpf
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/hgw-lab ./cmd/hgw-lab
+	$(GO) build -o $(BIN)/hgw-cni ./cmd/hgw-cni
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'); echo "gofmt needed"; exit 1; }
