@@ -9,6 +9,7 @@ package datapath_test
 
 import (
 	"encoding/binary"
+	"os"
 	"testing"
 	"time"
 
@@ -28,6 +29,13 @@ type wireEnv struct {
 func newWireEnv(t *testing.T) *wireEnv {
 	t.Helper()
 	e := &wireEnv{attachEnv: newAttachEnv(t)}
+	// No IPv6 in this test namespace: neighbour discovery from the veths
+	// coming up would land in the counters as not_ipv4 and flake the tests.
+	e.ns.do(t, func() {
+		for _, dev := range []string{"all", "default", "eth0", "eth0-peer"} {
+			os.WriteFile("/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6", []byte("1"), 0o644)
+		}
+	})
 	peer, err := e.ns.h.LinkByName("eth0-peer")
 	if err != nil {
 		t.Fatal(err)
