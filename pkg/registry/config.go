@@ -17,9 +17,11 @@ type rawConfig struct {
 	}
 }
 
-// ParseConfig parses <prefix>/config and fills in flannel's defaults:
-// SubnetLen 24 (Network's length + 2 for networks of /23 to /28),
-// SubnetMin the second subnet, SubnetMax the last one.
+// ParseConfig parses <prefix>/config and checks it as flanneld does
+// (CheckNetworkConfig), filling in its defaults: SubnetLen 24 (Network's
+// length + 2 for networks of /23 to /28), SubnetMin the second subnet,
+// SubnetMax the last one. BackendType stays "" when the config names no
+// backend (flanneld would then run udp).
 func ParseConfig(data []byte) (Config, error) {
 	var raw rawConfig
 	if err := json.Unmarshal(data, &raw); err != nil {
@@ -63,7 +65,12 @@ func ParseConfig(data []byte) (Config, error) {
 		if err != nil || !network.Contains(a) {
 			return Config{}, fmt.Errorf("%s %q is not an address in %s", b.name, b.s, network)
 		}
-		*b.dst = netip.PrefixFrom(a, cfg.SubnetLen).Masked().Addr()
+		// flanneld refuses a bound inside a subnet; rounding it instead
+		// would make us hand out a subnet flanneld would not.
+		if m := netip.PrefixFrom(a, cfg.SubnetLen).Masked().Addr(); m != a {
+			return Config{}, fmt.Errorf("%s %s is not on a /%d boundary (%s is)", b.name, a, cfg.SubnetLen, m)
+		}
+		*b.dst = a
 	}
 	if addrToU32(cfg.SubnetMin) > addrToU32(cfg.SubnetMax) {
 		return Config{}, fmt.Errorf("SubnetMin %s is above SubnetMax %s", cfg.SubnetMin, cfg.SubnetMax)

@@ -44,11 +44,6 @@ func TestParseConfig(t *testing.T) {
 		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 26,
 			SubnetMin: addr("10.244.10.0"), SubnetMax: addr("10.244.20.192"), BackendType: "host-gw"},
 	}, {
-		name: "bounds are rounded down to their subnet",
-		json: `{"Network":"10.244.0.0/16","SubnetMin":"10.244.3.7","SubnetMax":"10.244.9.200"}`,
-		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.3.0"), SubnetMax: addr("10.244.9.0")},
-	}, {
 		name: "network with host bits is masked",
 		json: `{"Network":"10.244.3.4/16"}`,
 		want: registry.Config{Network: pfx("10.244.0.0/16"), SubnetLen: 24,
@@ -90,6 +85,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"SubnetMin outside", `{"Network":"10.244.0.0/16","SubnetMin":"10.245.1.0"}`, "SubnetMin"},
 		{"SubnetMax outside", `{"Network":"10.244.0.0/16","SubnetMax":"10.243.1.0"}`, "SubnetMax"},
 		{"SubnetMin not an address", `{"Network":"10.244.0.0/16","SubnetMin":"ten"}`, "SubnetMin"},
+		{"SubnetMin inside a subnet", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.3.7"}`, "SubnetMin 10.244.3.7 is not on a /24 boundary"},
+		{"SubnetMax inside a subnet", `{"Network":"10.244.0.0/16","SubnetLen":26,"SubnetMax":"10.244.9.32"}`, "SubnetMax 10.244.9.32 is not on a /26 boundary"},
 		{"min above max", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.20.0","SubnetMax":"10.244.10.0"}`, "above"},
 		{"a /32 network has no subnets", `{"Network":"10.244.0.0/32"}`, "10.244.0.0/32"},
 		{"a /29 network is too small for flanneld", `{"Network":"10.244.0.0/29"}`, "10.244.0.0/29"},
