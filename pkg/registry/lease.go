@@ -40,7 +40,9 @@ type Lease struct {
 	// Reservation is a key bound to no etcd lease: honoured, never
 	// expired, as in flannel.
 	Reservation bool
-	// Expiration is known for our own lease only (zero otherwise).
+	// Expiration is when the etcd lease ends, as etcd said when the key
+	// was read (its owner's renewals move it later without an event);
+	// zero for a reservation.
 	Expiration time.Time
 	// LeaseID is the etcd lease the key is bound to (0: reservation).
 	LeaseID int64

@@ -556,3 +556,75 @@ func TestAcquireAvoidsOverlappingLeases(t *testing.T) {
 		t.Errorf("Previous %s inside a /22 reservation granted: %s", o.Previous, l.Subnet)
 	}
 }
+
+// A lease of ours that no longer fits the config (SubnetLen or the range
+// changed since it was taken) is deleted, as flanneld does, and we get
+// one that fits; an operator's reservation is honoured wherever it lies.
+func TestAcquireReplacesOwnLeaseThatNoLongerFits(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.19.0","Backend":{"Type":"host-gw"}}`)
+	ctx := testCtx(t)
+	cfg, err := c.reg.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, old := range []string{"10.244.30.0/24", "10.244.12.0/25"} {
+		oldKey := c.reg.LeaseKey(netip.MustParsePrefix(old))
+		id := c.put(t, oldKey, `{"PublicIP":"198.18.0.11","BackendType":"host-gw"}`, 60)
+		o := opts("198.18.0.11", 5*time.Second)
+		o.Previous = netip.MustParsePrefix(old) // not even the subnet file can keep it
+		l, err := c.reg.Acquire(ctx, o)
+		if err != nil {
+			t.Fatalf("old lease %s: Acquire: %v", old, err)
+		}
+		if !cfg.InRange(l.Subnet) || l.Key == oldKey {
+			t.Errorf("old lease %s: got %s, want a /24 in 10.244.10.0..10.244.19.0", old, l.Subnet)
+		}
+		if kv := c.get(t, oldKey); kv != nil {
+			t.Errorf("old lease %s that no longer fits is still there: %+v", old, kv)
+		}
+		if _, left := c.ttl(t, id); left != -1 {
+			t.Errorf("old lease %s: its etcd lease is not revoked (%ds left)", old, left)
+		}
+		if err := c.reg.Release(ctx, l.Subnet, o.PublicIP); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A reservation outside SubnetMin..SubnetMax, next to an ordinary
+	// lease of ours: the reservation wins, both keys stay.
+	c.put(t, subnetKey("10.244.15.0-24"), `{"PublicIP":"198.18.0.12","BackendType":"host-gw"}`, 60)
+	c.put(t, subnetKey("10.244.200.0-24"), `{"PublicIP":"198.18.0.12"}`, 0)
+	for range 3 { // map order must not decide
+		l, err := c.reg.Acquire(ctx, opts("198.18.0.12", 5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Subnet != netip.MustParsePrefix("10.244.200.0/24") || !l.Reservation {
+			t.Fatalf("got %+v, want the reservation 10.244.200.0/24", l)
+		}
+	}
+	if keys := c.subnetKeys(t); len(keys) != 2 {
+		t.Errorf("keys %v, want both of 198.18.0.12's", keys)
+	}
+}
+
+// TTL 0 is flanneld's 24 h; etcd cannot grant less than a second.
+func TestAcquireTTL(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	ctx := testCtx(t)
+	l, err := c.reg.Acquire(ctx, opts("198.18.0.11", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if granted, _ := c.ttl(t, clientv3.LeaseID(l.LeaseID)); granted != 86400 || registry.DefaultLeaseTTL != 24*time.Hour {
+		t.Errorf("TTL 0 granted %ds, want 86400", granted)
+	}
+	if d := time.Until(l.Expiration); d < 23*time.Hour || d > 24*time.Hour {
+		t.Errorf("Expiration in %s, want about 24h", d)
+	}
+	if _, err := c.reg.Acquire(ctx, opts("198.18.0.12", 500*time.Millisecond)); err == nil || !strings.Contains(err.Error(), "TTL") {
+		t.Errorf("TTL 500ms: %v, want an error about the TTL", err)
+	}
+}

@@ -19,7 +19,9 @@ type WatchHooks struct {
 // calls fn with the complete set after the initial list and after every
 // change. A compacted or broken watch, a lost leader or an unreachable etcd
 // leads to a fresh list once etcd answers again; meanwhile fn is not called,
-// so consumers keep the last good state. Returns when ctx is done.
+// so consumers keep the last good state. fn runs on Watch's goroutine and
+// may keep the Snapshot; consumers that are level-triggered just diff it
+// with what they applied. Returns nil when ctx is done.
 func (r *Registry) Watch(ctx context.Context, fn func(Snapshot), hooks WatchHooks) error {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for first := true; ; first = false {
@@ -38,7 +40,9 @@ func (r *Registry) Watch(ctx context.Context, fn func(Snapshot), hooks WatchHook
 }
 
 func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks WatchHooks, backoff *backoff) error {
-	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// Bounded so that an etcd that accepts connections but does not answer
+	// is retried; generous because list asks each etcd lease its TTL.
+	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	leases, skipped, rev, err := r.list(lctx)
 	cancel()
 	if err != nil {
@@ -62,14 +66,22 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 			key := string(ev.Kv.Key)
 			delete(leases, key)
 			delete(skipped, key)
-			if ev.Type == clientv3.EventTypePut {
-				l, sk := r.parse(cfg, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
-				if sk != nil {
-					r.logSkipped(*sk, ev.Kv.ModRevision)
-					skipped[key] = *sk
-				} else {
-					leases[key] = l
+			if ev.Type != clientv3.EventTypePut {
+				r.forgetSkipped(key)
+			} else if l, sk := r.parse(cfg, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision); sk != nil {
+				r.logSkipped(*sk, ev.Kv.ModRevision)
+				skipped[key] = *sk
+			} else {
+				r.forgetSkipped(key)
+				tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
+				l.Expiration, err = r.expiration(tctx, ev.Kv.Lease, nil)
+				tcancel()
+				if err != nil {
+					// Half-applied events are dropped with this pass: the
+					// next one starts from a fresh list.
+					return fmt.Errorf("watch %s: %s: %w", r.subnetsDir(), key, err)
 				}
+				leases[key] = l
 			}
 			if hooks.Event != nil {
 				hooks.Event()
