@@ -21,10 +21,12 @@ import (
 const readyTimeout = 30 * time.Second
 
 // Server is an embedded etcd listening on loopback. Its data survive Stop,
-// so Restart brings back the same cluster on the same ports.
+// so Restart brings back the same cluster on the same ports. Clients reach
+// it through a relay on Endpoints(), so Stop is as abrupt as a crash.
 type Server struct {
 	dir          string
-	client, peer url.URL
+	client, peer url.URL // etcd's own
+	relay        *relay
 
 	mu   sync.Mutex
 	etcd *embed.Etcd // nil while stopped
@@ -36,6 +38,10 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{dir: filepath.Join(t.TempDir(), "etcd")}
 	var err error
+	if s.relay, err = newRelay(); err != nil {
+		t.Fatalf("etcdtest: client endpoint: %v", err)
+	}
+	t.Cleanup(s.relay.close) // after Stop: cleanups run last in, first out
 	// A port found free may be taken before etcd binds it: try a few.
 	for range 3 {
 		s.client, s.peer = loopbackURL(t), loopbackURL(t)
@@ -89,11 +95,12 @@ func (s *Server) start() error {
 	s.mu.Lock()
 	s.etcd = e
 	s.mu.Unlock()
+	s.relay.forward(s.client.Host)
 	return nil
 }
 
 // Endpoints are the client URLs, for clientv3.Config or registry.Dial.
-func (s *Server) Endpoints() []string { return []string{s.client.String()} }
+func (s *Server) Endpoints() []string { return []string{"http://" + s.relay.addr()} }
 
 // Client returns a client of this server, closed when the test ends. It
 // keeps working across Stop and Restart, as a real agent's client would.
@@ -117,12 +124,15 @@ func (s *Server) newClient(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// Stop shuts etcd down and keeps its data. Stopping twice is harmless.
+// Stop cuts every client connection, shuts etcd down and keeps its data.
+// Stopping twice is harmless.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	e := s.etcd
 	s.etcd = nil
 	s.mu.Unlock()
+	// Cut first: etcd then has no stream to drain and closes at once.
+	s.relay.forward("")
 	if e != nil {
 		e.Close()
 	}

@@ -21,7 +21,20 @@ func TestRestartKeepsDataAndEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An open stream does not hold Stop up: clients are cut as by a crash
+	// (etcd alone would drain them for seconds).
+	wch := cli.Watch(ctx, "w")
+	if _, err := cli.Put(ctx, "w", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if wr := <-wch; len(wr.Events) != 1 {
+		t.Fatalf("watch response %+v", wr)
+	}
+	start := time.Now()
 	s.Stop()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Stop with an open watch took %s", d)
+	}
 	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
 	if _, err := cli.Get(short, "k"); err == nil {
 		t.Error("Get succeeded while the server was stopped")
