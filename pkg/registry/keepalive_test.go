@@ -217,3 +217,79 @@ func TestRelease(t *testing.T) {
 		t.Error("non-JSON key deleted")
 	}
 }
+
+// etcd down for less than the TTL: the renewals resume on the same etcd
+// lease, nothing changes for the node.
+func TestKeepAliveRidesOutShortEtcdOutage(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	o := opts("198.18.0.11", 6*time.Second)
+	l, err := c.reg.Acquire(testCtx(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKeepAlive(t, c.reg, l, o)
+	stop := time.Now()
+	c.srv.Stop()
+	t.Logf("etcd stopped in %s", time.Since(stop).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	start := time.Now()
+	c.srv.Restart(t)
+	t.Logf("etcd restarted in %s", time.Since(start).Round(time.Millisecond))
+	time.Sleep(7 * time.Second) // past the TTL: only renewals hold the key now
+	kv := c.get(t, l.Key)
+	if kv == nil || int64(kv.Lease) != l.LeaseID {
+		t.Fatalf("after a short outage: key %+v, want it still on etcd lease %x", kv, l.LeaseID)
+	}
+	if _, left := c.ttl(t, kv.Lease); left <= 0 {
+		t.Errorf("etcd lease has %ds left", left)
+	}
+	k.noChange(t)
+}
+
+// etcd down for longer than the TTL: KeepAlive gives the lease up, keeps
+// trying while etcd is away, and when it is back takes the same subnet
+// again (the restarted etcd still holds the key) and keeps it alive.
+func TestKeepAliveSurvivesLongEtcdOutage(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	o := opts("198.18.0.11", 2*time.Second)
+	l, err := c.reg.Acquire(testCtx(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKeepAlive(t, c.reg, l, o)
+	// Renewals flowing: before the first one the client allows
+	// DialTimeout+1s, not the TTL.
+	time.Sleep(time.Second)
+	c.srv.Stop()
+	time.Sleep(3500 * time.Millisecond) // the client gives the lease up after 2s
+	k.noChange(t)                       // nothing to report while etcd is away
+	start := time.Now()
+	c.srv.Restart(t)
+	t.Logf("etcd restarted in %s", time.Since(start).Round(time.Millisecond))
+	l2 := k.change(t)
+	t.Logf("lease back %s after the restart", time.Since(start).Round(time.Millisecond))
+	if l2.Subnet != l.Subnet || l2.LeaseID == 0 {
+		t.Fatalf("after the outage: %+v, want %s again on an etcd lease", l2, l.Subnet)
+	}
+	time.Sleep(3 * time.Second) // 1.5 TTLs
+	kv := c.get(t, l.Key)
+	if kv == nil || !strings.Contains(kv.Value, `"198.18.0.11"`) {
+		t.Fatalf("after the outage: key %+v, want ours", kv)
+	}
+	// The key is bound to the lease KeepAlive reported last, and renews it.
+	for drained := false; !drained; {
+		select {
+		case l2 = <-k.changes:
+		default:
+			drained = true
+		}
+	}
+	if int64(kv.Lease) != l2.LeaseID {
+		t.Errorf("key bound to etcd lease %x, KeepAlive reported %x", kv.Lease, l2.LeaseID)
+	}
+	if _, left := c.ttl(t, kv.Lease); left <= 0 {
+		t.Errorf("etcd lease has %ds left", left)
+	}
+}

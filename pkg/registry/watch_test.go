@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -127,6 +128,12 @@ func TestWatchSnapshots(t *testing.T) {
 	if !s.Leases[1].Reservation || s.Leases[0].Reservation || s.Leases[0].LeaseID == 0 {
 		t.Errorf("reservation flags wrong: %+v", s.Leases)
 	}
+	if d := time.Until(s.Leases[0].Expiration); d < 50*time.Second || d > 61*time.Second {
+		t.Errorf("lease with a 60s etcd lease expires in %s", d)
+	}
+	if !s.Leases[1].Expiration.IsZero() {
+		t.Errorf("reservation expires at %s, want never (zero)", s.Leases[1].Expiration)
+	}
 
 	steps := []struct {
 		name  string
@@ -176,7 +183,14 @@ func TestWatchSnapshots(t *testing.T) {
 
 	// An etcd lease that nobody keeps alive expires: its node is gone.
 	c.put(t, subnetKey("10.244.5.0-24"), `{"PublicIP":"198.18.0.15"}`, 2)
-	w.until(t, "10.244.5.0-24", func(s registry.Snapshot) bool { return publicIPs(s)["10.244.5.0-24"] != "" }, nil)
+	s = w.until(t, "10.244.5.0-24", func(s registry.Snapshot) bool { return publicIPs(s)["10.244.5.0-24"] != "" }, nil)
+	for _, l := range s.Leases {
+		if l.Key == subnetKey("10.244.5.0-24") {
+			if d := time.Until(l.Expiration); d <= 0 || d > 2*time.Second {
+				t.Errorf("lease with a 2s etcd lease, from a watch event, expires in %s", d)
+			}
+		}
+	}
 	start := time.Now()
 	w.until(t, "10.244.5.0-24 expired", func(s registry.Snapshot) bool { return publicIPs(s)["10.244.5.0-24"] == "" }, nil)
 	t.Logf("expired lease left the snapshot after %s", time.Since(start).Round(10*time.Millisecond))
@@ -512,4 +526,75 @@ func (p *proxy) heal() {
 	p.mu.Lock()
 	p.down = false
 	p.mu.Unlock()
+}
+
+// recorder keeps every log record's message and attributes.
+type recorder struct {
+	mu      sync.Mutex
+	records []map[string]string
+}
+
+func (h *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recorder) Handle(_ context.Context, r slog.Record) error {
+	m := map[string]string{"msg": r.Message}
+	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	h.mu.Lock()
+	h.records = append(h.records, m)
+	h.mu.Unlock()
+	return nil
+}
+func (h *recorder) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recorder) WithGroup(string) slog.Handler      { return h }
+
+// skips returns the reason of each "skipping" record for key, in order.
+func (h *recorder) skips(key string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var reasons []string
+	for _, r := range h.records {
+		if strings.HasPrefix(r["msg"], "skipping") && r["key"] == key {
+			reasons = append(reasons, r["reason"])
+		}
+	}
+	return reasons
+}
+
+// A bad entry is logged with its key and reason once, not on every
+// snapshot; again only when its value changes or it comes back.
+func TestWatchLogsBadEntryOnce(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	rec := &recorder{}
+	reg := registry.New(c.cli, "", slog.New(rec))
+	if _, err := reg.Config(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	bad := subnetKey("10.244.9.0-24")
+	c.put(t, bad, `{"PublicIP":"nope"}`, 0)
+	w := startWatch(t, reg)
+	w.next(t)
+	for i := range 3 { // snapshots that keep the bad entry
+		c.put(t, subnetKey(fmt.Sprintf("10.244.%d.0-24", 20+i)), `{"PublicIP":"198.18.0.20"}`, 0)
+		if s := w.next(t); len(s.Skipped) != 1 || s.Skipped[0].Key != bad {
+			t.Fatalf("skipped %+v, want %s", s.Skipped, bad)
+		}
+	}
+	// Acquire reads the same bad entry: still not repeated.
+	if _, err := reg.Acquire(testCtx(t), opts("198.18.0.30", 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	w.next(t)
+	if got := rec.skips(bad); !slices.Equal(got, []string{"bad_public_ip"}) {
+		t.Fatalf("logged %v for %s, want bad_public_ip once", got, bad)
+	}
+
+	c.put(t, bad, `not json`, 0) // changed: news
+	w.next(t)
+	c.put(t, bad, `{"PublicIP":"198.18.0.9"}`, 0) // fixed
+	w.next(t)
+	c.put(t, bad, `not json`, 0) // broken again, with the same value as before
+	w.next(t)
+	if got := rec.skips(bad); !slices.Equal(got, []string{"bad_public_ip", "bad_json", "bad_json"}) {
+		t.Errorf("logged %v for %s, want bad_public_ip, bad_json, bad_json", got, bad)
+	}
 }
