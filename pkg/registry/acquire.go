@@ -56,14 +56,14 @@ func (r *Registry) Acquire(ctx context.Context, opts AcquireOptions) (Lease, err
 		return Lease{}, fmt.Errorf("acquire: lease TTL %s is under etcd's one second", opts.TTL)
 	}
 	for range acquireAttempts {
-		leases, skipped, _, err := r.list(ctx)
+		ls, err := r.list(ctx)
 		if err != nil {
 			return Lease{}, err
 		}
-		if l, done, err := r.reuseOwn(ctx, cfg, leases, opts); done || err != nil {
+		if l, done, err := r.reuseOwn(ctx, cfg, ls.leases, opts); done || err != nil {
 			return l, err
 		}
-		candidate, err := pickSubnet(cfg, r.occupied(leases, skipped), opts.Previous)
+		candidate, err := pickSubnet(cfg, r.occupied(ls.leases, ls.skipped), opts.Previous)
 		if err != nil {
 			return Lease{}, err
 		}

@@ -14,6 +14,11 @@ import (
 // reach), it acquires again — the same subnet if still free — and reports
 // the new lease to onChange. flanneld exits in that case; an agent that
 // re-acquires keeps the node routable without a restart.
+//
+// Renewal is etcd's own keepalive: every TTL/3 (8h for flanneld's 24h,
+// where flanneld renews 1h before expiry), so an etcd outage shorter than
+// two thirds of the TTL costs nothing. While etcd is unreachable it keeps
+// trying with backoff; returns nil when ctx is done.
 func (r *Registry) KeepAlive(ctx context.Context, lease Lease, opts AcquireOptions, onChange func(Lease)) error {
 	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
 	for {

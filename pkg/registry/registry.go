@@ -154,31 +154,39 @@ func (r *Registry) keepSkipped(bad map[string]Skipped) {
 	}
 }
 
+// listing is every entry under subnets/ at one revision of one etcd.
+type listing struct {
+	leases  map[string]Lease
+	skipped map[string]Skipped
+	rev     int64
+	cluster uint64 // etcd's cluster ID: a new one is a new history
+}
+
 // list reads every lease at one revision. It fails as a whole, never
 // returning a partial set.
-func (r *Registry) list(ctx context.Context) (map[string]Lease, map[string]Skipped, int64, error) {
+func (r *Registry) list(ctx context.Context) (listing, error) {
 	cfg, err := r.config()
 	if err != nil {
-		return nil, nil, 0, err
+		return listing{}, err
 	}
 	resp, err := r.cli.Get(ctx, r.subnetsDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("list %s: %w", r.subnetsDir(), err)
+		return listing{}, fmt.Errorf("list %s: %w", r.subnetsDir(), err)
 	}
-	leases, skipped := map[string]Lease{}, map[string]Skipped{}
+	ls := listing{leases: map[string]Lease{}, skipped: map[string]Skipped{}, rev: resp.Header.Revision, cluster: resp.Header.ClusterId}
 	exps := map[int64]time.Time{}
 	for _, kv := range resp.Kvs {
 		l, sk := r.parse(cfg, string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
 		if sk != nil {
 			r.logSkipped(*sk, kv.ModRevision)
-			skipped[sk.Key] = *sk
+			ls.skipped[sk.Key] = *sk
 			continue
 		}
 		if l.Expiration, err = r.expiration(ctx, kv.Lease, exps); err != nil {
-			return nil, nil, 0, fmt.Errorf("list %s: %s: %w", r.subnetsDir(), l.Key, err)
+			return listing{}, fmt.Errorf("list %s: %s: %w", r.subnetsDir(), l.Key, err)
 		}
-		leases[l.Key] = l
+		ls.leases[l.Key] = l
 	}
-	r.keepSkipped(skipped)
-	return leases, skipped, resp.Header.Revision, nil
+	r.keepSkipped(ls.skipped)
+	return ls, nil
 }

@@ -9,11 +9,21 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// WatchHooks lets the caller count what the watch does (metrics).
+// WatchHooks lets the caller count what the watch does (metrics) and
+// tune it.
 type WatchHooks struct {
 	Event  func() // one lease change received
 	Relist func() // a full re-read after a broken or compacted watch
+	// HistoryCheck is how often a quiet watch reads etcd's revision to
+	// notice an etcd recreated or restored from a backup behind the same
+	// endpoint (default 30s; negative: never). The client resumes the
+	// watch at our revision, which such an etcd may not reach for a long
+	// time, and etcd sends no progress to a watch ahead of it.
+	HistoryCheck time.Duration
 }
+
+// DefaultHistoryCheck is WatchHooks.HistoryCheck's default.
+const DefaultHistoryCheck = 30 * time.Second
 
 // Watch lists the leases, then watches them from the listed revision, and
 // calls fn with the complete set after the initial list and after every
@@ -43,12 +53,13 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 	// Bounded so that an etcd that accepts connections but does not answer
 	// is retried; generous because list asks each etcd lease its TTL.
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	leases, skipped, rev, err := r.list(lctx)
+	ls, err := r.list(lctx)
 	cancel()
 	if err != nil {
 		return err
 	}
-	fn(snapshot(rev, leases, skipped))
+	leases, skipped := ls.leases, ls.skipped
+	fn(snapshot(ls.rev, leases, skipped))
 	backoff.reset() // etcd answers again: the next break re-lists quickly
 	cfg, err := r.config()
 	if err != nil {
@@ -57,11 +68,36 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 
 	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer wcancel()
-	wch := r.cli.Watch(wctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	for wr := range wch {
+	wch := r.cli.Watch(wctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(ls.rev+1))
+	last := ls.rev
+	every := hooks.HistoryCheck
+	if every == 0 {
+		every = DefaultHistoryCheck
+	}
+	var tick <-chan time.Time
+	if every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		var wr clientv3.WatchResponse
+		select {
+		case <-tick:
+			if err := r.sameHistory(ctx, ls.cluster, last); err != nil {
+				return fmt.Errorf("watch %s: %w", r.subnetsDir(), err)
+			}
+			continue
+		case resp, ok := <-wch:
+			if !ok {
+				return fmt.Errorf("watch %s closed", r.subnetsDir())
+			}
+			wr = resp
+		}
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch %s: %w", r.subnetsDir(), err)
 		}
+		last = wr.Header.Revision
 		for _, ev := range wr.Events {
 			key := string(ev.Kv.Key)
 			delete(leases, key)
@@ -91,7 +127,23 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 			fn(snapshot(wr.Header.Revision, leases, skipped))
 		}
 	}
-	return fmt.Errorf("watch %s closed", r.subnetsDir())
+}
+
+// sameHistory checks that etcd is still the cluster we listed, at least
+// at the revision we have seen. An etcd that does not answer is no news:
+// the client reconnects on its own.
+func (r *Registry) sameHistory(ctx context.Context, cluster uint64, seen int64) error {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := r.cli.Get(gctx, r.configKey(), clientv3.WithCountOnly())
+	if err != nil {
+		return nil
+	}
+	if resp.Header.ClusterId != cluster || resp.Header.Revision < seen {
+		return fmt.Errorf("etcd's history changed: cluster %x at revision %d, we watched %x at %d",
+			resp.Header.ClusterId, resp.Header.Revision, cluster, seen)
+	}
+	return nil
 }
 
 func snapshot(rev int64, leases map[string]Lease, skipped map[string]Skipped) Snapshot {

@@ -49,7 +49,7 @@ func startWatch(t *testing.T, reg *registry.Registry) *watcher {
 			case w.snaps <- s:
 			case <-ctx.Done():
 			}
-		}, registry.WatchHooks{Event: func() { w.events.Add(1) }, Relist: func() { w.relists.Add(1) }})
+		}, registry.WatchHooks{Event: func() { w.events.Add(1) }, Relist: func() { w.relists.Add(1) }, HistoryCheck: time.Second})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -596,5 +596,32 @@ func TestWatchLogsBadEntryOnce(t *testing.T) {
 	w.next(t)
 	if got := rec.skips(bad); !slices.Equal(got, []string{"bad_public_ip", "bad_json", "bad_json"}) {
 		t.Errorf("logged %v for %s, want bad_public_ip, bad_json, bad_json", got, bad)
+	}
+}
+
+// etcd recreated empty (or restored from an older backup) on the same
+// endpoint: the client resumes the watch at a revision this etcd has not
+// reached; Watch must notice and read everything again.
+func TestWatchNoticesEtcdRecreated(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	ctx := testCtx(t)
+	for i := range 20 { // history the new etcd will not have
+		c.put(t, subnetKey(fmt.Sprintf("10.244.%d.0-24", 100+i)), fmt.Sprintf(`{"PublicIP":"198.18.1.%d"}`, i), 0)
+	}
+	w := startWatch(t, c.reg)
+	if s := w.next(t); len(s.Leases) != 20 {
+		t.Fatalf("initial snapshot has %d leases, want 20", len(s.Leases))
+	}
+	c.srv.Wipe(t)
+	if _, err := c.cli.Put(ctx, registry.DefaultPrefix+"/config", hostGW16); err != nil {
+		t.Fatal(err)
+	}
+	c.put(t, subnetKey("10.244.1.0-24"), `{"PublicIP":"198.18.0.11"}`, 0)
+	start := time.Now()
+	w.until(t, "the new etcd's only lease", sameLeases(map[string]string{"10.244.1.0-24": "198.18.0.11"}), nil)
+	t.Logf("caught up %s after the write to the new etcd", time.Since(start).Round(10*time.Millisecond))
+	if w.relists.Load() == 0 {
+		t.Error("Relist hook not called")
 	}
 }

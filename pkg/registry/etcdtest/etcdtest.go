@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -145,6 +146,19 @@ func (s *Server) Restart(t testing.TB) {
 	s.Stop()
 	if err := s.start(); err != nil {
 		t.Fatalf("etcdtest: restart: %v", err)
+	}
+}
+
+// Wipe stops etcd, deletes its data and starts an empty etcd on the same
+// ports: an etcd recreated, or restored from an older backup.
+func (s *Server) Wipe(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	if err := os.RemoveAll(s.dir); err != nil {
+		t.Fatalf("etcdtest: wipe %s: %v", s.dir, err)
+	}
+	if err := s.start(); err != nil {
+		t.Fatalf("etcdtest: start after wipe: %v", err)
 	}
 }
 
