@@ -13,18 +13,7 @@ import (
 // (in that order: the program takes a pod's frames at its veth only once
 // it knows the pod), and passes the previous result on unchanged.
 func cmdAdd(args *skel.CmdArgs) error {
-	conf, res, err := parseConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	if res == nil {
-		return errNoPrevResult
-	}
-	p, err := podFromResult(res, args.IfName)
-	if err != nil {
-		return err
-	}
-	eps, err := p.endpoints()
+	conf, p, eps, err := chainedPod(args)
 	if err != nil {
 		return err
 	}

@@ -11,18 +11,7 @@ import (
 // cmdCheck verifies that every endpoint ADD wrote is in the map as the
 // kernel sees the pod now, and that from_pods is attached to its veth.
 func cmdCheck(args *skel.CmdArgs) error {
-	conf, res, err := parseConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	if res == nil {
-		return errNoPrevResult
-	}
-	p, err := podFromResult(res, args.IfName)
-	if err != nil {
-		return err
-	}
-	want, err := p.endpoints()
+	conf, p, want, err := chainedPod(args)
 	if err != nil {
 		return err
 	}

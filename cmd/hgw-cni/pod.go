@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/containernetworking/cni/pkg/skel"
 	"net"
 	"net/netip"
 
@@ -88,4 +89,25 @@ func (p pod) endpoints() ([]datapath.Endpoint, error) {
 		})
 	}
 	return out, nil
+}
+
+// chainedPod is what ADD and CHECK both start from: the netconf, the pod the
+// previous plugin (bridge) reported, and the endpoints that pod should have.
+func chainedPod(args *skel.CmdArgs) (*netConf, pod, []datapath.Endpoint, error) {
+	conf, res, err := parseConf(args.StdinData)
+	if err != nil {
+		return nil, pod{}, nil, err
+	}
+	if res == nil {
+		return nil, pod{}, nil, errNoPrevResult
+	}
+	p, err := podFromResult(res, args.IfName)
+	if err != nil {
+		return nil, pod{}, nil, err
+	}
+	eps, err := p.endpoints()
+	if err != nil {
+		return nil, pod{}, nil, err
+	}
+	return conf, p, eps, nil
 }

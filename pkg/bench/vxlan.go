@@ -7,7 +7,6 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
@@ -56,20 +55,6 @@ func setUpVXLAN(st lab.State, log *slog.Logger) error {
 	return nil
 }
 
-// handleIn opens a netlink handle in a named namespace.
-func handleIn(name string) (*netlink.Handle, error) {
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink handle in %s: %w", name, err)
-	}
-	return h, nil
-}
-
 // vtepAddr is flannel's VTEP address: the network address of the subnet.
 func vtepAddr(subnet string) (netip.Addr, netip.Prefix, error) {
 	p, err := netip.ParsePrefix(subnet)
@@ -80,7 +65,7 @@ func vtepAddr(subnet string) (netip.Addr, netip.Prefix, error) {
 }
 
 func addVTEP(n lab.Node) (net.HardwareAddr, error) {
-	h, err := handleIn(n.Name)
+	h, err := lab.HandleAt(n.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +106,7 @@ func addVTEP(n lab.Node) (net.HardwareAddr, error) {
 // addVXLANPeer programs n's route, neighbour and FDB entry for peer,
 // replacing the host-gw route the static lab installed.
 func addVXLANPeer(n, peer lab.Node, peerMAC net.HardwareAddr) error {
-	h, err := handleIn(n.Name)
+	h, err := lab.HandleAt(n.Name)
 	if err != nil {
 		return err
 	}
@@ -164,7 +149,7 @@ func addVXLANPeer(n, peer lab.Node, peerMAC net.HardwareAddr) error {
 // lowerPodMTU gives the pods' eth0 and their node-side veths (cni0's
 // ports) flannel's vxlan MTU, as the CNI plugin would with FLANNEL_MTU=1450.
 func lowerPodMTU(node string, pods []lab.Pod) error {
-	h, err := handleIn(node)
+	h, err := lab.HandleAt(node)
 	if err != nil {
 		return err
 	}
@@ -187,7 +172,7 @@ func lowerPodMTU(node string, pods []lab.Pod) error {
 		}
 	}
 	for _, p := range pods {
-		ph, err := handleIn(p.Name)
+		ph, err := lab.HandleAt(p.Name)
 		if err != nil {
 			return err
 		}

@@ -128,8 +128,8 @@ func netnsInode(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// handleAt opens a netlink handle bound to the named namespace.
-func handleAt(name string) (*netlink.Handle, error) {
+// HandleAt opens a netlink handle bound to the named namespace.
+func HandleAt(name string) (*netlink.Handle, error) {
 	ns, err := netns.GetFromName(name)
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", name, err)

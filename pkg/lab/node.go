@@ -236,7 +236,7 @@ func (l *Lab) RemoveNode(ctx context.Context, name string) error {
 func (l *Lab) removeStaticRoutesTo(subnet netip.Prefix) error {
 	var errs []error
 	for _, n := range l.State().Nodes {
-		h, err := handleAt(n.Name)
+		h, err := HandleAt(n.Name)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -253,7 +253,7 @@ func (l *Lab) removeStaticRoutesTo(subnet netip.Prefix) error {
 // NodeRoutes lists a node's kernel routes into the cluster network, as
 // subnet -> next hop.
 func NodeRoutes(node string) (map[netip.Prefix]netip.Addr, error) {
-	h, err := handleAt(node)
+	h, err := HandleAt(node)
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ func (l *Lab) AddPod(ctx context.Context, node string) (Pod, error) {
 	if err != nil {
 		return Pod{}, err
 	}
-	h, err := handleAt(name)
+	h, err := HandleAt(name)
 	if err != nil {
 		return Pod{}, err
 	}

@@ -18,7 +18,7 @@ func createUnderlay(name string) error {
 	if err := createNetns(name); err != nil {
 		return err
 	}
-	h, err := handleAt(name)
+	h, err := HandleAt(name)
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func createNode(underlay, name string, k int) error {
 // removeUnderlayPort deletes node k's veth (and so the node's eth0) before
 // the node namespace goes, so the underlay bridge forgets it at once.
 func removeUnderlayPort(underlay string, k int) error {
-	h, err := handleAt(underlay)
+	h, err := HandleAt(underlay)
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func readSysctl(ns, key string) (string, error) {
 // lab's own stand-in for the agent (datapath "static"), for testing the
 // topology alone.
 func addStaticRoute(node string, subnet netip.Prefix, nexthop netip.Addr) error {
-	h, err := handleAt(node)
+	h, err := HandleAt(node)
 	if err != nil {
 		return err
 	}
