@@ -201,3 +201,38 @@ func runIn(ns string, cmd *exec.Cmd) ([]byte, error) {
 	err := cmd.Wait()
 	return buf.Bytes(), err
 }
+
+// StopAgent stops node's agent and keeps it stopped (the lab no longer
+// restarts it) until StartAgent: SIGTERM, as an operator's `systemctl stop`,
+// so routes, maps and program links stay in place.
+func (l *Lab) StopAgent(node string) error {
+	n, ok := l.State().Node(node)
+	if !ok {
+		return fmt.Errorf("stop agent: no node %q in lab %s", node, l.cfg.Prefix)
+	}
+	if l.datapath() == DatapathStatic {
+		return fmt.Errorf("stop agent of %s: a %s lab runs no agents", n.Name, DatapathStatic)
+	}
+	l.stopAgent(n.Name, 5*time.Second)
+	l.updateNode(n.Name, func(st *Node) { st.AgentPID, st.AgentStart = 0, 0 })
+	return nil
+}
+
+// StartAgent starts (and supervises again) the agent of a node stopped by
+// StopAgent; it does nothing if the agent runs.
+func (l *Lab) StartAgent(node string) error {
+	n, ok := l.State().Node(node)
+	if !ok {
+		return fmt.Errorf("start agent: no node %q in lab %s", node, l.cfg.Prefix)
+	}
+	if l.datapath() == DatapathStatic {
+		return fmt.Errorf("start agent of %s: a %s lab runs no agents", n.Name, DatapathStatic)
+	}
+	l.mu.Lock()
+	_, running := l.agents[n.Name]
+	l.mu.Unlock()
+	if !running {
+		l.runAgent(n)
+	}
+	return nil
+}
