@@ -279,3 +279,98 @@ func mustNode(t *testing.T, st lab.State, name string) lab.Node {
 	}
 	return n
 }
+
+// podWhileAgentDown stops node 2's agent, adds a pod there through the
+// lab's CNI configuration and checks that a pod on node 1 reaches it at once,
+// with the agent still down; it returns the lab, the new pod and node 2.
+func podWhileAgentDown(t *testing.T, ctx context.Context, cfg lab.Config) (*lab.Lab, lab.Pod, lab.Node) {
+	t.Helper()
+	l := startLabConfig(t, cfg)
+	st := l.State()
+	node := st.Nodes[1]
+	if err := l.StopAgent(node.Name); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := l.AddPod(ctx, node.Name)
+	if err != nil {
+		t.Fatalf("add pod while the agent of %s is down: %v", node.Name, err)
+	}
+	st = l.State()
+	if n := mustNode(t, st, node.Name); n.AgentPID != 0 {
+		t.Fatalf("agent of %s runs again (pid %d); the test needs it down", node.Name, n.AgentPID)
+	}
+	// At once: no retries beyond ping's own first answer wait.
+	client := st.PodsOf(st.Nodes[0].Name)[0]
+	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-c", "3", "-i", "0.05", "-W", "1", pod.IP); err != nil {
+		t.Fatalf("%s -> new pod %s (%s) while the agent is down: %v\n%s", client.Name, pod.Name, pod.IP, err, out)
+	}
+	return l, pod, mustNode(t, st, node.Name)
+}
+
+// A pod created while its node's agent is down is served by the plugin
+// alone: its endpoint and veth attachment exist, and traffic to it is
+// delivered with redirect_peer from its first packet.
+func TestPodAddedWhileAgentDownUsesThePlugin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF}
+	l, pod, node := podWhileAgentDown(t, ctx, cfg)
+	st := l.State()
+	if !endpointRight(t, st, pod) {
+		t.Errorf("the plugin did not write %s (%s) while the agent was down: %+v", pod.Name, pod.IP, endpointsOf(t, node))
+	}
+	if p := portOf(t, st, pod); !fromPodsOn(t, st, node.Name, p.vethName) {
+		t.Errorf("the plugin did not attach from_pods to %s", p.vethName)
+	}
+	before := counterOf(t, node, "from_underlay", "redirect_peer")
+	client := st.PodsOf(st.Nodes[0].Name)[0]
+	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", pod.IP); err != nil {
+		t.Fatalf("ping %s: %v\n%s", pod.IP, err, out)
+	}
+	if got := counterOf(t, node, "from_underlay", "redirect_peer") - before; got < 5 {
+		t.Errorf("%s: redirect_peer moved by %d for 5 echo requests, agent down", node.Name, got)
+	}
+	// The agent, back, keeps what the plugin wrote.
+	if err := l.StartAgent(node.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := waitFor(ctx, 10*time.Second, func() bool { n, _ := l.State().Node(node.Name); return n.AgentPID != 0 }); !ok {
+		t.Fatal("agent did not start again")
+	}
+	time.Sleep(2 * time.Second) // a resync (1 s in tests) has run
+	if !endpointRight(t, l.State(), pod) {
+		t.Errorf("the restarted agent dropped %s's endpoint", pod.Name)
+	}
+}
+
+// Without the plugin, a pod created while the agent is down is reachable at
+// once over the bridge (from_underlay's redirect_neigh path), and the
+// agent, back, learns it and moves it to redirect_peer.
+func TestPodAddedWhileAgentDownWithoutThePlugin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, PlainBridgeCNI: true}
+	l, pod, node := podWhileAgentDown(t, ctx, cfg)
+	if eps := endpointsOf(t, node); len(eps) != 0 {
+		t.Errorf("%s: endpoints with no plugin and no agent: %+v", node.Name, eps)
+	}
+	if err := l.StartAgent(node.Name); err != nil {
+		t.Fatal(err)
+	}
+	st := l.State()
+	if _, ok := waitFor(ctx, 10*time.Second, func() bool { return endpointRight(t, st, pod) }); !ok {
+		t.Fatalf("the agent did not learn %s (%s): %+v", pod.Name, pod.IP, endpointsOf(t, node))
+	}
+	p := portOf(t, st, pod)
+	if _, ok := waitFor(ctx, 5*time.Second, func() bool { return fromPodsOn(t, st, node.Name, p.vethName) }); !ok {
+		t.Errorf("the agent did not attach from_pods to %s", p.vethName)
+	}
+	before := counterOf(t, node, "from_underlay", "redirect_peer")
+	client := st.PodsOf(st.Nodes[0].Name)[0]
+	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", pod.IP); err != nil {
+		t.Fatalf("ping %s: %v\n%s", pod.IP, err, out)
+	}
+	if got := counterOf(t, node, "from_underlay", "redirect_peer") - before; got < 5 {
+		t.Errorf("%s: redirect_peer moved by %d for 5 echo requests after the agent learnt the pod", node.Name, got)
+	}
+}
