@@ -22,18 +22,22 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Use:   "bench",
 		Short: "Measure host, routes, ebpf and vxlan side by side (dataplane)",
 		Long: `Brings up one small lab per datapath at once (2 nodes x 1 pod each, own
-underlay namespace, prefixes <prefix>r, <prefix>e, <prefix>x), then measures
+underlay namespace, prefixes <prefix>r, <prefix>e, <prefix>n, <prefix>x), then measures
 interleaved round by round, on bare nodes and on nodes carrying kube-proxy's
 iptables state for --services services:
 
   host    node1 eth0 -> node2 eth0 (routes lab): the physical limit here
   routes  pod -> pod, 'hgw-ebpf run --datapath routes' (plain host-gw)
   ebpf    pod -> pod, 'hgw-ebpf run'
+  ebpf-noct  the same with --unsafe-ignore-conntrack: what the conntrack
+          check costs
   vxlan   pod -> pod over flannel.1 (VNI 1, port 8472, MTU 1450), no agent
 
 Figures: iperf3 TCP throughput; sockperf ping-pong RTT p50/p99, TCP and UDP,
 client and server pinned to the same CPU; new TCP connections per second;
-machine-wide busy CPU time per packet at a fixed UDP packet rate. Prints a
+machine-wide kernel CPU time per packet at a fixed UDP packet rate, and,
+for the ebpf datapaths, from_pods' and from_underlay's run time per run
+during that load (BPF run-time statistics, on only meanwhile). Prints a
 progress line per step on stderr and the table (median, min–max, ratios to
 host and routes) on stdout; writes results.json with every sample and one
 PNG chart per figure into --out. Every lab is removed at the end, on Ctrl-C,

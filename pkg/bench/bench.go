@@ -289,12 +289,21 @@ func measure(ctx context.Context, o *Options, p path, profile string, round int)
 	}
 	rate, err := connRate(ctx, p, o.LatencyDuration)
 	add(FigConnRate, rate, err)
+	var progs *progSampler
+	if hasPrograms(p.Datapath) {
+		progs = startProgSampler(p)
+	}
 	ns, busy, delivered, err := cpuPerPacket(ctx, p, o.Duration, udpLoad{PPS: o.PPS, Payload: 64})
 	if err == nil && delivered < 0.99 {
 		err = fmt.Errorf("only %.1f%% of the offered %d pps delivered: the load is above this path's limit", delivered*100, o.PPS)
 	}
 	s := add(FigCPUPerPacket, ns, err)
 	s.Delivered, s.BusyNs = delivered, busy
+	if progs != nil {
+		fromPods, fromUnderlay, err := progs.stop()
+		add(FigFromPodsNs, fromPods, err)
+		add(FigFromUnderlayNs, fromUnderlay, err)
+	}
 	return out
 }
 
@@ -317,6 +326,10 @@ func brief(samples []Sample) string {
 			parts = append(parts, fmt.Sprintf("%.0f conn/s", s.Value))
 		case FigCPUPerPacket.Key:
 			parts = append(parts, fmt.Sprintf("%.0f ns/pkt", s.Value))
+		case FigFromPodsNs.Key:
+			parts = append(parts, fmt.Sprintf("from_pods %.0f ns", s.Value))
+		case FigFromUnderlayNs.Key:
+			parts = append(parts, fmt.Sprintf("from_underlay %.0f ns", s.Value))
 		}
 	}
 	return strings.Join(parts, "  ")

@@ -35,12 +35,16 @@ func (r *Result) WriteCharts(dir string) ([]string, error) {
 		p.Y.Label.Text = f.Unit
 		p.Y.Min = 0
 		n := float64(len(r.Profiles))
+		dps := r.datapathsWith(f.Key)
+		if len(dps) == 0 {
+			continue
+		}
 		const groupWidth = 0.7
 		for i, profile := range r.Profiles {
 			shift := -groupWidth/2 + groupWidth*(float64(i)+0.5)/n
 			var vals plotter.Values
 			var w whiskers
-			for j, dp := range r.Datapaths {
+			for j, dp := range dps {
 				v, _ := r.Values(profile, dp, f.Key)
 				s := Summarize(v)
 				if s.N == 0 {
@@ -69,7 +73,7 @@ func (r *Result) WriteCharts(dir string) ([]string, error) {
 			}
 		}
 		p.Legend.Top = true
-		p.NominalX(r.Datapaths...)
+		p.NominalX(dps...)
 		p.Y.Max = math.Max(p.Y.Max*1.3, p.Y.Max) // room for the legend
 		path := filepath.Join(dir, f.Key+".png")
 		if err := p.Save(7*vg.Inch, 4*vg.Inch, path); err != nil {
@@ -78,4 +82,18 @@ func (r *Result) WriteCharts(dir string) ([]string, error) {
 		files = append(files, path)
 	}
 	return files, nil
+}
+
+// datapathsWith are the datapaths with samples of figure, in table order.
+func (r *Result) datapathsWith(figure string) []string {
+	var out []string
+	for _, dp := range r.Datapaths {
+		for _, s := range r.Samples {
+			if s.Datapath == dp && s.Figure == figure {
+				out = append(out, dp)
+				break
+			}
+		}
+	}
+	return out
 }

@@ -18,5 +18,11 @@ var (
 	FigConnRate      = Figure{"conn_rate", "TCP connections", "conn/s", true}
 	FigCPUPerPacket  = Figure{"cpu_per_packet", "Kernel CPU per packet", "ns/pkt", false}
 
-	AllFigures = []Figure{FigTCPThroughput, FigTCPRTT50, FigTCPRTT99, FigUDPRTT50, FigUDPRTT99, FigConnRate, FigCPUPerPacket}
+	// Run time of our programs per run during the fixed UDP load (BPF
+	// run-time statistics): only the datapaths that run them have it.
+	FigFromPodsNs     = Figure{"from_pods_ns", "from_pods time per run", "ns", false}
+	FigFromUnderlayNs = Figure{"from_underlay_ns", "from_underlay time per run", "ns", false}
+
+	AllFigures = []Figure{FigTCPThroughput, FigTCPRTT50, FigTCPRTT99, FigUDPRTT50, FigUDPRTT99, FigConnRate, FigCPUPerPacket,
+		FigFromPodsNs, FigFromUnderlayNs}
 )

@@ -74,6 +74,9 @@ func (r *Result) Rows() []Row {
 			}
 			for _, dp := range r.Datapaths {
 				v, errs := r.Values(profile, dp, f.Key)
+				if len(v) == 0 {
+					continue // a figure this datapath does not have (program run time)
+				}
 				s := Summarize(v)
 				host, ok := med[DatapathHost]
 				if !ok {

@@ -16,23 +16,28 @@ const (
 	DatapathRoutes = "routes" // pod to pod, `hgw-ebpf run --datapath routes` (plain host-gw)
 	DatapathEBPF   = "ebpf"   // pod to pod, `hgw-ebpf run` (this project)
 	DatapathVXLAN  = "vxlan"  // pod to pod over flannel.1, as flannel's vxlan backend sets it up
+	// DatapathEBPFNoCT is ebpf with the conntrack check off
+	// (--unsafe-ignore-conntrack): what the check costs (issue 7).
+	DatapathEBPFNoCT = "ebpf-noct"
 )
 
 // AllDatapaths is the default set, in table order.
-var AllDatapaths = []string{DatapathHost, DatapathRoutes, DatapathEBPF, DatapathVXLAN}
+var AllDatapaths = []string{DatapathHost, DatapathRoutes, DatapathEBPF, DatapathEBPFNoCT, DatapathVXLAN}
 
 // labRole names one of the labs a run brings up; each lab has its own
 // underlay namespace, so their 198.18.0.x addresses never meet.
 type labRole struct {
-	suffix   string // appended to the base prefix: hgwb + r = hgwbr
-	datapath string // the lab's datapath
+	suffix    string // appended to the base prefix: hgwb + r = hgwbr
+	datapath  string // the lab's datapath
+	agentFlag string // one extra flag for the lab's agents, if any
 }
 
 var (
-	routesLab = labRole{"r", lab.DatapathRoutes}
-	ebpfLab   = labRole{"e", lab.DatapathEBPF}
-	vxlanLab  = labRole{"x", lab.DatapathStatic} // static routes, then replaced by flannel.1 (vxlan.go)
-	allLabs   = []labRole{routesLab, ebpfLab, vxlanLab}
+	routesLab   = labRole{"r", lab.DatapathRoutes, ""}
+	ebpfLab     = labRole{"e", lab.DatapathEBPF, ""}
+	ebpfNoCTLab = labRole{"n", lab.DatapathEBPF, "--unsafe-ignore-conntrack"}
+	vxlanLab    = labRole{"x", lab.DatapathStatic, ""} // static routes, then replaced by flannel.1 (vxlan.go)
+	allLabs     = []labRole{routesLab, ebpfLab, ebpfNoCTLab, vxlanLab}
 )
 
 // roleOf is the lab a datapath is measured in: host runs between the
@@ -41,6 +46,8 @@ func roleOf(datapath string) labRole {
 	switch datapath {
 	case DatapathEBPF:
 		return ebpfLab
+	case DatapathEBPFNoCT:
+		return ebpfNoCTLab
 	case DatapathVXLAN:
 		return vxlanLab
 	default:
@@ -68,10 +75,14 @@ type testbed struct {
 
 // labConfig is what every bench lab has in common: two nodes, one pod each.
 func (o *Options) labConfig(role labRole) lab.Config {
-	return lab.Config{
+	cfg := lab.Config{
 		Prefix: o.Prefix + role.suffix, StateRoot: o.StateRoot, BinDir: o.BinDir, CNIPath: o.CNIPath,
 		Nodes: 2, PodsPerNode: 1, Datapath: role.datapath, Log: o.Log,
 	}
+	if role.agentFlag != "" {
+		cfg.AgentArgs = []string{role.agentFlag}
+	}
+	return cfg
 }
 
 // removeLeftovers tears down every bench lab of this base prefix, also
@@ -98,7 +109,7 @@ func setUp(ctx context.Context, o *Options, tb *testbed, progress func(string, .
 	states := map[labRole]lab.State{}
 	for _, role := range roles {
 		cfg := o.labConfig(role)
-		progress("lab %s: bringing up 2 nodes x 1 pod, datapath %s", cfg.Prefix, cfg.Datapath)
+		progress("lab %s: bringing up 2 nodes x 1 pod, datapath %s %s", cfg.Prefix, cfg.Datapath, role.agentFlag)
 		l, err := lab.Up(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("lab %s: %w", cfg.Prefix, err)
