@@ -21,7 +21,7 @@ var (
 
 // addEndpoint adds a host-side veth stub to the test namespace and an
 // endpoint entry for ip behind it, and returns the entry.
-func (e *runEnv) addEndpoint(t *testing.T, dev string, ip netip.Addr, pod mac) datapath.Endpoint {
+func (e *runEnv) addEndpoint(t testing.TB, dev string, ip netip.Addr, pod mac) datapath.Endpoint {
 	t.Helper()
 	ep := datapath.Endpoint{
 		IP: ip, Ifindex: uint32(e.ns.addLink(t, stubDev(dev, 1500))),

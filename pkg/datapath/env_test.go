@@ -30,7 +30,7 @@ type testNetns struct {
 	h    *netlink.Handle
 }
 
-func newTestNetns(t *testing.T) *testNetns {
+func newTestNetns(t testing.TB) *testNetns {
 	t.Helper()
 	testutil.RequireRoot(t)
 	name, ns := testutil.NetNS(t, "dp")
@@ -47,7 +47,7 @@ func newTestNetns(t *testing.T) *testNetns {
 // thread home afterwards (also when fn calls t.Fatal). Test runs need it:
 // the kernel gives the skb the loopback device of the calling thread's
 // namespace and resolves bpf_check_mtu's ifindex there.
-func (n *testNetns) do(t *testing.T, fn func()) {
+func (n *testNetns) do(t testing.TB, fn func()) {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -72,7 +72,7 @@ func (n *testNetns) do(t *testing.T, fn func()) {
 }
 
 // addLink creates l in the namespace, up, and returns its ifindex.
-func (n *testNetns) addLink(t *testing.T, l netlink.Link) int {
+func (n *testNetns) addLink(t testing.TB, l netlink.Link) int {
 	t.Helper()
 	name := l.Attrs().Name
 	if err := n.h.LinkAdd(l); err != nil {
@@ -102,7 +102,7 @@ func bridge(name string, mtu int) *netlink.Bridge {
 // newPinRoot returns a fresh pin root /sys/fs/bpf/hgwt-dp-<hex>, cleaned up
 // from inside n when the test ends. Pin roots a crashed earlier run left
 // behind (same prefix, older than an hour) are removed first.
-func newPinRoot(t *testing.T, n *testNetns) string {
+func newPinRoot(t testing.TB, n *testNetns) string {
 	t.Helper()
 	root := filepath.Join("/sys/fs/bpf", pinPrefix+testutil.RandHex(t, 6))
 	n.do(t, func() { sweepStalePinRoots(t) })
@@ -118,7 +118,7 @@ func newPinRoot(t *testing.T, n *testNetns) string {
 	return root
 }
 
-func sweepStalePinRoots(t *testing.T) {
+func sweepStalePinRoots(t testing.TB) {
 	stale, _ := filepath.Glob(filepath.Join("/sys/fs/bpf", pinPrefix+"*"))
 	for _, dir := range stale {
 		st, err := os.Stat(dir)

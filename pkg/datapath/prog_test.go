@@ -59,7 +59,7 @@ var (
 	peerNode  = netip.MustParseAddr("198.18.0.12")
 )
 
-func newRunEnv(t *testing.T, configure bool) *runEnv {
+func newRunEnv(t testing.TB, configure bool) *runEnv {
 	t.Helper()
 	e := &runEnv{ns: newTestNetns(t)}
 	e.eth0 = e.ns.addLink(t, stubDev("eth0", 1500))
@@ -97,7 +97,7 @@ func newRunEnv(t *testing.T, configure bool) *runEnv {
 
 type counterKey struct{ program, reason string }
 
-func (e *runEnv) stats(t *testing.T) map[counterKey]datapath.Counter {
+func (e *runEnv) stats(t testing.TB) map[counterKey]datapath.Counter {
 	t.Helper()
 	cs, err := e.dp.Stats()
 	if err != nil {
