@@ -74,6 +74,8 @@ func (r *Result) WriteCharts(dir string) ([]string, error) {
 		}
 		p.Legend.Top = true
 		p.NominalX(dps...)
+		// Room for the outer bars of the first and last group.
+		p.X.Min, p.X.Max = -0.5, float64(len(dps))-0.5
 		p.Y.Max = math.Max(p.Y.Max*1.3, p.Y.Max) // room for the legend
 		path := filepath.Join(dir, f.Key+".png")
 		if err := p.Save(7*vg.Inch, 4*vg.Inch, path); err != nil {
