@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/metrics"
@@ -84,7 +85,27 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	dev := ul.link.Attrs().Name
 	log.Info("underlay", "dev", dev, "public_ip", ul.publicIP, "on_link", ul.prefixes)
 
-	cli, err := registry.Dial(ctx, cfg.Etcd)
+	// Metrics and probes are served from the start: a probe of an agent
+	// still waiting for etcd gets the reason, not a refused connection.
+	m := metrics.New(nil)
+	ready := metrics.NewReadiness(readinessConditions(cfg)...)
+	if cfg.MetricsAddr != "" {
+		ln, err := metrics.Listen(cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		srvCtx, stopSrv := context.WithCancel(ctx)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := metrics.Serve(srvCtx, ln, m, ready, log); err != nil {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer func() { stopSrv(); <-served }()
+	}
+
+	cli, err := dialEtcd(ctx, cfg.Etcd, log)
 	if err != nil {
 		return err
 	}
@@ -110,27 +131,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("acquire subnet lease: %w", err)
 	}
 	log.Info("subnet lease acquired", "subnet", lease.Subnet, "key", lease.Key, "expires", lease.Expiration)
+	ready.Set(condLease, true)
 
 	n := &node{cfg: cfg, log: log, ul: ul, network: netCfg.Network, reg: reg, underlayFast: true,
-		firstApply: make(chan struct{})}
+		metrics: m, ready: ready, firstApply: make(chan struct{})}
 	n.setOwn(lease.Subnet)
 	n.setLeaseExpiry(lease)
+	var routeMap reconcile.RouteMap
 	if cfg.Datapath == DatapathEBPF {
 		if err := n.startDatapath(); err != nil {
 			return err
 		}
 		defer n.dp.Close()
-	}
-	var routeMap reconcile.RouteMap
-	var stats metrics.StatsReader
-	if n.dp != nil {
-		routeMap, stats = n.dp.Routes(), n.dp
-	}
-	n.metrics = metrics.New(stats)
-	n.setLeaseExpiry(lease)
-	n.ready = metrics.NewReadiness("registry synced", "routes applied")
-	if n.dp != nil {
-		n.ready.Set("programs attached", true) // startDatapath succeeded
+		if err := m.AddFastPath(n.dp); err != nil {
+			return err
+		}
+		routeMap = n.dp.Routes()
+		ready.Set(condAttached, true)
 	}
 	n.rec, err = reconcile.New(reconcile.Options{Link: ul.link, RouteMap: routeMap, Log: log,
 		ResyncInterval: cfg.ResyncInterval, Observe: n.observe, OnRepair: n.metrics.RouteRepairs.Inc})
@@ -156,9 +173,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	goRun("registry watch", func(ctx context.Context) error {
 		return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: n.metrics.EtcdReconnects.Inc})
 	})
-	if cfg.MetricsAddr != "" {
-		goRun("metrics server", func(ctx context.Context) error { return metrics.Serve(ctx, cfg.MetricsAddr, n.metrics, n.ready, log) })
-	}
 	goRun("lease keepalive", func(ctx context.Context) error {
 		return reg.KeepAlive(ctx, lease, acq, n.onLeaseChange)
 	})
@@ -189,6 +203,44 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("agent stopped; routes, maps and programs stay in place")
 	}
 	return runErr
+}
+
+// What /readyz waits for, in the order an agent gets there.
+const (
+	condLease    = "etcd lease acquired"
+	condAttached = "programs attached"
+	condSynced   = "registry synced"
+	condApplied  = "routes applied"
+)
+
+func readinessConditions(cfg Config) []string {
+	if cfg.Datapath == DatapathEBPF {
+		return []string{condLease, condAttached, condSynced, condApplied}
+	}
+	return []string{condLease, condSynced, condApplied}
+}
+
+// dialEtcd connects to etcd and, while no endpoint answers (a node that
+// boots before etcd is up, an outage), waits for it as flanneld does,
+// trying again with a growing pause. Wrong credentials and other errors
+// that a retry cannot fix end the agent at once.
+func dialEtcd(ctx context.Context, o registry.ClientOptions, log *slog.Logger) (*clientv3.Client, error) {
+	const maxPause = 10 * time.Second
+	pause := time.Second
+	for {
+		cli, err := registry.Dial(ctx, o)
+		var unreachable *registry.UnreachableError
+		if err == nil || !errors.As(err, &unreachable) {
+			return cli, err
+		}
+		log.Warn("waiting for etcd", "err", err, "retry_in", pause)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for etcd: %w", ctx.Err())
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, maxPause)
+	}
 }
 
 // node is the running agent's state that the event handlers share.
@@ -245,7 +297,7 @@ func (n *node) observe(res reconcile.Result, d time.Duration) {
 	if n.dp != nil {
 		n.metrics.Entries.WithLabelValues("map").Set(float64(res.MapEntries))
 	}
-	n.ready.Set("routes applied", len(res.Errors) == 0)
+	n.ready.Set(condApplied, len(res.Errors) == 0)
 	if len(res.Errors) == 0 {
 		n.applyOnce.Do(func() { close(n.firstApply) })
 	}
@@ -272,7 +324,7 @@ func (n *node) onSnapshot(s registry.Snapshot) {
 		n.metrics.LeasesSkipped.WithLabelValues(sk.Reason).Inc()
 	}
 	n.logSkipped(skipped)
-	n.ready.Set("registry synced", true)
+	n.ready.Set(condSynced, true)
 	n.rec.Update(peers)
 }
 

@@ -74,8 +74,10 @@ func (n *node) attach() error {
 	for dev, prog := range n.wanted() {
 		mode, err := n.dp.Attach(dev, prog)
 		if err != nil {
+			n.metrics.Attached.WithLabelValues(dev, string(prog)).Set(0)
 			return err
 		}
+		n.metrics.Attached.WithLabelValues(dev, string(prog)).Set(1)
 		n.log.Info("program attached", "program", prog, "dev", dev, "mode", mode)
 	}
 	return nil
@@ -106,6 +108,10 @@ func (n *node) keepAttached(ctx context.Context) error {
 		if len(want) == 0 {
 			continue
 		}
+		for dev, prog := range want {
+			n.metrics.Attached.WithLabelValues(dev, string(prog)).Set(0)
+		}
+		n.ready.Set(condAttached, false)
 		n.log.Warn("programs missing, re-attaching", "missing", fmt.Sprint(want))
 		if err := n.writeConfig(); err != nil {
 			n.log.Error("update datapath config", "err", err)
@@ -113,6 +119,8 @@ func (n *node) keepAttached(ctx context.Context) error {
 		}
 		if err := n.attach(); err != nil {
 			n.log.Error("re-attach", "err", err)
+			continue
 		}
+		n.ready.Set(condAttached, true)
 	}
 }

@@ -4,6 +4,7 @@
 package metrics
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,6 +66,15 @@ func New(stats StatsReader) *Metrics {
 		m.Registry.MustRegister(newFastPathCollector(stats))
 	}
 	return m
+}
+
+// AddFastPath registers the fast-path counters of stats (the datapath,
+// once loaded; the agent serves its other metrics before that).
+func (m *Metrics) AddFastPath(stats StatsReader) error {
+	if err := m.Registry.Register(newFastPathCollector(stats)); err != nil {
+		return fmt.Errorf("register fast-path counters: %w", err)
+	}
+	return nil
 }
 
 // SetLeaseExpiry records the own lease's expiry (zero time: no TTL).

@@ -56,8 +56,18 @@ func (r *Readiness) Ready() string {
 	return fmt.Sprintf("not ready: waiting for %v", missing)
 }
 
-// Serve serves /metrics, /healthz and /readyz on addr until ctx is done.
-func Serve(ctx context.Context, addr string, m *Metrics, ready *Readiness, log *slog.Logger) error {
+// Listen opens the metrics address; a bad or taken address fails here,
+// before the agent does anything else.
+func Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// Serve serves /metrics, /healthz and /readyz on ln until ctx is done.
+func Serve(ctx context.Context, ln net.Listener, m *Metrics, ready *Readiness, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -70,10 +80,6 @@ func Serve(ctx context.Context, addr string, m *Metrics, ready *Readiness, log *
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics listener on %s: %w", addr, err)
-	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

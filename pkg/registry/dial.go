@@ -61,8 +61,22 @@ func Dial(ctx context.Context, o ClientOptions) (*clientv3.Client, error) {
 			return nil, fmt.Errorf("etcd %v: TLS: %w (check --etcd-cafile, --etcd-certfile, --etcd-keyfile)", o.Endpoints, why)
 		}
 	}
-	return nil, fmt.Errorf("etcd %v does not answer: %w", o.Endpoints, statusErr)
+	return nil, &UnreachableError{Endpoints: o.Endpoints, Err: statusErr}
 }
+
+// UnreachableError says that no etcd endpoint answered within the dial
+// timeout: etcd may be down or not up yet, so trying again makes sense
+// (unlike a rejected certificate or password).
+type UnreachableError struct {
+	Endpoints []string
+	Err       error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("etcd %v does not answer: %v", e.Endpoints, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
 
 // diagnoseTLS performs one TLS handshake with endpoint and reads once, so
 // that a certificate the server rejects shows as the server's alert.

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"math/big"
@@ -148,6 +149,12 @@ func dialFails(t *testing.T, name string, o ClientOptions, mention string) {
 		return
 	}
 	t.Logf("%s: failed after %s: %v", name, took.Round(time.Millisecond), err)
+	// The agent waits for an etcd that does not answer, and gives up at
+	// once on what a retry cannot fix: these must not look unreachable.
+	var unreachable *UnreachableError
+	if errors.As(err, &unreachable) {
+		t.Errorf("%s: %v is an UnreachableError; the agent would wait instead of failing", name, err)
+	}
 	if took > o.DialTimeout+2*time.Second {
 		t.Errorf("%s: took %s to fail, want about the dial timeout %s (no retry storm)", name, took, o.DialTimeout)
 	}
@@ -234,3 +241,23 @@ func TestDialWithUserAndPassword(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// No etcd at the endpoint: an UnreachableError, after about the dial
+// timeout, naming the endpoint.
+func TestDialNobodyListeningIsUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := "http://" + ln.Addr().String()
+	ln.Close() // the port is now free: nobody answers there
+	cli, err := Dial(context.Background(), ClientOptions{Endpoints: []string{endpoint}, DialTimeout: time.Second})
+	if err == nil {
+		cli.Close()
+		t.Fatal("Dial succeeded with nobody listening")
+	}
+	var unreachable *UnreachableError
+	if !errors.As(err, &unreachable) || !strings.Contains(err.Error(), endpoint) {
+		t.Errorf("Dial error %v (%T): want an UnreachableError naming %s", err, err, endpoint)
+	}
+}
