@@ -117,8 +117,8 @@ func (d *Datapath) attachTCX(dev string, ifindex int, p Program, prog *ebpf.Prog
 		return fmt.Errorf("attach %s to %s with tcx: %w", p, dev, err)
 	}
 	defer l.Close()
-	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
-		return fmt.Errorf("create link pin dir: %w", err)
+	if err := ownerOnlyDir(filepath.Dir(pin)); err != nil {
+		return fmt.Errorf("link pin dir: %w", err)
 	}
 	if err := l.Pin(pin); err != nil {
 		return fmt.Errorf("pin %s link on %s at %s: %w", p, dev, pin, err)

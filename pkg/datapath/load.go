@@ -50,8 +50,8 @@ func Load(opts Options) (*Datapath, error) {
 	if err := ensureBPFFS(opts.PinRoot); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.PinRoot, 0o700); err != nil {
-		return nil, fmt.Errorf("create pin root %s: %w", opts.PinRoot, err)
+	if err := ownerOnlyDir(opts.PinRoot); err != nil {
+		return nil, fmt.Errorf("pin root: %w", err)
 	}
 	spec, err := loadHgw()
 	if err != nil {
@@ -95,4 +95,17 @@ func (d *Datapath) Program(p Program) (*ebpf.Program, error) {
 		return d.progs.FromUnderlay, nil
 	}
 	return nil, fmt.Errorf("unknown program %q", p)
+}
+
+// ownerOnlyDir creates dir (0700) or narrows an existing one to 0700: the
+// maps steer every pod's traffic, so only their owner may open them
+// (bpffs pins themselves are created 0600).
+func ownerOnlyDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("make %s owner-only: %w", dir, err)
+	}
+	return nil
 }

@@ -52,9 +52,9 @@ func Format(e Env) ([]byte, error) {
 // Write replaces path atomically, as flanneld does: a temporary file in
 // the same directory, synced, renamed over path, then the directory synced,
 // so a reader (the CNI plugin, at any moment) sees the old or the new file,
-// never half of one. The mode is flanneld's: 0644 for a new file, the
-// existing file's mode otherwise. The directory is created (0755) if
-// missing.
+// never half of one. The file is owner-only (0600), also when it replaces
+// flanneld's 0644 one: its only reader, the CNI plugin, runs as root like
+// the agent. The directory is created (0755) if missing.
 func Write(path string, e Env) error {
 	data, err := Format(e)
 	if err != nil {
@@ -64,10 +64,7 @@ func Write(path string, e Env) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create directory of subnet file %s: %w", path, err)
 	}
-	perm := fs.FileMode(0o644)
-	if st, err := os.Stat(path); err == nil {
-		perm = st.Mode().Perm()
-	}
+	const perm = fs.FileMode(0o600)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("write subnet file %s: %w", path, err)

@@ -19,8 +19,9 @@ func env(network, subnet string, mtu int, masq bool) Env {
 }
 
 func TestWriteMatchesFlanneldByteForByte(t *testing.T) {
-	// The umask must not decide the mode: flanneld's files are 0644.
-	old := syscall.Umask(0o077)
+	// The umask must not decide the mode: the file is owner-only even
+	// under a umask that would let everyone read it.
+	old := syscall.Umask(0)
 	defer syscall.Umask(old)
 	dir := filepath.Join(t.TempDir(), "run", "flannel") // created by Write
 	path := filepath.Join(dir, "subnet.env")
@@ -40,8 +41,8 @@ func TestWriteMatchesFlanneldByteForByte(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Mode().Perm() != 0o644 {
-		t.Errorf("mode %v, want flanneld's 0644", st.Mode().Perm())
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want owner-only 0600", st.Mode().Perm())
 	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
@@ -83,12 +84,13 @@ func TestFormat(t *testing.T) {
 	}
 }
 
-func TestWriteReplacesAndKeepsMode(t *testing.T) {
+// flanneld's file (0644) is replaced by an owner-only one.
+func TestWriteReplacesFlanneldsFileOwnerOnly(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "subnet.env")
 	if err := os.WriteFile(path, []byte("FLANNEL_SUBNET=10.244.9.1/24\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(path, 0o640); err != nil {
+	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := Write(path, env("10.244.0.0/16", "10.244.3.0/24", 1500, true)); err != nil {
@@ -98,8 +100,8 @@ func TestWriteReplacesAndKeepsMode(t *testing.T) {
 	if string(got) != flanneldFile {
 		t.Errorf("got %q, want %q", got, flanneldFile)
 	}
-	if st, _ := os.Stat(path); st.Mode().Perm() != 0o640 {
-		t.Errorf("mode %v, want the existing file's 0640 kept (as flanneld)", st.Mode().Perm())
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want owner-only 0600", st.Mode().Perm())
 	}
 }
 
