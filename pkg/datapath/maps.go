@@ -112,8 +112,67 @@ func (r *RouteMap) Delete(subnet netip.Prefix) error {
 	return nil
 }
 
-// List returns every entry.
+// Match returns the entry the programs would use for subnet: the trie's
+// longest-prefix match (so a covering entry answers too; compare the next
+// hop to tell).
+func (r *RouteMap) Match(subnet netip.Prefix) (rt Route, ok bool, err error) {
+	key, err := routeKey(subnet)
+	if err != nil {
+		return Route{}, false, err
+	}
+	var val hgwRouteValue
+	if err := r.m.Lookup(&key, &val); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Route{}, false, nil
+		}
+		return Route{}, false, fmt.Errorf("look up %s in routes map: %w", subnet, err)
+	}
+	return Route{Subnet: subnet.Masked(), NextHop: netip.AddrFrom4(val.Nexthop), Ifindex: val.Ifindex}, true, nil
+}
+
+// List returns every entry: in batches of a thousand where the kernel can
+// (two syscalls per entry otherwise, which dominates a reconcile over
+// thousands of peers).
 func (r *RouteMap) List() ([]Route, error) {
+	out, err := r.listBatch()
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return r.listIter()
+	}
+	return out, err
+}
+
+func (r *RouteMap) listBatch() ([]Route, error) {
+	const chunk = 1024
+	keys, vals := make([]hgwRouteKey, chunk), make([]hgwRouteValue, chunk)
+	var (
+		cursor ebpf.MapBatchCursor
+		out    []Route
+	)
+	for {
+		n, err := r.m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			out = append(out, routeOf(keys[i], vals[i]))
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist): // the end
+			return out, nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return nil, err
+		case err != nil:
+			return nil, fmt.Errorf("list routes map: %w", err)
+		}
+	}
+}
+
+func routeOf(key hgwRouteKey, val hgwRouteValue) Route {
+	return Route{
+		Subnet:  netip.PrefixFrom(netip.AddrFrom4(key.Addr), int(key.Prefixlen)),
+		NextHop: netip.AddrFrom4(val.Nexthop),
+		Ifindex: val.Ifindex,
+	}
+}
+
+func (r *RouteMap) listIter() ([]Route, error) {
 	var (
 		key  hgwRouteKey
 		val  hgwRouteValue
@@ -121,11 +180,7 @@ func (r *RouteMap) List() ([]Route, error) {
 		iter = r.m.Iterate()
 	)
 	for iter.Next(&key, &val) {
-		out = append(out, Route{
-			Subnet:  netip.PrefixFrom(netip.AddrFrom4(key.Addr), int(key.Prefixlen)),
-			NextHop: netip.AddrFrom4(val.Nexthop),
-			Ifindex: val.Ifindex,
-		})
+		out = append(out, routeOf(key, val))
 	}
 	if err := iter.Err(); err != nil {
 		return nil, fmt.Errorf("list routes map: %w", err)

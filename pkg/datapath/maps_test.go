@@ -79,6 +79,24 @@ func TestRouteMapPutListDelete(t *testing.T) {
 	a2.Subnet = a2.Subnet.Masked()
 	expectRoutes(t, "after overwrite", rm, a2, b)
 
+	// Match: exact, longest prefix, and a miss.
+	if got, ok, err := rm.Match(b.Subnet); err != nil || !ok || got != b {
+		t.Errorf("Match(%s) = %+v, %v, %v; want %+v", b.Subnet, got, ok, err, b)
+	}
+	wide := datapath.Route{Subnet: netip.MustParsePrefix("10.0.0.0/8"), NextHop: netip.MustParseAddr("198.18.0.99"), Ifindex: uint32(e.eth0)}
+	if err := rm.Put(wide); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, _ := rm.Match(netip.MustParsePrefix("10.9.0.0/24")); !ok || got.NextHop != wide.NextHop {
+		t.Errorf("Match under 10.0.0.0/8 = %+v, %v; want the covering entry's next hop %s", got, ok, wide.NextHop)
+	}
+	if _, ok, _ := rm.Match(netip.MustParsePrefix("192.168.0.0/24")); ok {
+		t.Error("Match found an entry for 192.168.0.0/24")
+	}
+	if err := rm.Delete(wide.Subnet); err != nil {
+		t.Fatal(err)
+	}
+
 	if err := rm.Delete(b.Subnet); err != nil {
 		t.Fatal(err)
 	}
@@ -153,5 +171,34 @@ func TestStatsCells(t *testing.T) {
 	}
 	if len(cs)%2 != 0 {
 		t.Errorf("%d counters: not the same reasons for both programs", len(cs))
+	}
+}
+
+// List reads more entries than one batch holds, each once.
+func TestRouteMapListsThousands(t *testing.T) {
+	e := newRunEnv(t, false)
+	rm := e.dp.Routes()
+	const n = 2500
+	for i := range n {
+		r := datapath.Route{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24),
+			NextHop: netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), Ifindex: uint32(e.eth0)}
+		if err := rm.Put(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := rm.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.Prefix]bool{}
+	for _, r := range got {
+		a := r.Subnet.Addr().As4()
+		if seen[r.Subnet] || r.NextHop != netip.AddrFrom4([4]byte{198, 19, a[1], a[2]}) {
+			t.Fatalf("entry %+v listed twice or with the wrong next hop", r)
+		}
+		seen[r.Subnet] = true
+	}
+	if len(seen) != n {
+		t.Errorf("listed %d entries, want %d", len(seen), n)
 	}
 }
