@@ -95,5 +95,65 @@ and (leftovers of a crashed run) at the start.`,
 	f.IntVar(&o.PPS, "pps", 50000, "offered UDP packets per second for the CPU-per-packet figure")
 	f.StringVar(&o.OutDir, "out", "bench-out", "directory for results.json and the PNG charts")
 	f.StringVar(&cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
+	cmd.AddCommand(newBenchControlPlaneCmd(g))
+	return cmd
+}
+
+func newBenchControlPlaneCmd(g *globals) *cobra.Command {
+	var (
+		o       bench.ControlPlaneOptions
+		cniPath string
+		outDir  string
+	)
+	cmd := &cobra.Command{
+		Use:   "controlplane",
+		Short: "Measure the agent's control plane with thousands of leases",
+		Long: `Brings up a one-node lab (prefix hgwcp unless --prefix is given) per round,
+stops its agent, widens the flannel network to 10.0.0.0/8, writes --leases
+synthetic /24 leases whose peers are on an extra on-link /16 of eth0
+(198.19.0.1/16), then starts the agent and measures:
+
+  the time from 'hgw-ebpf run' starting to every lease's kernel route and
+  map entry in place (polled every 50 ms);
+  the time from a new lease's etcd Put to its map entry, for --new-leases
+  leases created one after the other (p50, p99; polled every 1 ms);
+  the agent's RSS with every lease programmed.
+
+Prints a progress line per step on stderr and the table with issue 5's
+targets on stdout; writes controlplane.json with every sample into --out.
+The lab is removed after each round, on Ctrl-C, and (leftovers of a crashed
+run) at the start.`,
+		Example: `  hgw-lab bench controlplane
+  hgw-lab bench controlplane --rounds 5 --leases 10000`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if cmd.Flags().Changed("prefix") {
+				o.Prefix = g.prefix
+			}
+			o.StateRoot, o.BinDir, o.CNIPath, o.Log, o.Progress = g.stateRoot, g.binDir, cniPath, g.logger(), os.Stderr
+			res, err := bench.RunControlPlane(ctx, o)
+			if res == nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "hgw-lab bench controlplane: %d CPUs (%s), kernel %s, load %s -> %s; %d rounds, %d leases, %d new leases\n\n",
+				res.Machine.CPUs, res.Machine.CPU, res.Machine.Kernel, res.Machine.LoadStart, res.Machine.LoadEnd,
+				res.Rounds, res.Leases, res.NewLeases)
+			errs := []error{err, res.WriteTable(out)}
+			path, jerr := res.WriteJSON(outDir)
+			if jerr == nil {
+				fmt.Fprintf(os.Stderr, "samples: %s\n", path)
+			}
+			return errors.Join(append(errs, jerr)...)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Rounds, "rounds", 3, "rounds, each on a fresh node")
+	f.IntVar(&o.Leases, "leases", 5000, "synthetic leases (peers) in etcd")
+	f.IntVar(&o.NewLeases, "new-leases", 100, "leases created one by one and timed to their map entry")
+	f.StringVar(&outDir, "out", "bench-out", "directory for controlplane.json")
+	f.StringVar(&cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
 	return cmd
 }
