@@ -64,9 +64,10 @@ test: deps check-generated lint build
 demo: deps build
 	$(BIN)/hgw-lab demo --bin $(BIN)
 
-## bench: host vs routes vs ebpf vs vxlan, bare and kube-proxy nodes (several minutes)
+## bench: the dataplane benchmark (~15 min) and the control-plane one (~30 s), into bench-out/
 bench: deps build
 	$(BIN)/hgw-lab bench --bin $(BIN) $(BENCH_FLAGS)
+	$(BIN)/hgw-lab bench controlplane --bin $(BIN) $(BENCH_CP_FLAGS)
 
 clean:
 	rm -rf $(BIN)
