@@ -19,6 +19,7 @@ type statusReport struct {
 	Config      *datapath.NodeConfig  `json:"config"`
 	Attachments []datapath.Attachment `json:"attachments"`
 	Routes      []datapath.Route      `json:"routes"`
+	Endpoints   []datapath.Endpoint   `json:"endpoints"`
 	Counters    []datapath.Counter    `json:"counters"`
 }
 
@@ -30,7 +31,8 @@ func newStatusCmd() *cobra.Command {
 		Short: "Show the pinned datapath state: attachments, routes, counters",
 		Long: `Reads the state the agent pinned under --bpffs-root, with or without an agent
 running: which programs are attached to which devices, the node config the
-programs use, the peer subnets in the routes map, and the packet counters by
+programs use, the peer subnets in the routes map, the local pods in the
+endpoints map (delivered with bpf_redirect_peer), and the packet counters by
 program and reason (summed over CPUs).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -71,6 +73,9 @@ func readStatus(root string) (*statusReport, error) {
 		return nil, err
 	}
 	if rep.Routes, err = maps.Routes().List(); err != nil {
+		return nil, err
+	}
+	if rep.Endpoints, err = maps.Endpoints().List(); err != nil {
 		return nil, err
 	}
 	if rep.Counters, err = maps.Stats(); err != nil {
@@ -115,6 +120,14 @@ func printStatus(w io.Writer, rep *statusReport, all bool) error {
 		fmt.Fprintf(tw, "  SUBNET\tNEXT HOP\tDEVICE\n")
 		for _, r := range rep.Routes {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\n", r.Subnet, r.NextHop, devName(r.Ifindex))
+		}
+	}
+
+	fmt.Fprintf(tw, "\nEndpoints map (%d local pods):\n", len(rep.Endpoints))
+	if len(rep.Endpoints) > 0 {
+		fmt.Fprintf(tw, "  POD IP\tHOST VETH\tPOD MAC\tGATEWAY MAC\n")
+		for _, e := range rep.Endpoints {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", e.IP, devName(e.Ifindex), e.PodMAC, e.GatewayMAC)
 		}
 	}
 
