@@ -206,12 +206,9 @@ func runIn(ns string, cmd *exec.Cmd) ([]byte, error) {
 // restarts it) until StartAgent: SIGTERM, as an operator's `systemctl stop`,
 // so routes, maps and program links stay in place.
 func (l *Lab) StopAgent(node string) error {
-	n, ok := l.State().Node(node)
-	if !ok {
-		return fmt.Errorf("stop agent: no node %q in lab %s", node, l.cfg.Prefix)
-	}
-	if l.datapath() == DatapathStatic {
-		return fmt.Errorf("stop agent of %s: a %s lab runs no agents", n.Name, DatapathStatic)
+	n, err := l.agentNode("stop", node)
+	if err != nil {
+		return err
 	}
 	l.stopAgent(n.Name, 5*time.Second)
 	l.updateNode(n.Name, func(st *Node) { st.AgentPID, st.AgentStart = 0, 0 })
@@ -221,12 +218,9 @@ func (l *Lab) StopAgent(node string) error {
 // StartAgent starts (and supervises again) the agent of a node stopped by
 // StopAgent; it does nothing if the agent runs.
 func (l *Lab) StartAgent(node string) error {
-	n, ok := l.State().Node(node)
-	if !ok {
-		return fmt.Errorf("start agent: no node %q in lab %s", node, l.cfg.Prefix)
-	}
-	if l.datapath() == DatapathStatic {
-		return fmt.Errorf("start agent of %s: a %s lab runs no agents", n.Name, DatapathStatic)
+	n, err := l.agentNode("start", node)
+	if err != nil {
+		return err
 	}
 	l.mu.Lock()
 	_, running := l.agents[n.Name]
@@ -235,4 +229,16 @@ func (l *Lab) StartAgent(node string) error {
 		l.runAgent(n)
 	}
 	return nil
+}
+
+// agentNode is the node whose agent op (start, stop) is asked for.
+func (l *Lab) agentNode(op, node string) (Node, error) {
+	n, ok := l.State().Node(node)
+	if !ok {
+		return Node{}, fmt.Errorf("%s agent: no node %q in lab %s", op, node, l.cfg.Prefix)
+	}
+	if l.datapath() == DatapathStatic {
+		return Node{}, fmt.Errorf("%s agent of %s: a %s lab runs no agents", op, n.Name, DatapathStatic)
+	}
+	return n, nil
 }

@@ -322,14 +322,7 @@ func TestPodAddedWhileAgentDownUsesThePlugin(t *testing.T) {
 	if p := portOf(t, st, pod); !fromPodsOn(t, st, node.Name, p.vethName) {
 		t.Errorf("the plugin did not attach from_pods to %s", p.vethName)
 	}
-	before := counterOf(t, node, "from_underlay", "redirect_peer")
-	client := st.PodsOf(st.Nodes[0].Name)[0]
-	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", pod.IP); err != nil {
-		t.Fatalf("ping %s: %v\n%s", pod.IP, err, out)
-	}
-	if got := counterOf(t, node, "from_underlay", "redirect_peer") - before; got < 5 {
-		t.Errorf("%s: redirect_peer moved by %d for 5 echo requests, agent down", node.Name, got)
-	}
+	expectPeerDelivery(t, ctx, st, node, pod, "with the agent down")
 	// The agent, back, keeps what the plugin wrote.
 	if err := l.StartAgent(node.Name); err != nil {
 		t.Fatal(err)
@@ -365,12 +358,19 @@ func TestPodAddedWhileAgentDownWithoutThePlugin(t *testing.T) {
 	if _, ok := waitFor(ctx, 5*time.Second, func() bool { return fromPodsOn(t, st, node.Name, p.vethName) }); !ok {
 		t.Errorf("the agent did not attach from_pods to %s", p.vethName)
 	}
+	expectPeerDelivery(t, ctx, st, node, pod, "after the agent learnt the pod")
+}
+
+// expectPeerDelivery pings pod on node from the first node's pod, five
+// times, and expects each request delivered by redirect_peer.
+func expectPeerDelivery(t *testing.T, ctx context.Context, st lab.State, node lab.Node, pod lab.Pod, when string) {
+	t.Helper()
 	before := counterOf(t, node, "from_underlay", "redirect_peer")
 	client := st.PodsOf(st.Nodes[0].Name)[0]
 	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", pod.IP); err != nil {
-		t.Fatalf("ping %s: %v\n%s", pod.IP, err, out)
+		t.Fatalf("ping %s %s: %v\n%s", pod.IP, when, err, out)
 	}
 	if got := counterOf(t, node, "from_underlay", "redirect_peer") - before; got < 5 {
-		t.Errorf("%s: redirect_peer moved by %d for 5 echo requests after the agent learnt the pod", node.Name, got)
+		t.Errorf("%s: redirect_peer moved by %d for 5 echo requests %s", node.Name, got, when)
 	}
 }
