@@ -38,7 +38,7 @@ const DefaultControlPlanePrefix = "hgwcp"
 var (
 	cpNetwork   = netip.MustParsePrefix("10.0.0.0/8")
 	cpNodeAddr  = netip.PrefixFrom(netip.MustParseAddr("198.19.0.1"), 16) // peers: 198.19.1.0 and up
-	cpNewLeases = netip.MustParsePrefix("10.250.0.0/16") // where the timed new leases go
+	cpNewLeases = netip.MustParsePrefix("10.250.0.0/16")                  // where the timed new leases go
 )
 
 // ControlPlaneOptions configure `hgw-lab bench controlplane`.
