@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
 func TestSubnetEnvRoundTrip(t *testing.T) {
@@ -72,5 +74,23 @@ func TestProcessIdentity(t *testing.T) {
 func TestLeaseKey(t *testing.T) {
 	if got := leaseKey("/coreos.com/network/", netip.MustParsePrefix("10.244.3.1/24")); got != "/coreos.com/network/subnets/10.244.3.0-24" {
 		t.Errorf("leaseKey = %q", got)
+	}
+}
+
+// Both kinds of redirect count as the fast path, everything else as left
+// to the kernel.
+func TestRedirectedAndPassed(t *testing.T) {
+	cs := []datapath.Counter{
+		{Program: "from_pods", Reason: "redirect", Packets: 10},
+		{Program: "from_underlay", Reason: "redirect", Packets: 3},
+		{Program: "from_underlay", Reason: "redirect_peer", Packets: 7},
+		{Program: "from_underlay", Reason: "no_route", Packets: 5},
+		{Program: "from_pods", Reason: "not_ipv4", Packets: 2},
+	}
+	if got := Redirected(cs, "from_underlay"); got != 10 {
+		t.Errorf("from_underlay redirected %d, want 10", got)
+	}
+	if got := passed(cs); got != 7 {
+		t.Errorf("passed %d, want 7", got)
 	}
 }
