@@ -22,9 +22,10 @@ func newStatsCmd() *cobra.Command {
 		Use:   "stats",
 		Short: "Show the fast-path counters by program and reason",
 		Long: `Prints the per-CPU counters of the pinned stats map, summed over CPUs: for
-each program (from_pods on the bridge, from_underlay on the underlay device)
-how many packets and bytes took the fast path (reason "redirect") and why the
-others were left to the kernel. With --watch it prints per-second rates at
+each program (from_pods on the pods' veths and the bridge, from_underlay on
+the underlay device) how many packets and bytes took the fast path (reasons
+"redirect" and "redirect_peer", the delivery straight into a known pod) and
+why the others were left to the kernel. With --watch it prints per-second rates at
 that interval until interrupted.`,
 		Example: "  hgw-ebpf stats\n  hgw-ebpf stats --watch 1s\n  hgw-ebpf stats -o json",
 		Args:    cobra.NoArgs,
