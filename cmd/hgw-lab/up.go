@@ -27,6 +27,7 @@ type labConfig struct {
 	cniPath     string
 	resync      time.Duration
 	agentArgs   []string
+	plainBridge bool
 }
 
 func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
@@ -38,13 +39,15 @@ func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
 	f.StringVar(&c.cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
 	f.DurationVar(&c.resync, "resync-interval", 2*time.Second, "the agents' --resync-interval")
 	f.StringArrayVar(&c.agentArgs, "agent-arg", nil, "extra flag for every 'hgw-ebpf run' (repeatable)")
+	f.BoolVar(&c.plainBridge, "plain-bridge-cni", false,
+		"attach pods with bridge + host-local alone, without hgw-cni chained after them: the agents learn the pods from the kernel")
 }
 
 func (c *labConfig) config(g *globals) lab.Config {
 	return lab.Config{
 		Prefix: g.prefix, StateRoot: g.stateRoot, BinDir: g.binDir, CNIPath: c.cniPath,
 		Nodes: c.nodes, PodsPerNode: c.pods, Datapath: c.datapath,
-		ResyncInterval: c.resync, AgentArgs: c.agentArgs, Log: g.logger(),
+		ResyncInterval: c.resync, AgentArgs: c.agentArgs, PlainBridgeCNI: c.plainBridge, Log: g.logger(),
 	}
 }
 
