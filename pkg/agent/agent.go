@@ -107,6 +107,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	cli, err := dialEtcd(ctx, cfg.Etcd, log)
 	if err != nil {
+		if ctx.Err() != nil { // stopped (SIGTERM) while waiting: not a failure
+			log.Info("stopped while waiting for etcd")
+			return nil
+		}
 		return err
 	}
 	defer cli.Close()
