@@ -88,7 +88,8 @@ func startLab(t *testing.T, nodes, pods int, datapath string, agentArgs ...strin
 }
 
 // startLabConfig is startLab for a config beyond nodes, pods, datapath and
-// agent flags; prefix, state root, binaries, resync and log are set here.
+// agent flags; prefix, state root, CNI path, resync and log are set here,
+// and the binaries unless cfg.BinDir names a directory of the test's own.
 func startLabConfig(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
 	requireRoot(t)
@@ -99,7 +100,10 @@ func startLabConfig(t *testing.T, cfg lab.Config) *lab.Lab {
 	prefix, root := "hgwt"+hex.EncodeToString(b), t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg.Prefix, cfg.StateRoot, cfg.BinDir, cfg.CNIPath = prefix, root, binDir, cniPath(t)
+	cfg.Prefix, cfg.StateRoot, cfg.CNIPath = prefix, root, cniPath(t)
+	if cfg.BinDir == "" {
+		cfg.BinDir = binDir
+	}
 	cfg.ResyncInterval, cfg.Log = time.Second, slog.New(slog.NewTextHandler(testLog{t}, nil))
 	l, err := lab.Up(ctx, cfg)
 	if err != nil {
