@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+// ownerOnly checks that everything under a node's pin root is owner-only
+// (directories 0700, pins 0600) and returns how many entries it saw.
+func ownerOnly(t *testing.T, n lab.Node) int {
+	t.Helper()
+	seen := 0
+	err := filepath.WalkDir(n.PinRoot, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := fs.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: %s has mode %v, want %v", n.Name, path, fi.Mode().Perm(), want)
+		}
+		seen++
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: walk %s: %v", n.Name, n.PinRoot, err)
+	}
+	return seen
+}
+
+// What a running node's agent (and the CNI plugin that shares its pins)
+// leaves on disk is owner-only: the pinned maps and links, which steer
+// every pod's traffic, and the subnet file (the flannel CNI plugin reads it
+// as root).
+func TestNodeStateIsOwnerOnly(t *testing.T) {
+	l := startLab(t, 2, 1, lab.DatapathEBPF)
+	for _, n := range l.State().Nodes {
+		// the root, links/, three link pins (cni0, eth0, the pod's veth)
+		// and the maps
+		if seen := ownerOnly(t, n); seen < 8 {
+			t.Errorf("%s: %d entries under %s, want the maps, links/ and three link pins", n.Name, seen, n.PinRoot)
+		}
+		fi, err := os.Stat(n.SubnetFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: subnet file %s has mode %v, want 0600", n.Name, n.SubnetFile, fi.Mode().Perm())
+		}
+	}
+}
