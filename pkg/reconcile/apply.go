@@ -101,7 +101,7 @@ func (a *applyRun) before(p netip.Prefix) (entry, bool) {
 // entry, one subnet at a time.
 func (a *applyRun) upsert(ctx context.Context) {
 	r := a.r
-	for _, subnet := range sortedKeys(a.want) {
+	for _, subnet := range sortedKeys(a.want, a.needsWrite) {
 		if ctx.Err() != nil {
 			return
 		}
@@ -154,9 +154,9 @@ func (a *applyRun) removeStale(ctx context.Context) {
 	r := a.r
 	removed := map[netip.Prefix][]string{}
 	if a.mapOK {
-		for _, subnet := range sortedKeys(a.inMap) {
-			if _, ok := a.want[subnet]; ok || ctx.Err() != nil {
-				continue
+		for _, subnet := range sortedKeys(a.inMap, a.unwanted) {
+			if ctx.Err() != nil {
+				break
 			}
 			if err := r.opts.RouteMap.Delete(subnet); err != nil {
 				a.fail(subnet, "map", "delete", err)
@@ -166,9 +166,9 @@ func (a *applyRun) removeStale(ctx context.Context) {
 			removed[subnet] = append(removed[subnet], "map")
 		}
 	}
-	for _, subnet := range sortedKeys(a.kernel) {
-		if _, ok := a.want[subnet]; ok || ctx.Err() != nil {
-			continue
+	for _, subnet := range sortedKeys(a.kernel, a.unwanted) {
+		if ctx.Err() != nil {
+			break
 		}
 		if err := r.deleteRoute(a.kernel[subnet].route); err != nil {
 			a.fail(subnet, "kernel", "delete", err)
@@ -189,7 +189,7 @@ func (a *applyRun) removeStale(ctx context.Context) {
 		}
 		r.opts.Log.Info("odd route of ours removed", "subnet", p, "metric", rt.Priority, "dev", r.dev())
 	}
-	for _, subnet := range sortedKeys(removed) {
+	for _, subnet := range sortedKeys(removed, nil) {
 		old, _ := a.before(subnet)
 		a.res.Removed++
 		r.opts.Log.Info("peer removed", "subnet", subnet, "nexthop", old.nexthop, "dev", r.dev(), "tables", removed[subnet])
@@ -258,12 +258,29 @@ func (r *Reconciler) deleteRoute(rt netlink.Route) error {
 	return nil
 }
 
-// sortedKeys orders subnets by address, then length: a stable order for
-// writes and logs.
-func sortedKeys[V any](m map[netip.Prefix]V) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(m))
+// needsWrite tells whether a desired subnet is missing or wrong in a
+// table that upsert would write (with the kernel unlisted, none is).
+func (a *applyRun) needsWrite(subnet netip.Prefix) bool {
+	w := a.want[subnet]
+	return a.kernelOK && (a.kernel[subnet].entry != w || (a.mapOK && a.inMap[subnet] != w))
+}
+
+// unwanted tells whether a listed subnet is not desired.
+func (a *applyRun) unwanted(subnet netip.Prefix) bool {
+	_, ok := a.want[subnet]
+	return !ok
+}
+
+// sortedKeys orders the subnets of m that keep accepts (all if nil) by
+// address, then length: a stable order for writes and logs. Filtering
+// first keeps the sort to what changes: a run over thousands of peers
+// that are all in place sorts nothing.
+func sortedKeys[V any](m map[netip.Prefix]V, keep func(netip.Prefix) bool) []netip.Prefix {
+	var out []netip.Prefix
 	for p := range m {
-		out = append(out, p)
+		if keep == nil || keep(p) {
+			out = append(out, p)
+		}
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
