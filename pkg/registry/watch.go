@@ -3,7 +3,8 @@ package registry
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -147,16 +148,21 @@ func (r *Registry) sameHistory(ctx context.Context, cluster uint64, seen int64) 
 }
 
 func snapshot(rev int64, leases map[string]Lease, skipped map[string]Skipped) Snapshot {
-	s := Snapshot{Revision: rev}
-	for _, l := range leases {
-		s.Leases = append(s.Leases, l)
+	return Snapshot{Revision: rev, Leases: byKey(leases), Skipped: byKey(skipped)}
+}
+
+// byKey is m's values in key order (nil if m is empty). It sorts the keys,
+// not the values: a snapshot is built on every watch event, and sorting
+// thousands of leases moved a whole Lease per swap (3x slower at 5,000).
+func byKey[V any](m map[string]V) []V {
+	if len(m) == 0 {
+		return nil
 	}
-	for _, sk := range skipped {
-		s.Skipped = append(s.Skipped, sk)
+	out := make([]V, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
 	}
-	sort.Slice(s.Leases, func(i, j int) bool { return s.Leases[i].Key < s.Leases[j].Key })
-	sort.Slice(s.Skipped, func(i, j int) bool { return s.Skipped[i].Key < s.Skipped[j].Key })
-	return s
+	return out
 }
 
 // backoff doubles a wait up to a ceiling; reset after success.
