@@ -453,16 +453,5 @@ func (r *ControlPlaneResult) WriteTable(w io.Writer) error {
 
 // WriteJSON writes dir/controlplane.json and returns its path.
 func (r *ControlPlaneResult) WriteJSON(dir string) (string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("output dir: %w", err)
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return "", fmt.Errorf("encode results: %w", err)
-	}
-	path := filepath.Join(dir, "controlplane.json")
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return "", fmt.Errorf("write results: %w", err)
-	}
-	return path, nil
+	return writeJSON(dir, "controlplane.json", r)
 }

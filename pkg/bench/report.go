@@ -144,13 +144,22 @@ func ratio(v float64) string {
 // WriteJSON writes the result with every sample to dir/results.json and
 // returns the path.
 func (r *Result) WriteJSON(dir string) (string, error) {
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return "", fmt.Errorf("encode results: %w", err)
+	return writeJSON(dir, "results.json", r)
+}
+
+// writeJSON writes v, indented, to dir/name (making dir) and returns the
+// path.
+func writeJSON(dir, name string, v any) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("output dir: %w", err)
 	}
-	path := filepath.Join(dir, "results.json")
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("encode %s: %w", name, err)
+	}
+	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return "", fmt.Errorf("write results: %w", err)
+		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return path, nil
 }
