@@ -8,7 +8,6 @@ package datapath_test
 import (
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -43,33 +42,10 @@ func newTestNetns(t testing.TB) *testNetns {
 	return &testNetns{name: name, ns: ns, h: h}
 }
 
-// do runs fn on a locked OS thread inside the namespace and brings the
-// thread home afterwards (also when fn calls t.Fatal). Test runs need it:
-// the kernel gives the skb the loopback device of the calling thread's
-// namespace and resolves bpf_check_mtu's ifindex there.
-func (n *testNetns) do(t testing.TB, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(n.ns); err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("enter %s: %v", n.name, err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the runtime discards the thread with this
-			// goroutine, so nothing else runs in the wrong namespace.
-			t.Fatalf("restore netns after %s: %v", n.name, err)
-		}
-		runtime.UnlockOSThread()
-	}()
-	fn()
-}
+// do runs fn on a locked OS thread inside the namespace (testutil.Do).
+// Test runs need it: the kernel gives the skb the loopback device of the
+// calling thread's namespace and resolves bpf_check_mtu's ifindex there.
+func (n *testNetns) do(t testing.TB, fn func()) { testutil.Do(t, n.ns, fn) }
 
 // addLink creates l in the namespace, up, and returns its ifindex.
 func (n *testNetns) addLink(t testing.TB, l netlink.Link) int {

@@ -99,7 +99,13 @@ type counterKey struct{ program, reason string }
 
 func (e *runEnv) stats(t testing.TB) map[counterKey]datapath.Counter {
 	t.Helper()
-	cs, err := e.dp.Stats()
+	return countersOf(t, e.dp)
+}
+
+// countersOf reads every counter of dp, by program and reason.
+func countersOf(t testing.TB, dp *datapath.Datapath) map[counterKey]datapath.Counter {
+	t.Helper()
+	cs, err := dp.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,15 +65,7 @@ func newWireEnv(t *testing.T) *wireEnv {
 
 func (e *wireEnv) counters(t *testing.T) map[counterKey]datapath.Counter {
 	t.Helper()
-	cs, err := e.dp.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := make(map[counterKey]datapath.Counter, len(cs))
-	for _, c := range cs {
-		m[counterKey{c.Program, c.Reason}] = c
-	}
-	return m
+	return countersOf(t, e.dp)
 }
 
 // send puts frame on eth0-peer, so that it arrives at eth0, and waits until
