@@ -141,15 +141,21 @@ func TestKeepAliveReacquires(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.put(t, l.Key, other, 0)
-	l4 := k.change(t)
-	if l4.Subnet == l.Subnet {
-		t.Fatalf("re-acquired %s, which 198.18.0.99 now holds", l4.Subnet)
+	c.expectMovedAway(t, l, k.change(t), other)
+}
+
+// expectMovedAway checks that KeepAlive left old, now held by another node
+// (value other, untouched), for a lease of its own on another subnet.
+func (c *cluster) expectMovedAway(t *testing.T, old, moved registry.Lease, other string) {
+	t.Helper()
+	if moved.Subnet == old.Subnet {
+		t.Fatalf("still on %s, which 198.18.0.99 now holds", old.Subnet)
 	}
-	if kv := c.get(t, l.Key); kv == nil || kv.Value != other {
+	if kv := c.get(t, old.Key); kv == nil || kv.Value != other {
 		t.Errorf("other node's key changed: %+v", kv)
 	}
-	if kv := c.get(t, l4.Key); kv == nil || int64(kv.Lease) != l4.LeaseID || !strings.Contains(kv.Value, `"198.18.0.11"`) {
-		t.Errorf("our new key %s: %+v", l4.Key, kv)
+	if kv := c.get(t, moved.Key); kv == nil || int64(kv.Lease) != moved.LeaseID || !strings.Contains(kv.Value, `"198.18.0.11"`) {
+		t.Errorf("our new key %s: %+v", moved.Key, kv)
 	}
 }
 
@@ -166,16 +172,7 @@ func TestKeepAliveNoticesKeyTakenOver(t *testing.T) {
 	k := startKeepAlive(t, c.reg, l, o)
 	other := `{"PublicIP":"198.18.0.99","BackendType":"host-gw"}`
 	c.put(t, l.Key, other, 60)
-	l2 := k.change(t)
-	if l2.Subnet == l.Subnet {
-		t.Fatalf("still on %s, which 198.18.0.99 now holds", l.Subnet)
-	}
-	if kv := c.get(t, l.Key); kv == nil || kv.Value != other {
-		t.Errorf("other node's key changed: %+v", kv)
-	}
-	if kv := c.get(t, l2.Key); kv == nil || int64(kv.Lease) != l2.LeaseID || !strings.Contains(kv.Value, `"198.18.0.11"`) {
-		t.Errorf("our new key %s: %+v", l2.Key, kv)
-	}
+	c.expectMovedAway(t, l, k.change(t), other)
 }
 
 func TestRelease(t *testing.T) {
