@@ -307,6 +307,17 @@ func measure(ctx context.Context, o *Options, p path, profile string, round int)
 	return out
 }
 
+// briefFormats are the figures the progress line shows, and how.
+var briefFormats = map[string]string{
+	FigTCPThroughput.Key:  "tcp %.2f Gbit/s",
+	FigTCPRTT50.Key:       "tcp rtt %.1fµs",
+	FigUDPRTT50.Key:       "udp rtt %.1fµs",
+	FigConnRate.Key:       "%.0f conn/s",
+	FigCPUPerPacket.Key:   "%.0f ns/pkt",
+	FigFromPodsNs.Key:     "from_pods %.0f ns",
+	FigFromUnderlayNs.Key: "from_underlay %.0f ns",
+}
+
 // brief is the progress line's summary of one path's samples.
 func brief(samples []Sample) string {
 	var parts []string
@@ -315,21 +326,8 @@ func brief(samples []Sample) string {
 			parts = append(parts, s.Figure+"=ERR")
 			continue
 		}
-		switch s.Figure {
-		case FigTCPThroughput.Key:
-			parts = append(parts, fmt.Sprintf("tcp %.2f Gbit/s", s.Value))
-		case FigTCPRTT50.Key:
-			parts = append(parts, fmt.Sprintf("tcp rtt %.1fµs", s.Value))
-		case FigUDPRTT50.Key:
-			parts = append(parts, fmt.Sprintf("udp rtt %.1fµs", s.Value))
-		case FigConnRate.Key:
-			parts = append(parts, fmt.Sprintf("%.0f conn/s", s.Value))
-		case FigCPUPerPacket.Key:
-			parts = append(parts, fmt.Sprintf("%.0f ns/pkt", s.Value))
-		case FigFromPodsNs.Key:
-			parts = append(parts, fmt.Sprintf("from_pods %.0f ns", s.Value))
-		case FigFromUnderlayNs.Key:
-			parts = append(parts, fmt.Sprintf("from_underlay %.0f ns", s.Value))
+		if format, ok := briefFormats[s.Figure]; ok {
+			parts = append(parts, fmt.Sprintf(format, s.Value))
 		}
 	}
 	return strings.Join(parts, "  ")

@@ -317,3 +317,17 @@ func TestOptionsDefaultsAndOrder(t *testing.T) {
 		}
 	}
 }
+
+// The progress line shows the figures it knows, in sample order, and
+// names failed ones.
+func TestBrief(t *testing.T) {
+	got := brief([]Sample{
+		{Figure: FigTCPThroughput.Key, Value: 9.5},
+		{Figure: FigTCPRTT99.Key, Value: 80},
+		{Figure: FigUDPRTT50.Key, Error: "timed out"},
+		{Figure: FigFromPodsNs.Key, Value: 181.2},
+	})
+	if want := "tcp 9.50 Gbit/s  udp_rtt_p50=ERR  from_pods 181 ns"; got != want {
+		t.Errorf("brief = %q, want %q", got, want)
+	}
+}
