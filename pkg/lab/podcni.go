@@ -29,12 +29,9 @@ func (n *cniNetwork) check(ctx context.Context, pod string) error {
 // RemovePod detaches a pod through the CNI plugins' DEL, as a runtime
 // deleting the pod would, then removes its namespace.
 func (l *Lab) RemovePod(ctx context.Context, name string) error {
-	l.mu.Lock()
-	pod, ok := l.state.Pod(name)
-	cni := l.cni[pod.Node]
-	l.mu.Unlock()
-	if !ok || cni == nil {
-		return fmt.Errorf("remove pod: no pod %s on a ready node", name)
+	cni, err := l.podNetwork("remove", name)
+	if err != nil {
+		return err
 	}
 	if err := cni.detach(ctx, name); err != nil {
 		return err
@@ -55,12 +52,21 @@ func (l *Lab) RemovePod(ctx context.Context, name string) error {
 
 // CheckPod runs the CNI plugins' CHECK for a pod.
 func (l *Lab) CheckPod(ctx context.Context, name string) error {
-	l.mu.Lock()
-	pod, ok := l.state.Pod(name)
-	cni := l.cni[pod.Node]
-	l.mu.Unlock()
-	if !ok || cni == nil {
-		return fmt.Errorf("check pod: no pod %s on a ready node", name)
+	cni, err := l.podNetwork("check", name)
+	if err != nil {
+		return err
 	}
 	return cni.check(ctx, name)
+}
+
+// podNetwork is the CNI network of the node a pod runs on, for op.
+func (l *Lab) podNetwork(op, name string) (*cniNetwork, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pod, ok := l.state.Pod(name)
+	cni := l.cni[pod.Node]
+	if !ok || cni == nil {
+		return nil, fmt.Errorf("%s pod: no pod %s on a ready node", op, name)
+	}
+	return cni, nil
 }
