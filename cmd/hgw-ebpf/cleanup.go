@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/vishvananda/netlink"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
@@ -19,9 +20,9 @@ import (
 
 func newCleanupCmd() *cobra.Command {
 	var (
-		root, subnetFile, publicIP string
-		release                    bool
-		etcd                       etcdFlags
+		root, subnetFile, iface, publicIP string
+		release                           bool
+		etcd                              etcdFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "cleanup",
@@ -29,10 +30,14 @@ func newCleanupCmd() *cobra.Command {
 		Long: `Removes what the agent owns on this node: detaches both programs (tcx links and
 tc filters), deletes the pinned maps under --bpffs-root, and deletes the kernel
 routes tagged with the agent's route protocol (104; no other route is
-touched). With --release-lease it also deletes this node's lease from etcd
-(the subnet comes from --subnet-file, the owner check uses --public-ip), so the
-other nodes drop their routes to it at once. Stop the agent first. Safe to
-run twice or on a node with nothing installed.`,
+touched). With --release-lease it also deletes this node's lease from etcd,
+found as ` + "`run`" + ` finds it: the subnet from --subnet-file, the node's public IP
+from --public-ip or else --iface's first IPv4 address (default: the default
+route's device); a lease naming another public IP is left alone. The other
+nodes then drop their routes to this node at once. Stop the agent first.
+Safe to run twice or on a node with nothing installed.`,
+		Example: `  hgw-ebpf cleanup
+  hgw-ebpf cleanup --release-lease --etcd-endpoints http://10.0.0.1:2379`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
@@ -52,7 +57,7 @@ run twice or on a node with nothing installed.`,
 			}
 			slog.Info("kernel routes removed", "count", n, "protocol", int(reconcile.RouteProtocol))
 			if release {
-				if err := releaseLease(cmd.Context(), etcd, subnetFile, publicIP); err != nil {
+				if err := releaseLease(cmd.Context(), etcd, subnetFile, iface, publicIP); err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -63,19 +68,26 @@ run twice or on a node with nothing installed.`,
 	f := cmd.Flags()
 	f.BoolVar(&release, "release-lease", false, "also delete this node's subnet lease from etcd")
 	f.StringVar(&subnetFile, "subnet-file", "/run/flannel/subnet.env", "subnet file naming this node's subnet (with --release-lease)")
-	f.StringVar(&publicIP, "public-ip", "", "this node's public IP, which the lease must name (with --release-lease)")
+	f.StringVar(&iface, "iface", "", "underlay device whose first IPv4 is the node's public IP (default: the default route's device; with --release-lease)")
+	f.StringVar(&publicIP, "public-ip", "", "this node's public IP, which the lease must name (default: from --iface; with --release-lease)")
 	etcd.register(f)
 	return cmd
 }
 
-func releaseLease(ctx context.Context, etcd etcdFlags, subnetFile, publicIP string) error {
+func releaseLease(ctx context.Context, etcd etcdFlags, subnetFile, iface, publicIP string) error {
 	env, err := subnetfile.Read(subnetFile)
 	if err != nil {
-		return fmt.Errorf("--release-lease needs this node's subnet: %w", err)
+		return fmt.Errorf("--release-lease needs this node's subnet from --subnet-file: %w", err)
 	}
-	ip, err := netip.ParseAddr(publicIP)
-	if err != nil || !ip.Is4() {
-		return fmt.Errorf("--release-lease needs --public-ip (the IPv4 the lease names), got %q", publicIP)
+	var given netip.Addr
+	if publicIP != "" {
+		if given, err = netip.ParseAddr(publicIP); err != nil || !given.Is4() {
+			return fmt.Errorf("--public-ip %q is not an IPv4 address", publicIP)
+		}
+	}
+	ip, err := agent.PublicIP(iface, given)
+	if err != nil {
+		return fmt.Errorf("--release-lease needs this node's public IP: %w", err)
 	}
 	opts, err := etcd.client()
 	if err != nil {

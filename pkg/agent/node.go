@@ -54,6 +54,14 @@ func resolveUnderlay(iface string, publicIP netip.Addr) (underlay, error) {
 	return u, nil
 }
 
+// PublicIP is the address `run` takes as this node's public IP: publicIP
+// when given, else the first IPv4 address of iface (default: the default
+// route's device). `cleanup --release-lease` finds the node's lease by it.
+func PublicIP(iface string, publicIP netip.Addr) (netip.Addr, error) {
+	ul, err := resolveUnderlay(iface, publicIP)
+	return ul.publicIP, err
+}
+
 func defaultRouteLink() (netlink.Link, error) {
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 
@@ -20,10 +19,7 @@ func layoutTestRoot(t *testing.T) string {
 	b := make([]byte, 4)
 	rand.Read(b)
 	root := "/sys/fs/bpf/hgwt-layout-" + hex.EncodeToString(b)
-	if err := ensureBPFFS(root); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
+	if err := PreparePinRoot(root); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -47,10 +47,7 @@ func Load(opts Options) (*Datapath, error) {
 	if _, err := parseMode(string(opts.Mode)); err != nil {
 		return nil, err
 	}
-	if err := ensureBPFFS(opts.PinRoot); err != nil {
-		return nil, err
-	}
-	if err := ownerOnlyDir(opts.PinRoot); err != nil {
+	if err := PreparePinRoot(opts.PinRoot); err != nil {
 		return nil, fmt.Errorf("pin root: %w", err)
 	}
 	spec, err := loadHgw()

@@ -31,7 +31,7 @@ type agentProc struct {
 // would be one node's state seen by all.
 func (l *Lab) agentArgs(n Node) []string {
 	args := []string{"run",
-		"--etcd-endpoints", etcdEndpoint(),
+		"--etcd-endpoints", EtcdEndpoint(),
 		"--etcd-prefix", l.cfg.EtcdPrefix,
 		"--iface", nodeUplink,
 		"--public-ip", n.IP,

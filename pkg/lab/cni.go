@@ -14,6 +14,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // subnetEnv is the part of a flanneld subnet file the pods need.
@@ -144,7 +146,7 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, chain *hgwCha
 // container runtime on that node would run them, so cni0 and the host end
 // of the pod's veth are created there.
 func (n *cniNetwork) attach(ctx context.Context, pod string) (netip.Addr, error) {
-	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: netnsPath(pod), IfName: podIface}
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface}
 	var res *types100.Result
 	err := inNetns(n.nodeNS, func() error {
 		r, err := n.cni.AddNetworkList(ctx, n.conf, rt)

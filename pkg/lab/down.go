@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // DownOptions says which lab to remove.
@@ -62,7 +64,7 @@ func Down(ctx context.Context, o DownOptions) error {
 		}
 	}
 
-	names, err := listNetns(o.Prefix)
+	names, err := namedns.List(o.Prefix + "-")
 	if err != nil {
 		return err
 	}
@@ -77,7 +79,7 @@ func Down(ctx context.Context, o DownOptions) error {
 			continue // e.g. "<prefix>-other": not ours
 		}
 		log.Info("deleting netns", "netns", name)
-		errs = append(errs, deleteNetns(name))
+		errs = append(errs, namedns.Delete(name))
 	}
 	dir := StateDir(o.StateRoot, o.Prefix)
 	if err := os.RemoveAll(dir); err != nil {
@@ -92,7 +94,7 @@ func Down(ctx context.Context, o DownOptions) error {
 func killInNetns(names []string, log *slog.Logger) error {
 	inodes := map[uint64]string{}
 	for _, name := range names {
-		if ino, err := netnsInode(netnsPath(name)); err == nil {
+		if ino, err := netnsInode(namedns.Path(name)); err == nil {
 			inodes[ino] = name
 		}
 	}

@@ -20,8 +20,8 @@ import (
 // networkConfig is the flannel network config the lab seeds.
 const networkConfig = `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}`
 
-// etcdEndpoint is the URL the agents (inside the node namespaces) use.
-func etcdEndpoint() string {
+// EtcdEndpoint is the URL the agents (inside the node namespaces) use.
+func EtcdEndpoint() string {
 	return "http://" + net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort))
 }
 
@@ -97,13 +97,13 @@ func newEtcdClient(underlay string) (*clientv3.Client, error) {
 		return conn, err
 	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{etcdEndpoint()},
+		Endpoints:   []string{EtcdEndpoint()},
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", etcdEndpoint(), err)
+		return nil, fmt.Errorf("etcd client for %s: %w", EtcdEndpoint(), err)
 	}
 	return cli, nil
 }

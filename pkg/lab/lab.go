@@ -171,7 +171,7 @@ func (l *Lab) build(ctx context.Context) error {
 	l.state = State{
 		Prefix: l.cfg.Prefix, Dir: dir, PID: os.Getpid(), PIDStart: start, Started: time.Now(),
 		Datapath: l.cfg.Datapath, BinDir: l.cfg.BinDir, PinRoot: pinRoot(l.cfg.Prefix),
-		Underlay: underlayNS(l.cfg.Prefix), Etcd: etcdEndpoint(), EtcdKeys: l.cfg.EtcdPrefix, NextIndex: 1,
+		Underlay: underlayNS(l.cfg.Prefix), Etcd: EtcdEndpoint(), EtcdKeys: l.cfg.EtcdPrefix, NextIndex: 1,
 	}
 	if err := l.saveState(); err != nil {
 		return err

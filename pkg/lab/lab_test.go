@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 func requireRoot(t *testing.T) {
@@ -73,7 +75,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // directory, state directory, or one of the given processes.
 func assertNoTrace(t *testing.T, prefix, stateRoot string, pids map[int]uint64) {
 	t.Helper()
-	if names, err := listNetns(prefix); err != nil || len(names) > 0 {
+	if names, err := namedns.List(prefix + "-"); err != nil || len(names) > 0 {
 		t.Errorf("namespaces left: %v (err %v)", names, err)
 	}
 	for _, path := range []string{StateDir(stateRoot, prefix), pinRoot(prefix)} {
@@ -235,7 +237,7 @@ func TestDownAfterCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 			_ = cmd.Wait()
-			if names, _ := listNetns(prefix); len(names) != 5 { // underlay, 2 nodes, 2 pods
+			if names, _ := namedns.List(prefix + "-"); len(names) != 5 { // underlay, 2 nodes, 2 pods
 				t.Fatalf("namespaces after crash: %v, want 5", names)
 			}
 			if !sameProcess(pid, start) {
@@ -328,7 +330,7 @@ func TestStaticNodeJoinAndLeave(t *testing.T) {
 			t.Errorf("%s still routes %s after %s left", n.Name, gone, n3.Name)
 		}
 	}
-	names, _ := listNetns(prefix)
+	names, _ := namedns.List(prefix + "-")
 	for _, name := range names {
 		if strings.HasPrefix(name, n3.Name) {
 			t.Errorf("namespace %s of the removed node left", name)

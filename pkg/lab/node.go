@@ -13,6 +13,9 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // AddNode adds a node to the running lab (with its agent, but no pods) and
@@ -62,7 +65,7 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 		return Node{}, fmt.Errorf("create node dir: %w", err)
 	}
 	if l.cfg.Datapath != DatapathStatic && !flannelSubnet.IsValid() {
-		if err := os.MkdirAll(n.PinRoot, 0o700); err != nil {
+		if err := datapath.PreparePinRoot(n.PinRoot); err != nil {
 			return Node{}, fmt.Errorf("create pin dir: %w", err)
 		}
 	}
@@ -206,9 +209,9 @@ func (l *Lab) RemoveNode(ctx context.Context, name string) error {
 		}
 	}
 	for _, p := range l.State().PodsOf(name) {
-		errs = append(errs, deleteNetns(p.Name))
+		errs = append(errs, namedns.Delete(p.Name))
 	}
-	errs = append(errs, removeUnderlayPort(l.State().Underlay, n.Index), deleteNetns(name))
+	errs = append(errs, removeUnderlayPort(l.State().Underlay, n.Index), namedns.Delete(name))
 	if err := os.RemoveAll(n.PinRoot); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", n.PinRoot, err))
 	}

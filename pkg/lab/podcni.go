@@ -5,12 +5,14 @@ import (
 	"fmt"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // detach runs the plugins' DEL for a pod namespace (in reverse order, with
 // the cached result, as a runtime would); running it twice is fine.
 func (n *cniNetwork) detach(ctx context.Context, pod string) error {
-	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: netnsPath(pod), IfName: podIface}
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface}
 	if err := inNetns(n.nodeNS, func() error { return n.cni.DelNetworkList(ctx, n.conf, rt) }); err != nil {
 		return fmt.Errorf("CNI DEL %s on %s: %w", pod, n.nodeNS, err)
 	}
@@ -19,7 +21,7 @@ func (n *cniNetwork) detach(ctx context.Context, pod string) error {
 
 // check runs the plugins' CHECK for a pod namespace.
 func (n *cniNetwork) check(ctx context.Context, pod string) error {
-	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: netnsPath(pod), IfName: podIface}
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface}
 	if err := inNetns(n.nodeNS, func() error { return n.cni.CheckNetworkList(ctx, n.conf, rt) }); err != nil {
 		return fmt.Errorf("CNI CHECK %s on %s: %w", pod, n.nodeNS, err)
 	}
@@ -36,7 +38,7 @@ func (l *Lab) RemovePod(ctx context.Context, name string) error {
 	if err := cni.detach(ctx, name); err != nil {
 		return err
 	}
-	if err := deleteNetns(name); err != nil {
+	if err := namedns.Delete(name); err != nil {
 		return err
 	}
 	l.mu.Lock()

@@ -3,6 +3,8 @@ package lab
 import (
 	"context"
 	"fmt"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // AddPod creates a pod namespace on node and attaches it through the CNI
@@ -29,7 +31,7 @@ func (l *Lab) AddPod(ctx context.Context, node string) (Pod, error) {
 		name = PodName(l.cfg.Prefix, k, j)
 	}
 	l.mu.Unlock()
-	if err := createNetns(name); err != nil {
+	if err := namedns.Create(name); err != nil {
 		return Pod{}, err
 	}
 	// Record the pod before attaching: a half-attached pod is still removed.

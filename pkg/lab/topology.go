@@ -9,13 +9,15 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // createUnderlay creates the underlay namespace with bridge br0 holding
 // 198.18.0.1/24. It has no uplink and ip_forward stays 0 there, so nothing
 // a node sends to it can go further.
 func createUnderlay(name string) error {
-	if err := createNetns(name); err != nil {
+	if err := namedns.Create(name); err != nil {
 		return err
 	}
 	h, err := HandleAt(name)
@@ -41,7 +43,7 @@ func createUnderlay(name string) error {
 // on. No default route: the agents get --iface and --public-ip explicitly,
 // and the underlay leads nowhere, so a default route would only pretend.
 func createNode(underlay, name string, k int) error {
-	if err := createNetns(name); err != nil {
+	if err := namedns.Create(name); err != nil {
 		return err
 	}
 	ulNs, err := netns.GetFromName(underlay)

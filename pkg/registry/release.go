@@ -19,6 +19,7 @@ func (r *Registry) Release(ctx context.Context, subnet netip.Prefix, publicIP ne
 		return fmt.Errorf("read %s: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
+		r.log.Info("no lease to release", "subnet", subnet, "key", key)
 		return nil
 	}
 	kv := resp.Kvs[0]
@@ -41,6 +42,6 @@ func (r *Registry) Release(ctx context.Context, subnet netip.Prefix, publicIP ne
 			r.log.Warn("revoke released lease", "key", key, "err", err)
 		}
 	}
-	r.log.Info("lease released", "subnet", subnet, "key", key)
+	r.log.Info("lease released", "subnet", subnet, "key", key, "public_ip", publicIP)
 	return nil
 }

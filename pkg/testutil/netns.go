@@ -13,10 +13,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
-)
 
-// netnsDir is where `ip netns` and netns.NewNamed keep named namespaces.
-const netnsDir = "/var/run/netns"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
+)
 
 // staleAfter is how old a leftover namespace of ours must be before it is
 // taken for a crashed run's: far beyond go test's default 10 min timeout,
@@ -57,28 +56,17 @@ func create(t testing.TB, prefix string) (string, netns.NsHandle) {
 	}
 	name := prefix + "-" + RandHex(t, 3)
 
-	// NewNamed unshares the calling thread into the new namespace: keep
-	// the goroutine on that thread until it is back home.
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
+	if err := namedns.Create(name); err != nil {
+		t.Fatal(err)
 	}
-	defer orig.Close()
-	h, err := netns.NewNamed(name)
-	if rerr := netns.Set(orig); rerr != nil {
-		// Stay locked: the runtime discards the thread when this
-		// goroutine ends, so no code runs in the wrong namespace.
-		t.Fatalf("restore netns after creating %s: %v", name, rerr)
-	}
-	runtime.UnlockOSThread()
+	h, err := netns.GetFromName(name)
 	if err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
+		namedns.Delete(name)
+		t.Fatalf("open netns %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
+		if err := namedns.Delete(name); err != nil {
+			t.Error(err)
 		}
 		if err := h.Close(); err != nil {
 			t.Errorf("close netns %s: %v", name, err)
@@ -134,12 +122,12 @@ func CleanupStale(prefix string) error {
 	if !strings.HasPrefix(prefix, NSPrefix) {
 		return fmt.Errorf("cleanup stale netns %q: only names starting with %q", prefix, NSPrefix)
 	}
-	entries, err := os.ReadDir(netnsDir)
+	entries, err := os.ReadDir(namedns.Dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("list %s: %w", netnsDir, err)
+		return fmt.Errorf("list %s: %w", namedns.Dir, err)
 	}
 	var errs []error
 	for _, e := range entries {
@@ -152,7 +140,7 @@ func CleanupStale(prefix string) error {
 		}
 		if err := netns.DeleteNamed(e.Name()); err != nil {
 			// Not mounted (a crash between create and mount): just the file.
-			if err := os.Remove(filepath.Join(netnsDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := os.Remove(filepath.Join(namedns.Dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove stale netns %s: %w", e.Name(), err))
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 func currentNetNS(t *testing.T) netns.NsHandle {
@@ -52,7 +54,7 @@ func TestNetNSCreatesNamedAndRemoves(t *testing.T) {
 			t.Errorf("thread left in another netns after NetNS")
 		}
 	})
-	if _, err := os.Stat(filepath.Join(netnsDir, name)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(namedns.Dir, name)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("netns %s still exists after its test ended (stat: %v)", name, err)
 	}
 }
@@ -91,13 +93,13 @@ func TestDoEntersAndRestores(t *testing.T) {
 func TestNetNSRemovesStaleLeftovers(t *testing.T) {
 	RequireRoot(t)
 	prefix := "tu" + RandHex(t, 2)
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+	if err := os.MkdirAll(namedns.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// Plain files stand in for a crashed run's leftovers (nsfs times
 	// cannot be set); removeStale handles both.
-	stale := filepath.Join(netnsDir, "hgwt-"+prefix+"-aaaaaa")
-	fresh := filepath.Join(netnsDir, "hgwt-"+prefix+"-bbbbbb")
+	stale := filepath.Join(namedns.Dir, "hgwt-"+prefix+"-aaaaaa")
+	fresh := filepath.Join(namedns.Dir, "hgwt-"+prefix+"-bbbbbb")
 	for _, p := range []string{stale, fresh} {
 		if err := os.WriteFile(p, nil, 0o444); err != nil {
 			t.Fatal(err)
@@ -125,7 +127,7 @@ func TestNewNetNSNamesAndRemoves(t *testing.T) {
 	var name string
 	t.Run("create", func(t *testing.T) {
 		h = NewNetNS(t, "hgwt-tu-new")
-		matches, _ := filepath.Glob(filepath.Join(netnsDir, "hgwt-tu-new-*"))
+		matches, _ := filepath.Glob(filepath.Join(namedns.Dir, "hgwt-tu-new-*"))
 		for _, m := range matches {
 			byName, err := netns.GetFromPath(m)
 			if err != nil {
@@ -137,7 +139,7 @@ func TestNewNetNSNamesAndRemoves(t *testing.T) {
 			byName.Close()
 		}
 		if name == "" {
-			t.Fatalf("no hgwt-tu-new-* in %s is the returned namespace (found %v)", netnsDir, matches)
+			t.Fatalf("no hgwt-tu-new-* in %s is the returned namespace (found %v)", namedns.Dir, matches)
 		}
 	})
 	if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {

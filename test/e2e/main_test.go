@@ -38,8 +38,9 @@ func runTests(m *testing.M) int {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		// hgw-cni too: the lab chains it after bridge on ebpf nodes.
-		for _, cmd := range []string{"hgw-ebpf", "hgw-cni"} {
+		// hgw-cni too: the lab chains it after bridge on ebpf nodes; hgw-lab
+		// for the tests that use the lab as a user does.
+		for _, cmd := range []string{"hgw-ebpf", "hgw-cni", "hgw-lab"} {
 			build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "./cmd/"+cmd)
 			build.Dir = repoRoot()
 			out, err := build.CombinedOutput()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -11,8 +12,11 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
 // maxConvergence is how long after a lease appears or disappears every
@@ -153,5 +157,64 @@ func eventTime(t *testing.T, events <-chan leaseEvent, typ mvccpb.Event_EventTyp
 		case <-timeout:
 			t.Fatalf("no %s event for the lease of %s", typ, subnet)
 		}
+	}
+}
+
+// `hgw-ebpf cleanup --release-lease`, given only the etcd flags and the
+// subnet file, finds the node's lease as `run` does (public IP from the
+// default route's device) and releases it: the other nodes drop their
+// route and map entry, and it says which lease it released.
+func TestCleanupReleasesTheLeaseRunWouldFind(t *testing.T) {
+	l := startLab(t, 2, 1, lab.DatapathEBPF)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st := l.State()
+	n := st.Nodes[0]
+	subnet := netip.MustParsePrefix(n.Subnet)
+	key := st.EtcdKeys + "/subnets/" + registry.SubnetKey(subnet)
+	if err := l.StopAgent(n.Name); err != nil {
+		t.Fatal(err)
+	}
+	// Lab nodes have no default route (their agents get --iface); a real
+	// node has one, and cleanup takes the public IP from its device.
+	addDefaultRoute(t, n)
+
+	out, err := st.Output(ctx, n.Name, filepath.Join(binDir, "hgw-ebpf"), "cleanup", "--release-lease",
+		"--etcd-endpoints", lab.EtcdEndpoint(), "--etcd-prefix", st.EtcdKeys,
+		"--subnet-file", n.SubnetFile, "--bpffs-root", n.PinRoot)
+	if err != nil {
+		t.Fatalf("cleanup --release-lease: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "lease released") || !strings.Contains(out, key) || !strings.Contains(out, n.IP) {
+		t.Errorf("cleanup does not say it released %s of %s:\n%s", key, n.IP, out)
+	}
+	resp, err := l.Etcd().Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 0 {
+		t.Errorf("lease %s still in etcd after cleanup --release-lease", key)
+	}
+	if _, ok := waitFor(ctx, 5*time.Second, func() bool { return everyPeer(t, l.State(), n, subnet, false) }); !ok {
+		t.Errorf("peers still route %s after its lease was released", subnet)
+	}
+}
+
+// addDefaultRoute gives node n a default route via the underlay bridge's
+// address, inside n's namespace (the underlay leads nowhere beyond it).
+func addDefaultRoute(t *testing.T, n lab.Node) {
+	t.Helper()
+	h, err := lab.HandleAt(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := netip.MustParsePrefix(n.IP + "/24").Masked().Addr().Next()
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+		t.Fatalf("default route in %s: %v", n.Name, err)
 	}
 }

@@ -1,0 +1,137 @@
+// Package namedns creates and deletes named network namespaces the way
+// iproute2's `ip netns add|del` does, so that the lab, the tests and
+// `ip netns` can share /run/netns on any machine, also on a fresh one where
+// the directory does not exist yet.
+package namedns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Dir is where named namespaces are bind-mounted (CNI_NETNS, nsenter and
+// `ip netns exec` find them there).
+const Dir = "/run/netns"
+
+// Path is the bind-mount path of the named namespace.
+func Path(name string) string { return filepath.Join(Dir, name) }
+
+// Create creates the named namespace without leaving any thread of the
+// calling process in it. Like `ip netns add`, it first makes Dir a shared
+// mount point. Without that, the first namespace file is bind-mounted into
+// a plain directory; when iproute2 later turns the directory into a mount
+// point of its own, the earlier mount is hidden below it and can never be
+// unmounted or removed (EBUSY).
+func Create(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("netns name %q: want a plain file name", name)
+	}
+	if err := prepareDir(); err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// NewNamed unshares this thread into the new namespace: keep the
+		// goroutine on it until the thread is back home.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		ns, nerr := netns.NewNamed(name)
+		if nerr == nil {
+			ns.Close()
+		}
+		if err := netns.Set(orig); err != nil {
+			// Stay locked: the runtime discards the thread when this
+			// goroutine ends, so no code runs in the wrong namespace.
+			errc <- errors.Join(nerr, fmt.Errorf("restore netns after creating %s: %w", name, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		if nerr != nil {
+			nerr = fmt.Errorf("create netns %s: %w", name, nerr)
+		}
+		errc <- nerr
+	}()
+	return <-errc
+}
+
+// Delete unmounts and removes the named namespace; a missing one is fine.
+func Delete(name string) error {
+	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// List returns the names in Dir that start with prefix; none when Dir does
+// not exist yet.
+func List(prefix string) ([]string, error) {
+	entries, err := os.ReadDir(Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", Dir, err)
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// prepareDir makes Dir a shared mount point, as iproute2 does before its
+// first bind mount: mount events then propagate to every copy of Dir, so
+// a namespace unmounted through one copy is gone from all. Processes of
+// ours serialise on a lock of Dir's parent, so two of them never stack
+// two self-binds.
+func prepareDir() error {
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", Dir, err)
+	}
+	unlock, err := lockDir(filepath.Dir(Dir))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for bound := false; ; bound = true {
+		err := unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if err == nil {
+			return nil
+		}
+		// EINVAL: Dir is not a mount point yet. Make it one, once.
+		if !errors.Is(err, unix.EINVAL) || bound {
+			return fmt.Errorf("make %s a shared mount: %w", Dir, err)
+		}
+		if err := unix.Mount(Dir, Dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s onto itself: %w", Dir, err)
+		}
+	}
+}
+
+// lockDir takes an exclusive flock on dir, released by the returned func.
+func lockDir(dir string) (func(), error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s to lock it: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
