@@ -8,6 +8,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
@@ -288,5 +289,64 @@ func TestKeepAliveSurvivesLongEtcdOutage(t *testing.T) {
 	}
 	if _, left := c.ttl(t, kv.Lease); left <= 0 {
 		t.Errorf("etcd lease has %ds left", left)
+	}
+}
+
+// KeepAlive's client loses etcd while our key is replaced and the history
+// is compacted: the watch can only resume by reading the key again, and
+// what it reads must be checked for ownership, not just for existence.
+func TestKeepAliveRechecksOwnerAfterCompaction(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		value string // what replaces our key meanwhile (bound to a fresh etcd lease)
+		moves bool   // another node's: we must move to another subnet
+	}{
+		{"another node", `{"PublicIP":"198.18.0.99","BackendType":"host-gw"}`, true},
+		// Our address but another etcd lease (a second process of ours, an
+		// operator's rewrite): the key no longer lives by our renewals.
+		{"our PublicIP on another etcd lease", `{"PublicIP":"198.18.0.11","BackendType":"host-gw"}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := newCluster(t, hostGW16)
+			ctx := testCtx(t)
+			p := newProxy(t, c.srv.Endpoints()[0])
+			pcli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pcli.Close() })
+			reg := newRegistry(t, pcli, "")
+			// A TTL far longer than the cut: our etcd lease stays alive
+			// throughout, so only the key tells that it is not ours.
+			o := opts("198.18.0.11", 60*time.Second)
+			l, err := reg.Acquire(ctx, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := startKeepAlive(t, reg, l, o)
+			time.Sleep(500 * time.Millisecond) // the watch is established
+
+			p.cut()
+			if _, err := c.cli.Delete(ctx, l.Key); err != nil {
+				t.Fatal(err)
+			}
+			theirs := c.put(t, l.Key, tc.value, 60)
+			c.srv.Compact(t, 0)
+			p.heal()
+
+			got := k.change(t)
+			if tc.moves {
+				c.expectMovedAway(t, l, got, tc.value)
+				return
+			}
+			// Ours again, on an etcd lease of our own that KeepAlive renews.
+			kv := c.get(t, l.Key)
+			if got.Subnet != l.Subnet || got.LeaseID == int64(theirs) || got.LeaseID == l.LeaseID || kv == nil || int64(kv.Lease) != got.LeaseID {
+				t.Errorf("re-acquired %+v, key %+v; want %s bound to a new etcd lease of ours (old %x, theirs %x)",
+					got, kv, l.Subnet, l.LeaseID, int64(theirs))
+			}
+		})
 	}
 }
