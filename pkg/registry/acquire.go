@@ -138,9 +138,15 @@ func (r *Registry) occupied(leases map[string]Lease, skipped map[string]Skipped)
 	return taken
 }
 
-// pickSubnet returns previous if it is in range and free, else a random
-// free subnet. A taken prefix of another length (an operator's /22, an
-// older SubnetLen) blocks every subnet it overlaps, as in flanneld.
+// freeCandidates is how many free subnets pickSubnet picks among.
+const freeCandidates = 100
+
+// pickSubnet returns previous if it is in range and free, else one of the
+// first 100 free subnets from SubnetMin up, at random: flanneld's
+// allocateSubnet, so that both fill a network alike, and a pick costs the
+// same in a /8 as in a /16. A taken prefix of another length (an
+// operator's /22, an older SubnetLen) blocks every subnet it overlaps, as
+// in flanneld, and is stepped over as a whole.
 func pickSubnet(cfg Config, taken []netip.Prefix, previous netip.Prefix) (netip.Prefix, error) {
 	exact := map[netip.Prefix]bool{}
 	var odd []netip.Prefix
@@ -148,24 +154,31 @@ func pickSubnet(cfg Config, taken []netip.Prefix, previous netip.Prefix) (netip.
 		if p.Bits() == cfg.SubnetLen {
 			exact[p] = true
 		} else {
-			odd = append(odd, p)
+			odd = append(odd, p.Masked())
 		}
 	}
-	free := func(p netip.Prefix) bool { return !exact[p] && !slices.ContainsFunc(odd, p.Overlaps) }
-	if previous.IsValid() && cfg.InRange(previous) && free(previous) {
+	if previous.IsValid() && cfg.InRange(previous) && !exact[previous] && !slices.ContainsFunc(odd, previous.Overlaps) {
 		return previous, nil
 	}
-	n, nth := cfg.Subnets()
-	var candidates []netip.Prefix
-	for i := range n {
-		if p := nth(i); free(p) {
-			candidates = append(candidates, p)
+	// Each step finds a free subnet or passes a taken prefix for good:
+	// at most 100 + len(taken) steps. uint64, so the walk can pass
+	// 255.255.255.255 without wrapping.
+	size := uint64(1) << (32 - cfg.SubnetLen)
+	var free []netip.Prefix
+	for a, hi := uint64(addrToU32(cfg.SubnetMin)), uint64(addrToU32(cfg.SubnetMax)); a <= hi && len(free) < freeCandidates; {
+		p := netip.PrefixFrom(u32ToAddr(uint32(a)), cfg.SubnetLen)
+		next := a + size
+		if i := slices.IndexFunc(odd, p.Overlaps); i >= 0 {
+			next = max(next, uint64(addrToU32(odd[i].Addr()))+uint64(1)<<(32-odd[i].Bits()))
+		} else if !exact[p] {
+			free = append(free, p)
 		}
+		a = next
 	}
-	if len(candidates) == 0 {
+	if len(free) == 0 {
 		return netip.Prefix{}, fmt.Errorf("acquire in %s (%s..%s): %w", cfg.Network, cfg.SubnetMin, cfg.SubnetMax, ErrNoFreeSubnet)
 	}
-	return candidates[rand.IntN(len(candidates))], nil
+	return free[rand.IntN(len(free))], nil
 }
 
 // create writes a new lease for subnet if its key does not exist.

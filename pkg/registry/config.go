@@ -17,8 +17,31 @@ type rawConfig struct {
 	}
 }
 
+// minNetworkBits: a Network larger than a /8 (the largest private block)
+// would cover the node's own networks and the internet.
+const minNetworkBits = 8
+
+// maxSubnetBits bounds SubnetLen - Network length: at most 65,536 node
+// subnets, Kubernetes' limit for node CIDRs too. Each subnet is an etcd
+// key, a route and a map entry on every node; more is a typo, not a cluster.
+const maxSubnetBits = 16
+
+// unroutable are ranges the kernel never forwards to a pod.
+var unroutable = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "this network"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
+}
+
 // ParseConfig parses <prefix>/config and checks it as flanneld does
-// (CheckNetworkConfig), filling in its defaults: SubnetLen 24 (Network's
+// (CheckNetworkConfig), and refuses what no cluster can use (a Network
+// larger than a /8 or in an unroutable range, more than 65,536 subnets),
+// filling in its defaults: SubnetLen 24 (Network's
 // length + 2 for networks of /23 to /28), SubnetMin the second subnet,
 // SubnetMax the last one. BackendType stays "" when the config names no
 // backend (flanneld would then run udp).
@@ -32,6 +55,14 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("Network %q is not an IPv4 prefix", raw.Network)
 	}
 	network = network.Masked()
+	if network.Bits() < minNetworkBits {
+		return Config{}, fmt.Errorf("Network %s is larger than a /%d: it would take over routes to the node's own networks", network, minNetworkBits)
+	}
+	for _, r := range unroutable {
+		if network.Overlaps(r.prefix) {
+			return Config{}, fmt.Errorf("Network %s overlaps %s (%s): no pod can be routed there", network, r.prefix, r.what)
+		}
+	}
 	cfg := Config{Network: network, SubnetLen: raw.SubnetLen, BackendType: raw.Backend.Type}
 	// flannel's rules (CheckNetworkConfig): room for at least four
 	// subnets, so flanneld and we cut the network the same way.
@@ -47,6 +78,10 @@ func ParseConfig(data []byte) (Config, error) {
 	}
 	if cfg.SubnetLen < network.Bits()+2 || cfg.SubnetLen > 30 {
 		return Config{}, fmt.Errorf("SubnetLen %d must be at least 2 longer than Network %s and at most 30", cfg.SubnetLen, network)
+	}
+	if bits := cfg.SubnetLen - network.Bits(); bits > maxSubnetBits {
+		return Config{}, fmt.Errorf("SubnetLen %d cuts Network %s into %d subnets; at most %d are allowed (SubnetLen %d or less)",
+			cfg.SubnetLen, network, 1<<bits, 1<<maxSubnetBits, network.Bits()+maxSubnetBits)
 	}
 	size := uint32(1) << (32 - cfg.SubnetLen)
 	base := addrToU32(network.Addr())
@@ -76,15 +111,6 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("SubnetMin %s is above SubnetMax %s", cfg.SubnetMin, cfg.SubnetMax)
 	}
 	return cfg, nil
-}
-
-// Subnets returns how many subnets SubnetMin..SubnetMax hold, and the i-th.
-func (c Config) Subnets() (n int, nth func(i int) netip.Prefix) {
-	size := uint32(1) << (32 - c.SubnetLen)
-	lo, hi := addrToU32(c.SubnetMin), addrToU32(c.SubnetMax)
-	return int((hi-lo)/size) + 1, func(i int) netip.Prefix {
-		return netip.PrefixFrom(u32ToAddr(lo+uint32(i)*size), c.SubnetLen)
-	}
 }
 
 // InRange reports whether p is one of the subnets this config hands out.

@@ -563,6 +563,43 @@ func TestAcquireAvoidsOverlappingLeases(t *testing.T) {
 	}
 }
 
+// As flanneld does, a fresh subnet is one of the first 100 free subnets
+// from SubnetMin up, whatever the size of the network; a lease of another
+// length is stepped over as a whole.
+func TestAcquirePicksAmongTheFirstFreeSubnets(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`) // 65535 /24s
+	ctx := testCtx(t)
+	index := func(p netip.Prefix) int { // of p among 10.0.1.0/24, 10.0.2.0/24, ...
+		a := p.Addr().As4()
+		return (int(a[1])<<16|int(a[2])<<8|int(a[3]))>>8 - 1
+	}
+	const n = 30
+	for i := range n {
+		l, err := c.reg.Acquire(ctx, opts(fmt.Sprintf("198.18.0.%d", 11+i), time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// i subnets are taken already: the first 100 free lie below 100+i.
+		if idx := index(l.Subnet); idx >= 100+i {
+			t.Errorf("lease %d got %s, subnet #%d; want one of the first 100 free (below #%d)", i, l.Subnet, idx, 100+i)
+		}
+	}
+
+	// A /9 over the bottom half (half the network's subnets) is one step.
+	c = newCluster(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`)
+	c.put(t, subnetKey("10.0.0.0-9"), `{"PublicIP":"198.18.0.50"}`, 0)
+	for i := range 5 {
+		l, err := c.reg.Acquire(ctx, opts(fmt.Sprintf("198.18.0.%d", 11+i), time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first := netip.MustParsePrefix("10.128.0.0/24"); index(l.Subnet) < index(first) || index(l.Subnet) >= index(first)+100+i {
+			t.Errorf("beside a /9 reservation got %s; want one of the first 100 free from %s", l.Subnet, first)
+		}
+	}
+}
+
 // A lease of ours that no longer fits the config (SubnetLen or the range
 // changed since it was taken) is deleted, as flanneld does, and we get
 // one that fits; an operator's reservation is honoured wherever it lies.
