@@ -79,7 +79,9 @@ func deleteEndpoint(eps *datapath.EndpointMap, ip netip.Addr, vethIndex int) err
 			return nil
 		}
 	}
-	return eps.Delete(ip)
+	// Only the entry judged above: a pod ADDed meanwhile keeps its own.
+	_, err = eps.DeleteIf(ep)
+	return err
 }
 
 // podIPv4s is every IPv4 address of the result that is on a sandbox

@@ -76,6 +76,65 @@ func (r *EndpointMap) Delete(ip netip.Addr) error {
 	return nil
 }
 
+// DeleteIf removes want.IP's entry if it still is want, and reports
+// whether it did: a caller that decided from an earlier read must not
+// delete an entry someone rewrote since (a new pod that got the address).
+// The kernel has no compare-and-delete; taking the entry out atomically
+// (BPF_MAP_LOOKUP_AND_DELETE_ELEM, kernel >= 5.14) and putting it back
+// unless a writer re-created it meanwhile loses no newer entry; the price
+// is that a live entry is missing for the microseconds in between, and
+// its packets take the bridge path. Older kernels read, compare and
+// delete: a write between the read and the delete is lost there, until
+// the agent learns the pod again.
+func (r *EndpointMap) DeleteIf(want Endpoint) (bool, error) {
+	key, err := endpointKey(want.IP)
+	if err != nil {
+		return false, err
+	}
+	var val hgwEndpointValue
+	err = r.m.LookupAndDelete(&key, &val)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return r.readCompareDelete(key, want)
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("take endpoint %s from endpoints map: %w", want.IP, err)
+	}
+	if endpointOf(key, val).Equal(want) {
+		return true, nil
+	}
+	if err := r.m.Update(&key, &val, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return false, fmt.Errorf("put back endpoint %s (it changed since it was read): %w", want.IP, err)
+	}
+	return false, nil
+}
+
+func (r *EndpointMap) readCompareDelete(key hgwEndpointKey, want Endpoint) (bool, error) {
+	var val hgwEndpointValue
+	if err := r.m.Lookup(&key, &val); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("look up endpoint %s: %w", want.IP, err)
+	}
+	if !endpointOf(key, val).Equal(want) {
+		return false, nil
+	}
+	if err := r.m.Delete(&key); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("delete endpoint %s from endpoints map: %w", want.IP, err)
+	}
+	return true, nil
+}
+
+// Equal reports whether e and o are the same entry.
+func (e Endpoint) Equal(o Endpoint) bool {
+	return e.IP == o.IP && e.Ifindex == o.Ifindex &&
+		e.PodMAC.String() == o.PodMAC.String() && e.GatewayMAC.String() == o.GatewayMAC.String()
+}
+
 // Get returns the entry for ip; ok is false when there is none.
 func (r *EndpointMap) Get(ip netip.Addr) (e Endpoint, ok bool, err error) {
 	key, err := endpointKey(ip)

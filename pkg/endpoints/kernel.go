@@ -133,9 +133,3 @@ func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
 	}
 	return nil, err
 }
-
-func sameEndpoint(a, b datapath.Endpoint) bool {
-	return a.IP == b.IP && a.Ifindex == b.Ifindex &&
-		net.HardwareAddr.String(a.PodMAC) == net.HardwareAddr.String(b.PodMAC) &&
-		net.HardwareAddr.String(a.GatewayMAC) == net.HardwareAddr.String(b.GatewayMAC)
-}

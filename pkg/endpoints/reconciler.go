@@ -21,7 +21,7 @@ import (
 // EndpointMap is the map the reconciler keeps (datapath.EndpointMap).
 type EndpointMap interface {
 	Put(datapath.Endpoint) error
-	Delete(netip.Addr) error
+	DeleteIf(datapath.Endpoint) (bool, error)
 	List() ([]datapath.Endpoint, error)
 }
 
@@ -99,7 +99,7 @@ func (r *Reconciler) Apply() Result {
 		keep[d.IP] = true
 		onPort[int(d.Ifindex)] = true
 		a, ok := have[d.IP]
-		if ok && sameEndpoint(a, d) {
+		if ok && a.Equal(d) {
 			continue
 		}
 		if err := r.opts.Map.Put(d); err != nil {
@@ -118,12 +118,16 @@ func (r *Reconciler) Apply() Result {
 			continue
 		}
 		if _, live := v.ports[int(a.Ifindex)]; !live {
-			if err := r.opts.Map.Delete(a.IP); err != nil {
+			// The listing is stale by now: a new pod may have the address.
+			deleted, err := r.opts.Map.DeleteIf(a)
+			if err != nil {
 				res.Errors = append(res.Errors, err)
 				continue
 			}
-			res.Removed++
-			r.opts.Log.Info("stale endpoint removed: its veth is gone", "ip", a.IP, "ifindex", a.Ifindex)
+			if deleted {
+				res.Removed++
+				r.opts.Log.Info("stale endpoint removed: its veth is gone", "ip", a.IP, "ifindex", a.Ifindex)
+			}
 			continue
 		}
 		// Written by the plugin, not (yet) visible in the neighbour table:
