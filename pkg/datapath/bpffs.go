@@ -18,8 +18,9 @@ const bpffsMount = "/sys/fs/bpf"
 // PreparePinRoot makes root an owner-only directory on a BPF filesystem,
 // mounting bpffs at /sys/fs/bpf first where nothing is mounted there (a
 // freshly booted machine without systemd's mount, or a process started by
-// `ip netns exec`, which remounts /sys). The agent, hgw-cni, the lab and
-// the tests all prepare their pin roots through it.
+// `ip netns exec`, which remounts /sys). The agent, the lab and the tests
+// all prepare their pin roots through it; hgw-cni uses only what an agent
+// pinned (Options.Existing).
 func PreparePinRoot(root string) error {
 	if err := ensureBPFFS(root); err != nil {
 		return err

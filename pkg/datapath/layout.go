@@ -20,6 +20,10 @@ import (
 // using the old map until the new ones replace them, and the agent refills
 // the new maps (routes from etcd, config from its flags); counters restart.
 
+// ErrLayoutMismatch means a pinned map has another layout than this
+// version's, and the caller may not replace it.
+var ErrLayoutMismatch = errors.New("pinned map layout differs")
+
 // layoutDiff says how a pinned map differs from this version's spec, or ""
 // if it does not.
 func layoutDiff(m *ebpf.Map, ms *ebpf.MapSpec) string {
@@ -89,7 +93,7 @@ func checkPinnedLayouts(root string, spec *ebpf.CollectionSpec, unpin bool) ([]s
 			continue
 		}
 		if !unpin {
-			return nil, fmt.Errorf("pinned map %s was written by another version (%s): start this version's agent to migrate it", path, diff)
+			return nil, fmt.Errorf("pinned map %s was written by another version (%s): start this version's agent to migrate it: %w", path, diff, ErrLayoutMismatch)
 		}
 		if err := os.Remove(path); err != nil {
 			return migrated, fmt.Errorf("unpin outdated map %s: %w", path, err)

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Options says where the datapath lives and how it attaches.
@@ -15,7 +17,15 @@ type Options struct {
 	PinRoot string
 	// Mode picks the attach mechanism; default ModeAuto.
 	Mode Mode
+	// Existing loads over the maps an agent pinned and nothing else: it
+	// creates neither the pin root nor a map, and never replaces a map of
+	// another layout (ErrNotPinned, ErrLayoutMismatch). For the CNI plugin:
+	// the maps are the agent's.
+	Existing bool
 }
+
+// ErrNotPinned means no agent has pinned the maps under the pin root.
+var ErrNotPinned = errors.New("no datapath pinned")
 
 func (o Options) withDefaults() Options {
 	if o.PinRoot == "" {
@@ -47,14 +57,28 @@ func Load(opts Options) (*Datapath, error) {
 	if _, err := parseMode(string(opts.Mode)); err != nil {
 		return nil, err
 	}
-	if err := PreparePinRoot(opts.PinRoot); err != nil {
-		return nil, fmt.Errorf("pin root: %w", err)
+	if !opts.Existing {
+		if err := PreparePinRoot(opts.PinRoot); err != nil {
+			return nil, fmt.Errorf("pin root: %w", err)
+		}
+	}
+	unlock, err := lockPinRoot(opts.PinRoot)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if opts.Existing {
+		for _, name := range pinnedMaps {
+			if _, err := os.Stat(filepath.Join(opts.PinRoot, name)); errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("map %s missing under %s: %w", name, opts.PinRoot, ErrNotPinned)
+			}
+		}
 	}
 	spec, err := loadHgw()
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF spec: %w", err)
 	}
-	migrated, err := checkPinnedLayouts(opts.PinRoot, spec, true)
+	migrated, err := checkPinnedLayouts(opts.PinRoot, spec, !opts.Existing)
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +116,25 @@ func (d *Datapath) Program(p Program) (*ebpf.Program, error) {
 		return d.progs.FromUnderlay, nil
 	}
 	return nil, fmt.Errorf("unknown program %q", p)
+}
+
+// lockPinRoot takes an exclusive lock on the pin root directory until
+// unlock, so that processes loading over the same pins (the agent, CNI
+// ADDs running at once) never race on creating, pinning or replacing a
+// map. The kernel drops the lock with a process that dies holding it.
+func lockPinRoot(root string) (unlock func(), err error) {
+	f, err := os.Open(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("pin root %s: %w", root, ErrNotPinned)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pin root %s to lock it: %w", root, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock pin root %s: %w", root, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // ownerOnlyDir creates dir (0700) or narrows an existing one to 0700: the
