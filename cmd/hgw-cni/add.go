@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -9,21 +10,32 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
-// cmdAdd writes the pod's endpoints, then attaches from_pods to its veth
-// (in that order: the program takes a pod's frames at its veth only once
-// it knows the pod), and passes the previous result on unchanged.
-func cmdAdd(args *skel.CmdArgs) error {
+// add records the attachment, writes the pod's endpoints, then attaches
+// from_pods to its veth (in that order: the program takes a pod's frames
+// at its veth only once it knows the pod), and passes the previous result
+// on unchanged. Without usable pins it leaves the pod to the bridge.
+func (pl plugin) add(args *skel.CmdArgs) error {
 	conf, p, eps, err := chainedPod(args)
 	if err != nil {
 		return err
 	}
-	// Loading the programs over the pinned maps (creating them if no agent
-	// ran yet) gives a program to attach without any agent running.
-	dp, err := datapath.Load(datapath.Options{PinRoot: conf.BPFFSRoot, Mode: datapath.Mode(conf.AttachMode)})
+	// Over the agent's pins only: a plugin of another version must not
+	// replace the maps live traffic uses, nor make maps no agent fills.
+	dp, err := datapath.Load(datapath.Options{PinRoot: conf.BPFFSRoot, Mode: datapath.Mode(conf.AttachMode), Existing: true})
+	if reason, msg := stepAside(err); reason != "" {
+		pl.log.Warn(msg, "reason", reason, "container", args.ContainerID, "dev", p.hostVeth, "pin_root", conf.BPFFSRoot, "err", err)
+		return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+	}
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
+	// Recorded first, so that whatever this ADD leaves behind if it stops
+	// half way can be found by DEL and GC.
+	rec := record{ContainerID: args.ContainerID, IfName: args.IfName, BPFFSRoot: conf.BPFFSRoot, HostVeth: p.hostVeth, Endpoints: eps}
+	if err := recordsOf(conf).write(rec); err != nil {
+		return err
+	}
 	for _, ep := range eps {
 		if err := dp.Endpoints().Put(ep); err != nil {
 			return err
@@ -33,4 +45,15 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return fmt.Errorf("pod %s: %w", args.ContainerID, err)
 	}
 	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+}
+
+// stepAside says why ADD leaves a pod to the bridge ("" if it does not).
+func stepAside(loadErr error) (reason, msg string) {
+	switch {
+	case errors.Is(loadErr, datapath.ErrNotPinned):
+		return "not_pinned", "no hgw-ebpf datapath pinned yet: the pod is served over the bridge; the agent puts it on the fast path once it runs"
+	case errors.Is(loadErr, datapath.ErrLayoutMismatch):
+		return "layout_mismatch", "the pinned maps are another version's: fast path skipped for this pod, it is served over the bridge (run agent and plugin of one version)"
+	}
+	return "", ""
 }

@@ -8,11 +8,15 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
-// cmdCheck verifies that every endpoint ADD wrote is in the map as the
-// kernel sees the pod now, and that from_pods is attached to its veth.
-func cmdCheck(args *skel.CmdArgs) error {
+// check verifies that every endpoint ADD wrote is in the map as the
+// kernel sees the pod now, and that from_pods is attached to its veth. A
+// pod ADD left to the bridge (no record) has nothing of ours to check.
+func (pl plugin) check(args *skel.CmdArgs) error {
 	conf, p, want, err := chainedPod(args)
 	if err != nil {
+		return err
+	}
+	if rec, err := recordsOf(conf).read(args.ContainerID, args.IfName); err != nil || rec == nil {
 		return err
 	}
 	maps, err := datapath.OpenPinned(conf.BPFFSRoot)

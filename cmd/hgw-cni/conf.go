@@ -7,6 +7,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
@@ -17,7 +18,12 @@ type netConf struct {
 	types.PluginConf
 	BPFFSRoot  string `json:"bpffsRoot,omitempty"`
 	AttachMode string `json:"attachMode,omitempty"`
+	DataDir    string `json:"dataDir,omitempty"`
 }
+
+// defaultDataDir holds the attachment records. On tmpfs, like the pins
+// they describe: both are gone after a reboot.
+const defaultDataDir = "/run/hgw-cni"
 
 // parseConf decodes stdin data and, when present, the previous plugin's
 // result, converted to the 1.0 result type the plugin reads.
@@ -28,6 +34,13 @@ func parseConf(stdin []byte) (*netConf, *types100.Result, error) {
 	}
 	if conf.BPFFSRoot == "" {
 		conf.BPFFSRoot = datapath.DefaultPinRoot
+	}
+	if conf.DataDir == "" {
+		conf.DataDir = defaultDataDir
+	}
+	// The network's name names its records' directory.
+	if err := utils.ValidateNetworkName(conf.Name); err != nil {
+		return nil, nil, err
 	}
 	if conf.AttachMode == "" {
 		conf.AttachMode = string(datapath.ModeAuto)

@@ -13,29 +13,56 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
-// cmdDel removes what ADD added, as far as the (cached) previous result
-// names it; whatever is already gone is fine, so DEL can run any number of
-// times. Without a previous result there is nothing to identify the pod by:
+// del removes what ADD added, as the previous result names it, else as
+// ADD's record does; whatever is already gone is fine, so DEL can run any
+// number of times. With neither there is nothing to identify the pod by:
 // the agent's reconciliation removes entries whose veth is gone.
-func cmdDel(args *skel.CmdArgs) error {
+func (pl plugin) del(args *skel.CmdArgs) error {
 	conf, res, err := parseConf(args.StdinData)
 	if err != nil {
 		return err
 	}
-	if res == nil {
-		return nil
+	recs := recordsOf(conf)
+	rec, err := recs.read(args.ContainerID, args.IfName)
+	if err != nil {
+		// Not ours to fail on: DEL must succeed to let the pod go.
+		pl.log.Warn("attachment record unreadable, ignored", "container", args.ContainerID, "err", err)
 	}
-	maps, err := datapath.OpenPinned(conf.BPFFSRoot)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // no datapath here: nothing was added
+	var a attachment
+	switch {
+	case res != nil:
+		a, err = attachmentOfResult(res)
+	case rec != nil:
+		a, err = attachmentOfRecord(*rec)
+	default:
+		return nil
 	}
 	if err != nil {
 		return err
 	}
-	defer maps.Close()
+	if err := pl.release(conf.BPFFSRoot, a); err != nil {
+		return err
+	}
+	return recs.remove(args.ContainerID, args.IfName)
+}
 
-	var errs []error
-	vethIndex := 0
+// attachment is what one pod got from ADD: from_pods on its host veths
+// (index 0: gone, or the name is another veth's now) and endpoint
+// entries for its addresses.
+type attachment struct {
+	veths []hostVeth
+	ips   []netip.Addr
+}
+
+type hostVeth struct {
+	name  string
+	index int
+}
+
+// attachmentOfResult reads the host veths and the pod's addresses from
+// the previous result (the bridge plugin also lists the bridge itself).
+func attachmentOfResult(res *types100.Result) (attachment, error) {
+	var a attachment
 	for _, iface := range res.Interfaces {
 		if iface.Sandbox != "" {
 			continue
@@ -44,21 +71,66 @@ func cmdDel(args *skel.CmdArgs) error {
 		var notFound netlink.LinkNotFoundError
 		switch {
 		case errors.As(err, &notFound):
-			// Gone with the pod: only a pin may be left.
+			a.veths = append(a.veths, hostVeth{name: iface.Name}) // gone with the pod: only a pin may be left
 		case err != nil:
-			errs = append(errs, fmt.Errorf("look up %s: %w", iface.Name, err))
-			continue
+			return attachment{}, fmt.Errorf("look up %s: %w", iface.Name, err)
 		default:
-			if _, ok := l.(*netlink.Veth); !ok {
-				continue // the bridge: its attachment is the agent's
+			if _, ok := l.(*netlink.Veth); ok {
+				a.veths = append(a.veths, hostVeth{name: iface.Name, index: l.Attrs().Index})
 			}
-			vethIndex = l.Attrs().Index
-		}
-		if err := datapath.DetachPinned(conf.BPFFSRoot, iface.Name, datapath.FromPods); err != nil {
-			errs = append(errs, err)
 		}
 	}
-	for _, ip := range podIPv4s(res) {
+	a.ips = podIPv4s(res)
+	return a, nil
+}
+
+// attachmentOfRecord is the attachment ADD recorded. A veth of that name
+// with another index is a newer pod's: not ours to detach.
+func attachmentOfRecord(r record) (attachment, error) {
+	var a attachment
+	for _, ep := range r.Endpoints {
+		a.ips = append(a.ips, ep.IP)
+	}
+	l, err := netlink.LinkByName(r.HostVeth)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		a.veths = append(a.veths, hostVeth{name: r.HostVeth})
+	case err != nil:
+		return attachment{}, fmt.Errorf("look up %s: %w", r.HostVeth, err)
+	case len(r.Endpoints) > 0 && l.Attrs().Index == int(r.Endpoints[0].Ifindex):
+		a.veths = append(a.veths, hostVeth{name: r.HostVeth, index: l.Attrs().Index})
+	}
+	return a, nil
+}
+
+// release detaches from_pods from the attachment's veths and removes its
+// endpoint entries. Maps of another version's layout are the agent's to
+// clean: only the link pins go then.
+func (pl plugin) release(root string, a attachment) error {
+	maps, err := datapath.OpenPinned(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // no datapath here: nothing was added
+	}
+	if err != nil && !errors.Is(err, datapath.ErrLayoutMismatch) {
+		return err
+	}
+	var errs []error
+	vethIndex := 0
+	for _, v := range a.veths {
+		if err := datapath.DetachPinned(root, v.name, datapath.FromPods); err != nil {
+			errs = append(errs, err)
+		}
+		if v.index != 0 {
+			vethIndex = v.index
+		}
+	}
+	if maps == nil {
+		pl.log.Warn("pinned maps are another version's: the pod's endpoint entries are left to the agent", "pin_root", root, "err", err)
+		return errors.Join(errs...)
+	}
+	defer maps.Close()
+	for _, ip := range a.ips {
 		if err := deleteEndpoint(maps.Endpoints(), ip, vethIndex); err != nil {
 			errs = append(errs, err)
 		}

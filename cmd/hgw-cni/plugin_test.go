@@ -5,17 +5,25 @@ package main
 // with a pod namespace to attach.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -55,6 +63,27 @@ type cniEnv struct {
 	node    netns.NsHandle
 	rt      *libcni.RuntimeConf
 	pinRoot string
+	dataDir string
+	plugins string // the plugin dir
+	stderr  *syncBuffer
+}
+
+// syncBuffer collects the plugins' stderr (their log).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func newCNIEnv(t *testing.T) *cniEnv {
@@ -62,7 +91,6 @@ func newCNIEnv(t *testing.T) *cniEnv {
 	testutil.RequireRoot(t)
 	dir := pluginDir(t)
 	_, node := testutil.NetNS(t, "cni-node")
-	podName, _ := testutil.NetNS(t, "cni-pod")
 	pinRoot := filepath.Join("/sys/fs/bpf", "hgwt-cni-"+testutil.RandHex(t, 4))
 	t.Cleanup(func() {
 		testutil.Do(t, node, func() {
@@ -71,8 +99,9 @@ func newCNIEnv(t *testing.T) *cniEnv {
 			}
 		})
 	})
-	hgw := map[string]any{"type": "hgw-cni", "bpffsRoot": pinRoot}
-	chain := map[string]any{"cniVersion": "1.0.0", "name": "hgwt", "plugins": []any{
+	dataDir := t.TempDir()
+	hgw := map[string]any{"type": "hgw-cni", "bpffsRoot": pinRoot, "dataDir": dataDir}
+	chain := map[string]any{"cniVersion": "1.1.0", "name": "hgwt", "plugins": []any{
 		map[string]any{
 			"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
 			"ipam": map[string]any{"type": "host-local", "dataDir": t.TempDir(),
@@ -80,15 +109,45 @@ func newCNIEnv(t *testing.T) *cniEnv {
 		},
 		hgw,
 	}}
-	alone := map[string]any{"cniVersion": "1.0.0", "name": "hgwt-alone", "plugins": []any{hgw}}
-	return &cniEnv{
-		cni:     libcni.NewCNIConfigWithCacheDir([]string{dir}, t.TempDir(), nil),
+	alone := map[string]any{"cniVersion": "1.1.0", "name": "hgwt-alone", "plugins": []any{hgw}}
+	e := &cniEnv{
 		chain:   confList(t, chain),
 		alone:   confList(t, alone),
 		node:    node,
-		rt:      &libcni.RuntimeConf{ContainerID: "hgwt-pod", NetNS: "/run/netns/" + podName, IfName: "eth0"},
 		pinRoot: pinRoot,
+		dataDir: dataDir,
+		plugins: dir,
+		stderr:  &syncBuffer{},
 	}
+	e.cni = e.runtime(t)
+	e.rt = e.newPod(t, "hgwt-pod")
+	return e
+}
+
+// runtime is a container runtime's view of the plugins, with a cache of
+// its own: a fresh one has lost track of every attachment.
+func (e *cniEnv) runtime(t *testing.T) *libcni.CNIConfig {
+	t.Helper()
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: e.stderr}, PluginDecoder: version.PluginDecoder{}}
+	return libcni.NewCNIConfigWithCacheDir([]string{e.plugins}, t.TempDir(), exec)
+}
+
+// newPod makes a pod namespace and the runtime's description of its
+// attachment.
+func (e *cniEnv) newPod(t *testing.T, id string) *libcni.RuntimeConf {
+	t.Helper()
+	name, _ := testutil.NetNS(t, "cni-pod")
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: "/run/netns/" + name, IfName: "eth0"}
+}
+
+// agentRan pins the maps as the node's agent does when it starts.
+func (e *cniEnv) agentRan(t *testing.T) {
+	t.Helper()
+	dp, err := datapath.Load(datapath.Options{PinRoot: e.pinRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
 }
 
 func confList(t *testing.T, v any) *libcni.NetworkConfigList {
@@ -125,36 +184,51 @@ func (e *cniEnv) endpoint(t *testing.T, ip netip.Addr) (datapath.Endpoint, bool)
 	return ep, ok
 }
 
-func TestPluginAddCheckDel(t *testing.T) {
-	e := newCNIEnv(t)
-	ctx := context.Background()
+// podInfo is what the chain's result says about one pod.
+type podInfo struct {
+	ip   netip.Addr
+	mac  string
+	veth string // host side
+}
 
+// add runs the chain's ADD for rt and reads the result, the bridge
+// plugin's, passed on unchanged.
+func (e *cniEnv) add(t *testing.T, rt *libcni.RuntimeConf) podInfo {
+	t.Helper()
 	var res *types100.Result
 	e.in(t, func() {
-		r, err := e.cni.AddNetworkList(ctx, e.chain, e.rt)
+		r, err := e.cni.AddNetworkList(context.Background(), e.chain, rt)
 		if err != nil {
-			t.Fatalf("ADD: %v", err)
+			t.Fatalf("ADD %s: %v", rt.ContainerID, err)
 		}
 		if res, err = types100.NewResultFromResult(r); err != nil {
 			t.Fatal(err)
 		}
 	})
-	// The result is the bridge plugin's, passed on unchanged.
-	var podIP netip.Addr
-	var podMAC, vethName string
+	var p podInfo
 	for _, ipc := range res.IPs {
-		podIP, _ = netip.AddrFromSlice(ipc.Address.IP.To4())
+		p.ip, _ = netip.AddrFromSlice(ipc.Address.IP.To4())
 	}
 	for _, iface := range res.Interfaces {
 		if iface.Sandbox != "" {
-			podMAC = iface.Mac
+			p.mac = iface.Mac
 		} else if iface.Name != "cni0" {
-			vethName = iface.Name
+			p.veth = iface.Name
 		}
 	}
-	if !podIP.IsValid() || podMAC == "" || vethName == "" {
+	if !p.ip.IsValid() || p.mac == "" || p.veth == "" {
 		t.Fatalf("result lacks the pod's address, MAC or veth: %+v", res)
 	}
+	return p
+}
+
+func TestPluginAddCheckDel(t *testing.T) {
+	e := newCNIEnv(t)
+	e.agentRan(t)
+	ctx := context.Background()
+
+	p := e.add(t, e.rt)
+	podIP, podMAC, vethName := p.ip, p.mac, p.veth
 
 	var veth, br netlink.Link
 	e.in(t, func() {
@@ -253,4 +327,205 @@ func attached(t *testing.T, root, dev string) bool {
 		}
 	}
 	return false
+}
+
+// statusErr runs the chain's STATUS and returns the CNI error, if any.
+func (e *cniEnv) statusErr(t *testing.T) *types.Error {
+	t.Helper()
+	var err error
+	e.in(t, func() { err = e.cni.GetStatusNetworkList(context.Background(), e.chain) })
+	if err == nil {
+		return nil
+	}
+	var cniErr *types.Error
+	if !errors.As(err, &cniErr) {
+		t.Fatalf("STATUS: %v, want a CNI error", err)
+	}
+	return cniErr
+}
+
+// records lists the attachment records in the data dir.
+func (e *cniEnv) records(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(e.dataDir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			out = append(out, filepath.Base(path))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Before any agent pinned the datapath, the plugin makes no pin root and
+// no map: the pod is attached by the bridge as usual (the agent learns it
+// later), the plugin says why in its log, and STATUS reports it
+// unavailable until the agent has run.
+func TestPluginStepsAsideWithoutAnAgent(t *testing.T) {
+	e := newCNIEnv(t)
+	ctx := context.Background()
+	if cerr := e.statusErr(t); cerr == nil || cerr.Code != types.ErrPluginNotAvailable || !strings.Contains(cerr.Msg, e.pinRoot) {
+		t.Errorf("STATUS before the agent ran = %v, want code %d naming %s", cerr, types.ErrPluginNotAvailable, e.pinRoot)
+	}
+	p := e.add(t, e.rt)
+	if _, err := os.Stat(e.pinRoot); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ADD created the pin root %s (%v); only the agent may", e.pinRoot, err)
+	}
+	if log := e.stderr.String(); !strings.Contains(log, "reason=not_pinned") || !strings.Contains(log, "bridge") {
+		t.Errorf("plugin log %q does not say it left the pod to the bridge (reason=not_pinned)", log)
+	}
+	if recs := e.records(t); len(recs) != 0 {
+		t.Errorf("records %v for a pod the plugin did not touch", recs)
+	}
+	e.in(t, func() {
+		if l, err := netlink.LinkByName(p.veth); err != nil || l.Attrs().MasterIndex == 0 {
+			t.Errorf("pod veth %s not on the bridge: %v", p.veth, err)
+		}
+		if err := e.cni.CheckNetworkList(ctx, e.chain, e.rt); err != nil {
+			t.Errorf("CHECK of a pod left to the bridge: %v", err)
+		}
+		if err := e.cni.DelNetworkList(ctx, e.chain, e.rt); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	})
+
+	e.agentRan(t)
+	if cerr := e.statusErr(t); cerr != nil {
+		t.Errorf("STATUS after the agent ran: %v", cerr)
+	}
+}
+
+// Maps pinned by another version stay as they are: ADD skips the fast
+// path for the pod and says so, DEL still works, STATUS reports it.
+func TestPluginLeavesMapsOfAnotherLayout(t *testing.T) {
+	e := newCNIEnv(t)
+	e.agentRan(t)
+	ctx := context.Background()
+	routes := filepath.Join(e.pinRoot, "routes")
+	if err := os.Remove(routes); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{Name: "routes", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 16,
+		MaxEntries: 16, Flags: 1 /* BPF_F_NO_PREALLOC */, Pinning: ebpf.PinByName}, ebpf.MapOptions{PinPath: e.pinRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := old.Info()
+	old.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID, _ := info.ID()
+
+	p := e.add(t, e.rt)
+	m, err := ebpf.LoadPinnedMap(routes, nil)
+	if err != nil {
+		t.Fatalf("the other version's routes map is gone: %v", err)
+	}
+	info, err = m.Info()
+	m.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := info.ID(); id != oldID {
+		t.Errorf("ADD replaced the pinned routes map (ID %d, was %d)", id, oldID)
+	}
+	if log := e.stderr.String(); !strings.Contains(log, "reason=layout_mismatch") {
+		t.Errorf("plugin log %q does not say it skipped the fast path (reason=layout_mismatch)", log)
+	}
+	e.in(t, func() {
+		if attached(t, e.pinRoot, p.veth) {
+			t.Errorf("from_pods attached to %s over maps of another layout", p.veth)
+		}
+		if err := e.cni.DelNetworkList(ctx, e.chain, e.rt); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	})
+	if cerr := e.statusErr(t); cerr == nil || cerr.Code != types.ErrPluginNotAvailable || !strings.Contains(cerr.Msg, "another version") {
+		t.Errorf("STATUS over maps of another layout = %v, want code %d saying so", cerr, types.ErrPluginNotAvailable)
+	}
+}
+
+// GC, as the CNI library runs it for a runtime that lost track of some
+// pods (a fresh cache: no DEL first), releases exactly the attachments
+// missing from cni.dev/valid-attachments: their endpoint entries, link
+// pins and records.
+func TestPluginGC(t *testing.T) {
+	e := newCNIEnv(t)
+	e.agentRan(t)
+	ctx := context.Background()
+	rtB := e.newPod(t, "hgwt-pod-b")
+	a, b := e.add(t, e.rt), e.add(t, rtB)
+	gc := func(valid ...*libcni.RuntimeConf) {
+		t.Helper()
+		args := &libcni.GCArgs{}
+		for _, rt := range valid {
+			args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: rt.ContainerID, IfName: rt.IfName})
+		}
+		e.in(t, func() {
+			if err := e.runtime(t).GCNetworkList(ctx, e.chain, args); err != nil {
+				t.Fatalf("GC: %v", err)
+			}
+		})
+	}
+
+	gc(e.rt, rtB)
+	for _, p := range []podInfo{a, b} {
+		if _, ok := e.endpoint(t, p.ip); !ok {
+			t.Errorf("GC with every attachment valid removed %s's entry", p.ip)
+		}
+	}
+	if n := len(e.records(t)); n != 2 {
+		t.Errorf("%d records after a GC that keeps both pods, want 2", n)
+	}
+
+	gc(rtB)
+	if _, ok := e.endpoint(t, a.ip); ok {
+		t.Errorf("entry of %s (attachment gone) still there after GC", a.ip)
+	}
+	if _, ok := e.endpoint(t, b.ip); !ok {
+		t.Errorf("entry of %s (valid attachment) removed by GC", b.ip)
+	}
+	e.in(t, func() {
+		if attached(t, e.pinRoot, a.veth) {
+			t.Errorf("from_pods still attached to %s (attachment gone)", a.veth)
+		}
+		if !attached(t, e.pinRoot, b.veth) {
+			t.Errorf("from_pods detached from %s (valid attachment)", b.veth)
+		}
+	})
+	if _, err := os.Stat(filepath.Join(e.pinRoot, "links", "from_pods@"+a.veth)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("link pin of %s left after GC (%v)", a.veth, err)
+	}
+	if recs := e.records(t); !slices.Equal(recs, []string{"hgwt-pod-b@eth0"}) {
+		t.Errorf("records after GC %v, want only hgwt-pod-b@eth0", recs)
+	}
+	if log := e.stderr.String(); !strings.Contains(log, "container="+e.rt.ContainerID) {
+		t.Errorf("plugin log %q does not name the released attachment %s", log, e.rt.ContainerID)
+	}
+}
+
+// A runtime that lost its cache DELs without a previous result: ADD's
+// record still says what to remove.
+func TestPluginDelWithoutAPreviousResult(t *testing.T) {
+	e := newCNIEnv(t)
+	e.agentRan(t)
+	p := e.add(t, e.rt)
+	e.in(t, func() {
+		if err := e.runtime(t).DelNetworkList(context.Background(), e.chain, e.rt); err != nil {
+			t.Fatalf("DEL without prevResult: %v", err)
+		}
+		if attached(t, e.pinRoot, p.veth) {
+			t.Errorf("from_pods still attached to %s", p.veth)
+		}
+	})
+	if _, ok := e.endpoint(t, p.ip); ok {
+		t.Errorf("entry of %s still there", p.ip)
+	}
+	if recs := e.records(t); len(recs) != 0 {
+		t.Errorf("records left: %v", recs)
+	}
 }

@@ -120,7 +120,7 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, chain *hgwCha
 	}}
 	paths := []string{cniPath}
 	if chain != nil {
-		plugins = append(plugins, chain.conf())
+		plugins = append(plugins, chain.conf(nodeDir))
 		paths = append(paths, chain.dir)
 	}
 	conf := map[string]any{"cniVersion": "1.0.0", "name": "hgw-lab", "plugins": plugins}

@@ -45,6 +45,8 @@ func (l *Lab) chainFor(n Node, flannelNode bool) *hgwChain {
 	return &hgwChain{dir: l.hgwCNIDir, pinRoot: n.PinRoot}
 }
 
-func (h *hgwChain) conf() map[string]any {
-	return map[string]any{"type": hgwCNIPlugin, "bpffsRoot": h.pinRoot}
+// conf is the plugin's entry in the conflist; its attachment records stay
+// in the node's directory, so that `down` leaves nothing in /run.
+func (h *hgwChain) conf(nodeDir string) map[string]any {
+	return map[string]any{"type": hgwCNIPlugin, "bpffsRoot": h.pinRoot, "dataDir": nodeDir + "/hgw-cni"}
 }

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// status fails (50, plugin not available) while ADD could not put a pod
+// on the fast path: no datapath pinned (the agent never ran on this node),
+// or maps of another version's layout.
+func (pl plugin) status(args *skel.CmdArgs) error {
+	conf, _, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	maps, err := datapath.OpenPinned(conf.BPFFSRoot)
+	if err == nil {
+		return maps.Close()
+	}
+	var msg string
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		msg = fmt.Sprintf("no hgw-ebpf datapath pinned under %s: the agent has not run on this node", conf.BPFFSRoot)
+	case errors.Is(err, datapath.ErrLayoutMismatch):
+		msg = fmt.Sprintf("the maps pinned under %s are another version's: run hgw-ebpf and hgw-cni of one version", conf.BPFFSRoot)
+	default:
+		msg = fmt.Sprintf("the datapath pinned under %s is unusable", conf.BPFFSRoot)
+	}
+	return types.NewError(types.ErrPluginNotAvailable, msg, err.Error())
+}
