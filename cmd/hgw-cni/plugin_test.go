@@ -413,24 +413,11 @@ func TestPluginLeavesMapsOfAnotherLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := old.Info()
 	old.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldID, _ := info.ID()
+	oldID := pinnedMapID(t, routes)
 
 	p := e.add(t, e.rt)
-	m, err := ebpf.LoadPinnedMap(routes, nil)
-	if err != nil {
-		t.Fatalf("the other version's routes map is gone: %v", err)
-	}
-	info, err = m.Info()
-	m.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if id, _ := info.ID(); id != oldID {
+	if id := pinnedMapID(t, routes); id != oldID {
 		t.Errorf("ADD replaced the pinned routes map (ID %d, was %d)", id, oldID)
 	}
 	if log := e.stderr.String(); !strings.Contains(log, "reason=layout_mismatch") {
@@ -447,6 +434,21 @@ func TestPluginLeavesMapsOfAnotherLayout(t *testing.T) {
 	if cerr := e.statusErr(t); cerr == nil || cerr.Code != types.ErrPluginNotAvailable || !strings.Contains(cerr.Msg, "another version") {
 		t.Errorf("STATUS over maps of another layout = %v, want code %d saying so", cerr, types.ErrPluginNotAvailable)
 	}
+}
+
+func pinnedMapID(t *testing.T, path string) ebpf.MapID {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
 }
 
 // GC, as the CNI library runs it for a runtime that lost track of some

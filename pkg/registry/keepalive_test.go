@@ -8,7 +8,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
@@ -311,13 +310,7 @@ func TestKeepAliveRechecksOwnerAfterCompaction(t *testing.T) {
 			t.Parallel()
 			c := newCluster(t, hostGW16)
 			ctx := testCtx(t)
-			p := newProxy(t, c.srv.Endpoints()[0])
-			pcli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { pcli.Close() })
-			reg := newRegistry(t, pcli, "")
+			p, reg := c.behindProxy(t)
 			// A TTL far longer than the cut: our etcd lease stays alive
 			// throughout, so only the key tells that it is not ours.
 			o := opts("198.18.0.11", 60*time.Second)

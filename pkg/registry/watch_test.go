@@ -406,13 +406,8 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 	c.put(t, subnetKey("10.244.2.0-24"), `{"PublicIP":"198.18.0.12"}`, 0)
 	ctx := testCtx(t)
 
-	p := newProxy(t, c.srv.Endpoints()[0])
-	pcli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pcli.Close() })
-	w := startWatch(t, newRegistry(t, pcli, ""))
+	p, reg := c.behindProxy(t)
+	w := startWatch(t, reg)
 	if s := w.next(t); len(s.Leases) != 2 {
 		t.Fatalf("initial %v", publicIPs(s))
 	}
@@ -456,6 +451,19 @@ type proxy struct {
 	mu    sync.Mutex
 	down  bool
 	conns []net.Conn
+}
+
+// behindProxy returns a registry whose client reaches c's etcd through a
+// proxy of its own, so that it alone can be cut off.
+func (c *cluster) behindProxy(t *testing.T) (*proxy, *registry.Registry) {
+	t.Helper()
+	p := newProxy(t, c.srv.Endpoints()[0])
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return p, newRegistry(t, cli, "")
 }
 
 func newProxy(t *testing.T, endpoint string) *proxy {
