@@ -30,6 +30,13 @@ func (pl plugin) add(args *skel.CmdArgs) error {
 		return err
 	}
 	defer dp.Close()
+	// The agent's endpoint reconciler may attach this veth at the same
+	// moment; the lock makes one of us find the other's link and update it.
+	unlock, err := datapath.LockPinRoot(conf.BPFFSRoot)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	// Recorded first, so that whatever this ADD leaves behind if it stops
 	// half way can be found by DEL and GC.
 	rec := record{ContainerID: args.ContainerID, IfName: args.IfName, BPFFSRoot: conf.BPFFSRoot, HostVeth: p.hostVeth, Endpoints: eps}

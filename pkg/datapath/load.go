@@ -62,7 +62,7 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("pin root: %w", err)
 		}
 	}
-	unlock, err := lockPinRoot(opts.PinRoot)
+	unlock, err := LockPinRoot(opts.PinRoot)
 	if err != nil {
 		return nil, err
 	}
@@ -118,11 +118,14 @@ func (d *Datapath) Program(p Program) (*ebpf.Program, error) {
 	return nil, fmt.Errorf("unknown program %q", p)
 }
 
-// lockPinRoot takes an exclusive lock on the pin root directory until
-// unlock, so that processes loading over the same pins (the agent, CNI
-// ADDs running at once) never race on creating, pinning or replacing a
-// map. The kernel drops the lock with a process that dies holding it.
-func lockPinRoot(root string) (unlock func(), err error) {
+// LockPinRoot takes an exclusive lock on the pin root directory until
+// unlock, so that processes working on the same pins (the agent, CNI ADDs
+// running at once) never race on creating, pinning or replacing a map or
+// a link: Load holds it, and so do callers around Attach of a device
+// another process may attach too (a pod's veth). Not reentrant: a process
+// holding it must not call Load. The kernel drops the lock with a process
+// that dies holding it.
+func LockPinRoot(root string) (unlock func(), err error) {
 	f, err := os.Open(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("pin root %s: %w", root, ErrNotPinned)

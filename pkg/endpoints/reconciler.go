@@ -174,18 +174,30 @@ func (r *Reconciler) attach(v view, onPort map[int]bool, res *Result) {
 		}
 		res.Detached++
 	}
+	var todo []port
 	for idx := range onPort {
-		p, ok := v.ports[idx]
-		if !ok || (attached[p.name] && r.upgraded) {
-			continue
+		if p, ok := v.ports[idx]; ok && !(attached[p.name] && r.upgraded) {
+			todo = append(todo, p)
 		}
-		if err := r.opts.Attach(p.name); err != nil {
-			res.Errors = append(res.Errors, fmt.Errorf("attach %s to %s: %w", datapath.FromPods, p.name, err))
-			continue
+	}
+	if len(todo) > 0 {
+		// hgw-cni attaches a new pod's veth too, under this lock: without
+		// it both could attach and one fail to pin its link.
+		unlock, err := datapath.LockPinRoot(r.opts.PinRoot)
+		if err != nil {
+			res.Errors = append(res.Errors, err)
+			return
 		}
-		if !attached[p.name] {
-			res.Attached++
+		for _, p := range todo {
+			if err := r.opts.Attach(p.name); err != nil {
+				res.Errors = append(res.Errors, fmt.Errorf("attach %s to %s: %w", datapath.FromPods, p.name, err))
+				continue
+			}
+			if !attached[p.name] {
+				res.Attached++
+			}
 		}
+		unlock()
 	}
 	if len(res.Errors) == 0 {
 		r.upgraded = true

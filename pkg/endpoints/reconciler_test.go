@@ -5,7 +5,9 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -138,4 +140,43 @@ func TestApplyKeepsAnEntryRewrittenAfterTheListing(t *testing.T) {
 	if _, ok, _ := eps.Get(ip); ok {
 		t.Errorf("stale entry for %s still there", ip)
 	}
+}
+
+// The hgw-cni plugin attaches from_pods to a new pod's veth under the pin
+// root's lock; the reconciler, which may attach the same veth at the same
+// moment, waits for that lock too, so the two never race on its link pin.
+func TestApplyAttachesUnderThePinRootLock(t *testing.T) {
+	n := newNode(t)
+	ep := datapath.Endpoint{IP: netip.MustParseAddr("10.244.1.6"), Ifindex: uint32(n.port.Attrs().Index),
+		PodMAC: net.HardwareAddr{2, 0, 0, 0, 0, 3}, GatewayMAC: n.br.Attrs().HardwareAddr}
+	if err := n.dp.Endpoints().Put(ep); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := datapath.LockPinRoot(n.dp.PinRoot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another process's ADD, holding the lock for a while.
+	var released atomic.Bool
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		released.Store(true)
+		unlock()
+	}()
+	testutil.Do(t, n.ns, func() {
+		r, err := endpoints.New(endpoints.Options{Bridge: "cni0", PinRoot: n.dp.PinRoot(), Map: n.dp.Endpoints(),
+			Attach: func(dev string) error {
+				if !released.Load() {
+					t.Errorf("attached %s while another process held the pin root's lock", dev)
+				}
+				return nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		if res := r.Apply(); res.Attached != 1 || len(res.Errors) != 0 {
+			t.Errorf("Apply: %+v, want the pod's veth attached once the lock is free", res)
+		}
+	})
 }
