@@ -10,14 +10,22 @@
  *                  -> known pod (endpoints map): bpf_redirect_peer(its veth)
  *                  -> else bpf_redirect_neigh(cni0)
  *
- * Whatever is not plainly forwardable returns TC_ACT_OK untouched, and the
- * kernel routes (still installed) handle it, ICMP errors included.
- * Needs: kernel >= 5.10 (bpf_redirect_neigh, bpf_check_mtu); tcx >= 6.6. */
+ * A packet may take the fast path only when both ends of its flow are pods
+ * behind a fast path (a local pod, and a pod in a peer's subnet), so that
+ * both directions of a flow take the same path at each node. Whatever is not
+ * plainly forwardable returns TC_ACT_UNSPEC (TCX_NEXT) untouched: later tcx
+ * programs and classic tc filters still run, then the kernel routes (still
+ * installed) handle it, ICMP errors included.
+ *
+ * Needs kernel >= 5.12 (bpf_check_mtu; bpf_redirect_neigh/peer are 5.10).
+ * The conntrack checks need more (see the load-time switches below); where
+ * they cannot run, the programs redirect less, never more. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -60,7 +68,8 @@ struct {
 } stats SEC(".maps");
 
 /* Local pods, written by the hgw-cni plugin and the agent. A missing entry
- * only costs speed: the packet takes bpf_redirect_neigh(cni0) and the bridge. */
+ * costs speed (the packet takes bpf_redirect_neigh(cni0) and the bridge)
+ * and, at a pod's veth, the pod's packets: its source is not vouched for. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct endpoint_key);
@@ -78,8 +87,15 @@ struct hgw_enums {
 };
 const struct hgw_enums *unused_enums __attribute__((unused));
 
-/* Conntrack kfuncs (kernel >= 6.0 with nf_conntrack). __weak: the object
- * still loads where they are missing, and bpf_ksym_exists() is then false. */
+/* Load-time switches: the loader (pkg/datapath) sets them from its probe of
+ * the running kernel, and tests clear them to run the fallback paths. They
+ * default to off, so an object loaded without a probe fails closed. */
+volatile const __u8 have_ct_lookup; /* bpf_skb_ct_lookup: 5.18, with nf_conntrack */
+volatile const __u8 have_kern_ctx;  /* bpf_cast_to_kern_ctx: 6.2 */
+volatile const __u8 tcx_attach;     /* attached with tcx (6.6): classic tc runs after us */
+
+/* Conntrack kfuncs. __weak: the object still loads where they are missing,
+ * and bpf_ksym_exists() is then false. */
 struct nf_conn {
 	unsigned long status;
 } __attribute__((preserve_access_index));
@@ -98,9 +114,29 @@ struct bpf_ct_opts___hgw {
 #define IPS_DST_NAT (1 << 5)
 #define NFCT_PTRMASK (~7UL)
 
-/* The one field of the kernel's sk_buff we read: the conntrack entry
- * netfilter attached to the packet (CO-RE, kernel >= 6.3 for the cast). */
+/* The few kernel structures read through bpf_cast_to_kern_ctx (CO-RE: the
+ * offsets come from the running kernel's BTF). */
+struct bpf_mprog_bundle___hgw {
+	__u32 count;
+} __attribute__((preserve_access_index));
+
+struct bpf_mprog_entry___hgw {
+	struct bpf_mprog_bundle___hgw *parent;
+} __attribute__((preserve_access_index));
+
+/* tcx keeps a device's classic tc (clsact/ingress qdisc) filter list here:
+ * miniq is set while at least one classic filter is on the device. */
+struct tcx_entry___hgw {
+	void *miniq;
+	struct bpf_mprog_bundle___hgw bundle;
+} __attribute__((preserve_access_index));
+
+struct net_device___hgw {
+	struct bpf_mprog_entry___hgw *tcx_ingress;
+} __attribute__((preserve_access_index));
+
 struct sk_buff {
+	struct net_device___hgw *dev;
 	unsigned long _nfct;
 } __attribute__((preserve_access_index));
 
@@ -117,7 +153,7 @@ extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
 /* A pseudo-reason: the packet may be forwarded. */
 #define FORWARD REASON_MAX
 
-static __always_inline int count(struct __sk_buff *skb, __u32 prog, __u32 reason, int verdict)
+static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reason)
 {
 	__u32 idx = prog * REASON_MAX + reason;
 	struct counter *c = bpf_map_lookup_elem(&stats, &idx);
@@ -126,7 +162,15 @@ static __always_inline int count(struct __sk_buff *skb, __u32 prog, __u32 reason
 		c->packets++;
 		c->bytes += skb->len;
 	}
-	return verdict;
+}
+
+/* Leave the packet to whatever comes next: TC_ACT_UNSPEC is TCX_NEXT, so
+ * later tcx programs and classic tc filters run, then the kernel's path
+ * (TC_ACT_OK would end classification for all of them). */
+static __always_inline int pass(struct __sk_buff *skb, __u32 prog, __u32 reason)
+{
+	count(skb, prog, reason);
+	return TC_ACT_UNSPEC;
 }
 
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
@@ -134,27 +178,73 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 	return *(const __u32 *)a == *(const __u32 *)b && *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
 }
 
-/* A pod sends routed packets to its gateway's MAC, the bridge's. At the
- * pod's host-side veth that MAC is not the device's own, so the kernel marks
- * the frame PACKET_OTHERHOST. It is for the host all the same when a known
- * pod sends it from its own veth to its gateway's MAC. */
-static __always_inline int pod_to_gateway(struct __sk_buff *skb, struct ethhdr *eth, void *data_end)
+static __always_inline const struct node_config *load_config(void)
 {
-	struct iphdr *ip = (void *)(eth + 1);
-	struct endpoint_value *ep;
-	struct endpoint_key key;
+	__u32 zero = 0;
+	const struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
 
-	if (skb->pkt_type != PACKET_OTHERHOST || (void *)(ip + 1) > data_end)
-		return 0;
-	__builtin_memcpy(key.addr, &ip->saddr, sizeof(key.addr));
-	ep = bpf_map_lookup_elem(&endpoints, &key);
-	return ep && ep->ifindex == skb->ifindex && mac_equal(eth->h_dest, ep->gateway_mac);
+	if (!cfg || cfg->pod_prefixlen == 0 || cfg->pod_prefixlen > 32)
+		return NULL;
+	return cfg;
+}
+
+static __always_inline int ct_lookup_usable(void)
+{
+	return have_ct_lookup && bpf_ksym_exists(bpf_skb_ct_lookup);
+}
+
+static __always_inline int kern_ctx_usable(void)
+{
+	return have_kern_ctx && bpf_ksym_exists(bpf_cast_to_kern_ctx);
+}
+
+/* What every packet meets first: no config, the agent's wish to step aside,
+ * conntrack that cannot be checked, or (tcx) classic tc filters on this
+ * device that must see the packet before we may take it. */
+static __always_inline __u32 gate(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	struct bpf_mprog_bundle___hgw *bundle;
+	struct net_device___hgw *dev;
+	struct sk_buff *kskb;
+	void *miniq = NULL;
+
+	if (!cfg)
+		return REASON_NO_CONFIG;
+	if (cfg->flags & CONFIG_F_STEP_ASIDE)
+		return REASON_STEP_ASIDE;
+	/* Fail closed: a NATed flow redirected without its conntrack entry
+	 * breaks, so without a way to check there is no fast path. */
+	if (!(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && !((cfg->flags & CONFIG_F_CONNTRACK) && ct_lookup_usable()))
+		return REASON_NO_CONNTRACK;
+	/* tcx programs run before the classic clsact/ingress filters of the
+	 * same device, such as the CNI bandwidth plugin's shaping on a pod's
+	 * veth. A redirect would skip them, so while any is there the packet
+	 * is theirs (tc mode orders by filter priority instead: ours is last).
+	 * tcx (6.6) implies bpf_cast_to_kern_ctx (6.2). */
+	if (!tcx_attach || !kern_ctx_usable() || !bpf_core_field_exists(struct net_device___hgw, tcx_ingress))
+		return FORWARD;
+	kskb = bpf_cast_to_kern_ctx(skb);
+	dev = kskb->dev;
+	if (!dev)
+		return FORWARD;
+	bundle = BPF_CORE_READ(dev, tcx_ingress, parent);
+	if (!bundle)
+		return FORWARD;
+	/* container_of(bundle, struct tcx_entry, bundle)->miniq */
+	if (bpf_probe_read_kernel(&miniq, sizeof(miniq),
+				  (void *)((unsigned long)bundle - bpf_core_field_offset(struct tcx_entry___hgw, bundle) +
+					   bpf_core_field_offset(struct tcx_entry___hgw, miniq))))
+		return REASON_TC_FILTERS; /* unreadable: assume they are there */
+	return miniq ? REASON_TC_FILTERS : FORWARD;
 }
 
 /* Checks that the frame is a plain IPv4 packet addressed to this host at L2
- * that a router may forward without looking inside. Returns FORWARD and sets
- * *ipp, or the reason to leave it to the kernel. */
-static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp)
+ * that a router may forward without looking inside. At a pod's veth, the
+ * frames a pod sends to its gateway carry the bridge's MAC, not the veth's,
+ * so the kernel marks them PACKET_OTHERHOST: from_pods checks their MAC
+ * once it knows the pod. Returns FORWARD and sets *ipp, or the reason to
+ * leave the packet to the kernel. */
+static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp, int at_veth)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -172,7 +262,7 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
 	if (skb->vlan_present)
 		return REASON_NOT_IPV4;
 	/* Broadcast, multicast and frames for another MAC are not ours to route. */
-	if (skb->pkt_type != PACKET_HOST && !pod_to_gateway(skb, eth, data_end))
+	if (skb->pkt_type != PACKET_HOST && !(at_veth && skb->pkt_type == PACKET_OTHERHOST))
 		return REASON_NOT_FOR_HOST;
 
 	ip = (void *)(eth + 1);
@@ -199,6 +289,28 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
 	return FORWARD;
 }
 
+/* Sources no router forwards (RFC 1812 5.3.7; the kernel's martian check):
+ * 0/8, 127/8, 224/4 multicast, 240/4 and the broadcast address. */
+static __always_inline int martian(__be32 addr)
+{
+	__u32 first = bpf_ntohl(addr) >> 24;
+
+	return first == 0 || first == 127 || first >= 224;
+}
+
+/* The addresses of a subnet that belong to its node, not to a pod: the
+ * network, the first (cni0's, flannel's gateway) and the broadcast address.
+ * /31 and /32 have none. */
+static __always_inline int node_addr(__u32 prefixlen, __be32 addr)
+{
+	__u32 hostmask = prefixlen ? ~0U >> prefixlen : ~0U;
+	__u32 host = bpf_ntohl(addr) & hostmask;
+
+	if (prefixlen > 30)
+		return 0;
+	return host == 0 || host == 1 || host == hostmask;
+}
+
 static __always_inline int in_pod_subnet(const struct node_config *cfg, __be32 addr)
 {
 	__be32 net = *(const __be32 *)cfg->pod_subnet;
@@ -207,14 +319,19 @@ static __always_inline int in_pod_subnet(const struct node_config *cfg, __be32 a
 	return (addr & mask) == net;
 }
 
-static __always_inline const struct node_config *load_config(void)
+/* A pod of this node: inside its pod subnet, and neither the gateway nor
+ * the subnet's network or broadcast address. */
+static __always_inline int local_pod_addr(const struct node_config *cfg, __be32 addr)
 {
-	__u32 zero = 0;
-	const struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	return in_pod_subnet(cfg, addr) && addr != *(const __be32 *)cfg->gateway && !node_addr(cfg->pod_prefixlen, addr);
+}
 
-	if (!cfg || cfg->pod_prefixlen == 0 || cfg->pod_prefixlen > 32)
-		return NULL;
-	return cfg;
+static __always_inline struct route_value *lookup_route(__be32 addr)
+{
+	struct route_key key = {.prefixlen = 32};
+
+	__builtin_memcpy(key.addr, &addr, sizeof(key.addr));
+	return bpf_map_lookup_elem(&routes, &key);
 }
 
 /* The IP length of one segment of a GSO packet: IP and L4 headers plus
@@ -272,15 +389,18 @@ static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *i
  * entry is attached to the packet, not yet confirmed, so the table lookup
  * cannot see it. Such a packet must go on through the kernel, which confirms
  * the entry and un-NATs the replies. An unconfirmed entry without NAT is a
- * new flow: it may take the fast path (and conntrack forgets it). */
+ * new flow: it may take the fast path (and conntrack forgets it). Only cni0
+ * needs this: at eth0 and at a pod's veth no netfilter hook has run yet
+ * (crossing a veth from another namespace drops any entry). */
 static __always_inline __u32 attached_ct_check(struct __sk_buff *skb)
 {
 	struct sk_buff *kskb;
 	struct nf_conn *ct;
 	unsigned long status = 0;
 
-	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
-		return FORWARD;
+	/* Unreadable entry: the DNAT of a ClusterIP packet would be lost. */
+	if (!kern_ctx_usable())
+		return REASON_CT_UNREADABLE;
 	kskb = bpf_cast_to_kern_ctx(skb);
 	ct = (struct nf_conn *)(kskb->_nfct & NFCT_PTRMASK);
 	if (!ct)
@@ -299,8 +419,9 @@ static __always_inline __u32 attached_ct_check(struct __sk_buff *skb)
  * of a DNATed connection must be un-NATed by the kernel) and keeps conntrack
  * from seeing half a TCP conversation, which kube-proxy drops as INVALID.
  * Flows conntrack does not know are fast from their first packet, and stay
- * unknown to it because the fast path skips netfilter. */
-static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip)
+ * unknown to it because the fast path skips netfilter. gate() has made sure
+ * that, unless the check is ignored, the table lookup is usable. */
+static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int at_bridge)
 {
 	void *data_end = (void *)(long)skb->data_end;
 	struct bpf_ct_opts___hgw opts = {.netns_id = BPF_F_CURRENT_NETNS};
@@ -318,17 +439,22 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 			return REASON_MALFORMED;
 		if (*icmp != ICMP_ECHO && *icmp != ICMP_ECHOREPLY)
 			return REASON_ICMP_ERROR;
-		return FORWARD;
 	}
-	if (!(cfg->flags & CONFIG_F_CONNTRACK))
+	if (cfg->flags & CONFIG_F_IGNORE_CONNTRACK)
 		return FORWARD;
-	reason = attached_ct_check(skb);
-	if (reason != FORWARD)
-		return reason;
-	if (!bpf_ksym_exists(bpf_skb_ct_lookup))
+	if (at_bridge) {
+		reason = attached_ct_check(skb);
+		if (reason != FORWARD)
+			return reason;
+	}
+	/* The lookup keys TCP and UDP only. ICMP echo has no NAT to undo on a
+	 * pod-to-pod path; anything else (SCTP services, GRE, ...) might. */
+	if (ip->protocol == IPPROTO_ICMP)
 		return FORWARD;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return FORWARD;
+		return REASON_CT_OTHER_PROTO;
+	if (!ct_lookup_usable())
+		return REASON_NO_CONNTRACK; /* gate() ruled this out; the verifier needs it said here */
 	ports = (void *)(ip + 1);
 	if ((void *)(ports + 2) > data_end)
 		return REASON_MALFORMED;
@@ -346,41 +472,71 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 	return (status & (IPS_SRC_NAT | IPS_DST_NAT)) ? REASON_CT_NAT : REASON_CT_TRACKED;
 }
 
+/* The source of a packet from_pods sees. At a pod's veth it must be that
+ * pod's own address (its endpoint entry names this veth): a pod cannot send
+ * as another. At cni0 it must be a pod address of this node. */
+static __always_inline __u32 pod_source(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int at_veth)
+{
+	struct ethhdr *eth = (void *)(long)skb->data;
+	struct endpoint_value *ep;
+	struct endpoint_key key;
+
+	if (martian(ip->saddr))
+		return REASON_MARTIAN_SRC;
+	if (!at_veth)
+		return local_pod_addr(cfg, ip->saddr) ? FORWARD : REASON_SPOOFED_SRC;
+	__builtin_memcpy(key.addr, &ip->saddr, sizeof(key.addr));
+	ep = bpf_map_lookup_elem(&endpoints, &key);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return REASON_SPOOFED_SRC;
+	/* For another MAC on the bridge (a pod on this node): switching. */
+	if (skb->pkt_type == PACKET_OTHERHOST && !mac_equal(eth->h_dest, ep->gateway_mac))
+		return REASON_NOT_FOR_HOST;
+	return FORWARD;
+}
+
 SEC("tc")
 int from_pods(struct __sk_buff *skb)
 {
 	const struct node_config *cfg = load_config();
 	struct route_value *rt;
-	struct route_key key;
 	struct bpf_redir_neigh nh = {};
 	struct iphdr *ip = NULL;
 	__u32 reason;
+	int at_veth;
 
-	if (!cfg)
-		return count(skb, PROG_FROM_PODS, REASON_NO_CONFIG, TC_ACT_OK);
-	reason = parse_ipv4(skb, &ip);
+	reason = gate(skb, cfg);
+	if (reason != FORWARD || !cfg)
+		return pass(skb, PROG_FROM_PODS, reason);
+	/* Attached to cni0 and to known pods' host-side veths. */
+	at_veth = skb->ifindex != cfg->bridge_ifindex;
+	reason = parse_ipv4(skb, &ip, at_veth);
 	if (reason != FORWARD || !ip)
-		return count(skb, PROG_FROM_PODS, reason, TC_ACT_OK);
+		return pass(skb, PROG_FROM_PODS, reason);
+	reason = pod_source(skb, cfg, ip, at_veth);
+	if (reason != FORWARD)
+		return pass(skb, PROG_FROM_PODS, reason);
 	/* Pod to pod on this node, or to the gateway: the bridge's business. */
 	if (in_pod_subnet(cfg, ip->daddr))
-		return count(skb, PROG_FROM_PODS, REASON_LOCAL_DEST, TC_ACT_OK);
-
-	key.prefixlen = 32;
-	__builtin_memcpy(key.addr, &ip->daddr, sizeof(key.addr));
-	rt = bpf_map_lookup_elem(&routes, &key);
+		return pass(skb, PROG_FROM_PODS, REASON_LOCAL_DEST);
+	/* The other end must be a pod behind a peer's fast path too, or the
+	 * replies would come back through the kernel (see from_underlay). */
+	rt = lookup_route(ip->daddr);
 	if (!rt)
-		return count(skb, PROG_FROM_PODS, REASON_NO_ROUTE, TC_ACT_OK);
+		return pass(skb, PROG_FROM_PODS, REASON_NO_ROUTE);
+	if (node_addr(rt->prefixlen, ip->daddr))
+		return pass(skb, PROG_FROM_PODS, REASON_DST_NOT_POD);
 
-	reason = ct_check(skb, cfg, ip);
+	reason = ct_check(skb, cfg, ip, !at_veth);
 	if (reason != FORWARD)
-		return count(skb, PROG_FROM_PODS, reason, TC_ACT_OK);
+		return pass(skb, PROG_FROM_PODS, reason);
 	reason = route_checks(skb, ip, rt->ifindex);
 	if (reason != FORWARD)
-		return count(skb, PROG_FROM_PODS, reason, TC_ACT_OK);
+		return pass(skb, PROG_FROM_PODS, reason);
 
 	nh.nh_family = AF_INET;
 	__builtin_memcpy(&nh.ipv4_nh, rt->nexthop, sizeof(nh.ipv4_nh));
-	count(skb, PROG_FROM_PODS, REASON_REDIRECT, TC_ACT_OK);
+	count(skb, PROG_FROM_PODS, REASON_REDIRECT);
 	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
 }
 
@@ -390,37 +546,48 @@ int from_underlay(struct __sk_buff *skb)
 	const struct node_config *cfg = load_config();
 	struct endpoint_value *ep;
 	struct endpoint_key ep_key;
+	struct route_value *rt;
 	struct iphdr *ip = NULL;
 	struct ethhdr *eth;
-	__be32 host_mask;
 	__u32 reason;
 
-	if (!cfg)
-		return count(skb, PROG_FROM_UNDERLAY, REASON_NO_CONFIG, TC_ACT_OK);
-	reason = parse_ipv4(skb, &ip);
+	reason = gate(skb, cfg);
+	if (reason != FORWARD || !cfg)
+		return pass(skb, PROG_FROM_UNDERLAY, reason);
+	reason = parse_ipv4(skb, &ip, 0);
 	if (reason != FORWARD || !ip)
-		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
+		return pass(skb, PROG_FROM_UNDERLAY, reason);
+	if (martian(ip->saddr))
+		return pass(skb, PROG_FROM_UNDERLAY, REASON_MARTIAN_SRC);
 	/* Not for our pods (the node itself, another subnet): the kernel's. */
 	if (!in_pod_subnet(cfg, ip->daddr))
-		return count(skb, PROG_FROM_UNDERLAY, REASON_NO_ROUTE, TC_ACT_OK);
-	/* The gateway address and the subnet's network and broadcast addresses
-	 * belong to the host, not to a pod. */
-	host_mask = ~bpf_htonl(~0U << (32 - cfg->pod_prefixlen));
-	if (ip->daddr == *(const __be32 *)cfg->gateway || (ip->daddr & host_mask) == 0 ||
-	    (ip->daddr & host_mask) == host_mask)
-		return count(skb, PROG_FROM_UNDERLAY, REASON_LOCAL_DEST, TC_ACT_OK);
+		return pass(skb, PROG_FROM_UNDERLAY, REASON_NO_ROUTE);
+	if (!local_pod_addr(cfg, ip->daddr))
+		return pass(skb, PROG_FROM_UNDERLAY, REASON_LOCAL_DEST);
+	/* One path per flow, in both directions: the replies take the fast
+	 * path only toward a pod in a peer's subnet (from_pods), so only such
+	 * a source may come in on it. Node IPs, external clients and SNATed
+	 * service traffic go through the kernel both ways, and conntrack sees
+	 * whole flows. */
+	rt = in_pod_subnet(cfg, ip->saddr) ? NULL : lookup_route(ip->saddr);
+	if (!rt || node_addr(rt->prefixlen, ip->saddr))
+		return pass(skb, PROG_FROM_UNDERLAY, REASON_SRC_NOT_POD);
 
-	reason = ct_check(skb, cfg, ip);
+	reason = ct_check(skb, cfg, ip, 0);
 	if (reason != FORWARD)
-		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
+		return pass(skb, PROG_FROM_UNDERLAY, reason);
 	/* Looked up before route_checks rewrites the header. */
 	__builtin_memcpy(ep_key.addr, &ip->daddr, sizeof(ep_key.addr));
 	ep = bpf_map_lookup_elem(&endpoints, &ep_key);
+	/* A pod the map does not know sends its replies through cni0, where
+	 * they can be fast only if the attached entry can be read. */
+	if (!ep && !(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && !kern_ctx_usable())
+		return pass(skb, PROG_FROM_UNDERLAY, REASON_CT_UNREADABLE);
 	/* The MTU that counts is the bridge's, as on the kernel's path: the
 	 * pods' veths are made with it. */
 	reason = route_checks(skb, ip, cfg->bridge_ifindex);
 	if (reason != FORWARD)
-		return count(skb, PROG_FROM_UNDERLAY, reason, TC_ACT_OK);
+		return pass(skb, PROG_FROM_UNDERLAY, reason);
 
 	/* A known pod: be its gateway at L2 too and hand the packet straight to
 	 * its namespace, skipping the bridge and the veth's transmit path. */
@@ -428,9 +595,9 @@ int from_underlay(struct __sk_buff *skb)
 	if (ep && (void *)(eth + 1) <= (void *)(long)skb->data_end) {
 		__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, ep->gateway_mac, ETH_ALEN);
-		count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT_PEER, TC_ACT_OK);
+		count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT_PEER);
 		return bpf_redirect_peer(ep->ifindex, 0);
 	}
-	count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT, TC_ACT_OK);
+	count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT);
 	return bpf_redirect_neigh(cfg->bridge_ifindex, NULL, 0, 0);
 }

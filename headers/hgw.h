@@ -15,11 +15,14 @@ struct route_key {
 };
 
 /* Where packets for a peer subnet go: out of ifindex, to nexthop (the peer
- * node's host IP), whose MAC the kernel neighbour table supplies. */
+ * node's host IP), whose MAC the kernel neighbour table supplies. prefixlen
+ * repeats the key's: an LPM lookup returns only the value, and the programs
+ * need the matched subnet's bounds to tell a peer's pods from the peer node
+ * itself (its network, gateway and broadcast addresses). */
 struct route_value {
 	__u8 nexthop[4];
 	__u32 ifindex;
-	__u32 flags; /* reserved, 0 */
+	__u32 prefixlen;
 };
 
 /* Key of the `endpoints` hash: a pod on this node, by its IPv4 address. */
@@ -36,7 +39,7 @@ struct endpoint_value {
 };
 
 /* The node's own view, written by the agent before programs are attached.
- * A zeroed config (no agent yet) makes both programs pass everything. */
+ * A zeroed config (no agent yet) makes both programs pass everything on. */
 struct node_config {
 	__u8 pod_subnet[4];   /* this node's pod subnet, e.g. 10.244.1.0 */
 	__u32 pod_prefixlen;  /* e.g. 24; 0 = not configured */
@@ -46,11 +49,18 @@ struct node_config {
 	__u32 flags;          /* enum config_flag */
 };
 
+/* When the fast path may act. With neither CONFIG_F_CONNTRACK nor
+ * CONFIG_F_IGNORE_CONNTRACK the programs fail closed: nothing is redirected. */
 enum config_flag {
-	/* Ask conntrack before forwarding: flows the kernel tracks (NATed
-	 * ones above all) stay on the kernel path. Off only for clusters
-	 * without kube-proxy, or in tests proving why it is needed. */
+	/* The conntrack table lookup is usable: flows the kernel tracks
+	 * (NATed ones above all) stay on the kernel path. */
 	CONFIG_F_CONNTRACK = 1,
+	/* --unsafe-ignore-conntrack: no conntrack check at all, for clusters
+	 * without kube-proxy or any NAT. */
+	CONFIG_F_IGNORE_CONNTRACK = 2,
+	/* The agent wants no fast path now (a NetworkPolicy engine enforces
+	 * in netfilter, or conntrack cannot be checked): pass everything on. */
+	CONFIG_F_STEP_ASIDE = 4,
 };
 
 /* Which program counted. */
@@ -61,7 +71,7 @@ enum hgw_program {
 };
 
 /* Why a packet took the path it took. Every return of the programs counts
- * exactly one reason. */
+ * exactly one reason: the first check that kept it off the fast path. */
 enum hgw_reason {
 	REASON_REDIRECT = 0,     /* fast path: bpf_redirect_neigh */
 	REASON_NOT_IPV4 = 1,     /* ARP, IPv6, VLAN, ...: kernel */
@@ -78,7 +88,16 @@ enum hgw_reason {
 	REASON_CT_TRACKED = 12,  /* conntrack tracks this flow: keep it there */
 	REASON_ICMP_ERROR = 13,  /* ICMP error: its inner header may need un-NAT */
 	REASON_REDIRECT_PEER = 14, /* fast path: bpf_redirect_peer into a known pod */
-	REASON_MAX = 15,
+	REASON_STEP_ASIDE = 15,  /* the agent asked for no fast path now */
+	REASON_NO_CONNTRACK = 16, /* conntrack cannot be checked: fail closed */
+	REASON_CT_UNREADABLE = 17, /* the entry br_netfilter attached cannot be read */
+	REASON_CT_OTHER_PROTO = 18, /* not TCP/UDP/ICMP echo: the lookup cannot key it */
+	REASON_MARTIAN_SRC = 19, /* source 0/8, 127/8, multicast, 240/4 */
+	REASON_SPOOFED_SRC = 20, /* from a pod, not that pod's (or any pod's) address */
+	REASON_SRC_NOT_POD = 21, /* from the underlay, source not a peer's pod */
+	REASON_DST_NOT_POD = 22, /* to a peer subnet's network/gateway/broadcast */
+	REASON_TC_FILTERS = 23,  /* tcx: classic tc filters on this device come first */
+	REASON_MAX = 24,
 };
 
 /* One counter cell of the per-CPU `stats` array, indexed by

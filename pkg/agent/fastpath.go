@@ -57,7 +57,7 @@ func (n *node) writeConfig() error {
 	return n.dp.SetConfig(datapath.NodeConfig{
 		PodSubnet: own, Gateway: own.Addr().Next(),
 		BridgeIfindex: bridge, UnderlayIfindex: uint32(n.ul.link.Attrs().Index),
-		Conntrack: n.conntrack,
+		Conntrack: n.conntrack, IgnoreConntrack: n.cfg.UnsafeIgnoreConntrack,
 	})
 }
 

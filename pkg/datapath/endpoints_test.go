@@ -15,7 +15,7 @@ import (
 )
 
 var (
-	macGateway = mac{0x02, 0x42, 0x0a, 0xf4, 0x01, 0x01}
+	macGateway = macHost // cni0's
 	macPod2    = mac{0x02, 0x42, 0x0a, 0xf4, 0x01, 0x06}
 )
 
@@ -49,7 +49,7 @@ func TestDeliversToKnownPodWithRedirectPeer(t *testing.T) {
 	for _, frame := range [][]byte{
 		udpFrame(peerPod, localPod),
 		ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 63, Protocol: protoTCP}, tcp(80, 40000, 0x12)),
-		ipFrame(ipv4Header{Src: nodeIP, Dst: localPod, TTL: 2, Protocol: protoICMP}, icmpEchoMsg(icmpEcho, 7, 3)),
+		ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 2, Protocol: protoICMP}, icmpEchoMsg(icmpEcho, 7, 3)),
 	} {
 		want := peerDelivered(frame, macPod)
 		out := e.expect(t, datapath.FromUnderlay, frame, nil, tcActRedirect, "redirect_peer")
@@ -91,28 +91,52 @@ func TestUnknownLocalPodTakesTheBridgePath(t *testing.T) {
 
 // At a pod's host-side veth the pod's frames carry the gateway's MAC, not
 // the veth's, so the kernel marks them PACKET_OTHERHOST. from_pods forwards
-// them when a known pod sends them from its own veth to its gateway's MAC,
-// and leaves everything else to the bridge.
+// them when a known pod sends them from its own veth, with its own address,
+// to its gateway's MAC; a pod sending as another address goes to the
+// kernel whatever MAC it sends to.
 func TestFromPodsAtTheVethOfAKnownPod(t *testing.T) {
 	e := newRunEnv(t, true)
 	ep := e.addEndpoint(t, "vethpod1", localPod, macPod)
 	other := e.addEndpoint(t, "vethpod2", localPod2, macPod2)
 	atVeth := &skbContext{Ifindex: ep.Ifindex}
-	toGateway := func(src netip.Addr, dst mac) []byte {
+	toMAC := func(src netip.Addr, dst mac) []byte {
 		f := udpFrame(src, peerPod)
 		copy(f[0:6], dst[:])
 		return f
 	}
+	veth, err := e.ns.h.LinkByIndex(int(ep.Ifindex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vethMAC mac
+	copy(vethMAC[:], veth.Attrs().HardwareAddr)
 
-	e.forwardCtx(t, datapath.FromPods, toGateway(localPod, macGateway), atVeth)
-	// Another pod's address from this veth (spoofed, or a stale entry).
-	e.passCtx(t, datapath.FromPods, toGateway(localPod2, macGateway), atVeth, "not_for_host")
-	// The pod's own address, but to some other MAC on the bridge.
-	e.passCtx(t, datapath.FromPods, toGateway(localPod, macForeign), atVeth, "not_for_host")
-	// An unknown pod: the bridge and the cni0 attachment handle it.
-	e.passCtx(t, datapath.FromPods, toGateway(netip.MustParseAddr("10.244.1.77"), macGateway), atVeth, "not_for_host")
+	e.forwardCtx(t, datapath.FromPods, toMAC(localPod, macGateway), atVeth)
+	// To the veth's own MAC (PACKET_HOST: the bridge hands it up to the
+	// host, which routes it) is the same as to the gateway's.
+	e.forwardCtx(t, datapath.FromPods, toMAC(localPod, vethMAC), atVeth)
+	// Another pod's address from this veth, to either MAC: spoofed.
+	e.passCtx(t, datapath.FromPods, toMAC(localPod2, macGateway), atVeth, "spoofed_src")
+	e.passCtx(t, datapath.FromPods, toMAC(localPod2, vethMAC), atVeth, "spoofed_src")
+	// An address the map does not know, a remote pod's, the gateway's.
+	for _, src := range []string{"10.244.1.77", "10.244.2.5", "10.244.1.1"} {
+		e.passCtx(t, datapath.FromPods, toMAC(netip.MustParseAddr(src), macGateway), atVeth, "spoofed_src")
+	}
+	// The pod's own address, but to some other MAC on the bridge: a pod on
+	// this node, the bridge's business.
+	e.passCtx(t, datapath.FromPods, toMAC(localPod, macForeign), atVeth, "not_for_host")
+	// Broadcast is never for the host's router.
+	e.passCtx(t, datapath.FromPods, toMAC(localPod, macBroadcast), atVeth, "not_for_host")
 	// The other pod at its own veth is fine.
-	e.forwardCtx(t, datapath.FromPods, toGateway(localPod2, macGateway), &skbContext{Ifindex: other.Ifindex})
+	e.forwardCtx(t, datapath.FromPods, toMAC(localPod2, macGateway), &skbContext{Ifindex: other.Ifindex})
+
+	// Both directions of one flow: the pod's packet out at its veth, the
+	// reply in from the underlay, straight into the pod.
+	out := ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoTCP}, tcp(40000, 80, 0x02))
+	copy(out[0:6], macGateway[:])
+	e.forwardCtx(t, datapath.FromPods, out, atVeth)
+	back := ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: protoTCP}, tcp(80, 40000, 0x12))
+	e.expect(t, datapath.FromUnderlay, back, nil, tcActRedirect, "redirect_peer")
 }
 
 func TestEndpointMapPutListDelete(t *testing.T) {

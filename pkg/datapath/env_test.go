@@ -6,6 +6,7 @@ package datapath_test
 // point at, and a pin root of its own under /sys/fs/bpf.
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -69,6 +70,12 @@ func (n *testNetns) addLink(t testing.TB, l netlink.Link) int {
 // driver (`ip link add ... type dummy` says "Unknown device type").
 func stubDev(name string, mtu int) *netlink.Veth {
 	return &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, PeerName: name + "-peer"}
+}
+
+// withMAC gives l the Ethernet address m (the first end, for a veth).
+func withMAC[L netlink.Link](l L, m mac) L {
+	l.Attrs().HardwareAddr = net.HardwareAddr(m[:])
+	return l
 }
 
 func bridge(name string, mtu int) *netlink.Bridge {

@@ -16,7 +16,9 @@ import (
 type hgwConfigFlag uint32
 
 const (
-	hgwConfigFlagCONFIG_F_CONNTRACK hgwConfigFlag = 1
+	hgwConfigFlagCONFIG_F_CONNTRACK        hgwConfigFlag = 1
+	hgwConfigFlagCONFIG_F_IGNORE_CONNTRACK hgwConfigFlag = 2
+	hgwConfigFlagCONFIG_F_STEP_ASIDE       hgwConfigFlag = 4
 )
 
 type hgwCounter struct {
@@ -48,22 +50,31 @@ const (
 type hgwHgwReason uint32
 
 const (
-	hgwHgwReasonREASON_REDIRECT      hgwHgwReason = 0
-	hgwHgwReasonREASON_NOT_IPV4      hgwHgwReason = 1
-	hgwHgwReasonREASON_MALFORMED     hgwHgwReason = 2
-	hgwHgwReasonREASON_IP_OPTIONS    hgwHgwReason = 3
-	hgwHgwReasonREASON_FRAGMENT      hgwHgwReason = 4
-	hgwHgwReasonREASON_NOT_FOR_HOST  hgwHgwReason = 5
-	hgwHgwReasonREASON_LOCAL_DEST    hgwHgwReason = 6
-	hgwHgwReasonREASON_NO_ROUTE      hgwHgwReason = 7
-	hgwHgwReasonREASON_TTL_EXPIRED   hgwHgwReason = 8
-	hgwHgwReasonREASON_TOO_BIG       hgwHgwReason = 9
-	hgwHgwReasonREASON_NO_CONFIG     hgwHgwReason = 10
-	hgwHgwReasonREASON_CT_NAT        hgwHgwReason = 11
-	hgwHgwReasonREASON_CT_TRACKED    hgwHgwReason = 12
-	hgwHgwReasonREASON_ICMP_ERROR    hgwHgwReason = 13
-	hgwHgwReasonREASON_REDIRECT_PEER hgwHgwReason = 14
-	hgwHgwReasonREASON_MAX           hgwHgwReason = 15
+	hgwHgwReasonREASON_REDIRECT       hgwHgwReason = 0
+	hgwHgwReasonREASON_NOT_IPV4       hgwHgwReason = 1
+	hgwHgwReasonREASON_MALFORMED      hgwHgwReason = 2
+	hgwHgwReasonREASON_IP_OPTIONS     hgwHgwReason = 3
+	hgwHgwReasonREASON_FRAGMENT       hgwHgwReason = 4
+	hgwHgwReasonREASON_NOT_FOR_HOST   hgwHgwReason = 5
+	hgwHgwReasonREASON_LOCAL_DEST     hgwHgwReason = 6
+	hgwHgwReasonREASON_NO_ROUTE       hgwHgwReason = 7
+	hgwHgwReasonREASON_TTL_EXPIRED    hgwHgwReason = 8
+	hgwHgwReasonREASON_TOO_BIG        hgwHgwReason = 9
+	hgwHgwReasonREASON_NO_CONFIG      hgwHgwReason = 10
+	hgwHgwReasonREASON_CT_NAT         hgwHgwReason = 11
+	hgwHgwReasonREASON_CT_TRACKED     hgwHgwReason = 12
+	hgwHgwReasonREASON_ICMP_ERROR     hgwHgwReason = 13
+	hgwHgwReasonREASON_REDIRECT_PEER  hgwHgwReason = 14
+	hgwHgwReasonREASON_STEP_ASIDE     hgwHgwReason = 15
+	hgwHgwReasonREASON_NO_CONNTRACK   hgwHgwReason = 16
+	hgwHgwReasonREASON_CT_UNREADABLE  hgwHgwReason = 17
+	hgwHgwReasonREASON_CT_OTHER_PROTO hgwHgwReason = 18
+	hgwHgwReasonREASON_MARTIAN_SRC    hgwHgwReason = 19
+	hgwHgwReasonREASON_SPOOFED_SRC    hgwHgwReason = 20
+	hgwHgwReasonREASON_SRC_NOT_POD    hgwHgwReason = 21
+	hgwHgwReasonREASON_DST_NOT_POD    hgwHgwReason = 22
+	hgwHgwReasonREASON_TC_FILTERS     hgwHgwReason = 23
+	hgwHgwReasonREASON_MAX            hgwHgwReason = 24
 )
 
 type hgwNodeConfig struct {
@@ -83,10 +94,10 @@ type hgwRouteKey struct {
 }
 
 type hgwRouteValue struct {
-	_       structs.HostLayout
-	Nexthop [4]uint8
-	Ifindex uint32
-	Flags   uint32
+	_         structs.HostLayout
+	Nexthop   [4]uint8
+	Ifindex   uint32
+	Prefixlen uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -99,6 +110,9 @@ const (
 	hgwMapStats         = "stats"
 	hgwProgFromPods     = "from_pods"
 	hgwProgFromUnderlay = "from_underlay"
+	hgwVarHaveCtLookup  = "have_ct_lookup"
+	hgwVarHaveKernCtx   = "have_kern_ctx"
+	hgwVarTcxAttach     = "tcx_attach"
 	hgwVarUnusedEnums   = "unused_enums"
 )
 
@@ -162,7 +176,10 @@ type hgwMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hgwVariableSpecs struct {
-	UnusedEnums *ebpf.VariableSpec `ebpf:"unused_enums"`
+	HaveCtLookup *ebpf.VariableSpec `ebpf:"have_ct_lookup"`
+	HaveKernCtx  *ebpf.VariableSpec `ebpf:"have_kern_ctx"`
+	TcxAttach    *ebpf.VariableSpec `ebpf:"tcx_attach"`
+	UnusedEnums  *ebpf.VariableSpec `ebpf:"unused_enums"`
 }
 
 // hgwObjects contains all objects after they have been loaded into the kernel.
@@ -204,7 +221,10 @@ func (m *hgwMaps) Close() error {
 //
 // It can be passed to loadHgwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hgwVariables struct {
-	UnusedEnums *ebpf.Variable `ebpf:"unused_enums"`
+	HaveCtLookup *ebpf.Variable `ebpf:"have_ct_lookup"`
+	HaveKernCtx  *ebpf.Variable `ebpf:"have_kern_ctx"`
+	TcxAttach    *ebpf.Variable `ebpf:"tcx_attach"`
+	UnusedEnums  *ebpf.Variable `ebpf:"unused_enums"`
 }
 
 // hgwPrograms contains all programs after they have been loaded into the kernel.

@@ -15,13 +15,17 @@ type Options struct {
 	// PinRoot is the bpffs directory holding the maps and links; one per
 	// agent. Default DefaultPinRoot.
 	PinRoot string
-	// Mode picks the attach mechanism; default ModeAuto.
+	// Mode picks the attach mechanism; default ModeAuto (tcx where the
+	// kernel has it).
 	Mode Mode
 	// Existing loads over the maps an agent pinned and nothing else: it
 	// creates neither the pin root nor a map, and never replaces a map of
 	// another layout (ErrNotPinned, ErrLayoutMismatch). For the CNI plugin:
 	// the maps are the agent's.
 	Existing bool
+	// Without names features to treat as missing although the kernel has
+	// them, so that the programs take their fallback paths (tests do).
+	Without Features
 }
 
 // ErrNotPinned means no agent has pinned the maps under the pin root.
@@ -40,7 +44,8 @@ func (o Options) withDefaults() Options {
 // Datapath is the loaded programs plus the pinned maps they share.
 type Datapath struct {
 	*Maps
-	opts  Options
+	opts  Options // Mode resolved: tcx or tc
+	feats Features
 	progs hgwPrograms
 	// Migrated lists the pinned maps an older version left with another
 	// layout, which Load replaced by new, empty ones.
@@ -49,7 +54,9 @@ type Datapath struct {
 
 // Load loads the programs, creating the pinned maps under opts.PinRoot or
 // reusing those an earlier agent left there, so counters and routes survive
-// a restart. Nothing is attached yet.
+// a restart. The programs' load-time switches come from ProbeFeatures (less
+// opts.Without), and the attach mode is settled here: the programs behave
+// differently under tcx (see Features). Nothing is attached yet.
 //
 //go:generate go tool bpf2go -cc clang-19 -target bpfel -type hgw_program -type hgw_reason -type config_flag -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I../../headers" hgw ../../bpf/hgw.c
 func Load(opts Options) (*Datapath, error) {
@@ -74,9 +81,23 @@ func Load(opts Options) (*Datapath, error) {
 			}
 		}
 	}
+	feats, err := ProbeFeatures()
+	if err != nil {
+		return nil, fmt.Errorf("probe kernel features: %w", err)
+	}
+	feats = feats.without(opts.Without)
+	if opts.Mode == ModeAuto {
+		opts.Mode = ModeTC
+		if feats.TCX {
+			opts.Mode = ModeTCX
+		}
+	}
 	spec, err := loadHgw()
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF spec: %w", err)
+	}
+	if err := setSwitches(spec, feats, opts.Mode); err != nil {
+		return nil, err
 	}
 	migrated, err := checkPinnedLayouts(opts.PinRoot, spec, !opts.Existing)
 	if err != nil {
@@ -98,8 +119,38 @@ func Load(opts Options) (*Datapath, error) {
 		objs.Close()
 		return nil, err
 	}
-	return &Datapath{Maps: maps, opts: opts, progs: objs.hgwPrograms, Migrated: migrated}, nil
+	return &Datapath{Maps: maps, opts: opts, feats: feats, progs: objs.hgwPrograms, Migrated: migrated}, nil
 }
+
+// setSwitches sets the programs' load-time switches (volatile const in
+// bpf/hgw.c).
+func setSwitches(spec *ebpf.CollectionSpec, f Features, mode Mode) error {
+	for name, on := range map[string]bool{
+		hgwVarHaveCtLookup: f.ConntrackLookup,
+		hgwVarHaveKernCtx:  f.KernCtx,
+		hgwVarTcxAttach:    mode == ModeTCX,
+	} {
+		v, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("BPF object has no switch %s", name)
+		}
+		var b uint8
+		if on {
+			b = 1
+		}
+		if err := v.Set(b); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Features says what the loaded programs use: what the kernel offers, less
+// Options.Without.
+func (d *Datapath) Features() Features { return d.feats }
+
+// Mode is the attach mode the programs were loaded for (tcx or tc).
+func (d *Datapath) Mode() Mode { return d.opts.Mode }
 
 // Close releases this process's handles. Pinned maps and links stay, so
 // traffic keeps its fast path while the agent is away.

@@ -93,7 +93,7 @@ func (r *RouteMap) Put(rt Route) error {
 	if !rt.NextHop.Is4() {
 		return fmt.Errorf("route %s: next hop %s is not IPv4", rt.Subnet, rt.NextHop)
 	}
-	val := hgwRouteValue{Nexthop: rt.NextHop.As4(), Ifindex: rt.Ifindex}
+	val := hgwRouteValue{Nexthop: rt.NextHop.As4(), Ifindex: rt.Ifindex, Prefixlen: key.Prefixlen}
 	if err := r.m.Put(&key, &val); err != nil {
 		return fmt.Errorf("put %s via %s in routes map: %w", rt.Subnet, rt.NextHop, err)
 	}
@@ -194,9 +194,32 @@ type NodeConfig struct {
 	Gateway         netip.Addr   `json:"gateway"`    // the bridge's address in it
 	BridgeIfindex   uint32       `json:"bridge_ifindex"`
 	UnderlayIfindex uint32       `json:"underlay_ifindex"`
-	// Conntrack makes both programs leave flows the kernel's conntrack
-	// tracks to the kernel (see ConntrackSupported).
+	// Conntrack says the conntrack table lookup is usable (see
+	// ConntrackSupported): both programs leave flows the kernel's
+	// conntrack tracks to the kernel.
 	Conntrack bool `json:"conntrack"`
+	// IgnoreConntrack (--unsafe-ignore-conntrack) skips every conntrack
+	// check. With neither it nor Conntrack the programs fail closed:
+	// nothing is redirected (reason no_conntrack).
+	IgnoreConntrack bool `json:"ignore_conntrack"`
+	// StepAside makes the programs pass every packet to the kernel
+	// untouched (reason step_aside): the agent wants no fast path now.
+	StepAside bool `json:"step_aside"`
+}
+
+// configFlags pairs each NodeConfig switch with its C flag.
+func (c *NodeConfig) configFlags() []struct {
+	on   *bool
+	flag hgwConfigFlag
+} {
+	return []struct {
+		on   *bool
+		flag hgwConfigFlag
+	}{
+		{&c.Conntrack, hgwConfigFlagCONFIG_F_CONNTRACK},
+		{&c.IgnoreConntrack, hgwConfigFlagCONFIG_F_IGNORE_CONNTRACK},
+		{&c.StepAside, hgwConfigFlagCONFIG_F_STEP_ASIDE},
+	}
 }
 
 // SetConfig writes the node config the programs read on every packet.
@@ -211,8 +234,10 @@ func (m *Maps) SetConfig(c NodeConfig) error {
 		BridgeIfindex:   c.BridgeIfindex,
 		UnderlayIfindex: c.UnderlayIfindex,
 	}
-	if c.Conntrack {
-		v.Flags |= uint32(hgwConfigFlagCONFIG_F_CONNTRACK)
+	for _, f := range c.configFlags() {
+		if *f.on {
+			v.Flags |= uint32(f.flag)
+		}
 	}
 	if err := m.config.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("write config map: %w", err)
@@ -229,13 +254,16 @@ func (m *Maps) Config() (c NodeConfig, ok bool, err error) {
 	if v.PodPrefixlen == 0 {
 		return NodeConfig{}, false, nil
 	}
-	return NodeConfig{
+	c = NodeConfig{
 		PodSubnet:       netip.PrefixFrom(netip.AddrFrom4(v.PodSubnet), int(v.PodPrefixlen)),
 		Gateway:         netip.AddrFrom4(v.Gateway),
 		BridgeIfindex:   v.BridgeIfindex,
 		UnderlayIfindex: v.UnderlayIfindex,
-		Conntrack:       v.Flags&uint32(hgwConfigFlagCONFIG_F_CONNTRACK) != 0,
-	}, true, nil
+	}
+	for _, f := range c.configFlags() {
+		*f.on = v.Flags&uint32(f.flag) != 0
+	}
+	return c, true, nil
 }
 
 // Counter is one (program, reason) cell of the stats map, summed over CPUs.

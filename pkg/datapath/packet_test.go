@@ -27,9 +27,10 @@ const (
 type mac [6]byte
 
 var (
-	// test_run hands the frame to the loopback device, whose address is all
-	// zeros: only this destination makes the kernel mark it PACKET_HOST.
-	macLoopback  = mac{}
+	// The MAC of cni0 and eth0 in the test namespace, where test runs
+	// happen: frames to it are PACKET_HOST. It is the pods' gateway MAC,
+	// as a bridge's MAC is.
+	macHost      = mac{0x02, 0x42, 0x0a, 0xf4, 0x01, 0x01}
 	macBroadcast = mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	macForeign   = mac{0x02, 0x00, 0x5e, 0x10, 0x20, 0x30}
 	macPod       = mac{0x02, 0x42, 0x0a, 0xf4, 0x01, 0x05}

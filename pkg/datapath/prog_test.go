@@ -5,12 +5,15 @@ package datapath_test
 // decision moves.
 //
 // Kernel facts these tests rely on (net/bpf/test_run.c):
-//   - the skb's device is the loopback of the calling thread's network
-//     namespace, so every run happens on a thread inside a fresh namespace
-//     whose eth0/eth1 (veth) and cni0 (bridge) the program's ifindexes point at (bpf_check_mtu
-//     resolves them there, and conntrack lookups see that namespace's table);
-//   - eth_type_trans against lo's all-zero MAC decides pkt_type: only frames
-//     to 00:00:00:00:00:00 are PACKET_HOST;
+//   - the skb's device is the one the context's ifindex names, in the
+//     calling thread's network namespace (its loopback without one), so
+//     every run happens on a thread inside a fresh namespace whose eth0/eth1
+//     (veth) and cni0 (bridge) the program's ifindexes point at
+//     (bpf_check_mtu resolves them there, and conntrack lookups see that
+//     namespace's table). Runs happen on cni0 (from_pods) and eth0
+//     (from_underlay) unless a test names another device;
+//   - eth_type_trans against that device's MAC decides pkt_type: cni0 and
+//     eth0 both have macHost, so a frame to macHost is PACKET_HOST on either;
 //   - a redirect is only a verdict (7): nothing is transmitted.
 
 import (
@@ -32,7 +35,7 @@ import (
 )
 
 const (
-	tcActOK       = 0
+	tcActUnspec   = 0xffffffff // TC_ACT_UNSPEC (-1), TCX_NEXT: on to the next program or filter
 	tcActRedirect = 7
 )
 
@@ -41,6 +44,7 @@ const (
 type runEnv struct {
 	ns               *testNetns
 	dp               *datapath.Datapath
+	opts             datapath.Options
 	eth0, eth1, cni0 int
 	cfg              datapath.NodeConfig
 }
@@ -59,19 +63,27 @@ var (
 	peerNode  = netip.MustParseAddr("198.18.0.12")
 )
 
-func newRunEnv(t testing.TB, configure bool) *runEnv {
+// newRunEnv loads the programs (with opts, if given, beside the pin root)
+// and, if configure is set, writes a node config and three routes.
+func newRunEnv(t testing.TB, configure bool, opts ...datapath.Options) *runEnv {
 	t.Helper()
 	e := &runEnv{ns: newTestNetns(t)}
-	e.eth0 = e.ns.addLink(t, stubDev("eth0", 1500))
+	e.eth0 = e.ns.addLink(t, withMAC(stubDev("eth0", 1500), macHost))
 	e.eth1 = e.ns.addLink(t, stubDev("eth1", 1400))
-	e.cni0 = e.ns.addLink(t, bridge("cni0", 1500))
-	root := newPinRoot(t, e.ns)
-	dp, err := datapath.Load(datapath.Options{PinRoot: root})
+	e.cni0 = e.ns.addLink(t, withMAC(bridge("cni0", 1500), macHost))
+	if len(opts) > 0 {
+		e.opts = opts[0]
+	}
+	e.opts.PinRoot = newPinRoot(t, e.ns)
+	dp, err := datapath.Load(e.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
 	e.dp = dp
+	if !dp.Features().ConntrackLookup && !e.opts.Without.ConntrackLookup {
+		t.Fatal("kernel lacks the conntrack lookup kfunc bpf_skb_ct_lookup (is nf_conntrack loaded?)")
+	}
 	if !configure {
 		return e
 	}
@@ -139,12 +151,32 @@ func (e *runEnv) run(t *testing.T, p datapath.Program, data []byte, ctx any) (ui
 		t.Fatal(err)
 	}
 	before := e.stats(t)
-	opts := &ebpf.RunOptions{Data: data, DataOut: make([]byte, len(data)+256), Context: ctx}
+	opts := &ebpf.RunOptions{Data: data, DataOut: make([]byte, len(data)+256), Context: e.onDevice(p, ctx)}
 	var verdict uint32
 	e.ns.do(t, func() {
 		verdict, err = prog.Run(opts)
 	})
 	return verdict, opts.DataOut, moved(before, e.stats(t)), err
+}
+
+// onDevice puts a run of p on its usual device, cni0 or eth0, unless ctx
+// names another (a pod's veth).
+func (e *runEnv) onDevice(p datapath.Program, ctx any) any {
+	dev := e.cni0
+	if p == datapath.FromUnderlay {
+		dev = e.eth0
+	}
+	switch c := ctx.(type) {
+	case nil:
+		return &skbContext{Ifindex: uint32(dev)}
+	case *skbContext:
+		if c.Ifindex == 0 {
+			withDev := *c
+			withDev.Ifindex = uint32(dev)
+			return &withDev
+		}
+	}
+	return ctx
 }
 
 // expect runs p on data and checks the verdict and that exactly the
@@ -166,7 +198,8 @@ func (e *runEnv) expect(t *testing.T, p datapath.Program, data []byte, ctx any, 
 	return out
 }
 
-// pass expects TC_ACT_OK with the packet untouched, counted as reason.
+// pass expects TC_ACT_UNSPEC (the packet goes on to whatever comes next)
+// with the packet untouched, counted as reason.
 func (e *runEnv) pass(t *testing.T, p datapath.Program, data []byte, reason string) {
 	t.Helper()
 	e.passCtx(t, p, data, nil, reason)
@@ -175,7 +208,7 @@ func (e *runEnv) pass(t *testing.T, p datapath.Program, data []byte, reason stri
 func (e *runEnv) passCtx(t *testing.T, p datapath.Program, data []byte, ctx any, reason string) {
 	t.Helper()
 	in := bytes.Clone(data)
-	out := e.expect(t, p, data, ctx, tcActOK, reason)
+	out := e.expect(t, p, data, ctx, tcActUnspec, reason)
 	if !bytes.Equal(out, in) {
 		t.Errorf("%s changed a packet it passed (%s):\n in % x\nout % x", p, reason, in, out)
 	}
@@ -214,7 +247,8 @@ type frameOpt func(h *ipv4Header)
 
 func ttl(v uint8) frameOpt { return func(h *ipv4Header) { h.TTL = v } }
 
-// udpFrame is a UDP datagram from src to dst addressed, at L2, to the host.
+// udpFrame is a UDP datagram from src to dst addressed, at L2, to the host
+// (cni0 or eth0).
 func udpFrame(src, dst netip.Addr, opts ...frameOpt) []byte {
 	return udpFrameSized(src, dst, 0, opts...)
 }
@@ -233,11 +267,11 @@ func udpFrameSized(src, dst netip.Addr, size int, opts ...frameOpt) []byte {
 			data[i] = byte(i)
 		}
 	}
-	return ether(macLoopback, macPod, etherTypeIPv4, ipv4(h, udp(40000, 5201, data)))
+	return ether(macHost, macPod, etherTypeIPv4, ipv4(h, udp(40000, 5201, data)))
 }
 
 func ipFrame(h ipv4Header, l4 []byte) []byte {
-	return ether(macLoopback, macPod, etherTypeIPv4, ipv4(h, l4))
+	return ether(macHost, macPod, etherTypeIPv4, ipv4(h, l4))
 }
 
 func TestForwardsToRemotePodSubnet(t *testing.T) {
@@ -249,9 +283,6 @@ func TestForwardsToRemotePodSubnet(t *testing.T) {
 		icmpEchoMsg(icmpEcho, 1, 1)))
 	e.forward(t, datapath.FromPods, ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoICMP},
 		icmpEchoMsg(icmpEchoReply, 1, 1)))
-	// A protocol conntrack is not asked about (GRE): forwarded all the same.
-	e.forward(t, datapath.FromPods, ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: 47},
-		make([]byte, 8)))
 	// A short datagram in a frame padded to Ethernet's 60-byte minimum: the
 	// padding is not part of the IP packet and must survive untouched.
 	short := udpFrame(localPod, peerPod)
@@ -265,8 +296,9 @@ func TestForwardsToLocalPods(t *testing.T) {
 	e.forward(t, datapath.FromUnderlay, udpFrame(peerPod, netip.MustParseAddr("10.244.1.254")))
 	e.forward(t, datapath.FromUnderlay, ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 63, Protocol: protoTCP},
 		tcp(80, 40000, 0x12)))
-	e.forward(t, datapath.FromUnderlay, ipFrame(ipv4Header{Src: nodeIP, Dst: localPod, TTL: 2, Protocol: protoICMP},
-		icmpEchoMsg(icmpEcho, 7, 3)))
+	// From a pod behind the wide route, whose own subnet has no entry.
+	e.forward(t, datapath.FromUnderlay, ipFrame(ipv4Header{Src: netip.MustParseAddr("10.245.77.9"), Dst: localPod, TTL: 2,
+		Protocol: protoICMP}, icmpEchoMsg(icmpEcho, 7, 3)))
 }
 
 // The longest prefix wins: 10.245.3.0/24 goes out of eth0 (MTU 1500),
@@ -325,13 +357,16 @@ func TestForwardedChecksumProperty(t *testing.T) {
 	hitEdges := 0
 	for i := range 240 {
 		fromPods := i%2 == 0
-		var src, dst netip.Addr
-		if fromPods {
-			src = netip.AddrFrom4([4]byte{10, 244, 1, byte(2 + rng.IntN(250))})
-			dst = netip.AddrFrom4([4]byte{10, 244, 2, byte(rng.IntN(256))})
-		} else {
-			src = netip.AddrFrom4([4]byte{byte(1 + rng.IntN(223)), byte(rng.IntN(256)), byte(rng.IntN(256)), byte(1 + rng.IntN(254))})
-			dst = netip.AddrFrom4([4]byte{10, 244, 1, byte(2 + rng.IntN(253))}) // .2 .. .254
+		// Pods only: .2 .. .254 of a /24, anything of 10.245.4-254.0/24
+		// (the wide /16 route's pods).
+		local := netip.AddrFrom4([4]byte{10, 244, 1, byte(2 + rng.IntN(253))})
+		remote := netip.AddrFrom4([4]byte{10, 244, 2, byte(2 + rng.IntN(253))})
+		if rng.IntN(2) == 0 {
+			remote = netip.AddrFrom4([4]byte{10, 245, byte(4 + rng.IntN(251)), byte(rng.IntN(256))})
+		}
+		src, dst := local, remote
+		if !fromPods {
+			src, dst = remote, local
 		}
 		h := ipv4Header{
 			Src: src, Dst: dst,
@@ -404,13 +439,14 @@ func TestForwardsAtEveryTTL(t *testing.T) {
 			src, dst string
 		}{
 			{datapath.FromPods, "10.244.1.5", "10.244.2.5"},
-			{datapath.FromPods, "10.244.1.254", "10.244.2.0"},
-			{datapath.FromPods, "10.244.1.2", "10.244.2.255"},
-			{datapath.FromPods, "10.244.1.5", "10.245.3.1"},
+			{datapath.FromPods, "10.244.1.254", "10.244.2.2"},
+			{datapath.FromPods, "10.244.1.2", "10.244.2.254"},
+			{datapath.FromPods, "10.244.1.5", "10.245.3.2"},
 			{datapath.FromPods, "10.244.1.5", "10.245.255.254"},
+			{datapath.FromPods, "10.244.1.5", "10.245.0.255"},
 			{datapath.FromUnderlay, "10.244.2.5", "10.244.1.2"},
-			{datapath.FromUnderlay, "198.18.0.12", "10.244.1.254"},
-			{datapath.FromUnderlay, "1.2.3.4", "10.244.1.128"},
+			{datapath.FromUnderlay, "10.244.2.254", "10.244.1.254"},
+			{datapath.FromUnderlay, "10.245.1.0", "10.244.1.128"},
 		} {
 			t.Run(fmt.Sprintf("%s %s->%s ttl %d", c.p, c.src, c.dst, ttlv), func(t *testing.T) {
 				h := ipv4Header{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), TTL: ttlv,
@@ -547,7 +583,7 @@ func TestContextWithProtocolIsRefused(t *testing.T) {
 // ingress: TestWireVLANTaggedFrameIsNotForwarded covers that.
 func TestNotIPv4(t *testing.T) {
 	e := newRunEnv(t, true)
-	v6 := ether(macLoopback, macPod, etherTypeIPv6, ipv6UDP(netip.MustParseAddr("fd00:10:244:1::5"),
+	v6 := ether(macHost, macPod, etherTypeIPv6, ipv6UDP(netip.MustParseAddr("fd00:10:244:1::5"),
 		netip.MustParseAddr("fd00:10:244:2::5"), 64, udp(1, 2, []byte("x"))))
 	for _, p := range []datapath.Program{datapath.FromPods, datapath.FromUnderlay} {
 		e.pass(t, p, arpRequest(localPod, gateway), "not_ipv4")
@@ -637,18 +673,11 @@ func TestMalformed(t *testing.T) {
 		t.Run(name, func(t *testing.T) { e.pass(t, datapath.FromPods, f, "malformed") })
 	}
 
-	ct, err := datapath.ConntrackSupported()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ct {
-		e.pass(t, datapath.FromPods, tcp2, "malformed")
-	} else {
-		// Without the conntrack kfunc the ports are never read: a router
-		// forwards what it does not need to look into.
-		t.Log("kernel lacks bpf_skb_ct_lookup: a 2-byte TCP header is forwarded")
-		e.forward(t, datapath.FromPods, tcp2)
-	}
+	e.pass(t, datapath.FromPods, tcp2, "malformed")
+	// Without the lookup the ports are never read: a router forwards what
+	// it does not need to look into.
+	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, true })
+	e.forward(t, datapath.FromPods, tcp2)
 }
 
 // refreshChecksumFixed recomputes the checksum over a 20-byte header even
@@ -666,7 +695,7 @@ func refreshChecksumFixed(frame []byte) {
 func TestRunRefusesTruncatedFrames(t *testing.T) {
 	e := newRunEnv(t, true)
 	v4 := udpFrame(localPod, peerPod)
-	v6 := ether(macLoopback, macPod, etherTypeIPv6, ipv6UDP(netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), 64, nil))
+	v6 := ether(macHost, macPod, etherTypeIPv6, ipv6UDP(netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), 64, nil))
 	for name, f := range map[string][]byte{
 		"13 bytes":         v4[:13],
 		"Ethernet only":    v4[:ethLen],
@@ -707,52 +736,71 @@ func TestNoConfig(t *testing.T) {
 }
 
 // Conntrack: flows the namespace's conntrack does not know are fast; one it
-// tracks stays with the kernel in both directions; with the flag off, the
-// table is not asked.
+// tracks stays with the kernel in both directions. IgnoreConntrack skips
+// the lookup; with neither it nor Conntrack nothing is redirected.
 func TestConntrack(t *testing.T) {
 	e := newRunEnv(t, true)
-	ok, err := datapath.ConntrackSupported()
-	if err != nil {
-		t.Fatal(err)
-	}
 	udpOut := udpFrame(localPod, peerPod)
 	udpBack := ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: protoUDP}, udp(5201, 40000, []byte("hgw-ebpf")))
 	tcpOut := ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoTCP}, tcp(40001, 80, 0x02))
+	if !e.dp.Features().ConntrackLookup {
+		t.Fatal("kernel lacks bpf_skb_ct_lookup (nf_conntrack not loaded?): the tracked-flow branch cannot run")
+	}
 
 	// A fresh namespace's conntrack knows nothing.
 	e.forward(t, datapath.FromPods, udpOut)
 	e.forward(t, datapath.FromUnderlay, udpBack)
 	e.forward(t, datapath.FromPods, tcpOut)
-	if !ok {
-		t.Skip("kernel lacks bpf_skb_ct_lookup: the tracked-flow branch cannot run")
-	}
 
-	flow := &netlink.ConntrackFlow{
-		FamilyType: unix.AF_INET,
-		Forward: netlink.IPTuple{SrcIP: net.IP(localPod.AsSlice()), DstIP: net.IP(peerPod.AsSlice()),
-			SrcPort: 40000, DstPort: 5201, Protocol: protoUDP},
-		Reverse: netlink.IPTuple{SrcIP: net.IP(peerPod.AsSlice()), DstIP: net.IP(localPod.AsSlice()),
-			SrcPort: 5201, DstPort: 40000, Protocol: protoUDP},
-		TimeOut: 120,
-	}
-	if err := e.ns.h.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, flow); err != nil {
-		t.Fatalf("create conntrack entry in the test netns: %v", err)
-	}
+	e.ns.track(t, localPod, peerPod, protoUDP, 40000, 5201)
 	e.pass(t, datapath.FromPods, udpOut, "ct_tracked")
 	e.pass(t, datapath.FromUnderlay, udpBack, "ct_tracked")
 	// Another flow between the same pods is still unknown, still fast.
 	e.forward(t, datapath.FromPods, tcpOut)
 
-	cfg := e.cfg
-	cfg.Conntrack = false
-	if err := e.dp.SetConfig(cfg); err != nil {
-		t.Fatal(err)
-	}
+	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, true })
 	e.forward(t, datapath.FromPods, udpOut)
 	e.forward(t, datapath.FromUnderlay, udpBack)
-	// ICMP errors stay with the kernel whatever the flag says.
+	// ICMP errors stay with the kernel whatever the flags say.
 	msg := icmp(icmpUnreachable, 3, append(make([]byte, 4), udpOut[ethLen:ethLen+ipv4Len+8]...))
-	e.pass(t, datapath.FromUnderlay, ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: protoICMP}, msg), "icmp_error")
+	icmpErr := ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: protoICMP}, msg)
+	e.pass(t, datapath.FromUnderlay, icmpErr, "icmp_error")
+
+	// Fail closed: conntrack cannot be asked and ignoring it was not asked
+	// for. Every packet, fast-pathable or not, is counted under the reason.
+	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, false })
+	for _, f := range [][]byte{udpOut, tcpOut, arpRequest(localPod, gateway)} {
+		e.pass(t, datapath.FromPods, f, "no_conntrack")
+	}
+	for _, f := range [][]byte{udpBack, icmpErr} {
+		e.pass(t, datapath.FromUnderlay, f, "no_conntrack")
+	}
+}
+
+// setConfig changes the node config the programs read.
+func (e *runEnv) setConfig(t *testing.T, change func(*datapath.NodeConfig)) {
+	t.Helper()
+	change(&e.cfg)
+	if err := e.dp.SetConfig(e.cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// track creates a conntrack entry in the namespace for src:sport ->
+// dst:dport.
+func (n *testNetns) track(t *testing.T, src, dst netip.Addr, proto uint8, sport, dport uint16) {
+	t.Helper()
+	flow := &netlink.ConntrackFlow{
+		FamilyType: unix.AF_INET,
+		Forward: netlink.IPTuple{SrcIP: net.IP(src.AsSlice()), DstIP: net.IP(dst.AsSlice()),
+			SrcPort: sport, DstPort: dport, Protocol: proto},
+		Reverse: netlink.IPTuple{SrcIP: net.IP(dst.AsSlice()), DstIP: net.IP(src.AsSlice()),
+			SrcPort: dport, DstPort: sport, Protocol: proto},
+		TimeOut: 120,
+	}
+	if err := n.h.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, flow); err != nil {
+		t.Fatalf("create conntrack entry in %s: %v", n.name, err)
+	}
 }
 
 // Pass-through verdicts leave every byte where it was, whatever the frame

@@ -29,7 +29,7 @@ func BenchmarkProgramRunTime(b *testing.B) {
 	for _, ct := range []bool{true, false} {
 		e := newRunEnv(b, true)
 		cfg := e.cfg
-		cfg.Conntrack = ct
+		cfg.Conntrack, cfg.IgnoreConntrack = ct, !ct
 		if err := e.dp.SetConfig(cfg); err != nil {
 			b.Fatal(err)
 		}
@@ -43,8 +43,8 @@ func BenchmarkProgramRunTime(b *testing.B) {
 			ctx  any
 		}{
 			{"from_pods@veth/redirect_neigh", datapath.FromPods, atVeth, &skbContext{Ifindex: ep.Ifindex}},
-			{"from_pods@cni0/redirect_neigh", datapath.FromPods, udpFrame(localPod, peerPod), nil},
-			{"from_underlay/redirect_peer", datapath.FromUnderlay, udpFrame(peerPod, localPod), nil},
+			{"from_pods@cni0/redirect_neigh", datapath.FromPods, udpFrame(localPod, peerPod), &skbContext{Ifindex: uint32(e.cni0)}},
+			{"from_underlay/redirect_peer", datapath.FromUnderlay, udpFrame(peerPod, localPod), &skbContext{Ifindex: uint32(e.eth0)}},
 		} {
 			b.Run(fmt.Sprintf("%s/conntrack=%v", c.name, ct), func(b *testing.B) {
 				prog, err := e.dp.Program(c.prog)

@@ -9,6 +9,7 @@ package datapath_test
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -52,7 +53,12 @@ func newWireEnv(t *testing.T) *wireEnv {
 	e.dp = e.load(t, datapath.ModeAuto)
 	t.Cleanup(func() { e.dp.Close() })
 	if err := e.dp.SetConfig(datapath.NodeConfig{PodSubnet: podSubnet, Gateway: gateway,
-		BridgeIfindex: uint32(e.cni0), UnderlayIfindex: uint32(e.eth0)}); err != nil {
+		BridgeIfindex: uint32(e.cni0), UnderlayIfindex: uint32(e.eth0), Conntrack: true}); err != nil {
+		t.Fatal(err)
+	}
+	// The frames come from a peer's pod.
+	if err := e.dp.Routes().Put(datapath.Route{Subnet: netip.MustParsePrefix("10.244.2.0/24"), NextHop: peerNode,
+		Ifindex: uint32(e.eth0)}); err != nil {
 		t.Fatal(err)
 	}
 	e.ns.do(t, func() {

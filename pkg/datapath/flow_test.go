@@ -1,0 +1,167 @@
+package datapath_test
+
+// One path per flow, in both directions: a packet takes the fast path only
+// when the other end of its flow is a pod behind a fast path too, so that
+// at each node both directions of a flow either skip netfilter or meet it.
+// Each case runs both programs: the packet from the local pod (from_pods)
+// and the packet to it (from_underlay).
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// The routes of newRunEnv: 10.244.2.0/24, 10.245.0.0/16 and 10.245.3.0/24
+// are peers' pod subnets; this node's is 10.244.1.0/24 (gateway .1).
+func TestOnePathPerFlow(t *testing.T) {
+	e := newRunEnv(t, true)
+	for _, c := range []struct {
+		remote    string
+		out, back string // reasons, "" = fast path
+	}{
+		// Pods in peer subnets, at the edges of the ranges.
+		{"10.244.2.5", "", ""},
+		{"10.244.2.2", "", ""},
+		{"10.244.2.254", "", ""},
+		{"10.245.3.2", "", ""},
+		{"10.245.0.255", "", ""},                     // inside the /16, not its broadcast
+		{"10.245.255.254", "", ""},                   // the /16's last pod address
+		{"10.245.3.0", "dst_not_pod", "src_not_pod"}, // the /24 wins over the /16
+		// The peer nodes themselves: their subnet's network, gateway
+		// (cni0) and broadcast address.
+		{"10.244.2.0", "dst_not_pod", "src_not_pod"},
+		{"10.244.2.1", "dst_not_pod", "src_not_pod"},
+		{"10.244.2.255", "dst_not_pod", "src_not_pod"},
+		{"10.245.0.1", "dst_not_pod", "src_not_pod"},
+		{"10.245.255.255", "dst_not_pod", "src_not_pod"},
+		// Node IPs, external clients, subnets no peer has.
+		{"198.18.0.12", "no_route", "src_not_pod"},
+		{"198.18.0.11", "no_route", "src_not_pod"},
+		{"8.8.8.8", "no_route", "src_not_pod"},
+		{"10.244.3.5", "no_route", "src_not_pod"},
+		// This node's own subnet, arriving from the underlay: only the
+		// bridge may carry it (spoofed, or a loop).
+		{"10.244.1.6", "local_dest", "src_not_pod"},
+	} {
+		remote := netip.MustParseAddr(c.remote)
+		t.Run(c.remote, func(t *testing.T) {
+			for _, proto := range []uint8{protoTCP, protoUDP, protoICMP} {
+				out := flowFrame(proto, localPod, remote, false)
+				back := flowFrame(proto, remote, localPod, true)
+				if c.out == "" {
+					e.forward(t, datapath.FromPods, out)
+					e.forward(t, datapath.FromUnderlay, back)
+				} else {
+					e.pass(t, datapath.FromPods, out, c.out)
+					e.pass(t, datapath.FromUnderlay, back, c.back)
+				}
+			}
+		})
+	}
+}
+
+// flowFrame is one packet of a TCP, UDP or ICMP echo flow between a and b;
+// reply is the direction from the server (b answering a).
+func flowFrame(proto uint8, src, dst netip.Addr, reply bool) []byte {
+	h := ipv4Header{Src: src, Dst: dst, TTL: 64, Protocol: proto}
+	sport, dport := uint16(40000), uint16(80)
+	if reply {
+		sport, dport = dport, sport
+	}
+	switch proto {
+	case protoTCP:
+		flags := uint8(0x02) // SYN
+		if reply {
+			flags = 0x12 // SYN-ACK
+		}
+		return ipFrame(h, tcp(sport, dport, flags))
+	case protoUDP:
+		return ipFrame(h, udp(sport, dport, []byte("flow")))
+	}
+	typ := uint8(icmpEcho)
+	if reply {
+		typ = icmpEchoReply
+	}
+	return ipFrame(h, icmpEchoMsg(typ, 9, 1))
+}
+
+// Sources no router forwards go to the kernel (which drops them), from
+// either side.
+func TestMartianSources(t *testing.T) {
+	e := newRunEnv(t, true)
+	ep := e.addEndpoint(t, "vethpod1", localPod, macPod)
+	for _, src := range []string{"0.0.0.0", "0.1.2.3", "127.0.0.1", "127.255.0.9", "224.0.0.5", "239.1.1.1",
+		"240.0.0.1", "255.255.255.255"} {
+		a := netip.MustParseAddr(src)
+		e.pass(t, datapath.FromPods, udpFrame(a, peerPod), "martian_src")
+		e.pass(t, datapath.FromUnderlay, udpFrame(a, localPod), "martian_src")
+		atVeth := udpFrame(a, peerPod)
+		copy(atVeth[0:6], macGateway[:])
+		e.passCtx(t, datapath.FromPods, atVeth, &skbContext{Ifindex: ep.Ifindex}, "martian_src")
+	}
+}
+
+// At cni0 a packet's source must be a pod of this node: not a remote pod's
+// or any other address, not the gateway's (the host's own), not the
+// subnet's network or broadcast address.
+func TestSpoofedSourcesAtTheBridge(t *testing.T) {
+	e := newRunEnv(t, true)
+	for _, src := range []string{"10.244.2.5", "10.244.1.1", "10.244.1.0", "10.244.1.255", "198.18.0.11", "8.8.8.8"} {
+		e.pass(t, datapath.FromPods, udpFrame(netip.MustParseAddr(src), peerPod), "spoofed_src")
+	}
+	for _, src := range []string{"10.244.1.2", "10.244.1.254"} {
+		e.forward(t, datapath.FromPods, udpFrame(netip.MustParseAddr(src), peerPod))
+	}
+}
+
+// With conntrack checking on, protocols the lookup cannot key (anything but
+// TCP, UDP and ICMP echo) go to the kernel, which may have NATed them
+// (SCTP services, hostPorts); with the check ignored they are forwarded.
+func TestProtocolsConntrackCannotKey(t *testing.T) {
+	e := newRunEnv(t, true)
+	const sctp, gre = 132, 47
+	for _, proto := range []uint8{sctp, gre, 50 /* ESP */, 4 /* IP in IP */} {
+		out := ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: proto}, make([]byte, 12))
+		back := ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: proto}, make([]byte, 12))
+		e.pass(t, datapath.FromPods, out, "ct_other_proto")
+		e.pass(t, datapath.FromUnderlay, back, "ct_other_proto")
+	}
+	// A payload too short for any L4 header is no different: the lookup
+	// cannot key it either.
+	e.pass(t, datapath.FromPods, ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: sctp}, nil), "ct_other_proto")
+
+	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, true })
+	for _, proto := range []uint8{sctp, gre} {
+		e.forward(t, datapath.FromPods, ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: proto}, make([]byte, 12)))
+		e.forward(t, datapath.FromUnderlay, ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: proto}, make([]byte, 12)))
+	}
+}
+
+// StepAside passes every packet on untouched, whatever it is, and only
+// no_config comes before it; clearing it brings the fast path back.
+func TestStepAside(t *testing.T) {
+	e := newRunEnv(t, true)
+	e.setConfig(t, func(c *datapath.NodeConfig) { c.StepAside = true })
+	for _, f := range [][]byte{udpFrame(localPod, peerPod), arpRequest(localPod, gateway), udpFrame(localPod, peerPod, ttl(1))} {
+		e.pass(t, datapath.FromPods, f, "step_aside")
+	}
+	for _, f := range [][]byte{udpFrame(peerPod, localPod), udpFrame(peerNode, localPod)} {
+		e.pass(t, datapath.FromUnderlay, f, "step_aside")
+	}
+	// Before no_conntrack: the agent's wish is the first thing counted.
+	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack = false })
+	e.pass(t, datapath.FromPods, udpFrame(localPod, peerPod), "step_aside")
+	e.setConfig(t, func(c *datapath.NodeConfig) { c.StepAside, c.Conntrack = false, true })
+	e.forward(t, datapath.FromPods, udpFrame(localPod, peerPod))
+	e.forward(t, datapath.FromUnderlay, udpFrame(peerPod, localPod))
+
+	got, ok, err := e.dp.Config()
+	if err != nil || !ok {
+		t.Fatalf("read config back: %v, %v", ok, err)
+	}
+	if got != e.cfg {
+		t.Errorf("config read back %+v, wrote %+v", got, e.cfg)
+	}
+}
