@@ -43,9 +43,14 @@ func ParseMode(s string) (Mode, error) { return parseMode(s) }
 
 // tc filters are ours by name; priority and handle are fixed so that a
 // re-attach replaces the filter in place instead of adding a second one.
+// The priority is the last there is: every other filter on the device (the
+// CNI bandwidth plugin's u32 shaping filter has priority 1) sees a packet
+// before we may redirect it, as under tcx, where the programs step aside
+// while classic filters are there. Filters added later without a priority
+// get one below ours, so they come first too.
 const (
 	tcFilterPrefix   = "hgw_"
-	tcFilterPriority = 1
+	tcFilterPriority = 0xffff
 	tcFilterHandle   = 0x4867
 )
 
@@ -62,9 +67,9 @@ func (d *Datapath) linkPin(dev string, p Program) string {
 	return filepath.Join(d.opts.PinRoot, "links", string(p)+"@"+dev)
 }
 
-// Attach attaches program p to dev's ingress, or swaps the program of an
-// existing attachment in place (upgrade without a gap). It returns the mode
-// it used, having removed any attachment of the other mode.
+// Attach attaches program p to dev's ingress in the mode Load settled on, or
+// swaps the program of an existing attachment in place (upgrade without a
+// gap). It returns that mode, having removed any attachment of the other.
 func (d *Datapath) Attach(dev string, p Program) (Mode, error) {
 	prog, err := d.Program(p)
 	if err != nil {
@@ -76,25 +81,16 @@ func (d *Datapath) Attach(dev string, p Program) (Mode, error) {
 	}
 	ifindex := l.Attrs().Index
 
-	mode := d.opts.Mode
-	if mode == ModeAuto || mode == ModeTCX {
-		err = d.attachTCX(dev, ifindex, p, prog)
-		switch {
-		case err == nil:
-			mode = ModeTCX
-		case mode == ModeAuto && errors.Is(err, link.ErrNotSupported):
-			mode = ModeTC
-		default:
+	if d.opts.Mode == ModeTCX {
+		if err := d.attachTCX(dev, ifindex, p, prog); err != nil {
 			return "", err
 		}
+		return ModeTCX, detachTC(l, p)
 	}
-	if mode == ModeTC {
-		if err := attachTC(l, p, prog); err != nil {
-			return "", err
-		}
-		return ModeTC, removeTCXPin(d.linkPin(dev, p))
+	if err := attachTC(l, p, prog); err != nil {
+		return "", err
 	}
-	return ModeTCX, detachTC(l, p)
+	return ModeTC, removeTCXPin(d.linkPin(dev, p))
 }
 
 func (d *Datapath) attachTCX(dev string, ifindex int, p Program, prog *ebpf.Program) error {
@@ -152,6 +148,9 @@ func clsact(l netlink.Link) *netlink.GenericQdisc {
 	}
 }
 
+// attachTC adds our filter to dev's ingress. A clsact qdisc is added unless
+// dev already has one, or an ingress qdisc (the bandwidth plugin adds one to
+// a pod's veth): its filter list is the same ingress hook.
 func attachTC(l netlink.Link, p Program, prog *ebpf.Program) error {
 	dev := l.Attrs().Name
 	if err := netlink.QdiscAdd(clsact(l)); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -171,6 +170,20 @@ func attachTC(l netlink.Link, p Program, prog *ebpf.Program) error {
 	}
 	if err := netlink.FilterReplace(f); err != nil {
 		return fmt.Errorf("attach %s to %s with tc filter: %w", p, dev, err)
+	}
+	// An earlier version put ours first (priority 1): one filter of ours
+	// per device and program, at our priority.
+	old, err := ourFilters(l, p)
+	if err != nil {
+		return err
+	}
+	for _, o := range old {
+		if o.Priority == tcFilterPriority {
+			continue
+		}
+		if err := netlink.FilterDel(o); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete %s's old tc filter (priority %d) from %s: %w", p, o.Priority, dev, err)
+		}
 	}
 	return nil
 }

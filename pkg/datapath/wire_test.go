@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// wireEnv is an attachEnv with from_underlay attached to eth0 and its veth
-// peer up, ready to send frames into eth0.
+// wireEnv is an attachEnv with from_underlay attached (in a given mode) to
+// eth0 and its veth peer up, ready to send frames into eth0.
 type wireEnv struct {
 	*attachEnv
 	dp      *datapath.Datapath
@@ -27,7 +27,7 @@ type wireEnv struct {
 	eth0MAC mac
 }
 
-func newWireEnv(t *testing.T) *wireEnv {
+func newWireEnv(t *testing.T, mode datapath.Mode) *wireEnv {
 	t.Helper()
 	e := &wireEnv{attachEnv: newAttachEnv(t)}
 	// No IPv6 in this test namespace: neighbour discovery from the veths
@@ -50,7 +50,7 @@ func newWireEnv(t *testing.T) *wireEnv {
 		t.Fatal(err)
 	}
 	copy(e.eth0MAC[:], eth0.Attrs().HardwareAddr)
-	e.dp = e.load(t, datapath.ModeAuto)
+	e.dp = e.load(t, mode)
 	t.Cleanup(func() { e.dp.Close() })
 	if err := e.dp.SetConfig(datapath.NodeConfig{PodSubnet: podSubnet, Gateway: gateway,
 		BridgeIfindex: uint32(e.cni0), UnderlayIfindex: uint32(e.eth0), Conntrack: true}); err != nil {
@@ -118,7 +118,7 @@ func (e *wireEnv) expectCounted(t *testing.T, name string, delta []datapath.Coun
 // PROG_TEST_RUN cannot hand the program an IPv4 frame shorter than an IP
 // header (the kernel refuses it): the truncated-header branch meets one here.
 func TestWireTruncatedIPv4(t *testing.T) {
-	e := newWireEnv(t)
+	e := newWireEnv(t, datapath.ModeAuto)
 	full := udpFrame(peerPod, localPod)
 	copy(full[0:6], e.eth0MAC[:])
 	truncated := full[:ethLen+10]
@@ -132,7 +132,7 @@ func TestWireTruncatedIPv4(t *testing.T) {
 // receiving device strips the tag into skb metadata before TC ingress, so
 // the program sees an IPv4 EtherType and must look at skb->vlan_present.
 func TestWireVLANTaggedFrameIsNotForwarded(t *testing.T) {
-	e := newWireEnv(t)
+	e := newWireEnv(t, datapath.ModeAuto)
 	plain := udpFrame(peerPod, localPod)
 	copy(plain[0:6], e.eth0MAC[:])
 	tagged := vlanTagged(plain, 100)
