@@ -27,7 +27,7 @@ deps:
 	  echo "deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@for p in main/bridge ipam/host-local; do \
+	@for p in main/bridge ipam/host-local meta/bandwidth; do \
 	  name=$${p#*/}; \
 	  if [ ! -x $(CNI_BIN)/$$name ]; then \
 	    echo "deps: installing CNI plugin $$name $(CNI_VERSION) into $(CNI_BIN)"; \

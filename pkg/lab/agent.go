@@ -42,6 +42,9 @@ func (l *Lab) agentArgs(n Node) []string {
 		"--resync-interval", l.cfg.ResyncInterval.String(),
 		"--log-format", "text",
 	}
+	if l.cfg.AttachMode != "" {
+		args = append(args, "--attach-mode", l.cfg.AttachMode)
+	}
 	return append(args, l.cfg.AgentArgs...)
 }
 

@@ -101,9 +101,10 @@ type cniNetwork struct {
 	cacheDir string
 }
 
-// newCNINetwork builds a node's conflist; with chain set, hgw-cni follows
-// bridge, as CNI chaining expects.
-func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, chain *hgwChain) (*cniNetwork, error) {
+// newCNINetwork builds a node's conflist; with bandwidth set the bandwidth
+// plugin follows bridge, and with chain set hgw-cni comes last, as CNI
+// chaining expects (hgw-cni after bandwidth: see bandwidthPlugin).
+func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, bandwidth bool, chain *hgwChain) (*cniNetwork, error) {
 	gw := env.Subnet.Addr()
 	plugins := []any{map[string]any{
 		"type":             "bridge",
@@ -119,6 +120,9 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, chain *hgwCha
 		},
 	}}
 	paths := []string{cniPath}
+	if bandwidth {
+		plugins = append(plugins, bandwidthConf())
+	}
 	if chain != nil {
 		plugins = append(plugins, chain.conf(nodeDir))
 		paths = append(paths, chain.dir)
@@ -145,8 +149,8 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, chain *hgwCha
 // The plugins are forked from a thread inside the node namespace, as a
 // container runtime on that node would run them, so cni0 and the host end
 // of the pod's veth are created there.
-func (n *cniNetwork) attach(ctx context.Context, pod string) (netip.Addr, error) {
-	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface}
+func (n *cniNetwork) attach(ctx context.Context, pod string, capArgs map[string]any) (netip.Addr, error) {
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface, CapabilityArgs: capArgs}
 	var res *types100.Result
 	err := inNetns(n.nodeNS, func() error {
 		r, err := n.cni.AddNetworkList(ctx, n.conf, rt)

@@ -12,8 +12,9 @@ const hgwCNIPlugin = "hgw-cni"
 
 // hgwChain is how a node's conflist chains hgw-cni after bridge.
 type hgwChain struct {
-	dir     string // holds the hgw-cni binary
-	pinRoot string // the node agent's --bpffs-root
+	dir        string // holds the hgw-cni binary
+	pinRoot    string // the node agent's --bpffs-root
+	attachMode string // the agent's --attach-mode, "" for its default
 }
 
 // chainsHgwCNI reports whether pods attach through bridge + hgw-cni: on
@@ -42,11 +43,15 @@ func (l *Lab) chainFor(n Node, flannelNode bool) *hgwChain {
 	if flannelNode || l.hgwCNIDir == "" || !l.cfg.chainsHgwCNI() {
 		return nil
 	}
-	return &hgwChain{dir: l.hgwCNIDir, pinRoot: n.PinRoot}
+	return &hgwChain{dir: l.hgwCNIDir, pinRoot: n.PinRoot, attachMode: l.cfg.AttachMode}
 }
 
 // conf is the plugin's entry in the conflist; its attachment records stay
 // in the node's directory, so that `down` leaves nothing in /run.
 func (h *hgwChain) conf(nodeDir string) map[string]any {
-	return map[string]any{"type": hgwCNIPlugin, "bpffsRoot": h.pinRoot, "dataDir": nodeDir + "/hgw-cni"}
+	c := map[string]any{"type": hgwCNIPlugin, "bpffsRoot": h.pinRoot, "dataDir": nodeDir + "/hgw-cni"}
+	if h.attachMode != "" {
+		c["attachMode"] = h.attachMode
+	}
+	return c
 }

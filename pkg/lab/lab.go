@@ -34,7 +34,13 @@ type Config struct {
 	// default ebpf nodes chain hgw-cni after bridge (found in CNIPath or
 	// BinDir), which puts every pod on the endpoint fast path at once.
 	PlainBridgeCNI bool
-	EtcdPrefix     string // registry.DefaultPrefix if empty
+	// Bandwidth chains the CNI bandwidth plugin (from CNIPath) after
+	// bridge, so that AddPodWithEgressLimit can shape a pod's egress.
+	Bandwidth bool
+	// AttachMode is the agents' and hgw-cni's attach mode (auto, tcx or
+	// tc); their default (auto) if empty.
+	AttachMode string
+	EtcdPrefix string // registry.DefaultPrefix if empty
 	// ResyncInterval is the agents' --resync-interval (default 2s: a lab
 	// should show repairs quickly).
 	ResyncInterval time.Duration
@@ -89,7 +95,11 @@ func (c *Config) setDefaults() error {
 	if c.CNIPath, err = filepath.Abs(c.CNIPath); err != nil {
 		return fmt.Errorf("CNI path: %w", err)
 	}
-	for _, p := range []string{"bridge", "host-local"} {
+	plugins := []string{"bridge", "host-local"}
+	if c.Bandwidth {
+		plugins = append(plugins, bandwidthPlugin)
+	}
+	for _, p := range plugins {
 		if err := checkExecutable(filepath.Join(c.CNIPath, p)); err != nil {
 			return fmt.Errorf("CNI plugin %s (run `make deps`): %w", p, err)
 		}

@@ -91,7 +91,7 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	if err != nil {
 		return Node{}, fmt.Errorf("node %s: %w (agent log: %s)", name, err, n.AgentLog)
 	}
-	cni, err := newCNINetwork(l.cfg.CNIPath, name, dir, env, l.chainFor(n, flannelSubnet.IsValid()))
+	cni, err := newCNINetwork(l.cfg.CNIPath, name, dir, env, l.cfg.Bandwidth, l.chainFor(n, flannelSubnet.IsValid()))
 	if err != nil {
 		return Node{}, err
 	}

@@ -10,6 +10,12 @@ import (
 // AddPod creates a pod namespace on node and attaches it through the CNI
 // plugins, with the address host-local hands out from the node's subnet.
 func (l *Lab) AddPod(ctx context.Context, node string) (Pod, error) {
+	return l.addPod(ctx, node, nil)
+}
+
+// addPod is AddPod with runtime capability arguments for the plugins (the
+// bandwidth plugin's limits), as kubelet passes them.
+func (l *Lab) addPod(ctx context.Context, node string, capArgs map[string]any) (Pod, error) {
 	l.mu.Lock()
 	cni := l.cni[node]
 	j := len(l.state.PodsOf(node)) + 1
@@ -52,7 +58,7 @@ func (l *Lab) AddPod(ctx context.Context, node string) (Pod, error) {
 	if err != nil {
 		return Pod{}, fmt.Errorf("pod %s: %w", name, err)
 	}
-	ip, err := cni.attach(ctx, name)
+	ip, err := cni.attach(ctx, name, capArgs)
 	if err != nil {
 		return Pod{}, err
 	}
