@@ -94,10 +94,13 @@ func startKubeCluster(t *testing.T, ctx context.Context, datapath string, agentA
 
 // serveEcho runs TCP and UDP echo servers in the server pod; sockets are
 // opened inside its namespace and closed when the test ends.
-func (c kubeCluster) serveEcho(t *testing.T) {
+func (c kubeCluster) serveEcho(t *testing.T) { serveEchoIn(t, c.st, c.server.Name) }
+
+// serveEchoIn runs the echo servers in namespace ns (a pod or a node).
+func serveEchoIn(t *testing.T, st lab.State, ns string) {
 	var ln net.Listener
 	var pc net.PacketConn
-	err := c.st.Do(c.server.Name, func() error {
+	err := st.Do(ns, func() error {
 		var err error
 		if ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", serverPort)); err != nil {
 			return err
@@ -106,7 +109,7 @@ func (c kubeCluster) serveEcho(t *testing.T) {
 		return err
 	})
 	if err != nil {
-		t.Fatalf("echo servers in %s: %v", c.server.Name, err)
+		t.Fatalf("echo servers in %s: %v", ns, err)
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); pc.Close(); wg.Wait() })
@@ -138,8 +141,13 @@ func (c kubeCluster) serveEcho(t *testing.T) {
 // exchange opens a connection from the client pod to addr, sends a line
 // and expects it back: the round trip a kube-proxy'd request makes.
 func (c kubeCluster) exchange(network, addr string, i int) error {
+	return exchangeFrom(c.st, c.client.Name, network, addr, i)
+}
+
+// exchangeFrom is exchange from any namespace of the lab (a pod or a node).
+func exchangeFrom(st lab.State, from, network, addr string, i int) error {
 	var conn net.Conn
-	err := c.st.Do(c.client.Name, func() error {
+	err := st.Do(from, func() error {
 		var err error
 		conn, err = net.DialTimeout(network, addr, time.Second)
 		return err
@@ -149,7 +157,7 @@ func (c kubeCluster) exchange(network, addr string, i int) error {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(time.Second))
-	msg := fmt.Sprintf("request %d from %s\n", i, c.client.IP)
+	msg := fmt.Sprintf("request %d from %s\n", i, from)
 	if _, err := conn.Write([]byte(msg)); err != nil {
 		return err
 	}
