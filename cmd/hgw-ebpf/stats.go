@@ -26,7 +26,11 @@ each program (from_pods on the pods' veths and the bridge, from_underlay on
 the underlay device) how many packets and bytes took the fast path (reasons
 "redirect" and "redirect_peer", the delivery straight into a known pod) and
 why the others were left to the kernel. With --watch it prints per-second rates at
-that interval until interrupted.`,
+that interval until interrupted.
+
+Each packet is counted once, under the first check that kept it off the fast
+path. The reasons:
+` + reasonHelp(),
 		Example: "  hgw-ebpf stats\n  hgw-ebpf stats --watch 1s\n  hgw-ebpf stats -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -77,6 +81,15 @@ that interval until interrupted.`,
 	cmd.Flags().DurationVar(&watch, "watch", 0, "print per-second rates at this interval (e.g. 1s) until interrupted")
 	cmd.Flags().BoolVar(&all, "all", false, "list counters that are zero too")
 	return cmd
+}
+
+// reasonHelp is the reason list for --help, or why it is missing.
+func reasonHelp() string {
+	h, err := datapath.ReasonHelp()
+	if err != nil {
+		return fmt.Sprintf("  (cannot list them: %v)\n", err)
+	}
+	return h
 }
 
 // rate is one counter's per-second rate over an interval.
