@@ -84,6 +84,7 @@ struct hgw_enums {
 	enum hgw_program program;
 	enum hgw_reason reason;
 	enum config_flag flag;
+	enum endpoint_flag endpoint_flag;
 };
 const struct hgw_enums *unused_enums __attribute__((unused));
 
@@ -590,9 +591,10 @@ int from_underlay(struct __sk_buff *skb)
 		return pass(skb, PROG_FROM_UNDERLAY, reason);
 
 	/* A known pod: be its gateway at L2 too and hand the packet straight to
-	 * its namespace, skipping the bridge and the veth's transmit path. */
+	 * its namespace, skipping the bridge and the veth's transmit path,
+	 * unless a qdisc there shapes what the pod receives. */
 	eth = (void *)(long)skb->data;
-	if (ep && (void *)(eth + 1) <= (void *)(long)skb->data_end) {
+	if (ep && !(ep->flags & ENDPOINT_F_SHAPED) && (void *)(eth + 1) <= (void *)(long)skb->data_end) {
 		__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, ep->gateway_mac, ETH_ALEN);
 		count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT_PEER);

@@ -36,6 +36,15 @@ struct endpoint_value {
 	__u32 ifindex;       /* host-side veth of the pod */
 	__u8 pod_mac[6];     /* the pod's own interface */
 	__u8 gateway_mac[6]; /* the bridge's: the source a routed packet has */
+	__u32 flags;         /* enum endpoint_flag */
+};
+
+enum endpoint_flag {
+	/* A qdisc shapes what the host-side veth sends into the pod (the CNI
+	 * bandwidth plugin's ingress limit is a tbf root qdisc there).
+	 * bpf_redirect_peer would skip it: the pod's packets go through cni0
+	 * and the veth instead. */
+	ENDPOINT_F_SHAPED = 1,
 };
 
 /* The node's own view, written by the agent before programs are attached.

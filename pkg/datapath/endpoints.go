@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 )
 
 // Endpoint is one entry of the pinned `endpoints` map: a pod on this node
@@ -17,6 +18,11 @@ type Endpoint struct {
 	Ifindex    uint32           `json:"ifindex"`     // its host-side veth
 	PodMAC     net.HardwareAddr `json:"pod_mac"`     // its own interface's MAC
 	GatewayMAC net.HardwareAddr `json:"gateway_mac"` // the bridge's MAC
+	// Shaped says a qdisc on the veth shapes what the pod receives (the CNI
+	// bandwidth plugin's ingress limit), so from_underlay delivers through
+	// the bridge, not bpf_redirect_peer. Put finds it out from the kernel;
+	// what the caller sets is ignored.
+	Shaped bool `json:"shaped"`
 }
 
 // Endpoints gives typed access to the `endpoints` hash.
@@ -57,6 +63,13 @@ func (r *EndpointMap) Put(e Endpoint) error {
 	}
 	if val.GatewayMac, err = mac6("gateway MAC", e.GatewayMAC); err != nil {
 		return fmt.Errorf("endpoint %s: %w", e.IP, err)
+	}
+	shaped, err := vethShaped(e.Ifindex)
+	if err != nil {
+		return fmt.Errorf("endpoint %s: %w", e.IP, err)
+	}
+	if shaped {
+		val.Flags |= uint32(hgwEndpointFlagENDPOINT_F_SHAPED)
 	}
 	if err := r.m.Put(&key, &val); err != nil {
 		return fmt.Errorf("put endpoint %s in endpoints map: %w", e.IP, err)
@@ -156,7 +169,32 @@ func endpointOf(key hgwEndpointKey, val hgwEndpointValue) Endpoint {
 		Ifindex:    val.Ifindex,
 		PodMAC:     net.HardwareAddr(val.PodMac[:]),
 		GatewayMAC: net.HardwareAddr(val.GatewayMac[:]),
+		Shaped:     val.Flags&uint32(hgwEndpointFlagENDPOINT_F_SHAPED) != 0,
 	}
+}
+
+// vethShaped reports whether the device ifindex of this network namespace
+// has a root qdisc other than noqueue (a veth's own): one that shapes what
+// it sends. A device that is gone shapes nothing.
+func vethShaped(ifindex uint32) (bool, error) {
+	l, err := netlink.LinkByIndex(int(ifindex))
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up veth %d: %w", ifindex, err)
+	}
+	qs, err := netlink.QdiscList(l)
+	if err != nil {
+		return false, fmt.Errorf("list qdiscs of %s: %w", l.Attrs().Name, err)
+	}
+	for _, q := range qs {
+		if q.Attrs().Parent == netlink.HANDLE_ROOT && q.Type() != "noqueue" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // List returns every entry.

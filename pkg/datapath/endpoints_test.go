@@ -11,6 +11,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
@@ -27,10 +29,19 @@ func (e *runEnv) addEndpoint(t testing.TB, dev string, ip netip.Addr, pod mac) d
 		IP: ip, Ifindex: uint32(e.ns.addLink(t, stubDev(dev, 1500))),
 		PodMAC: net.HardwareAddr(pod[:]), GatewayMAC: net.HardwareAddr(macGateway[:]),
 	}
-	if err := e.dp.Endpoints().Put(ep); err != nil {
-		t.Fatal(err)
-	}
+	e.putEndpoint(t, ep)
 	return ep
+}
+
+// putEndpoint writes ep from inside the namespace, where Put looks at its
+// veth, as the agent and hgw-cni do in the node's.
+func (e *runEnv) putEndpoint(t testing.TB, ep datapath.Endpoint) {
+	t.Helper()
+	e.ns.do(t, func() {
+		if err := e.dp.Endpoints().Put(ep); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // peerDelivered is what from_underlay makes of frame for a known pod:
@@ -139,22 +150,51 @@ func TestFromPodsAtTheVethOfAKnownPod(t *testing.T) {
 	e.expect(t, datapath.FromUnderlay, back, nil, tcActRedirect, "redirect_peer")
 }
 
+// A pod whose veth carries a root qdisc that shapes what it receives (the
+// bandwidth plugin's ingress limit: tbf) gets its packets through cni0 and
+// the veth, where the qdisc applies: bpf_redirect_peer would skip it. Put
+// finds the qdisc out, whatever the caller says.
+func TestShapedPodGetsItsPacketsThroughTheBridge(t *testing.T) {
+	e := newRunEnv(t, true)
+	ep := e.addEndpoint(t, "vethpod1", localPod, macPod)
+	tbf := &netlink.Tbf{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: int(ep.Ifindex), Handle: netlink.MakeHandle(1, 0),
+		Parent: netlink.HANDLE_ROOT}, Rate: 1250000, Limit: 65536, Buffer: 100000}
+	if err := e.ns.h.QdiscAdd(tbf); err != nil {
+		t.Fatalf("add tbf to the pod's veth: %v", err)
+	}
+	back := udpFrame(peerPod, localPod)
+	// The entry written before the qdisc came still says redirect_peer;
+	// written again (as the agent and hgw-cni write it), it knows.
+	e.expect(t, datapath.FromUnderlay, back, nil, tcActRedirect, "redirect_peer")
+	e.putEndpoint(t, ep)
+	if got, _, err := e.dp.Endpoints().Get(localPod); err != nil || !got.Shaped {
+		t.Fatalf("entry after Put with a tbf on the veth: %+v, %v; want Shaped", got, err)
+	}
+	e.forward(t, datapath.FromUnderlay, back)
+	// Its own packets out are not shaped by that qdisc: still fast.
+	out := udpFrame(localPod, peerPod)
+	e.forwardCtx(t, datapath.FromPods, out, &skbContext{Ifindex: ep.Ifindex})
+
+	if err := e.ns.h.QdiscDel(tbf); err != nil {
+		t.Fatal(err)
+	}
+	e.putEndpoint(t, ep)
+	e.expect(t, datapath.FromUnderlay, back, nil, tcActRedirect, "redirect_peer")
+}
+
 func TestEndpointMapPutListDelete(t *testing.T) {
 	e := newRunEnv(t, false)
 	eps := e.dp.Endpoints()
 	a := datapath.Endpoint{IP: localPod, Ifindex: 7, PodMAC: net.HardwareAddr(macPod[:]), GatewayMAC: net.HardwareAddr(macGateway[:])}
 	b := datapath.Endpoint{IP: localPod2, Ifindex: 8, PodMAC: net.HardwareAddr(macPod2[:]), GatewayMAC: net.HardwareAddr(macGateway[:])}
+	// Ifindexes no device of the namespace has: nothing to shape.
 	for _, ep := range []datapath.Endpoint{a, b} {
-		if err := eps.Put(ep); err != nil {
-			t.Fatal(err)
-		}
+		e.putEndpoint(t, ep)
 	}
 	a.Ifindex = 9 // overwrite in place
-	if err := eps.Put(a); err != nil {
-		t.Fatal(err)
-	}
+	e.putEndpoint(t, a)
 	got, ok, err := eps.Get(localPod)
-	if err != nil || !ok || got.Ifindex != 9 || got.PodMAC.String() != a.PodMAC.String() || got.GatewayMAC.String() != a.GatewayMAC.String() {
+	if err != nil || !ok || got.Ifindex != 9 || got.PodMAC.String() != a.PodMAC.String() || got.GatewayMAC.String() != a.GatewayMAC.String() || got.Shaped {
 		t.Errorf("Get(%s) = %+v, %v, %v; want %+v", localPod, got, ok, err, a)
 	}
 	list, err := eps.List()
@@ -192,9 +232,11 @@ func TestEndpointMapPutListDelete(t *testing.T) {
 		"short MAC":  {IP: localPod, Ifindex: 7, PodMAC: a.PodMAC[:4], GatewayMAC: a.GatewayMAC},
 		"no gw MAC":  {IP: localPod, Ifindex: 7, PodMAC: a.PodMAC},
 	} {
-		if err := eps.Put(bad); err == nil {
-			t.Errorf("Put with %s accepted", name)
-		}
+		e.ns.do(t, func() {
+			if err := eps.Put(bad); err == nil {
+				t.Errorf("Put with %s accepted", name)
+			}
+		})
 	}
 	if got, _, _ := eps.Get(localPod); got.Ifindex != 9 {
 		t.Errorf("a refused Put changed the entry: %+v", got)

@@ -27,6 +27,12 @@ type hgwCounter struct {
 	Bytes   uint64
 }
 
+type hgwEndpointFlag uint32
+
+const (
+	hgwEndpointFlagENDPOINT_F_SHAPED hgwEndpointFlag = 1
+)
+
 type hgwEndpointKey struct {
 	_    structs.HostLayout
 	Addr [4]uint8
@@ -37,6 +43,7 @@ type hgwEndpointValue struct {
 	Ifindex    uint32
 	PodMac     [6]uint8
 	GatewayMac [6]uint8
+	Flags      uint32
 }
 
 type hgwHgwProgram uint32

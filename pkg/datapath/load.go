@@ -58,7 +58,7 @@ type Datapath struct {
 // opts.Without), and the attach mode is settled here: the programs behave
 // differently under tcx (see Features). Nothing is attached yet.
 //
-//go:generate go tool bpf2go -cc clang-19 -target bpfel -type hgw_program -type hgw_reason -type config_flag -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I../../headers" hgw ../../bpf/hgw.c
+//go:generate go tool bpf2go -cc clang-19 -target bpfel -type hgw_program -type hgw_reason -type config_flag -type endpoint_flag -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I../../headers" hgw ../../bpf/hgw.c
 func Load(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
 	if _, err := parseMode(string(opts.Mode)); err != nil {

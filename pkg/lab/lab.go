@@ -35,7 +35,7 @@ type Config struct {
 	// BinDir), which puts every pod on the endpoint fast path at once.
 	PlainBridgeCNI bool
 	// Bandwidth chains the CNI bandwidth plugin (from CNIPath) after
-	// bridge, so that AddPodWithEgressLimit can shape a pod's egress.
+	// bridge, so that AddPodWithLimits can shape a pod's traffic.
 	Bandwidth bool
 	// AttachMode is the agents' and hgw-cni's attach mode (auto, tcx or
 	// tc); their default (auto) if empty.

@@ -11,13 +11,18 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
-// A pod's egress limit set by the CNI bandwidth plugin (a u32 filter on the
-// pod's host-side veth hands its frames to a shaping ifb device) holds
-// across nodes whatever our programs do on that veth: under tcx they step
-// aside while the plugin's filter is there, under tc ours is the last
-// filter. The limited pod's traffic still takes the fast path at cni0 once
-// shaped. An unlimited pod on the same node shows what the path can carry.
-func TestEgressLimitHolds(t *testing.T) {
+// Bandwidth limits set by the CNI bandwidth plugin hold across nodes
+// whatever our programs do, under tcx and tc, with hgw-cni chained and
+// without, while an unlimited pod on the same node shows what the path can
+// carry (hundreds of times more here):
+//   - egress: a u32 filter on the pod's host-side veth hands its frames to a
+//     shaping ifb device. Under tcx our veth program steps aside while that
+//     filter is there; under tc ours is the last filter. The shaped traffic
+//     still takes the fast path at cni0.
+//   - ingress: a tbf root qdisc on the host-side veth. bpf_redirect_peer
+//     would skip it, so from_underlay delivers such a pod's packets through
+//     the bridge and the veth.
+func TestBandwidthLimitsHold(t *testing.T) {
 	const limit = 10_000_000 // bit/s
 	for _, mode := range []string{"tcx", "tc"} {
 		for _, plain := range []bool{false, true} {
@@ -30,9 +35,12 @@ func TestEgressLimitHolds(t *testing.T) {
 				defer cancel()
 				l := startLabConfig(t, lab.Config{Nodes: 2, Datapath: lab.DatapathEBPF, Bandwidth: true,
 					PlainBridgeCNI: plain, AttachMode: mode})
-				st := l.State()
-				client, server := st.Nodes[0], st.Nodes[1]
-				limited, err := l.AddPodWithEgressLimit(ctx, client.Name, limit)
+				client, server := l.State().Nodes[0], l.State().Nodes[1]
+				egress, err := l.AddPodWithLimits(ctx, client.Name, lab.Limits{Egress: limit})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ingress, err := l.AddPodWithLimits(ctx, client.Name, lab.Limits{Ingress: limit})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -44,7 +52,7 @@ func TestEgressLimitHolds(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				st = l.State() // with the pods
+				st := l.State()
 				iperf := exec.Command("iperf3", "-s", "-p", "5201")
 				if err := st.Start(srv.Name, iperf); err != nil {
 					t.Fatal(err)
@@ -53,25 +61,29 @@ func TestEgressLimitHolds(t *testing.T) {
 				time.Sleep(300 * time.Millisecond)
 
 				before := counterOf(t, client, "from_pods", "redirect")
-				slow := sendRate(t, ctx, st, limited, srv)
-				fast := sendRate(t, ctx, st, unlimited, srv)
-				t.Logf("egress limited to %d bit/s: %.0f bit/s; unlimited: %.0f bit/s (%.0fx)", limit, slow, fast, fast/slow)
-				// Near the limit: without the shaping it is the unlimited
-				// rate, hundreds of times more here.
-				if slow > 2*limit || slow < limit/4 {
-					t.Errorf("limited pod sent %.0f bit/s, want near %d", slow, limit)
+				sent := transferRate(t, ctx, st, egress, srv, false)
+				received := transferRate(t, ctx, st, ingress, srv, true)
+				fast := transferRate(t, ctx, st, unlimited, srv, false)
+				t.Logf("limit %d bit/s: egress-limited pod sent %.0f, ingress-limited pod received %.0f; unlimited pod sent %.0f bit/s",
+					limit, sent, received, fast)
+				// Near the limit: without the shaping each is the
+				// unlimited rate.
+				for what, rate := range map[string]float64{"egress-limited pod sent": sent, "ingress-limited pod received": received} {
+					if rate > 2*limit || rate < limit/4 {
+						t.Errorf("%s %.0f bit/s, want near %d", what, rate, limit)
+					}
 				}
-				if fast < 10*slow {
-					t.Errorf("unlimited pod sent %.0f bit/s, want far more than the limited pod's %.0f", fast, slow)
+				if fast < 10*sent {
+					t.Errorf("unlimited pod sent %.0f bit/s, want far more than the limited pod's %.0f", fast, sent)
 				}
-				// Both pods' traffic took the fast path, the limited pod's
-				// at cni0 after the shaping.
+				// The pods' traffic took the fast path, the egress-limited
+				// pod's at cni0 once shaped.
 				if d := counterOf(t, client, "from_pods", "redirect") - before; d < 100 {
 					t.Errorf("from_pods redirect on %s moved by %d during the transfers, want >= 100", client.Name, d)
 				}
 				if mode == "tcx" && !plain {
 					if n := counterOf(t, client, "from_pods", "tc_filters"); n < 100 {
-						t.Errorf("from_pods tc_filters on %s = %d: the limited pod's veth program did not step aside", client.Name, n)
+						t.Errorf("from_pods tc_filters on %s = %d: the egress-limited pod's veth program did not step aside", client.Name, n)
 					}
 				}
 			})
@@ -79,18 +91,23 @@ func TestEgressLimitHolds(t *testing.T) {
 	}
 }
 
-// sendRate runs a 3-second iperf3 TCP transfer from pod from to the iperf3
-// server in pod to and returns what the receiver got, in bit/s.
-func sendRate(t *testing.T, ctx context.Context, st lab.State, from, to lab.Pod) float64 {
+// transferRate runs a 3-second iperf3 TCP transfer between pod from and the
+// iperf3 server in pod to, from -> to (or to -> from with reverse), and
+// returns what the receiver got, in bit/s.
+func transferRate(t *testing.T, ctx context.Context, st lab.State, from, to lab.Pod, reverse bool) float64 {
 	t.Helper()
+	args := []string{"-c", to.IP, "-p", "5201", "-t", "3", "-J"}
+	if reverse {
+		args = append(args, "-R")
+	}
 	var out bytes.Buffer
-	cli := exec.CommandContext(ctx, "iperf3", "-c", to.IP, "-p", "5201", "-t", "3", "-J")
+	cli := exec.CommandContext(ctx, "iperf3", args...)
 	cli.Stdout, cli.Stderr = &out, &out
 	if err := st.Start(from.Name, cli); err != nil {
 		t.Fatal(err)
 	}
 	if err := cli.Wait(); err != nil {
-		t.Fatalf("iperf3 %s -> %s: %v\n%s", from.Name, to.Name, err, out.String())
+		t.Fatalf("iperf3 %v in %s: %v\n%s", args, from.Name, err, out.String())
 	}
 	var res struct {
 		End struct {
@@ -101,10 +118,10 @@ func sendRate(t *testing.T, ctx context.Context, st lab.State, from, to lab.Pod)
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil || res.Error != "" {
-		t.Fatalf("iperf3 %s -> %s: %v %s\n%s", from.Name, to.Name, err, res.Error, out.String())
+		t.Fatalf("iperf3 %v in %s: %v %s\n%s", args, from.Name, err, res.Error, out.String())
 	}
 	if res.End.SumReceived.BitsPerSecond <= 0 {
-		t.Fatalf("iperf3 %s -> %s received nothing", from.Name, to.Name)
+		t.Fatalf("iperf3 %v in %s: nothing received", args, from.Name)
 	}
 	return res.End.SumReceived.BitsPerSecond
 }
