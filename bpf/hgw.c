@@ -36,7 +36,11 @@
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMP_HDR_LEN 8
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -415,62 +419,129 @@ static __always_inline __u32 attached_ct_check(struct __sk_buff *skb)
 	return FORWARD;
 }
 
-/* One path per flow: a flow the node's conntrack already tracks stays with
- * the kernel for its whole life. That keeps kube-proxy's NAT working (a reply
- * of a DNATed connection must be un-NATed by the kernel) and keeps conntrack
- * from seeing half a TCP conversation, which kube-proxy drops as INVALID.
- * Flows conntrack does not know are fast from their first packet, and stay
- * unknown to it because the fast path skips netfilter. gate() has made sure
- * that, unless the check is ignored, the table lookup is usable. */
-static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int at_bridge)
+/* Asks the conntrack table about a TCP or UDP packet: its addresses and the
+ * first 4 bytes of its L4 header (the ports). gate() has made sure that,
+ * unless the check is ignored, the lookup is usable. */
+static __always_inline __u32 ct_lookup(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto, const __u8 *l4)
 {
-	void *data_end = (void *)(long)skb->data_end;
-	struct bpf_ct_opts___hgw opts = {.netns_id = BPF_F_CURRENT_NETNS};
+	struct bpf_ct_opts___hgw opts = {.netns_id = BPF_F_CURRENT_NETNS, .l4proto = proto};
 	struct bpf_sock_tuple tuple = {};
-	struct nf_conn *ct;
 	unsigned long status;
-	__u16 *ports;
-	__u8 *icmp;
-	__u32 reason;
+	struct nf_conn *ct;
 
-	if (ip->protocol == IPPROTO_ICMP) {
-		/* Errors quote a packet whose addresses NAT may have changed. */
-		icmp = (void *)(ip + 1);
-		if ((void *)(icmp + 1) > data_end)
-			return REASON_MALFORMED;
-		if (*icmp != ICMP_ECHO && *icmp != ICMP_ECHOREPLY)
-			return REASON_ICMP_ERROR;
-	}
-	if (cfg->flags & CONFIG_F_IGNORE_CONNTRACK)
-		return FORWARD;
-	if (at_bridge) {
-		reason = attached_ct_check(skb);
-		if (reason != FORWARD)
-			return reason;
-	}
-	/* The lookup keys TCP and UDP only. ICMP echo has no NAT to undo on a
-	 * pod-to-pod path; anything else (SCTP services, GRE, ...) might. */
-	if (ip->protocol == IPPROTO_ICMP)
-		return FORWARD;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return REASON_CT_OTHER_PROTO;
 	if (!ct_lookup_usable())
 		return REASON_NO_CONNTRACK; /* gate() ruled this out; the verifier needs it said here */
-	ports = (void *)(ip + 1);
-	if ((void *)(ports + 2) > data_end)
-		return REASON_MALFORMED;
-
-	tuple.ipv4.saddr = ip->saddr;
-	tuple.ipv4.daddr = ip->daddr;
-	tuple.ipv4.sport = ports[0];
-	tuple.ipv4.dport = ports[1];
-	opts.l4proto = ip->protocol;
+	tuple.ipv4.saddr = saddr;
+	tuple.ipv4.daddr = daddr;
+	__builtin_memcpy(&tuple.ipv4.sport, l4, 2);
+	__builtin_memcpy(&tuple.ipv4.dport, l4 + 2, 2);
 	ct = bpf_skb_ct_lookup(skb, &tuple, sizeof(tuple.ipv4), &opts, CT_OPTS_SIZE);
 	if (!ct)
 		return FORWARD;
 	status = ct->status;
 	bpf_ct_release(ct);
 	return (status & (IPS_SRC_NAT | IPS_DST_NAT)) ? REASON_CT_NAT : REASON_CT_TRACKED;
+}
+
+/* An ICMP error: destination unreachable (frag-needed, port unreachable),
+ * time exceeded, parameter problem. */
+static __always_inline int icmp_error_msg(struct __sk_buff *skb, struct iphdr *ip)
+{
+	__u8 *type = (void *)(ip + 1);
+
+	if (ip->protocol != IPPROTO_ICMP || (void *)(type + 1) > (void *)(long)skb->data_end)
+		return 0;
+	return *type == ICMP_DEST_UNREACH || *type == ICMP_TIME_EXCEEDED || *type == ICMP_PARAMETERPROB;
+}
+
+/* An ICMP error about a flow of two pods that the fast path carries here
+ * (conntrack does not know it) goes the flow's way. Through the kernel,
+ * conntrack would meet an error about a flow it has never seen, and
+ * kube-proxy's INVALID rule would drop it: port unreachable, frag-needed
+ * and time exceeded lost. An error about a flow the kernel carries (which
+ * may need un-NAT), or quoting what cannot be told, stays the kernel's. The
+ * quoted packet is one the error's receiver sent: its source is the
+ * error's destination. */
+static __always_inline __u32 icmp_error_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int from_underlay)
+{
+	struct route_value *rt;
+	struct {
+		struct iphdr ip;
+		__u8 l4[4];
+	} q;
+
+	/* Read, not pointed at: the quote of an error the local stack built
+	 * may lie outside the skb's linear data. parse_ipv4 checked ihl == 5. */
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip) + ICMP_HDR_LEN, &q, sizeof(q)))
+		return REASON_ICMP_ERROR;
+	if (q.ip.version != 4 || q.ip.ihl != 5 || q.ip.saddr != ip->daddr)
+		return REASON_ICMP_ERROR;
+	/* The quoted flow's other end: a peer's pod when the error comes in
+	 * (from that pod, or from a router on the way); the pod that sends
+	 * the error when it goes out. */
+	if (from_underlay) {
+		rt = lookup_route(q.ip.daddr);
+		if (!rt || node_addr(rt->prefixlen, q.ip.daddr))
+			return REASON_ICMP_ERROR;
+	} else if (q.ip.daddr != ip->saddr) {
+		return REASON_ICMP_ERROR;
+	}
+	if (cfg->flags & CONFIG_F_IGNORE_CONNTRACK)
+		return FORWARD;
+	if (q.ip.protocol == IPPROTO_ICMP)
+		return (q.l4[0] == ICMP_ECHO || q.l4[0] == ICMP_ECHOREPLY) ? FORWARD : REASON_ICMP_ERROR;
+	if (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP)
+		return REASON_ICMP_ERROR;
+	return ct_lookup(skb, q.ip.saddr, q.ip.daddr, q.ip.protocol, q.l4) == FORWARD ? FORWARD : REASON_ICMP_ERROR;
+}
+
+/* One path per flow: a flow the node's conntrack already tracks stays with
+ * the kernel for its whole life. That keeps kube-proxy's NAT working (a reply
+ * of a DNATed connection must be un-NATed by the kernel) and keeps conntrack
+ * from seeing half a TCP conversation, which kube-proxy drops as INVALID.
+ * Flows conntrack does not know are fast from their first packet, and stay
+ * unknown to it because the fast path skips netfilter; so do their ICMP
+ * errors. */
+static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int at_bridge,
+				      int from_underlay)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	int icmp_err = 0;
+	__u8 *icmp, *ports, l4[4];
+	__u32 reason;
+
+	if (ip->protocol == IPPROTO_ICMP) {
+		icmp = (void *)(ip + 1);
+		if ((void *)(icmp + 1) > data_end)
+			return REASON_MALFORMED;
+		icmp_err = icmp_error_msg(skb, ip);
+		/* Redirects, timestamps, router adverts: the kernel's. */
+		if (!icmp_err && *icmp != ICMP_ECHO && *icmp != ICMP_ECHOREPLY)
+			return REASON_ICMP_ERROR;
+	}
+	if (!(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && at_bridge) {
+		reason = attached_ct_check(skb);
+		if (reason != FORWARD)
+			return reason;
+	}
+	if (icmp_err)
+		return icmp_error_check(skb, cfg, ip, from_underlay);
+	if (cfg->flags & CONFIG_F_IGNORE_CONNTRACK)
+		return FORWARD;
+	/* The lookup keys TCP and UDP only. ICMP echo has no NAT to undo on a
+	 * pod-to-pod path; anything else (SCTP services, GRE, ...) might. */
+	if (ip->protocol == IPPROTO_ICMP)
+		return FORWARD;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return REASON_CT_OTHER_PROTO;
+	/* The ports, from the linear data or, where the sender's stack left
+	 * them outside it, copied: a readable packet is never malformed. */
+	ports = (void *)(ip + 1);
+	if ((void *)(ports + 4) <= data_end)
+		__builtin_memcpy(l4, ports, sizeof(l4));
+	else if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip), l4, sizeof(l4)))
+		return REASON_MALFORMED;
+	return ct_lookup(skb, ip->saddr, ip->daddr, ip->protocol, l4);
 }
 
 /* The source of a packet from_pods sees. At a pod's veth it must be that
@@ -528,7 +599,7 @@ int from_pods(struct __sk_buff *skb)
 	if (node_addr(rt->prefixlen, ip->daddr))
 		return pass(skb, PROG_FROM_PODS, REASON_DST_NOT_POD);
 
-	reason = ct_check(skb, cfg, ip, !at_veth);
+	reason = ct_check(skb, cfg, ip, !at_veth, 0);
 	if (reason != FORWARD)
 		return pass(skb, PROG_FROM_PODS, reason);
 	reason = route_checks(skb, ip, rt->ifindex);
@@ -569,12 +640,15 @@ int from_underlay(struct __sk_buff *skb)
 	 * path only toward a pod in a peer's subnet (from_pods), so only such
 	 * a source may come in on it. Node IPs, external clients and SNATed
 	 * service traffic go through the kernel both ways, and conntrack sees
-	 * whole flows. */
-	rt = in_pod_subnet(cfg, ip->saddr) ? NULL : lookup_route(ip->saddr);
-	if (!rt || node_addr(rt->prefixlen, ip->saddr))
+	 * whole flows. An ICMP error (from a router on the way, say) goes with
+	 * the flow it quotes: ct_check looks at that. */
+	if (in_pod_subnet(cfg, ip->saddr))
+		return pass(skb, PROG_FROM_UNDERLAY, REASON_SRC_NOT_POD);
+	rt = lookup_route(ip->saddr);
+	if ((!rt || node_addr(rt->prefixlen, ip->saddr)) && !icmp_error_msg(skb, ip))
 		return pass(skb, PROG_FROM_UNDERLAY, REASON_SRC_NOT_POD);
 
-	reason = ct_check(skb, cfg, ip, 0);
+	reason = ct_check(skb, cfg, ip, 0, 1);
 	if (reason != FORWARD)
 		return pass(skb, PROG_FROM_UNDERLAY, reason);
 	/* Looked up before route_checks rewrites the header. */

@@ -95,7 +95,7 @@ enum hgw_reason {
 	REASON_NO_CONFIG = 10,   /* agent has not written config yet */
 	REASON_CT_NAT = 11,      /* conntrack NATed this flow: kernel un-NATs */
 	REASON_CT_TRACKED = 12,  /* conntrack tracks this flow: keep it there */
-	REASON_ICMP_ERROR = 13,  /* ICMP error: its inner header may need un-NAT */
+	REASON_ICMP_ERROR = 13,  /* ICMP error of a kernel-path flow: may need un-NAT */
 	REASON_REDIRECT_PEER = 14, /* fast path: bpf_redirect_peer into a known pod */
 	REASON_STEP_ASIDE = 15,  /* the agent asked for no fast path now */
 	REASON_NO_CONNTRACK = 16, /* conntrack cannot be checked: fail closed */

@@ -7,6 +7,8 @@ package datapath_test
 // and the packet to it (from_underlay).
 
 import (
+	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"testing"
 
@@ -164,4 +166,77 @@ func TestStepAside(t *testing.T) {
 	if got != e.cfg {
 		t.Errorf("config read back %+v, wrote %+v", got, e.cfg)
 	}
+}
+
+// icmpQuoting is an ICMP error of type and code quoting frame's IP header
+// and first 8 bytes of payload, as routers and hosts send them.
+func icmpQuoting(typ, code uint8, frame []byte) []byte {
+	return icmp(typ, code, append(make([]byte, 4), frame[ethLen:ethLen+ipv4Len+8]...))
+}
+
+// ICMP errors go the way of the flow they quote. About a pod-to-pod flow the
+// fast path carries (conntrack does not know it), they are fast too, from a
+// pod or from a router or node on the way: through the kernel, conntrack
+// would meet an error about a flow it never saw, and kube-proxy's INVALID
+// rule would drop it. About a flow the kernel carries, or quoting what
+// cannot be told, they stay the kernel's, which may have to un-NAT them.
+func TestICMPErrorsFollowTheirFlow(t *testing.T) {
+	e := newRunEnv(t, true)
+	out := udpFrame(localPod, peerPod) // the local pod's flow, as it left
+	in := flowFrame(protoUDP, peerPod, localPod, true)
+	toPod := func(from netip.Addr, typ, code uint8, quoted []byte) []byte {
+		return ipFrame(ipv4Header{Src: from, Dst: localPod, TTL: 64, Protocol: protoICMP}, icmpQuoting(typ, code, quoted))
+	}
+	fromPod := ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoICMP}, icmpQuoting(icmpUnreachable, 3, in))
+
+	// Port unreachable from the peer pod, time exceeded and frag-needed
+	// from the peer node; the local pod's own port unreachable going out.
+	e.forward(t, datapath.FromUnderlay, toPod(peerPod, icmpUnreachable, 3, out))
+	e.forward(t, datapath.FromUnderlay, toPod(peerNode, icmpTimeExceed, 0, out))
+	e.forward(t, datapath.FromUnderlay, toPod(peerNode, icmpUnreachable, 4, out))
+	e.forward(t, datapath.FromPods, fromPod)
+	// About a ping.
+	ping := flowFrame(protoICMP, localPod, peerPod, false)
+	e.forward(t, datapath.FromUnderlay, toPod(peerNode, icmpTimeExceed, 0, ping))
+
+	// Not about a fast flow of the pod it goes to.
+	for name, quoted := range map[string][]byte{
+		"a flow to a node":              udpFrame(localPod, nodeIP),
+		"a flow to outside the cluster": udpFrame(localPod, netip.MustParseAddr("8.8.8.8")),
+		"a flow to a peer's gateway":    udpFrame(localPod, netip.MustParseAddr("10.244.2.1")),
+		"another pod's flow":            udpFrame(localPod2, peerPod),
+		"an SCTP flow":                  ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: 132}, make([]byte, 8)),
+		"a quote with IP options": ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoUDP,
+			Options: []byte{0x94, 0x04, 0x00, 0x00}}, udp(40000, 5201, []byte("x"))),
+	} {
+		t.Run(name, func(t *testing.T) {
+			e.pass(t, datapath.FromUnderlay, toPod(peerNode, icmpTimeExceed, 0, quoted), "icmp_error")
+		})
+	}
+	// A quote cut short of the ports, or of the IP header.
+	short := toPod(peerPod, icmpUnreachable, 3, out)
+	e.pass(t, datapath.FromUnderlay, truncateIP(short, ipv4Len+8+ipv4Len+2), "icmp_error")
+	e.pass(t, datapath.FromUnderlay, truncateIP(short, ipv4Len+8+10), "icmp_error")
+	// Not errors: redirects, timestamps.
+	for _, typ := range []uint8{5, 13} {
+		e.pass(t, datapath.FromUnderlay, toPod(peerPod, typ, 0, out), "icmp_error")
+	}
+	// The outer source still may not be martian or this node's own subnet.
+	e.pass(t, datapath.FromUnderlay, toPod(netip.MustParseAddr("127.0.0.1"), icmpUnreachable, 3, out), "martian_src")
+	e.pass(t, datapath.FromUnderlay, toPod(localPod2, icmpUnreachable, 3, out), "src_not_pod")
+
+	// The flow tracked: its errors are the kernel's, both ways.
+	e.ns.track(t, localPod, peerPod, protoUDP, 40000, 5201)
+	e.pass(t, datapath.FromUnderlay, toPod(peerNode, icmpTimeExceed, 0, out), "icmp_error")
+	e.ns.track(t, peerPod, localPod, protoUDP, 80, 40000)
+	e.pass(t, datapath.FromPods, fromPod, "icmp_error")
+}
+
+// truncateIP cuts frame to an IP packet of n bytes, with tot_len and
+// checksum to match.
+func truncateIP(frame []byte, n int) []byte {
+	out := bytes.Clone(frame[:ethLen+n])
+	binary.BigEndian.PutUint16(out[ethLen+2:], uint16(n))
+	refreshChecksum(out)
+	return out
 }

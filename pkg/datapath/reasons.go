@@ -23,7 +23,7 @@ var reasonText = map[string]string{
 	"no_config":      "the agent has not written the node config yet",
 	"ct_nat":         "conntrack NATed the flow: the kernel un-NATs it",
 	"ct_tracked":     "conntrack tracks the flow: it stays on the kernel path",
-	"icmp_error":     "an ICMP error: its quoted header may need un-NAT",
+	"icmp_error":     "an ICMP error about a flow the kernel carries (it may need un-NAT) or one that cannot be told; other ICMP but echo",
 	"step_aside":     "the agent wants no fast path now (a NetworkPolicy engine is present, ...)",
 	"no_conntrack":   "conntrack cannot be checked (kernel < 5.18, nf_conntrack not loaded) and it is not ignored: nothing is redirected",
 	"ct_unreadable":  "the conntrack entry br_netfilter attaches at cni0 cannot be read (kernel < 6.2)",

@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,5 +45,41 @@ func TestNodeAndRemotePodTalkThroughTheKernel(t *testing.T) {
 		if after[k] != before[k] {
 			t.Errorf("%s: %s moved by %d: part of a node's flow took the fast path", podNode, k, after[k]-before[k])
 		}
+	}
+}
+
+// A UDP datagram to a port nobody listens on in a pod on another node: the
+// ICMP port unreachable comes back to the client, which sees ECONNREFUSED.
+// The flow took the fast path, so its error does too: through the kernel,
+// conntrack would meet an error about a flow it never saw and kube-proxy's
+// INVALID rule (on both nodes here) would drop it.
+func TestPortUnreachableReachesARemotePod(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := startKubeCluster(t, ctx, lab.DatapathEBPF)
+	before := c.counters(t, c.clientNode)
+	const tries = 5
+	for i := range tries {
+		err := c.st.Do(c.client.Name, func() error {
+			conn, err := net.Dial("udp4", net.JoinHostPort(c.server.IP, "9"))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(time.Second))
+			if _, err := conn.Write([]byte("anyone?")); err != nil {
+				return err
+			}
+			_, err = conn.Read(make([]byte, 16))
+			return err
+		})
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("datagram %d to a closed port of %s: %v, want connection refused", i, c.server.IP, err)
+		}
+	}
+	after := c.counters(t, c.clientNode)
+	if d := after["from_underlay/redirect"] + after["from_underlay/redirect_peer"] -
+		before["from_underlay/redirect"] - before["from_underlay/redirect_peer"]; d < tries {
+		t.Errorf("%s: from_underlay redirected %d packets, want the %d port unreachables at least", c.clientNode, d, tries)
 	}
 }
