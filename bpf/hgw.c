@@ -228,11 +228,13 @@ static __always_inline __u32 gate(struct __sk_buff *skb, const struct node_confi
 	 * tcx (6.6) implies bpf_cast_to_kern_ctx (6.2). */
 	if (!tcx_attach || !kern_ctx_usable() || !bpf_core_field_exists(struct net_device___hgw, tcx_ingress))
 		return FORWARD;
+	/* Plain loads through the kernel's pointers (the verifier makes them
+	 * fault-safe); only the container_of step needs a helper. */
 	kskb = bpf_cast_to_kern_ctx(skb);
 	dev = kskb->dev;
-	if (!dev)
+	if (!dev || !dev->tcx_ingress)
 		return FORWARD;
-	bundle = BPF_CORE_READ(dev, tcx_ingress, parent);
+	bundle = dev->tcx_ingress->parent;
 	if (!bundle)
 		return FORWARD;
 	/* container_of(bundle, struct tcx_entry, bundle)->miniq */
