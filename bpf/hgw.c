@@ -3,10 +3,10 @@
  * pod traffic the way a flannel host-gw node's kernel routes would, without
  * the bridge, the FIB walk and netfilter.
  *
- *   from_pods      on cni0 ingress: pod -> remote pod subnet (LPM hit)
+ *   from_pods      on cni0 ingress: our pod -> a peer's pod (LPM hit)
  *                  -> bpf_redirect_neigh(underlay, peer host IP)
  *                  also on each known pod's host-side veth ingress
- *   from_underlay  on eth0 ingress: anyone -> our pod subnet
+ *   from_underlay  on eth0 ingress: a peer's pod -> our pod
  *                  -> known pod (endpoints map): bpf_redirect_peer(its veth)
  *                  -> else bpf_redirect_neigh(cni0)
  *
