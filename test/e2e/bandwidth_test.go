@@ -53,17 +53,21 @@ func TestBandwidthLimitsHold(t *testing.T) {
 					t.Fatal(err)
 				}
 				st := l.State()
-				iperf := exec.Command("iperf3", "-s", "-p", "5201")
-				if err := st.Start(srv.Name, iperf); err != nil {
-					t.Fatal(err)
+				// One one-off server per transfer: a server that has just
+				// served one may still refuse the next ("busy").
+				for _, port := range []string{"5201", "5202", "5203"} {
+					iperf := exec.Command("iperf3", "-s", "-1", "-p", port)
+					if err := st.Start(srv.Name, iperf); err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { iperf.Process.Kill(); iperf.Wait() })
 				}
-				t.Cleanup(func() { iperf.Process.Kill(); iperf.Wait() })
 				time.Sleep(300 * time.Millisecond)
 
 				before := counterOf(t, client, "from_pods", "redirect")
-				sent := transferRate(t, ctx, st, egress, srv, false)
-				received := transferRate(t, ctx, st, ingress, srv, true)
-				fast := transferRate(t, ctx, st, unlimited, srv, false)
+				sent := transferRate(t, ctx, st, egress, srv, "5201", false)
+				received := transferRate(t, ctx, st, ingress, srv, "5202", true)
+				fast := transferRate(t, ctx, st, unlimited, srv, "5203", false)
 				t.Logf("limit %d bit/s: egress-limited pod sent %.0f, ingress-limited pod received %.0f; unlimited pod sent %.0f bit/s",
 					limit, sent, received, fast)
 				// Near the limit: without the shaping each is the
@@ -92,11 +96,11 @@ func TestBandwidthLimitsHold(t *testing.T) {
 }
 
 // transferRate runs a 3-second iperf3 TCP transfer between pod from and the
-// iperf3 server in pod to, from -> to (or to -> from with reverse), and
-// returns what the receiver got, in bit/s.
-func transferRate(t *testing.T, ctx context.Context, st lab.State, from, to lab.Pod, reverse bool) float64 {
+// iperf3 server on port in pod to, from -> to (or to -> from with reverse),
+// and returns what the receiver got, in bit/s.
+func transferRate(t *testing.T, ctx context.Context, st lab.State, from, to lab.Pod, port string, reverse bool) float64 {
 	t.Helper()
-	args := []string{"-c", to.IP, "-p", "5201", "-t", "3", "-J"}
+	args := []string{"-c", to.IP, "-p", port, "-t", "3", "-J"}
 	if reverse {
 		args = append(args, "-R")
 	}
