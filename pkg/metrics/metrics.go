@@ -30,6 +30,10 @@ type Metrics struct {
 	EtcdReconnects   prometheus.Counter
 	LeaseExpiry      prometheus.Gauge
 	Attached         *prometheus.GaugeVec // by dev and program
+	FastPathActive   prometheus.Gauge
+	FastPathChecks   *prometheus.GaugeVec // by check: conntrack, policy
+	PolicyEngines    *prometheus.GaugeVec // by engine
+	IPTablesRepairs  prometheus.Counter
 }
 
 // New builds the metrics; stats may be nil (routes-only mode).
@@ -56,11 +60,20 @@ func New(stats StatsReader) *Metrics {
 			Help: "When this node's own lease expires unless renewed (0: a reservation without TTL)."}),
 		Attached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "datapath_attached",
 			Help: "1 if the program is attached to the device's ingress."}, []string{"dev", "program"}),
+		FastPathActive: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "fastpath_active",
+			Help: "1 while the programs may redirect packets: not stepping aside for a NetworkPolicy engine, and conntrack checked (or ignored on purpose)."}),
+		FastPathChecks: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "fastpath_check",
+			Help: "1 if the check is active: conntrack (the programs ask the conntrack table), policy (the fast path steps aside while a NetworkPolicy engine is present)."}, []string{"check"}),
+		PolicyEngines: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "policy_engine",
+			Help: "1 for each NetworkPolicy engine found on the node at the last check."}, []string{"engine"}),
+		IPTablesRepairs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "iptables_repairs_total",
+			Help: "Times flanneld's FORWARD or masquerade rules were found changed or missing and written again."}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Peers, m.Entries, m.LeasesSkipped, m.ReconcileRuns, m.ReconcileSeconds, m.RouteRepairs,
 		m.WatchEvents, m.EtcdReconnects, m.LeaseExpiry, m.Attached,
+		m.FastPathActive, m.FastPathChecks, m.PolicyEngines, m.IPTablesRepairs,
 	)
 	if stats != nil {
 		m.Registry.MustRegister(newFastPathCollector(stats))
@@ -84,6 +97,14 @@ func (m *Metrics) SetLeaseExpiry(t time.Time) {
 		return
 	}
 	m.LeaseExpiry.Set(float64(t.Unix()))
+}
+
+// SetPolicyEngines records the engines found now, by name.
+func (m *Metrics) SetPolicyEngines(names []string) {
+	m.PolicyEngines.Reset()
+	for _, n := range names {
+		m.PolicyEngines.WithLabelValues(n).Set(1)
+	}
 }
 
 // StatsReader is the stats map (datapath.Maps satisfies it).

@@ -1,7 +1,11 @@
 package metrics
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -63,5 +67,43 @@ func TestReadinessNamesWhatIsMissing(t *testing.T) {
 	r.Set("programs attached", false)
 	if r.Ready() == "" {
 		t.Fatal("a condition set back to unmet must make it unready again")
+	}
+}
+
+// /readyz answers with its verdict on the first line and the notes after
+// it, ready or not: a node whose fast path steps aside is still ready.
+func TestReadyzCarriesNotes(t *testing.T) {
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	r := NewReadiness("routes applied")
+	go func() { done <- Serve(ctx, ln, New(nil), r, slog.New(slog.DiscardHandler)) }()
+	defer func() { cancel(); <-done }()
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + ln.Addr().String() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	r.SetNote("fast path", "fast path: stepping aside")
+	r.SetNote("conntrack", "conntrack check: on")
+	if code, body := get(); code != 503 || body != "not ready: waiting for [routes applied]\nfast path: stepping aside\nconntrack check: on\n" {
+		t.Errorf("unready: %d %q", code, body)
+	}
+	r.Set("routes applied", true)
+	r.SetNote("fast path", "fast path: active")
+	if code, body := get(); code != 200 || body != "ready\nfast path: active\nconntrack check: on\n" {
+		t.Errorf("ready: %d %q", code, body)
+	}
+	r.SetNote("fast path", "")
+	if code, body := get(); code != 200 || body != "ready\nconntrack check: on\n" {
+		t.Errorf("note removed: %d %q", code, body)
 	}
 }

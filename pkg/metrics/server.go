@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,10 +16,14 @@ import (
 )
 
 // Readiness tracks the conditions /readyz waits for; each starts not met.
+// Notes are lines /readyz adds whatever the answer: what the agent wants
+// an operator to know without being a reason to take the node out.
 type Readiness struct {
-	mu      sync.Mutex
-	pending map[string]bool // condition -> met
-	order   []string
+	mu        sync.Mutex
+	pending   map[string]bool // condition -> met
+	order     []string
+	notes     map[string]string
+	noteOrder []string
 }
 
 // NewReadiness starts with the named conditions unmet.
@@ -38,6 +44,36 @@ func (r *Readiness) Set(condition string, met bool) {
 		r.order = append(r.order, condition)
 	}
 	r.pending[condition] = met
+}
+
+// SetNote sets the note under key ("" removes it); notes keep the order
+// in which their keys were first set.
+func (r *Readiness) SetNote(key, text string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.notes == nil {
+		r.notes = map[string]string{}
+	}
+	if _, ok := r.notes[key]; !ok && text != "" {
+		r.noteOrder = append(r.noteOrder, key)
+	}
+	if text == "" {
+		delete(r.notes, key)
+		r.noteOrder = slices.DeleteFunc(r.noteOrder, func(k string) bool { return k == key })
+		return
+	}
+	r.notes[key] = text
+}
+
+// Notes returns the notes in order.
+func (r *Readiness) Notes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.noteOrder))
+	for _, k := range r.noteOrder {
+		out = append(out, r.notes[k])
+	}
+	return out
 }
 
 // Ready returns "" when every condition is met, else what is missing.
@@ -74,11 +110,14 @@ func Serve(ctx context.Context, ln net.Listener, m *Metrics, ready *Readiness, l
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// The first line is the verdict; notes follow, one per line.
+		body := "ready"
 		if why := ready.Ready(); why != "" {
-			http.Error(w, why, http.StatusServiceUnavailable)
-			return
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			body = why
 		}
-		fmt.Fprintln(w, "ready")
+		fmt.Fprintln(w, strings.Join(append([]string{body}, ready.Notes()...), "\n"))
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
