@@ -34,6 +34,12 @@ type ChainSet struct {
 	Rules [][]string // rulespecs in Chain, in order
 }
 
+// The chain sets without their rules: enough to find and remove them.
+var (
+	masqChains    = ChainSet{Table: "nat", From: "POSTROUTING", Chain: MasqChain}
+	forwardChains = ChainSet{Table: "filter", From: "FORWARD", Chain: ForwardChain}
+)
+
 // MasqRules is flanneld's --ip-masq chain for a node with pod subnet
 // subnet in the cluster network, in flanneld's order: kube-proxy's marked
 // packets, traffic inside the cluster network and traffic arriving for our
@@ -43,23 +49,21 @@ type ChainSet struct {
 func MasqRules(network, subnet netip.Prefix, randomFully bool) ChainSet {
 	cluster, pods := network.Masked().String(), subnet.Masked().String()
 	c := []string{"-m", "comment", "--comment", masqComment}
-	masq := []string{"-j", "MASQUERADE"}
+	ret, masq := []string{"-j", "RETURN"}, []string{"-j", "MASQUERADE"}
 	if randomFully {
 		masq = append(masq, "--random-fully")
 	}
-	ret := []string{"-j", "RETURN"}
-	return ChainSet{
-		Table: "nat", From: "POSTROUTING", Chain: MasqChain,
-		Jump: join(c, []string{"-j", MasqChain}),
-		Rules: [][]string{
-			join([]string{"-m", "mark", "--mark", kubeProxyMark}, c, ret),
-			join([]string{"-s", pods, "-d", cluster}, c, ret),
-			join([]string{"-s", cluster, "-d", pods}, c, ret),
-			join([]string{"!", "-s", cluster, "-d", pods}, c, ret),
-			join([]string{"-s", cluster, "!", "-d", multicast}, c, masq),
-			join([]string{"!", "-s", cluster, "-d", cluster}, c, masq),
-		},
+	cs := masqChains
+	cs.Jump = join(c, []string{"-j", MasqChain})
+	cs.Rules = [][]string{
+		join([]string{"-m", "mark", "--mark", kubeProxyMark}, c, ret),
+		join([]string{"-s", pods, "-d", cluster}, c, ret),
+		join([]string{"-s", cluster, "-d", pods}, c, ret),
+		join([]string{"!", "-s", cluster, "-d", pods}, c, ret),
+		join([]string{"-s", cluster, "!", "-d", multicast}, c, masq),
+		join([]string{"!", "-s", cluster, "-d", cluster}, c, masq),
 	}
+	return cs
 }
 
 // ForwardRules is flanneld's FORWARD accept chain: the cluster network is
@@ -68,14 +72,13 @@ func MasqRules(network, subnet netip.Prefix, randomFully bool) ChainSet {
 func ForwardRules(network netip.Prefix) ChainSet {
 	cluster := network.Masked().String()
 	c := []string{"-m", "comment", "--comment", forwardComment}
-	return ChainSet{
-		Table: "filter", From: "FORWARD", Chain: ForwardChain,
-		Jump: join(c, []string{"-j", ForwardChain}),
-		Rules: [][]string{
-			join([]string{"-s", cluster}, c, []string{"-j", "ACCEPT"}),
-			join([]string{"-d", cluster}, c, []string{"-j", "ACCEPT"}),
-		},
+	cs := forwardChains
+	cs.Jump = join(c, []string{"-j", ForwardChain})
+	cs.Rules = [][]string{
+		join([]string{"-s", cluster}, c, []string{"-j", "ACCEPT"}),
+		join([]string{"-d", cluster}, c, []string{"-j", "ACCEPT"}),
 	}
+	return cs
 }
 
 // join concatenates rulespec parts into a new slice.

@@ -182,6 +182,23 @@ func (t *IPTables) Remove(cs ChainSet) (Removed, error) {
 	return rm, nil
 }
 
+// RemoveFlannel removes flanneld's masquerade and FORWARD chains and the
+// jumps to them, whoever wrote them: what `hgw-ebpf cleanup` does. It
+// returns what it found, table by table.
+func (t *IPTables) RemoveFlannel() ([]Removed, error) {
+	var out []Removed
+	var errs []error
+	for _, cs := range []ChainSet{masqChains, forwardChains} {
+		rm, err := t.Remove(cs)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, rm)
+	}
+	return out, errors.Join(errs...)
+}
+
 // Keeper keeps chain sets in place, exactly once each and in order.
 type Keeper struct {
 	ipt     *IPTables

@@ -224,9 +224,10 @@ func TestDriftRestoredByNextEnsure(t *testing.T) {
 	}
 }
 
-// Remove takes out flanneld's chains and every jump to them, whoever wrote
-// them, and nothing else; a second Remove finds nothing.
-func TestRemoveLeavesNone(t *testing.T) {
+// RemoveFlannel (what `hgw-ebpf cleanup` runs) takes out flanneld's chains
+// and every jump to them, whoever wrote them, and nothing else; a second
+// run finds nothing.
+func TestRemoveFlannelLeavesNone(t *testing.T) {
 	h := nfNS(t)
 	testutil.Do(t, h, func() {
 		run(t, kubeRules, "iptables-restore", "--noflush")
@@ -235,35 +236,38 @@ func TestRemoveLeavesNone(t *testing.T) {
 		ensure(t, k, ForwardRules(network))
 		before := map[string][]string{"nat": save(t, "nat"), "filter": save(t, "filter")}
 
-		for _, tc := range []struct {
-			cs          ChainSet
-			jumps, rules int
-		}{
-			{MasqRules(network, subnet, true), 1, 6},
-			{ForwardRules(network), 1, 2},
-		} {
-			rm, err := ipt.Remove(tc.cs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !rm.ChainDeleted || rm.Jumps != tc.jumps || rm.Rules != tc.rules {
-				t.Errorf("Remove %s = %+v, want the chain, %d jump(s), %d rule(s)", tc.cs.Chain, rm, tc.jumps, tc.rules)
-			}
+		got, err := ipt.RemoveFlannel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []Removed{
+			{Table: "nat", From: "POSTROUTING", Chain: MasqChain, Jumps: 1, Rules: 6, ChainDeleted: true},
+			{Table: "filter", From: "FORWARD", Chain: ForwardChain, Jumps: 1, Rules: 2, ChainDeleted: true},
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("RemoveFlannel = %+v, want %+v", got, want)
+		}
+		for _, cs := range []ChainSet{masqChains, forwardChains} {
 			var left []string
-			for _, r := range before[tc.cs.Table] {
-				if !strings.Contains(r, tc.cs.Chain) {
+			for _, r := range before[cs.Table] {
+				if !strings.Contains(r, cs.Chain) {
 					left = append(left, r)
 				}
 			}
-			if got := save(t, tc.cs.Table); !slices.Equal(got, left) {
-				t.Errorf("%s after Remove:\n%s\nwant\n%s", tc.cs.Table, strings.Join(got, "\n"), strings.Join(left, "\n"))
+			if got := save(t, cs.Table); !slices.Equal(got, left) {
+				t.Errorf("%s after RemoveFlannel:\n%s\nwant\n%s", cs.Table, strings.Join(got, "\n"), strings.Join(left, "\n"))
 			}
-			if out := run(t, "", "iptables-save", "-t", tc.cs.Table); strings.Contains(out, tc.cs.Chain) {
-				t.Errorf("%s still mentions %s:\n%s", tc.cs.Table, tc.cs.Chain, out)
+			if out := run(t, "", "iptables-save", "-t", cs.Table); strings.Contains(out, cs.Chain) {
+				t.Errorf("%s still mentions %s:\n%s", cs.Table, cs.Chain, out)
 			}
-			rm, err = ipt.Remove(tc.cs)
-			if err != nil || rm.Any() {
-				t.Errorf("second Remove %s = %+v, %v; want nothing removed", tc.cs.Chain, rm, err)
+		}
+		again, err := ipt.RemoveFlannel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rm := range again {
+			if rm.Any() {
+				t.Errorf("second RemoveFlannel removed %s", rm)
 			}
 		}
 	})

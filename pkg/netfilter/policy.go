@@ -19,11 +19,24 @@ type Engine struct {
 	Found string `json:"found"` // what gave it away, e.g. "nftables table inet kube-network-policies"
 }
 
+func (e Engine) String() string { return e.Name + " (" + e.Found + ")" }
+
+// EngineList lists engines for a log line or a status.
+func EngineList(es []Engine) string {
+	parts := make([]string, 0, len(es))
+	for _, e := range es {
+		parts = append(parts, e.String())
+	}
+	return strings.Join(parts, ", ")
+}
+
 // Names of the engines Detect knows.
 const (
 	EngineKubeNetworkPolicies = "kube-network-policies"
 	EngineKubeRouter          = "kube-router"
 	EngineCalico              = "calico"
+	// EngineUnknown stands for what detection could not rule out.
+	EngineUnknown = "unknown"
 )
 
 // policyTables are the iptables tables where kube-router and Calico keep
@@ -72,6 +85,17 @@ func (d Detector) Detect() ([]Engine, error) {
 	}
 	slices.SortFunc(out, func(a, b Engine) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
+}
+
+// Present is Detect for deciding: when it cannot tell whether an engine is
+// there, it assumes one (EngineUnknown, saying why), so that a failed
+// check never turns into a silent bypass.
+func (d Detector) Present() []Engine {
+	es, err := d.Detect()
+	if err != nil {
+		return []Engine{{Name: EngineUnknown, Found: "detection failed: " + err.Error()}}
+	}
+	return es
 }
 
 // nftables reads the tables and chains over netlink: no nft binary is
