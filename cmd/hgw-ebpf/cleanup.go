@@ -26,11 +26,13 @@ func newCleanupCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "cleanup",
-		Short: "Remove what the agent installed: programs, pins, routes (and the lease)",
+		Short: "Remove what the agent installed: programs, pins, routes, iptables rules (and the lease)",
 		Long: `Removes what the agent owns on this node: detaches both programs (tcx links and
-tc filters), deletes the pinned maps under --bpffs-root, and deletes the kernel
+tc filters), deletes the pinned maps under --bpffs-root, deletes the kernel
 routes tagged with the agent's route protocol (104; no other route is
-touched). With --release-lease it also deletes this node's lease from etcd,
+touched), and removes flanneld's iptables chains FLANNEL-FWD (filter) and
+FLANNEL-POSTRTG (nat) with the jumps to them, whether the agent or flanneld
+wrote them, logging what it found. With --release-lease it also deletes this node's lease from etcd,
 found as ` + "`run`" + ` finds it: the subnet from --subnet-file, the node's public IP
 from --public-ip or else --iface's first IPv4 address (default: the default
 route's device); a lease naming another public IP is left alone. The other
@@ -56,6 +58,9 @@ Safe to run twice or on a node with nothing installed.`,
 				errs = append(errs, err)
 			}
 			slog.Info("kernel routes removed", "count", n, "protocol", int(reconcile.RouteProtocol))
+			if err := removeFlannelIPTables(); err != nil {
+				errs = append(errs, err)
+			}
 			if release {
 				if err := releaseLease(cmd.Context(), etcd, subnetFile, iface, publicIP); err != nil {
 					errs = append(errs, err)

@@ -35,9 +35,30 @@ the subnet file for the CNI plugins, and routes every other node's subnet
 via that node's public IP. With --datapath ebpf (the default) it also
 attaches the fast-path programs to --bridge and --iface.
 
+Like flanneld it keeps a filter FORWARD -> FLANNEL-FWD chain accepting the
+cluster network (so a FORWARD policy of DROP does not stop pod traffic), and
+with --ip-masq the nat POSTROUTING -> FLANNEL-POSTRTG masquerade chain, with
+flanneld's names, comments and rule order: a node moved over from flanneld
+keeps one copy of each. Both are checked every --resync-interval and
+written again if changed.
+
+The fast path stands aside (every packet takes the kernel path, nothing is
+dropped) while a NetworkPolicy engine is present on the node, whose rules it
+would skip: the nftables table inet kube-network-policies, kube-router's
+KUBE-ROUTER-* or Calico's cali-* iptables chains. --allow-policy-bypass
+keeps it on anyway. It redirects nothing until the conntrack lookup is
+usable (nf_conntrack is loaded if missing, and looked for again every
+resync), unless --unsafe-ignore-conntrack. /readyz, 'hgw-ebpf status' and
+the metrics say which applies.
+
+With --datapath routes it also removes what an earlier ebpf run left
+attached or pinned.
+
 On SIGTERM or SIGINT it stops and leaves routes, maps and programs in place,
-so traffic keeps flowing while it restarts; --cleanup-on-exit removes them
-and releases the lease instead. Every flag can also be set by the
+so traffic keeps flowing while it restarts; --cleanup-on-exit removes them,
+flanneld's iptables rules too, and releases the lease instead. If the node's
+lease is lost and re-acquired with another subnet, it exits as flanneld does
+(pods must be recreated). Every flag can also be set by the
 environment variable named in its help.`,
 		Example: `  hgw-ebpf run --etcd-endpoints http://10.0.0.1:2379 --iface eth0
   HGW_ETCD_ENDPOINTS=https://etcd:2379 HGW_ETCD_CAFILE=/etc/ssl/ca.pem hgw-ebpf run`,
@@ -77,6 +98,11 @@ environment variable named in its help.`,
 	f.StringVar(&cfg.PinRoot, "bpffs-root", datapath.DefaultPinRoot, "bpffs directory for the pinned maps and links")
 	f.BoolVar(&cfg.UnsafeIgnoreConntrack, "unsafe-ignore-conntrack", false,
 		"forward flows conntrack tracks on the fast path too (breaks kube-proxy NAT; only for clusters without it)")
+	f.BoolVar(&cfg.IPMasq, "ip-masq", false,
+		"as flanneld --ip-masq: masquerade pod traffic leaving the cluster network (nat chain FLANNEL-POSTRTG) and write FLANNEL_IPMASQ=true; "+
+			"when off, a FLANNEL-POSTRTG left by an earlier run is removed")
+	f.BoolVar(&cfg.AllowPolicyBypass, "allow-policy-bypass", false,
+		"keep the fast path on while a NetworkPolicy engine (kube-network-policies, kube-router, Calico) is present: redirected packets then skip its rules")
 	f.BoolVar(&cfg.CleanupOnExit, "cleanup-on-exit", false, "on exit remove routes, programs and pins, and release the lease")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9742", "address of /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -49,6 +49,12 @@ type Config struct {
 	// UnsafeIgnoreConntrack forwards flows conntrack tracks on the fast
 	// path too: only for clusters without kube-proxy or other NAT.
 	UnsafeIgnoreConntrack bool
+	// IPMasq installs flanneld's masquerade rules (--ip-masq) and says so
+	// in the subnet file.
+	IPMasq bool
+	// AllowPolicyBypass keeps the fast path on while a NetworkPolicy
+	// engine is present, whose rules redirected packets then skip.
+	AllowPolicyBypass bool
 }
 
 func (c Config) validate() error {
@@ -83,28 +89,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	dev := ul.link.Attrs().Name
-	log.Info("underlay", "dev", dev, "public_ip", ul.publicIP, "on_link", ul.prefixes)
+	log.Info("underlay", "dev", ul.link.Attrs().Name, "public_ip", ul.publicIP, "on_link", ul.prefixes)
 
 	// Metrics and probes are served from the start: a probe of an agent
 	// still waiting for etcd gets the reason, not a refused connection.
 	m := metrics.New(nil)
 	ready := metrics.NewReadiness(readinessConditions(cfg)...)
-	if cfg.MetricsAddr != "" {
-		ln, err := metrics.Listen(cfg.MetricsAddr)
-		if err != nil {
-			return err
-		}
-		srvCtx, stopSrv := context.WithCancel(ctx)
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			if err := metrics.Serve(srvCtx, ln, m, ready, log); err != nil {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
-		defer func() { stopSrv(); <-served }()
+	stopServing, err := serveMetrics(ctx, cfg.MetricsAddr, m, ready, log)
+	if err != nil {
+		return err
 	}
+	defer stopServing()
 
 	cli, err := dialEtcd(ctx, cfg.Etcd, log)
 	if err != nil {
@@ -138,33 +133,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("subnet lease acquired", "subnet", lease.Subnet, "key", lease.Key, "expires", lease.Expiration)
 	ready.Set(condLease, true)
 
-	n := &node{cfg: cfg, log: log, ul: ul, network: netCfg.Network, reg: reg, underlayFast: true,
+	n := &node{cfg: cfg, log: log, ul: ul, network: netCfg.Network, reg: reg, probes: nodeProbes(),
 		metrics: m, ready: ready, firstApply: make(chan struct{})}
 	n.setOwn(lease.Subnet)
 	n.setLeaseExpiry(lease)
-	var routeMap reconcile.RouteMap
-	if cfg.Datapath == DatapathEBPF {
-		if err := n.startDatapath(); err != nil {
-			return err
-		}
-		defer n.dp.Close()
-		if err := m.AddFastPath(n.dp); err != nil {
-			return err
-		}
-		routeMap = n.dp.Routes()
-		ready.Set(condAttached, true)
-	}
-	// One netlink socket for every route request of the reconciler: the
-	// zero Handle opens and closes one per request, which was a fifth of
-	// the time to program 5,000 peers (hgw-lab bench controlplane).
-	nlh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("open route netlink socket: %w", err)
-	}
-	defer nlh.Close()
-	n.rec, err = reconcile.New(reconcile.Options{Link: ul.link, RouteMap: routeMap, Handle: nlh, Log: log,
-		ResyncInterval: cfg.ResyncInterval, Observe: n.observe, OnRepair: n.metrics.RouteRepairs.Inc})
-	if err != nil {
+	defer n.close()
+	if err := n.start(); err != nil {
 		return err
 	}
 
@@ -172,13 +146,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer stop()
 	var wg sync.WaitGroup
 	errc := make(chan error, 8) // room for every goroutine below: a late error never blocks wg.Wait
+	n.fatal = func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+		stop()
+	}
 	goRun := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := fn(runCtx); err != nil && runCtx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-				stop()
+				n.fatal(fmt.Errorf("%s: %w", name, err))
 			}
 		}()
 	}
@@ -189,8 +169,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	goRun("lease keepalive", func(ctx context.Context) error {
 		return reg.KeepAlive(ctx, lease, acq, n.onLeaseChange)
 	})
+	goRun("node checks", n.runChecks)
 	if n.dp != nil {
-		goRun("attach check", n.keepAttached)
 		goRun("endpoints", n.runEndpoints)
 	}
 	// The subnet file tells the CNI plugins the node is ready for pods:
@@ -199,8 +179,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case <-runCtx.Done():
 	case <-n.firstApply:
 		if err := n.writeSubnetFile(); err != nil {
-			errc <- err
-			stop()
+			n.fatal(err)
 			break
 		}
 		log.Info("node ready", "datapath", cfg.Datapath, "subnet", n.ownSubnet(), "subnet_file", cfg.SubnetFile)
@@ -216,6 +195,74 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("agent stopped; routes, maps and programs stay in place")
 	}
 	return runErr
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz on addr ("" = off)
+// until the returned stop is called.
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready *metrics.Readiness, log *slog.Logger) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := metrics.Listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	srvCtx, stopSrv := context.WithCancel(ctx)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := metrics.Serve(srvCtx, ln, m, ready, log); err != nil {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() { stopSrv(); <-served }, nil
+}
+
+// start puts in place what the node needs before it takes part: flanneld's
+// iptables rules, the programs (with --datapath routes: none, also none
+// that an earlier run left), and the route reconciler.
+func (n *node) start() error {
+	if err := n.startIPTables(); err != nil {
+		return err
+	}
+	var routeMap reconcile.RouteMap
+	if n.cfg.Datapath == DatapathEBPF {
+		if err := n.startDatapath(); err != nil {
+			return err
+		}
+		if err := n.metrics.AddFastPath(n.dp); err != nil {
+			return err
+		}
+		routeMap = n.dp.Routes()
+		n.ready.Set(condAttached, true)
+	} else {
+		n.removeDatapath()
+		n.ready.SetNote(noteFastPath, "fast path: off (--datapath routes)")
+	}
+	// One netlink socket for every route request of the reconciler: the
+	// zero Handle opens and closes one per request, which was a fifth of
+	// the time to program 5,000 peers (hgw-lab bench controlplane).
+	nlh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("open route netlink socket: %w", err)
+	}
+	n.nlh = nlh
+	n.rec, err = reconcile.New(reconcile.Options{Link: n.ul.link, RouteMap: routeMap, Handle: nlh, Log: n.log,
+		ResyncInterval: n.cfg.ResyncInterval, Observe: n.observe, OnRepair: n.metrics.RouteRepairs.Inc})
+	return err
+}
+
+// close releases this process's handles; what is pinned stays.
+func (n *node) close() {
+	if n.nlh != nil {
+		n.nlh.Close()
+	}
+	if p := n.programs(); p != nil && p != n.dp {
+		p.Close()
+	}
+	if n.dp != nil {
+		n.dp.Close()
+	}
 }
 
 // What /readyz waits for, in the order an agent gets there.
@@ -263,11 +310,15 @@ type node struct {
 	ul      underlay
 	network netip.Prefix
 	reg     *registry.Registry
-	dp      *datapath.Datapath
+	dp      *datapath.Datapath // the pinned maps (and the first programs)
 	rec     *reconcile.Reconciler
-
-	conntrack    bool // programs ask conntrack
-	underlayFast bool // from_underlay may be attached
+	nlh     *netlink.Handle
+	fw      *iptablesDuties // nil without iptables
+	probes  probes
+	without datapath.Features // kernel features to load the programs without (tests)
+	// fatal ends Run with err: for what the agent must not carry on
+	// after (flanneld exits there too).
+	fatal func(err error)
 
 	metrics    *metrics.Metrics
 	ready      *metrics.Readiness
@@ -275,8 +326,10 @@ type node struct {
 	applyOnce  sync.Once
 
 	mu         sync.Mutex
+	fast       FastPath           // what the programs may do now
+	progs      *datapath.Datapath // the programs to attach (reloaded once conntrack can be asked)
+	progsCT    bool               // progs were loaded with the conntrack lookup usable
 	own        netip.Prefix
-	lastSnap   *registry.Snapshot
 	skipLogged map[string]string // key -> reason already logged
 }
 
@@ -288,7 +341,7 @@ func (n *node) ownSubnet() netip.Prefix {
 
 func (n *node) writeSubnetFile() error {
 	return subnetfile.Write(n.cfg.SubnetFile, subnetfile.Env{
-		Network: n.network, Subnet: n.ownSubnet(), MTU: n.ul.link.Attrs().MTU,
+		Network: n.network, Subnet: n.ownSubnet(), MTU: n.ul.link.Attrs().MTU, IPMasq: n.cfg.IPMasq,
 	})
 }
 
@@ -324,10 +377,7 @@ func (n *node) setOwn(p netip.Prefix) {
 
 // onSnapshot turns the registry's complete view into the desired peers.
 func (n *node) onSnapshot(s registry.Snapshot) {
-	n.mu.Lock()
-	n.lastSnap = &s
-	own := n.own
-	n.mu.Unlock()
+	own := n.ownSubnet()
 	peers, skipped := reconcile.Desired(reconcile.Input{
 		Own: own, Network: n.network, OnLink: n.ul.prefixes, PublicIP: n.ul.publicIP, Leases: s.Leases,
 	})
@@ -342,24 +392,18 @@ func (n *node) onSnapshot(s registry.Snapshot) {
 }
 
 // onLeaseChange follows a re-acquired lease (ours vanished from etcd).
+// The same subnet again changes nothing. Another subnet means another node
+// took ours: routing it away would cut our pods off, and they cannot move
+// to the new subnet while they run, so the agent exits as flanneld does
+// (pods must be recreated; the next start keeps the new lease).
 func (n *node) onLeaseChange(l registry.Lease) {
+	if own := n.ownSubnet(); l.Subnet != own {
+		n.fatal(fmt.Errorf("this node's subnet changed from %s to %s when its lease was re-acquired (another node holds %s now): "+
+			"exiting as flanneld does; pods with addresses in %s must be recreated", own, l.Subnet, own, own))
+		return
+	}
 	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "key", l.Key)
-	n.setOwn(l.Subnet)
 	n.setLeaseExpiry(l)
-	if err := n.writeSubnetFile(); err != nil {
-		n.log.Error("rewrite subnet file", "err", err)
-	}
-	if n.dp != nil {
-		if err := n.writeConfig(); err != nil {
-			n.log.Error("update datapath config", "err", err)
-		}
-	}
-	n.mu.Lock()
-	s := n.lastSnap
-	n.mu.Unlock()
-	if s != nil {
-		n.onSnapshot(*s)
-	}
 }
 
 func (n *node) cleanup() error {
@@ -372,6 +416,9 @@ func (n *node) cleanup() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := n.removeIPTables(); err != nil {
+		errs = append(errs, fmt.Errorf("remove iptables rules: %w", err))
+	}
 	n.mu.Lock()
 	own := n.own
 	n.mu.Unlock()
@@ -381,7 +428,7 @@ func (n *node) cleanup() error {
 		errs = append(errs, fmt.Errorf("release lease %s: %w", own, err))
 	}
 	if len(errs) == 0 {
-		n.log.Info("cleaned up: routes, programs, pins and lease removed", "subnet", own)
+		n.log.Info("cleaned up: routes, programs, pins, iptables rules and lease removed", "subnet", own)
 	}
 	return errors.Join(errs...)
 }

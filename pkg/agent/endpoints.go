@@ -14,7 +14,7 @@ func (n *node) runEndpoints(ctx context.Context) error {
 	r, err := endpoints.New(endpoints.Options{
 		Bridge: n.cfg.Bridge, PinRoot: n.cfg.PinRoot, Map: n.dp.Endpoints(),
 		Attach: func(dev string) error {
-			_, err := n.dp.Attach(dev, datapath.FromPods)
+			_, err := n.programs().Attach(dev, datapath.FromPods)
 			return err
 		},
 		ResyncInterval: n.cfg.ResyncInterval, Log: n.log,
