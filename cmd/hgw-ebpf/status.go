@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/netfilter"
 )
 
 // statusReport is what `hgw-ebpf status` prints; its JSON field names are
@@ -17,10 +20,20 @@ import (
 type statusReport struct {
 	PinRoot     string                `json:"pin_root"`
 	Config      *datapath.NodeConfig  `json:"config"`
+	FastPath    *fastPathReport       `json:"fast_path"`
 	Attachments []datapath.Attachment `json:"attachments"`
 	Routes      []datapath.Route      `json:"routes"`
 	Endpoints   []datapath.Endpoint   `json:"endpoints"`
 	Counters    []datapath.Counter    `json:"counters"`
+}
+
+// fastPathReport is what the programs may do, from the config the agent
+// wrote and the NetworkPolicy engines found now.
+type fastPathReport struct {
+	State         string             `json:"state"` // active, step_aside, closed_no_conntrack
+	Summary       string             `json:"summary"`
+	Checks        string             `json:"checks"`
+	PolicyEngines []netfilter.Engine `json:"policy_engines"`
 }
 
 func newStatusCmd() *cobra.Command {
@@ -33,7 +46,10 @@ func newStatusCmd() *cobra.Command {
 running: which programs are attached to which devices, the node config the
 programs use, the peer subnets in the routes map, the local pods in the
 endpoints map (delivered with bpf_redirect_peer), and the packet counters by
-program and reason (summed over CPUs).`,
+program and reason (summed over CPUs). It also says whether the fast path is
+active, stepping aside for a NetworkPolicy engine (named, as found on the
+node now) or closed because the conntrack lookup is unavailable, and which
+checks guard it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rep, err := readStatus(root)
@@ -68,6 +84,12 @@ func readStatus(root string) (*statusReport, error) {
 		return nil, err
 	} else if ok {
 		rep.Config = &cfg
+		engines := netfilter.Detector{}.Present()
+		f := agent.FastPathOf(cfg, engines)
+		rep.FastPath = &fastPathReport{State: f.State(), Summary: f.Describe(), Checks: f.Checks(), PolicyEngines: engines}
+		if rep.FastPath.PolicyEngines == nil {
+			rep.FastPath.PolicyEngines = []netfilter.Engine{}
+		}
 	}
 	if rep.Attachments, err = datapath.Attachments(root); err != nil {
 		return nil, err
@@ -99,6 +121,15 @@ func printStatus(w io.Writer, rep *statusReport, all bool) error {
 		fmt.Fprintf(tw, "Devices:\tbridge %s, underlay %s\n", devName(c.BridgeIfindex), devName(c.UnderlayIfindex))
 	} else {
 		fmt.Fprintf(tw, "Pod subnet:\tnot configured (programs pass everything to the kernel)\n")
+	}
+	if f := rep.FastPath; f != nil {
+		fmt.Fprintf(tw, "Fast path:\t%s\n", strings.TrimPrefix(f.Summary, "fast path: "))
+		fmt.Fprintf(tw, "Checks:\t%s\n", f.Checks)
+		engines := netfilter.EngineList(f.PolicyEngines)
+		if engines == "" {
+			engines = "none found"
+		}
+		fmt.Fprintf(tw, "Policy engines:\t%s\n", engines)
 	}
 
 	fmt.Fprintf(tw, "\nAttachments:\n")
