@@ -30,9 +30,11 @@ const (
 )
 
 // kubeForwardRules is kube-proxy's filter-table state that matters here.
+// kube-proxy puts its jump first in FORWARD, before flanneld's FLANNEL-FWD
+// (which the agent has added by then and which would accept everything).
 const kubeForwardRules = `*filter
 :KUBE-FORWARD - [0:0]
--A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+-I FORWARD 1 -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
 -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 COMMIT
