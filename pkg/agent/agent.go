@@ -252,16 +252,22 @@ func (n *node) start() error {
 	return err
 }
 
-// close releases this process's handles; what is pinned stays.
+// close releases this process's handles (once); what is pinned stays.
 func (n *node) close() {
 	if n.nlh != nil {
 		n.nlh.Close()
+		n.nlh = nil
 	}
-	if p := n.programs(); p != nil && p != n.dp {
-		p.Close()
+	n.mu.Lock()
+	progs := n.progs
+	n.progs = nil
+	n.mu.Unlock()
+	if progs != nil && progs != n.dp {
+		progs.Close()
 	}
 	if n.dp != nil {
 		n.dp.Close()
+		n.dp = nil
 	}
 }
 
