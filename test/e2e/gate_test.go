@@ -194,16 +194,16 @@ func TestRoutesRestartAfterEbpfLeavesNothingAttached(t *testing.T) {
 	nothingLeft := func() {
 		t.Helper()
 		for _, n := range st.Nodes {
+			// Programs go first, then the pins: wait for both.
 			var progs []tcProgram
+			var statErr error
 			if _, ok := waitFor(ctx, 10*time.Second, func() bool {
 				p, err := attachedTC(st, n.Name)
 				progs = p
-				return err == nil && len(p) == 0
+				_, statErr = os.Stat(n.PinRoot)
+				return err == nil && len(p) == 0 && os.IsNotExist(statErr)
 			}); !ok {
-				t.Errorf("%s still runs programs after the switch to routes: %+v", n.Name, progs)
-			}
-			if _, err := os.Stat(n.PinRoot); !os.IsNotExist(err) {
-				t.Errorf("%s: pin root %s still there (%v)", n.Name, n.PinRoot, err)
+				t.Errorf("%s after the switch to routes: programs %+v, pin root %s: %v", n.Name, progs, n.PinRoot, statErr)
 			}
 		}
 	}
