@@ -35,6 +35,9 @@
 #define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define TCP_FLAGS_OFF 13 /* the byte of a TCP header with SYN and ACK */
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 #define ICMP_ECHOREPLY 0
 #define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
@@ -497,6 +500,16 @@ static __always_inline __u32 icmp_error_check(struct __sk_buff *skb, const struc
 	return ct_lookup(skb, q.ip.saddr, q.ip.daddr, q.ip.protocol, q.l4) == FORWARD ? FORWARD : REASON_ICMP_ERROR;
 }
 
+/* Whether a packet may start a flow: a TCP SYN; any UDP packet, since UDP
+ * does not say. l4 holds the first TCP_FLAGS_OFF + 1 bytes of the L4
+ * header. */
+static __always_inline int opens_flow(__u8 proto, const __u8 *l4)
+{
+	if (proto == IPPROTO_UDP)
+		return 1;
+	return (l4[TCP_FLAGS_OFF] & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
 /* One path per flow: a flow the node's conntrack already tracks stays with
  * the kernel for its whole life. That keeps kube-proxy's NAT working (a reply
  * of a DNATed connection must be un-NATed by the kernel) and keeps conntrack
@@ -509,7 +522,7 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 {
 	void *data_end = (void *)(long)skb->data_end;
 	int icmp_err = 0;
-	__u8 *icmp, *ports, l4[4];
+	__u8 *icmp, *ports, l4[TCP_FLAGS_OFF + 1], rev[4];
 	__u32 reason;
 
 	if (ip->protocol == IPPROTO_ICMP) {
@@ -536,14 +549,35 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 		return FORWARD;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return REASON_CT_OTHER_PROTO;
-	/* The ports, from the linear data or, where the sender's stack left
-	 * them outside it, copied: a readable packet is never malformed. */
+	/* The ports (and TCP's flags), from the linear data or, where the
+	 * sender's stack left them outside it, copied: a readable packet is
+	 * never malformed. */
 	ports = (void *)(ip + 1);
-	if ((void *)(ports + 4) <= data_end)
-		__builtin_memcpy(l4, ports, sizeof(l4));
-	else if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip), l4, sizeof(l4)))
-		return REASON_MALFORMED;
-	return ct_lookup(skb, ip->saddr, ip->daddr, ip->protocol, l4);
+	if (ip->protocol == IPPROTO_TCP) {
+		if ((void *)(ports + sizeof(l4)) <= data_end)
+			__builtin_memcpy(l4, ports, sizeof(l4));
+		else if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip), l4, sizeof(l4)))
+			return REASON_MALFORMED;
+	} else {
+		if ((void *)(ports + 4) <= data_end)
+			__builtin_memcpy(l4, ports, 4);
+		else if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip), l4, 4))
+			return REASON_MALFORMED;
+	}
+	reason = ct_lookup(skb, ip->saddr, ip->daddr, ip->protocol, l4);
+	if (reason != FORWARD || !opens_flow(ip->protocol, l4))
+		return reason;
+	/* A new flow may have the reply of a flow conntrack tracks: a pod's
+	 * kernel picks source ports per destination, so a direct connection
+	 * to a backend can reuse the port of an earlier ClusterIP connection
+	 * that was DNATed to that backend. Its replies would be taken for the
+	 * old flow's and un-NATed. Through the kernel, NAT gives it other
+	 * ports. */
+	rev[0] = l4[2];
+	rev[1] = l4[3];
+	rev[2] = l4[0];
+	rev[3] = l4[1];
+	return ct_lookup(skb, ip->daddr, ip->saddr, ip->protocol, rev) == FORWARD ? FORWARD : REASON_CT_CLASH;
 }
 
 /* The source of a packet from_pods sees. At a pod's veth it must be that

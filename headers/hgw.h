@@ -106,7 +106,8 @@ enum hgw_reason {
 	REASON_SRC_NOT_POD = 21, /* from the underlay, source not a peer's pod */
 	REASON_DST_NOT_POD = 22, /* to a peer subnet's network/gateway/broadcast */
 	REASON_TC_FILTERS = 23,  /* tcx: classic tc filters on this device come first */
-	REASON_MAX = 24,
+	REASON_CT_CLASH = 24,    /* a new flow whose reply a tracked (NATed) flow has as its own */
+	REASON_MAX = 25,
 };
 
 /* One counter cell of the per-CPU `stats` array, indexed by

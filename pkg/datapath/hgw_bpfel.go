@@ -81,7 +81,8 @@ const (
 	hgwHgwReasonREASON_SRC_NOT_POD    hgwHgwReason = 21
 	hgwHgwReasonREASON_DST_NOT_POD    hgwHgwReason = 22
 	hgwHgwReasonREASON_TC_FILTERS     hgwHgwReason = 23
-	hgwHgwReasonREASON_MAX            hgwHgwReason = 24
+	hgwHgwReasonREASON_CT_CLASH       hgwHgwReason = 24
+	hgwHgwReasonREASON_MAX            hgwHgwReason = 25
 )
 
 type hgwNodeConfig struct {

@@ -768,6 +768,44 @@ func TestConntrack(t *testing.T) {
 	}
 }
 
+// A pod's kernel picks source ports per destination: a direct connection
+// to a backend can reuse the port of an earlier ClusterIP connection that
+// was DNATed to that backend, and the replies of the new flow are then the
+// old flow's replies to conntrack. A packet that may open a flow (TCP SYN,
+// any UDP) whose reversed tuple conntrack tracks goes to the kernel, whose
+// NAT gives the new flow other ports; at the pod's node and, for a hostPort
+// DNAT, at the backend's.
+func TestConntrackClash(t *testing.T) {
+	e := newRunEnv(t, true)
+	vip, nodePort := netip.MustParseAddr("10.96.0.10"), nodeIP
+	const synFlag, ackFlag = 0x02, 0x10
+	// localPod:40200 -> ClusterIP:80, DNATed to peerPod:8080.
+	e.ns.trackNAT(t, tuple(localPod, vip, protoTCP, 40200, 80), tuple(peerPod, localPod, protoTCP, 8080, 40200))
+	e.ns.trackNAT(t, tuple(localPod, vip, protoUDP, 40201, 53), tuple(peerPod, localPod, protoUDP, 5353, 40201))
+	// peerPod:40300 -> this node's hostPort 30080, DNATed to localPod:8080.
+	e.ns.trackNAT(t, tuple(peerPod, nodePort, protoTCP, 40300, 30080), tuple(localPod, peerPod, protoTCP, 8080, 40300))
+
+	out := func(proto uint8, sport, dport uint16, flags byte) []byte {
+		h := ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: proto}
+		if proto == protoUDP {
+			return ipFrame(h, udp(sport, dport, []byte("q")))
+		}
+		return ipFrame(h, tcp(sport, dport, flags))
+	}
+	e.pass(t, datapath.FromPods, out(protoTCP, 40200, 8080, synFlag), "ct_clash")
+	e.pass(t, datapath.FromPods, out(protoUDP, 40201, 5353, 0), "ct_clash")
+	in := ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: protoTCP}, tcp(40300, 8080, synFlag))
+	e.pass(t, datapath.FromUnderlay, in, "ct_clash")
+
+	// Only a packet that may open a flow is asked about: a TCP segment
+	// past the handshake of a flow conntrack does not know is fast.
+	e.forward(t, datapath.FromPods, out(protoTCP, 40200, 8080, ackFlag))
+	e.forward(t, datapath.FromPods, out(protoTCP, 40200, 8080, synFlag|ackFlag))
+	// Other ports: no clash.
+	e.forward(t, datapath.FromPods, out(protoTCP, 40202, 8080, synFlag))
+	e.forward(t, datapath.FromPods, out(protoUDP, 40203, 5353, 0))
+}
+
 // setConfig changes the node config the programs read.
 func (e *runEnv) setConfig(t *testing.T, change func(*datapath.NodeConfig)) {
 	t.Helper()
@@ -781,17 +819,22 @@ func (e *runEnv) setConfig(t *testing.T, change func(*datapath.NodeConfig)) {
 // dst:dport.
 func (n *testNetns) track(t *testing.T, src, dst netip.Addr, proto uint8, sport, dport uint16) {
 	t.Helper()
-	flow := &netlink.ConntrackFlow{
-		FamilyType: unix.AF_INET,
-		Forward: netlink.IPTuple{SrcIP: net.IP(src.AsSlice()), DstIP: net.IP(dst.AsSlice()),
-			SrcPort: sport, DstPort: dport, Protocol: proto},
-		Reverse: netlink.IPTuple{SrcIP: net.IP(dst.AsSlice()), DstIP: net.IP(src.AsSlice()),
-			SrcPort: dport, DstPort: sport, Protocol: proto},
-		TimeOut: 120,
-	}
+	n.trackNAT(t, tuple(src, dst, proto, sport, dport), tuple(dst, src, proto, dport, sport))
+}
+
+// trackNAT puts a conntrack entry whose reply is not the inverse of its
+// original direction: a NATed flow.
+func (n *testNetns) trackNAT(t *testing.T, forward, reverse netlink.IPTuple) {
+	t.Helper()
+	flow := &netlink.ConntrackFlow{FamilyType: unix.AF_INET, Forward: forward, Reverse: reverse, TimeOut: 120}
 	if err := n.h.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, flow); err != nil {
 		t.Fatalf("create conntrack entry in %s: %v", n.name, err)
 	}
+}
+
+func tuple(src, dst netip.Addr, proto uint8, sport, dport uint16) netlink.IPTuple {
+	return netlink.IPTuple{SrcIP: net.IP(src.AsSlice()), DstIP: net.IP(dst.AsSlice()),
+		SrcPort: sport, DstPort: dport, Protocol: proto}
 }
 
 // Pass-through verdicts leave every byte where it was, whatever the frame

@@ -28,6 +28,7 @@ var reasonText = map[string]string{
 	"no_conntrack":   "conntrack cannot be checked (kernel < 5.18, nf_conntrack not loaded) and it is not ignored: nothing is redirected",
 	"ct_unreadable":  "the conntrack entry br_netfilter attaches at cni0 cannot be read (kernel < 6.2)",
 	"ct_other_proto": "not TCP, UDP or ICMP echo: conntrack's lookup cannot key it",
+	"ct_clash":       "a new flow whose replies a tracked (NATed) flow has as its own: the kernel's NAT gives it other ports",
 	"martian_src":    "source 0/8, 127/8, multicast or 240/4",
 	"spoofed_src":    "from a pod, not that pod's address (at cni0: not a pod of this node)",
 	"src_not_pod":    "from the underlay, source not a pod of a peer (node IPs, outside clients): the kernel both ways",

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -148,10 +149,34 @@ func (c kubeCluster) exchange(network, addr string, i int) error {
 
 // exchangeFrom is exchange from any namespace of the lab (a pod or a node).
 func exchangeFrom(st lab.State, from, network, addr string, i int) error {
+	return exchangeFromPort(st, from, network, 0, addr, i)
+}
+
+// exchangeFromPort is exchangeFrom with the client's source port chosen
+// (0: any), reusable while an earlier connection from it lingers in
+// TIME_WAIT, as the kernel's own port choice may reuse it.
+func exchangeFromPort(st lab.State, from, network string, port int, addr string, i int) error {
+	d := net.Dialer{Timeout: time.Second}
+	if port != 0 {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+		if network == "udp4" {
+			d.LocalAddr = &net.UDPAddr{Port: port}
+		} else {
+			d.LocalAddr = &net.TCPAddr{Port: port}
+		}
+	}
 	var conn net.Conn
 	err := st.Do(from, func() error {
 		var err error
-		conn, err = net.DialTimeout(network, addr, time.Second)
+		conn, err = d.Dial(network, addr)
 		return err
 	})
 	if err != nil {
@@ -229,6 +254,33 @@ func TestClusterIPThroughConntrack(t *testing.T) {
 	for _, k := range []string{"from_pods/ct_tracked", "from_underlay/ct_tracked"} {
 		if after[k] != mid[k] {
 			t.Errorf("%s moved by %d during direct connections, want 0", k, after[k]-mid[k])
+		}
+	}
+}
+
+// A pod's kernel picks source ports per destination, so a direct
+// connection to a backend may reuse the source port of an earlier
+// ClusterIP connection to the same backend, whose conntrack entry (in
+// TIME_WAIT, or a UDP flow's timeout) has the new flow's reply as its own
+// reply. The new flow must then take the kernel path at the client node,
+// where NAT gives it another source port, instead of having its replies
+// un-NATed as the old connection's.
+func TestDirectFlowReusingAClusterIPSourcePort(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := startKubeCluster(t, ctx, lab.DatapathEBPF)
+	for i, tc := range []struct {
+		network, service, direct string
+	}{
+		{"tcp4", fmt.Sprintf("%s:%d", clusterIP, clusterPort), fmt.Sprintf("%s:%d", c.server.IP, serverPort)},
+		{"udp4", fmt.Sprintf("%s:%d", dnsClusterIP, dnsPort), fmt.Sprintf("%s:%d", c.server.IP, udpPort)},
+	} {
+		port := 40100 + i
+		if err := exchangeFromPort(c.st, c.client.Name, tc.network, port, tc.service, 0); err != nil {
+			t.Fatalf("%s via the service from port %d: %v", tc.network, port, err)
+		}
+		if err := exchangeFromPort(c.st, c.client.Name, tc.network, port, tc.direct, 1); err != nil {
+			t.Errorf("%s direct to %s from port %d, just used for the service: %v", tc.network, tc.direct, port, err)
 		}
 	}
 }
