@@ -23,7 +23,11 @@ it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return lab.Demo(ctx, lc.config(g), cmd.OutOrStdout())
+			cfg, err := lc.config(g)
+			if err != nil {
+				return err
+			}
+			return lab.Demo(ctx, cfg, cmd.OutOrStdout())
 		},
 	}
 	lc.addFlags(cmd, 3, 2)

@@ -28,6 +28,11 @@ type labConfig struct {
 	resync      time.Duration
 	agentArgs   []string
 	plainBridge bool
+	// A real node's state around the agent.
+	kubeProxy, fromFlanneld, ipMasq, forwardDrop, internet bool
+	kubeServices                                           int
+	flanneldNodes                                          []int
+	flannelCNI                                             bool
 }
 
 func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
@@ -40,15 +45,44 @@ func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
 	f.DurationVar(&c.resync, "resync-interval", 2*time.Second, "the agents' --resync-interval")
 	f.StringArrayVar(&c.agentArgs, "agent-arg", nil, "extra flag for every 'hgw-ebpf run' (repeatable)")
 	f.BoolVar(&c.plainBridge, "plain-bridge-cni", false,
-		"attach pods with bridge + host-local alone, without hgw-cni chained after them: the agents learn the pods from the kernel")
+		"attach pods without hgw-cni chained after the bridge (or flannel) plugin: the agents learn the pods from the kernel")
+	f.BoolVar(&c.kubeProxy, "kube-proxy", false,
+		"load kube-proxy's iptables rules into every node: ClusterIP "+lab.ServiceIP.String()+" and NodePorts 30080/30201 (externalTrafficPolicy Cluster), "+
+			lab.ServiceLocalIP.String()+" and 30081/30202 (Local), backed by the last node's first pod, and KUBE-FORWARD's INVALID drop")
+	f.IntVar(&c.kubeServices, "kube-services", 0, "with --kube-proxy, that many more (synthetic) services in the rules")
+	f.BoolVar(&c.fromFlanneld, "from-flanneld", false,
+		"start every node as flanneld leaves it: its subnet file and flanneld's iptables rules in place before the agent starts")
+	f.BoolVar(&c.ipMasq, "ip-masq", false, "run every agent (hgw-ebpf and flanneld) with --ip-masq")
+	f.BoolVar(&c.forwardDrop, "forward-drop", false, "set every node's FORWARD policy to DROP, as Docker does")
+	f.BoolVar(&c.internet, "internet", false,
+		"add namespace <prefix>-inet ("+lab.InternetIP.String()+" on the underlay) standing for the world outside the cluster; it routes no pod subnet")
+	f.IntSliceVar(&c.flanneldNodes, "flanneld-nodes", nil,
+		"nodes (numbers, 1-based) that run the real flanneld instead of hgw-ebpf; found in $"+lab.FlanneldEnv+" or ../shared/tools beside the project")
+	f.BoolVar(&c.flannelCNI, "flannel-cni", false,
+		"attach pods through the real flannel CNI plugin (delegating to bridge), as kube-flannel does; found in $"+lab.FlannelCNIEnv+" or ../shared/tools beside the project")
 }
 
-func (c *labConfig) config(g *globals) lab.Config {
-	return lab.Config{
+func (c *labConfig) config(g *globals) (lab.Config, error) {
+	cfg := lab.Config{
 		Prefix: g.prefix, StateRoot: g.stateRoot, BinDir: g.binDir, CNIPath: c.cniPath,
 		Nodes: c.nodes, PodsPerNode: c.pods, Datapath: c.datapath,
 		ResyncInterval: c.resync, AgentArgs: c.agentArgs, PlainBridgeCNI: c.plainBridge, Log: g.logger(),
+		KubeProxy: c.kubeProxy, KubeServices: c.kubeServices, FromFlanneld: c.fromFlanneld, IPMasq: c.ipMasq,
+		ForwardDrop: c.forwardDrop, Internet: c.internet, FlanneldNodes: c.flanneldNodes,
 	}
+	if len(c.flanneldNodes) == 0 && !c.flannelCNI {
+		return cfg, nil
+	}
+	// bin/ sits in the project root.
+	flanneld, cniDir, err := lab.FlannelTools(filepath.Dir(g.binDir))
+	if err != nil {
+		return cfg, fmt.Errorf("--flanneld-nodes and --flannel-cni need the real flannel binaries: %w", err)
+	}
+	cfg.Flanneld = flanneld
+	if c.flannelCNI {
+		cfg.FlannelCNI = cniDir
+	}
+	return cfg, nil
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -73,7 +107,10 @@ ready; 'hgw-lab down' stops it.`,
   hgw-lab up --datapath routes --detach    # plain flannel host-gw, for comparison`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := lc.config(g)
+			cfg, err := lc.config(g)
+			if err != nil {
+				return err
+			}
 			if detach {
 				return startDetached(cmd, g)
 			}

@@ -4,14 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
-	"net/netip"
-	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 func TestSummarize(t *testing.T) {
@@ -147,99 +142,6 @@ func TestParseChainPackets(t *testing.T) {
 	}
 	if _, err := ParseChainPackets("Chain PREROUTING (policy ACCEPT)\n    pkts bytes target\n"); err == nil {
 		t.Error("an empty chain gave a count")
-	}
-}
-
-func kubeNode(services int) KubeNode {
-	subnets := []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")}
-	return KubeNode{Services: services, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), NodeSubnet: subnets[0], PodSubnets: subnets}
-}
-
-var (
-	declRE   = regexp.MustCompile(`(?m)^:(\S+) `)
-	targetRE = regexp.MustCompile(`-j (\S+)`)
-)
-
-func TestKubeProxyRulesShape(t *testing.T) {
-	const services = 300
-	rules, err := KubeProxyRules(kubeNode(services))
-	if err != nil {
-		t.Fatal(err)
-	}
-	count := func(re string) int { return len(regexp.MustCompile(re).FindAllString(rules, -1)) }
-	if n := count(`(?m)^:KUBE-SVC-[A-Z2-7]{16} `); n != services {
-		t.Errorf("%d KUBE-SVC chains, want %d", n, services)
-	}
-	if n := count(`(?m)^:KUBE-SEP-[A-Z2-7]{16} `); n != 2*services {
-		t.Errorf("%d KUBE-SEP chains, want %d", n, 2*services)
-	}
-	if n := count(`(?m)^-A KUBE-SERVICES -d 10\.9[6-9]\.\d+\.\d+/32 .* -j KUBE-SVC-`); n != services {
-		t.Errorf("%d service portals in KUBE-SERVICES, want %d", n, services)
-	}
-	if n := count(`-j DNAT --to-destination 10\.244\.[12]\.\d+:8080`); n != 2*services {
-		t.Errorf("%d DNAT rules to pod endpoints, want %d", n, 2*services)
-	}
-	for _, want := range []string{
-		"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-		"-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
-		"-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
-		"-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
-		"-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN",
-		"-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully",
-		"-m statistic --mode random --probability 0.50000000000",
-	} {
-		if !strings.Contains(rules, want) {
-			t.Errorf("rules lack %q", want)
-		}
-	}
-	// Every jump goes to a builtin target or a chain the tables declare,
-	// and every chain name fits iptables' 28 characters.
-	declared := map[string]bool{}
-	for _, m := range declRE.FindAllStringSubmatch(rules, -1) {
-		declared[m[1]] = true
-		if len(m[1]) > 28 {
-			t.Errorf("chain %s is longer than 28 characters", m[1])
-		}
-	}
-	builtin := map[string]bool{"ACCEPT": true, "DROP": true, "RETURN": true, "DNAT": true, "MASQUERADE": true, "MARK": true}
-	for _, m := range targetRE.FindAllStringSubmatch(rules, -1) {
-		if !builtin[m[1]] && !declared[m[1]] {
-			t.Errorf("jump to undeclared chain %s", m[1])
-		}
-	}
-	// Same input, same rules: chain names are hashes, not random.
-	again, _ := KubeProxyRules(kubeNode(services))
-	if again != rules {
-		t.Error("rule generation is not deterministic")
-	}
-	if _, err := KubeProxyRules(KubeNode{Services: 10}); err == nil {
-		t.Error("rules without subnets generated")
-	}
-}
-
-// TestKubeProxyRulesLoad feeds the rules to the real iptables-restore in a
-// throw-away namespace: the shapes must be what iptables accepts.
-func TestKubeProxyRulesLoad(t *testing.T) {
-	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("iptables-restore"); err != nil {
-		t.Skip("no iptables-restore (make deps installs it)")
-	}
-	name, _ := testutil.NetNS(t, "bench")
-	rules, err := KubeProxyRules(kubeNode(50))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("nsenter", "--net=/var/run/netns/"+name, "iptables-restore", "--noflush")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("iptables-restore: %v\n%s", err, out)
-	}
-	out, err := exec.Command("nsenter", "--net=/var/run/netns/"+name, "iptables-save", "-t", "nat").CombinedOutput()
-	if err != nil {
-		t.Fatalf("iptables-save: %v\n%s", err, out)
-	}
-	if n := bytes.Count(out, []byte("-j DNAT --to-destination")); n != 100 {
-		t.Errorf("%d DNAT rules loaded, want 100", n)
 	}
 }
 

@@ -25,7 +25,7 @@ var AllProfiles = []string{ProfileBare, ProfileKube}
 const bridgeNFKey = "net/bridge/bridge-nf-call-iptables"
 
 // applyKube loads the kube profile into every node of every lab: the
-// generated kube-proxy + flannel rules through iptables-restore inside the
+// generated kube-proxy rules and flanneld's (with --ip-masq) through iptables-restore inside the
 // node's namespace, and bridge-nf-call-iptables=1 there (per namespace on
 // kernels >= 5.3). It returns notes for the report.
 func applyKube(ctx context.Context, states []lab.State, services int) ([]string, error) {
@@ -41,12 +41,13 @@ func applyKube(ctx context.Context, states []lab.State, services int) ([]string,
 			subnets = append(subnets, s)
 		}
 		for i, n := range st.Nodes {
-			rules, err := KubeProxyRules(KubeNode{
-				Services: services, ClusterCIDR: cluster, NodeSubnet: subnets[i], PodSubnets: subnets,
+			rules, err := lab.KubeProxyRules(lab.KubeNode{
+				Synthetic: services, ClusterCIDR: cluster, NodeSubnet: subnets[i], PodSubnets: subnets,
 			})
 			if err != nil {
 				return nil, err
 			}
+			rules += lab.RestoreInput(lab.FlannelRules(cluster, subnets[i], true))
 			if err := iptablesRestore(ctx, st, n.Name, rules); err != nil {
 				return nil, err
 			}

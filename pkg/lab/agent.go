@@ -19,7 +19,13 @@ const (
 	DatapathStatic = "static"
 )
 
-// agentProc is one supervised `hgw-ebpf run`.
+// The agents a node can run.
+const (
+	AgentHgw      = "hgw-ebpf" // hgw-ebpf run, with the lab's datapath
+	AgentFlanneld = "flanneld" // the real flanneld, etcd mode, host-gw backend
+)
+
+// agentProc is one supervised agent process.
 type agentProc struct {
 	cancel context.CancelFunc // stops the supervisor from restarting it
 	done   chan struct{}      // closed when the supervisor has returned
@@ -45,7 +51,35 @@ func (l *Lab) agentArgs(n Node) []string {
 	if l.cfg.AttachMode != "" {
 		args = append(args, "--attach-mode", l.cfg.AttachMode)
 	}
+	if l.cfg.IPMasq {
+		args = append(args, "--ip-masq")
+	}
 	return append(args, l.cfg.AgentArgs...)
+}
+
+// flanneldArgs run flanneld as kube-flannel's manifest does, but against
+// the lab's etcd (its `--kube-subnet-mgr` is the one thing the lab has no
+// Kubernetes for): host-gw comes from the network config in etcd.
+func (l *Lab) flanneldArgs(n Node) []string {
+	args := []string{
+		"--etcd-endpoints", EtcdEndpoint(),
+		"--etcd-prefix", l.cfg.EtcdPrefix,
+		"--iface", nodeUplink,
+		"--public-ip", n.IP,
+		"--subnet-file", n.SubnetFile,
+	}
+	if l.cfg.IPMasq {
+		args = append(args, "--ip-masq")
+	}
+	return args
+}
+
+// agentCommand is the command node n's agent runs.
+func (l *Lab) agentCommand(n Node) *exec.Cmd {
+	if n.Agent == AgentFlanneld {
+		return exec.Command(l.cfg.Flanneld, l.flanneldArgs(n)...)
+	}
+	return exec.Command(l.agentBin, l.agentArgs(n)...)
 }
 
 // startProcess starts cmd inside the named namespace: the fork happens on a
@@ -76,14 +110,14 @@ func (l *Lab) startAgent(n Node) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(l.agentBin, l.agentArgs(n)...)
+	cmd := l.agentCommand(n)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a Ctrl-C on the lab's terminal reaches the lab,
 	// which stops the agents in order, not the agents directly.
 	// SIGTERM when the lab process dies: the agent stops as on a normal
 	// shutdown, leaving its pins for the next `up` or `down` to remove.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	fmt.Fprintf(logf, "--- hgw-lab: starting %s %v\n", l.agentBin, cmd.Args[1:])
+	fmt.Fprintf(logf, "--- hgw-lab: starting %s %v\n", cmd.Path, cmd.Args[1:])
 	if err := startProcess(n.Name, cmd); err != nil {
 		return nil, err
 	}

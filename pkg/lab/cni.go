@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
@@ -23,6 +24,7 @@ type subnetEnv struct {
 	Network netip.Prefix // FLANNEL_NETWORK
 	Subnet  netip.Prefix // FLANNEL_SUBNET: the gateway address with the subnet's length
 	MTU     int          // FLANNEL_MTU
+	IPMasq  bool         // FLANNEL_IPMASQ
 }
 
 // readSubnetEnv parses a subnet file in flanneld's format.
@@ -46,6 +48,8 @@ func readSubnetEnv(path string) (subnetEnv, error) {
 			env.Subnet, err = netip.ParsePrefix(v)
 		case "FLANNEL_MTU":
 			env.MTU, err = strconv.Atoi(v)
+		case "FLANNEL_IPMASQ":
+			env.IPMasq, err = strconv.ParseBool(v)
 		}
 		if err != nil {
 			return subnetEnv{}, fmt.Errorf("%s: %s: %w", path, k, err)
@@ -60,11 +64,11 @@ func readSubnetEnv(path string) (subnetEnv, error) {
 	return env, nil
 }
 
-// writeSubnetEnv writes a subnet file as flanneld does (datapath "static",
-// where the lab stands in for the agent).
+// writeSubnetEnv writes a subnet file as flanneld does (where the lab
+// stands in for an agent, or for what flanneld left behind).
 func writeSubnetEnv(path string, env subnetEnv) error {
-	s := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n",
-		env.Network, env.Subnet, env.MTU)
+	s := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n",
+		env.Network, env.Subnet, env.MTU, env.IPMasq)
 	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
 		return fmt.Errorf("write subnet file: %w", err)
 	}
@@ -101,11 +105,18 @@ type cniNetwork struct {
 	cacheDir string
 }
 
-// newCNINetwork builds a node's conflist; with bandwidth set the bandwidth
-// plugin follows bridge, and with chain set hgw-cni comes last, as CNI
-// chaining expects (hgw-cni after bandwidth: see bandwidthPlugin).
-func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, bandwidth bool, chain *hgwChain) (*cniNetwork, error) {
-	gw := env.Subnet.Addr()
+// conflist says which plugins a node's conflist holds around bridge.
+type conflist struct {
+	flannelDir string    // if set, the flannel plugin there delegates to bridge
+	bandwidth  bool      // the bandwidth plugin follows (see bandwidthPlugin)
+	chain      *hgwChain // hgw-cni comes last, as CNI chaining expects
+}
+
+// newCNINetwork builds a node's conflist: bridge + host-local, or the
+// flannel plugin that delegates to them (reading the node's subnet file, as
+// kube-flannel's conflist does), then the plugins c chains after it.
+func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, c conflist) (*cniNetwork, error) {
+	paths := []string{cniPath}
 	plugins := []any{map[string]any{
 		"type":             "bridge",
 		"bridge":           podBridge,
@@ -115,17 +126,29 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, bandwidth boo
 		"mtu":              env.MTU,
 		"ipam": map[string]any{
 			"type":    "host-local",
-			"ranges":  [][]map[string]string{{{"subnet": env.Subnet.Masked().String(), "gateway": gw.String()}}},
+			"ranges":  [][]map[string]string{{{"subnet": env.Subnet.Masked().String(), "gateway": env.Subnet.Addr().String()}}},
 			"dataDir": nodeDir + "/ipam",
 		},
 	}}
-	paths := []string{cniPath}
-	if bandwidth {
+	if c.flannelDir != "" {
+		// kube-flannel's delegate; the plugin adds bridge's ipMasq (NOT
+		// FLANNEL_IPMASQ), mtu, isGateway and the host-local ranges. Its
+		// state and IPAM's stay in the lab's state directory.
+		plugins[0] = map[string]any{
+			"type":       flannelCNIPlugin,
+			"subnetFile": nodeDir + "/subnet.env",
+			"dataDir":    nodeDir + "/flannel",
+			"ipam":       map[string]any{"dataDir": nodeDir + "/ipam"},
+			"delegate":   map[string]any{"bridge": podBridge, "hairpinMode": true, "isDefaultGateway": true},
+		}
+		paths = append(paths, c.flannelDir)
+	}
+	if c.bandwidth {
 		plugins = append(plugins, bandwidthConf())
 	}
-	if chain != nil {
-		plugins = append(plugins, chain.conf(nodeDir))
-		paths = append(paths, chain.dir)
+	if c.chain != nil {
+		plugins = append(plugins, c.chain.conf(nodeDir))
+		paths = append(paths, c.chain.dir)
 	}
 	conf := map[string]any{"cniVersion": "1.0.0", "name": "hgw-lab", "plugins": plugins}
 	b, err := json.Marshal(conf)
@@ -137,8 +160,11 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, bandwidth boo
 		return nil, fmt.Errorf("parse CNI config: %w", err)
 	}
 	cacheDir := nodeDir + "/cni-cache"
+	// The plugins' stderr (the flannel plugin prints its delegate's config
+	// there on every ADD) goes to the node's cni.log, not the lab's output.
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: appendFile(nodeDir + "/cni.log")}}
 	return &cniNetwork{
-		cni:      libcni.NewCNIConfigWithCacheDir(paths, cacheDir, nil),
+		cni:      libcni.NewCNIConfigWithCacheDir(paths, cacheDir, exec),
 		conf:     list,
 		nodeNS:   nodeNS,
 		cacheDir: cacheDir,
@@ -169,4 +195,17 @@ func (n *cniNetwork) attach(ctx context.Context, pod string, capArgs map[string]
 		}
 	}
 	return netip.Addr{}, errors.New("CNI ADD " + pod + ": result has no IPv4 address")
+}
+
+// appendFile is a writer that appends to a file, opened for each write: a
+// log that holds no descriptor between the rare plugin runs.
+type appendFile string
+
+func (f appendFile) Write(p []byte) (int, error) {
+	fh, err := os.OpenFile(string(f), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer fh.Close()
+	return fh.Write(p)
 }

@@ -23,17 +23,20 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 }
 
 // Resolve maps a user's name for a lab namespace to the namespace: a node
-// or pod by full name ("hgwlab-n1-p2") or short name ("n1-p2"), or "ul" /
-// "underlay".
+// or pod by full name ("hgwlab-n1-p2") or short name ("n1-p2"), "ul" /
+// "underlay", or "inet" / "internet".
 func (s State) Resolve(target string) (string, error) {
-	if target == "underlay" {
+	switch target {
+	case "underlay":
 		target = "ul"
+	case "internet":
+		target = "inet"
 	}
 	full := target
 	if !strings.HasPrefix(target, s.Prefix+"-") {
 		full = s.Prefix + "-" + target
 	}
-	if full == s.Underlay {
+	if full == s.Underlay || (s.Internet != "" && full == s.Internet) {
 		return full, nil
 	}
 	if _, ok := s.Node(full); ok {

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 )
 
+// flannelCNIPlugin is the flannel CNI plugin's type and file name.
+const flannelCNIPlugin = "flannel"
+
 // hgwCNIPlugin is the chained plugin that puts each pod on the endpoint
 // fast path (cmd/hgw-cni); `make build` puts it next to hgw-ebpf.
 const hgwCNIPlugin = "hgw-cni"
@@ -35,15 +38,33 @@ func (c *Config) hgwCNIDir() (string, error) {
 }
 
 // chainFor returns node n's hgw-cni link of the chain, or nil when its pods
-// attach through the plain bridge conflist (flanneld nodes run no agent of
-// ours to share pins with).
-func (l *Lab) chainFor(n Node, flannelNode bool) *hgwChain {
+// attach without it (flanneld nodes run no agent of ours to share pins
+// with).
+func (l *Lab) chainFor(n Node) *hgwChain {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if flannelNode || l.hgwCNIDir == "" || !l.cfg.chainsHgwCNI() {
+	if n.Agent != AgentHgw || l.hgwCNIDir == "" || !l.cfg.chainsHgwCNI() {
 		return nil
 	}
 	return &hgwChain{dir: l.hgwCNIDir, pinRoot: n.PinRoot, attachMode: l.cfg.AttachMode}
+}
+
+// setCNINetwork (re)builds node n's CNI network from its subnet file, for
+// the agent it runs now.
+func (l *Lab) setCNINetwork(n Node) error {
+	env, err := readSubnetEnv(n.SubnetFile)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	c := conflist{flannelDir: l.cfg.FlannelCNI, bandwidth: l.cfg.Bandwidth, chain: l.chainFor(n)}
+	cni, err := newCNINetwork(l.cfg.CNIPath, n.Name, filepath.Dir(n.SubnetFile), env, c)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.cni[n.Name] = cni
+	l.mu.Unlock()
+	return nil
 }
 
 // conf is the plugin's entry in the conflist; its attachment records stay

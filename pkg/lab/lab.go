@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,6 +47,38 @@ type Config struct {
 	ResyncInterval time.Duration
 	AgentArgs      []string      // extra flags for every `hgw-ebpf run`
 	ReadyTimeout   time.Duration // for agents' subnet files and routes (default 30s)
+	// What a real node carries besides the agent (DESIGN.md "Lab"), all
+	// inside the node namespaces. KubeProxy loads kube-proxy's iptables
+	// rules into every node once the pods are up: the lab's services (see
+	// ServiceIP) and KubeServices synthetic ones.
+	KubeProxy    bool
+	KubeServices int
+	// FromFlanneld starts every node as flanneld leaves one that moves to
+	// another agent: node k's subnet file for 10.244.k.0/24 and flanneld's
+	// iptables rules for it (see FlannelRules) are in place before its
+	// agent starts.
+	FromFlanneld bool
+	// IPMasq runs every agent with --ip-masq, as the standard kube-flannel
+	// manifest runs flanneld; with FromFlanneld, flanneld's masquerade chain
+	// is among its leftovers.
+	IPMasq bool
+	// ForwardDrop sets every node's FORWARD policy to DROP before its agent
+	// starts, as Docker does.
+	ForwardDrop bool
+	// Internet adds a namespace on the underlay (InternetIP) that stands for
+	// the world outside the cluster: it routes no pod subnet, so only
+	// masqueraded pod traffic can get an answer from it.
+	Internet bool
+	// Flanneld is the real flanneld binary; the nodes numbered in
+	// FlanneldNodes (1-based) run it (etcd mode, host-gw backend) instead
+	// of hgw-ebpf. MoveAgent switches a node between the two.
+	Flanneld      string
+	FlanneldNodes []int
+	// FlannelCNI is the directory holding the flannel CNI plugin: pods are
+	// attached through it, as kube-flannel does (it delegates to bridge and
+	// host-local, reading the node's subnet file), with hgw-cni chained
+	// after it on hgw-ebpf nodes unless PlainBridgeCNI.
+	FlannelCNI string
 	// LeftoversRemoved skips the initial Down: the caller (a detaching
 	// parent that already opened the log in the state dir) has run it.
 	LeftoversRemoved bool
@@ -104,7 +137,52 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("CNI plugin %s (run `make deps`): %w", p, err)
 		}
 	}
+	return c.checkFlannel()
+}
+
+// checkFlannel validates the options that run the real flannel binaries.
+func (c *Config) checkFlannel() error {
+	if len(c.FlanneldNodes) > 0 && c.Flanneld == "" {
+		return fmt.Errorf("flanneld nodes %v: no flanneld binary given", c.FlanneldNodes)
+	}
+	if c.Flanneld != "" {
+		if c.Datapath == DatapathStatic {
+			return fmt.Errorf("flanneld: a %s lab runs no agents", DatapathStatic)
+		}
+		var err error
+		if c.Flanneld, err = filepath.Abs(c.Flanneld); err != nil {
+			return fmt.Errorf("flanneld binary: %w", err)
+		}
+		if err := checkExecutable(c.Flanneld); err != nil {
+			return fmt.Errorf("flanneld binary: %w", err)
+		}
+	}
+	for _, k := range c.FlanneldNodes {
+		if k < 1 || k > c.Nodes {
+			return fmt.Errorf("flanneld node %d: want 1..%d", k, c.Nodes)
+		}
+	}
+	if c.FlannelCNI != "" {
+		var err error
+		if c.FlannelCNI, err = filepath.Abs(c.FlannelCNI); err != nil {
+			return fmt.Errorf("flannel CNI dir: %w", err)
+		}
+		if err := checkExecutable(filepath.Join(c.FlannelCNI, flannelCNIPlugin)); err != nil {
+			return fmt.Errorf("flannel CNI plugin: %w", err)
+		}
+	}
 	return nil
+}
+
+// agentOf is the agent node k starts with.
+func (c *Config) agentOf(k int) string {
+	if c.Datapath == DatapathStatic {
+		return ""
+	}
+	if slices.Contains(c.FlanneldNodes, k) {
+		return AgentFlanneld
+	}
+	return AgentHgw
 }
 
 func checkExecutable(path string) error {
@@ -191,6 +269,16 @@ func (l *Lab) build(ctx context.Context) error {
 	if err := createUnderlay(l.state.Underlay); err != nil {
 		return err
 	}
+	if l.cfg.Internet {
+		name := internetNS(l.cfg.Prefix)
+		l.log.Info("creating internet", "netns", name, "addr", InternetIP)
+		if err := createInternet(l.state.Underlay, name); err != nil {
+			return err
+		}
+		l.mu.Lock()
+		l.state.Internet = name
+		l.mu.Unlock()
+	}
 	if err := l.StartEtcd(ctx); err != nil {
 		return err
 	}
@@ -219,6 +307,11 @@ func (l *Lab) build(ctx context.Context) error {
 	}
 	if err := l.WaitRoutes(ctx, l.cfg.ReadyTimeout); err != nil {
 		return err
+	}
+	if l.cfg.KubeProxy {
+		if err := l.loadKubeProxy(); err != nil {
+			return err
+		}
 	}
 	l.mu.Lock()
 	l.state.Ready = true

@@ -110,7 +110,9 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 	prefix, root := testPrefix(t), t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := Up(ctx, testConfig(t, prefix, root))
+	cfg := testConfig(t, prefix, root)
+	cfg.Internet = true
+	l, err := Up(ctx, cfg)
 	if err != nil {
 		t.Fatalf("up: %v", err)
 	}
@@ -155,6 +157,17 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 	if err != nil {
 		t.Errorf("etcd not reachable from a node: %v", err)
 	}
+	// The internet answers the nodes, but not the pods: nothing there
+	// routes a pod subnet, and this lab masquerades nothing.
+	if _, err := st.Ping(ctx, st.Nodes[0].Name, InternetIP.String()); err != nil {
+		t.Errorf("node -> internet: %v", err)
+	}
+	if _, err := st.Ping(ctx, a.Name, InternetIP.String()); err == nil {
+		t.Errorf("pod %s got an answer from the internet without masquerade", a.Name)
+	}
+	if _, err := st.Ping(ctx, "inet", b.IP); err == nil {
+		t.Errorf("the internet reached pod %s: it must not route pod subnets", b.Name)
+	}
 	leases, err := l.Leases(ctx)
 	if err != nil || len(leases) != 2 {
 		t.Errorf("leases: %v, %v", leases, err)
@@ -179,7 +192,9 @@ func TestCrashHelper(t *testing.T) {
 		t.Skip("helper process for TestDownAfterCrash")
 	}
 	root := os.Getenv(helperEnv + "_ROOT")
-	l, err := Up(context.Background(), testConfig(t, prefix, root))
+	cfg := testConfig(t, prefix, root)
+	cfg.Internet = true
+	l, err := Up(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,8 +252,8 @@ func TestDownAfterCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 			_ = cmd.Wait()
-			if names, _ := namedns.List(prefix + "-"); len(names) != 5 { // underlay, 2 nodes, 2 pods
-				t.Fatalf("namespaces after crash: %v, want 5", names)
+			if names, _ := namedns.List(prefix + "-"); len(names) != 6 { // underlay, internet, 2 nodes, 2 pods
+				t.Fatalf("namespaces after crash: %v, want 6", names)
 			}
 			if !sameProcess(pid, start) {
 				t.Fatalf("orphan %d died with the lab: the test proves nothing", pid)
@@ -263,6 +278,7 @@ func TestParseName(t *testing.T) {
 		ok        bool
 	}{
 		{"hgwx-ul", -1, -1, true},
+		{"hgwx-inet", -1, -1, true},
 		{"hgwx-n3", 3, -1, true},
 		{"hgwx-n3-p12", 3, 12, true},
 		{"hgwx-n3-q1", 0, 0, false},

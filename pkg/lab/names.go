@@ -50,6 +50,16 @@ func ValidatePrefix(prefix string) error {
 // underlayNS is the namespace holding the underlay bridge and etcd.
 func underlayNS(prefix string) string { return prefix + "-ul" }
 
+// internetNS is the namespace standing for the world outside the cluster.
+func internetNS(prefix string) string { return prefix + "-inet" }
+
+// InternetIP is the internet namespace's address: on the underlay, so the
+// nodes reach it on-link, and outside the cluster network.
+var InternetIP = netip.MustParseAddr("198.18.0.254")
+
+// internetPort is the internet namespace's veth in the underlay.
+const internetPort = "inet"
+
 // NodeName is node k's name, which is also its namespace's name.
 func NodeName(prefix string, k int) string { return fmt.Sprintf("%s-n%d", prefix, k) }
 
@@ -68,13 +78,14 @@ func nodeIP(k int) netip.Addr {
 func underlayPort(k int) string { return fmt.Sprintf("n%d", k) }
 
 // parseName splits a lab namespace name into node and pod numbers: pod is
-// -1 for a node, node is -1 for the underlay. ok is false for other names.
+// -1 for a node, node is -1 for the underlay and the internet. ok is false
+// for other names.
 func parseName(prefix, name string) (node, pod int, ok bool) {
 	rest, found := strings.CutPrefix(name, prefix+"-")
 	if !found {
 		return 0, 0, false
 	}
-	if rest == "ul" {
+	if rest == "ul" || rest == "inet" {
 		return -1, -1, true
 	}
 	nodePart, podPart, hasPod := strings.Cut(rest, "-")

@@ -34,6 +34,20 @@ func (l *Lab) AddFlannelNode(ctx context.Context, subnet netip.Prefix) (Node, er
 	return l.addNode(ctx, subnet.Masked())
 }
 
+// prepareNode gives a new node, before its agent starts, the netfilter
+// state a real node has at that point (Config.ForwardDrop, FromFlanneld).
+func (l *Lab) prepareNode(n Node) error {
+	if l.cfg.ForwardDrop {
+		if err := setForwardDrop(n.Name); err != nil {
+			return err
+		}
+	}
+	if l.cfg.FromFlanneld && n.Agent != "" {
+		return l.asFlanneldLeftIt(n)
+	}
+	return nil
+}
+
 // flannelLeaseTTL is flanneld's subnet lease TTL.
 const flannelLeaseTTL = 24 * time.Hour
 
@@ -49,8 +63,12 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	l.state.NextIndex++
 	name := NodeName(l.cfg.Prefix, k)
 	dir := filepath.Join(l.state.Dir, name)
+	agent := ""
+	if !flannelSubnet.IsValid() {
+		agent = l.cfg.agentOf(k)
+	}
 	n := Node{
-		Name: name, Index: k, IP: nodeIP(k).String(),
+		Name: name, Index: k, IP: nodeIP(k).String(), Agent: agent,
 		PinRoot:    filepath.Join(l.state.PinRoot, name),
 		SubnetFile: filepath.Join(dir, "subnet.env"),
 		AgentLog:   filepath.Join(dir, "agent.log"),
@@ -74,6 +92,9 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	if err := createNode(l.state.Underlay, name, k); err != nil {
 		return Node{}, err
 	}
+	if err := l.prepareNode(n); err != nil {
+		return Node{}, err
+	}
 	switch {
 	case flannelSubnet.IsValid():
 		if err := l.staticNode(ctx, n, flannelSubnet, false); err != nil {
@@ -91,14 +112,10 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	if err != nil {
 		return Node{}, fmt.Errorf("node %s: %w (agent log: %s)", name, err, n.AgentLog)
 	}
-	cni, err := newCNINetwork(l.cfg.CNIPath, name, dir, env, l.cfg.Bandwidth, l.chainFor(n, flannelSubnet.IsValid()))
-	if err != nil {
+	if err := l.setCNINetwork(n); err != nil {
 		return Node{}, err
 	}
 	n.Subnet = env.Subnet.Masked().String()
-	l.mu.Lock()
-	l.cni[name] = cni
-	l.mu.Unlock()
 	l.updateNode(name, func(st *Node) { st.Subnet = n.Subnet })
 	l.log.Info("node ready", "node", name, "subnet", n.Subnet)
 	return n, nil

@@ -27,11 +27,15 @@ type State struct {
 	BinDir    string    `json:"bin_dir"`
 	PinRoot   string    `json:"pin_root"` // every node pins below it
 	Underlay  string    `json:"underlay_netns"`
+	Internet  string    `json:"internet_netns,omitempty"` // Config.Internet's namespace
 	Etcd      string    `json:"etcd_endpoint"`
 	EtcdKeys  string    `json:"etcd_prefix"`
 	Nodes     []Node    `json:"nodes"`
 	Pods      []Pod     `json:"pods"`
 	NextIndex int       `json:"next_node_index"`
+	// Services are the ones kube-proxy's rules in the nodes implement
+	// (Config.KubeProxy), synthetic ones left out.
+	Services []ServicePort `json:"services,omitempty"`
 }
 
 // Node is one lab node: a network namespace with eth0 on the underlay.
@@ -41,6 +45,7 @@ type Node struct {
 	IP         string `json:"ip"`
 	PinRoot    string `json:"pin_root"`
 	SubnetFile string `json:"subnet_file"`
+	Agent      string `json:"agent,omitempty"` // AgentHgw, AgentFlanneld, or "" when the lab stands in for one
 	AgentLog   string `json:"agent_log,omitempty"`
 	AgentPID   int    `json:"agent_pid,omitempty"`
 	AgentStart uint64 `json:"agent_start,omitempty"` // start time (clock ticks) against PID reuse
@@ -139,5 +144,6 @@ func (s State) clone() State {
 	c := s
 	c.Nodes = append([]Node(nil), s.Nodes...)
 	c.Pods = append([]Pod(nil), s.Pods...)
+	c.Services = append([]ServicePort(nil), s.Services...)
 	return c
 }

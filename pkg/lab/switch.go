@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
 // SwitchDatapath restarts every node's agent with --datapath d (ebpf or
@@ -43,4 +45,52 @@ func (l *Lab) datapath() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.cfg.Datapath
+}
+
+// MoveAgent moves node to agent (AgentHgw or AgentFlanneld) the way the
+// README tells an operator to. To hgw-ebpf: flanneld stops, leaving its
+// routes, iptables rules, lease and subnet file for hgw-ebpf to take over.
+// To flanneld: hgw-ebpf stops, `hgw-ebpf cleanup` removes its programs,
+// pins, routes (and rules), and flanneld starts. Pods attached from then on
+// get the new agent's CNI configuration. It returns once the new agent
+// runs.
+func (l *Lab) MoveAgent(ctx context.Context, node, agent string) error {
+	n, err := l.agentNode("move", node)
+	if err != nil {
+		return err
+	}
+	switch {
+	case agent != AgentHgw && agent != AgentFlanneld:
+		return fmt.Errorf("move %s to agent %q: want %s or %s", n.Name, agent, AgentHgw, AgentFlanneld)
+	case agent == n.Agent:
+		return nil
+	case agent == AgentFlanneld && l.cfg.Flanneld == "":
+		return fmt.Errorf("move %s to flanneld: the lab has no flanneld binary (Config.Flanneld)", n.Name)
+	}
+	l.stopAgent(n.Name, 5*time.Second)
+	if n.Agent == AgentHgw {
+		if err := runCleanup(ctx, l.agentBin, n.Name, n.PinRoot); err != nil {
+			return err
+		}
+	}
+	if err := datapath.PreparePinRoot(n.PinRoot); err != nil {
+		return fmt.Errorf("create pin dir: %w", err)
+	}
+	l.updateNode(n.Name, func(st *Node) { st.Agent, st.AgentPID, st.AgentStart = agent, 0, 0 })
+	n, _ = l.State().Node(n.Name)
+	if err := l.setCNINetwork(n); err != nil {
+		return err
+	}
+	l.runAgent(n)
+	l.log.Info("agent moved", "node", n.Name, "agent", agent)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if cur, _ := l.State().Node(n.Name); cur.AgentPID != 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("move %s to %s: the agent did not start (see %s)", n.Name, agent, n.AgentLog)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

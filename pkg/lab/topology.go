@@ -46,6 +46,25 @@ func createNode(underlay, name string, k int) error {
 	if err := namedns.Create(name); err != nil {
 		return err
 	}
+	if err := plugIntoUnderlay(underlay, name, underlayPort(k), netip.PrefixFrom(nodeIP(k), underlayNet.Bits())); err != nil {
+		return err
+	}
+	return setSysctl(name, "net/ipv4/ip_forward", "1")
+}
+
+// createInternet creates the namespace standing for the world outside the
+// cluster: eth0 with InternetIP on the underlay, no route beyond it (so no
+// route to a pod subnet), no forwarding.
+func createInternet(underlay, name string) error {
+	if err := namedns.Create(name); err != nil {
+		return err
+	}
+	return plugIntoUnderlay(underlay, name, internetPort, netip.PrefixFrom(InternetIP, underlayNet.Bits()))
+}
+
+// plugIntoUnderlay gives namespace name an eth0 with addr whose veth peer,
+// port, is plugged into the underlay bridge; lo and eth0 come up.
+func plugIntoUnderlay(underlay, name, port string, addr netip.Prefix) error {
 	ulNs, err := netns.GetFromName(underlay)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", underlay, err)
@@ -62,7 +81,6 @@ func createNode(underlay, name string, k int) error {
 		return fmt.Errorf("netlink handle in %s: %w", underlay, err)
 	}
 	defer ul.Close()
-	port := underlayPort(k)
 	// Both ends are created directly in their namespaces: nothing appears in
 	// the root namespace, not even for a moment.
 	veth := &netlink.Veth{
@@ -96,13 +114,10 @@ func createNode(underlay, name string, k int) error {
 	if err := linkUp(h, "lo"); err != nil {
 		return err
 	}
-	if err := addAddr(h, nodeUplink, netip.PrefixFrom(nodeIP(k), underlayNet.Bits())); err != nil {
+	if err := addAddr(h, nodeUplink, addr); err != nil {
 		return err
 	}
-	if err := linkUp(h, nodeUplink); err != nil {
-		return err
-	}
-	return setSysctl(name, "net/ipv4/ip_forward", "1")
+	return linkUp(h, nodeUplink)
 }
 
 // removeUnderlayPort deletes node k's veth (and so the node's eth0) before

@@ -1,0 +1,174 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// The services a lab with Config.KubeProxy defines, all backed by the
+// first pod of the last node (so that every other node's NodePorts lead to
+// a backend on another node): HTTP on BackendHTTPPort and iperf3 on
+// BackendIperfPort in that pod, each behind a ClusterIP and a NodePort, with
+// externalTrafficPolicy Cluster and Local.
+const (
+	BackendHTTPPort  = 8080
+	BackendIperfPort = 5201
+)
+
+var (
+	// ServiceIP is the ClusterIP of the eTP=Cluster service, ServiceLocalIP
+	// the one of the eTP=Local service.
+	ServiceIP      = netip.MustParseAddr("10.96.0.10")
+	ServiceLocalIP = netip.MustParseAddr("10.96.0.11")
+)
+
+// Service port names (kube-proxy's "namespace/name:port").
+const (
+	SvcHTTP       = "hgw/web:http"
+	SvcIperf      = "hgw/web:iperf"
+	SvcLocalHTTP  = "hgw/web-local:http"
+	SvcLocalIperf = "hgw/web-local:iperf"
+)
+
+// labServices are the lab's services with backend as their one endpoint.
+func labServices(backend netip.Addr) []ServicePort {
+	http := []netip.AddrPort{netip.AddrPortFrom(backend, BackendHTTPPort)}
+	iperf := []netip.AddrPort{netip.AddrPortFrom(backend, BackendIperfPort)}
+	return []ServicePort{
+		{Name: SvcHTTP, Protocol: "tcp", ClusterIP: ServiceIP, Port: 80, NodePort: 30080, Endpoints: http},
+		{Name: SvcIperf, Protocol: "tcp", ClusterIP: ServiceIP, Port: 5201, NodePort: 30201, Endpoints: iperf},
+		{Name: SvcLocalHTTP, Protocol: "tcp", ClusterIP: ServiceLocalIP, Port: 80, NodePort: 30081, LocalOnly: true, Endpoints: http},
+		{Name: SvcLocalIperf, Protocol: "tcp", ClusterIP: ServiceLocalIP, Port: 5201, NodePort: 30202, LocalOnly: true, Endpoints: iperf},
+	}
+}
+
+// Service returns the lab's service port with this name.
+func (s State) Service(name string) (ServicePort, bool) {
+	for _, sp := range s.Services {
+		if sp.Name == name {
+			return sp, true
+		}
+	}
+	return ServicePort{}, false
+}
+
+// loadKubeProxy gives every node kube-proxy's rules for the lab's services
+// (and Config.KubeServices synthetic ones), with bridged packets sent
+// through iptables as kube-proxy requires (bridge-nf-call-iptables=1).
+func (l *Lab) loadKubeProxy() error {
+	st := l.State()
+	if len(st.Nodes) == 0 {
+		return nil
+	}
+	backends := st.PodsOf(st.Nodes[len(st.Nodes)-1].Name)
+	if len(backends) == 0 {
+		return fmt.Errorf("kube-proxy rules: node %s has no pod to back the services", st.Nodes[len(st.Nodes)-1].Name)
+	}
+	svcs := labServices(netip.MustParseAddr(backends[0].IP))
+	var subnets []netip.Prefix
+	for _, n := range st.Nodes {
+		subnets = append(subnets, netip.MustParsePrefix(n.Subnet))
+	}
+	for i, n := range st.Nodes {
+		rules, err := KubeProxyRules(KubeNode{
+			ClusterCIDR: clusterNetwork, NodeSubnet: subnets[i], Services: svcs,
+			Synthetic: l.cfg.KubeServices, PodSubnets: subnets,
+		})
+		if err != nil {
+			return err
+		}
+		if out, err := iptablesRestore(n.Name, rules); err != nil {
+			return fmt.Errorf("load kube-proxy rules into %s: %w: %s", n.Name, err, out)
+		}
+		if err := setSysctl(n.Name, "net/bridge/bridge-nf-call-iptables", "1"); err != nil {
+			return fmt.Errorf("kube-proxy needs br_netfilter: %w", err)
+		}
+	}
+	l.mu.Lock()
+	l.state.Services = svcs
+	l.mu.Unlock()
+	return l.saveState()
+}
+
+// asFlanneldLeftIt puts node k in the state flanneld leaves a node in when
+// an operator stops it to move the node to hgw-ebpf: a subnet file for
+// 10.244.k.0/24 (which the agent takes over) and flanneld's iptables rules
+// for it.
+func (l *Lab) asFlanneldLeftIt(n Node) error {
+	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 0}), 24)
+	env := subnetEnv{Network: clusterNetwork, Subnet: netip.PrefixFrom(subnet.Addr().Next(), 24), MTU: 1500, IPMasq: l.cfg.IPMasq}
+	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
+		return err
+	}
+	return LoadFlannelRules(n.Name, clusterNetwork, subnet, l.cfg.IPMasq)
+}
+
+// LoadFlannelRules writes flanneld's iptables rules for a node with this
+// pod subnet into the node's namespace, as flanneld does at start.
+func LoadFlannelRules(node string, network, subnet netip.Prefix, ipMasq bool) error {
+	if out, err := iptablesRestore(node, RestoreInput(FlannelRules(network, subnet, ipMasq))); err != nil {
+		return fmt.Errorf("load flanneld's rules into %s: %w: %s", node, err, out)
+	}
+	return nil
+}
+
+// setForwardDrop sets the filter FORWARD policy to DROP, as Docker does.
+func setForwardDrop(node string) error {
+	out, err := runIn(node, exec.Command("iptables", "-w", "5", "-P", "FORWARD", "DROP"))
+	if err != nil {
+		return fmt.Errorf("FORWARD policy DROP in %s: %w: %s", node, err, out)
+	}
+	return nil
+}
+
+// iptablesRestore feeds input to `iptables-restore --noflush` inside ns.
+func iptablesRestore(ns, input string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "iptables-restore", "-w", "5", "--noflush")
+	cmd.Stdin = strings.NewReader(input)
+	return runIn(ns, cmd)
+}
+
+// iptablesSave is `iptables-save` inside ns: every table's rules.
+func iptablesSave(ns string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := runIn(ns, exec.CommandContext(ctx, "iptables-save"))
+	if err != nil {
+		return "", fmt.Errorf("iptables-save in %s: %w: %s", ns, err, out)
+	}
+	return string(out), nil
+}
+
+// IPTablesSave is `iptables-save` inside a lab namespace (see Resolve).
+func (s State) IPTablesSave(target string) (string, error) {
+	ns, err := s.Resolve(target)
+	if err != nil {
+		return "", err
+	}
+	return iptablesSave(ns)
+}
+
+// FlannelRuleCopies counts, in a node, each rule flanneld (with --ip-masq
+// when ipMasq) keeps for the node's subnet: one each on a node set up
+// right, none after a cleanup.
+func (s State) FlannelRuleCopies(node string, ipMasq bool) (map[IPTablesRule]int, error) {
+	n, ok := s.Node(node)
+	if !ok {
+		return nil, fmt.Errorf("no node %s in lab %s", node, s.Prefix)
+	}
+	subnet, err := netip.ParsePrefix(n.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("node %s has no subnet yet", node)
+	}
+	save, err := iptablesSave(n.Name)
+	if err != nil {
+		return nil, err
+	}
+	return CountRules(save, FlannelRules(clusterNetwork, subnet, ipMasq)), nil
+}
