@@ -10,7 +10,7 @@ VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS      := -X main.version=$(VERSION)
 # Debian packages the build, the tests, the lab and the benchmarks use.
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool iproute2 iputils-ping traceroute \
-                iperf3 sockperf tcpdump iptables conntrack procps util-linux curl
+                iperf3 sockperf tcpdump iptables nftables conntrack procps util-linux curl
 GENERATED    := pkg/datapath/hgw_bpfel.go pkg/datapath/hgw_bpfel.o
 GO_TEST_FLAGS ?= -count=1 -timeout 40m
 

@@ -75,14 +75,21 @@ func writeSubnetEnv(path string, env subnetEnv) error {
 	return nil
 }
 
-// waitSubnetEnv waits until the agent has written a complete subnet file.
-func waitSubnetEnv(ctx context.Context, path string, timeout time.Duration) (subnetEnv, error) {
+// waitSubnetEnv waits until the agent has written a complete subnet file
+// (in place of old, the one it found, if not nil: both flanneld and
+// hgw-ebpf replace the file by a rename, and only once they are ready).
+func waitSubnetEnv(ctx context.Context, path string, old os.FileInfo, timeout time.Duration) (subnetEnv, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		env, err := readSubnetEnv(path)
+		if err == nil && old != nil {
+			if fi, serr := os.Stat(path); serr == nil && os.SameFile(fi, old) && fi.ModTime().Equal(old.ModTime()) {
+				err = errors.New("still the file the agent found")
+			}
+		}
 		if err == nil {
 			return env, nil
 		}

@@ -129,10 +129,18 @@ func KubeProxyRules(n KubeNode) (string, error) {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 
-	w("*nat")
-	for _, c := range []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"} {
-		w(":%s ACCEPT [0:0]", c)
+	// kube-proxy prepends its jumps to the built-in chains, so they come
+	// before flanneld's whoever started first: -I at increasing positions
+	// keeps them at the top in this order. Built-in chains are not
+	// declared: that would reset their policies.
+	var pos map[string]int
+	jump := func(chain, rule string) {
+		pos[chain]++
+		w("-I %s %d %s", chain, pos[chain], rule)
 	}
+
+	w("*nat")
+	pos = map[string]int{}
 	for _, c := range []string{"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"} {
 		w(":%s - [0:0]", c)
 	}
@@ -151,9 +159,9 @@ func KubeProxyRules(n KubeNode) (string, error) {
 			w(":%s - [0:0]", sep)
 		}
 	}
-	w(`-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	w(`-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	w(`-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING`)
+	jump("PREROUTING", `-m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	jump("OUTPUT", `-m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	jump("POSTROUTING", `-m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING`)
 	w(`-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000`)
 	w(`-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN`)
 	w(`-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0`)
@@ -204,23 +212,21 @@ func KubeProxyRules(n KubeNode) (string, error) {
 
 	// filter: the per-packet part every forwarded packet crosses.
 	w("*filter")
-	for _, c := range []string{"INPUT", "FORWARD", "OUTPUT"} {
-		w(":%s ACCEPT [0:0]", c)
-	}
+	pos = map[string]int{}
 	for _, c := range []string{"KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL"} {
 		w(":%s - [0:0]", c)
 	}
-	w(`-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
-	w(`-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS`)
-	w(`-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
-	w(`-A INPUT -j KUBE-FIREWALL`)
-	w(`-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
-	w(`-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD`)
-	w(`-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	w(`-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
-	w(`-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
-	w(`-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	w(`-A OUTPUT -j KUBE-FIREWALL`)
+	jump("INPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
+	jump("INPUT", `-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS`)
+	jump("INPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
+	jump("INPUT", `-j KUBE-FIREWALL`)
+	jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
+	jump("FORWARD", `-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD`)
+	jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
+	jump("OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
+	jump("OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	jump("OUTPUT", `-j KUBE-FIREWALL`)
 	w(`-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`)
 	for _, s := range noLocal {
 		w(`-A KUBE-EXTERNAL-SERVICES -p %s -m comment --comment "%s has no local endpoints" -m addrtype --dst-type LOCAL -m %s --dport %d -j DROP`,

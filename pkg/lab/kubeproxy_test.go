@@ -52,8 +52,8 @@ func TestKubeProxyRulesShape(t *testing.T) {
 	}
 	for _, want := range []string{
 		"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-		"-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
-		"-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+		"-I FORWARD 2 -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+		"-I POSTROUTING 1 -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
 		"-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
 		"-m statistic --mode random --probability 0.50000000000",
 		// eTP=Cluster: the node masquerades what it sends to another node's backend.
@@ -128,7 +128,11 @@ func TestRulesLoadIntoIPTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	flannel := FlannelRules(testCluster, testSubnets[0], true)
-	for _, in := range []string{rules, RestoreInput(flannel)} {
+	// flanneld first, as on a node where kube-proxy starts later.
+	if err := setForwardDrop(ns); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{RestoreInput(flannel), rules} {
 		if out, err := iptablesRestore(ns, in); err != nil {
 			t.Fatalf("iptables-restore: %v\n%s", err, out)
 		}
@@ -136,6 +140,14 @@ func TestRulesLoadIntoIPTables(t *testing.T) {
 	save, err := iptablesSave(ns)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// kube-proxy's jumps come first, and nobody reset the policy.
+	if !strings.Contains(save, ":FORWARD DROP") {
+		t.Error("FORWARD policy no longer DROP after loading the rules")
+	}
+	kube, fl := strings.Index(save, "-A FORWARD -m comment --comment \"kubernetes forwarding rules\""), strings.Index(save, "-A FORWARD -m comment --comment \"flanneld forward\"")
+	if kube < 0 || fl < 0 || kube > fl {
+		t.Errorf("FORWARD: kube-proxy's jump at %d, flanneld's at %d: want kube-proxy's first (it prepends)", kube, fl)
 	}
 	if n := strings.Count(save, "-j DNAT --to-destination"); n != 102 {
 		t.Errorf("%d DNAT rules loaded, want 102", n)

@@ -14,9 +14,11 @@ import (
 // a backend on another node): HTTP on BackendHTTPPort and iperf3 on
 // BackendIperfPort in that pod, each behind a ClusterIP and a NodePort, with
 // externalTrafficPolicy Cluster and Local.
+// A DNS-like UDP ClusterIP (ServiceDNSIP:53) leads to BackendDNSPort there.
 const (
 	BackendHTTPPort  = 8080
 	BackendIperfPort = 5201
+	BackendDNSPort   = 5353
 )
 
 var (
@@ -24,6 +26,7 @@ var (
 	// the one of the eTP=Local service.
 	ServiceIP      = netip.MustParseAddr("10.96.0.10")
 	ServiceLocalIP = netip.MustParseAddr("10.96.0.11")
+	ServiceDNSIP   = netip.MustParseAddr("10.96.0.53")
 )
 
 // Service port names (kube-proxy's "namespace/name:port").
@@ -32,13 +35,16 @@ const (
 	SvcIperf      = "hgw/web:iperf"
 	SvcLocalHTTP  = "hgw/web-local:http"
 	SvcLocalIperf = "hgw/web-local:iperf"
+	SvcDNS        = "hgw/dns:dns"
 )
 
 // labServices are the lab's services with backend as their one endpoint.
 func labServices(backend netip.Addr) []ServicePort {
 	http := []netip.AddrPort{netip.AddrPortFrom(backend, BackendHTTPPort)}
 	iperf := []netip.AddrPort{netip.AddrPortFrom(backend, BackendIperfPort)}
+	dns := []netip.AddrPort{netip.AddrPortFrom(backend, BackendDNSPort)}
 	return []ServicePort{
+		{Name: SvcDNS, Protocol: "udp", ClusterIP: ServiceDNSIP, Port: 53, Endpoints: dns},
 		{Name: SvcHTTP, Protocol: "tcp", ClusterIP: ServiceIP, Port: 80, NodePort: 30080, Endpoints: http},
 		{Name: SvcIperf, Protocol: "tcp", ClusterIP: ServiceIP, Port: 5201, NodePort: 30201, Endpoints: iperf},
 		{Name: SvcLocalHTTP, Protocol: "tcp", ClusterIP: ServiceLocalIP, Port: 80, NodePort: 30081, LocalOnly: true, Endpoints: http},

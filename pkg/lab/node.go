@@ -36,16 +36,25 @@ func (l *Lab) AddFlannelNode(ctx context.Context, subnet netip.Prefix) (Node, er
 
 // prepareNode gives a new node, before its agent starts, the netfilter
 // state a real node has at that point (Config.ForwardDrop, FromFlanneld).
-func (l *Lab) prepareNode(n Node) error {
+// It returns the subnet file it left for the agent, if any: the node is
+// ready once the agent has written its own.
+func (l *Lab) prepareNode(n Node) (os.FileInfo, error) {
 	if l.cfg.ForwardDrop {
 		if err := setForwardDrop(n.Name); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if l.cfg.FromFlanneld && n.Agent != "" {
-		return l.asFlanneldLeftIt(n)
+	if !l.cfg.FromFlanneld || n.Agent == "" {
+		return nil, nil
 	}
-	return nil
+	if err := l.asFlanneldLeftIt(n); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(n.SubnetFile)
+	if err != nil {
+		return nil, fmt.Errorf("subnet file left for %s: %w", n.Name, err)
+	}
+	return fi, nil
 }
 
 // flannelLeaseTTL is flanneld's subnet lease TTL.
@@ -92,7 +101,8 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	if err := createNode(l.state.Underlay, name, k); err != nil {
 		return Node{}, err
 	}
-	if err := l.prepareNode(n); err != nil {
+	left, err := l.prepareNode(n)
+	if err != nil {
 		return Node{}, err
 	}
 	switch {
@@ -108,7 +118,7 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	default:
 		l.runAgent(n)
 	}
-	env, err := waitSubnetEnv(ctx, n.SubnetFile, l.cfg.ReadyTimeout)
+	env, err := waitSubnetEnv(ctx, n.SubnetFile, left, l.cfg.ReadyTimeout)
 	if err != nil {
 		return Node{}, fmt.Errorf("node %s: %w (agent log: %s)", name, err, n.AgentLog)
 	}

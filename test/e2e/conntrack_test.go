@@ -1,14 +1,10 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,61 +14,24 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
-// The kube-proxy shapes these tests load into the nodes: a ClusterIP that
-// DNATs to a pod on another node, and the INVALID-drop rule every
-// kube-proxy node carries.
-const (
-	clusterIP    = "10.96.0.10"
-	clusterPort  = 80
-	dnsClusterIP = "10.96.0.53"
-	dnsPort      = 53
-	serverPort   = 8080 // TCP echo in the backend pod
-	udpPort      = 5353 // UDP echo in the backend pod
+// The lab's kube-proxy services (lab.Config.KubeProxy) DNAT a TCP and a
+// DNS-like UDP ClusterIP to the server pod on node 2, which runs echo
+// servers on the services' backend ports; every node carries the
+// INVALID-drop rule.
+var (
+	clusterIP    = lab.ServiceIP.String()
+	dnsClusterIP = lab.ServiceDNSIP.String()
 )
 
-// kubeForwardRules is kube-proxy's filter-table state that matters here.
-// kube-proxy puts its jump first in FORWARD, before flanneld's FLANNEL-FWD
-// (which the agent has added by then and which would accept everything).
-const kubeForwardRules = `*filter
-:KUBE-FORWARD - [0:0]
--I FORWARD 1 -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
--A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
--A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-COMMIT
-`
-
-// kubeServiceRules DNATs the two ClusterIPs to backend, as kube-proxy's
-// KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP chains do.
-func kubeServiceRules(backend string) string {
-	return fmt.Sprintf(`*nat
-:KUBE-SERVICES - [0:0]
-:KUBE-SVC-TCP - [0:0]
-:KUBE-SEP-TCP - [0:0]
-:KUBE-SVC-DNS - [0:0]
-:KUBE-SEP-DNS - [0:0]
--A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A KUBE-SERVICES -d %[1]s/32 -p tcp -m tcp --dport %[2]d -j KUBE-SVC-TCP
--A KUBE-SERVICES -d %[3]s/32 -p udp -m udp --dport %[4]d -j KUBE-SVC-DNS
--A KUBE-SVC-TCP -j KUBE-SEP-TCP
--A KUBE-SEP-TCP -p tcp -m tcp -j DNAT --to-destination %[5]s:%[6]d
--A KUBE-SVC-DNS -j KUBE-SEP-DNS
--A KUBE-SEP-DNS -p udp -m udp -j DNAT --to-destination %[5]s:%[7]d
-COMMIT
-`, clusterIP, clusterPort, dnsClusterIP, dnsPort, backend, serverPort, udpPort)
-}
-
-func iptablesRestore(t *testing.T, ctx context.Context, st lab.State, node, rules string) {
-	t.Helper()
-	var out bytes.Buffer
-	err := st.Exec(ctx, node, []string{"iptables-restore", "--noflush"}, strings.NewReader(rules), &out, &out)
-	if err != nil {
-		t.Fatalf("iptables-restore in %s: %v: %s", node, err, out.String())
-	}
-}
+const (
+	clusterPort = 80
+	dnsPort     = 53
+	serverPort  = lab.BackendHTTPPort // TCP echo in the backend pod
+	udpPort     = lab.BackendDNSPort  // UDP echo in the backend pod
+)
 
 // kubeCluster is a 2-node lab where node 1's client pod reaches node 2's
-// server pod through kube-proxy-shaped ClusterIPs.
+// server pod through kube-proxy's ClusterIPs.
 type kubeCluster struct {
 	lab            *lab.Lab
 	st             lab.State
@@ -81,16 +40,12 @@ type kubeCluster struct {
 }
 
 func startKubeCluster(t *testing.T, ctx context.Context, datapath string, agentArgs ...string) kubeCluster {
-	l := startLab(t, 2, 1, datapath, agentArgs...)
+	l := startLabConfig(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: datapath, AgentArgs: agentArgs, KubeProxy: true})
 	st := l.State()
 	var c kubeCluster
 	c.lab, c.st = l, st
 	c.client, c.server = st.PodsOf(st.Nodes[0].Name)[0], st.PodsOf(st.Nodes[1].Name)[0]
 	c.clientNode = st.Nodes[0].Name
-	for _, n := range st.Nodes {
-		iptablesRestore(t, ctx, st, n.Name, kubeForwardRules)
-	}
-	iptablesRestore(t, ctx, st, c.clientNode, kubeServiceRules(c.server.IP))
 	c.serveEcho(t)
 	return c
 }
@@ -200,7 +155,12 @@ func exchangeFromPort(st lab.State, from, network string, port int, addr string,
 
 func (c kubeCluster) counters(t *testing.T, node string) map[string]uint64 {
 	t.Helper()
-	n, _ := c.st.Node(node)
+	return counterMap(t, mustNode(t, c.st, node))
+}
+
+// counterMap is a node's counters by "program/reason".
+func counterMap(t *testing.T, n lab.Node) map[string]uint64 {
+	t.Helper()
 	cs, err := n.Counters()
 	if err != nil {
 		t.Fatal(err)
@@ -330,47 +290,23 @@ func TestTransferSurvivesSwitchToFastPath(t *testing.T) {
 	defer cancel()
 	c := startKubeCluster(t, ctx, lab.DatapathRoutes)
 
-	srv := exec.Command("iperf3", "-s", "-1", "-p", "5201")
-	if err := c.st.Start(c.server.Name, srv); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	time.Sleep(300 * time.Millisecond)
-
-	var out bytes.Buffer
-	cli := exec.CommandContext(ctx, "iperf3", "-c", c.server.IP, "-p", "5201", "-t", "6", "-i", "0.5", "-J")
-	cli.Stdout, cli.Stderr = &out, &out
-	if err := c.st.Start(c.client.Name, cli); err != nil {
-		t.Fatal(err)
-	}
+	wait := startIperf(t, c.st, c.server.Name, 5201, c.client.Name, c.server.IP, 5201, 6)
 	time.Sleep(2 * time.Second)
 	if err := c.lab.SwitchDatapath(ctx, lab.DatapathEBPF); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitAttached(ctx, c); err != nil {
+	if err := waitAttached(ctx, c.st); err != nil {
 		t.Fatal(err)
 	}
-	if err := cli.Wait(); err != nil {
-		t.Fatalf("iperf3 across the switch: %v\n%s", err, out.String())
+	res, err := wait()
+	if err != nil {
+		t.Fatalf("across the switch: %v", err)
 	}
-	var res struct {
-		Intervals []struct {
-			Sum struct {
-				Bytes uint64 `json:"bytes"`
-			} `json:"sum"`
-		} `json:"intervals"`
-		Error string `json:"error"`
+	if len(res.Intervals) < 10 {
+		t.Fatalf("iperf3: %d intervals, want 12", len(res.Intervals))
 	}
-	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-		t.Fatalf("iperf3 JSON: %v\n%s", err, out.String())
-	}
-	if res.Error != "" || len(res.Intervals) < 10 {
-		t.Fatalf("iperf3: error %q, %d intervals", res.Error, len(res.Intervals))
-	}
-	for i, iv := range res.Intervals {
-		if iv.Sum.Bytes == 0 {
-			t.Errorf("interval %d moved no bytes: the transfer stalled", i)
-		}
+	for _, i := range res.stalls() {
+		t.Errorf("interval %d moved no bytes: the transfer stalled", i)
 	}
 	for _, n := range c.st.Nodes {
 		cs := c.counters(t, n.Name)
@@ -381,8 +317,8 @@ func TestTransferSurvivesSwitchToFastPath(t *testing.T) {
 }
 
 // waitAttached waits until every node's agent has attached both programs.
-func waitAttached(ctx context.Context, c kubeCluster) error {
-	for _, n := range c.st.Nodes {
+func waitAttached(ctx context.Context, st lab.State) error {
+	for _, n := range st.Nodes {
 		if _, ok := waitFor(ctx, 10*time.Second, func() bool {
 			atts, err := datapath.Attachments(n.PinRoot)
 			return err == nil && len(atts) >= 2

@@ -1,0 +1,446 @@
+package e2e
+
+// Nodes that carry a real node's netfilter state — kube-proxy's rules with
+// NodePorts, flanneld's --ip-masq rules, a FORWARD policy of DROP, a
+// NetworkPolicy engine — and the traffic every Kubernetes cluster carries:
+// each case with 10 of 10 HTTP requests and a 3-second iperf3 transfer,
+// and the counters saying which path carried it. One path per flow, both
+// directions: the fast path only where both ends are pods.
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+)
+
+// realNodeConfig is a lab whose nodes were moved over from flanneld
+// --ip-masq (subnet file and flanneld's rules in place) and run hgw-ebpf
+// --ip-masq, with kube-proxy's rules and the internet namespace.
+func realNodeConfig(nodes, pods int) lab.Config {
+	return lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: lab.DatapathEBPF,
+		KubeProxy: true, FromFlanneld: true, IPMasq: true, Internet: true}
+}
+
+// movedBy is how many packets a node's program counted under reason
+// between two counters() readings.
+func movedBy(before, after map[string][]datapath.Counter, node, program, reason string) uint64 {
+	sum := func(cs []datapath.Counter) (n uint64) {
+		for _, c := range cs {
+			if c.Program == program && c.Reason == reason {
+				n += c.Packets
+			}
+		}
+		return n
+	}
+	return sum(after[node]) - sum(before[node])
+}
+
+// expectKernelPath checks that nothing node's programs saw between the two
+// readings was redirected, and that at least min packets were left to the
+// kernel by program under reason (if reason is not "").
+func expectKernelPath(t *testing.T, before, after map[string][]datapath.Counter, node, program, reason string, min uint64) {
+	t.Helper()
+	for _, prog := range []string{"from_pods", "from_underlay"} {
+		if d := lab.Redirected(after[node], prog) - lab.Redirected(before[node], prog); d != 0 {
+			t.Errorf("%s: %s redirected %d packets of a flow that must take the kernel path", node, prog, d)
+		}
+	}
+	if reason == "" {
+		return
+	}
+	if d := movedBy(before, after, node, program, reason); d < min {
+		t.Errorf("%s: %s/%s moved by %d, want >= %d (counters now %+v)", node, program, reason, d, min, after[node])
+	}
+}
+
+// httpURL is the URL of the lab's HTTP servers at addr.
+func httpURL(addr string, port int) string { return fmt.Sprintf("http://%s:%d/", addr, port) }
+
+// TestRealNodeTraffic: node -> remote pod and pod -> remote node, NodePort
+// with both traffic policies, ClusterIP, pod -> internet and pod -> pod, on
+// nodes carrying kube-proxy's and flanneld's --ip-masq rules.
+func TestRealNodeTraffic(t *testing.T) {
+	l := startLabConfig(t, realNodeConfig(2, 1))
+	st := l.State()
+	n1, n2 := st.Nodes[0], st.Nodes[1]
+	p1, p2 := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0] // p2 backs the services
+	inet := st.Internet
+	for _, ns := range []string{p1.Name, p2.Name, n2.Name, inet} {
+		serveHTTP(t, st, ns, lab.BackendHTTPPort)
+	}
+	const port = lab.BackendHTTPPort
+	// At least three packets each way per HTTP connection.
+	const minPackets = 3 * httpRequests
+
+	t.Run("node_to_remote_pod", func(t *testing.T) {
+		before := counters(t, st)
+		if seen := expectHTTP(t, st, n1.Name, httpURL(p2.IP, port), p2.Name); seen != "" && seen != n1.IP {
+			t.Errorf("the pod saw the node as %s, want %s", seen, n1.IP)
+		}
+		expectIperf(t, st, p2.Name, lab.BackendIperfPort, n1.Name, p2.IP, lab.BackendIperfPort)
+		after := counters(t, st)
+		// The node's packets meet conntrack on n2, and so do the pod's replies.
+		expectKernelPath(t, before, after, n2.Name, "from_underlay", "src_not_pod", minPackets)
+		expectKernelPath(t, before, after, n1.Name, "", "", 0)
+	})
+	t.Run("pod_to_remote_node", func(t *testing.T) {
+		before := counters(t, st)
+		// flanneld's masquerade applies: the node is outside the cluster network.
+		if seen := expectHTTP(t, st, p1.Name, httpURL(n2.IP, port), n2.Name); seen != "" && seen != n1.IP {
+			t.Errorf("node %s saw the pod as %s, want it masqueraded to %s", n2.Name, seen, n1.IP)
+		}
+		expectIperf(t, st, n2.Name, lab.BackendIperfPort, p1.Name, n2.IP, lab.BackendIperfPort)
+		after := counters(t, st)
+		expectKernelPath(t, before, after, n1.Name, "from_pods", "no_route", minPackets)
+		expectKernelPath(t, before, after, n2.Name, "", "", 0)
+	})
+	t.Run("nodeport_cluster_backend_on_other_node", func(t *testing.T) {
+		http, _ := st.Service(lab.SvcHTTP)
+		iperf, _ := st.Service(lab.SvcIperf)
+		before := counters(t, st)
+		// n1 DNATs to p2 and SNATs to itself: n2 sees a node as the source.
+		if seen := expectHTTP(t, st, inet, httpURL(n1.IP, http.NodePort), p2.Name); seen != "" && seen != n1.IP {
+			t.Errorf("the backend saw the client as %s, want the NodePort node %s", seen, n1.IP)
+		}
+		expectIperf(t, st, p2.Name, lab.BackendIperfPort, inet, n1.IP, iperf.NodePort)
+		after := counters(t, st)
+		expectKernelPath(t, before, after, n2.Name, "from_underlay", "src_not_pod", minPackets)
+		expectKernelPath(t, before, after, n1.Name, "", "", 0)
+	})
+	t.Run("nodeport_local", func(t *testing.T) {
+		http, _ := st.Service(lab.SvcLocalHTTP)
+		iperf, _ := st.Service(lab.SvcLocalIperf)
+		before := counters(t, st)
+		if seen := expectHTTP(t, st, inet, httpURL(n2.IP, http.NodePort), p2.Name); seen != "" && seen != lab.InternetIP.String() {
+			t.Errorf("the backend saw the client as %s, want its own address %s (no SNAT with Local)", seen, lab.InternetIP)
+		}
+		expectIperf(t, st, p2.Name, lab.BackendIperfPort, inet, n2.IP, iperf.NodePort)
+		after := counters(t, st)
+		expectKernelPath(t, before, after, n2.Name, "from_pods", "no_route", minPackets)
+	})
+	t.Run("clusterip_backend_on_other_node", func(t *testing.T) {
+		http, _ := st.Service(lab.SvcHTTP)
+		before := counters(t, st)
+		if seen := expectHTTP(t, st, p1.Name, httpURL(http.ClusterIP.String(), http.Port), p2.Name); seen != "" && seen != p1.IP {
+			t.Errorf("the backend saw the client as %s, want the pod %s", seen, p1.IP)
+		}
+		expectIperf(t, st, p2.Name, lab.BackendIperfPort, p1.Name, http.ClusterIP.String(), lab.BackendIperfPort)
+		after := counters(t, st)
+		// The replies are un-NATed by n1's conntrack: one per connection at least.
+		if d := movedBy(before, after, n1.Name, "from_underlay", "ct_nat"); d < httpRequests {
+			t.Errorf("%s: from_underlay ct_nat moved by %d, want >= %d", n1.Name, d, httpRequests)
+		}
+	})
+	t.Run("pod_to_internet", func(t *testing.T) {
+		before := counters(t, st)
+		// Only a masqueraded request can be answered: the internet routes no pod subnet.
+		if seen := expectHTTP(t, st, p1.Name, httpURL(lab.InternetIP.String(), port), inet); seen != "" && seen != n1.IP {
+			t.Errorf("the internet saw the pod as %s, want it masqueraded to %s", seen, n1.IP)
+		}
+		expectIperf(t, st, inet, lab.BackendIperfPort, p1.Name, lab.InternetIP.String(), lab.BackendIperfPort)
+		after := counters(t, st)
+		expectKernelPath(t, before, after, n1.Name, "from_pods", "no_route", minPackets)
+	})
+	t.Run("pod_to_pod", func(t *testing.T) {
+		before := counters(t, st)
+		for _, pair := range [][2]lab.Pod{{p1, p2}, {p2, p1}} {
+			if seen := expectHTTP(t, st, pair[0].Name, httpURL(pair[1].IP, port), pair[1].Name); seen != "" && seen != pair[0].IP {
+				t.Errorf("%s saw %s as %s: pod-to-pod traffic must keep its source", pair[1].Name, pair[0].Name, seen)
+			}
+		}
+		expectIperf(t, st, p2.Name, lab.BackendIperfPort, p1.Name, p2.IP, lab.BackendIperfPort)
+		after := counters(t, st)
+		for _, n := range []lab.Node{n1, n2} {
+			if d := movedBy(before, after, n.Name, "from_pods", "redirect"); d < minPackets {
+				t.Errorf("%s: from_pods redirected %d packets, want >= %d", n.Name, d, minPackets)
+			}
+			if d := movedBy(before, after, n.Name, "from_underlay", "redirect_peer"); d < minPackets {
+				t.Errorf("%s: from_underlay delivered %d packets with redirect_peer, want >= %d", n.Name, d, minPackets)
+			}
+		}
+	})
+}
+
+// On nodes whose FORWARD policy is DROP (as Docker sets it), whatever the
+// fast path leaves to the kernel must still be forwarded: flows on plain
+// routes, a flow conntrack tracks across the switch to the fast path, and
+// a packet over the underlay's MTU. The agent's FLANNEL-FWD accepts them.
+func TestForwardPolicyDrop(t *testing.T) {
+	cfg := lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathRoutes, KubeProxy: true, IPMasq: true, ForwardDrop: true}
+	l := startLabConfig(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st := l.State()
+	n1, n2 := st.Nodes[0], st.Nodes[1]
+	p1, p2 := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
+	for _, n := range st.Nodes {
+		save, err := st.IPTablesSave(n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(save, ":FORWARD DROP") {
+			t.Fatalf("%s: FORWARD policy is not DROP; the test proves nothing", n.Name)
+		}
+		expectFlannelRules(t, st, n.Name, true, 1)
+	}
+	serveHTTP(t, st, p2.Name, lab.BackendHTTPPort)
+
+	// Plain routes: every packet crosses FORWARD.
+	expectHTTP(t, st, p1.Name, httpURL(p2.IP, lab.BackendHTTPPort), p2.Name)
+	expectIperf(t, st, p2.Name, lab.BackendIperfPort, p1.Name, p2.IP, lab.BackendIperfPort)
+
+	// A transfer conntrack tracks keeps the kernel path across the switch.
+	wait := startIperf(t, st, p2.Name, lab.BackendIperfPort, p1.Name, p2.IP, lab.BackendIperfPort, 6)
+	time.Sleep(2 * time.Second)
+	if err := l.SwitchDatapath(ctx, lab.DatapathEBPF); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAttached(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	res, err := wait()
+	if err != nil {
+		t.Fatalf("transfer across the switch with FORWARD DROP: %v", err)
+	}
+	if s := res.stalls(); len(s) > 0 {
+		t.Errorf("transfer across the switch stalled in intervals %v", s)
+	}
+	for _, n := range st.Nodes {
+		cs := counterMap(t, n)
+		if cs["from_pods/ct_tracked"]+cs["from_underlay/ct_tracked"] == 0 {
+			t.Errorf("%s: the running transfer never counted as tracked", n.Name)
+		}
+	}
+
+	// Over the MTU: p1's link takes jumbo frames, the underlay does not;
+	// without DF the kernel fragments what from_pods leaves to it.
+	setPodMTU(t, st, p1, 9000)
+	before := counters(t, st)
+	out, err := st.Output(ctx, p1.Name, "ping", "-n", "-c", "5", "-i", "0.1", "-W", "2", "-M", "dont", "-s", "3000", p2.IP)
+	if err != nil {
+		t.Errorf("3 KB pings %s -> %s with FORWARD DROP: %v\n%s", p1.Name, p2.IP, err, out)
+	}
+	after := counters(t, st)
+	if d := movedBy(before, after, n1.Name, "from_pods", "too_big"); d < 5 {
+		t.Errorf("%s: from_pods too_big moved by %d for 5 over-MTU pings", n1.Name, d)
+	}
+}
+
+// setPodMTU sets the MTU of a pod's eth0 and of its veth in the node.
+func setPodMTU(t *testing.T, st lab.State, pod lab.Pod, mtu int) {
+	t.Helper()
+	veth := portOf(t, st, pod).vethName
+	for ns, dev := range map[string]string{pod.Name: "eth0", pod.Node: veth} {
+		err := st.Do(ns, func() error {
+			l, err := netlink.LinkByName(dev)
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetMTU(l, mtu)
+		})
+		if err != nil {
+			t.Fatalf("MTU %d on %s in %s: %v", mtu, dev, ns, err)
+		}
+	}
+}
+
+// expectFlannelRules expects want copies of each of flanneld's rules
+// (with --ip-masq when ipMasq) in a node, and no rule of any chain twice.
+func expectFlannelRules(t *testing.T, st lab.State, node string, ipMasq bool, want int) {
+	t.Helper()
+	copies, err := st.FlannelRuleCopies(node, ipMasq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r, n := range copies {
+		if n != want {
+			t.Errorf("%s: %d copies of %s %q, want %d", node, n, r.Table, r.Rule, want)
+		}
+	}
+	save, err := st.IPTablesSave(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	table := ""
+	for _, line := range strings.Split(save, "\n") {
+		if strings.HasPrefix(line, "*") {
+			table = line
+		}
+		if strings.HasPrefix(line, "-A ") {
+			if seen[table+line] {
+				t.Errorf("%s: rule twice in %s: %s", node, table, line)
+			}
+			seen[table+line] = true
+		}
+	}
+}
+
+// waitFlannelRules waits up to timeout for each of flanneld's rules to be
+// in the node exactly once.
+func waitFlannelRules(ctx context.Context, st lab.State, node string, ipMasq bool, timeout time.Duration) bool {
+	_, ok := waitFor(ctx, timeout, func() bool {
+		copies, err := st.FlannelRuleCopies(node, ipMasq)
+		if err != nil {
+			return false
+		}
+		for _, n := range copies {
+			if n != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	return ok
+}
+
+// An agent started with --ip-masq on a node where flanneld left its rules
+// keeps exactly one copy of each, puts back what is removed, writes
+// FLANNEL_IPMASQ=true, and masquerades through them; `hgw-ebpf cleanup`
+// removes them all.
+func TestFlanneldRulesTakenOver(t *testing.T) {
+	l := startLabConfig(t, realNodeConfig(2, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st := l.State()
+	n1 := st.Nodes[0]
+	p1 := st.PodsOf(n1.Name)[0]
+	time.Sleep(2500 * time.Millisecond) // two resyncs of the agents
+	for _, n := range st.Nodes {
+		expectFlannelRules(t, st, n.Name, true, 1)
+		if b, err := os.ReadFile(n.SubnetFile); err != nil || !strings.Contains(string(b), "FLANNEL_IPMASQ=true") {
+			t.Errorf("%s: subnet file %q (%v), want FLANNEL_IPMASQ=true", n.Name, b, err)
+		}
+	}
+	serveHTTP(t, st, st.Internet, lab.BackendHTTPPort)
+	if seen := expectHTTP(t, st, p1.Name, httpURL(lab.InternetIP.String(), lab.BackendHTTPPort), st.Internet); seen != "" && seen != n1.IP {
+		t.Errorf("the internet saw the pod as %s, want %s", seen, n1.IP)
+	}
+	expectIperf(t, st, st.Internet, lab.BackendIperfPort, p1.Name, lab.InternetIP.String(), lab.BackendIperfPort)
+
+	// Removed rules come back, once.
+	subnet := netip.MustParsePrefix(n1.Subnet)
+	rules := lab.FlannelRules(netip.MustParsePrefix("10.244.0.0/16"), subnet, true)
+	for _, r := range []lab.IPTablesRule{rules[0], rules[5], rules[len(rules)-3]} { // the POSTROUTING jump, a MASQUERADE, the FORWARD jump
+		del := fmt.Sprintf("*%s\n-D %s\nCOMMIT\n", r.Table, strings.TrimPrefix(r.Rule, "-A "))
+		if out, err := runStdin(ctx, st, n1.Name, del, "iptables-restore", "-w", "5", "--noflush"); err != nil {
+			t.Fatalf("delete %q: %v\n%s", r.Rule, err, out)
+		}
+	}
+	if !waitFlannelRules(ctx, st, n1.Name, true, 5*time.Second) {
+		t.Errorf("%s: deleted rules not restored within 5 s", n1.Name)
+	}
+	expectFlannelRules(t, st, n1.Name, true, 1)
+
+	// A restart finds its own rules: still one copy.
+	if err := l.StopAgent(n1.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(n1.Name); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	expectFlannelRules(t, st, n1.Name, true, 1)
+
+	// cleanup removes them all, chains included.
+	if err := l.StopAgent(n1.Name); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := st.Output(ctx, n1.Name, filepath.Join(binDir, "hgw-ebpf"), "cleanup", "--bpffs-root", n1.PinRoot); err != nil {
+		t.Fatalf("cleanup: %v\n%s", err, out)
+	}
+	expectFlannelRules(t, st, n1.Name, true, 0)
+	save, err := st.IPTablesSave(n1.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, chain := range []string{lab.FlannelMasqChain, lab.FlannelFwdChain} {
+		if strings.Contains(save, ":"+chain+" ") {
+			t.Errorf("%s: chain %s left after cleanup", n1.Name, chain)
+		}
+	}
+}
+
+// A NetworkPolicy engine on a node (kube-network-policies' nftables table,
+// dropping one pod's traffic): the node's programs step aside, so the drop
+// is honoured and other pods still talk over the kernel path; `status`
+// names the engine. Without it, the fast path is back within one resync.
+func TestPolicyEngineStepsAside(t *testing.T) {
+	l := startLabConfig(t, realNodeConfig(2, 2))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st := l.State()
+	n1, n2 := st.Nodes[0], st.Nodes[1]
+	client := st.PodsOf(n1.Name)[0]
+	denied, allowed := st.PodsOf(n2.Name)[0], st.PodsOf(n2.Name)[1]
+	for _, p := range []lab.Pod{denied, allowed} {
+		serveHTTP(t, st, p.Name, lab.BackendHTTPPort)
+	}
+	nft := fmt.Sprintf(`table inet kube-network-policies {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		ip daddr %s drop
+	}
+}
+`, denied.IP)
+	if out, err := runStdin(ctx, st, n2.Name, nft, "nft", "-f", "-"); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	status := func() string {
+		out, _ := st.Output(ctx, n2.Name, filepath.Join(binDir, "hgw-ebpf"), "status", "--bpffs-root", n2.PinRoot)
+		return out
+	}
+	if _, ok := waitFor(ctx, 5*time.Second, func() bool { return strings.Contains(status(), "kube-network-policies") }); !ok {
+		t.Errorf("%s: status does not name the policy engine within 5 s:\n%s", n2.Name, status())
+	}
+
+	before := counters(t, st)
+	if answers, _ := httpGets(st, client.Name, httpURL(denied.IP, lab.BackendHTTPPort), 3); len(answers) != 0 {
+		t.Errorf("%d of 3 requests to %s answered: the policy's drop was bypassed", len(answers), denied.Name)
+	}
+	expectHTTP(t, st, client.Name, httpURL(allowed.IP, lab.BackendHTTPPort), allowed.Name)
+	expectIperf(t, st, allowed.Name, lab.BackendIperfPort, client.Name, allowed.IP, lab.BackendIperfPort)
+	after := counters(t, st)
+	expectKernelPath(t, before, after, n2.Name, "from_underlay", "step_aside", 3*httpRequests)
+
+	// The engine goes: the fast path comes back at the next resync.
+	if out, err := st.Output(ctx, n2.Name, "nft", "delete", "table", "inet", "kube-network-policies"); err != nil {
+		t.Fatalf("nft delete table: %v\n%s", err, out)
+	}
+	gone := time.Now()
+	n2now := mustNode(t, st, n2.Name)
+	back, ok := waitFor(ctx, 5*time.Second, func() bool {
+		b, _ := n2now.Counters()
+		_, _ = httpGets(st, client.Name, httpURL(allowed.IP, lab.BackendHTTPPort), 1)
+		a, _ := n2now.Counters()
+		return lab.Redirected(a, "from_underlay") > lab.Redirected(b, "from_underlay")
+	})
+	if !ok {
+		t.Fatalf("%s: no fast path 5 s after the policy engine went", n2.Name)
+	}
+	t.Logf("fast path back %v after the policy engine went (resync 1 s)", back.Sub(gone).Round(10*time.Millisecond))
+	if d := back.Sub(gone); d > 2500*time.Millisecond {
+		t.Errorf("fast path back after %v, want within one resync (1 s) and the probe's time", d)
+	}
+	expectHTTP(t, st, client.Name, httpURL(denied.IP, lab.BackendHTTPPort), denied.Name)
+	if strings.Contains(status(), "kube-network-policies") {
+		t.Errorf("%s: status still names the engine after it went:\n%s", n2.Name, status())
+	}
+}
+
+// runStdin runs argv in a lab namespace with input on its standard input.
+func runStdin(ctx context.Context, st lab.State, ns, input string, argv ...string) (string, error) {
+	var out limitedOutput
+	err := st.Exec(ctx, ns, argv, strings.NewReader(input), &out, &out)
+	return out.String(), err
+}
