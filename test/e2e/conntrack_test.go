@@ -295,7 +295,7 @@ func TestTransferSurvivesSwitchToFastPath(t *testing.T) {
 	if err := c.lab.SwitchDatapath(ctx, lab.DatapathEBPF); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitAttached(ctx, c.st); err != nil {
+	if err := waitAttached(ctx, c.st.Nodes...); err != nil {
 		t.Fatal(err)
 	}
 	res, err := wait()
@@ -316,9 +316,9 @@ func TestTransferSurvivesSwitchToFastPath(t *testing.T) {
 	}
 }
 
-// waitAttached waits until every node's agent has attached both programs.
-func waitAttached(ctx context.Context, st lab.State) error {
-	for _, n := range st.Nodes {
+// waitAttached waits until the nodes' agents have attached both programs.
+func waitAttached(ctx context.Context, nodes ...lab.Node) error {
+	for _, n := range nodes {
 		if _, ok := waitFor(ctx, 10*time.Second, func() bool {
 			atts, err := datapath.Attachments(n.PinRoot)
 			return err == nil && len(atts) >= 2

@@ -19,7 +19,7 @@ func TestEtcdOutage(t *testing.T) {
 	st := l.State()
 	a, b := st.Pods[0], st.Pods[1]
 
-	wait := startPinger(t, st, a.Name, b.IP, 1200) // 12 s
+	wait := startPinger(t, st, a.Name, b.IP, 1200, 10*time.Millisecond) // 12 s
 	l.StopEtcd()
 	time.Sleep(10 * time.Second)
 	if err := l.StartEtcd(ctx); err != nil {

@@ -205,7 +205,7 @@ func TestForwardPolicyDrop(t *testing.T) {
 	if err := l.SwitchDatapath(ctx, lab.DatapathEBPF); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitAttached(ctx, st); err != nil {
+	if err := waitAttached(ctx, st.Nodes...); err != nil {
 		t.Fatal(err)
 	}
 	res, err := wait()

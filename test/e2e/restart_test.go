@@ -14,17 +14,18 @@ import (
 
 var pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 
-// startPinger starts `ping -i 0.01` from one pod to another for count
-// packets, in the background; wait returns transmitted and received.
-func startPinger(t *testing.T, st lab.State, from string, to string, count int) (wait func() (int, int)) {
+// startPinger starts pinging from one namespace to an address, every
+// `every`, for count packets, in the background; wait returns transmitted
+// and received.
+func startPinger(t *testing.T, st lab.State, from string, to string, count int, every time.Duration) (wait func() (int, int)) {
 	t.Helper()
 	var out limitedOutput
-	cmd := exec.Command("ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", strconv.Itoa(count), to)
+	cmd := exec.Command("ping", "-n", "-q", "-i", strconv.FormatFloat(every.Seconds(), 'f', 3, 64), "-W", "1", "-c", strconv.Itoa(count), to)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := st.Start(from, cmd); err != nil {
 		t.Fatal(err)
 	}
-	killer := time.AfterFunc(time.Duration(count)*10*time.Millisecond+30*time.Second, func() {
+	killer := time.AfterFunc(time.Duration(count)*every+30*time.Second, func() {
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 	})
 	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
@@ -62,7 +63,7 @@ func TestAgentKill9LosesNothing(t *testing.T) {
 	a, b := st.Pods[0], st.Pods[1]
 	node, _ := st.Node(a.Node)
 
-	wait := startPinger(t, st, a.Name, b.IP, 300) // 3 s
+	wait := startPinger(t, st, a.Name, b.IP, 300, 10*time.Millisecond) // 3 s
 	time.Sleep(500 * time.Millisecond)
 	if err := syscall.Kill(node.AgentPID, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill agent %d: %v", node.AgentPID, err)

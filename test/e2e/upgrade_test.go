@@ -184,7 +184,7 @@ func TestUpgradeAndRestartReplaceProgramsWithoutLoss(t *testing.T) {
 	}
 
 	const pings = 1000 // 10 s; the four restarts took 1.6 s here
-	wait := startPinger(t, st, a.Name, b.IP, pings)
+	wait := startPinger(t, st, a.Name, b.IP, pings, 10*time.Millisecond)
 	started := time.Now()
 	time.Sleep(500 * time.Millisecond)
 	// The package manager's part: the new file replaces the old one
