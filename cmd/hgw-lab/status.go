@@ -44,15 +44,18 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 		st.Prefix, state, st.Datapath, st.Etcd, st.PID, time.Since(st.Started).Round(time.Second))
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tETH0\tPOD SUBNET\tAGENT PID\tPODS")
+	fmt.Fprintln(tw, "NODE\tETH0\tPOD SUBNET\tAGENT\tPODS")
 	for _, n := range st.Nodes {
 		var pods []string
 		for _, p := range st.PodsOf(n.Name) {
 			pods = append(pods, fmt.Sprintf("%s=%s", strings.TrimPrefix(p.Name, st.Prefix+"-"), p.IP))
 		}
 		agent := "-"
+		if n.Agent != "" {
+			agent = n.Agent + " (stopped)"
+		}
 		if n.AgentPID != 0 {
-			agent = fmt.Sprint(n.AgentPID)
+			agent = fmt.Sprintf("%s %d", n.Agent, n.AgentPID)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Subnet, agent, strings.Join(pods, " "))
 	}
@@ -76,8 +79,25 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 	if st.Datapath == lab.DatapathStatic {
 		return nil
 	}
+	if st.Internet != "" {
+		fmt.Fprintf(w, "\nInternet: %s (%s), routes no pod subnet\n", st.Internet, lab.InternetIP)
+	}
+	if len(st.Services) > 0 {
+		fmt.Fprintln(w, "\nServices in kube-proxy's rules:")
+		for _, s := range st.Services {
+			policy := ""
+			if s.NodePort != 0 {
+				policy = fmt.Sprintf(", NodePort %d (externalTrafficPolicy %s)", s.NodePort, map[bool]string{false: "Cluster", true: "Local"}[s.LocalOnly])
+			}
+			fmt.Fprintf(w, "  %s %s:%d/%s -> %v%s\n", s.Name, s.ClusterIP, s.Port, s.Protocol, s.Endpoints, policy)
+		}
+	}
 	agent := filepath.Join(st.BinDir, "hgw-ebpf")
 	for _, n := range st.Nodes {
+		if n.Agent == lab.AgentFlanneld {
+			fmt.Fprintf(w, "\n--- %s: runs flanneld (log: %s)\n", n.Name, n.AgentLog)
+			continue
+		}
 		fmt.Fprintf(w, "\n--- %s: hgw-ebpf status --bpffs-root %s\n", n.Name, n.PinRoot)
 		out, err := st.Output(ctx, n.Name, agent, "status", "--bpffs-root", n.PinRoot)
 		fmt.Fprint(w, out)

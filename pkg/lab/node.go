@@ -141,9 +141,11 @@ func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromP
 	if err := writeSubnetEnv(n.SubnetFile, subnetEnv{Network: clusterNetwork, Subnet: gw, MTU: 1500}); err != nil {
 		return err
 	}
-	// Byte for byte what flanneld's host-gw backend writes (its LeaseAttrs
-	// with empty BackendData omitted), not our own encoder's idea of it.
-	attrs := fmt.Sprintf(`{"PublicIP":%q,"BackendType":"host-gw"}`, n.IP)
+	// Byte for byte what flanneld v0.28's host-gw backend writes (seen in
+	// the lab's etcd with the real flanneld: its LeaseAttrs with a null
+	// PublicIPv6 and empty BackendData omitted), not our own encoder's idea
+	// of it.
+	attrs := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"host-gw"}`, n.IP)
 	ttl := time.Duration(0)
 	if !fromPeers {
 		ttl = flannelLeaseTTL
