@@ -78,97 +78,96 @@ func TestRealNodeTraffic(t *testing.T) {
 	for _, ns := range []string{p1.Name, p2.Name, n2.Name, inet} {
 		serveHTTP(t, st, ns, lab.BackendHTTPPort)
 	}
+	http, iperf := mustService(t, st, lab.SvcHTTP), mustService(t, st, lab.SvcIperf)
+	localHTTP, localIperf := mustService(t, st, lab.SvcLocalHTTP), mustService(t, st, lab.SvcLocalIperf)
 	const port = lab.BackendHTTPPort
 	// At least three packets each way per HTTP connection.
 	const minPackets = 3 * httpRequests
+	type counts = map[string][]datapath.Counter
 
-	t.Run("node_to_remote_pod", func(t *testing.T) {
-		before := counters(t, st)
-		if seen := expectHTTP(t, st, n1.Name, httpURL(p2.IP, port), p2.Name); seen != "" && seen != n1.IP {
-			t.Errorf("the pod saw the node as %s, want %s", seen, n1.IP)
-		}
-		expectIperf(t, st, p2.Name, lab.BackendIperfPort, n1.Name, p2.IP, lab.BackendIperfPort)
-		after := counters(t, st)
-		// The node's packets meet conntrack on n2, and so do the pod's replies.
-		expectKernelPath(t, before, after, n2.Name, "from_underlay", "src_not_pod", minPackets)
-		expectKernelPath(t, before, after, n1.Name, "", "", 0)
-	})
-	t.Run("pod_to_remote_node", func(t *testing.T) {
-		before := counters(t, st)
-		// flanneld's masquerade applies: the node is outside the cluster network.
-		if seen := expectHTTP(t, st, p1.Name, httpURL(n2.IP, port), n2.Name); seen != "" && seen != n1.IP {
-			t.Errorf("node %s saw the pod as %s, want it masqueraded to %s", n2.Name, seen, n1.IP)
-		}
-		expectIperf(t, st, n2.Name, lab.BackendIperfPort, p1.Name, n2.IP, lab.BackendIperfPort)
-		after := counters(t, st)
-		expectKernelPath(t, before, after, n1.Name, "from_pods", "no_route", minPackets)
-		expectKernelPath(t, before, after, n2.Name, "", "", 0)
-	})
-	t.Run("nodeport_cluster_backend_on_other_node", func(t *testing.T) {
-		http, _ := st.Service(lab.SvcHTTP)
-		iperf, _ := st.Service(lab.SvcIperf)
-		before := counters(t, st)
-		// n1 DNATs to p2 and SNATs to itself: n2 sees a node as the source.
-		if seen := expectHTTP(t, st, inet, httpURL(n1.IP, http.NodePort), p2.Name); seen != "" && seen != n1.IP {
-			t.Errorf("the backend saw the client as %s, want the NodePort node %s", seen, n1.IP)
-		}
-		expectIperf(t, st, p2.Name, lab.BackendIperfPort, inet, n1.IP, iperf.NodePort)
-		after := counters(t, st)
-		expectKernelPath(t, before, after, n2.Name, "from_underlay", "src_not_pod", minPackets)
-		expectKernelPath(t, before, after, n1.Name, "", "", 0)
-	})
-	t.Run("nodeport_local", func(t *testing.T) {
-		http, _ := st.Service(lab.SvcLocalHTTP)
-		iperf, _ := st.Service(lab.SvcLocalIperf)
-		before := counters(t, st)
-		if seen := expectHTTP(t, st, inet, httpURL(n2.IP, http.NodePort), p2.Name); seen != "" && seen != lab.InternetIP.String() {
-			t.Errorf("the backend saw the client as %s, want its own address %s (no SNAT with Local)", seen, lab.InternetIP)
-		}
-		expectIperf(t, st, p2.Name, lab.BackendIperfPort, inet, n2.IP, iperf.NodePort)
-		after := counters(t, st)
-		expectKernelPath(t, before, after, n2.Name, "from_pods", "no_route", minPackets)
-	})
-	t.Run("clusterip_backend_on_other_node", func(t *testing.T) {
-		http, _ := st.Service(lab.SvcHTTP)
-		before := counters(t, st)
-		if seen := expectHTTP(t, st, p1.Name, httpURL(http.ClusterIP.String(), http.Port), p2.Name); seen != "" && seen != p1.IP {
-			t.Errorf("the backend saw the client as %s, want the pod %s", seen, p1.IP)
-		}
-		expectIperf(t, st, p2.Name, lab.BackendIperfPort, p1.Name, http.ClusterIP.String(), lab.BackendIperfPort)
-		after := counters(t, st)
-		// The replies are un-NATed by n1's conntrack: one per connection at least.
-		if d := movedBy(before, after, n1.Name, "from_underlay", "ct_nat"); d < httpRequests {
-			t.Errorf("%s: from_underlay ct_nat moved by %d, want >= %d", n1.Name, d, httpRequests)
-		}
-	})
-	t.Run("pod_to_internet", func(t *testing.T) {
-		before := counters(t, st)
-		// Only a masqueraded request can be answered: the internet routes no pod subnet.
-		if seen := expectHTTP(t, st, p1.Name, httpURL(lab.InternetIP.String(), port), inet); seen != "" && seen != n1.IP {
-			t.Errorf("the internet saw the pod as %s, want it masqueraded to %s", seen, n1.IP)
-		}
-		expectIperf(t, st, inet, lab.BackendIperfPort, p1.Name, lab.InternetIP.String(), lab.BackendIperfPort)
-		after := counters(t, st)
-		expectKernelPath(t, before, after, n1.Name, "from_pods", "no_route", minPackets)
-	})
-	t.Run("pod_to_pod", func(t *testing.T) {
-		before := counters(t, st)
-		for _, pair := range [][2]lab.Pod{{p1, p2}, {p2, p1}} {
-			if seen := expectHTTP(t, st, pair[0].Name, httpURL(pair[1].IP, port), pair[1].Name); seen != "" && seen != pair[0].IP {
-				t.Errorf("%s saw %s as %s: pod-to-pod traffic must keep its source", pair[1].Name, pair[0].Name, seen)
+	for _, c := range []struct {
+		name                string
+		from, addr          string // the client's namespace, and where it connects
+		httpPort, iperfPort int
+		server              string // serves HTTP and iperf3 on the backend ports
+		seenAs, why         string // the client's address as the server must see it, and why
+		check               func(t *testing.T, before, after counts)
+	}{{
+		name: "node_to_remote_pod", from: n1.Name, addr: p2.IP, httpPort: port, iperfPort: lab.BackendIperfPort, server: p2.Name,
+		seenAs: n1.IP, why: "a node's own address",
+		check: func(t *testing.T, before, after counts) {
+			// The node's packets meet conntrack on n2, and so do the pod's replies.
+			expectKernelPath(t, before, after, n2.Name, "from_underlay", "src_not_pod", minPackets)
+			expectKernelPath(t, before, after, n1.Name, "", "", 0)
+		},
+	}, {
+		name: "pod_to_remote_node", from: p1.Name, addr: n2.IP, httpPort: port, iperfPort: lab.BackendIperfPort, server: n2.Name,
+		seenAs: n1.IP, why: "flanneld's masquerade: the node is outside the cluster network",
+		check: func(t *testing.T, before, after counts) {
+			expectKernelPath(t, before, after, n1.Name, "from_pods", "no_route", minPackets)
+			expectKernelPath(t, before, after, n2.Name, "", "", 0)
+		},
+	}, {
+		name: "nodeport_cluster_backend_on_other_node", from: inet, addr: n1.IP, httpPort: http.NodePort, iperfPort: iperf.NodePort, server: p2.Name,
+		seenAs: n1.IP, why: "n1 DNATs to p2 and SNATs to itself",
+		check: func(t *testing.T, before, after counts) {
+			expectKernelPath(t, before, after, n2.Name, "from_underlay", "src_not_pod", minPackets)
+			expectKernelPath(t, before, after, n1.Name, "", "", 0)
+		},
+	}, {
+		name: "nodeport_local", from: inet, addr: n2.IP, httpPort: localHTTP.NodePort, iperfPort: localIperf.NodePort, server: p2.Name,
+		seenAs: lab.InternetIP.String(), why: "no SNAT with externalTrafficPolicy Local",
+		check: func(t *testing.T, before, after counts) {
+			expectKernelPath(t, before, after, n2.Name, "from_pods", "no_route", minPackets)
+		},
+	}, {
+		name: "clusterip_backend_on_other_node", from: p1.Name, addr: http.ClusterIP.String(), httpPort: http.Port, iperfPort: iperf.Port, server: p2.Name,
+		seenAs: p1.IP, why: "a ClusterIP only DNATs",
+		check: func(t *testing.T, before, after counts) {
+			// The replies are un-NATed by n1's conntrack: one per connection at least.
+			if d := movedBy(before, after, n1.Name, "from_underlay", "ct_nat"); d < httpRequests {
+				t.Errorf("%s: from_underlay ct_nat moved by %d, want >= %d", n1.Name, d, httpRequests)
 			}
-		}
-		expectIperf(t, st, p2.Name, lab.BackendIperfPort, p1.Name, p2.IP, lab.BackendIperfPort)
-		after := counters(t, st)
-		for _, n := range []lab.Node{n1, n2} {
-			if d := movedBy(before, after, n.Name, "from_pods", "redirect"); d < minPackets {
-				t.Errorf("%s: from_pods redirected %d packets, want >= %d", n.Name, d, minPackets)
+		},
+	}, {
+		name: "pod_to_internet", from: p1.Name, addr: lab.InternetIP.String(), httpPort: port, iperfPort: lab.BackendIperfPort, server: inet,
+		seenAs: n1.IP, why: "only masqueraded requests get an answer: the internet routes no pod subnet",
+		check: func(t *testing.T, before, after counts) {
+			expectKernelPath(t, before, after, n1.Name, "from_pods", "no_route", minPackets)
+		},
+	}, {
+		name: "pod_to_pod", from: p1.Name, addr: p2.IP, httpPort: port, iperfPort: lab.BackendIperfPort, server: p2.Name,
+		seenAs: p1.IP, why: "pod-to-pod traffic keeps its source",
+		check: func(t *testing.T, before, after counts) {
+			// Requests one way, replies the other: both nodes forward both.
+			for _, n := range []lab.Node{n1, n2} {
+				if d := movedBy(before, after, n.Name, "from_pods", "redirect"); d < minPackets {
+					t.Errorf("%s: from_pods redirected %d packets, want >= %d", n.Name, d, minPackets)
+				}
+				if d := movedBy(before, after, n.Name, "from_underlay", "redirect_peer"); d < minPackets {
+					t.Errorf("%s: from_underlay delivered %d packets with redirect_peer, want >= %d", n.Name, d, minPackets)
+				}
 			}
-			if d := movedBy(before, after, n.Name, "from_underlay", "redirect_peer"); d < minPackets {
-				t.Errorf("%s: from_underlay delivered %d packets with redirect_peer, want >= %d", n.Name, d, minPackets)
+		},
+	}} {
+		t.Run(c.name, func(t *testing.T) {
+			before := counters(t, st)
+			if seen := expectHTTP(t, st, c.from, httpURL(c.addr, c.httpPort), c.server); seen != "" && seen != c.seenAs {
+				t.Errorf("%s saw %s as %s, want %s (%s)", c.server, c.from, seen, c.seenAs, c.why)
 			}
-		}
-	})
+			expectIperf(t, st, c.server, lab.BackendIperfPort, c.from, c.addr, c.iperfPort)
+			c.check(t, before, counters(t, st))
+		})
+	}
+}
+
+func mustService(t *testing.T, st lab.State, name string) lab.ServicePort {
+	t.Helper()
+	s, ok := st.Service(name)
+	if !ok {
+		t.Fatalf("the lab has no service %s", name)
+	}
+	return s
 }
 
 // On nodes whose FORWARD policy is DROP (as Docker sets it), whatever the
