@@ -163,3 +163,36 @@ func cleanupPins(ctx context.Context, o DownOptions, names []string, log *slog.L
 	}
 	return errors.Join(errs...)
 }
+
+// DownStale removes every lab recorded under stateRoot whose process is
+// gone (a test binary or `hgw-lab up` that crashed or was killed), with
+// Down. Labs whose process runs are left alone, so processes sharing the
+// root never remove each other's labs; a state directory without a state
+// file counts as a lab still being built for a minute.
+func DownStale(ctx context.Context, stateRoot string, log *slog.Logger) error {
+	entries, err := os.ReadDir(stateRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", stateRoot, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		prefix := e.Name()
+		if !e.IsDir() || ValidatePrefix(prefix) != nil {
+			continue
+		}
+		st, err := LoadState(stateRoot, prefix)
+		if err != nil {
+			info, ierr := e.Info()
+			if ierr != nil || time.Since(info.ModTime()) < time.Minute {
+				continue
+			}
+		} else if st.Alive() {
+			continue
+		}
+		errs = append(errs, Down(ctx, DownOptions{Prefix: prefix, StateRoot: stateRoot, Log: log}))
+	}
+	return errors.Join(errs...)
+}

@@ -263,11 +263,40 @@ func TestDownAfterCrash(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if err := Down(ctx, DownOptions{Prefix: prefix, StateRoot: root}); err != nil {
+			// With its state file the dead lab is found by DownStale, as the
+			// end-to-end tests' next run finds it; without, by its prefix.
+			down := func() error { return Down(ctx, DownOptions{Prefix: prefix, StateRoot: root}) }
+			if keepState {
+				down = func() error { return DownStale(ctx, root, nil) }
+			}
+			if err := down(); err != nil {
 				t.Errorf("down: %v", err)
 			}
 			assertNoTrace(t, prefix, root, map[int]uint64{pid: start})
 		})
+	}
+}
+
+// DownStale leaves a lab whose process runs alone.
+func TestDownStaleLeavesLiveLabs(t *testing.T) {
+	requireRoot(t)
+	prefix, root := testPrefix(t), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := Up(ctx, testConfig(t, prefix, root))
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	defer l.Close()
+	if err := DownStale(ctx, root, nil); err != nil {
+		t.Fatal(err)
+	}
+	if names, _ := namedns.List(prefix + "-"); len(names) != 5 {
+		t.Errorf("namespaces of the live lab after DownStale: %v, want 5", names)
+	}
+	st := l.State()
+	if _, err := st.Ping(ctx, st.Pods[0].Name, st.Pods[1].IP); err != nil {
+		t.Errorf("the live lab stopped working: %v", err)
 	}
 }
 

@@ -51,8 +51,19 @@ func runTests(m *testing.M) int {
 		}
 		binDir = dir
 	}
+	if os.Geteuid() == 0 {
+		// What a crashed or killed run left: its lab process is gone.
+		if err := lab.DownStale(context.Background(), stateRoot, nil); err != nil {
+			fmt.Fprintf(os.Stderr, "remove labs of earlier runs: %v\n", err)
+			return 1
+		}
+	}
 	return m.Run()
 }
+
+// stateRoot holds the state of every lab the tests run, so that a later run
+// finds what a crashed one left (lab.DownStale).
+const stateRoot = "/run/hgw-e2e"
 
 func requireRoot(t *testing.T) {
 	t.Helper()
@@ -98,7 +109,7 @@ func startLabConfig(t *testing.T, cfg lab.Config) *lab.Lab {
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
 	}
-	prefix, root := "hgwt"+hex.EncodeToString(b), t.TempDir()
+	prefix, root := "hgwt"+hex.EncodeToString(b), stateRoot
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cfg.Prefix, cfg.StateRoot, cfg.CNIPath = prefix, root, cniPath(t)
