@@ -13,8 +13,8 @@ import (
 // first pod of the last node (so that every other node's NodePorts lead to
 // a backend on another node): HTTP on BackendHTTPPort and iperf3 on
 // BackendIperfPort in that pod, each behind a ClusterIP and a NodePort, with
-// externalTrafficPolicy Cluster and Local.
-// A DNS-like UDP ClusterIP (ServiceDNSIP:53) leads to BackendDNSPort there.
+// externalTrafficPolicy Cluster and Local; and a DNS-like UDP ClusterIP
+// (ServiceDNSIP:53) to BackendDNSPort there.
 const (
 	BackendHTTPPort  = 8080
 	BackendIperfPort = 5201
