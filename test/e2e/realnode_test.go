@@ -437,7 +437,9 @@ func TestPolicyEngineStepsAside(t *testing.T) {
 		t.Fatalf("%s: no fast path 5 s after the policy engine went", n2.Name)
 	}
 	t.Logf("fast path back %v after the policy engine went (resync 1 s)", back.Sub(gone).Round(10*time.Millisecond))
-	if d := back.Sub(gone); d > 2500*time.Millisecond {
+	// One resync (1 s) plus the probe's own time; three leave room for a
+	// loaded machine without letting "never" pass.
+	if d := back.Sub(gone); d > 3*time.Second {
 		t.Errorf("fast path back after %v, want within one resync (1 s) and the probe's time", d)
 	}
 	expectHTTP(t, st, client.Name, httpURL(denied.IP, lab.BackendHTTPPort), denied.Name)
