@@ -58,6 +58,7 @@ namespaces, all named with one prefix:
   <prefix>-ul        the underlay: bridge br0 (198.18.0.1/24) and the lab's etcd
   <prefix>-n<k>      node k: eth0 = 198.18.0.(10+k) on br0, 'hgw-ebpf run', cni0
   <prefix>-n<k>-p<j> pod j of node k, attached by the CNI bridge + host-local plugins
+  <prefix>-inet      with 'up --internet': 198.18.0.254, the world outside the cluster
 
 Nothing is added to the host's own network namespace, so no lab packet can
 leave the machine. The lab's state lives in <state-dir>/<prefix>, so every
