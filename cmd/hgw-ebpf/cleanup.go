@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/vishvananda/netlink"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
@@ -29,8 +28,8 @@ func newCleanupCmd() *cobra.Command {
 		Short: "Remove what the agent installed: programs, pins, routes, iptables rules (and the lease)",
 		Long: `Removes what the agent owns on this node: detaches both programs (tcx links and
 tc filters), deletes the pinned maps under --bpffs-root, deletes the kernel
-routes tagged with the agent's route protocol (104; no other route is
-touched), and removes flanneld's iptables chains FLANNEL-FWD (filter) and
+routes and nexthop objects tagged with the agent's route protocol (104; no
+other route is touched), and removes flanneld's iptables chains FLANNEL-FWD (filter) and
 FLANNEL-POSTRTG (nat) with the jumps to them, whether the agent or flanneld
 wrote them, logging what it found. With --release-lease it also deletes this node's lease from etcd,
 found as ` + "`run`" + ` finds it: the subnet from --subnet-file, the node's public IP
@@ -48,16 +47,11 @@ Safe to run twice or on a node with nothing installed.`,
 			} else {
 				slog.Info("programs detached, pins removed", "pin_root", root)
 			}
-			h, err := netlink.NewHandle()
-			if err != nil {
-				return errors.Join(append(errs, fmt.Errorf("netlink: %w", err))...)
-			}
-			defer h.Close()
-			n, err := reconcile.RemoveKernelRoutes(h)
+			n, nhs, err := reconcile.RemoveKernelRoutes(nil)
 			if err != nil {
 				errs = append(errs, err)
 			}
-			slog.Info("kernel routes removed", "count", n, "protocol", int(reconcile.RouteProtocol))
+			slog.Info("kernel routes removed", "count", n, "nexthops", nhs, "protocol", int(reconcile.RouteProtocol))
 			if err := removeFlannelIPTables(); err != nil {
 				errs = append(errs, err)
 			}

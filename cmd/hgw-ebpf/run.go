@@ -103,6 +103,8 @@ environment variable named in its help.`,
 			"when off, a FLANNEL-POSTRTG left by an earlier run is removed")
 	f.BoolVar(&cfg.AllowPolicyBypass, "allow-policy-bypass", false,
 		"keep the fast path on while a NetworkPolicy engine (kube-network-policies, kube-router, Calico) is present: redirected packets then skip its rules")
+	f.BoolVar(&cfg.PlainRoutes, "plain-routes", false,
+		"install plain gateway routes even where the kernel has nexthop objects (routes then cost more to program: see docs/benchmarks.md)")
 	f.BoolVar(&cfg.CleanupOnExit, "cleanup-on-exit", false, "on exit remove routes, programs and pins, and release the lease")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9742", "address of /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -16,7 +16,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/metrics"
@@ -55,6 +54,9 @@ type Config struct {
 	// AllowPolicyBypass keeps the fast path on while a NetworkPolicy
 	// engine is present, whose rules redirected packets then skip.
 	AllowPolicyBypass bool
+	// PlainRoutes installs plain gateway routes, not routes through
+	// nexthop objects (--plain-routes).
+	PlainRoutes bool
 }
 
 func (c Config) validate() error {
@@ -164,7 +166,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	goRun("reconciler", n.rec.Run)
 	goRun("registry watch", func(ctx context.Context) error {
-		return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: n.metrics.EtcdReconnects.Inc})
+		// After a re-read of every lease the reconciler compares in full.
+		relist := func() { n.metrics.EtcdReconnects.Inc(); n.rec.Resync() }
+		return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: relist})
 	})
 	goRun("lease keepalive", func(ctx context.Context) error {
 		return reg.KeepAlive(ctx, lease, acq, n.onLeaseChange)
@@ -239,24 +243,16 @@ func (n *node) start() error {
 		n.removeDatapath()
 		n.ready.SetNote(noteFastPath, "fast path: off (--datapath routes)")
 	}
-	// One netlink socket for every route request of the reconciler: the
-	// zero Handle opens and closes one per request, which was a fifth of
-	// the time to program 5,000 peers (hgw-lab bench controlplane).
-	nlh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("open route netlink socket: %w", err)
-	}
-	n.nlh = nlh
-	n.rec, err = reconcile.New(reconcile.Options{Link: n.ul.link, RouteMap: routeMap, Handle: nlh, Log: n.log,
+	var err error
+	n.rec, err = reconcile.New(reconcile.Options{Link: n.ul.link, RouteMap: routeMap, PlainRoutes: n.cfg.PlainRoutes, Log: n.log,
 		ResyncInterval: n.cfg.ResyncInterval, Observe: n.observe, OnRepair: n.metrics.RouteRepairs.Inc})
 	return err
 }
 
 // close releases this process's handles (once); what is pinned stays.
 func (n *node) close() {
-	if n.nlh != nil {
-		n.nlh.Close()
-		n.nlh = nil
+	if n.rec != nil {
+		n.rec.Close()
 	}
 	n.mu.Lock()
 	progs := n.progs
@@ -318,7 +314,6 @@ type node struct {
 	reg     *registry.Registry
 	dp      *datapath.Datapath // the pinned maps (and the first programs)
 	rec     *reconcile.Reconciler
-	nlh     *netlink.Handle
 	fw      *iptablesDuties // nil without iptables
 	probes  probes
 	without datapath.Features // kernel features to load the programs without (tests)
@@ -384,8 +379,12 @@ func (n *node) setOwn(p netip.Prefix) {
 // onSnapshot turns the registry's complete view into the desired peers.
 func (n *node) onSnapshot(s registry.Snapshot) {
 	own := n.ownSubnet()
+	local, err := n.rec.LocalPrefixes()
+	if err != nil {
+		n.log.Warn("cannot list local prefixes; leases are checked against them at the next full run", "err", err)
+	}
 	peers, skipped := reconcile.Desired(reconcile.Input{
-		Own: own, Network: n.network, OnLink: n.ul.prefixes, PublicIP: n.ul.publicIP, Leases: s.Leases,
+		Own: own, Network: n.network, OnLink: n.ul.prefixes, Local: local, PublicIP: n.ul.publicIP, Leases: s.Leases,
 	})
 	n.metrics.Peers.Set(float64(len(peers)))
 	n.metrics.LeasesSkipped.Reset()

@@ -100,6 +100,40 @@ func (r *RouteMap) Put(rt Route) error {
 	return nil
 }
 
+// PutBatch writes routes in order, many per system call where the kernel
+// can (BPF_MAP_UPDATE_BATCH), one update each otherwise. It returns how
+// many were written before the first failure (none if one is not IPv4): a start with tens of
+// thousands of peers fills the map in a few calls.
+func (r *RouteMap) PutBatch(rts []Route) (int, error) {
+	keys, vals := make([]hgwRouteKey, len(rts)), make([]hgwRouteValue, len(rts))
+	for i, rt := range rts {
+		key, err := routeKey(rt.Subnet)
+		if err != nil {
+			return 0, err // nothing written
+		}
+		if !rt.NextHop.Is4() {
+			return 0, fmt.Errorf("route %s: next hop %s is not IPv4", rt.Subnet, rt.NextHop)
+		}
+		keys[i], vals[i] = key, hgwRouteValue{Nexthop: rt.NextHop.As4(), Ifindex: rt.Ifindex}
+	}
+	if len(rts) == 0 {
+		return 0, nil
+	}
+	n, err := r.m.BatchUpdate(keys, vals, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		for i, rt := range rts {
+			if err := r.Put(rt); err != nil {
+				return i, err
+			}
+		}
+		return len(rts), nil
+	}
+	if err != nil {
+		return n, fmt.Errorf("put %d routes in routes map (%d written): %w", len(rts), n, err)
+	}
+	return n, nil
+}
+
 // Delete removes the entry for subnet; a missing entry is not an error.
 func (r *RouteMap) Delete(subnet netip.Prefix) error {
 	key, err := routeKey(subnet)

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
@@ -19,48 +18,75 @@ type entry struct {
 	ifindex int
 }
 
-// Apply makes the kernel routes and map entries of ours equal to peers,
-// idempotently: what is right is not written again. Order keeps every live
-// peer reachable: kernel add/replace, then map put (a changed next hop is
-// overwritten in place, never deleted first), then map delete, then kernel
-// delete — so the map never points where the kernel has no route. One
-// failing item does not stop the others; all failures are in Result.Errors
-// and, joined, in the returned error. ctx stops the run between items.
+// Apply makes the kernel routes, nexthop objects and map entries of ours
+// equal to peers (the full comparison: both tables are listed),
+// idempotently: what is right is not written again. One failing item
+// does not stop the others; all failures are in Result.Errors and, joined,
+// in the returned error. ctx stops the run between batches of writes.
+//
+// Order. A peer new to the kernel (no route at all for its subnet) gets
+// its map entry first, in one batch with every other new peer, and its
+// kernel route after: a start with tens of thousands of peers has its fast
+// path complete long before the kernel's routes are. That does not let
+// the map send a packet where the kernel would not: the program forwards
+// by itself (bpf_redirect_neigh to the peer resolves the neighbour, not a
+// route), and a packet it leaves to the kernel would find no route for
+// that subnet with or without the entry. If the kernel route then fails,
+// the entry is taken out again. A peer whose subnet already has a kernel
+// route (ours, or flanneld's being taken over) is written kernel first:
+// the map never points elsewhere than a route that exists. A changed next
+// hop is overwritten in place in both (never deleted first). Departed
+// peers leave the map before their kernel route goes, and our nexthop
+// objects go last, once no route of ours needs them. Nexthop objects
+// come before the routes that use them.
 func (r *Reconciler) Apply(ctx context.Context, peers []Peer) (Result, error) {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
-
 	a := r.plan(peers)
-	a.upsert(ctx)
-	a.removeStale(ctx)
-	if err := ctx.Err(); err != nil {
-		a.res.Errors = append(a.res.Errors, fmt.Errorf("apply interrupted: %w", err))
-	}
-	a.res.KernelRoutes += len(a.kernel)
-	a.res.MapEntries += len(a.inMap)
-	for _, err := range a.res.Errors {
-		r.opts.Log.Error("reconcile", "err", err)
-	}
-	return a.res, errors.Join(a.res.Errors...)
+	a.execute(ctx)
+	return a.finish(ctx)
 }
 
-// applyRun is one Apply: the desired and the listed state, and the result.
-type applyRun struct {
+// fullRun is one Apply: the desired and the listed state, and the result.
+type fullRun struct {
 	r    *Reconciler
-	res  Result // KernelRoutes/MapEntries hold the change until the end
+	res  Result
 	want map[netip.Prefix]entry
 	keys map[netip.Prefix]string // etcd key per subnet, for the log
 
-	kernel   map[netip.Prefix]kernelEntry
-	odd      []netlink.Route
+	ks       *kernelState
 	kernelOK bool // kernel listed: without it nothing is written blind
 	inMap    map[netip.Prefix]entry
-	mapOK    bool // map present and listed
+	mapOK    bool                    // map present and listed
+	blocked  map[netip.Prefix]string // wanted, not ours to route: reason
+	nhid     map[netip.Addr]uint32   // usable nexthop object per peer
+	nhErr    map[netip.Addr]error    // peers whose nexthop object could not be written
+
+	wrote   map[netip.Prefix][]string // tables written per subnet (log)
+	removed map[netip.Prefix][]string
 }
 
-func (r *Reconciler) plan(peers []Peer) *applyRun {
-	a := &applyRun{r: r, want: make(map[netip.Prefix]entry, len(peers)), keys: make(map[netip.Prefix]string, len(peers))}
-	ifindex := r.opts.Link.Attrs().Index
+// kernelState is one listing of what the kernel holds that Apply needs.
+type kernelState struct {
+	ours     map[netip.Prefix]kernelEntry // our routes where Apply puts them (main, TOS 0, metric 0)
+	odd      []kroute                     // other routes of ours: removed
+	others   map[netip.Prefix]kroute      // other programs' routes where Apply would write
+	local    []netip.Prefix
+	nexthops map[uint32]knexthop // every nexthop object (nil: the kernel has none)
+}
+
+// kernelEntry is a route of ours: where it sends, through which nexthop
+// object (0: a plain route), and the route itself for an exact delete.
+type kernelEntry struct {
+	entry
+	nhid  uint32
+	route kroute
+}
+
+func (r *Reconciler) plan(peers []Peer) *fullRun {
+	a := &fullRun{r: r, want: make(map[netip.Prefix]entry, len(peers)), keys: make(map[netip.Prefix]string, len(peers)),
+		blocked: map[netip.Prefix]string{}, nhid: map[netip.Addr]uint32{}, nhErr: map[netip.Addr]error{},
+		wrote: map[netip.Prefix][]string{}, removed: map[netip.Prefix][]string{}}
 	for _, p := range peers {
 		p.Subnet = p.Subnet.Masked() // the kernel and the map list masked prefixes
 		if !p.Subnet.Addr().Is4() || !p.NextHop.Is4() {
@@ -71,11 +97,11 @@ func (r *Reconciler) plan(peers []Peer) *applyRun {
 		if _, dup := a.want[p.Subnet]; dup {
 			continue // Desired never yields duplicates; the first wins
 		}
-		a.want[p.Subnet] = entry{nexthop: p.NextHop, ifindex: ifindex}
+		a.want[p.Subnet] = entry{nexthop: p.NextHop, ifindex: r.ifindex()}
 		a.keys[p.Subnet] = p.Key
 	}
 	var err error
-	if a.kernel, a.odd, err = r.listKernel(); err != nil {
+	if a.ks, err = r.listKernel(); err != nil {
 		a.res.Errors = append(a.res.Errors, err)
 	}
 	a.kernelOK = err == nil
@@ -85,149 +111,93 @@ func (r *Reconciler) plan(peers []Peer) *applyRun {
 		}
 		a.mapOK = err == nil
 	}
+	if a.kernelOK {
+		r.setLocal(a.ks.local)
+		a.block()
+	}
 	return a
 }
 
-// before is a subnet's entry before the run, from either table.
-func (a *applyRun) before(p netip.Prefix) (entry, bool) {
-	if e, ok := a.kernel[p]; ok {
-		return e.entry, true
-	}
-	e, ok := a.inMap[p]
-	return e, ok
-}
-
-// upsert adds or corrects every desired subnet: kernel route, then map
-// entry, one subnet at a time.
-func (a *applyRun) upsert(ctx context.Context) {
+// block sets aside the wanted subnets that are not ours to route: another
+// program's route sits exactly where ours would (the kernel's replace
+// would silently take it over, whatever its protocol), or a local route
+// or address of this node overlaps the subnet. flanneld's own routes are
+// the exception: taking them over is how a node moves from flanneld.
+func (a *fullRun) block() {
 	r := a.r
-	for _, subnet := range sortedKeys(a.want, a.needsWrite) {
-		if ctx.Err() != nil {
-			return
-		}
-		w := a.want[subnet]
-		var wrote []string
-		// Without a kernel route (or not knowing it), no map entry: the
-		// fast path must never send where the kernel would not.
-		routed := false
-		if a.kernelOK {
-			if a.kernel[subnet].entry == w {
-				routed = true
-			} else if err := r.h.RouteReplace(kernelRoute(subnet, w.nexthop, w.ifindex)); err != nil {
-				a.fail(subnet, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", subnet, w.nexthop, r.dev(), err))
-			} else {
-				routed = true
-				wrote = append(wrote, "kernel")
-				if _, had := a.kernel[subnet]; !had {
-					a.res.KernelRoutes++
-				}
-			}
-		}
-		if a.mapOK && routed && a.inMap[subnet] != w {
-			rt := datapath.Route{Subnet: subnet, NextHop: w.nexthop, Ifindex: uint32(w.ifindex)}
-			if err := r.opts.RouteMap.Put(rt); err != nil {
-				a.fail(subnet, "map", "put", err)
-			} else {
-				wrote = append(wrote, "map")
-				if _, had := a.inMap[subnet]; !had {
-					a.res.MapEntries++
-				}
-			}
-		}
-		if len(wrote) == 0 {
+	for subnet := range a.want {
+		if k, ok := a.ks.others[subnet]; ok && !k.flanneld(r.ifindex()) {
+			a.blocked[subnet] = fmt.Sprintf("route of protocol %d holds it: %s", k.protocol, k)
 			continue
 		}
-		attrs := []any{"subnet", subnet, "nexthop", w.nexthop, "dev", r.dev(), "key", a.keys[subnet], "tables", wrote}
-		if old, had := a.before(subnet); had {
-			a.res.Changed++
-			r.opts.Log.Info("peer changed", append(attrs, "was", old.nexthop)...)
-		} else {
-			a.res.Added++
-			r.opts.Log.Info("peer added", attrs...)
-		}
-	}
-}
-
-// removeStale takes out what is not desired: map entries first, then the
-// kernel routes under them, then routes of ours Apply never installs.
-func (a *applyRun) removeStale(ctx context.Context) {
-	r := a.r
-	removed := map[netip.Prefix][]string{}
-	if a.mapOK {
-		for _, subnet := range sortedKeys(a.inMap, a.unwanted) {
-			if ctx.Err() != nil {
+		for _, l := range a.ks.local {
+			if l.Overlaps(subnet) {
+				a.blocked[subnet] = "overlaps the local prefix " + l.String()
 				break
 			}
-			if err := r.opts.RouteMap.Delete(subnet); err != nil {
-				a.fail(subnet, "map", "delete", err)
-				continue
-			}
-			a.res.MapEntries--
-			removed[subnet] = append(removed[subnet], "map")
 		}
 	}
-	for _, subnet := range sortedKeys(a.kernel, a.unwanted) {
-		if ctx.Err() != nil {
-			break
-		}
-		if err := r.deleteRoute(a.kernel[subnet].route); err != nil {
-			a.fail(subnet, "kernel", "delete", err)
+	r.logBlocked(a.blocked, a.keys)
+	r.blockedSet = a.blocked
+	a.res.Blocked = len(a.blocked)
+}
+
+// logBlocked logs each blocked subnet once per reason.
+func (r *Reconciler) logBlocked(blocked map[netip.Prefix]string, keys map[netip.Prefix]string) {
+	for subnet, why := range blocked {
+		if r.blockLogged[subnet] == why {
 			continue
 		}
-		a.res.KernelRoutes--
-		removed[subnet] = append(removed[subnet], "kernel")
+		r.blockLogged[subnet] = why
+		r.opts.Log.Warn("peer not routed: its destination is not ours to replace", "subnet", subnet,
+			"key", keys[subnet], "dev", r.dev(), "reason", why)
 	}
-	// A metric or TOS: a leftover or hand-made route of ours, in the way.
-	for _, rt := range a.odd {
-		if ctx.Err() != nil {
-			break
+	for subnet := range r.blockLogged {
+		if _, still := blocked[subnet]; !still {
+			delete(r.blockLogged, subnet)
 		}
-		p, _ := prefixOf(rt.Dst)
-		if err := r.deleteRoute(rt); err != nil {
-			a.fail(p, "kernel", "delete", err)
-			continue
-		}
-		r.opts.Log.Info("odd route of ours removed", "subnet", p, "metric", rt.Priority, "dev", r.dev())
-	}
-	for _, subnet := range sortedKeys(removed, nil) {
-		old, _ := a.before(subnet)
-		a.res.Removed++
-		r.opts.Log.Info("peer removed", "subnet", subnet, "nexthop", old.nexthop, "dev", r.dev(), "tables", removed[subnet])
 	}
 }
 
-func (a *applyRun) fail(subnet netip.Prefix, table, op string, err error) {
-	a.res.Errors = append(a.res.Errors, &ItemError{Subnet: subnet, Table: table, Op: op, Err: err})
-}
-
-// kernelEntry is one route of ours as listed, and the route itself for an
-// exact delete.
-type kernelEntry struct {
-	entry
-	route netlink.Route
-}
-
-// listKernel is our kernel routes by subnet, as Apply installs them
-// (metric 0, TOS 0); a route of ours on another device or without a
-// gateway is listed too, so that it gets replaced or removed. Other routes
-// of ours are returned as odd, for removal.
-func (r *Reconciler) listKernel() (map[netip.Prefix]kernelEntry, []netlink.Route, error) {
-	routes, err := ourRoutes(r.h)
+// listKernel lists routes, addresses and (once the kernel is known to
+// have them) nexthop objects. The first listing probes for nexthop
+// objects and says which kind of route the agent installs.
+func (r *Reconciler) listKernel() (*kernelState, error) {
+	routes, err := r.c.listRoutes()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	out := make(map[netip.Prefix]kernelEntry, len(routes))
-	var odd []netlink.Route
-	for _, rt := range routes {
-		p, ok := prefixOf(rt.Dst)
-		if !ok || rt.Priority != 0 || rt.Tos != 0 {
-			odd = append(odd, rt)
-			continue
+	addrs, err := r.c.listAddrs()
+	if err != nil {
+		return nil, err
+	}
+	ks := &kernelState{ours: map[netip.Prefix]kernelEntry{}, others: map[netip.Prefix]kroute{}, local: localPrefixes(routes, addrs)}
+	if r.nh != nhNone {
+		ks.nexthops, err = r.c.listNexthops()
+		switch {
+		case err != nil && nexthopsUnsupported(err):
+			r.opts.Log.Info("the kernel has no nexthop objects: plain kernel routes", "dev", r.dev(), "reason", err)
+			r.nh = nhNone
+		case err != nil:
+			return nil, err
+		case r.nh == nhUnknown:
+			r.opts.Log.Info("kernel routes through nexthop objects, one per peer node", "dev", r.dev())
+			r.nh = nhOn
 		}
-		gw, _ := netip.AddrFromSlice(rt.Gw.To4())
-		out[p] = kernelEntry{entry: entry{nexthop: gw, ifindex: rt.LinkIndex}, route: rt}
 	}
-	return out, odd, nil
+	for _, k := range routes {
+		switch {
+		case k.ours() && k.keyed() && k.typ == unix.RTN_UNICAST && k.dst.Bits() > 0:
+			ks.ours[k.dst] = kernelEntry{entry: resolve(k, ks.nexthops), nhid: k.nhid, route: k}
+		case k.ours():
+			ks.odd = append(ks.odd, k) // a metric, TOS or type Apply never installs
+		case k.keyed():
+			if _, seen := ks.others[k.dst]; !seen || !k.flanneld(r.ifindex()) {
+				ks.others[k.dst] = k
+			}
+		}
+	}
+	return ks, nil
 }
 
 func (r *Reconciler) listMap() (map[netip.Prefix]entry, error) {
@@ -242,33 +212,386 @@ func (r *Reconciler) listMap() (map[netip.Prefix]entry, error) {
 	return out, nil
 }
 
-// deleteRoute removes one route of ours exactly as listed, remembering it
-// so that Run does not take the kernel's deletion event for a repair.
-func (r *Reconciler) deleteRoute(rt netlink.Route) error {
-	subnet, _ := prefixOf(rt.Dst)
-	r.noteDeletion(subnet)
-	err := r.h.RouteDel(&rt)
-	if errors.Is(err, unix.ESRCH) {
-		return nil // already gone: the goal
-	}
-	if err != nil {
-		r.forgetDeletion(subnet)
-		return fmt.Errorf("delete route %s via %s: %w", routeString(rt.Dst), rt.Gw, err)
-	}
-	return nil
+// routable tells a wanted subnet Apply writes.
+func (a *fullRun) routable(subnet netip.Prefix) bool {
+	_, blocked := a.blocked[subnet]
+	return !blocked
 }
 
-// needsWrite tells whether a desired subnet is missing or wrong in a
-// table that upsert would write (with the kernel unlisted, none is).
-func (a *applyRun) needsWrite(subnet netip.Prefix) bool {
-	w := a.want[subnet]
-	return a.kernelOK && (a.kernel[subnet].entry != w || (a.mapOK && a.inMap[subnet] != w))
+// execute makes the writes, in the order Apply documents.
+func (a *fullRun) execute(ctx context.Context) {
+	if !a.kernelOK {
+		return // nothing is written blind: not even the map
+	}
+	// 1. Map entries of peers the kernel has no route for at all.
+	fresh := sortedKeys(a.want, func(p netip.Prefix) bool {
+		_, ours := a.ks.ours[p]
+		_, other := a.ks.others[p]
+		return a.routable(p) && !ours && !other
+	})
+	early := map[netip.Prefix]bool{}
+	if a.mapOK {
+		for _, p := range a.putMap(slices.DeleteFunc(fresh, func(p netip.Prefix) bool {
+			e, ok := a.inMap[p]
+			return ok && e == a.want[p]
+		})) {
+			early[p] = true
+		}
+	}
+	tried := make(map[netip.Prefix]bool, len(fresh))
+	for _, p := range fresh {
+		tried[p] = true
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	// 2. Nexthop objects, 3. routes.
+	a.writeNexthops()
+	routed := a.writeRoutes(ctx)
+	// 4. The other map entries, once their route is right; entries put
+	// early whose route failed come out again.
+	if a.mapOK {
+		var late []netip.Prefix
+		for _, p := range sortedKeys(a.want, a.routable) {
+			if routed[p] && a.inMap[p] != a.want[p] && !tried[p] {
+				late = append(late, p)
+			}
+		}
+		a.putMap(late)
+		for _, p := range sortedKeys(early, nil) {
+			if !routed[p] && a.deleteMap(p, "rollback") {
+				a.wrote[p] = slices.DeleteFunc(a.wrote[p], func(t string) bool { return t == "map" })
+				if len(a.wrote[p]) == 0 {
+					delete(a.wrote, p)
+				}
+			}
+		}
+	}
+	a.removeStale(ctx)
 }
 
-// unwanted tells whether a listed subnet is not desired.
-func (a *applyRun) unwanted(subnet netip.Prefix) bool {
-	_, ok := a.want[subnet]
-	return !ok
+// putMap writes the wanted entries of subnets (in one batch where the map
+// can) and returns those written.
+func (a *fullRun) putMap(subnets []netip.Prefix) []netip.Prefix {
+	if len(subnets) == 0 {
+		return nil
+	}
+	rts := make([]datapath.Route, len(subnets))
+	for i, p := range subnets {
+		w := a.want[p]
+		rts[i] = datapath.Route{Subnet: p, NextHop: w.nexthop, Ifindex: uint32(w.ifindex)}
+	}
+	done := 0
+	if bm, ok := a.r.opts.RouteMap.(BatchRouteMap); ok && len(rts) > 1 {
+		done, _ = bm.PutBatch(rts) // the rest one by one below, to name the failure
+	}
+	var written []netip.Prefix
+	for i, p := range subnets {
+		if i >= done {
+			if err := a.r.opts.RouteMap.Put(rts[i]); err != nil {
+				a.fail(p, "map", "put", err)
+				continue
+			}
+		}
+		written = append(written, p)
+		if _, had := a.inMap[p]; !had {
+			a.res.MapEntries++
+		}
+		a.wrote[p] = append(a.wrote[p], "map")
+	}
+	return written
+}
+
+func (a *fullRun) deleteMap(p netip.Prefix, why string) bool {
+	if err := a.r.opts.RouteMap.Delete(p); err != nil {
+		a.fail(p, "map", "delete", fmt.Errorf("%s: %w", why, err))
+		return false
+	}
+	a.res.MapEntries--
+	return true
+}
+
+// writeNexthops creates (or corrects) the nexthop object of every peer
+// whose subnets are routed, and records which peers can use one.
+func (a *fullRun) writeNexthops() {
+	r := a.r
+	if r.nh != nhOn {
+		return
+	}
+	var (
+		reqs  []request
+		peers []netip.Addr
+	)
+	seen := map[netip.Addr]bool{}
+	for _, p := range sortedKeys(a.want, a.routable) {
+		w := a.want[p]
+		if seen[w.nexthop] {
+			continue
+		}
+		seen[w.nexthop] = true
+		id := nexthopID(w.nexthop)
+		n, exists := a.ks.nexthops[id]
+		switch {
+		case !exists:
+			reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL, id, w))
+			peers = append(peers, w.nexthop)
+		case n.serves(w):
+			a.nhid[w.nexthop] = id
+		case n.ours():
+			reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, id, w))
+			peers = append(peers, w.nexthop)
+		default:
+			if !r.nhLogged[id] {
+				r.nhLogged[id] = true
+				r.opts.Log.Warn("nexthop ID taken by another program: plain routes to this peer", "nexthop", w.nexthop,
+					"id", id, "protocol", n.protocol, "dev", r.dev())
+			}
+		}
+	}
+	for i, err := range r.c.exec(reqs) {
+		if err != nil {
+			// Its subnets' routes fail with it (writeRoutes); the next run
+			// retries.
+			a.nhErr[peers[i]] = fmt.Errorf("nexthop %d via %s dev %s: %w", nexthopID(peers[i]), peers[i], r.dev(), err)
+			continue
+		}
+		a.nhid[peers[i]] = nexthopID(peers[i])
+	}
+	for gw := range a.nhid {
+		r.nexthops[gw] = true
+	}
+}
+
+// writeRoutes replaces every wanted route that is missing or wrong and
+// returns the subnets whose route is right afterwards.
+func (a *fullRun) writeRoutes(ctx context.Context) map[netip.Prefix]bool {
+	r := a.r
+	routed := make(map[netip.Prefix]bool, len(a.want))
+	var (
+		reqs    []request
+		subnets []netip.Prefix
+	)
+	for _, p := range sortedKeys(a.want, a.routable) {
+		w := a.want[p]
+		if err := a.nhErr[w.nexthop]; err != nil {
+			a.fail(p, "kernel", "replace", err)
+			continue
+		}
+		cur, had := a.ks.ours[p]
+		nhid := a.nhid[w.nexthop]
+		if had && cur.entry == w && cur.nhid == nhid {
+			routed[p] = true
+			continue
+		}
+		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, peerRoute(p, w, nhid)))
+		subnets = append(subnets, p)
+	}
+	for start := 0; start < len(reqs) && ctx.Err() == nil; start += window {
+		end := min(start+window, len(reqs))
+		for i, err := range r.c.exec(reqs[start:end]) {
+			p := subnets[start+i]
+			w := a.want[p]
+			if err != nil {
+				a.fail(p, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", p, w.nexthop, r.dev(), err))
+				continue
+			}
+			routed[p] = true
+			if _, had := a.ks.ours[p]; !had {
+				a.res.KernelRoutes++
+			}
+			a.wrote[p] = append(a.wrote[p], "kernel")
+		}
+	}
+	return routed
+}
+
+// removeStale takes out what is not wanted: map entries first, then the
+// kernel routes under them, routes of ours Apply never installs, and last
+// the nexthop objects of ours no wanted route uses.
+func (a *fullRun) removeStale(ctx context.Context) {
+	r := a.r
+	gone := func(p netip.Prefix) bool { return !a.wanted(p) }
+	if a.mapOK {
+		for _, p := range sortedKeys(a.inMap, gone) {
+			if ctx.Err() != nil {
+				return
+			}
+			if a.deleteMap(p, "stale") {
+				a.removed[p] = append(a.removed[p], "map")
+			}
+		}
+	}
+	var (
+		reqs  []request
+		what  []kroute
+		stale = sortedKeys(a.ks.ours, gone)
+	)
+	for _, p := range stale {
+		k := a.ks.ours[p].route
+		reqs, what = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(what, k)
+	}
+	for _, k := range a.ks.odd {
+		reqs, what = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(what, k)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	for i, err := range r.deleteRoutes(reqs, what) {
+		k := what[i]
+		switch {
+		case err != nil:
+			a.fail(k.dst, "kernel", "delete", err)
+		case i < len(stale):
+			a.res.KernelRoutes--
+			a.removed[k.dst] = append(a.removed[k.dst], "kernel")
+		default:
+			r.opts.Log.Info("odd route of ours removed", "subnet", k.dst, "metric", k.priority, "dev", r.dev())
+		}
+	}
+	a.removeNexthops()
+}
+
+// wanted tells a subnet Apply routes (wanted and not blocked).
+func (a *fullRun) wanted(p netip.Prefix) bool {
+	_, ok := a.want[p]
+	return ok && a.routable(p)
+}
+
+// removeNexthops deletes our nexthop objects that no routed peer uses
+// (all of them with plain routes). Deleting one takes any route still
+// using it along; every route of ours that did is gone by now.
+func (a *fullRun) removeNexthops() {
+	r := a.r
+	var ids []uint32
+	for id, n := range a.ks.nexthops {
+		if n.ours() && a.nhid[n.gw] != id {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	reqs := make([]request, len(ids))
+	for i, id := range ids {
+		reqs[i] = nexthopRequest(unix.RTM_DELNEXTHOP, 0, id, entry{})
+		r.noteNexthopDeletion(id)
+	}
+	for i, err := range r.c.exec(reqs) {
+		n := a.ks.nexthops[ids[i]]
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+			r.forgetNexthopDeletion(ids[i])
+			a.fail(netip.PrefixFrom(n.gw, 32), "kernel", "nexthop", fmt.Errorf("delete nexthop %d: %w", ids[i], err))
+			continue
+		}
+		delete(r.nexthops, n.gw)
+		r.opts.Log.Info("nexthop of ours removed", "nexthop", n.gw, "id", ids[i], "dev", r.dev())
+	}
+}
+
+// deleteRoutes deletes routes of ours exactly as listed, remembering them
+// so that Run does not take the kernel's deletion events for repairs. A
+// route already gone is no error.
+func (r *Reconciler) deleteRoutes(reqs []request, what []kroute) []error {
+	for _, k := range what {
+		r.noteDeletion(k.dst)
+	}
+	errs := r.c.exec(reqs)
+	for i, err := range errs {
+		if errors.Is(err, unix.ESRCH) {
+			errs[i] = nil
+			continue
+		}
+		if err != nil {
+			r.forgetDeletion(what[i].dst)
+			errs[i] = fmt.Errorf("delete route %s: %w", what[i], err)
+		}
+	}
+	return errs
+}
+
+func (a *fullRun) fail(subnet netip.Prefix, table, op string, err error) {
+	a.res.Errors = append(a.res.Errors, &ItemError{Subnet: subnet, Table: table, Op: op, Err: err})
+}
+
+// finish logs what changed and completes the Result.
+func (a *fullRun) finish(ctx context.Context) (Result, error) {
+	r := a.r
+	if err := ctx.Err(); err != nil {
+		a.res.Errors = append(a.res.Errors, fmt.Errorf("apply interrupted: %w", err))
+	}
+	if a.kernelOK {
+		a.res.KernelRoutes += len(a.ks.ours)
+	}
+	a.res.MapEntries += len(a.inMap)
+	var changes []change
+	for _, p := range sortedKeys(a.wrote, nil) {
+		c := change{subnet: p, nexthop: a.want[p].nexthop, key: a.keys[p], tables: a.wrote[p], verb: "added"}
+		if old, had := a.before(p); had {
+			c.verb, c.was, a.res.Changed = "changed", old.nexthop, a.res.Changed+1
+		} else {
+			a.res.Added++
+		}
+		changes = append(changes, c)
+	}
+	for _, p := range sortedKeys(a.removed, nil) {
+		old, _ := a.before(p)
+		a.res.Removed++
+		changes = append(changes, change{verb: "removed", subnet: p, nexthop: old.nexthop, tables: a.removed[p]})
+	}
+	r.logChanges(changes)
+	for _, err := range a.res.Errors {
+		r.opts.Log.Error("reconcile", "err", err)
+	}
+	if a.kernelOK {
+		r.kernelN = a.res.KernelRoutes
+	}
+	r.mapN = a.res.MapEntries
+	return a.res, errors.Join(a.res.Errors...)
+}
+
+// before is a subnet's entry before the run, from either table.
+func (a *fullRun) before(p netip.Prefix) (entry, bool) {
+	if a.ks != nil {
+		if e, ok := a.ks.ours[p]; ok {
+			return e.entry, true
+		}
+	}
+	e, ok := a.inMap[p]
+	return e, ok
+}
+
+// change is one peer's line in the log.
+type change struct {
+	verb         string
+	subnet       netip.Prefix
+	nexthop, was netip.Addr
+	key          string
+	tables       []string
+}
+
+// maxChangeLines bounds the per-peer lines of one run: a start with tens
+// of thousands of peers logs the first ones and a count.
+const maxChangeLines = 100
+
+func (r *Reconciler) logChanges(changes []change) {
+	more := map[string]int{}
+	for i, c := range changes {
+		if i >= maxChangeLines {
+			more[c.verb]++
+			continue
+		}
+		attrs := []any{"subnet", c.subnet, "nexthop", c.nexthop, "dev", r.dev(), "tables", c.tables}
+		if c.key != "" {
+			attrs = append(attrs, "key", c.key)
+		}
+		if c.was.IsValid() {
+			attrs = append(attrs, "was", c.was)
+		}
+		r.opts.Log.Info("peer "+c.verb, attrs...)
+	}
+	for _, verb := range []string{"added", "changed", "removed"} {
+		if n := more[verb]; n > 0 {
+			r.opts.Log.Info("more peers "+verb, "count", n, "dev", r.dev())
+		}
+	}
 }
 
 // sortedKeys orders the subnets of m that keep accepts (all if nil) by
@@ -282,11 +605,13 @@ func sortedKeys[V any](m map[netip.Prefix]V, keep func(netip.Prefix) bool) []net
 			out = append(out, p)
 		}
 	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
+	slices.SortFunc(out, comparePrefix)
 	return out
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }

@@ -23,16 +23,24 @@ const (
 	ReasonOwnSubnet      = "own_subnet"      // overlaps our subnet, another PublicIP
 	ReasonOwnPublicIP    = "own_public_ip"   // our PublicIP with a subnet not ours (a stale lease of ours)
 	ReasonOutsideNetwork = "outside_network" // not inside the cluster Network
+	ReasonLocal          = "local_prefix"    // overlaps one of this node's addresses or local routes
 	ReasonNotOnLink      = "not_on_link"     // PublicIP not on the underlay: host-gw needs L2 adjacency
 	ReasonOverlap        = "overlap"         // overlaps another peer's subnet that won
 )
 
 // Input is everything the desired state depends on.
 type Input struct {
-	Own      netip.Prefix   // our own pod subnet
-	Network  netip.Prefix   // the cluster network
-	OnLink   []netip.Prefix // the underlay device's IPv4 networks
-	PublicIP netip.Addr     // our own public IP
+	Own     netip.Prefix   // our own pod subnet
+	Network netip.Prefix   // the cluster network
+	OnLink  []netip.Prefix // the underlay device's IPv4 networks
+	// Local is this node's own prefixes (Reconciler.LocalPrefixes): its
+	// addresses and networks on every device (cni0's subnet, the
+	// underlay's) and connected or local routes that are not ours. A
+	// route to a lease overlapping one would take the node's own traffic
+	// elsewhere, or replace the route it has (a Network wider than it
+	// should be, a subnet cni0 still holds after the node's changed).
+	Local    []netip.Prefix
+	PublicIP netip.Addr // our own public IP
 	Leases   []registry.Lease
 }
 
@@ -41,7 +49,7 @@ type Input struct {
 // one of Input.OnLink). Our own lease (our PublicIP and subnet) is simply
 // not a peer. Leases that cannot be routed are returned as skipped with a
 // Reason* constant, checked in this order: own_public_ip, own_subnet,
-// outside_network, not_on_link, overlap.
+// outside_network, local_prefix, not_on_link, overlap.
 //
 // Overlapping peer subnets: leases are taken in etcd key order and a
 // subnet overlapping one already taken is skipped, so the smaller key
@@ -62,6 +70,14 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 		skipped = append(skipped, registry.Skipped{Key: l.Key, Reason: reason, Err: fmt.Errorf(format, args...)})
 	}
 	own := in.Own.Masked()
+	// Only local prefixes inside the network can overlap a lease that
+	// passed the network check: normally cni0's subnet alone.
+	var local []netip.Prefix
+	for _, p := range in.Local {
+		if p.Overlaps(in.Network) {
+			local = append(local, p.Masked())
+		}
+	}
 	for _, l := range leases {
 		l.Subnet = l.Subnet.Masked() // as the kernel and the map hold it
 		ours := l.PublicIP.IsValid() && l.PublicIP == in.PublicIP
@@ -77,6 +93,9 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 		case !in.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < in.Network.Bits():
 			skip(l, ReasonOutsideNetwork, "subnet %s is outside the network %s", l.Subnet, in.Network)
 			continue
+		case overlapsAny(local, l.Subnet):
+			skip(l, ReasonLocal, "subnet %s overlaps this node's local prefix %s", l.Subnet, firstOverlap(local, l.Subnet))
+			continue
 		case !onLink(in.OnLink, l.PublicIP):
 			skip(l, ReasonNotOnLink, "PublicIP %s is not on the underlay link %v (host-gw needs L2 adjacency)", l.PublicIP, in.OnLink)
 			continue
@@ -90,6 +109,19 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 		peers = append(peers, Peer{Subnet: l.Subnet, NextHop: l.PublicIP, Key: l.Key})
 	}
 	return peers, skipped
+}
+
+func overlapsAny(prefixes []netip.Prefix, p netip.Prefix) bool {
+	return firstOverlap(prefixes, p).IsValid()
+}
+
+func firstOverlap(prefixes []netip.Prefix, p netip.Prefix) netip.Prefix {
+	for _, q := range prefixes {
+		if q.Overlaps(p) {
+			return q
+		}
+	}
+	return netip.Prefix{}
 }
 
 func onLink(prefixes []netip.Prefix, ip netip.Addr) bool {

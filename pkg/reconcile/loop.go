@@ -2,17 +2,14 @@ package reconcile
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/netip"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	// ownDeletionTTL is how long a deletion Apply made waits for its
+	// ownDeletionTTL is how long a deletion a run made waits for its
 	// kernel event before it is forgotten.
 	ownDeletionTTL = 10 * time.Second
 	// resubscribe backoff after the route event socket failed (e.g.
@@ -22,28 +19,28 @@ const (
 	eventBuffer    = 256
 )
 
-// Update stores the latest desired peers and wakes Run. Bursts coalesce:
-// Run applies only the newest set.
-func (r *Reconciler) Update(peers []Peer) {
-	r.mu.Lock()
-	r.desired, r.known = peers, true
-	r.mu.Unlock()
-	r.trigger()
-}
-
 func (r *Reconciler) trigger() {
 	select {
 	case r.poke <- struct{}{}:
-	default: // a run is already pending; it will read the latest set
+	default: // a run is already pending; it will read the latest changes
 	}
 }
 
-// Run applies the desired peers on every Update, every resync interval,
-// and at once when the kernel reports one of our routes deleted, until
-// ctx is done. Triggers that arrive while a run is pending or under way
-// coalesce into one run. Nothing is applied before the first Update: an
-// agent that has not heard from etcd yet leaves existing routes alone.
-// Run always returns nil once ctx is done.
+// requestFull makes the next run the full comparison.
+func (r *Reconciler) requestFull() {
+	r.mu.Lock()
+	r.full = true
+	r.mu.Unlock()
+}
+
+// Run applies the desired peers until ctx is done: the changes of every
+// Update on their own, and the full comparison (Apply) after the first
+// Update, after Resync, every resync interval, and at once when the
+// kernel reports one of our routes or nexthop objects deleted. Triggers
+// that arrive while a run is pending or under way coalesce into one run.
+// Nothing is applied before the first Update: an agent that has not
+// heard from etcd yet leaves existing routes alone. Run always returns
+// nil once ctx is done.
 func (r *Reconciler) Run(ctx context.Context) error {
 	sub, err := r.subscribe()
 	defer func() { sub.close() }()
@@ -62,6 +59,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return nil
 		case <-r.poke:
 		case <-tick.C:
+			r.requestFull()
 		case <-retry:
 			retry = nil
 			if sub, err = r.subscribe(); err != nil {
@@ -72,16 +70,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			}
 			r.opts.Log.Info("watching route deletions again")
 			backoff = minResubscribe
-			// Deletions may have been missed meanwhile: apply now.
-		case ev, ok := <-sub.events:
-			if !ok { // the socket failed (ErrorCallback said why)
+			r.requestFull() // deletions may have been missed meanwhile
+		case _, ok := <-sub.repair: // the reader asked for the full run already
+			if !ok { // the socket failed (it logged why)
 				sub.close()
 				sub = subscription{}
 				retry = time.After(backoff)
 				continue // the retry applies once it is back
-			}
-			if !r.repairNeeded(ev) {
-				continue
 			}
 		}
 		r.drain(&sub)
@@ -95,11 +90,10 @@ func (r *Reconciler) drain(sub *subscription) {
 	for {
 		select {
 		case <-r.poke:
-		case ev, ok := <-sub.events:
+		case _, ok := <-sub.repair:
 			if !ok {
 				return // noticed by Run's select next time round
 			}
-			r.repairNeeded(ev)
 		default:
 			return
 		}
@@ -108,82 +102,133 @@ func (r *Reconciler) drain(sub *subscription) {
 
 func (r *Reconciler) runOnce(ctx context.Context) {
 	r.mu.Lock()
-	peers, known := r.desired, r.known
+	peers, known, full, delta := r.desired, r.known, r.full, r.delta
+	if known {
+		r.full, r.delta = false, map[netip.Prefix]pending{}
+	}
 	r.mu.Unlock()
-	if !known {
+	if !known || (!full && len(delta) == 0) {
 		return
 	}
 	start := time.Now()
-	res, _ := r.Apply(ctx, peers) // Apply logs each failure
+	var res Result
+	if full {
+		res, _ = r.Apply(ctx, peers) // Apply logs each failure
+	} else {
+		var needFull bool
+		res, needFull = r.applyDelta(ctx, delta)
+		if needFull {
+			r.requestFull()
+			r.trigger()
+		}
+	}
 	if r.opts.Observe != nil && ctx.Err() == nil {
 		r.opts.Observe(res, time.Since(start))
 	}
 }
 
-// repairNeeded tells whether ev is one of our main-table routes deleted
-// by someone else, and reports it.
-func (r *Reconciler) repairNeeded(ev netlink.RouteUpdate) bool {
-	if ev.Type != unix.RTM_DELROUTE || ev.Protocol != RouteProtocol || ev.Table != unix.RT_TABLE_MAIN {
+// repairNeeded tells whether ev is the deletion of one of our main-table
+// routes or nexthop objects by someone else, and reports it. A nexthop
+// object deleted by hand takes its routes along without an event of
+// their own.
+func (r *Reconciler) repairNeeded(ev event) bool {
+	switch ev.typ {
+	case unix.RTM_DELROUTE:
+		k := ev.route
+		if !k.ours() || k.table != unix.RT_TABLE_MAIN || r.ownDeletion(k.dst) {
+			return false
+		}
+		r.opts.Log.Warn("route of ours deleted, repairing", "subnet", k.dst, "dev", r.dev())
+	case unix.RTM_DELNEXTHOP:
+		n := ev.nexthop
+		if !n.ours() || r.ownNexthopDeletion(n.id) {
+			return false
+		}
+		r.opts.Log.Warn("nexthop of ours deleted (and the routes using it), repairing", "nexthop", n.gw, "id", n.id, "dev", r.dev())
+	default:
 		return false
 	}
-	if r.ownDeletion(ev.Dst) {
-		return false
-	}
-	r.opts.Log.Warn("route of ours deleted, repairing", "subnet", routeString(ev.Dst), "dev", r.dev())
 	if r.opts.OnRepair != nil {
 		r.opts.OnRepair()
 	}
 	return true
 }
 
-// subscription is one route event socket; the zero value is none (its nil
-// channel never delivers).
-type subscription struct {
-	events chan netlink.RouteUpdate
-	done   chan struct{}
+// event is one route or nexthop notification.
+type event struct {
+	typ     uint16
+	route   kroute
+	nexthop knexthop
 }
 
-// subscribe opens a route event socket in the reconciler's namespace.
-func (r *Reconciler) subscribe() (subscription, error) {
-	s := subscription{events: make(chan netlink.RouteUpdate, eventBuffer), done: make(chan struct{})}
-	opts := netlink.RouteSubscribeOptions{
-		Namespace: r.opts.Netns,
-		ErrorCallback: func(err error) {
-			select {
-			case <-s.done: // closed on purpose: not a failure
+// subscription is one event socket and its reader, which takes every
+// event as it comes (a start writes tens of thousands of routes: the
+// socket must never fill) and signals repair when one needs it. The zero
+// value is none (its nil channel never delivers).
+type subscription struct {
+	repair chan struct{} // closed when the socket fails
+	done   chan struct{}
+	c      *conn
+}
+
+// subscribeEvents opens an event socket for IPv4 routes and nexthop
+// objects in the reconciler's namespace.
+func (r *Reconciler) subscribeEvents() (subscription, error) {
+	c, err := dial(r.opts.Netns, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_NEXTHOP)
+	if err != nil {
+		return subscription{}, err
+	}
+	s := subscription{repair: make(chan struct{}, 1), done: make(chan struct{}), c: c}
+	go func() {
+		defer close(s.repair)
+		for {
+			b, err := c.recv(time.Time{})
+			if err != nil {
+				select {
+				case <-s.done: // closed on purpose: not a failure
+				default:
+					r.opts.Log.Warn("route event subscription", "err", err)
+				}
 				return
-			default:
 			}
-			r.opts.Log.Warn("route event subscription", "err", err)
-		},
-	}
-	if err := netlink.RouteSubscribeWithOptions(s.events, s.done, opts); err != nil {
-		close(s.done)
-		return subscription{}, fmt.Errorf("subscribe to route events: %w", err)
-	}
+			for _, m := range messages(b) {
+				ev := event{typ: m.typ}
+				switch m.typ {
+				case unix.RTM_DELROUTE:
+					var ok bool
+					if ev.route, ok = parseRoute(m.body); !ok {
+						continue
+					}
+				case unix.RTM_DELNEXTHOP:
+					ev.nexthop, _ = parseNexthop(m.body)
+				default:
+					continue
+				}
+				if r.repairNeeded(ev) {
+					r.requestFull()
+					select {
+					case s.repair <- struct{}{}:
+					default: // a repair is pending already
+					}
+				}
+			}
+		}
+	}()
 	return s, nil
 }
 
-// close stops the socket. netlink's reader may be blocked handing us an
-// event; keep reading until it closes the channel, so it can exit.
+// close stops the socket; its reader sees the closed file and ends.
 func (s subscription) close() {
 	if s.done == nil {
 		return
 	}
 	close(s.done)
-	go func() {
-		for range s.events {
-		}
-	}()
+	s.c.Close()
 }
 
-// ownDeletion tells a deletion event that Apply caused (a peer left) from
+// ownDeletion tells a deletion event that a run caused (a peer left) from
 // one made behind our back, and forgets it.
-func (r *Reconciler) ownDeletion(dst *net.IPNet) bool {
-	p, ok := prefixOf(dst)
-	if !ok {
-		return false
-	}
+func (r *Reconciler) ownDeletion(p netip.Prefix) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	at, ours := r.deleted[p]
@@ -207,4 +252,30 @@ func (r *Reconciler) forgetDeletion(p netip.Prefix) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.deleted, p)
+}
+
+func (r *Reconciler) ownNexthopDeletion(id uint32) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ours := r.deadNH[id]
+	delete(r.deadNH, id)
+	return ours && time.Since(at) < ownDeletionTTL
+}
+
+func (r *Reconciler) noteNexthopDeletion(id uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for q, at := range r.deadNH {
+		if now.Sub(at) >= ownDeletionTTL {
+			delete(r.deadNH, q)
+		}
+	}
+	r.deadNH[id] = now
+}
+
+func (r *Reconciler) forgetNexthopDeletion(id uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.deadNH, id)
 }

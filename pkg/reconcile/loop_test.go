@@ -3,14 +3,11 @@ package reconcile_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 )
@@ -221,13 +218,8 @@ func TestRunStopsQuietly(t *testing.T) {
 // applies on Update and on every resync, and says why repairs are slower.
 func TestRunWithoutRouteEvents(t *testing.T) {
 	e := newEnv(t)
-	notNS, err := os.Open(os.DevNull) // entering it as a netns fails
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notNS.Close()
-	bad := netns.NsHandle(notNS.Fd())
-	r, logs := e.reconciler(t, e.rm, reconcile.Options{Netns: &bad})
+	r, logs := e.reconciler(t, e.rm, reconcile.Options{})
+	reconcile.WithoutEvents(r)
 	t.Cleanup(startRun(t, r))
 	peers := threePeers()
 	r.Update(peers)

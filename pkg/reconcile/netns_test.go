@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os/exec"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -46,6 +49,8 @@ func threePeers() []reconcile.Peer {
 // env is one node: a fresh netns with an eth0 198.18.0.11/24 (all inside
 // the test's namespace) and an in-memory routes map.
 type env struct {
+	name    string // the namespace's, for `ip -n`
+	plain   bool   // reconcilers made by reconciler() install plain routes
 	ns      netns.NsHandle
 	h       *netlink.Handle
 	link    netlink.Link
@@ -56,7 +61,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
-	ns := testutil.NewNetNS(t, "hgwt-rc")
+	name, ns := testutil.NetNS(t, "rc")
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		t.Fatalf("netlink handle in test netns: %v", err)
@@ -77,7 +82,7 @@ func newEnv(t *testing.T) *env {
 	if err := h.LinkSetUp(link); err != nil {
 		t.Fatalf("set eth0 up: %v", err)
 	}
-	return &env{ns: ns, h: h, link: link, ifindex: link.Attrs().Index, rm: newMemMap()}
+	return &env{name: name, ns: ns, h: h, link: link, ifindex: link.Attrs().Index, rm: newMemMap()}
 }
 
 // addUnderlay adds eth0 as a dummy device, or, on kernels built without
@@ -110,7 +115,8 @@ func (e *env) reconciler(t *testing.T, rm reconcile.RouteMap, opts reconcile.Opt
 	ns := e.ns
 	logs := &testLog{out: t.Output()}
 	t.Cleanup(logs.close)
-	opts.Link, opts.RouteMap, opts.Handle = e.link, rm, e.h
+	opts.Link, opts.RouteMap = e.link, rm
+	opts.PlainRoutes = opts.PlainRoutes || e.plain
 	if opts.Netns == nil {
 		opts.Netns = &ns
 	}
@@ -122,6 +128,7 @@ func (e *env) reconciler(t *testing.T, rm reconcile.RouteMap, opts reconcile.Opt
 	if err != nil {
 		t.Fatalf("new reconciler: %v", err)
 	}
+	t.Cleanup(func() { r.Close() })
 	return r, logs
 }
 
@@ -279,10 +286,12 @@ func (e *env) addRouteMetric(t *testing.T, subnet, via string, proto netlink.Rou
 	}
 }
 
+// delRoute deletes the route to subnet, plain or through a nexthop object
+// (a device in the request would not match the latter).
 func (e *env) delRoute(t *testing.T, subnet string) {
 	t.Helper()
 	p := netip.MustParsePrefix(subnet)
-	rt := &netlink.Route{LinkIndex: e.ifindex, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}, Table: unix.RT_TABLE_MAIN}
+	rt := &netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}, Table: unix.RT_TABLE_MAIN}
 	if err := e.h.RouteDel(rt); err != nil {
 		t.Fatalf("delete route %s: %v", subnet, err)
 	}
@@ -294,4 +303,75 @@ func assertCounts(t *testing.T, res reconcile.Result, added, changed, removed, k
 		t.Errorf("Result = added %d changed %d removed %d kernel %d map %d; want %d %d %d %d %d (errors %v)",
 			res.Added, res.Changed, res.Removed, res.KernelRoutes, res.MapEntries, added, changed, removed, kernel, entries, res.Errors)
 	}
+}
+
+// forModes runs fn on a fresh node twice: routes through nexthop objects
+// (the kernel has them), and plain routes (forced, as on a kernel without
+// them).
+func forModes(t *testing.T, fn func(t *testing.T, e *env)) {
+	for _, plain := range []bool{false, true} {
+		name := "nexthop"
+		if plain {
+			name = "plain"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			e.plain = plain
+			fn(t, e)
+		})
+	}
+}
+
+// ip runs iproute2 in the env's namespace: what a user reads.
+func (e *env) ip(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", e.name}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// routeLines is `ip route` of our protocol, one line per route, with the
+// nexthop ID replaced by N.
+func (e *env) routeLines(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, l := range strings.Split(e.ip(t, "route", "show", "table", "main"), "\n") {
+		if l = strings.TrimSpace(l); strings.Contains(l, " proto 104") {
+			out = append(out, nhidRE.ReplaceAllString(l, "nhid N"))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+var nhidRE = regexp.MustCompile(`nhid [0-9]+`)
+
+// wantLines is routeLines for peers in the env's mode.
+func (e *env) wantLines(peers []reconcile.Peer) []string {
+	var out []string
+	for _, p := range peers {
+		nh := ""
+		if !e.plain {
+			nh = "nhid N "
+		}
+		out = append(out, fmt.Sprintf("%s %svia %s dev eth0 proto 104", p.Subnet, nh, p.NextHop))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nexthops is `ip nexthop` of our protocol: "<id> <gateway>".
+func (e *env) nexthops(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, l := range strings.Split(e.ip(t, "nexthop", "show", "protocol", "104"), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 4 && f[0] == "id" && f[2] == "via" {
+			out = append(out, f[1]+" "+f[3])
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -23,22 +23,32 @@ type RouteMap interface {
 	Delete(netip.Prefix) error
 }
 
+// BatchRouteMap is a RouteMap that writes many entries per system call
+// (*datapath.RouteMap is one). PutBatch writes in order and returns how
+// many were written before the first failure.
+type BatchRouteMap interface {
+	RouteMap
+	PutBatch([]datapath.Route) (int, error)
+}
+
 // Options configure a Reconciler.
 type Options struct {
 	Link     netlink.Link // the underlay device the peers are on
 	RouteMap RouteMap     // nil: kernel routes only (--datapath routes)
-	// Handle and Netns name one network namespace: Handle does the route
-	// work, Netns is where Run listens for route deletions. Both nil: the
-	// namespace of the calling thread.
-	Handle *netlink.Handle
-	Netns  *netns.NsHandle
-	Log    *slog.Logger
-	// ResyncInterval is how often Run applies without a trigger
-	// (default 10s).
+	// Netns is the network namespace the routes are in and the route
+	// events come from; nil: the namespace of the thread calling New.
+	Netns *netns.NsHandle
+	// PlainRoutes installs plain gateway routes even where the kernel has
+	// nexthop objects (for tools that cannot read `nhid` routes). Objects
+	// of ours left by an earlier run are removed.
+	PlainRoutes bool
+	Log         *slog.Logger
+	// ResyncInterval is how often Run makes the full comparison without
+	// a trigger (default 10s).
 	ResyncInterval time.Duration
-	// Observe, if set, is called after every Apply that Run makes, with
-	// its Result and duration (metrics). OnRepair, if set, is called when
-	// one of our routes was deleted by someone else.
+	// Observe, if set, is called after every run Run makes, with its
+	// Result and duration (metrics). OnRepair, if set, is called when one
+	// of our routes or nexthops was deleted by someone else.
 	Observe  func(Result, time.Duration)
 	OnRepair func()
 }
@@ -47,12 +57,16 @@ type Options struct {
 // runs (--resync-interval).
 const DefaultResyncInterval = 10 * time.Second
 
-// Result is what one Apply did. Counts are per peer subnet, whichever of
+// Result is what one run did. Counts are per peer subnet, whichever of
 // the two tables needed the write.
 type Result struct {
 	Added   int // peers that were in neither table
 	Changed int // peers with a wrong or missing entry in a table (also repairs)
 	Removed int // stale subnets taken out
+	// Blocked counts desired peers left alone because another program's
+	// route holds their destination, or a local route or address
+	// overlaps them (each logged once).
+	Blocked int
 	// Entries of ours present after the run.
 	KernelRoutes, MapEntries int
 	// Errors holds one *ItemError per failed write, plus listing errors.
@@ -64,7 +78,7 @@ type Result struct {
 type ItemError struct {
 	Subnet netip.Prefix
 	Table  string // "kernel" or "map"
-	Op     string // "replace", "put" or "delete"
+	Op     string // "replace", "nexthop", "put" or "delete"
 	Err    error
 }
 
@@ -78,18 +92,52 @@ func (e *ItemError) Unwrap() error { return e.Err }
 // desired peers: Apply once, or Run on every Update, timer and repair.
 type Reconciler struct {
 	opts Options
-	h    *netlink.Handle
 	poke chan struct{}
 
-	applyMu sync.Mutex // one Apply at a time (Run and RemoveAll)
+	applyMu sync.Mutex // one run at a time (Run, Apply, RemoveAll)
+	c       *conn      // the request socket, under applyMu
+	nh      nhMode     // under applyMu
+	// What the last full run saw and later runs changed, under applyMu:
+	// our nexthop objects by peer (for the incremental runs: no listing),
+	// and our entries in each table.
+	nexthops      map[netip.Addr]bool
+	kernelN, mapN int
+	blockLogged   map[netip.Prefix]string // subnet -> reason already logged
+	nhLogged      map[uint32]bool         // nexthop IDs of others already logged
+	blockedSet    map[netip.Prefix]string // subnets the last full run did not route, and why
+	localMu       sync.Mutex
+	local         []netip.Prefix // local prefixes from the last listing
+	localListed   bool
 
-	mu      sync.Mutex
-	desired []Peer
-	known   bool                       // Update was called at least once
-	deleted map[netip.Prefix]time.Time // routes Apply deleted recently: their events are ours
+	mu        sync.Mutex
+	desired   []Peer
+	known     bool                       // Update was called at least once
+	full      bool                       // the next run makes the full comparison
+	last      map[netip.Prefix]lastPeer  // the desired set of the last Update
+	gen       uint64                     // Update's generation, to find departed peers in last
+	delta     map[netip.Prefix]pending   // changes since the last run
+	deleted   map[netip.Prefix]time.Time // routes a run deleted recently: their events are ours
+	deadNH    map[uint32]time.Time       // nexthops a run deleted recently
+	subscribe func() (subscription, error)
 }
 
-// New builds a Reconciler; nothing is applied until Apply or Run.
+// nhMode is whether routes go through nexthop objects.
+type nhMode int
+
+const (
+	nhUnknown nhMode = iota // not probed yet
+	nhOn
+	nhOff  // plain routes asked for; objects of ours are still removed
+	nhNone // the kernel has no nexthop objects: plain routes, never listed again
+)
+
+type lastPeer struct {
+	nexthop netip.Addr
+	gen     uint64
+}
+
+// New builds a Reconciler and opens its netlink socket; nothing is
+// applied until Apply or Run.
 func New(opts Options) (*Reconciler, error) {
 	if opts.Link == nil || opts.Link.Attrs() == nil || opts.Link.Attrs().Index <= 0 {
 		return nil, errors.New("reconcile: no underlay link")
@@ -100,20 +148,93 @@ func New(opts Options) (*Reconciler, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	h := opts.Handle
-	if h == nil {
-		// The zero Handle opens a socket per request in the calling
-		// thread's namespace: nothing to close.
-		h = &netlink.Handle{}
+	c, err := dial(opts.Netns)
+	if err != nil {
+		return nil, err
 	}
-	return &Reconciler{opts: opts, h: h, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]time.Time{}}, nil
+	r := &Reconciler{opts: opts, c: c, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]time.Time{},
+		deadNH: map[uint32]time.Time{}, nexthops: map[netip.Addr]bool{}, blockLogged: map[netip.Prefix]string{}, nhLogged: map[uint32]bool{},
+		last: map[netip.Prefix]lastPeer{}, delta: map[netip.Prefix]pending{}, blockedSet: map[netip.Prefix]string{}}
+	r.subscribe = r.subscribeEvents
+	if opts.PlainRoutes {
+		r.nh = nhOff
+	}
+	return r, nil
+}
+
+// Close releases the netlink socket; Run must have returned.
+func (r *Reconciler) Close() error {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	return r.c.Close()
 }
 
 func (r *Reconciler) dev() string { return r.opts.Link.Attrs().Name }
 
-// RemoveAll deletes every route and map entry of ours: a node leaving the
-// cluster (--cleanup-on-exit).
+func (r *Reconciler) ifindex() int { return r.opts.Link.Attrs().Index }
+
+// RemoveAll deletes every route, nexthop and map entry of ours: a node
+// leaving the cluster (--cleanup-on-exit).
 func (r *Reconciler) RemoveAll() error {
 	_, err := r.Apply(context.Background(), nil)
 	return err
+}
+
+// LocalPrefixes is this node's local prefixes as the last full run listed
+// them (listed now if none ran yet): every IPv4 address (as a host prefix
+// and as its network) and every connected or local route that is not
+// ours. A lease overlapping one of them must not be routed (Desired's
+// Input.Local); Apply checks it again against its own listing.
+func (r *Reconciler) LocalPrefixes() ([]netip.Prefix, error) {
+	r.localMu.Lock()
+	listed := r.localListed
+	out := r.local
+	r.localMu.Unlock()
+	if listed {
+		return out, nil
+	}
+	c, err := dial(r.opts.Netns)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	routes, err := c.listRoutes()
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := c.listAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out = localPrefixes(routes, addrs)
+	r.setLocal(out)
+	return out, nil
+}
+
+func (r *Reconciler) setLocal(p []netip.Prefix) {
+	r.localMu.Lock()
+	r.local, r.localListed = p, true
+	r.localMu.Unlock()
+}
+
+// localPrefixes is the connected and local routes that are not ours, and
+// the addresses, without repeats.
+func localPrefixes(routes []kroute, addrs []netip.Prefix) []netip.Prefix {
+	seen := map[netip.Prefix]bool{}
+	var out []netip.Prefix
+	add := func(p netip.Prefix) {
+		if p.Bits() > 0 && !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	for _, a := range addrs {
+		add(a)
+	}
+	for _, k := range routes {
+		if !k.ours() && k.local() {
+			add(k.dst)
+		}
+	}
+	return out
 }

@@ -1,0 +1,228 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+)
+
+// Update stores the latest desired peers and wakes Run. The registry hands
+// over complete sets; Update compares this one with the previous (one map
+// lookup per peer) and queues only what changed, which Run applies alone:
+// a new lease costs its own writes, not a listing of every table. Bursts
+// coalesce: Run applies the changes of all pending Updates at once.
+func (r *Reconciler) Update(peers []Peer) {
+	r.mu.Lock()
+	if !r.known {
+		r.known, r.full = true, true
+	}
+	r.gen++
+	for i := range peers {
+		p := &peers[i]
+		subnet := p.Subnet.Masked()
+		old, had := r.last[subnet]
+		if !had || old.nexthop != p.NextHop {
+			r.queue(subnet, p, had)
+		}
+		r.last[subnet] = lastPeer{nexthop: p.NextHop, gen: r.gen}
+	}
+	if len(r.last) > len(peers) { // some left (or a subnet came twice)
+		for subnet, lp := range r.last {
+			if lp.gen != r.gen {
+				delete(r.last, subnet)
+				r.queue(subnet, nil, true)
+			}
+		}
+	}
+	r.desired = peers
+	r.mu.Unlock()
+	r.trigger()
+}
+
+// queue records a change for the next incremental run; had tells whether
+// the subnet was desired before the first change queued for it.
+func (r *Reconciler) queue(subnet netip.Prefix, p *Peer, had bool) {
+	if q, ok := r.delta[subnet]; ok {
+		had = q.had
+	}
+	r.delta[subnet] = pending{peer: p, had: had}
+}
+
+// pending is one queued change: the peer now wanted (nil: none), and
+// whether the subnet was routed before.
+type pending struct {
+	peer *Peer
+	had  bool
+}
+
+// Resync makes the next run Run makes the full comparison: after the
+// registry read every lease again, say.
+func (r *Reconciler) Resync() {
+	r.mu.Lock()
+	r.full = true
+	r.mu.Unlock()
+}
+
+// applyDelta applies the changes Update queued, without listing either
+// table: for each new or moved peer its nexthop object (if new), its route
+// and then its map entry; for each departed one its map entry and then its
+// route. The kernel is written first here (one batch, one round trip) and
+// the map after, so no map entry is ever ahead of a route: the batch
+// costs well under a millisecond. Anything this cannot settle by itself
+// (the kernel already has a route for a new subnet, or an object with a
+// new peer's nexthop ID) asks for a full run, which lists and decides.
+func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pending) (res Result, needFull bool) {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	var (
+		reqs  []request
+		items []deltaItem
+	)
+	ifindex := r.ifindex()
+	newNH := map[netip.Addr]bool{}
+	for _, subnet := range sortedKeys(delta, nil) {
+		p, had := delta[subnet].peer, delta[subnet].had
+		if p == nil && !had {
+			continue // came and went between two runs
+		}
+		if r.blockedSet[subnet] != "" || r.overlapsLocal(subnet) {
+			needFull = true // not ours to route, or no longer: the full run decides
+			continue
+		}
+		if p == nil {
+			if r.opts.RouteMap != nil {
+				if err := r.opts.RouteMap.Delete(subnet); err != nil {
+					res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "delete", Err: err})
+				} else {
+					r.mapN--
+				}
+			}
+			r.noteDeletion(subnet)
+			k := kroute{dst: subnet, table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol), typ: unix.RTN_UNICAST}
+			reqs, items = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(items, deltaItem{subnet: subnet, op: "delete"})
+			continue
+		}
+		if !subnet.Addr().Is4() || !p.NextHop.Is4() {
+			res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "kernel", Op: "replace",
+				Err: fmt.Errorf("peer %s via %s is not IPv4", subnet, p.NextHop)})
+			continue
+		}
+		w := entry{nexthop: p.NextHop, ifindex: ifindex}
+		var nhid uint32
+		if r.nh == nhOn {
+			nhid = nexthopID(w.nexthop)
+			if !r.nexthops[w.nexthop] && !newNH[w.nexthop] {
+				newNH[w.nexthop] = true
+				reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL, nhid, w))
+				items = append(items, deltaItem{subnet: subnet, peer: p, op: "nexthop"})
+			}
+		}
+		op, flags := "replace", uint16(unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+		if !had {
+			// New to us: whatever holds the destination is not ours. EXCL
+			// makes the kernel refuse rather than take it over.
+			op, flags = "create", unix.NLM_F_CREATE|unix.NLM_F_EXCL
+		}
+		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, flags, peerRoute(subnet, w, nhid)))
+		items = append(items, deltaItem{subnet: subnet, peer: p, op: op})
+	}
+	if ctx.Err() != nil {
+		return res, false
+	}
+	errs := r.c.exec(reqs)
+	var changes []change
+	failedNH := map[netip.Addr]bool{}
+	for i, it := range items {
+		err := errs[i]
+		switch it.op {
+		case "nexthop":
+			switch {
+			case errors.Is(err, unix.EEXIST):
+				needFull = true // ours from before, or another program's ID: a listing tells
+				failedNH[it.peer.NextHop] = true
+			case err != nil:
+				failedNH[it.peer.NextHop] = true
+				res.Errors = append(res.Errors, &ItemError{Subnet: netip.PrefixFrom(it.peer.NextHop, 32), Table: "kernel", Op: "nexthop", Err: err})
+			default:
+				r.nexthops[it.peer.NextHop] = true
+			}
+		case "delete":
+			if err != nil && !errors.Is(err, unix.ESRCH) {
+				r.forgetDeletion(it.subnet)
+				res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "delete", Err: err})
+				continue
+			}
+			if err == nil {
+				r.kernelN--
+			}
+			res.Removed++
+			changes = append(changes, change{verb: "removed", subnet: it.subnet, tables: []string{"kernel", "map"}})
+		default: // create, replace
+			if failedNH[it.peer.NextHop] {
+				needFull = true // its route (if the kernel took it) is checked by the full run
+				continue
+			}
+			if errors.Is(err, unix.EEXIST) {
+				needFull = true // a route not ours (flanneld's?) holds it: the full run decides
+				continue
+			}
+			if err != nil {
+				res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "replace",
+					Err: fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err)})
+				continue
+			}
+			tables := []string{"kernel"}
+			if r.opts.RouteMap != nil {
+				rt := datapath.Route{Subnet: it.subnet, NextHop: it.peer.NextHop, Ifindex: uint32(ifindex)}
+				if err := r.opts.RouteMap.Put(rt); err != nil {
+					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "map", Op: "put", Err: err})
+				} else {
+					tables = append(tables, "map")
+				}
+			}
+			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: tables}
+			if it.op == "replace" {
+				c.verb = "changed"
+				res.Changed++
+			} else {
+				res.Added++
+				r.kernelN++
+				if len(tables) == 2 {
+					r.mapN++
+				}
+			}
+			changes = append(changes, c)
+		}
+	}
+	r.logChanges(changes)
+	for _, err := range res.Errors {
+		r.opts.Log.Error("reconcile", "err", err)
+	}
+	res.KernelRoutes, res.MapEntries = r.kernelN, r.mapN
+	return res, needFull
+}
+
+// deltaItem is one request of an incremental run.
+type deltaItem struct {
+	subnet netip.Prefix
+	peer   *Peer
+	op     string // "nexthop", "create", "replace", "delete"
+}
+
+// overlapsLocal tells whether subnet overlaps a local prefix of the last
+// listing.
+func (r *Reconciler) overlapsLocal(subnet netip.Prefix) bool {
+	r.localMu.Lock()
+	defer r.localMu.Unlock()
+	for _, l := range r.local {
+		if l.Overlaps(subnet) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,11 @@
+package reconcile
+
+import "errors"
+
+// WithoutEvents makes r's Run fail to open its event socket, as when the
+// kernel refuses it: Run must then rely on its resync.
+func WithoutEvents(r *Reconciler) {
+	r.subscribe = func() (subscription, error) {
+		return subscription{}, errors.New("event socket refused (test)")
+	}
+}
