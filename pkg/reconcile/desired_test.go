@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,6 +149,40 @@ func TestDesired(t *testing.T) {
 				t.Errorf("Desired:\n got %v\nwant %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// A lease overlapping one of the node's own prefixes is not a peer: a
+// Network that also covers the underlay (ParseConfig accepts even
+// 0.0.0.0/0), or a subnet cni0 still holds after the node's own subnet
+// changed. Routing it would replace the connected route or pull the
+// node's own traffic to a peer.
+func TestDesiredSkipsLocalPrefixes(t *testing.T) {
+	in := node(
+		lease("10.244.7.0/24", "198.18.0.17"),  // cni0's connected subnet (the node's old one)
+		lease("198.18.0.0/24", "198.18.0.18"),  // the underlay's network
+		lease("10.244.9.0/24", "198.18.0.19"),  // a peer like any other
+		lease("10.244.64.0/18", "198.18.0.20"), // around a local route's prefix
+	)
+	in.Network = netip.MustParsePrefix("0.0.0.0/0")
+	in.Local = []netip.Prefix{
+		netip.MustParsePrefix("10.244.7.1/32"), netip.MustParsePrefix("10.244.7.0/24"), // cni0
+		netip.MustParsePrefix("198.18.0.11/32"), netip.MustParsePrefix("198.18.0.0/24"), // eth0
+		netip.MustParsePrefix("10.244.100.0/25"), // a connected route of another device
+		netip.MustParsePrefix("127.0.0.0/8"),
+	}
+	want := outcome{
+		key("10.244.7.0/24"): "local_prefix", key("198.18.0.0/24"): "local_prefix",
+		key("10.244.9.0/24"): "peer", key("10.244.64.0/18"): "local_prefix",
+	}
+	if got := outcomes(t, in); !reflect.DeepEqual(got, want) {
+		t.Errorf("Desired:\n got %v\nwant %v", got, want)
+	}
+	_, skipped := reconcile.Desired(in)
+	for _, s := range skipped {
+		if s.Key == key("10.244.7.0/24") && !strings.Contains(s.Err.Error(), "10.244.7") {
+			t.Errorf("skip of cni0's subnet does not name the local prefix: %v", s.Err)
+		}
 	}
 }
 
