@@ -27,7 +27,7 @@ func (r *Reconciler) Update(peers []Peer) {
 		subnet := p.Subnet.Masked()
 		old, had := r.last[subnet]
 		if !had || old.nexthop != p.NextHop {
-			r.queue(subnet, p, had)
+			r.queue(subnet, p, old.nexthop)
 		}
 		r.last[subnet] = lastPeer{nexthop: p.NextHop, gen: r.gen}
 	}
@@ -35,7 +35,7 @@ func (r *Reconciler) Update(peers []Peer) {
 		for subnet, lp := range r.last {
 			if lp.gen != r.gen {
 				delete(r.last, subnet)
-				r.queue(subnet, nil, true)
+				r.queue(subnet, nil, lp.nexthop)
 			}
 		}
 	}
@@ -44,20 +44,21 @@ func (r *Reconciler) Update(peers []Peer) {
 	r.trigger()
 }
 
-// queue records a change for the next incremental run; had tells whether
-// the subnet was desired before the first change queued for it.
-func (r *Reconciler) queue(subnet netip.Prefix, p *Peer, had bool) {
+// queue records a change for the next incremental run; was is the
+// subnet's next hop before the first change queued for it (invalid: it
+// was not desired).
+func (r *Reconciler) queue(subnet netip.Prefix, p *Peer, was netip.Addr) {
 	if q, ok := r.delta[subnet]; ok {
-		had = q.had
+		was = q.was
 	}
-	r.delta[subnet] = pending{peer: p, had: had}
+	r.delta[subnet] = pending{peer: p, was: was}
 }
 
-// pending is one queued change: the peer now wanted (nil: none), and
-// whether the subnet was routed before.
+// pending is one queued change: the peer now wanted (nil: none), and the
+// next hop the subnet was routed through before (invalid: none).
 type pending struct {
 	peer *Peer
-	had  bool
+	was  netip.Addr
 }
 
 // Resync makes the next run Run makes the full comparison: after the
@@ -86,7 +87,8 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 	ifindex := r.ifindex()
 	newNH := map[netip.Addr]bool{}
 	for _, subnet := range sortedKeys(delta, nil) {
-		p, had := delta[subnet].peer, delta[subnet].had
+		p, was := delta[subnet].peer, delta[subnet].was
+		had := was.IsValid()
 		if p == nil && !had {
 			continue // came and went between two runs
 		}
@@ -104,7 +106,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			}
 			r.noteDeletion(subnet)
 			k := kroute{dst: subnet, table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol), typ: unix.RTN_UNICAST}
-			reqs, items = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(items, deltaItem{subnet: subnet, op: "delete"})
+			reqs, items = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(items, deltaItem{subnet: subnet, was: was, op: "delete"})
 			continue
 		}
 		if !subnet.Addr().Is4() || !p.NextHop.Is4() {
@@ -129,7 +131,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			op, flags = "create", unix.NLM_F_CREATE|unix.NLM_F_EXCL
 		}
 		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, flags, peerRoute(subnet, w, nhid)))
-		items = append(items, deltaItem{subnet: subnet, peer: p, op: op})
+		items = append(items, deltaItem{subnet: subnet, peer: p, was: was, op: op})
 	}
 	if ctx.Err() != nil {
 		return res, false
@@ -161,7 +163,11 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				r.kernelN--
 			}
 			res.Removed++
-			changes = append(changes, change{verb: "removed", subnet: it.subnet, tables: []string{"kernel", "map"}})
+			tables := []string{"kernel"}
+			if r.opts.RouteMap != nil {
+				tables = []string{"map", "kernel"}
+			}
+			changes = append(changes, change{verb: "removed", subnet: it.subnet, nexthop: it.was, tables: tables})
 		default: // create, replace
 			if failedNH[it.peer.NextHop] {
 				needFull = true // its route (if the kernel took it) is checked by the full run
@@ -187,7 +193,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			}
 			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: tables}
 			if it.op == "replace" {
-				c.verb = "changed"
+				c.verb, c.was = "changed", it.was
 				res.Changed++
 			} else {
 				res.Added++
@@ -211,6 +217,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 type deltaItem struct {
 	subnet netip.Prefix
 	peer   *Peer
+	was    netip.Addr
 	op     string // "nexthop", "create", "replace", "delete"
 }
 

@@ -3,6 +3,7 @@ package reconcile_test
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,4 +236,57 @@ func TestRunWithoutRouteEvents(t *testing.T) {
 	if !warned {
 		t.Error("no warning that route deletions are not watched")
 	}
+}
+
+// Update's changes are applied on their own: a new, a moved and a
+// departed peer reach both tables without either being listed. The full
+// comparison comes with the resync interval and after Resync.
+func TestRunAppliesUpdatesIncrementally(t *testing.T) {
+	forModes(t, func(t *testing.T, e *env) {
+		var o observer
+		opts := o.options()
+		opts.ResyncInterval = time.Hour
+		r, logs := e.reconciler(t, e.rm, opts)
+		t.Cleanup(startRun(t, r))
+		peers := threePeers()
+		r.Update(peers)
+		waitFor(t, 2*time.Second, "converge after the first Update", func() bool { return e.converged(t, peers) })
+		lists := e.rm.listed()
+		if lists != 1 {
+			t.Errorf("the first run listed the map %d times, want 1 (the full comparison)", lists)
+		}
+		logs.take()
+
+		// .5 joins, .3 moves to another host, .4 leaves.
+		next := []reconcile.Peer{peers[0], peer("10.244.3.0/24", "198.18.0.23"), peer("10.244.5.0/24", "198.18.0.15")}
+		r.Update(next)
+		waitFor(t, 2*time.Second, "converge after the second Update", func() bool { return e.converged(t, next) })
+		if n := e.rm.listed(); n != lists {
+			t.Errorf("an Update listed the map again (%d times): not incremental", n-lists)
+		}
+		want := []string{"added 10.244.5.0/24 198.18.0.15", "changed 10.244.3.0/24 198.18.0.23", "removed 10.244.4.0/24 198.18.0.14"}
+		time.Sleep(50 * time.Millisecond)
+		if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
+			t.Errorf("logged changes %v, want %v", got, want)
+		}
+		if got, want := e.routeLines(t), e.wantLines(next); !reflect.DeepEqual(got, want) {
+			t.Errorf("ip route:\n got %q\nwant %q", got, want)
+		}
+
+		// Drift the incremental runs cannot see: the full comparison finds it.
+		if err := e.rm.Delete(next[2].Subnet); err != nil {
+			t.Fatal(err)
+		}
+		r.Update(next) // nothing changed: no run at all
+		time.Sleep(100 * time.Millisecond)
+		if e.converged(t, next) {
+			t.Fatal("the map entry came back without a full run")
+		}
+		r.Resync()
+		r.Update(next)
+		waitFor(t, 2*time.Second, "full comparison after Resync", func() bool { return e.converged(t, next) })
+		if o.repairs.Load() != 0 {
+			t.Errorf("%d repairs for deletions the runs made themselves", o.repairs.Load())
+		}
+	})
 }

@@ -18,7 +18,10 @@ type memMap struct {
 	ops        []string
 	failPut    netip.Prefix
 	failList   bool
+	lists      int
 	afterWrite func(op string)
+	// beforeBatch, if set, is called by batchMap.PutBatch before writing.
+	beforeBatch func(rts []datapath.Route)
 }
 
 func newMemMap() *memMap { return &memMap{entries: map[netip.Prefix]datapath.Route{}} }
@@ -26,6 +29,7 @@ func newMemMap() *memMap { return &memMap{entries: map[netip.Prefix]datapath.Rou
 func (m *memMap) List() ([]datapath.Route, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.lists++
 	if m.failList {
 		return nil, fmt.Errorf("list: injected failure")
 	}
@@ -102,4 +106,31 @@ func count(ops []string, verb string) int {
 		}
 	}
 	return n
+}
+
+// listed is how many times the map was listed.
+func (m *memMap) listed() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lists
+}
+
+// batchMap is a memMap that also writes in batches, as the kernel's map
+// does: writes in order, stops at the first failure.
+type batchMap struct{ *memMap }
+
+func (b batchMap) PutBatch(rts []datapath.Route) (int, error) {
+	b.mu.Lock()
+	hook := b.beforeBatch
+	b.ops = append(b.ops, fmt.Sprintf("batch %d", len(rts)))
+	b.mu.Unlock()
+	if hook != nil {
+		hook(rts)
+	}
+	for i, r := range rts {
+		if err := b.Put(r); err != nil {
+			return i, err
+		}
+	}
+	return len(rts), nil
 }
