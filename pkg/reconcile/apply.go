@@ -251,13 +251,9 @@ func (a *fullRun) execute(ctx context.Context) {
 	// 4. The other map entries, once their route is right; entries put
 	// early whose route failed come out again.
 	if a.mapOK {
-		var late []netip.Prefix
-		for _, p := range sortedKeys(a.want, a.routable) {
-			if routed[p] && a.inMap[p] != a.want[p] && !tried[p] {
-				late = append(late, p)
-			}
-		}
-		a.putMap(late)
+		a.putMap(sortedKeys(a.want, func(p netip.Prefix) bool {
+			return a.routable(p) && routed[p] && a.inMap[p] != a.want[p] && !tried[p]
+		}))
 		for _, p := range sortedKeys(early, nil) {
 			if !routed[p] && a.deleteMap(p, "rollback") {
 				a.wrote[p] = slices.DeleteFunc(a.wrote[p], func(t string) bool { return t == "map" })
@@ -323,9 +319,8 @@ func (a *fullRun) writeNexthops() {
 		peers []netip.Addr
 	)
 	seen := map[netip.Addr]bool{}
-	for _, p := range sortedKeys(a.want, a.routable) {
-		w := a.want[p]
-		if seen[w.nexthop] {
+	for p, w := range a.want {
+		if seen[w.nexthop] || !a.routable(p) {
 			continue
 		}
 		seen[w.nexthop] = true
@@ -348,6 +343,7 @@ func (a *fullRun) writeNexthops() {
 			}
 		}
 	}
+	sortTogether(peers, reqs)
 	for i, err := range r.c.exec(reqs) {
 		if err != nil {
 			// Its subnets' routes fail with it (writeRoutes); the next run
@@ -371,18 +367,25 @@ func (a *fullRun) writeRoutes(ctx context.Context) map[netip.Prefix]bool {
 		reqs    []request
 		subnets []netip.Prefix
 	)
-	for _, p := range sortedKeys(a.want, a.routable) {
+	right := func(p netip.Prefix) bool {
+		w := a.want[p]
+		cur, had := a.ks.ours[p]
+		return had && cur.entry == w && cur.nhid == a.nhid[w.nexthop]
+	}
+	// Only what needs a write is sorted: a resync over thousands of
+	// peers in place sorts nothing.
+	for p := range a.want {
+		if a.routable(p) && right(p) {
+			routed[p] = true
+		}
+	}
+	for _, p := range sortedKeys(a.want, func(p netip.Prefix) bool { return a.routable(p) && !right(p) }) {
 		w := a.want[p]
 		if err := a.nhErr[w.nexthop]; err != nil {
 			a.fail(p, "kernel", "replace", err)
 			continue
 		}
-		cur, had := a.ks.ours[p]
 		nhid := a.nhid[w.nexthop]
-		if had && cur.entry == w && cur.nhid == nhid {
-			routed[p] = true
-			continue
-		}
 		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, peerRoute(p, w, nhid)))
 		subnets = append(subnets, p)
 	}
@@ -614,4 +617,19 @@ func comparePrefix(a, b netip.Prefix) int {
 		return c
 	}
 	return a.Bits() - b.Bits()
+}
+
+// sortTogether orders peers by address, and reqs with them.
+func sortTogether(peers []netip.Addr, reqs []request) {
+	idx := make([]int, len(peers))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(i, j int) int { return peers[i].Compare(peers[j]) })
+	p2, r2 := make([]netip.Addr, len(peers)), make([]request, len(reqs))
+	for to, from := range idx {
+		p2[to], r2[to] = peers[from], reqs[from]
+	}
+	copy(peers, p2)
+	copy(reqs, r2)
 }

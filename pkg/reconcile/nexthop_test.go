@@ -30,7 +30,10 @@ func (e *env) dels(t *testing.T) (stop func() []string) {
 		var out []string
 		for {
 			select {
-			case ev := <-events:
+			case ev, ok := <-events:
+				if !ok { // netlink closes it once done is
+					return out
+				}
 				if ev.Type == unix.RTM_DELROUTE && ev.Dst != nil && ev.Dst.IP.To4() != nil && ev.Table == unix.RT_TABLE_MAIN {
 					out = append(out, ev.Dst.String())
 				}
