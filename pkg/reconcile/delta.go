@@ -25,17 +25,18 @@ func (r *Reconciler) Update(peers []Peer) {
 	for i := range peers {
 		p := &peers[i]
 		subnet := p.Subnet.Masked()
-		old, had := r.last[subnet]
+		k := v4key(subnet)
+		old, had := r.last[k]
 		if !had || old.nexthop != p.NextHop {
 			r.queue(subnet, p, old.nexthop)
 		}
-		r.last[subnet] = lastPeer{nexthop: p.NextHop, gen: r.gen}
+		r.last[k] = lastPeer{nexthop: p.NextHop, gen: r.gen}
 	}
 	if len(r.last) > len(peers) { // some left (or a subnet came twice)
-		for subnet, lp := range r.last {
+		for k, lp := range r.last {
 			if lp.gen != r.gen {
-				delete(r.last, subnet)
-				r.queue(subnet, nil, lp.nexthop)
+				delete(r.last, k)
+				r.queue(k.prefix(), nil, lp.nexthop)
 			}
 		}
 	}

@@ -4,9 +4,11 @@
 package reconcile
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
@@ -57,16 +59,17 @@ type Input struct {
 // winner, whatever order etcd listed them in; a lease that is skipped for
 // another reason reserves nothing. Peers come back in key order.
 func Desired(in Input) ([]Peer, []registry.Skipped) {
-	leases := append([]registry.Lease(nil), in.Leases...)
-	sort.Slice(leases, func(i, j int) bool { return leases[i].Key < leases[j].Key })
-
+	// Runs on every lease change: no copy of the leases (the registry's
+	// snapshot is in key order already: then no sort either), the
+	// accepted subnets in one pre-sized map.
+	order := keyOrder(in.Leases)
 	var (
-		peers   []Peer
+		peers   = make([]Peer, 0, len(in.Leases))
 		skipped []registry.Skipped
-		taken   = map[netip.Prefix]string{} // accepted subnet -> key
-		lengths = map[int]bool{}
+		taken   = make(map[v4prefix]string, len(in.Leases)) // accepted subnet -> key
+		lengths []int                                       // the prefix lengths accepted: normally one, SubnetLen
 	)
-	skip := func(l registry.Lease, reason, format string, args ...any) {
+	skip := func(l *registry.Lease, reason, format string, args ...any) {
 		skipped = append(skipped, registry.Skipped{Key: l.Key, Reason: reason, Err: fmt.Errorf(format, args...)})
 	}
 	own := in.Own.Masked()
@@ -78,41 +81,57 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 			local = append(local, p.Masked())
 		}
 	}
-	for _, l := range leases {
-		l.Subnet = l.Subnet.Masked() // as the kernel and the map hold it
+	for i := range in.Leases {
+		l := &in.Leases[i]
+		if order != nil {
+			l = &in.Leases[order[i]]
+		}
+		subnet := l.Subnet.Masked() // as the kernel and the map hold it
 		ours := l.PublicIP.IsValid() && l.PublicIP == in.PublicIP
 		switch {
-		case ours && l.Subnet == own:
+		case ours && subnet == own:
 			continue // ourselves
 		case ours:
-			skip(l, ReasonOwnPublicIP, "another lease (%s) names our own public IP %s", l.Subnet, l.PublicIP)
+			skip(l, ReasonOwnPublicIP, "another lease (%s) names our own public IP %s", subnet, l.PublicIP)
 			continue
-		case l.Subnet.Overlaps(own):
-			skip(l, ReasonOwnSubnet, "subnet %s overlaps our own %s", l.Subnet, own)
+		case subnet.Overlaps(own):
+			skip(l, ReasonOwnSubnet, "subnet %s overlaps our own %s", subnet, own)
 			continue
-		case !in.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < in.Network.Bits():
-			skip(l, ReasonOutsideNetwork, "subnet %s is outside the network %s", l.Subnet, in.Network)
+		case !in.Network.Contains(subnet.Addr()) || subnet.Bits() < in.Network.Bits():
+			skip(l, ReasonOutsideNetwork, "subnet %s is outside the network %s", subnet, in.Network)
 			continue
-		case overlapsAny(local, l.Subnet):
-			skip(l, ReasonLocal, "subnet %s overlaps this node's local prefix %s", l.Subnet, firstOverlap(local, l.Subnet))
+		case firstOverlap(local, subnet).IsValid():
+			skip(l, ReasonLocal, "subnet %s overlaps this node's local prefix %s", subnet, firstOverlap(local, subnet))
 			continue
 		case !onLink(in.OnLink, l.PublicIP):
 			skip(l, ReasonNotOnLink, "PublicIP %s is not on the underlay link %v (host-gw needs L2 adjacency)", l.PublicIP, in.OnLink)
 			continue
 		}
-		if other, ok := overlapping(taken, lengths, l.Subnet); ok {
-			skip(l, ReasonOverlap, "subnet %s overlaps %s's", l.Subnet, other)
+		if other, ok := overlapping(taken, lengths, subnet); ok {
+			skip(l, ReasonOverlap, "subnet %s overlaps %s's", subnet, other)
 			continue
 		}
-		taken[l.Subnet] = l.Key
-		lengths[l.Subnet.Bits()] = true
-		peers = append(peers, Peer{Subnet: l.Subnet, NextHop: l.PublicIP, Key: l.Key})
+		taken[v4key(subnet)] = l.Key
+		if !slices.Contains(lengths, subnet.Bits()) {
+			lengths = append(lengths, subnet.Bits())
+		}
+		peers = append(peers, Peer{Subnet: subnet, NextHop: l.PublicIP, Key: l.Key})
 	}
 	return peers, skipped
 }
 
-func overlapsAny(prefixes []netip.Prefix, p netip.Prefix) bool {
-	return firstOverlap(prefixes, p).IsValid()
+// keyOrder is the index order that sorts leases by key, or nil if they
+// are in key order already.
+func keyOrder(leases []registry.Lease) []int {
+	if slices.IsSortedFunc(leases, func(a, b registry.Lease) int { return strings.Compare(a.Key, b.Key) }) {
+		return nil
+	}
+	order := make([]int, len(leases))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(i, j int) int { return strings.Compare(leases[i].Key, leases[j].Key) })
+	return order
 }
 
 func firstOverlap(prefixes []netip.Prefix, p netip.Prefix) netip.Prefix {
@@ -133,21 +152,35 @@ func onLink(prefixes []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
+// v4prefix is an IPv4 prefix as one number (address << 8 | length): a
+// cheap map key (netip.Prefix hashes 32 bytes and holds a pointer), on
+// every lease of every change.
+type v4prefix uint64
+
+func v4key(p netip.Prefix) v4prefix {
+	a := p.Addr().As4()
+	return v4prefix(binary.BigEndian.Uint32(a[:]))<<8 | v4prefix(p.Bits())
+}
+
+func (k v4prefix) prefix() netip.Prefix {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], uint32(k>>8))
+	return netip.PrefixFrom(netip.AddrFrom4(a), int(k&0xff))
+}
+
 // overlapping finds an accepted subnet overlapping p, checking only the
 // prefix lengths in use (normally one: SubnetLen), not every pair.
-func overlapping(taken map[netip.Prefix]string, lengths map[int]bool, p netip.Prefix) (string, bool) {
-	for bits := range lengths {
-		var probe netip.Prefix
+func overlapping(taken map[v4prefix]string, lengths []int, p netip.Prefix) (string, bool) {
+	for _, bits := range lengths {
 		if bits <= p.Bits() {
-			probe = netip.PrefixFrom(p.Addr(), bits).Masked()
-			if key, ok := taken[probe]; ok {
+			if key, ok := taken[v4key(netip.PrefixFrom(p.Addr(), bits).Masked())]; ok {
 				return key, true
 			}
 			continue
 		}
 		// A longer accepted prefix inside p.
 		for q, key := range taken {
-			if q.Bits() == bits && p.Contains(q.Addr()) {
+			if qp := q.prefix(); qp.Bits() == bits && p.Contains(qp.Addr()) {
 				return key, true
 			}
 		}

@@ -113,7 +113,7 @@ type Reconciler struct {
 	desired   []Peer
 	known     bool                       // Update was called at least once
 	full      bool                       // the next run makes the full comparison
-	last      map[netip.Prefix]lastPeer  // the desired set of the last Update
+	last      map[v4prefix]lastPeer      // the desired set of the last Update
 	gen       uint64                     // Update's generation, to find departed peers in last
 	delta     map[netip.Prefix]pending   // changes since the last run
 	deleted   map[netip.Prefix]time.Time // routes a run deleted recently: their events are ours
@@ -154,7 +154,7 @@ func New(opts Options) (*Reconciler, error) {
 	}
 	r := &Reconciler{opts: opts, c: c, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]time.Time{},
 		deadNH: map[uint32]time.Time{}, nexthops: map[netip.Addr]bool{}, blockLogged: map[netip.Prefix]string{}, nhLogged: map[uint32]bool{},
-		last: map[netip.Prefix]lastPeer{}, delta: map[netip.Prefix]pending{}, blockedSet: map[netip.Prefix]string{}}
+		last: map[v4prefix]lastPeer{}, delta: map[netip.Prefix]pending{}, blockedSet: map[netip.Prefix]string{}}
 	r.subscribe = r.subscribeEvents
 	if opts.PlainRoutes {
 		r.nh = nhOff

@@ -1,0 +1,54 @@
+package reconcile_test
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+)
+
+// scaleLeases is n /25 leases of 10.0.0.0/8 with distinct on-link peers,
+// in key order as the registry hands them over.
+func scaleLeases(n int) []registry.Lease {
+	var out []registry.Lease
+	for i := 0; len(out) < n; i++ {
+		s := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 9), byte(i >> 1), byte(i&1) << 7}), 25)
+		out = append(out, registry.Lease{Key: key(s.String()), Subnet: s, PublicIP: netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})})
+	}
+	slices.SortFunc(out, func(a, b registry.Lease) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}
+
+// scaleInput is a node of a 65,536-peer cluster.
+func scaleInput() reconcile.Input {
+	return reconcile.Input{Own: netip.MustParsePrefix("10.255.255.0/24"), Network: netip.MustParsePrefix("10.0.0.0/8"),
+		OnLink: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}, PublicIP: netip.MustParseAddr("198.19.255.254"),
+		Leases: scaleLeases(65536)}
+}
+
+// Desired runs on every lease change, over every lease.
+func BenchmarkDesired65536(b *testing.B) {
+	in := scaleInput()
+	for b.Loop() {
+		reconcile.Desired(in)
+	}
+}
+
+// Update compares every desired set with the previous one.
+func BenchmarkUpdate65536(b *testing.B) {
+	peers, _ := reconcile.Desired(scaleInput())
+	// New opens a netlink socket; nothing is written with it here.
+	r, err := reconcile.New(reconcile.Options{Link: &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "lo", Index: 1}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.Update(peers)
+	for b.Loop() {
+		r.Update(peers)
+	}
+}
