@@ -107,24 +107,33 @@ func newBenchControlPlaneCmd(g *globals) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "controlplane",
-		Short: "Measure the agent's control plane with thousands of leases",
-		Long: `Brings up a one-node lab (prefix hgwcp unless --prefix is given) per round,
-stops its agent, widens the flannel network to 10.0.0.0/8, writes --leases
-synthetic /24 leases whose peers are on an extra on-link /16 of eth0
-(198.19.0.1/16), then starts the agent and measures:
+		Short: "Measure the agent's control plane with up to 65,536 leases",
+		Long: `For each --leases count and route form (--forms), and --rounds times, brings up
+a one-node lab (prefix hgwcp unless --prefix is given), stops its agent,
+widens the flannel network to 10.0.0.0/8, writes that many synthetic /25
+leases whose peers are on an extra on-link /15 of eth0 (198.19.255.254/15),
+then starts the agent and measures:
 
-  the time from 'hgw-ebpf run' starting to every lease's kernel route and
-  map entry in place (polled every 50 ms);
-  the time from a new lease's etcd Put to its map entry, for --new-leases
-  leases created one after the other (p50, p99; polled every 1 ms);
-  the agent's RSS with every lease programmed.
+  the time from 'hgw-ebpf run' starting to every lease's map entry, and to
+  every lease's kernel route (the kernel's route notifications);
+  the agent's CPU time (user + system) until then, and its RSS;
+  the time from a new lease's etcd Put to its map entry (polled every
+  200 µs) and to its kernel route, for --new-leases leases created one
+  after the other (p50, p99).
 
-Prints a progress line per step on stderr and the table with issue 5's
-targets on stdout; writes controlplane.json with every sample into --out.
-The lab is removed after each round, on Ctrl-C, and (leftovers of a crashed
-run) at the start.`,
+Forms: nexthop (the agent's default: routes through nexthop objects) and
+plain (--plain-routes: one gateway route each, as flanneld installs them;
+the kernel's cost of these grows with the square of their number, minutes
+at 65,536).
+
+Prints a progress line per step on stderr and the table with issue 14's
+targets on stdout; writes controlplane.json with every sample and
+controlplane.png (time against leases, log-log) into --out. The lab is
+removed after each round, on Ctrl-C, and (leftovers of a crashed run) at the
+start.`,
 		Example: `  hgw-lab bench controlplane
-  hgw-lab bench controlplane --rounds 5 --leases 10000`,
+  hgw-lab bench controlplane --leases 5000,20000,65536
+  hgw-lab bench controlplane --leases 65536 --forms nexthop --rounds 3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -138,22 +147,27 @@ run) at the start.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "hgw-lab bench controlplane: %d CPUs (%s), kernel %s, load %s -> %s; %d rounds, %d leases, %d new leases\n\n",
+			fmt.Fprintf(out, "hgw-lab bench controlplane: %d CPUs (%s), kernel %s, load %s -> %s; %d round(s), leases %v, forms %v, %d new leases\n\n",
 				res.Machine.CPUs, res.Machine.CPU, res.Machine.Kernel, res.Machine.LoadStart, res.Machine.LoadEnd,
-				res.Rounds, res.Leases, res.NewLeases)
+				res.Rounds, res.Leases, res.Forms, res.NewLeases)
 			errs := []error{err, res.WriteTable(out)}
 			path, jerr := res.WriteJSON(outDir)
 			if jerr == nil {
 				fmt.Fprintf(os.Stderr, "samples: %s\n", path)
 			}
-			return errors.Join(append(errs, jerr)...)
+			chart, cerr := res.WriteChart(outDir)
+			if cerr == nil {
+				fmt.Fprintf(os.Stderr, "chart: %s\n", chart)
+			}
+			return errors.Join(append(errs, jerr, cerr)...)
 		},
 	}
 	f := cmd.Flags()
-	f.IntVar(&o.Rounds, "rounds", 3, "rounds, each on a fresh node")
-	f.IntVar(&o.Leases, "leases", 5000, "synthetic leases (peers) in etcd")
-	f.IntVar(&o.NewLeases, "new-leases", 100, "leases created one by one and timed to their map entry")
-	f.StringVar(&outDir, "out", "bench-out", "directory for controlplane.json")
+	f.IntVar(&o.Rounds, "rounds", 1, "rounds per lease count and form, each on a fresh node")
+	f.IntSliceVar(&o.Leases, "leases", []int{5000}, fmt.Sprintf("synthetic leases (peers) in etcd, one run each (1..%d)", bench.MaxSyntheticLeases))
+	f.StringSliceVar(&o.Forms, "forms", []string{bench.FormNexthop, bench.FormPlain}, "route forms: nexthop, plain")
+	f.IntVar(&o.NewLeases, "new-leases", 100, "leases created one by one and timed to their map entry and kernel route")
+	f.StringVar(&outDir, "out", "bench-out", "directory for controlplane.json and controlplane.png")
 	f.StringVar(&cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
 	return cmd
 }

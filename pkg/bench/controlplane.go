@@ -16,11 +16,18 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
@@ -31,14 +38,23 @@ import (
 // DefaultControlPlanePrefix names the control-plane bench's lab.
 const DefaultControlPlanePrefix = "hgwcp"
 
-// The synthetic cluster: a flannel network wide enough for thousands of
-// /24 leases, and peers on a /16 of the benchmarking range that the node's
-// eth0 gets as a second address, so every peer is on-link (host-gw routes
-// need that) without a device per peer.
+// The synthetic cluster: flannel's widest network, and peers on a /15 of
+// the benchmarking range that the node's eth0 gets as a second address
+// (its lab address, 198.18.0.x/24, is inside it), so every peer is on-link
+// (host-gw routes need that) without a device per peer. The leases are
+// /25s: 10.0.0.0/8 holds 65,536 /24s in all, one of them the node's, so
+// 65,536 peers with the node's own /16 and the new leases' /16 left out
+// need the next length down. The route and map work does not depend on it.
 var (
 	cpNetwork   = netip.MustParsePrefix("10.0.0.0/8")
-	cpNodeAddr  = netip.PrefixFrom(netip.MustParseAddr("198.19.0.1"), 16) // peers: 198.19.1.0 and up
-	cpNewLeases = netip.MustParsePrefix("10.250.0.0/16")                  // where the timed new leases go
+	cpNodeAddr  = netip.PrefixFrom(netip.MustParseAddr("198.19.255.254"), 15) // peers: 198.18.1.0 and up
+	cpNewLeases = netip.MustParsePrefix("10.250.0.0/16")                      // where the timed new leases go
+)
+
+// Route forms the control-plane bench compares.
+const (
+	FormNexthop = "nexthop" // the agent's default: routes through nexthop objects
+	FormPlain   = "plain"   // --plain-routes: one gateway route each, as flanneld
 )
 
 // ControlPlaneOptions configure `hgw-lab bench controlplane`.
@@ -47,9 +63,10 @@ type ControlPlaneOptions struct {
 	StateRoot string
 	BinDir    string
 	CNIPath   string
-	Rounds    int // default 3; every round starts from a fresh node
-	Leases    int // synthetic peers (default 5000)
-	NewLeases int // leases created one by one and timed to the map (default 100)
+	Rounds    int      // per lease count and form (default 1); every round starts from a fresh node
+	Leases    []int    // synthetic peers per run (default 5000), each 1..MaxSyntheticLeases
+	Forms     []string // FormNexthop, FormPlain (default both)
+	NewLeases int      // leases created one by one and timed (default 100)
 	Log       *slog.Logger
 	Progress  io.Writer // one line per step; os.Stderr if nil
 }
@@ -62,20 +79,32 @@ func (o *ControlPlaneOptions) setDefaults() error {
 		return fmt.Errorf("bench prefix: %w", err)
 	}
 	if o.Rounds == 0 {
-		o.Rounds = 3
+		o.Rounds = 1
 	}
-	if o.Leases == 0 {
-		o.Leases = 5000
+	if len(o.Leases) == 0 {
+		o.Leases = []int{5000}
+	}
+	if len(o.Forms) == 0 {
+		o.Forms = []string{FormNexthop, FormPlain}
 	}
 	if o.NewLeases == 0 {
 		o.NewLeases = 100
 	}
-	switch {
-	case o.Rounds < 1 || o.Rounds > 20:
+	if o.Rounds < 1 || o.Rounds > 20 {
 		return fmt.Errorf("rounds %d: want 1..20", o.Rounds)
-	case o.Leases < 1 || o.Leases > maxSyntheticLeases:
-		return fmt.Errorf("leases %d: want 1..%d", o.Leases, maxSyntheticLeases)
-	case o.NewLeases < 1 || o.NewLeases > 256:
+	}
+	for _, n := range o.Leases {
+		if n < 1 || n > MaxSyntheticLeases {
+			return fmt.Errorf("leases %d: want 1..%d", n, MaxSyntheticLeases)
+		}
+	}
+	slices.Sort(o.Leases)
+	for _, f := range o.Forms {
+		if f != FormNexthop && f != FormPlain {
+			return fmt.Errorf("route form %q: want %s or %s", f, FormNexthop, FormPlain)
+		}
+	}
+	if o.NewLeases < 1 || o.NewLeases > 256 {
 		return fmt.Errorf("new leases %d: want 1..256", o.NewLeases)
 	}
 	if o.Log == nil {
@@ -93,22 +122,22 @@ type SyntheticLease struct {
 	PublicIP netip.Addr
 }
 
-// maxSyntheticLeases keeps peers inside cpNodeAddr's /16 (from .1.0 up) and
-// subnets below cpNewLeases.
-const maxSyntheticLeases = 60000
+// MaxSyntheticLeases is flannel's largest network's count of subnets.
+const MaxSyntheticLeases = 65536
 
-// SyntheticLeases returns n distinct /24 leases of cpNetwork with distinct
-// peers in cpNodeAddr's /16, none overlapping skip (the node's own subnet's
-// network) or cpNewLeases, none at the node's own address.
+// SyntheticLeases returns n distinct /25 leases of cpNetwork with distinct
+// peers in cpNodeAddr's /15 (from 198.18.1.0, clear of the lab's own
+// underlay 198.18.0.0/24), none overlapping skip (the node's own subnet's
+// network) or cpNewLeases.
 func SyntheticLeases(n int, skip netip.Prefix) []SyntheticLease {
 	out := make([]SyntheticLease, 0, n)
-	for i := 0; len(out) < n && i < 1<<16; i++ {
-		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
+	for i := 0; len(out) < n && i < 1<<17; i++ {
+		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 9), byte(i >> 1), byte(i&1) << 7}), 25)
 		if skip.Overlaps(subnet) || cpNewLeases.Overlaps(subnet) {
 			continue
 		}
-		k := len(out) + 256 // from 198.19.1.0: clear of the node's 198.19.0.1
-		out = append(out, SyntheticLease{Subnet: subnet, PublicIP: netip.AddrFrom4([4]byte{198, 19, byte(k >> 8), byte(k)})})
+		k := len(out) + 256
+		out = append(out, SyntheticLease{Subnet: subnet, PublicIP: netip.AddrFrom4([4]byte{198, 18 + byte(k>>16), byte(k >> 8), byte(k)})})
 	}
 	return out
 }
@@ -116,7 +145,7 @@ func SyntheticLeases(n int, skip netip.Prefix) []SyntheticLease {
 // newLease is the k-th timed new lease.
 func newLease(k int) SyntheticLease {
 	return SyntheticLease{
-		Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(k), 0}), 24),
+		Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(k), 0}), 25),
 		PublicIP: netip.AddrFrom4([4]byte{198, 19, 250, byte(k)}),
 	}
 }
@@ -130,18 +159,24 @@ func leaseValue(l SyntheticLease) (string, error) {
 	return string(b), err
 }
 
-// ControlPlaneSample is one round.
+// ControlPlaneSample is one round: one lease count, one route form.
 type ControlPlaneSample struct {
-	Round int `json:"round"`
-	// From `hgw-ebpf run` started to every lease's kernel route and map
-	// entry in place, and to each of the two alone.
-	ProgramSeconds Float `json:"program_seconds"`
-	RoutesSeconds  Float `json:"kernel_routes_seconds"`
-	MapSeconds     Float `json:"map_entries_seconds"`
-	// From a new lease's Put to its map entry, per lease, in order.
-	NewLeaseMs []float64 `json:"new_lease_ms"`
-	RSSBytes   uint64    `json:"agent_rss_bytes"` // with every lease programmed
-	Error      string    `json:"error,omitempty"`
+	Round  int    `json:"round"`
+	Leases int    `json:"leases"`
+	Form   string `json:"form"`
+	// From `hgw-ebpf run` started to every lease's map entry, and to
+	// every lease's kernel route.
+	MapSeconds    Float `json:"map_entries_seconds"`
+	RoutesSeconds Float `json:"kernel_routes_seconds"`
+	// The agent's CPU time (user + system, the kernel's route work
+	// included) from its start until the kernel routes were complete.
+	CPUSeconds Float `json:"agent_cpu_seconds"`
+	// From a new lease's Put to its map entry and to its kernel route
+	// (the kernel's notification), per lease, in order.
+	NewLeaseMapMs    []float64 `json:"new_lease_map_ms"`
+	NewLeaseKernelMs []float64 `json:"new_lease_kernel_ms"`
+	RSSBytes         uint64    `json:"agent_rss_bytes"` // with every lease programmed
+	Error            string    `json:"error,omitempty"`
 }
 
 // ControlPlaneResult is a run; written as controlplane.json.
@@ -150,14 +185,15 @@ type ControlPlaneResult struct {
 	Finished  time.Time            `json:"finished"`
 	Machine   Machine              `json:"machine"`
 	Rounds    int                  `json:"rounds"`
-	Leases    int                  `json:"leases"`
+	Leases    []int                `json:"leases"`
+	Forms     []string             `json:"forms"`
 	NewLeases int                  `json:"new_leases"`
 	Samples   []ControlPlaneSample `json:"samples"`
 }
 
-// RunControlPlane measures the agent's control plane at scale: rounds of a
-// fresh one-node lab whose etcd holds o.Leases synthetic leases. Every lab
-// is removed when it returns.
+// RunControlPlane measures the agent's control plane at scale: for each
+// lease count and route form, rounds of a fresh one-node lab whose etcd
+// holds that many synthetic leases. Every lab is removed when it returns.
 func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResult, error) {
 	if err := o.setDefaults(); err != nil {
 		return nil, err
@@ -166,18 +202,24 @@ func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneR
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(began).Seconds(), fmt.Sprintf(format, args...))
 	}
-	res := &ControlPlaneResult{Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Leases: o.Leases, NewLeases: o.NewLeases}
+	res := &ControlPlaneResult{Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Leases: o.Leases,
+		Forms: o.Forms, NewLeases: o.NewLeases}
 	down := lab.DownOptions{Prefix: o.Prefix, StateRoot: o.StateRoot, BinDir: o.BinDir, Log: o.Log}
 	progress("removing leftovers of earlier runs (prefix %s)", o.Prefix)
 	if err := lab.Down(ctx, down); err != nil {
 		return nil, err
 	}
 	var errs []error
-	for round := 1; round <= o.Rounds && ctx.Err() == nil; round++ {
-		s := controlPlaneRound(ctx, &o, round, progress)
-		res.Samples = append(res.Samples, s)
-		if s.Error != "" {
-			errs = append(errs, fmt.Errorf("round %d: %s", round, s.Error))
+	for _, n := range o.Leases {
+		for _, form := range o.Forms {
+			for round := 1; round <= o.Rounds && ctx.Err() == nil; round++ {
+				run := cpRun{o: &o, leases: n, form: form, round: round, progress: progress}
+				s := run.measure(ctx)
+				res.Samples = append(res.Samples, s)
+				if s.Error != "" {
+					errs = append(errs, fmt.Errorf("%d leases, %s, round %d: %s", n, form, round, s.Error))
+				}
+			}
 		}
 	}
 	res.Finished = time.Now()
@@ -185,15 +227,42 @@ func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneR
 	return res, errors.Join(append(errs, ctx.Err())...)
 }
 
-func controlPlaneRound(ctx context.Context, o *ControlPlaneOptions, round int, progress func(string, ...any)) (s ControlPlaneSample) {
-	s = ControlPlaneSample{Round: round, ProgramSeconds: Float(math.NaN()), RoutesSeconds: Float(math.NaN()), MapSeconds: Float(math.NaN())}
+// cpRun is one round.
+type cpRun struct {
+	o        *ControlPlaneOptions
+	leases   int
+	form     string
+	round    int
+	progress func(string, ...any)
+}
+
+func (c cpRun) say(format string, args ...any) {
+	c.progress("%d leases, %s, round %d/%d: %s", c.leases, c.form, c.round, c.o.Rounds, fmt.Sprintf(format, args...))
+}
+
+// programTimeout bounds the wait for every route: plain routes cost the
+// kernel time quadratic in their number (minutes at 65,536).
+func programTimeout(n int) time.Duration {
+	return 60*time.Second + time.Duration(n)*5*time.Millisecond
+}
+
+func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
+	nan := Float(math.NaN())
+	s = ControlPlaneSample{Round: c.round, Leases: c.leases, Form: c.form, MapSeconds: nan, RoutesSeconds: nan, CPUSeconds: nan}
 	fail := func(err error) ControlPlaneSample {
 		s.Error = err.Error()
-		progress("round %d/%d: %v", round, o.Rounds, err)
+		c.say("%v", err)
 		return s
 	}
-	l, err := lab.Up(ctx, lab.Config{Prefix: o.Prefix, StateRoot: o.StateRoot, BinDir: o.BinDir, CNIPath: o.CNIPath,
-		Nodes: 1, PodsPerNode: 0, Datapath: lab.DatapathEBPF, Log: o.Log})
+	var args []string
+	if c.form == FormPlain {
+		args = append(args, "--plain-routes")
+	}
+	// The agent's default resync: the lab's 2 s would make every other
+	// new lease meet a full comparison of tens of thousands of peers.
+	l, err := lab.Up(ctx, lab.Config{Prefix: c.o.Prefix, StateRoot: c.o.StateRoot, BinDir: c.o.BinDir, CNIPath: c.o.CNIPath,
+		Nodes: 1, PodsPerNode: 0, Datapath: lab.DatapathEBPF, ResyncInterval: reconcile.DefaultResyncInterval,
+		AgentArgs: args, Log: c.o.Log})
 	if err != nil {
 		return fail(err)
 	}
@@ -215,8 +284,8 @@ func controlPlaneRound(ctx context.Context, o *ControlPlaneOptions, round int, p
 	if err := addPeerNet(h); err != nil {
 		return fail(fmt.Errorf("%s: %w", node.Name, err))
 	}
-	leases := SyntheticLeases(o.Leases, netip.PrefixFrom(own.Addr(), 16).Masked())
-	progress("round %d/%d: writing %d leases into etcd", round, o.Rounds, len(leases))
+	leases := SyntheticLeases(c.leases, netip.PrefixFrom(own.Addr(), 16).Masked())
+	c.say("writing %d leases into etcd", len(leases))
 	etcdLease, err := putLeases(ctx, l.Etcd(), leases)
 	if err != nil {
 		return fail(err)
@@ -226,35 +295,52 @@ func controlPlaneRound(ctx context.Context, o *ControlPlaneOptions, round int, p
 		return fail(err)
 	}
 	defer maps.Close()
+	watch, err := watchRoutes(node.Name)
+	if err != nil {
+		return fail(err)
+	}
+	defer watch.stop()
 
 	start := time.Now()
 	if err := l.StartAgent(node.Name); err != nil {
 		return fail(err)
 	}
-	routesAt, mapAt, err := waitProgrammed(ctx, h, maps.Routes(), len(leases), 60*time.Second)
+	mapAt, err := waitMapFilled(ctx, maps.Routes(), leases, programTimeout(len(leases)))
 	if err != nil {
 		return fail(err)
 	}
-	s.RoutesSeconds, s.MapSeconds = Float(routesAt.Sub(start).Seconds()), Float(mapAt.Sub(start).Seconds())
-	s.ProgramSeconds = max(s.RoutesSeconds, s.MapSeconds)
 	pid := mustAgentPID(l, node.Name)
+	s.MapSeconds = Float(mapAt.Sub(start).Seconds())
+	c.say("map complete %.2fs after agent start", float64(s.MapSeconds))
+	routesAt, err := watch.waitCount(ctx, len(leases), start.Add(programTimeout(len(leases))))
+	if err != nil {
+		return fail(err)
+	}
+	cpu, err := processCPU(pid)
+	if err != nil {
+		return fail(err)
+	}
+	s.RoutesSeconds, s.CPUSeconds = Float(routesAt.Sub(start).Seconds()), Float(cpu.Seconds())
 	if s.RSSBytes, err = processRSS(pid); err != nil {
 		return fail(err)
 	}
-	progress("round %d/%d: %d leases programmed %.2fs after agent start (routes %.2fs, map %.2fs), RSS %.1f MiB",
-		round, o.Rounds, len(leases), s.ProgramSeconds, s.RoutesSeconds, s.MapSeconds, float64(s.RSSBytes)/(1<<20))
+	c.say("kernel routes complete %.2fs after agent start, agent CPU %.2fs, RSS %.1f MiB",
+		float64(s.RoutesSeconds), float64(s.CPUSeconds), float64(s.RSSBytes)/(1<<20))
 
-	for k := range o.NewLeases {
-		d, err := timeNewLease(ctx, l.Etcd(), etcdLease, maps.Routes(), newLease(k), 5*time.Second)
+	for k := range c.o.NewLeases {
+		toMap, toKernel, err := timeNewLease(ctx, l.Etcd(), etcdLease, maps.Routes(), watch, newLease(k), 5*time.Second)
 		if err != nil {
 			return fail(fmt.Errorf("new lease %d: %w", k, err))
 		}
-		s.NewLeaseMs = append(s.NewLeaseMs, float64(d.Microseconds())/1000)
+		s.NewLeaseMapMs = append(s.NewLeaseMapMs, ms(toMap))
+		s.NewLeaseKernelMs = append(s.NewLeaseKernelMs, ms(toKernel))
 	}
-	progress("round %d/%d: new lease -> map entry p50 %.1f ms, p99 %.1f ms over %d leases",
-		round, o.Rounds, Percentile(s.NewLeaseMs, 50), Percentile(s.NewLeaseMs, 99), len(s.NewLeaseMs))
+	c.say("new lease -> map p50 %.1f ms, p99 %.1f ms; -> kernel route p99 %.1f ms over %d leases",
+		Percentile(s.NewLeaseMapMs, 50), Percentile(s.NewLeaseMapMs, 99), Percentile(s.NewLeaseKernelMs, 99), len(s.NewLeaseMapMs))
 	return s
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // addPeerNet gives the node's eth0 the address cpNodeAddr, so the
 // synthetic peers are on-link.
@@ -274,7 +360,7 @@ func addPeerNet(h *netlink.Handle) error {
 // etcd lease of a day, as flanneld's) in transactions of etcd's default
 // maximum size.
 func putLeases(ctx context.Context, cli *clientv3.Client, leases []SyntheticLease) (clientv3.LeaseID, error) {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 120*time.Second)
 	defer cancel()
 	prefix := registry.DefaultPrefix
 	cfg := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":"host-gw"}}`, cpNetwork)
@@ -302,73 +388,175 @@ func putLeases(ctx context.Context, cli *clientv3.Client, leases []SyntheticLeas
 	return grant.ID, nil
 }
 
-// waitProgrammed polls until the node has n kernel routes of the agent and
-// n map entries, and returns when each got there. Polling every 50 ms
-// bounds the figure's resolution and the CPU the poll takes from the agent.
-func waitProgrammed(ctx context.Context, h *netlink.Handle, rm *datapath.RouteMap, n int, timeout time.Duration) (routesAt, mapAt time.Time, err error) {
+// waitMapFilled waits until every lease has its map entry. The agent
+// writes a start's new entries in address order, in one batch: the
+// highest lease's entry (looked up every 2 ms, one system call) is the
+// last, and a listing then confirms the count (a listing of 65,536
+// entries every few milliseconds would take the CPU the agent needs).
+func waitMapFilled(ctx context.Context, rm *datapath.RouteMap, leases []SyntheticLease, timeout time.Duration) (time.Time, error) {
+	last := leases[0]
+	for _, l := range leases {
+		if l.Subnet.Addr().Compare(last.Subnet.Addr()) > 0 {
+			last = l
+		}
+	}
 	deadline := time.Now().Add(timeout)
-	var routes, entries int
 	for {
 		now := time.Now()
-		if routesAt.IsZero() {
-			rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: reconcile.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
-			if err != nil {
-				return routesAt, mapAt, fmt.Errorf("list routes: %w", err)
-			}
-			if routes = len(rs); routes >= n {
-				routesAt = now
-			}
+		rt, ok, err := rm.Match(last.Subnet)
+		if err != nil {
+			return now, err
 		}
-		if mapAt.IsZero() {
-			es, err := rm.List()
+		if ok && rt.NextHop == last.PublicIP {
+			all, err := rm.List()
 			if err != nil {
-				return routesAt, mapAt, err
+				return now, err
 			}
-			if entries = len(es); entries >= n {
-				mapAt = now
+			if len(all) >= len(leases) {
+				return now, nil
 			}
-		}
-		if !routesAt.IsZero() && !mapAt.IsZero() {
-			return routesAt, mapAt, nil
 		}
 		if now.After(deadline) {
-			return routesAt, mapAt, fmt.Errorf("after %s: %d of %d kernel routes, %d map entries", timeout, routes, n, entries)
+			return now, fmt.Errorf("after %s: map entries incomplete", timeout)
 		}
 		select {
 		case <-ctx.Done():
-			return routesAt, mapAt, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+			return now, ctx.Err()
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 }
 
-// timeNewLease writes one lease and polls the map every millisecond until
-// the programs would send its subnet to its peer.
-func timeNewLease(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, rm *datapath.RouteMap, l SyntheticLease, timeout time.Duration) (time.Duration, error) {
+// routeWatch follows the kernel's notifications of new routes of the
+// agent's protocol in a node: when each destination first appeared.
+type routeWatch struct {
+	mu      sync.Mutex
+	seen    map[netip.Prefix]time.Time
+	changed chan struct{}
+	err     error
+	done    chan struct{}
+}
+
+func watchRoutes(node string) (*routeWatch, error) {
+	ns, err := netns.GetFromName(node)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", node, err)
+	}
+	defer ns.Close()
+	w := &routeWatch{seen: map[netip.Prefix]time.Time{}, changed: make(chan struct{}, 1), done: make(chan struct{})}
+	ch := make(chan netlink.RouteUpdate, 4096)
+	opts := netlink.RouteSubscribeOptions{Namespace: &ns, ReceiveBufferSize: 64 << 20, ReceiveBufferForceSize: true,
+		ErrorCallback: func(err error) {
+			w.mu.Lock()
+			if w.err == nil {
+				w.err = err
+			}
+			w.mu.Unlock()
+		}}
+	if err := netlink.RouteSubscribeWithOptions(ch, w.done, opts); err != nil {
+		return nil, fmt.Errorf("watch routes in %s: %w", node, err)
+	}
+	go func() {
+		for ev := range ch {
+			if ev.Type != unix.RTM_NEWROUTE || ev.Protocol != reconcile.RouteProtocol || ev.Dst == nil {
+				continue
+			}
+			ones, _ := ev.Dst.Mask.Size()
+			a, ok := netip.AddrFromSlice(ev.Dst.IP.To4())
+			if !ok {
+				continue
+			}
+			now := time.Now()
+			w.mu.Lock()
+			if _, had := w.seen[netip.PrefixFrom(a, ones)]; !had {
+				w.seen[netip.PrefixFrom(a, ones)] = now
+			}
+			w.mu.Unlock()
+			select {
+			case w.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return w, nil
+}
+
+func (w *routeWatch) stop() { close(w.done) }
+
+// waitCount waits until n distinct routes were seen, and returns when the
+// last of them appeared.
+func (w *routeWatch) waitCount(ctx context.Context, n int, deadline time.Time) (time.Time, error) {
+	for {
+		w.mu.Lock()
+		count, err := len(w.seen), w.err
+		var last time.Time
+		if count >= n {
+			for _, t := range w.seen {
+				if t.After(last) {
+					last = t
+				}
+			}
+		}
+		w.mu.Unlock()
+		switch {
+		case count >= n:
+			return last, nil
+		case err != nil:
+			return time.Time{}, fmt.Errorf("route notifications lost after %d of %d: %w", count, n, err)
+		case time.Now().After(deadline):
+			return time.Time{}, fmt.Errorf("%d of %d kernel routes after the deadline", count, n)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-w.changed:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// when is the time subnet's route was first seen.
+func (w *routeWatch) when(subnet netip.Prefix) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.seen[subnet]
+	return t, ok
+}
+
+// timeNewLease writes one lease and polls the map every 200 µs until the
+// programs would send its subnet to its peer, and waits for the kernel's
+// notification of its route.
+func timeNewLease(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, rm *datapath.RouteMap, w *routeWatch, l SyntheticLease, timeout time.Duration) (toMap, toKernel time.Duration, err error) {
 	v, err := leaseValue(l)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
 	if _, err := cli.Put(pctx, leaseKey(registry.DefaultPrefix, l.Subnet), v, clientv3.WithLease(id)); err != nil {
-		return 0, fmt.Errorf("put %s: %w", l.Subnet, err)
+		return 0, 0, fmt.Errorf("put %s: %w", l.Subnet, err)
 	}
-	for {
-		rt, ok, err := rm.Match(l.Subnet)
-		if err != nil {
-			return 0, err
+	for toMap == 0 || toKernel == 0 {
+		if toMap == 0 {
+			rt, ok, err := rm.Match(l.Subnet)
+			if err != nil {
+				return 0, 0, err
+			}
+			if ok && rt.NextHop == l.PublicIP {
+				toMap = time.Since(start)
+			}
 		}
-		if ok && rt.NextHop == l.PublicIP {
-			return time.Since(start), nil
+		if at, ok := w.when(l.Subnet); ok && toKernel == 0 {
+			toKernel = at.Sub(start)
 		}
 		select {
 		case <-pctx.Done():
-			return 0, fmt.Errorf("%s via %s not in the map after %s", l.Subnet, l.PublicIP, timeout)
-		case <-time.After(time.Millisecond):
+			return 0, 0, fmt.Errorf("%s via %s: map %v, kernel %v after %s", l.Subnet, l.PublicIP, toMap, toKernel, timeout)
+		case <-time.After(200 * time.Microsecond):
 		}
 	}
+	return toMap, toKernel, nil
 }
 
 func mustAgentPID(l *lab.Lab, node string) int {
@@ -399,6 +587,33 @@ func processRSS(pid int) (uint64, error) {
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
+// processCPU is the user and system time pid has used, from
+// /proc/<pid>/stat (clock ticks of 1/100 s).
+func processCPU(pid int) (time.Duration, error) {
+	if pid == 0 {
+		return 0, errors.New("agent not running")
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, fmt.Errorf("agent stat: %w", err)
+	}
+	// The command name may hold spaces: count fields after its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	var ticks uint64
+	for _, s := range f[11:13] { // utime, stime (fields 14 and 15)
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
 // Percentile is the nearest-rank p-th percentile of vals (NaN if empty).
 func Percentile(vals []float64, p float64) float64 {
 	var v []float64
@@ -415,40 +630,173 @@ func Percentile(vals []float64, p float64) float64 {
 	return v[min(max(rank, 1), len(v))-1]
 }
 
-// WriteTable prints the figures with their targets (issue 5).
-func (r *ControlPlaneResult) WriteTable(w io.Writer) error {
-	var prog, routes, mapd, p50, p99, rss []float64
-	for _, s := range r.Samples {
-		prog, routes, mapd = append(prog, float64(s.ProgramSeconds)), append(routes, float64(s.RoutesSeconds)), append(mapd, float64(s.MapSeconds))
-		if len(s.NewLeaseMs) > 0 {
-			p50, p99 = append(p50, Percentile(s.NewLeaseMs, 50)), append(p99, Percentile(s.NewLeaseMs, 99))
+// cpFigure is one row of the control-plane table.
+type cpFigure struct {
+	name string
+	get  func(ControlPlaneSample) []float64 // the sample's values (one, or one per new lease)
+	stat func([]float64) float64            // per round: the value itself, or a percentile
+	// target is checked on the nexthop form at the largest lease count.
+	target string
+	met    func(float64) bool
+}
+
+func one(f func(ControlPlaneSample) float64) func(ControlPlaneSample) []float64 {
+	return func(s ControlPlaneSample) []float64 { return []float64{f(s)} }
+}
+
+func first(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	return v[0]
+}
+
+func pct(p float64) func([]float64) float64 {
+	return func(v []float64) float64 { return Percentile(v, p) }
+}
+
+// cpFigures are the issue's figures with its targets.
+var cpFigures = []cpFigure{
+	{"map complete [s]", one(func(s ControlPlaneSample) float64 { return float64(s.MapSeconds) }), first,
+		"< 2 s", func(v float64) bool { return v < 2 }},
+	{"kernel routes complete [s]", one(func(s ControlPlaneSample) float64 { return float64(s.RoutesSeconds) }), first,
+		"< 6 s", func(v float64) bool { return v < 6 }},
+	{"new lease -> map p50 [ms]", func(s ControlPlaneSample) []float64 { return s.NewLeaseMapMs }, pct(50), "", nil},
+	{"new lease -> map p99 [ms]", func(s ControlPlaneSample) []float64 { return s.NewLeaseMapMs }, pct(99),
+		"< 10 ms", func(v float64) bool { return v < 10 }},
+	{"new lease -> kernel p99 [ms]", func(s ControlPlaneSample) []float64 { return s.NewLeaseKernelMs }, pct(99),
+		"< 20 ms", func(v float64) bool { return v < 20 }},
+	{"agent RSS [MiB]", one(func(s ControlPlaneSample) float64 {
+		if s.RSSBytes == 0 {
+			return math.NaN()
 		}
-		if s.RSSBytes > 0 {
-			rss = append(rss, float64(s.RSSBytes)/(1<<20))
+		return float64(s.RSSBytes) / (1 << 20)
+	}), first, "< 150 MiB", func(v float64) bool { return v < 150 }},
+	{"agent CPU to routes [s]", one(func(s ControlPlaneSample) float64 { return float64(s.CPUSeconds) }), first, "", nil},
+}
+
+// median is a figure's median over the rounds of one lease count and form.
+func (r *ControlPlaneResult) median(f cpFigure, n int, form string) float64 {
+	var per []float64
+	for _, s := range r.Samples {
+		if s.Leases == n && s.Form == form && s.Error == "" {
+			per = append(per, f.stat(f.get(s)))
 		}
 	}
+	return Summarize(per).Median
+}
+
+// WriteTable prints each figure per lease count (median of the rounds),
+// and the issue's targets, checked on the nexthop form at the largest
+// count, with how the time to complete grows against linear.
+func (r *ControlPlaneResult) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "figure\tmedian\tmin–max\tn\ttarget\t")
-	row := func(name string, vals []float64, target string, met func(float64) bool) {
-		s := Summarize(vals)
-		verdict := ""
-		if met != nil && s.N > 0 {
-			verdict = "not met"
-			if met(s.Max) {
-				verdict = "met (every round)"
-			} else if met(s.Median) {
-				verdict = "met (median)"
+	head := "figure\tform\t"
+	for _, n := range r.Leases {
+		head += fmt.Sprintf("%d\t", n)
+	}
+	maxN := r.Leases[len(r.Leases)-1]
+	fmt.Fprintf(tw, "%starget at %d\t\n", head, maxN)
+	for _, f := range cpFigures {
+		for _, form := range r.Forms {
+			row := f.name + "\t" + form + "\t"
+			for _, n := range r.Leases {
+				row += num(r.median(f, n, form)) + "\t"
+			}
+			verdict := ""
+			if f.met != nil && form == FormNexthop {
+				verdict = f.target + " " + metWord(f.met(r.median(f, maxN, form)))
+			}
+			fmt.Fprintf(tw, "%s%s\t\n", row, verdict)
+		}
+	}
+	if minN := r.Leases[0]; minN < maxN {
+		for _, f := range cpFigures[:2] {
+			for _, form := range r.Forms {
+				g := r.Growth(f, form)
+				verdict := ""
+				if form == FormNexthop {
+					verdict = "<= 1.5x " + metWord(g <= 1.5)
+				}
+				fmt.Fprintf(tw, "%s growth %d -> %d [x linear]\t%s\t%s\t%s\t\n", strings.TrimSuffix(f.name, " [s]"), minN, maxN,
+					form, strings.Repeat("\t", len(r.Leases)-1)+num(g), verdict)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s–%s\t%d\t%s %s\t\n", name, num(s.Median), num(s.Min), num(s.Max), s.N, target, verdict)
 	}
-	row(fmt.Sprintf("%d leases programmed [s]", r.Leases), prog, "< 2 s", func(v float64) bool { return v < 2 })
-	row("  kernel routes complete [s]", routes, "", nil)
-	row("  map entries complete [s]", mapd, "", nil)
-	row("new lease -> map p50 [ms]", p50, "", nil)
-	row("new lease -> map p99 [ms]", p99, "< 100 ms", func(v float64) bool { return v < 100 })
-	row(fmt.Sprintf("agent RSS at %d peers [MiB]", r.Leases), rss, "", nil)
 	return tw.Flush()
+}
+
+// Growth is how much faster than linear a time figure grows from the
+// smallest to the largest lease count: 1 is linear.
+func (r *ControlPlaneResult) Growth(f cpFigure, form string) float64 {
+	lo, hi := r.Leases[0], r.Leases[len(r.Leases)-1]
+	return (r.median(f, hi, form) / r.median(f, lo, form)) / (float64(hi) / float64(lo))
+}
+
+func metWord(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+// WriteChart draws controlplane.png into dir: the times to a complete map
+// and to complete kernel routes against the lease count, log-log, per
+// route form, with a line of linear growth for reference.
+func (r *ControlPlaneResult) WriteChart(dir string) (string, error) {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Time from agent start to complete (median of %d round(s)), log-log", r.Rounds)
+	p.X.Label.Text = "leases (peers)"
+	p.Y.Label.Text = "seconds"
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
+	i := 0
+	ymin := math.Inf(1)
+	for _, form := range r.Forms {
+		for _, f := range cpFigures[:2] {
+			var pts plotter.XYs
+			for _, n := range r.Leases {
+				if v := r.median(f, n, form); v > 0 {
+					pts = append(pts, plotter.XY{X: float64(n), Y: v})
+					ymin = math.Min(ymin, v)
+				}
+			}
+			if len(pts) == 0 {
+				continue
+			}
+			line, points, err := plotter.NewLinePoints(pts)
+			if err != nil {
+				return "", fmt.Errorf("chart: %w", err)
+			}
+			line.Color, points.Color = plotutil.Color(i), plotutil.Color(i)
+			points.Shape = plotutil.Shape(i)
+			p.Add(line, points)
+			p.Legend.Add(fmt.Sprintf("%s: %s", form, strings.TrimSuffix(f.name, " [s]")), line, points)
+			i++
+		}
+	}
+	if i == 0 {
+		return "", errors.New("chart: no round completed")
+	}
+	if lo, hi := r.Leases[0], r.Leases[len(r.Leases)-1]; lo < hi {
+		ref := plotter.XYs{{X: float64(lo), Y: ymin}, {X: float64(hi), Y: ymin * float64(hi) / float64(lo)}}
+		line, err := plotter.NewLine(ref)
+		if err != nil {
+			return "", fmt.Errorf("chart: %w", err)
+		}
+		line.Dashes = []vg.Length{vg.Points(4), vg.Points(4)}
+		p.Add(line)
+		p.Legend.Add("linear growth", line)
+	}
+	p.Legend.Top, p.Legend.Left = true, true
+	path := filepath.Join(dir, "controlplane.png")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := p.Save(7*vg.Inch, 4.5*vg.Inch, path); err != nil {
+		return "", fmt.Errorf("save chart %s: %w", path, err)
+	}
+	return path, nil
 }
 
 // WriteJSON writes dir/controlplane.json and returns its path.

@@ -16,27 +16,28 @@ import (
 
 func TestSyntheticLeasesAreDistinctAndClear(t *testing.T) {
 	own := netip.MustParsePrefix("10.244.0.0/16")
-	ls := SyntheticLeases(5000, own)
-	if len(ls) != 5000 {
-		t.Fatalf("%d leases, want 5000", len(ls))
+	ls := SyntheticLeases(MaxSyntheticLeases, own)
+	if len(ls) != MaxSyntheticLeases {
+		t.Fatalf("%d leases, want %d", len(ls), MaxSyntheticLeases)
 	}
+	labUnderlay := netip.MustParsePrefix("198.18.0.0/24")
 	subnets, ips := map[netip.Prefix]bool{}, map[netip.Addr]bool{}
 	peerNet := cpNodeAddr.Masked()
 	for _, l := range ls {
 		switch {
 		case subnets[l.Subnet] || ips[l.PublicIP]:
 			t.Fatalf("%+v repeats a subnet or a peer", l)
-		case l.Subnet.Bits() != 24 || !cpNetwork.Contains(l.Subnet.Addr()):
-			t.Errorf("%s is not a /24 of %s", l.Subnet, cpNetwork)
+		case l.Subnet.Bits() != 25 || !cpNetwork.Contains(l.Subnet.Addr()) || l.Subnet.Masked() != l.Subnet:
+			t.Errorf("%s is not a /25 of %s", l.Subnet, cpNetwork)
 		case own.Overlaps(l.Subnet) || cpNewLeases.Overlaps(l.Subnet):
 			t.Errorf("%s overlaps the node's network or the new leases' range", l.Subnet)
-		case !peerNet.Contains(l.PublicIP) || l.PublicIP == cpNodeAddr.Addr():
-			t.Errorf("peer %s is off %s or the node's own address", l.PublicIP, peerNet)
+		case !peerNet.Contains(l.PublicIP) || l.PublicIP == cpNodeAddr.Addr() || labUnderlay.Contains(l.PublicIP):
+			t.Errorf("peer %s is off %s, the node's own address or in the lab's underlay", l.PublicIP, peerNet)
 		}
 		subnets[l.Subnet], ips[l.PublicIP] = true, true
 	}
 	for k := range 256 {
-		if nl := newLease(k); subnets[nl.Subnet] || ips[nl.PublicIP] || !cpNewLeases.Contains(nl.Subnet.Addr()) {
+		if nl := newLease(k); subnets[nl.Subnet] || ips[nl.PublicIP] || !cpNewLeases.Contains(nl.Subnet.Addr()) || !peerNet.Contains(nl.PublicIP) {
 			t.Fatalf("new lease %d %+v clashes with the synthetic ones", k, nl)
 		}
 	}
@@ -68,22 +69,35 @@ func TestRunControlPlaneSmall(t *testing.T) {
 	prefix := "hgwtcp" + testutil.RandHex(t, 2)
 	var progress bytes.Buffer
 	res, err := RunControlPlane(ctx, ControlPlaneOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin,
-		CNIPath: os.Getenv("CNI_PATH"), Rounds: 1, Leases: 300, NewLeases: 5, Progress: &progress})
+		CNIPath: os.Getenv("CNI_PATH"), Rounds: 1, Leases: []int{300, 100}, NewLeases: 5, Progress: &progress})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, progress.String())
 	}
-	s := res.Samples[0]
-	if !(s.ProgramSeconds > 0) || len(s.NewLeaseMs) != 5 || s.RSSBytes == 0 {
-		t.Errorf("sample %+v: want a program time, 5 new-lease times and an RSS", s)
+	if len(res.Samples) != 4 {
+		t.Fatalf("%d samples, want 2 lease counts x 2 forms", len(res.Samples))
+	}
+	for _, s := range res.Samples {
+		if !(s.MapSeconds > 0) || !(s.RoutesSeconds > 0) || !(s.CPUSeconds >= 0) || len(s.NewLeaseMapMs) != 5 ||
+			len(s.NewLeaseKernelMs) != 5 || s.RSSBytes == 0 {
+			t.Errorf("sample %+v: want map and route times, CPU, 5 new-lease times each and an RSS", s)
+		}
+	}
+	if res.Leases[0] != 100 {
+		t.Errorf("lease counts %v: want them in order", res.Leases)
 	}
 	var table bytes.Buffer
 	if err := res.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"300 leases programmed [s]", "< 2 s", "new lease -> map p99 [ms]", "< 100 ms"} {
+	for _, want := range []string{"map complete [s]", "< 2 s", "new lease -> kernel p99 [ms]", "< 20 ms", "growth 100 -> 300", "plain"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
+	}
+	if path, err := res.WriteChart(t.TempDir()); err != nil {
+		t.Errorf("chart: %v", err)
+	} else if st, err := os.Stat(path); err != nil || st.Size() == 0 {
+		t.Errorf("chart %s: %v", path, err)
 	}
 	if names, _ := filepath.Glob("/var/run/netns/" + prefix + "*"); len(names) != 0 {
 		t.Errorf("namespaces left behind: %v", names)
