@@ -284,8 +284,13 @@ func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
 	if err := addPeerNet(h); err != nil {
 		return fail(fmt.Errorf("%s: %w", node.Name, err))
 	}
-	leases := SyntheticLeases(c.leases, netip.PrefixFrom(own.Addr(), 16).Masked())
-	c.say("writing %d leases into etcd", len(leases))
+	// c.leases counts the node's own lease too: a cluster of 65,536
+	// subnets is 65,535 peers, as many as the routes map holds.
+	leases := SyntheticLeases(c.leases-1, netip.PrefixFrom(own.Addr(), 16).Masked())
+	if len(leases) == 0 {
+		return fail(errors.New("no peer: want at least 2 leases"))
+	}
+	c.say("writing %d peers' leases into etcd", len(leases))
 	etcdLease, err := putLeases(ctx, l.Etcd(), leases)
 	if err != nil {
 		return fail(err)
@@ -328,6 +333,11 @@ func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
 		float64(s.RoutesSeconds), float64(s.CPUSeconds), float64(s.RSSBytes)/(1<<20))
 
 	for k := range c.o.NewLeases {
+		// A node leaves first (the cluster keeps its size, and the map
+		// its room), then a new one joins: the join is timed.
+		if err := removeLease(ctx, l.Etcd(), maps.Routes(), leases[k%len(leases)], 5*time.Second); err != nil {
+			return fail(fmt.Errorf("new lease %d: %w", k, err))
+		}
 		toMap, toKernel, err := timeNewLease(ctx, l.Etcd(), etcdLease, maps.Routes(), watch, newLease(k), 5*time.Second)
 		if err != nil {
 			return fail(fmt.Errorf("new lease %d: %w", k, err))
@@ -521,6 +531,25 @@ func (w *routeWatch) when(subnet netip.Prefix) (time.Time, bool) {
 	defer w.mu.Unlock()
 	t, ok := w.seen[subnet]
 	return t, ok
+}
+
+// removeLease deletes a lease and waits until its map entry is gone.
+func removeLease(ctx context.Context, cli *clientv3.Client, rm *datapath.RouteMap, l SyntheticLease, timeout time.Duration) error {
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := cli.Delete(pctx, leaseKey(registry.DefaultPrefix, l.Subnet)); err != nil {
+		return fmt.Errorf("delete %s: %w", l.Subnet, err)
+	}
+	for {
+		if _, ok, err := rm.Match(l.Subnet); err != nil || !ok {
+			return err
+		}
+		select {
+		case <-pctx.Done():
+			return fmt.Errorf("%s still in the map after %s", l.Subnet, timeout)
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // timeNewLease writes one lease and polls the map every 200 µs until the

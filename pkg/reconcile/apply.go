@@ -62,8 +62,8 @@ type fullRun struct {
 	nhid     map[netip.Addr]uint32   // usable nexthop object per peer
 	nhErr    map[netip.Addr]error    // peers whose nexthop object could not be written
 
-	wrote   map[netip.Prefix][]string // tables written per subnet (log)
-	removed map[netip.Prefix][]string
+	wrote   map[netip.Prefix]tables // tables written per subnet (log)
+	removed map[netip.Prefix]tables
 }
 
 // kernelState is one listing of what the kernel holds that Apply needs.
@@ -86,7 +86,7 @@ type kernelEntry struct {
 func (r *Reconciler) plan(peers []Peer) *fullRun {
 	a := &fullRun{r: r, want: make(map[netip.Prefix]entry, len(peers)), keys: make(map[netip.Prefix]string, len(peers)),
 		blocked: map[netip.Prefix]string{}, nhid: map[netip.Addr]uint32{}, nhErr: map[netip.Addr]error{},
-		wrote: map[netip.Prefix][]string{}, removed: map[netip.Prefix][]string{}}
+		wrote: map[netip.Prefix]tables{}, removed: map[netip.Prefix]tables{}}
 	for _, p := range peers {
 		p.Subnet = p.Subnet.Masked() // the kernel and the map list masked prefixes
 		if !p.Subnet.Addr().Is4() || !p.NextHop.Is4() {
@@ -256,8 +256,7 @@ func (a *fullRun) execute(ctx context.Context) {
 		}))
 		for _, p := range sortedKeys(early, nil) {
 			if !routed[p] && a.deleteMap(p, "rollback") {
-				a.wrote[p] = slices.DeleteFunc(a.wrote[p], func(t string) bool { return t == "map" })
-				if len(a.wrote[p]) == 0 {
+				if a.wrote[p] &^= tabMap; a.wrote[p] == 0 {
 					delete(a.wrote, p)
 				}
 			}
@@ -293,7 +292,7 @@ func (a *fullRun) putMap(subnets []netip.Prefix) []netip.Prefix {
 		if _, had := a.inMap[p]; !had {
 			a.res.MapEntries++
 		}
-		a.wrote[p] = append(a.wrote[p], "map")
+		a.wrote[p] |= tabMap
 	}
 	return written
 }
@@ -314,10 +313,11 @@ func (a *fullRun) writeNexthops() {
 	if r.nh != nhOn {
 		return
 	}
-	var (
-		reqs  []request
-		peers []netip.Addr
-	)
+	type write struct {
+		peer  netip.Addr
+		flags uint16
+	}
+	var writes []write
 	seen := map[netip.Addr]bool{}
 	for p, w := range a.want {
 		if seen[w.nexthop] || !a.routable(p) {
@@ -328,13 +328,11 @@ func (a *fullRun) writeNexthops() {
 		n, exists := a.ks.nexthops[id]
 		switch {
 		case !exists:
-			reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL, id, w))
-			peers = append(peers, w.nexthop)
+			writes = append(writes, write{w.nexthop, unix.NLM_F_CREATE | unix.NLM_F_EXCL})
 		case n.serves(w):
 			a.nhid[w.nexthop] = id
 		case n.ours():
-			reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, id, w))
-			peers = append(peers, w.nexthop)
+			writes = append(writes, write{w.nexthop, unix.NLM_F_CREATE | unix.NLM_F_REPLACE})
 		default:
 			if !r.nhLogged[id] {
 				r.nhLogged[id] = true
@@ -343,16 +341,20 @@ func (a *fullRun) writeNexthops() {
 			}
 		}
 	}
-	sortTogether(peers, reqs)
-	for i, err := range r.c.exec(reqs) {
+	slices.SortFunc(writes, func(x, y write) int { return x.peer.Compare(y.peer) })
+	r.c.execEach(context.Background(), len(writes), func(i int) request {
+		w := writes[i]
+		return nexthopRequest(unix.RTM_NEWNEXTHOP, w.flags, nexthopID(w.peer), entry{nexthop: w.peer, ifindex: r.ifindex()})
+	}, func(i int, err error) {
+		peer := writes[i].peer
 		if err != nil {
 			// Its subnets' routes fail with it (writeRoutes); the next run
 			// retries.
-			a.nhErr[peers[i]] = fmt.Errorf("nexthop %d via %s dev %s: %w", nexthopID(peers[i]), peers[i], r.dev(), err)
-			continue
+			a.nhErr[peer] = fmt.Errorf("nexthop %d via %s dev %s: %w", nexthopID(peer), peer, r.dev(), err)
+			return
 		}
-		a.nhid[peers[i]] = nexthopID(peers[i])
-	}
+		a.nhid[peer] = nexthopID(peer)
+	})
 	for gw := range a.nhid {
 		r.nexthops[gw] = true
 	}
@@ -363,10 +365,6 @@ func (a *fullRun) writeNexthops() {
 func (a *fullRun) writeRoutes(ctx context.Context) map[netip.Prefix]bool {
 	r := a.r
 	routed := make(map[netip.Prefix]bool, len(a.want))
-	var (
-		reqs    []request
-		subnets []netip.Prefix
-	)
 	right := func(p netip.Prefix) bool {
 		w := a.want[p]
 		cur, had := a.ks.ours[p]
@@ -379,32 +377,30 @@ func (a *fullRun) writeRoutes(ctx context.Context) map[netip.Prefix]bool {
 			routed[p] = true
 		}
 	}
+	var subnets []netip.Prefix
 	for _, p := range sortedKeys(a.want, func(p netip.Prefix) bool { return a.routable(p) && !right(p) }) {
-		w := a.want[p]
-		if err := a.nhErr[w.nexthop]; err != nil {
+		if err := a.nhErr[a.want[p].nexthop]; err != nil {
 			a.fail(p, "kernel", "replace", err)
 			continue
 		}
-		nhid := a.nhid[w.nexthop]
-		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, peerRoute(p, w, nhid)))
 		subnets = append(subnets, p)
 	}
-	for start := 0; start < len(reqs) && ctx.Err() == nil; start += window {
-		end := min(start+window, len(reqs))
-		for i, err := range r.c.exec(reqs[start:end]) {
-			p := subnets[start+i]
-			w := a.want[p]
-			if err != nil {
-				a.fail(p, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", p, w.nexthop, r.dev(), err))
-				continue
-			}
-			routed[p] = true
-			if _, had := a.ks.ours[p]; !had {
-				a.res.KernelRoutes++
-			}
-			a.wrote[p] = append(a.wrote[p], "kernel")
+	r.c.execEach(ctx, len(subnets), func(i int) request {
+		p := subnets[i]
+		w := a.want[p]
+		return routeRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, peerRoute(p, w, a.nhid[w.nexthop]))
+	}, func(i int, err error) {
+		p := subnets[i]
+		if err != nil {
+			a.fail(p, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", p, a.want[p].nexthop, r.dev(), err))
+			return
 		}
-	}
+		routed[p] = true
+		if _, had := a.ks.ours[p]; !had {
+			a.res.KernelRoutes++
+		}
+		a.wrote[p] |= tabKernel
+	})
 	return routed
 }
 
@@ -420,37 +416,28 @@ func (a *fullRun) removeStale(ctx context.Context) {
 				return
 			}
 			if a.deleteMap(p, "stale") {
-				a.removed[p] = append(a.removed[p], "map")
+				a.removed[p] |= tabMap
 			}
 		}
 	}
-	var (
-		reqs  []request
-		what  []kroute
-		stale = sortedKeys(a.ks.ours, gone)
-	)
+	stale := sortedKeys(a.ks.ours, gone)
+	what := make([]kroute, 0, len(stale)+len(a.ks.odd))
 	for _, p := range stale {
-		k := a.ks.ours[p].route
-		reqs, what = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(what, k)
+		what = append(what, a.ks.ours[p].route)
 	}
-	for _, k := range a.ks.odd {
-		reqs, what = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(what, k)
-	}
-	if ctx.Err() != nil {
-		return
-	}
-	for i, err := range r.deleteRoutes(reqs, what) {
+	what = append(what, a.ks.odd...)
+	r.deleteRoutes(ctx, what, func(i int, err error) {
 		k := what[i]
 		switch {
 		case err != nil:
 			a.fail(k.dst, "kernel", "delete", err)
 		case i < len(stale):
 			a.res.KernelRoutes--
-			a.removed[k.dst] = append(a.removed[k.dst], "kernel")
+			a.removed[k.dst] |= tabKernel
 		default:
 			r.opts.Log.Info("odd route of ours removed", "subnet", k.dst, "metric", k.priority, "dev", r.dev())
 		}
-	}
+	})
 	a.removeNexthops()
 }
 
@@ -492,22 +479,21 @@ func (a *fullRun) removeNexthops() {
 // deleteRoutes deletes routes of ours exactly as listed, remembering them
 // so that Run does not take the kernel's deletion events for repairs. A
 // route already gone is no error.
-func (r *Reconciler) deleteRoutes(reqs []request, what []kroute) []error {
+func (r *Reconciler) deleteRoutes(ctx context.Context, what []kroute, done func(i int, err error)) {
 	for _, k := range what {
 		r.noteDeletion(k.dst)
 	}
-	errs := r.c.exec(reqs)
-	for i, err := range errs {
-		if errors.Is(err, unix.ESRCH) {
-			errs[i] = nil
-			continue
-		}
-		if err != nil {
+	r.c.execEach(ctx, len(what), func(i int) request {
+		return routeRequest(unix.RTM_DELROUTE, 0, what[i])
+	}, func(i int, err error) {
+		if err != nil && !errors.Is(err, unix.ESRCH) {
 			r.forgetDeletion(what[i].dst)
-			errs[i] = fmt.Errorf("delete route %s: %w", what[i], err)
+			err = fmt.Errorf("delete route %s: %w", what[i], err)
+		} else {
+			err = nil
 		}
-	}
-	return errs
+		done(i, err)
+	})
 }
 
 func (a *fullRun) fail(subnet netip.Prefix, table, op string, err error) {
@@ -524,7 +510,17 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 		a.res.KernelRoutes += len(a.ks.ours)
 	}
 	a.res.MapEntries += len(a.inMap)
-	var changes []change
+	var (
+		changes []change
+		more    = map[string]int{}
+	)
+	log := func(c change) {
+		if len(changes) < maxChangeLines {
+			changes = append(changes, c)
+		} else {
+			more[c.verb]++
+		}
+	}
 	for _, p := range sortedKeys(a.wrote, nil) {
 		c := change{subnet: p, nexthop: a.want[p].nexthop, key: a.keys[p], tables: a.wrote[p], verb: "added"}
 		if old, had := a.before(p); had {
@@ -532,14 +528,14 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 		} else {
 			a.res.Added++
 		}
-		changes = append(changes, c)
+		log(c)
 	}
 	for _, p := range sortedKeys(a.removed, nil) {
 		old, _ := a.before(p)
 		a.res.Removed++
-		changes = append(changes, change{verb: "removed", subnet: p, nexthop: old.nexthop, tables: a.removed[p]})
+		log(change{verb: "removed", subnet: p, nexthop: old.nexthop, tables: a.removed[p]})
 	}
-	r.logChanges(changes)
+	r.logChanges(changes, more)
 	for _, err := range a.res.Errors {
 		r.opts.Log.Error("reconcile", "err", err)
 	}
@@ -567,21 +563,36 @@ type change struct {
 	subnet       netip.Prefix
 	nexthop, was netip.Addr
 	key          string
-	tables       []string
+	tables       tables
+}
+
+// tables is which tables a run wrote for a subnet.
+type tables uint8
+
+const (
+	tabKernel tables = 1 << iota
+	tabMap
+)
+
+func (t tables) names() []string {
+	var out []string
+	if t&tabKernel != 0 {
+		out = append(out, "kernel")
+	}
+	if t&tabMap != 0 {
+		out = append(out, "map")
+	}
+	return out
 }
 
 // maxChangeLines bounds the per-peer lines of one run: a start with tens
 // of thousands of peers logs the first ones and a count.
 const maxChangeLines = 100
 
-func (r *Reconciler) logChanges(changes []change) {
-	more := map[string]int{}
-	for i, c := range changes {
-		if i >= maxChangeLines {
-			more[c.verb]++
-			continue
-		}
-		attrs := []any{"subnet", c.subnet, "nexthop", c.nexthop, "dev", r.dev(), "tables", c.tables}
+// logChanges logs one line per change, and one per verb for more.
+func (r *Reconciler) logChanges(changes []change, more map[string]int) {
+	for _, c := range changes {
+		attrs := []any{"subnet", c.subnet, "nexthop", c.nexthop, "dev", r.dev(), "tables", c.tables.names()}
 		if c.key != "" {
 			attrs = append(attrs, "key", c.key)
 		}

@@ -164,11 +164,11 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				r.kernelN--
 			}
 			res.Removed++
-			tables := []string{"kernel"}
+			t := tabKernel
 			if r.opts.RouteMap != nil {
-				tables = []string{"map", "kernel"}
+				t |= tabMap
 			}
-			changes = append(changes, change{verb: "removed", subnet: it.subnet, nexthop: it.was, tables: tables})
+			changes = append(changes, change{verb: "removed", subnet: it.subnet, nexthop: it.was, tables: t})
 		default: // create, replace
 			if failedNH[it.peer.NextHop] {
 				needFull = true // its route (if the kernel took it) is checked by the full run
@@ -183,30 +183,30 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 					Err: fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err)})
 				continue
 			}
-			tables := []string{"kernel"}
+			t := tabKernel
 			if r.opts.RouteMap != nil {
 				rt := datapath.Route{Subnet: it.subnet, NextHop: it.peer.NextHop, Ifindex: uint32(ifindex)}
 				if err := r.opts.RouteMap.Put(rt); err != nil {
 					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "map", Op: "put", Err: err})
 				} else {
-					tables = append(tables, "map")
+					t |= tabMap
 				}
 			}
-			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: tables}
+			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: t}
 			if it.op == "replace" {
 				c.verb, c.was = "changed", it.was
 				res.Changed++
 			} else {
 				res.Added++
 				r.kernelN++
-				if len(tables) == 2 {
+				if t&tabMap != 0 {
 					r.mapN++
 				}
 			}
 			changes = append(changes, c)
 		}
 	}
-	r.logChanges(changes)
+	r.logChanges(changes, nil)
 	for _, err := range res.Errors {
 		r.opts.Log.Error("reconcile", "err", err)
 	}

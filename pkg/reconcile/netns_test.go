@@ -58,7 +58,7 @@ type env struct {
 	rm      *memMap
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	name, ns := testutil.NetNS(t, "rc")
@@ -87,7 +87,7 @@ func newEnv(t *testing.T) *env {
 
 // addUnderlay adds eth0 as a dummy device, or, on kernels built without
 // the dummy driver, as a veth whose peer is up: for routing the same.
-func addUnderlay(t *testing.T, h *netlink.Handle) {
+func addUnderlay(t testing.TB, h *netlink.Handle) {
 	t.Helper()
 	err := h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}})
 	if !errors.Is(err, unix.EOPNOTSUPP) {
@@ -110,7 +110,7 @@ func addUnderlay(t *testing.T, h *netlink.Handle) {
 
 // reconciler builds a Reconciler on the env's namespace; rm nil means
 // routes-only mode.
-func (e *env) reconciler(t *testing.T, rm reconcile.RouteMap, opts reconcile.Options) (*reconcile.Reconciler, *testLog) {
+func (e *env) reconciler(t testing.TB, rm reconcile.RouteMap, opts reconcile.Options) (*reconcile.Reconciler, *testLog) {
 	t.Helper()
 	ns := e.ns
 	logs := &testLog{out: t.Output()}

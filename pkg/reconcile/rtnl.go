@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -221,6 +222,30 @@ func (c *conn) exec(reqs []request) []error {
 		}
 	}
 	return errs
+}
+
+// execEach is exec for n requests built one window at a time (tens of
+// thousands of requests built at once would be a large share of the
+// agent's memory): build makes the i-th, done gets its result. ctx stops
+// it between windows; the requests not sent then get ctx's error.
+func (c *conn) execEach(ctx context.Context, n int, build func(i int) request, done func(i int, err error)) {
+	reqs := make([]request, 0, min(n, window))
+	for start := 0; start < n; start += window {
+		end := min(start+window, n)
+		if err := ctx.Err(); err != nil {
+			for i := start; i < n; i++ {
+				done(i, err)
+			}
+			return
+		}
+		reqs = reqs[:0]
+		for i := start; i < end; i++ {
+			reqs = append(reqs, build(i))
+		}
+		for i, err := range c.exec(reqs) {
+			done(start+i, err)
+		}
+	}
 }
 
 // pending marks a request of a window whose ack has not come yet.
