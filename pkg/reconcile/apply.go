@@ -49,10 +49,10 @@ func (r *Reconciler) Apply(ctx context.Context, peers []Peer) (Result, error) {
 
 // fullRun is one Apply: the desired and the listed state, and the result.
 type fullRun struct {
-	r    *Reconciler
-	res  Result
-	want map[netip.Prefix]entry
-	keys map[netip.Prefix]string // etcd key per subnet, for the log
+	r     *Reconciler
+	res   Result
+	want  map[netip.Prefix]entry
+	peers []Peer // as given: their etcd keys, for the log
 
 	ks       *kernelState
 	kernelOK bool // kernel listed: without it nothing is written blind
@@ -75,16 +75,15 @@ type kernelState struct {
 	nexthops map[uint32]knexthop // every nexthop object (nil: the kernel has none)
 }
 
-// kernelEntry is a route of ours: where it sends, through which nexthop
-// object (0: a plain route), and the route itself for an exact delete.
+// kernelEntry is a route of ours: where it sends, and through which
+// nexthop object (0: a plain route).
 type kernelEntry struct {
 	entry
-	nhid  uint32
-	route kroute
+	nhid uint32
 }
 
 func (r *Reconciler) plan(peers []Peer) *fullRun {
-	a := &fullRun{r: r, want: make(map[netip.Prefix]entry, len(peers)), keys: make(map[netip.Prefix]string, len(peers)),
+	a := &fullRun{r: r, peers: peers, want: make(map[netip.Prefix]entry, len(peers)),
 		blocked: map[netip.Prefix]string{}, nhid: map[netip.Addr]uint32{}, nhErr: map[netip.Addr]error{},
 		wrote: map[netip.Prefix]tables{}, removed: map[netip.Prefix]tables{}}
 	for _, p := range peers {
@@ -98,7 +97,6 @@ func (r *Reconciler) plan(peers []Peer) *fullRun {
 			continue // Desired never yields duplicates; the first wins
 		}
 		a.want[p.Subnet] = entry{nexthop: p.NextHop, ifindex: r.ifindex()}
-		a.keys[p.Subnet] = p.Key
 	}
 	var err error
 	if a.ks, err = r.listKernel(); err != nil {
@@ -137,7 +135,7 @@ func (a *fullRun) block() {
 			}
 		}
 	}
-	r.logBlocked(a.blocked, a.keys)
+	r.logBlocked(a.blocked, a.keysOf(sortedKeys(a.blocked, func(p netip.Prefix) bool { return r.blockLogged[p] != a.blocked[p] })))
 	r.blockedSet = a.blocked
 	a.res.Blocked = len(a.blocked)
 }
@@ -163,16 +161,9 @@ func (r *Reconciler) logBlocked(blocked map[netip.Prefix]string, keys map[netip.
 // have them) nexthop objects. The first listing probes for nexthop
 // objects and says which kind of route the agent installs.
 func (r *Reconciler) listKernel() (*kernelState, error) {
-	routes, err := r.c.listRoutes()
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := r.c.listAddrs()
-	if err != nil {
-		return nil, err
-	}
-	ks := &kernelState{ours: map[netip.Prefix]kernelEntry{}, others: map[netip.Prefix]kroute{}, local: localPrefixes(routes, addrs)}
-	if r.nh != nhNone {
+	ks := &kernelState{}
+	var err error
+	if r.nh != nhNone { // first: routes of ours are resolved through them
 		ks.nexthops, err = r.c.listNexthops()
 		switch {
 		case err != nil && nexthopsUnsupported(err):
@@ -185,18 +176,36 @@ func (r *Reconciler) listKernel() (*kernelState, error) {
 			r.nh = nhOn
 		}
 	}
-	for _, k := range routes {
+	var local []kroute
+	start := func() {
+		ks.ours, ks.others, ks.odd, local = map[netip.Prefix]kernelEntry{}, map[netip.Prefix]kroute{}, nil, nil
+	}
+	start()
+	err = r.c.eachRoute(start, func(k kroute) {
 		switch {
 		case k.ours() && k.keyed() && k.typ == unix.RTN_UNICAST && k.dst.Bits() > 0:
-			ks.ours[k.dst] = kernelEntry{entry: resolve(k, ks.nexthops), nhid: k.nhid, route: k}
+			ks.ours[k.dst] = kernelEntry{entry: resolve(k, ks.nexthops), nhid: k.nhid}
 		case k.ours():
 			ks.odd = append(ks.odd, k) // a metric, TOS or type Apply never installs
-		case k.keyed():
-			if _, seen := ks.others[k.dst]; !seen || !k.flanneld(r.ifindex()) {
-				ks.others[k.dst] = k
+		default:
+			if k.keyed() {
+				if _, seen := ks.others[k.dst]; !seen || !k.flanneld(r.ifindex()) {
+					ks.others[k.dst] = k
+				}
+			}
+			if k.local() {
+				local = append(local, k)
 			}
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
+	addrs, err := r.c.listAddrs()
+	if err != nil {
+		return nil, err
+	}
+	ks.local = localPrefixes(local, addrs)
 	return ks, nil
 }
 
@@ -224,38 +233,26 @@ func (a *fullRun) execute(ctx context.Context) {
 		return // nothing is written blind: not even the map
 	}
 	// 1. Map entries of peers the kernel has no route for at all.
-	fresh := sortedKeys(a.want, func(p netip.Prefix) bool {
-		_, ours := a.ks.ours[p]
-		_, other := a.ks.others[p]
-		return a.routable(p) && !ours && !other
-	})
-	early := map[netip.Prefix]bool{}
 	if a.mapOK {
-		for _, p := range a.putMap(slices.DeleteFunc(fresh, func(p netip.Prefix) bool {
+		a.putMap(sortedKeys(a.want, func(p netip.Prefix) bool {
 			e, ok := a.inMap[p]
-			return ok && e == a.want[p]
-		})) {
-			early[p] = true
-		}
-	}
-	tried := make(map[netip.Prefix]bool, len(fresh))
-	for _, p := range fresh {
-		tried[p] = true
+			return a.fresh(p) && (!ok || e != a.want[p])
+		}))
 	}
 	if ctx.Err() != nil {
 		return
 	}
 	// 2. Nexthop objects, 3. routes.
 	a.writeNexthops()
-	routed := a.writeRoutes(ctx)
+	a.writeRoutes(ctx)
 	// 4. The other map entries, once their route is right; entries put
 	// early whose route failed come out again.
 	if a.mapOK {
 		a.putMap(sortedKeys(a.want, func(p netip.Prefix) bool {
-			return a.routable(p) && routed[p] && a.inMap[p] != a.want[p] && !tried[p]
+			return !a.fresh(p) && a.routed(p) && a.inMap[p] != a.want[p]
 		}))
-		for _, p := range sortedKeys(early, nil) {
-			if !routed[p] && a.deleteMap(p, "rollback") {
+		for _, p := range sortedKeys(a.wrote, func(p netip.Prefix) bool { return a.fresh(p) && !a.routed(p) }) {
+			if a.wrote[p]&tabMap != 0 && a.deleteMap(p, "rollback") {
 				if a.wrote[p] &^= tabMap; a.wrote[p] == 0 {
 					delete(a.wrote, p)
 				}
@@ -265,11 +262,31 @@ func (a *fullRun) execute(ctx context.Context) {
 	a.removeStale(ctx)
 }
 
-// putMap writes the wanted entries of subnets (in one batch where the map
-// can) and returns those written.
-func (a *fullRun) putMap(subnets []netip.Prefix) []netip.Prefix {
+// fresh tells a wanted subnet the kernel had no route for at all.
+func (a *fullRun) fresh(p netip.Prefix) bool {
+	_, ours := a.ks.ours[p]
+	_, other := a.ks.others[p]
+	return a.routable(p) && !ours && !other
+}
+
+// right tells a wanted subnet whose route of ours was right before the run.
+func (a *fullRun) right(p netip.Prefix) bool {
+	w := a.want[p]
+	cur, had := a.ks.ours[p]
+	return had && cur.entry == w && cur.nhid == a.nhid[w.nexthop]
+}
+
+// routed tells a wanted subnet whose route is right now: it was, or the
+// run wrote it.
+func (a *fullRun) routed(p netip.Prefix) bool {
+	return a.routable(p) && (a.right(p) || a.wrote[p]&tabKernel != 0)
+}
+
+// putMap writes the wanted entries of subnets, in one batch where the map
+// can.
+func (a *fullRun) putMap(subnets []netip.Prefix) {
 	if len(subnets) == 0 {
-		return nil
+		return
 	}
 	rts := make([]datapath.Route, len(subnets))
 	for i, p := range subnets {
@@ -280,7 +297,6 @@ func (a *fullRun) putMap(subnets []netip.Prefix) []netip.Prefix {
 	if bm, ok := a.r.opts.RouteMap.(BatchRouteMap); ok && len(rts) > 1 {
 		done, _ = bm.PutBatch(rts) // the rest one by one below, to name the failure
 	}
-	var written []netip.Prefix
 	for i, p := range subnets {
 		if i >= done {
 			if err := a.r.opts.RouteMap.Put(rts[i]); err != nil {
@@ -288,13 +304,11 @@ func (a *fullRun) putMap(subnets []netip.Prefix) []netip.Prefix {
 				continue
 			}
 		}
-		written = append(written, p)
 		if _, had := a.inMap[p]; !had {
 			a.res.MapEntries++
 		}
 		a.wrote[p] |= tabMap
 	}
-	return written
 }
 
 func (a *fullRun) deleteMap(p netip.Prefix, why string) bool {
@@ -360,25 +374,13 @@ func (a *fullRun) writeNexthops() {
 	}
 }
 
-// writeRoutes replaces every wanted route that is missing or wrong and
-// returns the subnets whose route is right afterwards.
-func (a *fullRun) writeRoutes(ctx context.Context) map[netip.Prefix]bool {
+// writeRoutes replaces every wanted route that is missing or wrong.
+func (a *fullRun) writeRoutes(ctx context.Context) {
 	r := a.r
-	routed := make(map[netip.Prefix]bool, len(a.want))
-	right := func(p netip.Prefix) bool {
-		w := a.want[p]
-		cur, had := a.ks.ours[p]
-		return had && cur.entry == w && cur.nhid == a.nhid[w.nexthop]
-	}
 	// Only what needs a write is sorted: a resync over thousands of
 	// peers in place sorts nothing.
-	for p := range a.want {
-		if a.routable(p) && right(p) {
-			routed[p] = true
-		}
-	}
 	var subnets []netip.Prefix
-	for _, p := range sortedKeys(a.want, func(p netip.Prefix) bool { return a.routable(p) && !right(p) }) {
+	for _, p := range sortedKeys(a.want, func(p netip.Prefix) bool { return a.routable(p) && !a.right(p) }) {
 		if err := a.nhErr[a.want[p].nexthop]; err != nil {
 			a.fail(p, "kernel", "replace", err)
 			continue
@@ -395,13 +397,11 @@ func (a *fullRun) writeRoutes(ctx context.Context) map[netip.Prefix]bool {
 			a.fail(p, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", p, a.want[p].nexthop, r.dev(), err))
 			return
 		}
-		routed[p] = true
 		if _, had := a.ks.ours[p]; !had {
 			a.res.KernelRoutes++
 		}
 		a.wrote[p] |= tabKernel
 	})
-	return routed
 }
 
 // removeStale takes out what is not wanted: map entries first, then the
@@ -423,7 +423,8 @@ func (a *fullRun) removeStale(ctx context.Context) {
 	stale := sortedKeys(a.ks.ours, gone)
 	what := make([]kroute, 0, len(stale)+len(a.ks.odd))
 	for _, p := range stale {
-		what = append(what, a.ks.ours[p].route)
+		k := a.ks.ours[p]
+		what = append(what, peerRoute(p, k.entry, k.nhid))
 	}
 	what = append(what, a.ks.odd...)
 	r.deleteRoutes(ctx, what, func(i int, err error) {
@@ -522,7 +523,7 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 		}
 	}
 	for _, p := range sortedKeys(a.wrote, nil) {
-		c := change{subnet: p, nexthop: a.want[p].nexthop, key: a.keys[p], tables: a.wrote[p], verb: "added"}
+		c := change{subnet: p, nexthop: a.want[p].nexthop, tables: a.wrote[p], verb: "added"}
 		if old, had := a.before(p); had {
 			c.verb, c.was, a.res.Changed = "changed", old.nexthop, a.res.Changed+1
 		} else {
@@ -535,6 +536,14 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 		a.res.Removed++
 		log(change{verb: "removed", subnet: p, nexthop: old.nexthop, tables: a.removed[p]})
 	}
+	subnets := make([]netip.Prefix, len(changes))
+	for i, c := range changes {
+		subnets[i] = c.subnet
+	}
+	keys := a.keysOf(subnets)
+	for i := range changes {
+		changes[i].key = keys[changes[i].subnet]
+	}
 	r.logChanges(changes, more)
 	for _, err := range a.res.Errors {
 		r.opts.Log.Error("reconcile", "err", err)
@@ -544,6 +553,24 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 	}
 	r.mapN = a.res.MapEntries
 	return a.res, errors.Join(a.res.Errors...)
+}
+
+// keysOf is the etcd key of each of subnets, from the peers: one pass for
+// the few that are logged, rather than a map of every peer's key.
+func (a *fullRun) keysOf(subnets []netip.Prefix) map[netip.Prefix]string {
+	out := make(map[netip.Prefix]string, len(subnets))
+	if len(subnets) == 0 {
+		return out
+	}
+	for _, p := range subnets {
+		out[p] = ""
+	}
+	for _, p := range a.peers {
+		if k, ok := out[p.Subnet.Masked()]; ok && k == "" {
+			out[p.Subnet.Masked()] = p.Key
+		}
+	}
+	return out
 }
 
 // before is a subnet's entry before the run, from either table.

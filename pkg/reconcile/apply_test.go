@@ -192,13 +192,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 		before := e.kernel(t)
 
 		// Watch the kernel: an idempotent run sends it no change at all.
-		events := make(chan netlink.RouteUpdate, 64)
-		done := make(chan struct{})
-		defer close(done)
-		ns := e.ns
-		if err := netlink.RouteSubscribeWithOptions(events, done, netlink.RouteSubscribeOptions{Namespace: &ns}); err != nil {
-			t.Fatalf("subscribe to route events: %v", err)
-		}
+		events := e.routeEvents(t)
 
 		res := apply(t, r, peers)
 
@@ -261,13 +255,7 @@ func TestApplyOrderNeverOpensAGap(t *testing.T) {
 				}
 			}
 		}
-		events := make(chan netlink.RouteUpdate, 64)
-		done := make(chan struct{})
-		defer close(done)
-		ns := e.ns
-		if err := netlink.RouteSubscribeWithOptions(events, done, netlink.RouteSubscribeOptions{Namespace: &ns}); err != nil {
-			t.Fatalf("subscribe to route events: %v", err)
-		}
+		events := e.routeEvents(t)
 
 		// .3 moves to another host, .4 leaves, .5 joins.
 		peers := []reconcile.Peer{

@@ -253,18 +253,26 @@ func nexthopRequest(typ, flags uint16, id uint32, e entry) request {
 
 // listRoutes dumps the main table's IPv4 routes.
 func (c *conn) listRoutes() ([]kroute, error) {
-	msg := &nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET, Table: unix.RT_TABLE_MAIN}}
 	var out []kroute
-	err := c.dumpRetry(request{typ: unix.RTM_GETROUTE, data: []nl.NetlinkRequestData{msg}}, func() { out = out[:0] },
+	err := c.eachRoute(func() { out = out[:0] }, func(k kroute) { out = append(out, k) })
+	return out, err
+}
+
+// eachRoute hands every IPv4 route of the main table to fn, as the dump
+// comes (no copy of tens of thousands of routes); reset is called when a
+// dump interrupted by a change starts again.
+func (c *conn) eachRoute(reset func(), fn func(kroute)) error {
+	msg := &nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET, Table: unix.RT_TABLE_MAIN}}
+	err := c.dumpRetry(request{typ: unix.RTM_GETROUTE, data: []nl.NetlinkRequestData{msg}}, reset,
 		func(typ uint16, b []byte) {
 			if k, ok := parseRoute(b); ok && typ == unix.RTM_NEWROUTE && k.table == unix.RT_TABLE_MAIN {
-				out = append(out, k)
+				fn(k)
 			}
 		})
 	if err != nil {
-		return nil, fmt.Errorf("list routes: %w", err)
+		return fmt.Errorf("list routes: %w", err)
 	}
-	return out, nil
+	return nil
 }
 
 // listNexthops dumps every nexthop object. On a kernel without them
@@ -336,23 +344,47 @@ func nexthopsUnsupported(err error) bool {
 	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EAFNOSUPPORT)
 }
 
+// kernelDump is one reading of a namespace's routes, nexthop objects (nil
+// on a kernel without them) and, if asked for, addresses.
+type kernelDump struct {
+	c        *conn // still open: the caller closes it
+	routes   []kroute
+	nexthops map[uint32]knexthop
+	addrs    []netip.Prefix
+}
+
+// dumpAt opens a socket in ns (nil: the caller's) and reads its tables.
+func dumpAt(ns *netns.NsHandle, addrs bool) (kernelDump, error) {
+	c, err := dial(ns)
+	if err != nil {
+		return kernelDump{}, err
+	}
+	d := kernelDump{c: c}
+	if d.routes, err = c.listRoutes(); err == nil {
+		if d.nexthops, err = c.listNexthops(); nexthopsUnsupported(err) {
+			err = nil
+		}
+	}
+	if err == nil && addrs {
+		d.addrs, err = c.listAddrs()
+	}
+	if err != nil {
+		c.Close()
+		return kernelDump{}, err
+	}
+	return d, nil
+}
+
 // KernelRoutes lists the agent's kernel routes (protocol RouteProtocol,
 // plain or through nexthop objects) in namespace ns (nil: the caller's),
 // in the map's terms: `hgw-ebpf routes`.
 func KernelRoutes(ns *netns.NsHandle) ([]datapath.Route, error) {
-	c, err := dial(ns)
+	d, err := dumpAt(ns, false)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	routes, err := c.listRoutes()
-	if err != nil {
-		return nil, err
-	}
-	nhs, err := c.listNexthops()
-	if err != nil && !nexthopsUnsupported(err) {
-		return nil, err
-	}
+	d.c.Close()
+	routes, nhs := d.routes, d.nexthops
 	var out []datapath.Route
 	for _, k := range routes {
 		if !k.ours() {
@@ -382,15 +414,12 @@ func resolve(k kroute, nhs map[uint32]knexthop) entry {
 // object tagged so: `hgw-ebpf cleanup` without an agent. It returns how
 // many routes and nexthops it deleted.
 func RemoveKernelRoutes(ns *netns.NsHandle) (nroutes, nexthops int, err error) {
-	c, err := dial(ns)
+	d, err := dumpAt(ns, false)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer c.Close()
-	all, err := c.listRoutes()
-	if err != nil {
-		return 0, 0, err
-	}
+	defer d.c.Close()
+	all, nhs, c := d.routes, d.nexthops, d.c
 	var (
 		reqs  []request
 		names []string
@@ -402,10 +431,6 @@ func RemoveKernelRoutes(ns *netns.NsHandle) (nroutes, nexthops int, err error) {
 		}
 	}
 	routes := len(reqs)
-	nhs, nerr := c.listNexthops()
-	if nerr != nil && !nexthopsUnsupported(nerr) {
-		return 0, 0, nerr
-	}
 	for _, n := range nhs {
 		if n.ours() {
 			reqs = append(reqs, nexthopRequest(unix.RTM_DELNEXTHOP, 0, n.id, entry{}))

@@ -63,6 +63,32 @@ func (o *observer) options() reconcile.Options {
 	}
 }
 
+// running starts a Reconciler on e whose resync is an hour away (only the
+// triggers under test run it) and waits until it has applied peers; the
+// log is emptied.
+func (e *env) running(t *testing.T, peers []reconcile.Peer) (*reconcile.Reconciler, *observer, *testLog) {
+	t.Helper()
+	o := &observer{}
+	opts := o.options()
+	opts.ResyncInterval = time.Hour
+	r, logs := e.reconciler(t, e.rm, opts)
+	t.Cleanup(startRun(t, r))
+	r.Update(peers)
+	waitFor(t, 2*time.Second, "converge after the first Update", func() bool { return e.converged(t, peers) })
+	logs.take()
+	return r, o, logs
+}
+
+// logged tells whether a line since the last take has msg.
+func (l *testLog) logged(msg string) bool {
+	for _, line := range l.take() {
+		if strings.Contains(line, msg) {
+			return true
+		}
+	}
+	return false
+}
+
 func TestRun(t *testing.T) {
 	e := newEnv(t)
 	// A route and entry of ours from a previous agent run.
@@ -110,15 +136,8 @@ func TestRun(t *testing.T) {
 // deletion event alone: the resync is an hour away.
 func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
 	e := newEnv(t)
-	var o observer
-	opts := o.options()
-	opts.ResyncInterval = time.Hour
-	r, logs := e.reconciler(t, e.rm, opts)
-	t.Cleanup(startRun(t, r))
 	peers := threePeers()
-	r.Update(peers)
-	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
-	logs.take()
+	_, o, logs := e.running(t, peers)
 
 	for i, p := range peers {
 		gone := p.Subnet.String()
@@ -229,11 +248,7 @@ func TestRunWithoutRouteEvents(t *testing.T) {
 	e.delRoute(t, peers[0].Subnet.String())
 	took := waitFor(t, 3*resync, "repair by resync", func() bool { return e.converged(t, peers) })
 	t.Logf("repaired by resync after %v", took)
-	warned := false
-	for _, l := range logs.take() {
-		warned = warned || strings.Contains(l, "cannot watch route deletions")
-	}
-	if !warned {
+	if !logs.logged("cannot watch route deletions") {
 		t.Error("no warning that route deletions are not watched")
 	}
 }
@@ -243,19 +258,12 @@ func TestRunWithoutRouteEvents(t *testing.T) {
 // comparison comes with the resync interval and after Resync.
 func TestRunAppliesUpdatesIncrementally(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		var o observer
-		opts := o.options()
-		opts.ResyncInterval = time.Hour
-		r, logs := e.reconciler(t, e.rm, opts)
-		t.Cleanup(startRun(t, r))
 		peers := threePeers()
-		r.Update(peers)
-		waitFor(t, 2*time.Second, "converge after the first Update", func() bool { return e.converged(t, peers) })
+		r, o, logs := e.running(t, peers)
 		lists := e.rm.listed()
 		if lists != 1 {
 			t.Errorf("the first run listed the map %d times, want 1 (the full comparison)", lists)
 		}
-		logs.take()
 
 		// .5 joins, .3 moves to another host, .4 leaves.
 		next := []reconcile.Peer{peers[0], peer("10.244.3.0/24", "198.18.0.23"), peer("10.244.5.0/24", "198.18.0.15")}

@@ -375,3 +375,16 @@ func (e *env) nexthops(t *testing.T) []string {
 	slices.Sort(out)
 	return out
 }
+
+// routeEvents subscribes to the env's route events until the test ends.
+func (e *env) routeEvents(t *testing.T) <-chan netlink.RouteUpdate {
+	t.Helper()
+	events := make(chan netlink.RouteUpdate, 1024)
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	ns := e.ns
+	if err := netlink.RouteSubscribeWithOptions(events, done, netlink.RouteSubscribeOptions{Namespace: &ns}); err != nil {
+		t.Fatalf("subscribe to route events: %v", err)
+	}
+	return events
+}

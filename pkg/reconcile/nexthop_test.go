@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
@@ -18,22 +17,13 @@ import (
 // namespace until stop is called.
 func (e *env) dels(t *testing.T) (stop func() []string) {
 	t.Helper()
-	events := make(chan netlink.RouteUpdate, 1024)
-	done := make(chan struct{})
-	ns := e.ns
-	if err := netlink.RouteSubscribeWithOptions(events, done, netlink.RouteSubscribeOptions{Namespace: &ns}); err != nil {
-		t.Fatalf("subscribe to route events: %v", err)
-	}
+	events := e.routeEvents(t)
 	return func() []string {
 		time.Sleep(100 * time.Millisecond)
-		close(done)
 		var out []string
 		for {
 			select {
-			case ev, ok := <-events:
-				if !ok { // netlink closes it once done is
-					return out
-				}
+			case ev := <-events:
 				if ev.Type == unix.RTM_DELROUTE && ev.Dst != nil && ev.Dst.IP.To4() != nil && ev.Table == unix.RT_TABLE_MAIN {
 					out = append(out, ev.Dst.String())
 				}
@@ -108,11 +98,7 @@ func TestApplyNexthopIDTakenByAnother(t *testing.T) {
 	if out := e.ip(t, "nexthop", "show", "id", id); !strings.Contains(out, "198.18.0.99") {
 		t.Errorf("the other program's object changed: %q", out)
 	}
-	warned := false
-	for _, l := range logs.take() {
-		warned = warned || strings.Contains(l, "nexthop ID taken by another program")
-	}
-	if !warned {
+	if !logs.logged("nexthop ID taken by another program") {
 		t.Error("no warning about the taken nexthop ID")
 	}
 }
@@ -122,16 +108,9 @@ func TestApplyNexthopIDTakenByAnother(t *testing.T) {
 // within a second.
 func TestRunRepairsDeletedNexthop(t *testing.T) {
 	e := newEnv(t)
-	var o observer
-	opts := o.options()
-	opts.ResyncInterval = time.Hour
-	r, logs := e.reconciler(t, e.rm, opts)
-	t.Cleanup(startRun(t, r))
 	// Two subnets through one object.
 	peers := append(threePeers(), peer("10.244.12.0/24", "198.18.0.12"))
-	r.Update(peers)
-	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
-	logs.take()
+	_, o, _ := e.running(t, peers)
 
 	e.ip(t, "nexthop", "del", "id", fmt.Sprint(uint32(0xc612000c)))
 	if got := e.ours(t); len(got) != 2 {

@@ -193,20 +193,12 @@ func (r *Reconciler) LocalPrefixes() ([]netip.Prefix, error) {
 	if listed {
 		return out, nil
 	}
-	c, err := dial(r.opts.Netns)
+	d, err := dumpAt(r.opts.Netns, true)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	routes, err := c.listRoutes()
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := c.listAddrs()
-	if err != nil {
-		return nil, err
-	}
-	out = localPrefixes(routes, addrs)
+	d.c.Close()
+	out = localPrefixes(d.routes, d.addrs)
 	r.setLocal(out)
 	return out, nil
 }
