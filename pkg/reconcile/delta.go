@@ -56,10 +56,14 @@ func (r *Reconciler) queue(subnet netip.Prefix, p *Peer, was netip.Addr) {
 }
 
 // pending is one queued change: the peer now wanted (nil: none), and the
-// next hop the subnet was routed through before (invalid: none).
+// next hop the subnet was routed through before (invalid: none). A repair
+// puts back what someone deleted: the route (its map entry is still
+// there), and with nhGone the peer's nexthop object too.
 type pending struct {
-	peer *Peer
-	was  netip.Addr
+	peer   *Peer
+	was    netip.Addr
+	repair bool
+	nhGone bool
 }
 
 // Resync makes the next run Run makes the full comparison: after the
@@ -88,7 +92,8 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 	ifindex := r.ifindex()
 	newNH := map[netip.Addr]bool{}
 	for _, subnet := range sortedKeys(delta, nil) {
-		p, was := delta[subnet].peer, delta[subnet].was
+		q := delta[subnet]
+		p, was := q.peer, q.was
 		had := was.IsValid()
 		if p == nil && !had {
 			continue // came and went between two runs
@@ -119,7 +124,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 		var nhid uint32
 		if r.nh == nhOn {
 			nhid = nexthopID(w.nexthop)
-			if !r.nexthops[w.nexthop] && !newNH[w.nexthop] {
+			if (!r.nexthops[w.nexthop] || q.nhGone) && !newNH[w.nexthop] {
 				newNH[w.nexthop] = true
 				reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL, nhid, w))
 				items = append(items, deltaItem{subnet: subnet, peer: p, op: "nexthop"})
@@ -132,7 +137,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			op, flags = "create", unix.NLM_F_CREATE|unix.NLM_F_EXCL
 		}
 		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, flags, peerRoute(subnet, w, nhid)))
-		items = append(items, deltaItem{subnet: subnet, peer: p, was: was, op: op})
+		items = append(items, deltaItem{subnet: subnet, peer: p, was: was, op: op, repair: q.repair})
 	}
 	if ctx.Err() != nil {
 		return res, false
@@ -193,7 +198,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				}
 			}
 			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: t}
-			if it.op == "replace" {
+			if it.op == "replace" || it.repair {
 				c.verb, c.was = "changed", it.was
 				res.Changed++
 			} else {
@@ -219,6 +224,7 @@ type deltaItem struct {
 	subnet netip.Prefix
 	peer   *Peer
 	was    netip.Addr
+	repair bool // puts back a route counted already
 	op     string // "nexthop", "create", "replace", "delete"
 }
 

@@ -35,8 +35,10 @@ func (r *Reconciler) requestFull() {
 
 // Run applies the desired peers until ctx is done: the changes of every
 // Update on their own, and the full comparison (Apply) after the first
-// Update, after Resync, every resync interval, and at once when the
-// kernel reports one of our routes or nexthop objects deleted. Triggers
+// Update, after Resync and every resync interval. When the kernel reports
+// one of our routes or nexthop objects deleted by someone else, what it
+// took is written again at once, on its own (a full comparison of tens of
+// thousands of peers takes most of a second). Triggers
 // that arrive while a run is pending or under way coalesce into one run.
 // Nothing is applied before the first Update: an agent that has not
 // heard from etcd yet leaves existing routes alone. Run always returns
@@ -127,6 +129,32 @@ func (r *Reconciler) runOnce(ctx context.Context) {
 	}
 }
 
+// queueRepair queues what a deletion took for the next run: the deleted
+// route's subnet, or every subnet of the deleted nexthop object's peer
+// (the kernel removed their routes with it, without events of their own).
+// A subnet not desired any more needs nothing.
+func (r *Reconciler) queueRepair(ev event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	restore := func(subnet netip.Prefix, nexthop netip.Addr, nhGone bool) {
+		if _, queued := r.delta[subnet]; !queued {
+			r.delta[subnet] = pending{peer: &Peer{Subnet: subnet, NextHop: nexthop}, repair: true, nhGone: nhGone}
+		}
+	}
+	switch ev.typ {
+	case unix.RTM_DELROUTE:
+		if lp, ok := r.last[v4key(ev.route.dst)]; ok {
+			restore(ev.route.dst, lp.nexthop, false)
+		}
+	case unix.RTM_DELNEXTHOP:
+		for k, lp := range r.last {
+			if nexthopID(lp.nexthop) == ev.nexthop.id {
+				restore(k.prefix(), lp.nexthop, true)
+			}
+		}
+	}
+}
+
 // repairNeeded tells whether ev is the deletion of one of our main-table
 // routes or nexthop objects by someone else, and reports it. A nexthop
 // object deleted by hand takes its routes along without an event of
@@ -205,7 +233,7 @@ func (r *Reconciler) subscribeEvents() (subscription, error) {
 					continue
 				}
 				if r.repairNeeded(ev) {
-					r.requestFull()
+					r.queueRepair(ev)
 					select {
 					case s.repair <- struct{}{}:
 					default: // a repair is pending already

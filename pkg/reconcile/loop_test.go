@@ -133,12 +133,13 @@ func TestRun(t *testing.T) {
 }
 
 // A route of ours deleted by hand is back within 1 s, from the kernel's
-// deletion event alone: the resync is an hour away.
+// deletion event alone (the resync is an hour away), written on its own.
 func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
 	e := newEnv(t)
 	peers := threePeers()
 	_, o, logs := e.running(t, peers)
 
+	lists := e.rm.listed()
 	for i, p := range peers {
 		gone := p.Subnet.String()
 		repairsBefore := o.repairs.Load()
@@ -149,6 +150,10 @@ func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
 			t.Errorf("repair %d took %v, want < 1s", i, took)
 		}
 		waitFor(t, 100*time.Millisecond, "OnRepair call", func() bool { return o.repairs.Load() > repairsBefore })
+	}
+	// Each was put back on its own, not by a full comparison.
+	if n := e.rm.listed() - lists; n != 0 {
+		t.Errorf("the repairs listed the map %d times; want none (the deleted route alone is written)", n)
 	}
 	// A foreign route coming and going is none of our business.
 	repairsBefore, runsBefore := o.repairs.Load(), o.runs.Load()

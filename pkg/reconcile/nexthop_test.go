@@ -105,12 +105,13 @@ func TestApplyNexthopIDTakenByAnother(t *testing.T) {
 
 // A nexthop object of ours deleted by hand takes its routes along without
 // a route event of their own: its deletion event alone repairs both,
-// within a second.
+// within a second, on their own.
 func TestRunRepairsDeletedNexthop(t *testing.T) {
 	e := newEnv(t)
 	// Two subnets through one object.
 	peers := append(threePeers(), peer("10.244.12.0/24", "198.18.0.12"))
 	_, o, _ := e.running(t, peers)
+	lists := e.rm.listed()
 
 	e.ip(t, "nexthop", "del", "id", fmt.Sprint(uint32(0xc612000c)))
 	if got := e.ours(t); len(got) != 2 {
@@ -123,6 +124,9 @@ func TestRunRepairsDeletedNexthop(t *testing.T) {
 	}
 	if o.repairs.Load() == 0 {
 		t.Error("OnRepair not called")
+	}
+	if n := e.rm.listed() - lists; n != 0 {
+		t.Errorf("the repair listed the map %d times; want none (the peer's object and routes alone are written)", n)
 	}
 	if got, want := e.routeLines(t), e.wantLines(peers); !reflect.DeepEqual(got, want) {
 		t.Errorf("ip route:\n got %q\nwant %q", got, want)
