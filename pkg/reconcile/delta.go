@@ -224,7 +224,7 @@ type deltaItem struct {
 	subnet netip.Prefix
 	peer   *Peer
 	was    netip.Addr
-	repair bool // puts back a route counted already
+	repair bool   // puts back a route counted already
 	op     string // "nexthop", "create", "replace", "delete"
 }
 
