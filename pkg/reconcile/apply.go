@@ -84,7 +84,7 @@ type kernelEntry struct {
 
 func (r *Reconciler) plan(peers []Peer) *fullRun {
 	a := &fullRun{r: r, peers: peers, want: make(map[netip.Prefix]entry, len(peers)),
-		blocked: map[netip.Prefix]string{}, nhid: map[netip.Addr]uint32{}, nhErr: map[netip.Addr]error{},
+		blocked: map[netip.Prefix]string{}, nhid: make(map[netip.Addr]uint32, len(peers)), nhErr: map[netip.Addr]error{},
 		wrote: map[netip.Prefix]tables{}, removed: map[netip.Prefix]tables{}}
 	for _, p := range peers {
 		p.Subnet = p.Subnet.Masked() // the kernel and the map list masked prefixes
@@ -99,7 +99,7 @@ func (r *Reconciler) plan(peers []Peer) *fullRun {
 		a.want[p.Subnet] = entry{nexthop: p.NextHop, ifindex: r.ifindex()}
 	}
 	var err error
-	if a.ks, err = r.listKernel(); err != nil {
+	if a.ks, err = r.listKernel(len(a.want)); err != nil {
 		a.res.Errors = append(a.res.Errors, err)
 	}
 	a.kernelOK = err == nil
@@ -158,13 +158,13 @@ func (r *Reconciler) logBlocked(blocked map[netip.Prefix]string, keys map[netip.
 }
 
 // listKernel lists routes, addresses and (once the kernel is known to
-// have them) nexthop objects. The first listing probes for nexthop
+// have them) nexthop objects; hint is how many routes of ours to expect. The first listing probes for nexthop
 // objects and says which kind of route the agent installs.
-func (r *Reconciler) listKernel() (*kernelState, error) {
+func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
 	ks := &kernelState{}
 	var err error
 	if r.nh != nhNone { // first: routes of ours are resolved through them
-		ks.nexthops, err = r.c.listNexthops()
+		ks.nexthops, err = r.c.listNexthops(hint)
 		switch {
 		case err != nil && nexthopsUnsupported(err):
 			r.opts.Log.Info("the kernel has no nexthop objects: plain kernel routes", "dev", r.dev(), "reason", err)
@@ -178,7 +178,7 @@ func (r *Reconciler) listKernel() (*kernelState, error) {
 	}
 	var local []kroute
 	start := func() {
-		ks.ours, ks.others, ks.odd, local = map[netip.Prefix]kernelEntry{}, map[netip.Prefix]kroute{}, nil, nil
+		ks.ours, ks.others, ks.odd, local = make(map[netip.Prefix]kernelEntry, hint), map[netip.Prefix]kroute{}, nil, nil
 	}
 	start()
 	err = r.c.eachRoute(start, func(k kroute) {
@@ -332,7 +332,7 @@ func (a *fullRun) writeNexthops() {
 		flags uint16
 	}
 	var writes []write
-	seen := map[netip.Addr]bool{}
+	seen := make(map[netip.Addr]bool, len(a.want))
 	for p, w := range a.want {
 		if seen[w.nexthop] || !a.routable(p) {
 			continue

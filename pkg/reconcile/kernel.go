@@ -275,10 +275,11 @@ func (c *conn) eachRoute(reset func(), fn func(kroute)) error {
 	return nil
 }
 
-// listNexthops dumps every nexthop object. On a kernel without them
+// listNexthops dumps every nexthop object (hint: how many to expect). On a
+// kernel without them
 // (before 5.3) the error wraps EOPNOTSUPP or EINVAL.
-func (c *conn) listNexthops() (map[uint32]knexthop, error) {
-	out := map[uint32]knexthop{}
+func (c *conn) listNexthops(hint int) (map[uint32]knexthop, error) {
+	out := make(map[uint32]knexthop, hint)
 	err := c.dumpRetry(request{typ: unix.RTM_GETNEXTHOP, data: []nl.NetlinkRequestData{&nhmsg{}}}, func() { clear(out) },
 		func(typ uint16, b []byte) {
 			if n, ok := parseNexthop(b); ok && typ == unix.RTM_NEWNEXTHOP {
@@ -361,7 +362,7 @@ func dumpAt(ns *netns.NsHandle, addrs bool) (kernelDump, error) {
 	}
 	d := kernelDump{c: c}
 	if d.routes, err = c.listRoutes(); err == nil {
-		if d.nexthops, err = c.listNexthops(); nexthopsUnsupported(err) {
+		if d.nexthops, err = c.listNexthops(len(d.routes)); nexthopsUnsupported(err) {
 			err = nil
 		}
 	}

@@ -219,7 +219,8 @@ func (r *Reconciler) subscribeEvents() (subscription, error) {
 				}
 				return
 			}
-			for _, m := range messages(b) {
+			c.msgs = messages(c.msgs, b)
+			for _, m := range c.msgs {
 				ev := event{typ: m.typ}
 				switch m.typ {
 				case unix.RTM_DELROUTE:

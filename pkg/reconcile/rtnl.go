@@ -20,10 +20,12 @@ import (
 // vishvananda/netlink sends one request and waits for its answer, and has
 // no nexthop messages at all; the messages are built with its nl package.
 type conn struct {
-	f   *os.File
-	rc  syscall.RawConn
-	seq uint32
-	buf []byte
+	f    *os.File
+	rc   syscall.RawConn
+	seq  uint32
+	buf  []byte    // receive buffer
+	wbuf []byte    // a window's requests
+	msgs []message // a datagram's messages
 }
 
 const (
@@ -123,7 +125,7 @@ func (c *conn) recv(deadline time.Time) ([]byte, error) {
 		rerr error
 	)
 	err := c.rc.Read(func(fd uintptr) bool {
-		n, _, rerr = unix.Recvfrom(int(fd), c.buf, 0)
+		n, rerr = unix.Read(int(fd), c.buf) // only the kernel sends to us: no address to read
 		return rerr != unix.EAGAIN
 	})
 	if err == nil {
@@ -142,9 +144,9 @@ type message struct {
 	body       []byte
 }
 
-// messages splits a datagram; a truncated tail is dropped.
-func messages(b []byte) []message {
-	var out []message
+// messages splits a datagram (into out[:0]); a truncated tail is dropped.
+func messages(out []message, b []byte) []message {
+	out = out[:0]
 	for len(b) >= unix.SizeofNlMsghdr {
 		l := int(binary.NativeEndian.Uint32(b[0:4]))
 		if l < unix.SizeofNlMsghdr || l > len(b) {
@@ -252,12 +254,13 @@ func (c *conn) execEach(ctx context.Context, n int, build func(i int) request, d
 var errPending = errors.New("no acknowledgement")
 
 func (c *conn) execWindow(reqs []request, errs []error) error {
-	var buf []byte
+	buf := c.wbuf[:0]
 	first := c.seq + 1
 	for i, r := range reqs {
 		buf = append(buf, c.serialize(r, unix.NLM_F_ACK)...)
 		errs[i] = errPending
 	}
+	c.wbuf = buf
 	if err := c.send(buf); err != nil {
 		return fmt.Errorf("send %d route requests: %w", len(reqs), err)
 	}
@@ -267,7 +270,8 @@ func (c *conn) execWindow(reqs []request, errs []error) error {
 		if err != nil {
 			return fmt.Errorf("read acknowledgements (%d of %d missing): %w", left, len(reqs), err)
 		}
-		for _, m := range messages(b) {
+		c.msgs = messages(c.msgs, b)
+		for _, m := range c.msgs {
 			i := int(m.seq - first)
 			if m.typ != unix.NLMSG_ERROR || m.seq < first || i >= len(reqs) || errs[i] != errPending {
 				continue // a late answer to an abandoned window
@@ -295,7 +299,8 @@ func (c *conn) dump(r request, fn func(typ uint16, body []byte)) error {
 		if err != nil {
 			return err
 		}
-		for _, m := range messages(b) {
+		c.msgs = messages(c.msgs, b)
+		for _, m := range c.msgs {
 			if m.seq != seq {
 				continue
 			}
