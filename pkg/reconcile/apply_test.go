@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // changes is the "peer added/changed/removed" lines of a log, as
@@ -487,4 +488,18 @@ func TestKernelRoutesAndRemoveKernelRoutes(t *testing.T) {
 			t.Errorf("after RemoveKernelRoutes: %v; want only the foreign and connected routes", left)
 		}
 	})
+}
+
+// A namespace with no route at all has no main table yet, and the kernel
+// answers a dump of it with ENOENT: that is an empty table, not an error.
+func TestKernelRoutesOfAnEmptyNamespace(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, ns := testutil.NetNS(t, "rcempty")
+	got, err := reconcile.KernelRoutes(&ns)
+	if err != nil || len(got) != 0 {
+		t.Errorf("KernelRoutes = %v, %v; want none and no error", got, err)
+	}
+	if n, nhs, err := reconcile.RemoveKernelRoutes(&ns); err != nil || n != 0 || nhs != 0 {
+		t.Errorf("RemoveKernelRoutes = %d, %d, %v; want 0, 0 and no error", n, nhs, err)
+	}
 }

@@ -269,6 +269,9 @@ func (c *conn) eachRoute(reset func(), fn func(kroute)) error {
 				fn(k)
 			}
 		})
+	if errors.Is(err, unix.ENOENT) {
+		return nil // a namespace without a main table yet: no route at all
+	}
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
 	}
