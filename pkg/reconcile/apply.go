@@ -118,8 +118,8 @@ func (r *Reconciler) plan(peers []Peer) *fullRun {
 
 // block sets aside the wanted subnets that are not ours to route: another
 // program's route sits exactly where ours would (the kernel's replace
-// would silently take it over, whatever its protocol), or a local route
-// or address of this node overlaps the subnet. flanneld's own routes are
+// would silently take it over, whatever its protocol), or the subnet
+// covers a local route or address of this node. flanneld's own routes are
 // the exception: taking them over is how a node moves from flanneld.
 func (a *fullRun) block() {
 	r := a.r
@@ -128,11 +128,8 @@ func (a *fullRun) block() {
 			a.blocked[subnet] = fmt.Sprintf("route of protocol %d holds it: %s", k.protocol, k)
 			continue
 		}
-		for _, l := range a.ks.local {
-			if l.Overlaps(subnet) {
-				a.blocked[subnet] = "overlaps the local prefix " + l.String()
-				break
-			}
+		if l := coveredLocal(a.ks.local, subnet); l.IsValid() {
+			a.blocked[subnet] = "covers the local prefix " + l.String()
 		}
 	}
 	r.logBlocked(a.blocked, a.keysOf(sortedKeys(a.blocked, func(p netip.Prefix) bool { return r.blockLogged[p] != a.blocked[p] })))

@@ -25,7 +25,7 @@ const (
 	ReasonOwnSubnet      = "own_subnet"      // overlaps our subnet, another PublicIP
 	ReasonOwnPublicIP    = "own_public_ip"   // our PublicIP with a subnet not ours (a stale lease of ours)
 	ReasonOutsideNetwork = "outside_network" // not inside the cluster Network
-	ReasonLocal          = "local_prefix"    // overlaps one of this node's addresses or local routes
+	ReasonLocal          = "local_prefix"    // covers one of this node's addresses or local routes
 	ReasonNotOnLink      = "not_on_link"     // PublicIP not on the underlay: host-gw needs L2 adjacency
 	ReasonOverlap        = "overlap"         // overlaps another peer's subnet that won
 )
@@ -38,7 +38,7 @@ type Input struct {
 	// Local is this node's own prefixes (Reconciler.LocalPrefixes): its
 	// addresses and networks on every device (cni0's subnet, the
 	// underlay's) and connected or local routes that are not ours. A
-	// route to a lease overlapping one would take the node's own traffic
+	// route to a lease covering one would take the node's own traffic
 	// elsewhere, or replace the route it has (a Network wider than it
 	// should be, a subnet cni0 still holds after the node's changed).
 	Local    []netip.Prefix
@@ -100,8 +100,8 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 		case !in.Network.Contains(subnet.Addr()) || subnet.Bits() < in.Network.Bits():
 			skip(l, ReasonOutsideNetwork, "subnet %s is outside the network %s", subnet, in.Network)
 			continue
-		case firstOverlap(local, subnet).IsValid():
-			skip(l, ReasonLocal, "subnet %s overlaps this node's local prefix %s", subnet, firstOverlap(local, subnet))
+		case coveredLocal(local, subnet).IsValid():
+			skip(l, ReasonLocal, "subnet %s covers this node's local prefix %s", subnet, coveredLocal(local, subnet))
 			continue
 		case !onLink(in.OnLink, l.PublicIP):
 			skip(l, ReasonNotOnLink, "PublicIP %s is not on the underlay link %v (host-gw needs L2 adjacency)", l.PublicIP, in.OnLink)
@@ -134,9 +134,14 @@ func keyOrder(leases []registry.Lease) []int {
 	return order
 }
 
-func firstOverlap(prefixes []netip.Prefix, p netip.Prefix) netip.Prefix {
+// coveredLocal is the first of this node's prefixes that lies inside p
+// (or is p): a route to p would replace that route or pull the node's own
+// addresses to a peer. A local prefix wider than p is not in the way: the
+// kernel picks the longer prefix, so a flat network (pods in 10.244.0.0/16
+// on a 10.0.0.0/8 underlay) is routed as flanneld routes it.
+func coveredLocal(prefixes []netip.Prefix, p netip.Prefix) netip.Prefix {
 	for _, q := range prefixes {
-		if q.Overlaps(p) {
+		if p.Bits() <= q.Bits() && p.Contains(q.Addr()) {
 			return q
 		}
 	}

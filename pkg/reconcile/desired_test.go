@@ -152,7 +152,7 @@ func TestDesired(t *testing.T) {
 	}
 }
 
-// A lease overlapping one of the node's own prefixes is not a peer: a
+// A lease covering one of the node's own prefixes is not a peer: a
 // Network that also covers the underlay (ParseConfig accepts even
 // 0.0.0.0/0), or a subnet cni0 still holds after the node's own subnet
 // changed. Routing it would replace the connected route or pull the
@@ -177,6 +177,21 @@ func TestDesiredSkipsLocalPrefixes(t *testing.T) {
 	}
 	if got := outcomes(t, in); !reflect.DeepEqual(got, want) {
 		t.Errorf("Desired:\n got %v\nwant %v", got, want)
+	}
+
+	// A flat network: pods in 10.244.0.0/16, nodes on a 10.0.0.0/8 that
+	// holds it. The underlay's wider prefix is not in the way (the kernel
+	// prefers the longer route); the node's own address still is.
+	flat := node(
+		lease("10.244.9.0/24", "10.1.0.19"),
+		lease("10.1.0.0/24", "10.1.0.20"), // holds this node's address
+	)
+	flat.Network = netip.MustParsePrefix("10.0.0.0/8")
+	flat.OnLink = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	flat.Local = []netip.Prefix{netip.MustParsePrefix("10.1.0.11/32"), netip.MustParsePrefix("10.0.0.0/8")}
+	want = outcome{key("10.244.9.0/24"): "peer", key("10.1.0.0/24"): "local_prefix"}
+	if got := outcomes(t, flat); !reflect.DeepEqual(got, want) {
+		t.Errorf("Desired on a flat network:\n got %v\nwant %v", got, want)
 	}
 	_, skipped := reconcile.Desired(in)
 	for _, s := range skipped {
