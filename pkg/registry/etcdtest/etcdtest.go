@@ -29,8 +29,9 @@ type Server struct {
 	client, peer url.URL // etcd's own
 	relay        *relay
 
-	mu   sync.Mutex
-	etcd *embed.Etcd // nil while stopped
+	mu    sync.Mutex
+	etcd  *embed.Etcd // nil while stopped
+	extra []*relay    // UnixEndpoint's
 }
 
 // Start starts etcd on free loopback ports with its data in t.TempDir();
@@ -39,7 +40,7 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{dir: filepath.Join(t.TempDir(), "etcd")}
 	var err error
-	if s.relay, err = newRelay(); err != nil {
+	if s.relay, err = newRelay("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatalf("etcdtest: client endpoint: %v", err)
 	}
 	t.Cleanup(s.relay.close) // after Stop: cleanups run last in, first out
@@ -95,6 +96,9 @@ func (s *Server) start() error {
 	}
 	s.mu.Lock()
 	s.etcd = e
+	for _, r := range s.extra {
+		r.forward(s.client.Host)
+	}
 	s.mu.Unlock()
 	s.relay.forward(s.client.Host)
 	return nil
@@ -102,6 +106,27 @@ func (s *Server) start() error {
 
 // Endpoints are the client URLs, for clientv3.Config or registry.Dial.
 func (s *Server) Endpoints() []string { return []string{"http://" + s.relay.addr()} }
+
+// UnixEndpoint returns a unix:// client URL of this server (a socket in
+// t.TempDir()), for a client in another network namespace: a socket file
+// is reached through the file system, where 127.0.0.1 would be the
+// namespace's own loopback. It follows Stop and Restart like Endpoints.
+func (s *Server) UnixEndpoint(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "etcd.sock")
+	r, err := newRelay("unix", path)
+	if err != nil {
+		t.Fatalf("etcdtest: unix endpoint: %v", err)
+	}
+	t.Cleanup(r.close)
+	s.mu.Lock()
+	s.extra = append(s.extra, r)
+	if s.etcd != nil {
+		r.forward(s.client.Host)
+	}
+	s.mu.Unlock()
+	return "unix://" + path
+}
 
 // Client returns a client of this server, closed when the test ends. It
 // keeps working across Stop and Restart, as a real agent's client would.
@@ -131,9 +156,13 @@ func (s *Server) Stop() {
 	s.mu.Lock()
 	e := s.etcd
 	s.etcd = nil
+	extra := s.extra
 	s.mu.Unlock()
 	// Cut first: etcd then has no stream to drain and closes at once.
 	s.relay.forward("")
+	for _, r := range extra {
+		r.forward("")
+	}
 	if e != nil {
 		e.Close()
 	}

@@ -3,11 +3,13 @@ package etcdtest
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 func TestRestartKeepsDataAndEndpoints(t *testing.T) {
@@ -60,5 +62,32 @@ func TestRestartKeepsDataAndEndpoints(t *testing.T) {
 	_, err = cli.Get(ctx, "k", clientv3.WithRev(put.Header.Revision))
 	if !errors.Is(err, rpctypes.ErrCompacted) {
 		t.Errorf("Get at revision %d after Compact: %v, want %v", put.Header.Revision, err, rpctypes.ErrCompacted)
+	}
+}
+
+// The unix endpoint reaches the same etcd, before and after a restart:
+// it is how a process in another network namespace gets there.
+func TestUnixEndpoint(t *testing.T) {
+	s := Start(t)
+	ep := s.UnixEndpoint(t)
+	if !strings.HasPrefix(ep, "unix:///") {
+		t.Fatalf("UnixEndpoint = %q, want unix:///<path>", ep)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if _, err := s.Client(t).Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	for _, when := range []string{"before", "after"} {
+		resp, err := cli.Get(ctx, "k")
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
+			t.Fatalf("Get k through %s %s Restart: %v, %v", ep, when, resp, err)
+		}
+		s.Restart(t)
 	}
 }

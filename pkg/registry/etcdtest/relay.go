@@ -20,8 +20,10 @@ type relay struct {
 	conns  map[net.Conn]struct{}
 }
 
-func newRelay() (*relay, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// newRelay listens on network ("tcp": a free loopback port; "unix":
+// the socket path addr).
+func newRelay(network, addr string) (*relay, error) {
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, err
 	}
