@@ -19,34 +19,63 @@ import (
 // DefaultPath is flanneld's default --subnet-file.
 const DefaultPath = "/run/flannel/subnet.env"
 
-// Env is the content of a subnet file.
+// Env is the content of a subnet file. The IPv6 pair is set on a
+// dual-stack node and zero otherwise.
 type Env struct {
-	Network netip.Prefix // FLANNEL_NETWORK
-	Subnet  netip.Prefix // the node's pod subnet (the file holds its first address)
-	MTU     int          // FLANNEL_MTU
-	IPMasq  bool         // FLANNEL_IPMASQ
+	Network     netip.Prefix // FLANNEL_NETWORK
+	Subnet      netip.Prefix // the node's pod subnet (the file holds its first address)
+	IPv6Network netip.Prefix // FLANNEL_IPV6_NETWORK
+	IPv6Subnet  netip.Prefix // FLANNEL_IPV6_SUBNET, likewise
+	MTU         int          // FLANNEL_MTU
+	IPMasq      bool         // FLANNEL_IPMASQ
 }
 
 // Format renders e in flanneld's order and format (flannel
-// pkg/subnet.WriteSubnetFile, IPv4): FLANNEL_NETWORK, FLANNEL_SUBNET,
-// FLANNEL_MTU, FLANNEL_IPMASQ, one per line. FLANNEL_SUBNET is the subnet's
-// first host address with the prefix length (10.244.1.1/24): the bridge's
-// gateway address, as the CNI plugins use it.
+// pkg/subnet.WriteSubnetFile): FLANNEL_NETWORK, FLANNEL_SUBNET, then on a
+// dual-stack node FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET, then
+// FLANNEL_MTU, FLANNEL_IPMASQ, one per line. A subnet is written as its
+// first host address with the prefix length (10.244.1.1/24,
+// fd00:10:244:1::1/64): the bridge's gateway address, as the CNI plugins
+// use it.
 func Format(e Env) ([]byte, error) {
 	if !e.Network.Addr().Is4() || !e.Subnet.Addr().Is4() {
 		return nil, fmt.Errorf("subnet file: network %s and subnet %s must be IPv4 prefixes", e.Network, e.Subnet)
 	}
-	sn := e.Subnet.Masked()
-	gw := sn.Addr().Next()
-	if !sn.Contains(gw) {
-		return nil, fmt.Errorf("subnet file: subnet %s has no host address", e.Subnet)
+	dual := e.IPv6Network.IsValid() || e.IPv6Subnet.IsValid()
+	if dual && (!is6(e.IPv6Network) || !is6(e.IPv6Subnet)) {
+		return nil, fmt.Errorf("subnet file: IPv6 network %s and IPv6 subnet %s must both be IPv6 prefixes", e.IPv6Network, e.IPv6Subnet)
+	}
+	gw, err := gateway(e.Subnet)
+	if err != nil {
+		return nil, err
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network.Masked())
-	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", netip.PrefixFrom(gw, sn.Bits()))
+	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", gw)
+	if dual {
+		gw6, err := gateway(e.IPv6Subnet)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", e.IPv6Network.Masked())
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", gw6)
+	}
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", e.MTU)
 	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%t\n", e.IPMasq)
 	return b.Bytes(), nil
+}
+
+func is6(p netip.Prefix) bool { return p.IsValid() && p.Addr().Is6() && !p.Addr().Is4In6() }
+
+// gateway is subnet's first host address with its length, as flanneld
+// writes it.
+func gateway(subnet netip.Prefix) (netip.Prefix, error) {
+	sn := subnet.Masked()
+	gw := sn.Addr().Next()
+	if !sn.Contains(gw) {
+		return netip.Prefix{}, fmt.Errorf("subnet file: subnet %s has no host address", subnet)
+	}
+	return netip.PrefixFrom(gw, sn.Bits()), nil
 }
 
 // Write replaces path atomically, as flanneld does: a temporary file in
@@ -101,9 +130,8 @@ func writeSynced(f *os.File, data []byte, perm fs.FileMode) error {
 }
 
 // Read parses a subnet file (flanneld's or ours), to reuse the previous
-// subnet. Unknown variables, such as the IPv6 ones, are ignored. A missing
-// file wraps os.ErrNotExist; a malformed one is an error naming the path
-// and line.
+// subnets. Unknown variables are ignored. A missing file wraps
+// os.ErrNotExist; a malformed one is an error naming the path and line.
 func Read(path string) (Env, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -122,10 +150,15 @@ func Read(path string) (Env, error) {
 		}
 		switch k {
 		case "FLANNEL_NETWORK":
-			e.Network, err = parsePrefix4(v)
+			e.Network, err = parsePrefix(v, false)
 		case "FLANNEL_SUBNET":
-			e.Subnet, err = parsePrefix4(v)
+			e.Subnet, err = parsePrefix(v, false)
 			e.Subnet = e.Subnet.Masked()
+		case "FLANNEL_IPV6_NETWORK":
+			e.IPv6Network, err = parsePrefix(v, true)
+		case "FLANNEL_IPV6_SUBNET":
+			e.IPv6Subnet, err = parsePrefix(v, true)
+			e.IPv6Subnet = e.IPv6Subnet.Masked()
 		case "FLANNEL_MTU":
 			e.MTU, err = strconv.Atoi(v)
 		case "FLANNEL_IPMASQ":
@@ -144,12 +177,15 @@ func Read(path string) (Env, error) {
 	return e, nil
 }
 
-func parsePrefix4(s string) (netip.Prefix, error) {
+func parsePrefix(s string, want6 bool) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	if !p.Addr().Is4() {
+	if want6 && !is6(p) {
+		return netip.Prefix{}, fmt.Errorf("%s is not an IPv6 prefix", s)
+	}
+	if !want6 && !p.Addr().Is4() {
 		return netip.Prefix{}, fmt.Errorf("%s is not an IPv4 prefix", s)
 	}
 	return p, nil

@@ -14,8 +14,22 @@ import (
 // pkg/subnet/subnetfile_unix.go).
 const flanneldFile = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
 
+// What the real flanneld v0.28.9 wrote for a dual-stack host-gw node
+// with --ip-masq (captured by the registry's flanneld test, which checks
+// Format against flanneld every CI run): the IPv6 pair after the IPv4 one,
+// each subnet as its first address.
+const flanneldDualFile = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.60.1/24\n" +
+	"FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:48::1/64\n" +
+	"FLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
+
 func env(network, subnet string, mtu int, masq bool) Env {
 	return Env{Network: netip.MustParsePrefix(network), Subnet: netip.MustParsePrefix(subnet), MTU: mtu, IPMasq: masq}
+}
+
+func dualEnv(network, subnet, network6, subnet6 string, mtu int, masq bool) Env {
+	e := env(network, subnet, mtu, masq)
+	e.IPv6Network, e.IPv6Subnet = netip.MustParsePrefix(network6), netip.MustParsePrefix(subnet6)
+	return e
 }
 
 func TestWriteMatchesFlanneldByteForByte(t *testing.T) {
@@ -62,6 +76,14 @@ func TestFormat(t *testing.T) {
 			"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=9000\nFLANNEL_IPMASQ=true\n"},
 		{"a /23 subnet", env("10.0.0.0/8", "10.1.2.0/23", 1500, true),
 			"FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.1.2.1/23\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"},
+		{"dual stack, as the real flanneld wrote it",
+			dualEnv("10.244.0.0/16", "10.244.60.0/24", "fd00:10:244::/56", "fd00:10:244:48::/64", 1500, true),
+			flanneldDualFile},
+		{"dual stack, unmasked IPv6 input is masked, other lengths",
+			dualEnv("10.244.0.0/16", "10.244.3.0/24", "fd00:10:244:ff07::/48", "fd00:10:244:7:1::/80", 1450, false),
+			"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n" +
+				"FLANNEL_IPV6_NETWORK=fd00:10:244::/48\nFLANNEL_IPV6_SUBNET=fd00:10:244:7:1::1/80\n" +
+				"FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Format(tc.in)
@@ -77,6 +99,19 @@ func TestFormat(t *testing.T) {
 		{Subnet: netip.MustParsePrefix("10.244.3.0/24")},                                                  // no network
 		env("fd00::/56", "fd00:0:0:3::/64", 1500, true),                                                   // IPv6
 		{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.3.7/32")}, // no host address
+		func() Env {
+			e := env("10.244.0.0/16", "10.244.3.0/24", 1500, true)
+			e.IPv6Network = netip.MustParsePrefix("fd00::/56")
+			return e
+		}(), // IPv6 network without subnet
+		func() Env {
+			e := env("10.244.0.0/16", "10.244.3.0/24", 1500, true)
+			e.IPv6Subnet = netip.MustParsePrefix("fd00:0:0:3::/64")
+			return e
+		}(), // IPv6 subnet without network
+		dualEnv("10.244.0.0/16", "10.244.3.0/24", "10.245.0.0/16", "10.245.3.0/24", 1500, true),                 // IPv4 in the IPv6 pair
+		dualEnv("10.244.0.0/16", "10.244.3.0/24", "::ffff:10.245.0.0/112", "::ffff:10.245.3.0/120", 1500, true), // IPv4-mapped
+		dualEnv("10.244.0.0/16", "10.244.3.0/24", "fd00::/56", "fd00:0:0:3::7/128", 1500, true),                 // no IPv6 host address
 	} {
 		if got, err := Format(bad); err == nil {
 			t.Errorf("Format(%+v) = %q, want an error", bad, got)
@@ -123,7 +158,7 @@ func TestWriteFailsLeavingOldFile(t *testing.T) {
 	}
 }
 
-func TestReadRoundTripsAndAcceptsFlanneldDualStack(t *testing.T) {
+func TestReadRoundTripsAndReadsFlanneldDualStack(t *testing.T) {
 	dir := t.TempDir()
 	want := env("10.244.0.0/16", "10.244.3.0/24", 1450, false)
 	path := filepath.Join(dir, "ours.env")
@@ -134,13 +169,21 @@ func TestReadRoundTripsAndAcceptsFlanneldDualStack(t *testing.T) {
 		t.Fatalf("Read(Write(x)) = %+v, %v; want %+v", got, err, want)
 	}
 
-	dual := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
-	path = filepath.Join(dir, "dual.env")
-	if err := os.WriteFile(path, []byte(dual), 0o644); err != nil {
+	wantDual := dualEnv("10.244.0.0/16", "10.244.60.0/24", "fd00:10:244::/56", "fd00:10:244:48::/64", 1500, true)
+	path = filepath.Join(dir, "ours-dual.env")
+	if err := Write(path, wantDual); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := Read(path); err != nil || got != want {
-		t.Fatalf("Read(flanneld dual-stack) = %+v, %v; want %+v", got, err, want)
+	if got, err := Read(path); err != nil || got != wantDual {
+		t.Fatalf("Read(Write(dual stack)) = %+v, %v; want %+v", got, err, wantDual)
+	}
+
+	path = filepath.Join(dir, "flanneld-dual.env")
+	if err := os.WriteFile(path, []byte(flanneldDualFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Read(path); err != nil || got != wantDual {
+		t.Fatalf("Read(flanneld dual-stack) = %+v, %v; want %+v", got, err, wantDual)
 	}
 }
 
@@ -156,6 +199,8 @@ func TestReadErrors(t *testing.T) {
 		{"garbage", "FLANNEL_SUBNET=10.244.3.1/24\nthis is not a variable\n", "line 2"},
 		{"badsubnet", "FLANNEL_SUBNET=10.244.3.1\n", "line 1"},
 		{"v6subnet", "FLANNEL_SUBNET=fd00::1/64\n", "line 1"},
+		{"v4 in the IPv6 subnet", "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_SUBNET=10.245.3.1/24\n", "line 2"},
+		{"bad IPv6 network", "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00::\n", "FLANNEL_IPV6_NETWORK"},
 		{"badmtu", "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=big\n", "line 2"},
 		{"badmasq", "FLANNEL_SUBNET=10.244.3.1/24\n\nFLANNEL_IPMASQ=maybe\n", "line 3"},
 		{"nosubnet", "FLANNEL_NETWORK=10.244.0.0/16\n", "no FLANNEL_SUBNET"},
