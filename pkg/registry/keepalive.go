@@ -35,7 +35,7 @@ func (r *Registry) KeepAlive(ctx context.Context, lease Lease, opts AcquireOptio
 			if !backoff.sleep(ctx) {
 				return nil
 			}
-			opts.Previous = lease.Subnet
+			opts.Previous, opts.PreviousIPv6 = lease.Subnet, lease.IPv6Subnet
 			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			next, err := r.Acquire(actx, opts)
 			cancel()

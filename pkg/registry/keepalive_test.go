@@ -115,7 +115,7 @@ func TestKeepAliveReacquires(t *testing.T) {
 		t.Errorf("re-acquired %+v after deletion, want %s on a new etcd lease (old %x)", l2, l.Subnet, l.LeaseID)
 	}
 	kv := c.get(t, l.Key)
-	if kv == nil || int64(kv.Lease) != l2.LeaseID || kv.Value != `{"PublicIP":"198.18.0.11","BackendType":"host-gw"}` {
+	if kv == nil || int64(kv.Lease) != l2.LeaseID || kv.Value != `{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw"}` {
 		t.Fatalf("key after re-acquire %+v", kv)
 	}
 
@@ -304,7 +304,7 @@ func TestKeepAliveRechecksOwnerAfterCompaction(t *testing.T) {
 		{"another node", `{"PublicIP":"198.18.0.99","BackendType":"host-gw"}`, true},
 		// Our address but another etcd lease (a second process of ours, an
 		// operator's rewrite): the key no longer lives by our renewals.
-		{"our PublicIP on another etcd lease", `{"PublicIP":"198.18.0.11","BackendType":"host-gw"}`, false},
+		{"our PublicIP on another etcd lease", `{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw"}`, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -9,7 +9,9 @@ import (
 
 // ParseSubnetKey parses the last element of a lease key as flannel writes
 // it: "10.244.1.0-24", or dual-stack "10.244.1.0-24&fd00:10:244:1::-64"
-// (v6 is the zero Prefix when absent). Prefixes must be canonical.
+// (v6 is the zero Prefix when absent). Prefixes must be canonical, as
+// DualStackKey writes them: another spelling of the same subnet would be
+// another key.
 func ParseSubnetKey(s string) (v4, v6 netip.Prefix, err error) {
 	v4s, v6s, dual := strings.Cut(s, "&")
 	if v4, err = parseKeyPrefix(v4s, true); err != nil {
@@ -35,6 +37,9 @@ func parseKeyPrefix(s string, want4 bool) (netip.Prefix, error) {
 	if addr.Is4() != want4 {
 		return netip.Prefix{}, fmt.Errorf("%s: wrong address family", addrS)
 	}
+	if addr.String() != addrS {
+		return netip.Prefix{}, fmt.Errorf("%q is not written as flannel writes it (%s)", addrS, addr)
+	}
 	bits, err := strconv.Atoi(bitsS)
 	if err != nil || bits < 0 || bits > addr.BitLen() || strconv.Itoa(bits) != bitsS {
 		return netip.Prefix{}, fmt.Errorf("%q is not a prefix length", bitsS)
@@ -46,7 +51,20 @@ func parseKeyPrefix(s string, want4 bool) (netip.Prefix, error) {
 	return p, nil
 }
 
-// SubnetKey is the key element flannel uses for an IPv4 subnet.
+// SubnetKey is the key element flannel writes for one subnet: address,
+// "-", length. An IPv4-only lease's key is SubnetKey of its subnet;
+// DualStackKey joins it with the lease's IPv6 subnet.
 func SubnetKey(p netip.Prefix) string {
 	return fmt.Sprintf("%s-%d", p.Masked().Addr(), p.Bits())
+}
+
+// DualStackKey is the key element of a lease of v4 and v6, as flannel's
+// MakeSubnetKey writes it: "10.244.1.0-24&fd00:10:244:1::-64" (the IPv6
+// address in its canonical RFC 5952 form, as Go prints it), or SubnetKey(v4)
+// when v6 is the zero Prefix.
+func DualStackKey(v4, v6 netip.Prefix) string {
+	if !v6.IsValid() {
+		return SubnetKey(v4)
+	}
+	return SubnetKey(v4) + "&" + SubnetKey(v6)
 }

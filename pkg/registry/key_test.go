@@ -1,7 +1,6 @@
 package registry_test
 
 import (
-	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -22,28 +21,31 @@ func TestParseSubnetKey(t *testing.T) {
 		{key: "10.244.1.0-24&fd00:10:244:1::-64", v4: "10.244.1.0/24", v6: "fd00:10:244:1::/64", ok: true},
 		{key: "10.244.1.0-24&fd00:10:244:1::-128", v4: "10.244.1.0/24", v6: "fd00:10:244:1::/128", ok: true},
 
-		{key: "10.244.1.1-24"},                     // host bits set
-		{key: "10.244.1.0-16"},                     // host bits set for the length
-		{key: "10.244.1.0-24&fd00:10:244:1::1-64"}, // v6 host bits
-		{key: "10.244.1.0-33"},                     // too long
-		{key: "10.244.1.0--1"},                     // negative
-		{key: "10.244.1.0-024"},                    // not canonical
-		{key: "10.244.1.0-+24"},                    // not canonical
-		{key: "10.244.1.0-"},                       // no length
-		{key: "10.244.1.0"},                        // no separator
-		{key: "10.244.1.0/24"},                     // CIDR, not key form
-		{key: "fd00:10:244:1::-64"},                // v6 in the v4 slot
-		{key: "::ffff:10.244.1.0-120"},             // v4-mapped is not v4
-		{key: "10.244.1.0-24&10.244.2.0-24"},       // v4 in the v6 slot
-		{key: "10.244.1.0-24&fd00:10:244:1::-129"}, // v6 too long
-		{key: "10.244.1.0-24&"},                    // empty v6 part
-		{key: "10.244.1.0-24&fd00::%eth0-64"},      // zone
-		{key: "010.244.1.0-24"},                    // leading zero
-		{key: "10.244.1-24"},                       // short address
-		{key: "garbage"},                           // garbage
-		{key: ""},                                  // empty
-		{key: "10.244.1.0-24&fd00::-64&fd01::-64"}, // two v6 parts
-		{key: " 10.244.1.0-24"},                    // whitespace
+		{key: "10.244.1.1-24"},                          // host bits set
+		{key: "10.244.1.0-16"},                          // host bits set for the length
+		{key: "10.244.1.0-24&fd00:10:244:1::1-64"},      // v6 host bits
+		{key: "10.244.1.0-33"},                          // too long
+		{key: "10.244.1.0--1"},                          // negative
+		{key: "10.244.1.0-024"},                         // not canonical
+		{key: "10.244.1.0-+24"},                         // not canonical
+		{key: "10.244.1.0-"},                            // no length
+		{key: "10.244.1.0"},                             // no separator
+		{key: "10.244.1.0/24"},                          // CIDR, not key form
+		{key: "fd00:10:244:1::-64"},                     // v6 in the v4 slot
+		{key: "::ffff:10.244.1.0-120"},                  // v4-mapped is not v4
+		{key: "10.244.1.0-24&10.244.2.0-24"},            // v4 in the v6 slot
+		{key: "10.244.1.0-24&fd00:10:244:1::-129"},      // v6 too long
+		{key: "10.244.1.0-24&"},                         // empty v6 part
+		{key: "10.244.1.0-24&fd00::%eth0-64"},           // zone
+		{key: "010.244.1.0-24"},                         // leading zero
+		{key: "10.244.1-24"},                            // short address
+		{key: "garbage"},                                // garbage
+		{key: ""},                                       // empty
+		{key: "10.244.1.0-24&fd00::-64&fd01::-64"},      // two v6 parts
+		{key: " 10.244.1.0-24"},                         // whitespace
+		{key: "10.244.1.0-24&FD00:10:244:1::-64"},       // upper case: flanneld's key pattern has none
+		{key: "10.244.1.0-24&fd00:10:244:1:0:0:0:0-64"}, // not RFC 5952: another key than flanneld's
+		{key: "10.244.1.0-24&fd00:0010:244:1::-64"},     // leading zeros
 	}
 	for _, tt := range tests {
 		t.Run(tt.key, func(t *testing.T) {
@@ -91,6 +93,29 @@ func TestSubnetKeyRoundTrip(t *testing.T) {
 	}
 }
 
+// DualStackKey writes what flanneld's MakeSubnetKey writes; the first
+// case is the key the real flanneld v0.28.9 wrote (see flanneld_test.go).
+func TestDualStackKey(t *testing.T) {
+	for _, tt := range []struct{ v4, v6, want string }{
+		{"10.244.60.0/24", "fd00:10:244:48::/64", "10.244.60.0-24&fd00:10:244:48::-64"},
+		{"10.244.1.0/24", "", "10.244.1.0-24"},
+		{"10.244.1.0/24", "fd00:0:0:1::/64", "10.244.1.0-24&fd00:0:0:1::-64"},
+		{"10.244.1.0/24", "fd00::10:4/126", "10.244.1.0-24&fd00::10:4-126"},
+		{"10.244.1.0/24", "2001:db8:0:1:1:1:1:0/112", "10.244.1.0-24&2001:db8:0:1:1:1:1:0-112"},
+		{"10.244.1.0/24", "2001:db8:0:0:1::/80", "10.244.1.0-24&2001:db8:0:0:1::-80"},        // the longest run of zeros
+		{"10.244.1.0/24", "2001:db8:0:0:1:0:0:1/128", "10.244.1.0-24&2001:db8::1:0:0:1-128"}, // the first of equal runs
+	} {
+		got := registry.DualStackKey(mustPrefix(t, tt.v4), mustPrefix(t, tt.v6))
+		if got != tt.want {
+			t.Errorf("DualStackKey(%s, %s) = %q, want %q", tt.v4, tt.v6, got, tt.want)
+		}
+		v4, v6, err := registry.ParseSubnetKey(got)
+		if err != nil || v4 != mustPrefix(t, tt.v4) || v6 != mustPrefix(t, tt.v6) {
+			t.Errorf("ParseSubnetKey(%q) = %s, %s, %v", got, v4, v6, err)
+		}
+	}
+}
+
 func FuzzParseSubnetKey(f *testing.F) {
 	for _, s := range []string{
 		"10.244.1.0-24", "10.244.1.0-24&fd00:10:244:1::-64", "10.244.1.1-24", "fd00::-64",
@@ -109,13 +134,10 @@ func FuzzParseSubnetKey(f *testing.F) {
 		if v6.IsValid() && (!v6.Addr().Is6() || v6.Addr().Is4In6() || v6.Masked() != v6) {
 			t.Fatalf("accepted %q with v6 %s", s, v6)
 		}
-		// Keys are canonical: the v4 part is exactly what SubnetKey writes.
-		key := registry.SubnetKey(v4)
-		if v6.IsValid() {
-			key += fmt.Sprintf("&%s-%d", v6.Addr(), v6.Bits())
-		}
-		if !v6.IsValid() && key != s {
-			t.Fatalf("accepted %q, but SubnetKey writes %q", s, key)
+		// Keys are canonical: exactly what DualStackKey writes.
+		key := registry.DualStackKey(v4, v6)
+		if key != s {
+			t.Fatalf("accepted %q, but DualStackKey writes %q", s, key)
 		}
 		r4, r6, err := registry.ParseSubnetKey(key)
 		if err != nil || r4 != v4 || r6 != v6 {

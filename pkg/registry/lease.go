@@ -11,17 +11,26 @@ import (
 // DefaultPrefix is flannel's default etcd prefix.
 const DefaultPrefix = "/coreos.com/network"
 
-// Config is <prefix>/config, as flannel writes and reads it.
+// Config is <prefix>/config, as flannel writes and reads it. With
+// EnableIPv6 every lease holds an IPv6 subnet of IPv6Network besides its
+// IPv4 one; without it the IPv6 fields are zero.
 type Config struct {
-	Network     netip.Prefix
-	SubnetLen   int // default 24
-	SubnetMin   netip.Addr
-	SubnetMax   netip.Addr
-	BackendType string
+	EnableIPv4    bool // always true: flannel's etcd leases cannot be IPv6 only
+	EnableIPv6    bool
+	Network       netip.Prefix
+	SubnetLen     int // default 24
+	SubnetMin     netip.Addr
+	SubnetMax     netip.Addr
+	IPv6Network   netip.Prefix
+	IPv6SubnetLen int // default 64
+	IPv6SubnetMin netip.Addr
+	IPv6SubnetMax netip.Addr
+	BackendType   string
 }
 
 // LeaseAttrs is the JSON value of a lease key, field for field as flanneld
-// writes it, so leases round-trip between flanneld and us.
+// writes it, so leases round-trip between flanneld and us. PublicIPv6 is
+// "" when the value has none (flanneld writes null).
 type LeaseAttrs struct {
 	PublicIP      string          `json:"PublicIP,omitempty"`
 	PublicIPv6    string          `json:"PublicIPv6,omitempty"`
@@ -30,12 +39,39 @@ type LeaseAttrs struct {
 	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
 }
 
+// flanneldAttrs is flanneld's lease.LeaseAttrs on the wire: its PublicIP
+// (an ip.IP4) is never omitted, and its PublicIPv6 is a pointer without
+// omitempty, so an IPv4-only lease says "PublicIPv6":null. flanneld cannot
+// parse "" there: it would ignore the whole lease.
+type flanneldAttrs struct {
+	PublicIP      string
+	PublicIPv6    *string
+	BackendType   string          `json:",omitempty"`
+	BackendData   json.RawMessage `json:",omitempty"`
+	BackendV6Data json.RawMessage `json:",omitempty"`
+}
+
+// MarshalJSON writes the bytes flanneld writes for the same lease:
+// {"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw"},
+// or with "PublicIPv6":"fd00::11" on a dual-stack node.
+func (a LeaseAttrs) MarshalJSON() ([]byte, error) {
+	w := flanneldAttrs{PublicIP: a.PublicIP, BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
+	if a.PublicIPv6 != "" {
+		w.PublicIPv6 = &a.PublicIPv6
+	}
+	return json.Marshal(w)
+}
+
 // Lease is one node's claim on a pod subnet.
 type Lease struct {
 	Key        string       // full etcd key
 	Subnet     netip.Prefix // IPv4 pod subnet
 	IPv6Subnet netip.Prefix // zero if the key has no IPv6 part
 	PublicIP   netip.Addr   // parsed Attrs.PublicIP
+	// PublicIPv6 is the parsed Attrs.PublicIPv6, the next hop of the
+	// IPv6 subnet; zero if the value has none (then the IPv6 subnet, if
+	// any, cannot be routed).
+	PublicIPv6 netip.Addr
 	Attrs      LeaseAttrs
 	// Reservation is a key bound to no etcd lease: honoured, never
 	// expired, as in flannel.

@@ -36,8 +36,14 @@ func New(cli *clientv3.Client, prefix string, log *slog.Logger) *Registry {
 func (r *Registry) configKey() string  { return r.prefix + "/config" }
 func (r *Registry) subnetsDir() string { return r.prefix + "/subnets/" }
 
-// LeaseKey is the etcd key of subnet's lease.
+// LeaseKey is the etcd key of an IPv4-only lease of subnet.
 func (r *Registry) LeaseKey(subnet netip.Prefix) string { return r.subnetsDir() + SubnetKey(subnet) }
+
+// DualStackLeaseKey is the etcd key of a lease of v4 and v6 (v6 zero:
+// IPv4 only).
+func (r *Registry) DualStackLeaseKey(v4, v6 netip.Prefix) string {
+	return r.subnetsDir() + DualStackKey(v4, v6)
+}
 
 // Config reads and checks the network config. Every later call parses
 // leases against it.
@@ -87,8 +93,22 @@ func (r *Registry) parse(cfg Config, key string, value []byte, leaseID, modRev i
 	if err != nil || !ip.Is4() {
 		return skip("bad_public_ip", fmt.Errorf("PublicIP %q is not an IPv4 address", attrs.PublicIP))
 	}
+	// An IPv4-only lease (flanneld writes "PublicIPv6":null) is fine next
+	// to dual-stack ones; a malformed PublicIPv6 makes the value suspect.
+	var ip6 netip.Addr
+	if attrs.PublicIPv6 != "" {
+		if ip6, err = netip.ParseAddr(attrs.PublicIPv6); err != nil || !ip6.Is6() || ip6.Is4In6() || ip6.Zone() != "" {
+			return skip("bad_public_ip", fmt.Errorf("PublicIPv6 %q is not an IPv6 address", attrs.PublicIPv6))
+		}
+	}
 	if !cfg.Network.Contains(v4.Addr()) || v4.Bits() < cfg.Network.Bits() {
 		return skip("outside_network", fmt.Errorf("subnet %s is outside the network %s", v4, cfg.Network))
+	}
+	// Without EnableIPv6 an IPv6 subnet is not ours to judge (nor to
+	// route); with it, one outside IPv6Network is as suspect as an IPv4
+	// subnet outside Network.
+	if cfg.EnableIPv6 && v6.IsValid() && (!cfg.IPv6Network.Contains(v6.Addr()) || v6.Bits() < cfg.IPv6Network.Bits()) {
+		return skip("outside_network", fmt.Errorf("IPv6 subnet %s is outside the IPv6 network %s", v6, cfg.IPv6Network))
 	}
 	// flanneld's host-gw ignores leases of other backends (a vxlan node
 	// has no route to offer); so do we.
@@ -96,7 +116,7 @@ func (r *Registry) parse(cfg Config, key string, value []byte, leaseID, modRev i
 		return skip("backend", fmt.Errorf("backend %q, the network uses %q", attrs.BackendType, cfg.BackendType))
 	}
 	return Lease{
-		Key: key, Subnet: v4, IPv6Subnet: v6, PublicIP: ip, Attrs: attrs,
+		Key: key, Subnet: v4, IPv6Subnet: v6, PublicIP: ip, PublicIPv6: ip6, Attrs: attrs,
 		Reservation: leaseID == 0, LeaseID: leaseID, ModRevision: modRev,
 	}, nil
 }

@@ -208,7 +208,7 @@ func TestAcquireFresh(t *testing.T) {
 	if kv == nil {
 		t.Fatalf("%s not in etcd", l.Key)
 	}
-	if want := `{"PublicIP":"198.18.0.11","BackendType":"host-gw"}`; kv.Value != want {
+	if want := `{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw"}`; kv.Value != want {
 		t.Errorf("value %s, want flannel's %s", kv.Value, want)
 	}
 	if int64(kv.Lease) != l.LeaseID {
@@ -258,9 +258,10 @@ func TestAcquireRejectsIPv6PublicIP(t *testing.T) {
 func TestAcquireReusesOwnLease(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, hostGW16)
-	// Our previous process (a flanneld, dual-stack) left its lease; another
-	// node holds the subnet of our subnet file... which we no longer need.
-	old := c.put(t, subnetKey("10.244.7.0-24"), `{"PublicIP":"198.18.0.11","PublicIPv6":"fd00::11","BackendType":"host-gw"}`, 60)
+	// Our previous process left its lease (with a field we do not
+	// manage); another node holds the subnet of our subnet file... which
+	// we no longer need.
+	old := c.put(t, subnetKey("10.244.7.0-24"), `{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw","BackendData":{"VNI":1}}`, 60)
 	c.put(t, subnetKey("10.244.8.0-24"), `{"PublicIP":"198.18.0.12","BackendType":"host-gw"}`, 60)
 
 	o := opts("198.18.0.11", 5*time.Second)
@@ -285,13 +286,10 @@ func TestAcquireReusesOwnLease(t *testing.T) {
 	if _, left := c.ttl(t, old); left != -1 {
 		t.Errorf("old etcd lease still has %ds: it should be revoked", left)
 	}
-	var attrs registry.LeaseAttrs
-	if err := json.Unmarshal([]byte(kv.Value), &attrs); err != nil {
-		t.Fatal(err)
-	}
-	// We manage PublicIP and BackendType; a field flanneld wrote stays.
-	if attrs.PublicIP != "198.18.0.11" || attrs.BackendType != "host-gw" || attrs.PublicIPv6 != "fd00::11" {
-		t.Errorf("value after reuse %s", kv.Value)
+	// We manage PublicIP, PublicIPv6 and BackendType; a field flanneld
+	// wrote stays.
+	if want := `{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw","BackendData":{"VNI":1}}`; kv.Value != want {
+		t.Errorf("value after reuse %s, want %s", kv.Value, want)
 	}
 	if keys := c.subnetKeys(t); len(keys) != 2 {
 		t.Errorf("subnet keys %v, want the two we started with", keys)
@@ -613,7 +611,7 @@ func TestAcquireReplacesOwnLeaseThatNoLongerFits(t *testing.T) {
 	}
 	for _, old := range []string{"10.244.30.0/24", "10.244.12.0/25"} {
 		oldKey := c.reg.LeaseKey(netip.MustParsePrefix(old))
-		id := c.put(t, oldKey, `{"PublicIP":"198.18.0.11","BackendType":"host-gw"}`, 60)
+		id := c.put(t, oldKey, `{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw"}`, 60)
 		o := opts("198.18.0.11", 5*time.Second)
 		o.Previous = netip.MustParsePrefix(old) // not even the subnet file can keep it
 		l, err := c.reg.Acquire(ctx, o)
