@@ -174,6 +174,16 @@ func (n *flannelNode) runFlanneld(t *testing.T, bin, endpoint, subnetFile string
 	return string(out)
 }
 
+// flanneldCluster is an IPv4-only host-gw cluster for the real flanneld:
+// its binary and the etcd endpoint it reaches from a namespace.
+func flanneldCluster(t *testing.T) (c *cluster, flanneld, endpoint string) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	flanneld = flanneldBinary(t)
+	c = newCluster(t, hostGW16)
+	return c, flanneld, c.srv.UnixEndpoint(t)
+}
+
 // subnets reads every lease key (its last element) and value as written.
 func (c *cluster) subnets(t *testing.T) map[string]string {
 	t.Helper()
@@ -223,10 +233,7 @@ func readFile(t *testing.T, path string) string {
 // IPv4-only lease is taken aside while it draws one, then put back as it
 // wrote it.
 func TestFlanneldDualStackMatches(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := flanneldBinary(t)
-	c := newCluster(t, hostGW16)
-	endpoint := c.srv.UnixEndpoint(t)
+	c, bin, endpoint := flanneldCluster(t)
 	ctx := testCtx(t)
 
 	// A flanneld node of the IPv4-only days, with --ip-masq.
@@ -369,10 +376,7 @@ func TestFlanneldDualStackMatches(t *testing.T) {
 // are the same for configs off the beaten track, and what it draws is in
 // them.
 func TestFlanneldConfigRanges(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := flanneldBinary(t)
-	c := newCluster(t, hostGW16)
-	endpoint := c.srv.UnixEndpoint(t)
+	c, bin, endpoint := flanneldCluster(t)
 	ctx := testCtx(t)
 	n := newFlannelNode(t, "198.18.0.11/24", "fd00:198:18::11/64")
 	picked := regexp.MustCompile(`Picking (ipv6 )?subnet in range (\S+) \.\.\. (\S+)`)
