@@ -355,12 +355,14 @@ func TestFlanneldDualStackMatches(t *testing.T) {
 	}
 
 	// Without a lease, flanneld takes both subnets of a subnet file we
-	// wrote: it reads our IPv6 lines.
+	// wrote: it reads our IPv6 lines. They lie beyond the first 100
+	// subnets every lease here was drawn from, so they are free (taken,
+	// flanneld would draw, and panic over the IPv4-only lease).
 	if err := reg.Release(ctx, subnetA, o.PublicIP); err != nil {
 		t.Fatal(err)
 	}
 	chosen := envA
-	chosen.Subnet, chosen.IPv6Subnet = netip.MustParsePrefix("10.244.77.0/24"), netip.MustParsePrefix("fd00:10:244:4d::/64")
+	chosen.Subnet, chosen.IPv6Subnet = netip.MustParsePrefix("10.244.200.0/24"), netip.MustParsePrefix("fd00:10:244:c8::/64")
 	if err := subnetfile.Write(aFile, chosen); err != nil {
 		t.Fatal(err)
 	}
