@@ -89,7 +89,7 @@ func TestAcquireDualStackNeedsPublicIPv6(t *testing.T) {
 		ip6, mention string
 	}{
 		{"", "no public IPv6 address"},
-		{"::ffff:198.18.0.11", "::ffff:198.18.0.11 is not a global IPv6 address"},
+		{"::ffff:198.18.0.11", "::ffff:198.18.0.11 is not a plain IPv6 address"},
 		{"fe80::11%eth0", "fe80::11%eth0"},
 	} {
 		o := opts("198.18.0.11", 5*time.Second)
