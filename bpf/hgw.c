@@ -10,6 +10,11 @@
  *                  -> known pod (endpoints map): bpf_redirect_peer(its veth)
  *                  -> else bpf_redirect_neigh(cni0)
  *
+ * Both programs do this for IPv4 (routes map) and for IPv6 (routes6 map,
+ * once the agent wrote the node's IPv6 pod subnet), with the same rules:
+ * the families differ only in how a header is read and what a router does
+ * to it (TTL and checksum; hop limit).
+ *
  * A packet may take the fast path only when both ends of its flow are pods
  * behind a fast path (a local pod, and a pod in a peer's subnet), so that
  * both directions of a flow take the same path at each node. Whatever is not
@@ -24,6 +29,7 @@
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
@@ -32,6 +38,7 @@
 #include "hgw.h"
 
 #define AF_INET 2
+#define AF_INET6 10
 #define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
@@ -46,6 +53,20 @@
 #define ICMP_HDR_LEN 8
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
+/* IPv6 next headers that are extension headers (IANA's list; in6.h has
+ * the others), and the ICMPv6 types the programs tell apart. */
+#define NEXTHDR_ESP 50
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_HIP 139
+#define NEXTHDR_SHIM6 140
+#define NEXTHDR_EXP1 253
+#define NEXTHDR_EXP2 254
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -59,6 +80,15 @@ struct {
 } routes SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct route6_key);
+	__type(value, struct route6_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} routes6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct node_config);
@@ -70,7 +100,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct counter);
-	__uint(max_entries, PROG_MAX * REASON_MAX);
+	__uint(max_entries, FAMILY_MAX * PROG_MAX * REASON_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
 
@@ -88,6 +118,7 @@ struct {
 /* Make the enums part of the object's BTF so bpf2go -type can generate them
  * and the Go side can read their names: they are never used otherwise. */
 struct hgw_enums {
+	enum hgw_family family;
 	enum hgw_program program;
 	enum hgw_reason reason;
 	enum config_flag flag;
@@ -161,9 +192,15 @@ extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
 /* A pseudo-reason: the packet may be forwarded. */
 #define FORWARD REASON_MAX
 
-static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reason)
+/* Where a packet is counted: the family of its frame and the program. */
+static __always_inline __u32 counted_at(__u32 family, __u32 prog)
 {
-	__u32 idx = prog * REASON_MAX + reason;
+	return family * PROG_MAX + prog;
+}
+
+static __always_inline void count(struct __sk_buff *skb, __u32 at, __u32 reason)
+{
+	__u32 idx = at * REASON_MAX + reason;
 	struct counter *c = bpf_map_lookup_elem(&stats, &idx);
 
 	if (c) {
@@ -175,10 +212,22 @@ static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reaso
 /* Leave the packet to whatever comes next: TC_ACT_UNSPEC is TCX_NEXT, so
  * later tcx programs and classic tc filters run, then the kernel's path
  * (TC_ACT_OK would end classification for all of them). */
-static __always_inline int pass(struct __sk_buff *skb, __u32 prog, __u32 reason)
+static __always_inline int pass(struct __sk_buff *skb, __u32 at, __u32 reason)
 {
-	count(skb, prog, reason);
+	count(skb, at, reason);
 	return TC_ACT_UNSPEC;
+}
+
+/* The family by the EtherType the receiving device read (after taking off
+ * a VLAN tag): known before any packet access, so that every reason,
+ * the gate's too, is counted per family. */
+static __always_inline __u32 frame_family(struct __sk_buff *skb)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return FAMILY_IPV4;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return FAMILY_IPV6;
+	return FAMILY_OTHER;
 }
 
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
@@ -194,6 +243,11 @@ static __always_inline const struct node_config *load_config(void)
 	if (!cfg || cfg->pod_prefixlen == 0 || cfg->pod_prefixlen > 32)
 		return NULL;
 	return cfg;
+}
+
+static __always_inline int ipv6_configured(const struct node_config *cfg)
+{
+	return cfg->pod6_prefixlen != 0 && cfg->pod6_prefixlen <= 128;
 }
 
 static __always_inline int ct_lookup_usable(void)
@@ -248,34 +302,44 @@ static __always_inline __u32 gate(struct __sk_buff *skb, const struct node_confi
 	return miniq ? REASON_TC_FILTERS : FORWARD;
 }
 
-/* Checks that the frame is a plain IPv4 packet addressed to this host at L2
- * that a router may forward without looking inside. At a pod's veth, the
+/* The frame checks both families share: an Ethernet header, the expected
+ * EtherType, no VLAN tag, addressed to this host. At a pod's veth, the
  * frames a pod sends to its gateway carry the bridge's MAC, not the veth's,
  * so the kernel marks them PACKET_OTHERHOST: from_pods checks their MAC
- * once it knows the pod. Returns FORWARD and sets *ipp, or the reason to
- * leave the packet to the kernel. */
-static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp, int at_veth)
+ * once it knows the pod. */
+static __always_inline __u32 parse_frame(struct __sk_buff *skb, __u16 ethertype, int at_veth)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *ip;
-	__u32 tot_len;
 
 	if ((void *)(eth + 1) > data_end)
 		return REASON_MALFORMED;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return REASON_NOT_IPV4;
+	if (eth->h_proto != bpf_htons(ethertype))
+		return REASON_NOT_IP;
 	/* The receiving device moved an 802.1Q tag into the skb's metadata
 	 * before TC ingress: the frame belongs to a VLAN device, which the
 	 * kernel hands it to (or drops), never to this device's routing. */
 	if (skb->vlan_present)
-		return REASON_NOT_IPV4;
+		return REASON_NOT_IP;
 	/* Broadcast, multicast and frames for another MAC are not ours to route. */
 	if (skb->pkt_type != PACKET_HOST && !(at_veth && skb->pkt_type == PACKET_OTHERHOST))
 		return REASON_NOT_FOR_HOST;
+	return FORWARD;
+}
 
-	ip = (void *)(eth + 1);
+/* Checks that the frame is a plain IPv4 packet addressed to this host at L2
+ * that a router may forward without looking inside. Returns FORWARD and
+ * sets *ipp, or the reason to leave the packet to the kernel. */
+static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp, int at_veth)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = (void *)(long)skb->data + sizeof(struct ethhdr);
+	__u32 tot_len, reason;
+
+	reason = parse_frame(skb, ETH_P_IP, at_veth);
+	if (reason != FORWARD)
+		return reason;
 	if ((void *)(ip + 1) > data_end)
 		return REASON_MALFORMED;
 	if (ip->version != 4 || ip->ihl < 5)
@@ -286,7 +350,7 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
 	tot_len = bpf_ntohs(ip->tot_len);
 	/* A header that claims more bytes than the frame holds is corrupt. A
 	 * GSO packet may legitimately say 0 (BIG TCP beyond 64 KB). */
-	if (tot_len < sizeof(*ip) || tot_len > skb->len - sizeof(*eth)) {
+	if (tot_len < sizeof(*ip) || tot_len > skb->len - sizeof(struct ethhdr)) {
 		if (!(tot_len == 0 && skb->gso_size))
 			return REASON_MALFORMED;
 	}
@@ -299,6 +363,58 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
 	return FORWARD;
 }
 
+/* The IPv6 counterpart: only TCP, UDP and ICMPv6 (and upper layers the
+ * conntrack rule then decides on) right after the fixed header. Extension
+ * headers go to the kernel, which walks them (hop-by-hop options must be
+ * read by every router; conntrack needs the L4 header behind them), and so
+ * do fragments, which it reassembles for conntrack. */
+static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, struct ipv6hdr **ipp, int at_veth)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = (void *)(long)skb->data + sizeof(struct ethhdr);
+	__u32 plen, reason;
+
+	reason = parse_frame(skb, ETH_P_IPV6, at_veth);
+	if (reason != FORWARD)
+		return reason;
+	if ((void *)(ip6 + 1) > data_end)
+		return REASON_MALFORMED;
+	if (ip6->version != 6)
+		return REASON_MALFORMED;
+	/* A payload that claims more bytes than the frame holds is corrupt. */
+	plen = bpf_ntohs(ip6->payload_len);
+	if (plen > skb->len - sizeof(struct ethhdr) - sizeof(*ip6))
+		return REASON_MALFORMED;
+	switch (ip6->nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_ICMPV6:
+		break;
+	case IPPROTO_FRAGMENT:
+		return REASON_FRAGMENT;
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case NEXTHDR_ESP:
+	case NEXTHDR_AUTH:
+	case IPPROTO_NONE:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_MH:
+	case NEXTHDR_HIP:
+	case NEXTHDR_SHIM6:
+	case NEXTHDR_EXP1:
+	case NEXTHDR_EXP2:
+		return REASON_EXT_HEADER;
+	}
+	/* Length 0 is a GSO packet's beyond 64 KB (BIG TCP) or a jumbogram's,
+	 * whose hop-by-hop header was sent to the kernel above. Otherwise
+	 * the packet has no L4 header at all. */
+	if (plen == 0 && !skb->gso_size)
+		return REASON_MALFORMED;
+
+	*ipp = ip6;
+	return FORWARD;
+}
+
 /* Sources no router forwards (RFC 1812 5.3.7; the kernel's martian check):
  * 0/8, 127/8, 224/4 multicast, 240/4 and the broadcast address. */
 static __always_inline int martian(__be32 addr)
@@ -306,6 +422,32 @@ static __always_inline int martian(__be32 addr)
 	__u32 first = bpf_ntohl(addr) >> 24;
 
 	return first == 0 || first == 127 || first >= 224;
+}
+
+/* IPv6 sources no router forwards (RFC 4291; what ip6_rcv_core and
+ * ip6_forward drop): ::, ::1, multicast, link-local (beyond its scope
+ * once routed) and IPv4-mapped addresses. */
+static __always_inline int martian6(const __be32 *a)
+{
+	__u32 w0 = bpf_ntohl(a[0]);
+
+	if ((w0 >> 24) == 0xff || (w0 & 0xffc00000) == 0xfe800000)
+		return 1;
+	if (a[0] || a[1])
+		return 0;
+	if (a[2] == 0)
+		return a[3] == 0 || a[3] == bpf_htonl(1);
+	return a[2] == bpf_htonl(0xffff);
+}
+
+/* Link-local or multicast: an IPv6 destination on this link only (neighbour
+ * and router discovery, MLD, a pod talking to its gateway's fe80:: address).
+ * Never routed: the node itself answers. */
+static __always_inline int link_scope6(const __be32 *a)
+{
+	__u32 w0 = bpf_ntohl(a[0]);
+
+	return (w0 >> 24) == 0xff || (w0 & 0xffc00000) == 0xfe800000;
 }
 
 /* The addresses of a subnet that belong to its node, not to a pod: the
@@ -321,6 +463,35 @@ static __always_inline int node_addr(__u32 prefixlen, __be32 addr)
 	return host == 0 || host == 1 || host == hostmask;
 }
 
+/* The host bits of word i (0..3, in host order) of an IPv6 address in a
+ * prefix of prefixlen. */
+static __always_inline __u32 hostmask6(__u32 prefixlen, int i)
+{
+	int bits = (int)prefixlen - 32 * i;
+
+	if (bits >= 32)
+		return 0;
+	if (bits <= 0)
+		return ~0U;
+	return ~0U >> bits;
+}
+
+/* IPv6 has no broadcast address: the node's are the subnet-router anycast
+ * address (host part 0) and the gateway (host part 1). /127 and /128 have
+ * none. */
+static __always_inline int node_addr6(__u32 prefixlen, const __be32 *addr)
+{
+	__u32 high = 0, low = 0;
+
+	if (prefixlen > 126)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < 3; i++)
+		high |= bpf_ntohl(addr[i]) & hostmask6(prefixlen, i);
+	low = bpf_ntohl(addr[3]) & hostmask6(prefixlen, 3);
+	return high == 0 && (low == 0 || low == 1);
+}
+
 static __always_inline int in_pod_subnet(const struct node_config *cfg, __be32 addr)
 {
 	__be32 net = *(const __be32 *)cfg->pod_subnet;
@@ -329,11 +500,33 @@ static __always_inline int in_pod_subnet(const struct node_config *cfg, __be32 a
 	return (addr & mask) == net;
 }
 
+static __always_inline int in_pod_subnet6(const struct node_config *cfg, const __be32 *addr)
+{
+	const __be32 *net = (const __be32 *)cfg->pod6_subnet;
+	__u32 diff = 0;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		diff |= (bpf_ntohl(addr[i]) ^ bpf_ntohl(net[i])) & ~hostmask6(cfg->pod6_prefixlen, i);
+	return diff == 0;
+}
+
+static __always_inline int addr6_equal(const __be32 *a, const __be32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
 /* A pod of this node: inside its pod subnet, and neither the gateway nor
  * the subnet's network or broadcast address. */
 static __always_inline int local_pod_addr(const struct node_config *cfg, __be32 addr)
 {
 	return in_pod_subnet(cfg, addr) && addr != *(const __be32 *)cfg->gateway && !node_addr(cfg->pod_prefixlen, addr);
+}
+
+static __always_inline int local_pod_addr6(const struct node_config *cfg, const __be32 *addr)
+{
+	return in_pod_subnet6(cfg, addr) && !addr6_equal(addr, (const __be32 *)cfg->gateway6) &&
+	       !node_addr6(cfg->pod6_prefixlen, addr);
 }
 
 static __always_inline struct route_value *lookup_route(__be32 addr)
@@ -344,22 +537,123 @@ static __always_inline struct route_value *lookup_route(__be32 addr)
 	return bpf_map_lookup_elem(&routes, &key);
 }
 
+static __always_inline struct route6_value *lookup_route6(const __be32 *addr)
+{
+	struct route6_key key = {.prefixlen = 128};
+
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	return bpf_map_lookup_elem(&routes6, &key);
+}
+
+/* A pod in a peer's subnet (not the peer node's own addresses there). */
+static __always_inline int peer_pod(__be32 addr)
+{
+	struct route_value *rt = lookup_route(addr);
+
+	return rt && !node_addr(rt->prefixlen, addr);
+}
+
+static __always_inline int peer_pod6(const __be32 *addr)
+{
+	struct route6_value *rt = lookup_route6(addr);
+
+	return rt && !node_addr6(rt->prefixlen, addr);
+}
+
+/* What the checks both families share need to know of a packet. */
+struct flow {
+	struct bpf_sock_tuple tuple; /* its addresses; the ports once conntrack is asked */
+	__u32 family;                /* FAMILY_IPV4 or FAMILY_IPV6 */
+	__u32 l4_off;                /* where its L4 header starts in the frame */
+	__u8 proto;                  /* its L4 protocol */
+};
+
+static __always_inline void flow4(struct flow *f, const struct iphdr *ip)
+{
+	f->family = FAMILY_IPV4;
+	f->l4_off = sizeof(struct ethhdr) + sizeof(*ip);
+	f->proto = ip->protocol;
+	f->tuple.ipv4.saddr = ip->saddr;
+	f->tuple.ipv4.daddr = ip->daddr;
+}
+
+static __always_inline void flow6(struct flow *f, const struct ipv6hdr *ip6)
+{
+	f->family = FAMILY_IPV6;
+	f->l4_off = sizeof(struct ethhdr) + sizeof(*ip6);
+	f->proto = ip6->nexthdr;
+	__builtin_memcpy(f->tuple.ipv6.saddr, &ip6->saddr, sizeof(f->tuple.ipv6.saddr));
+	__builtin_memcpy(f->tuple.ipv6.daddr, &ip6->daddr, sizeof(f->tuple.ipv6.daddr));
+}
+
+static __always_inline void set_ports(struct flow *f, const __u8 *l4)
+{
+	if (f->family == FAMILY_IPV6) {
+		__builtin_memcpy(&f->tuple.ipv6.sport, l4, 2);
+		__builtin_memcpy(&f->tuple.ipv6.dport, l4 + 2, 2);
+	} else {
+		__builtin_memcpy(&f->tuple.ipv4.sport, l4, 2);
+		__builtin_memcpy(&f->tuple.ipv4.dport, l4 + 2, 2);
+	}
+}
+
+/* Copies the first len bytes of the L4 header (the ports, and TCP's
+ * flags): from the linear data, or where the sender's stack left them
+ * outside it, through the helper. A readable packet is never malformed.
+ * len is a constant once inlined. */
+static __always_inline int read_l4(struct __sk_buff *skb, __u32 off, __u8 *to, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u8 *p;
+
+	off &= 0xff; /* 34 or 54: bounded for the verifier */
+	p = data + off;
+	if ((void *)(p + len) <= data_end) {
+		__builtin_memcpy(to, p, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 /* The IP length of one segment of a GSO packet: IP and L4 headers plus
  * gso_size. An unreadable TCP header counts as too big. */
-static __always_inline __u32 gso_segment_len(struct __sk_buff *skb, struct iphdr *ip)
+static __always_inline __u32 gso_segment_len(struct __sk_buff *skb, __u32 l4_off, __u8 proto)
 {
+	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	__u8 *l4 = (void *)(ip + 1);
-	__u32 hdrs = sizeof(*ip);
+	__u32 hdrs = l4_off - sizeof(struct ethhdr);
+	__u8 *l4;
 
-	if (ip->protocol == IPPROTO_TCP) {
+	l4_off &= 0xff; /* 34 or 54: bounded for the verifier */
+	l4 = data + l4_off;
+	if (proto == IPPROTO_TCP) {
 		if ((void *)(l4 + 13) > data_end)
 			return 0xffffffff;
 		hdrs += (l4[12] >> 4) * 4;
-	} else if (ip->protocol == IPPROTO_UDP) {
+	} else if (proto == IPPROTO_UDP) {
 		hdrs += 8;
 	}
 	return hdrs + skb->gso_size;
+}
+
+/* The egress MTU, as a router checks it. Too big, or no such device: the
+ * kernel fragments or sends frag-needed (IPv6: packet too big). */
+static __always_inline __u32 mtu_check(struct __sk_buff *skb, __u32 ifindex, __u32 l4_off, __u8 proto)
+{
+	__u32 mtu = 0;
+
+	/* GSO-aware: a GRO'd 64 KB segment is checked per segment, so one flow
+	 * never flips between the fast and the slow path by packet size. */
+	if (bpf_check_mtu(skb, ifindex, &mtu, 0, 0) != 0)
+		return REASON_TOO_BIG;
+	/* bpf_check_mtu passes any GSO packet without BPF_MTU_CHK_SEGS, and
+	 * that flag trusts a transport header TC ingress may not have set.
+	 * Check one segment, headers + gso_size, as ip_exceeds_mtu and
+	 * ip6_pkt_too_big would. */
+	if (skb->gso_size && gso_segment_len(skb, l4_off, proto) > mtu)
+		return REASON_TOO_BIG;
+	return FORWARD;
 }
 
 /* Router duties before forwarding out of ifindex. Returns FORWARD when the
@@ -367,22 +661,14 @@ static __always_inline __u32 gso_segment_len(struct __sk_buff *skb, struct iphdr
  * untouched, to the kernel. */
 static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *ip, __u32 ifindex)
 {
-	__u32 mtu = 0;
-	__u32 check;
+	__u32 check, reason;
 
 	/* TTL 1 would expire here: the kernel sends ICMP time exceeded. */
 	if (ip->ttl <= 1)
 		return REASON_TTL_EXPIRED;
-	/* GSO-aware: a GRO'd 64 KB segment is checked per segment, so one flow
-	 * never flips between the fast and the slow path by packet size. Too
-	 * big, or no such device: the kernel fragments or says frag-needed. */
-	if (bpf_check_mtu(skb, ifindex, &mtu, 0, 0) != 0)
-		return REASON_TOO_BIG;
-	/* bpf_check_mtu passes any GSO packet without BPF_MTU_CHK_SEGS, and
-	 * that flag trusts a transport header TC ingress may not have set.
-	 * Check one segment, headers + gso_size, as ip_exceeds_mtu would. */
-	if (skb->gso_size && gso_segment_len(skb, ip) > mtu)
-		return REASON_TOO_BIG;
+	reason = mtu_check(skb, ifindex, sizeof(struct ethhdr) + sizeof(*ip), ip->protocol);
+	if (reason != FORWARD)
+		return reason;
 
 	/* Incremental checksum update for TTL-1, as the kernel's own
 	 * ip_decrease_ttl (RFC 1141): the TTL is the high byte of its word. */
@@ -390,6 +676,26 @@ static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *i
 	check += bpf_htons(0x0100);
 	ip->check = (__u16)(check + (check >= 0xffff));
 	ip->ttl--;
+	return FORWARD;
+}
+
+static __always_inline __u32 route_checks6(struct __sk_buff *skb, struct ipv6hdr *ip6, __u32 ifindex)
+{
+	__u32 reason;
+
+	/* Hop limit 1 would expire here: the kernel sends time exceeded. */
+	if (ip6->hop_limit <= 1)
+		return REASON_TTL_EXPIRED;
+	reason = mtu_check(skb, ifindex, sizeof(struct ethhdr) + sizeof(*ip6), ip6->nexthdr);
+	if (reason != FORWARD)
+		return reason;
+
+	/* IPv6 has no header checksum, but a receiving device may have summed
+	 * the packet (CHECKSUM_COMPLETE): take the hop limit's change out of
+	 * that sum, or the pod's stack finds every checksum off. The helper
+	 * does nothing for other skbs. */
+	ip6->hop_limit--;
+	bpf_csum_update(skb, ~(__u32)bpf_htons(1));
 	return FORWARD;
 }
 
@@ -401,7 +707,8 @@ static __always_inline __u32 route_checks(struct __sk_buff *skb, struct iphdr *i
  * the entry and un-NATs the replies. An unconfirmed entry without NAT is a
  * new flow: it may take the fast path (and conntrack forgets it). Only cni0
  * needs this: at eth0 and at a pod's veth no netfilter hook has run yet
- * (crossing a veth from another namespace drops any entry). */
+ * (crossing a veth from another namespace drops any entry). Both families:
+ * bridge-nf-call-ip6tables does the same for IPv6. */
 static __always_inline __u32 attached_ct_check(struct __sk_buff *skb)
 {
 	struct sk_buff *kskb;
@@ -424,23 +731,21 @@ static __always_inline __u32 attached_ct_check(struct __sk_buff *skb)
 	return FORWARD;
 }
 
-/* Asks the conntrack table about a TCP or UDP packet: its addresses and the
- * first 4 bytes of its L4 header (the ports). gate() has made sure that,
- * unless the check is ignored, the lookup is usable. */
-static __always_inline __u32 ct_lookup(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto, const __u8 *l4)
+/* Asks the conntrack table about a TCP or UDP flow: its addresses and
+ * ports. gate() has made sure that, unless the check is ignored, the lookup
+ * is usable. The tuple's size tells the kernel the family. */
+static __always_inline __u32 ct_lookup(struct __sk_buff *skb, struct flow *f)
 {
-	struct bpf_ct_opts___hgw opts = {.netns_id = BPF_F_CURRENT_NETNS, .l4proto = proto};
-	struct bpf_sock_tuple tuple = {};
+	struct bpf_ct_opts___hgw opts = {.netns_id = BPF_F_CURRENT_NETNS, .l4proto = f->proto};
 	unsigned long status;
 	struct nf_conn *ct;
 
 	if (!ct_lookup_usable())
 		return REASON_NO_CONNTRACK; /* gate() ruled this out; the verifier needs it said here */
-	tuple.ipv4.saddr = saddr;
-	tuple.ipv4.daddr = daddr;
-	__builtin_memcpy(&tuple.ipv4.sport, l4, 2);
-	__builtin_memcpy(&tuple.ipv4.dport, l4 + 2, 2);
-	ct = bpf_skb_ct_lookup(skb, &tuple, sizeof(tuple.ipv4), &opts, CT_OPTS_SIZE);
+	if (f->family == FAMILY_IPV6)
+		ct = bpf_skb_ct_lookup(skb, &f->tuple, sizeof(f->tuple.ipv6), &opts, CT_OPTS_SIZE);
+	else
+		ct = bpf_skb_ct_lookup(skb, &f->tuple, sizeof(f->tuple.ipv4), &opts, CT_OPTS_SIZE);
 	if (!ct)
 		return FORWARD;
 	status = ct->status;
@@ -448,56 +753,123 @@ static __always_inline __u32 ct_lookup(struct __sk_buff *skb, __be32 saddr, __be
 	return (status & (IPS_SRC_NAT | IPS_DST_NAT)) ? REASON_CT_NAT : REASON_CT_TRACKED;
 }
 
-/* An ICMP error: destination unreachable (frag-needed, port unreachable),
- * time exceeded, parameter problem. */
-static __always_inline int icmp_error_msg(struct __sk_buff *skb, struct iphdr *ip)
-{
-	__u8 *type = (void *)(ip + 1);
+enum icmp_kind {
+	ICMP_NOT = 0,   /* not ICMP */
+	ICMP_ECHO_MSG,  /* echo request or reply */
+	ICMP_ERROR_MSG, /* about another packet, which it quotes */
+	ICMP_OTHER_MSG, /* redirects, timestamps, router and neighbour discovery, MLD */
+};
 
-	if (ip->protocol != IPPROTO_ICMP || (void *)(type + 1) > (void *)(long)skb->data_end)
+/* Errors: destination unreachable (frag-needed, port unreachable), packet
+ * too big (IPv6), time exceeded, parameter problem. */
+static __always_inline enum icmp_kind icmp_kind(__u32 family, __u8 type)
+{
+	if (family == FAMILY_IPV6) {
+		if (type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY)
+			return ICMP_ECHO_MSG;
+		if (type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB)
+			return ICMP_ERROR_MSG;
+		return ICMP_OTHER_MSG;
+	}
+	if (type == ICMP_ECHO || type == ICMP_ECHOREPLY)
+		return ICMP_ECHO_MSG;
+	if (type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB)
+		return ICMP_ERROR_MSG;
+	return ICMP_OTHER_MSG;
+}
+
+static __always_inline __u8 icmp_proto(__u32 family)
+{
+	return family == FAMILY_IPV6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP;
+}
+
+/* What kind of ICMP message f is; -1 if its type cannot be read. */
+static __always_inline int icmp_msg(struct __sk_buff *skb, const struct flow *f)
+{
+	__u8 type;
+
+	if (f->proto != icmp_proto(f->family))
+		return ICMP_NOT;
+	if (bpf_skb_load_bytes(skb, f->l4_off & 0xff, &type, 1))
+		return -1;
+	return icmp_kind(f->family, type);
+}
+
+/* The flow an ICMP error quotes (the packet that caused it, of which the
+ * error carries the IP header and the first bytes), in q and its first 4
+ * L4 bytes in l4, if it is a flow whose other end is a pod behind a fast
+ * path: a peer's pod when the error comes in (from that pod, or from a
+ * router on the way); the pod that sends the error when it goes out. The
+ * quoted packet is one the error's receiver sent: its source is the
+ * error's destination. Read, not pointed at: the quote of an error the
+ * local stack built may lie outside the skb's linear data. */
+static __always_inline int quoted_flow4(struct __sk_buff *skb, const struct flow *f, struct flow *q, __u8 *l4,
+					int from_underlay)
+{
+	struct {
+		struct iphdr ip;
+		__u8 l4[4];
+	} qp;
+
+	if (bpf_skb_load_bytes(skb, f->l4_off + ICMP_HDR_LEN, &qp, sizeof(qp)))
 		return 0;
-	return *type == ICMP_DEST_UNREACH || *type == ICMP_TIME_EXCEEDED || *type == ICMP_PARAMETERPROB;
+	if (qp.ip.version != 4 || qp.ip.ihl != 5 || qp.ip.saddr != f->tuple.ipv4.daddr)
+		return 0;
+	if (from_underlay ? !peer_pod(qp.ip.daddr) : qp.ip.daddr != f->tuple.ipv4.saddr)
+		return 0;
+	flow4(q, &qp.ip);
+	__builtin_memcpy(l4, qp.l4, sizeof(qp.l4));
+	return 1;
+}
+
+static __always_inline int quoted_flow6(struct __sk_buff *skb, const struct flow *f, struct flow *q, __u8 *l4,
+					int from_underlay)
+{
+	struct {
+		struct ipv6hdr ip;
+		__u8 l4[4];
+	} qp;
+	const __be32 *qdst = qp.ip.daddr.in6_u.u6_addr32;
+
+	if (bpf_skb_load_bytes(skb, f->l4_off + ICMP_HDR_LEN, &qp, sizeof(qp)))
+		return 0;
+	if (qp.ip.version != 6 || !addr6_equal(qp.ip.saddr.in6_u.u6_addr32, f->tuple.ipv6.daddr))
+		return 0;
+	if (from_underlay ? !peer_pod6(qdst) : !addr6_equal(qdst, f->tuple.ipv6.saddr))
+		return 0;
+	flow6(q, &qp.ip);
+	__builtin_memcpy(l4, qp.l4, sizeof(qp.l4));
+	return 1;
 }
 
 /* An ICMP error about a flow of two pods that the fast path carries here
  * (conntrack does not know it) goes the flow's way. Through the kernel,
  * conntrack would meet an error about a flow it has never seen, and
  * kube-proxy's INVALID rule would drop it: port unreachable, frag-needed
- * and time exceeded lost. An error about a flow the kernel carries (which
- * may need un-NAT), or quoting what cannot be told, stays the kernel's. The
- * quoted packet is one the error's receiver sent: its source is the
- * error's destination. */
-static __always_inline __u32 icmp_error_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int from_underlay)
+ * (IPv6: packet too big, without which path MTU discovery fails) and time
+ * exceeded lost. An error about a flow the kernel carries (which may need
+ * un-NAT), or quoting what cannot be told, stays the kernel's. */
+static __always_inline __u32 icmp_error_check(struct __sk_buff *skb, const struct node_config *cfg, const struct flow *f,
+					      int from_underlay)
 {
-	struct route_value *rt;
-	struct {
-		struct iphdr ip;
-		__u8 l4[4];
-	} q;
+	struct flow q = {};
+	__u8 l4[4];
+	int ok;
 
-	/* Read, not pointed at: the quote of an error the local stack built
-	 * may lie outside the skb's linear data. parse_ipv4 checked ihl == 5. */
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip) + ICMP_HDR_LEN, &q, sizeof(q)))
+	if (f->family == FAMILY_IPV6)
+		ok = quoted_flow6(skb, f, &q, l4, from_underlay);
+	else
+		ok = quoted_flow4(skb, f, &q, l4, from_underlay);
+	if (!ok)
 		return REASON_ICMP_ERROR;
-	if (q.ip.version != 4 || q.ip.ihl != 5 || q.ip.saddr != ip->daddr)
-		return REASON_ICMP_ERROR;
-	/* The quoted flow's other end: a peer's pod when the error comes in
-	 * (from that pod, or from a router on the way); the pod that sends
-	 * the error when it goes out. */
-	if (from_underlay) {
-		rt = lookup_route(q.ip.daddr);
-		if (!rt || node_addr(rt->prefixlen, q.ip.daddr))
-			return REASON_ICMP_ERROR;
-	} else if (q.ip.daddr != ip->saddr) {
-		return REASON_ICMP_ERROR;
-	}
 	if (cfg->flags & CONFIG_F_IGNORE_CONNTRACK)
 		return FORWARD;
-	if (q.ip.protocol == IPPROTO_ICMP)
-		return (q.l4[0] == ICMP_ECHO || q.l4[0] == ICMP_ECHOREPLY) ? FORWARD : REASON_ICMP_ERROR;
-	if (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP)
+	if (q.proto == icmp_proto(q.family))
+		return icmp_kind(q.family, l4[0]) == ICMP_ECHO_MSG ? FORWARD : REASON_ICMP_ERROR;
+	if (q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP)
 		return REASON_ICMP_ERROR;
-	return ct_lookup(skb, q.ip.saddr, q.ip.daddr, q.ip.protocol, q.l4) == FORWARD ? FORWARD : REASON_ICMP_ERROR;
+	set_ports(&q, l4);
+	return ct_lookup(skb, &q) == FORWARD ? FORWARD : REASON_ICMP_ERROR;
 }
 
 /* Whether a packet may start a flow: a TCP SYN; any UDP packet, since UDP
@@ -510,6 +882,24 @@ static __always_inline int opens_flow(__u8 proto, const __u8 *l4)
 	return (l4[TCP_FLAGS_OFF] & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
+/* Turns f into its reply's flow: addresses and ports swapped. */
+static __always_inline void reverse_flow(struct flow *f)
+{
+	struct bpf_sock_tuple t = f->tuple;
+
+	if (f->family == FAMILY_IPV6) {
+		__builtin_memcpy(f->tuple.ipv6.saddr, t.ipv6.daddr, sizeof(t.ipv6.daddr));
+		__builtin_memcpy(f->tuple.ipv6.daddr, t.ipv6.saddr, sizeof(t.ipv6.saddr));
+		f->tuple.ipv6.sport = t.ipv6.dport;
+		f->tuple.ipv6.dport = t.ipv6.sport;
+	} else {
+		f->tuple.ipv4.saddr = t.ipv4.daddr;
+		f->tuple.ipv4.daddr = t.ipv4.saddr;
+		f->tuple.ipv4.sport = t.ipv4.dport;
+		f->tuple.ipv4.dport = t.ipv4.sport;
+	}
+}
+
 /* One path per flow: a flow the node's conntrack already tracks stays with
  * the kernel for its whole life. That keeps kube-proxy's NAT working (a reply
  * of a DNATed connection must be un-NATed by the kernel) and keeps conntrack
@@ -517,55 +907,38 @@ static __always_inline int opens_flow(__u8 proto, const __u8 *l4)
  * Flows conntrack does not know are fast from their first packet, and stay
  * unknown to it because the fast path skips netfilter; so do their ICMP
  * errors. */
-static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int at_bridge,
+static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct flow *f, int at_bridge,
 				      int from_underlay)
 {
-	void *data_end = (void *)(long)skb->data_end;
-	int icmp_err = 0;
-	__u8 *icmp, *ports, l4[TCP_FLAGS_OFF + 1], rev[4];
+	int kind = icmp_msg(skb, f);
+	__u8 l4[TCP_FLAGS_OFF + 1];
 	__u32 reason;
 
-	if (ip->protocol == IPPROTO_ICMP) {
-		icmp = (void *)(ip + 1);
-		if ((void *)(icmp + 1) > data_end)
-			return REASON_MALFORMED;
-		icmp_err = icmp_error_msg(skb, ip);
-		/* Redirects, timestamps, router adverts: the kernel's. */
-		if (!icmp_err && *icmp != ICMP_ECHO && *icmp != ICMP_ECHOREPLY)
-			return REASON_ICMP_ERROR;
-	}
+	if (kind < 0)
+		return REASON_MALFORMED;
+	/* Redirects, timestamps, router and neighbour discovery: the kernel's. */
+	if (kind == ICMP_OTHER_MSG)
+		return REASON_ICMP_ERROR;
 	if (!(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && at_bridge) {
 		reason = attached_ct_check(skb);
 		if (reason != FORWARD)
 			return reason;
 	}
-	if (icmp_err)
-		return icmp_error_check(skb, cfg, ip, from_underlay);
+	if (kind == ICMP_ERROR_MSG)
+		return icmp_error_check(skb, cfg, f, from_underlay);
 	if (cfg->flags & CONFIG_F_IGNORE_CONNTRACK)
 		return FORWARD;
 	/* The lookup keys TCP and UDP only. ICMP echo has no NAT to undo on a
 	 * pod-to-pod path; anything else (SCTP services, GRE, ...) might. */
-	if (ip->protocol == IPPROTO_ICMP)
+	if (kind == ICMP_ECHO_MSG)
 		return FORWARD;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
 		return REASON_CT_OTHER_PROTO;
-	/* The ports (and TCP's flags), from the linear data or, where the
-	 * sender's stack left them outside it, copied: a readable packet is
-	 * never malformed. */
-	ports = (void *)(ip + 1);
-	if (ip->protocol == IPPROTO_TCP) {
-		if ((void *)(ports + sizeof(l4)) <= data_end)
-			__builtin_memcpy(l4, ports, sizeof(l4));
-		else if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip), l4, sizeof(l4)))
-			return REASON_MALFORMED;
-	} else {
-		if ((void *)(ports + 4) <= data_end)
-			__builtin_memcpy(l4, ports, 4);
-		else if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip), l4, 4))
-			return REASON_MALFORMED;
-	}
-	reason = ct_lookup(skb, ip->saddr, ip->daddr, ip->protocol, l4);
-	if (reason != FORWARD || !opens_flow(ip->protocol, l4))
+	if (f->proto == IPPROTO_TCP ? read_l4(skb, f->l4_off, l4, sizeof(l4)) : read_l4(skb, f->l4_off, l4, 4))
+		return REASON_MALFORMED;
+	set_ports(f, l4);
+	reason = ct_lookup(skb, f);
+	if (reason != FORWARD || !opens_flow(f->proto, l4))
 		return reason;
 	/* A new flow may have the reply of a flow conntrack tracks: a pod's
 	 * kernel picks source ports per destination, so a direct connection
@@ -573,105 +946,205 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 	 * that was DNATed to that backend. Its replies would be taken for the
 	 * old flow's and un-NATed. Through the kernel, NAT gives it other
 	 * ports. */
-	rev[0] = l4[2];
-	rev[1] = l4[3];
-	rev[2] = l4[0];
-	rev[3] = l4[1];
-	return ct_lookup(skb, ip->daddr, ip->saddr, ip->protocol, rev) == FORWARD ? FORWARD : REASON_CT_CLASH;
+	reverse_flow(f);
+	return ct_lookup(skb, f) == FORWARD ? FORWARD : REASON_CT_CLASH;
 }
 
-/* The source of a packet from_pods sees. At a pod's veth it must be that
- * pod's own address (its endpoint entry names this veth): a pod cannot send
- * as another. At cni0 it must be a pod address of this node. */
-static __always_inline __u32 pod_source(struct __sk_buff *skb, const struct node_config *cfg, struct iphdr *ip, int at_veth)
+/* An ICMP error may come in from a peer node or a router on the way: its
+ * source is no pod, and the flow it quotes decides (ct_check). */
+static __always_inline int icmp_error(struct __sk_buff *skb, const struct flow *f)
+{
+	return icmp_msg(skb, f) == ICMP_ERROR_MSG;
+}
+
+/* At a pod's veth the source must be that pod's own address (its endpoint
+ * entry names this veth): a pod cannot send as another. */
+static __always_inline __u32 veth_source(struct __sk_buff *skb, const struct endpoint_key *key)
 {
 	struct ethhdr *eth = (void *)(long)skb->data;
-	struct endpoint_value *ep;
-	struct endpoint_key key;
+	struct endpoint_value *ep = bpf_map_lookup_elem(&endpoints, key);
 
-	if (martian(ip->saddr))
-		return REASON_MARTIAN_SRC;
-	if (!at_veth)
-		return local_pod_addr(cfg, ip->saddr) ? FORWARD : REASON_SPOOFED_SRC;
-	__builtin_memcpy(key.addr, &ip->saddr, sizeof(key.addr));
-	ep = bpf_map_lookup_elem(&endpoints, &key);
 	if (!ep || ep->ifindex != skb->ifindex)
 		return REASON_SPOOFED_SRC;
+	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+		return REASON_MALFORMED;
 	/* For another MAC on the bridge (a pod on this node): switching. */
 	if (skb->pkt_type == PACKET_OTHERHOST && !mac_equal(eth->h_dest, ep->gateway_mac))
 		return REASON_NOT_FOR_HOST;
 	return FORWARD;
 }
 
-SEC("tc")
-int from_pods(struct __sk_buff *skb)
+/* The source of a packet from_pods sees: at a pod's veth that pod's own
+ * address, at cni0 a pod address of this node. */
+static __always_inline __u32 pod_source(struct __sk_buff *skb, const struct node_config *cfg, __be32 saddr, int at_veth)
 {
-	const struct node_config *cfg = load_config();
-	struct route_value *rt;
-	struct bpf_redir_neigh nh = {};
-	struct iphdr *ip = NULL;
-	__u32 reason;
-	int at_veth;
+	struct endpoint_key key = {.family = AF_INET};
 
-	reason = gate(skb, cfg);
-	if (reason != FORWARD || !cfg)
-		return pass(skb, PROG_FROM_PODS, reason);
-	/* Attached to cni0 and to known pods' host-side veths. */
-	at_veth = skb->ifindex != cfg->bridge_ifindex;
+	if (martian(saddr))
+		return REASON_MARTIAN_SRC;
+	if (!at_veth)
+		return local_pod_addr(cfg, saddr) ? FORWARD : REASON_SPOOFED_SRC;
+	__builtin_memcpy(key.addr, &saddr, sizeof(saddr));
+	return veth_source(skb, &key);
+}
+
+static __always_inline __u32 pod_source6(struct __sk_buff *skb, const struct node_config *cfg, const __be32 *saddr,
+					 int at_veth)
+{
+	struct endpoint_key key = {.family = AF_INET6};
+
+	if (martian6(saddr))
+		return REASON_MARTIAN_SRC;
+	if (!at_veth)
+		return local_pod_addr6(cfg, saddr) ? FORWARD : REASON_SPOOFED_SRC;
+	__builtin_memcpy(key.addr, saddr, sizeof(key.addr));
+	return veth_source(skb, &key);
+}
+
+/* Hands a packet for a local pod on, its router duties done: a known pod
+ * straight into its namespace, as its gateway at L2 too, skipping the bridge
+ * and the veth's transmit path (unless a qdisc there shapes what the pod
+ * receives); any other through cni0, whose neighbour table knows the pod. */
+static __always_inline int deliver(struct __sk_buff *skb, const struct node_config *cfg, const struct endpoint_value *ep,
+				   __u32 at)
+{
+	struct ethhdr *eth = (void *)(long)skb->data;
+
+	if (ep && !(ep->flags & ENDPOINT_F_SHAPED) && (void *)(eth + 1) <= (void *)(long)skb->data_end) {
+		__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, ep->gateway_mac, ETH_ALEN);
+		count(skb, at, REASON_REDIRECT_PEER);
+		return bpf_redirect_peer(ep->ifindex, 0);
+	}
+	count(skb, at, REASON_REDIRECT);
+	return bpf_redirect_neigh(cfg->bridge_ifindex, NULL, 0, 0);
+}
+
+/* A pod the endpoints map does not know sends its replies through cni0,
+ * where they can be fast only if the attached entry can be read. */
+static __always_inline int replies_unreadable(const struct node_config *cfg, const struct endpoint_value *ep)
+{
+	return !ep && !(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && !kern_ctx_usable();
+}
+
+static __always_inline int pods4(struct __sk_buff *skb, const struct node_config *cfg, __u32 at, int at_veth)
+{
+	struct bpf_redir_neigh nh = {};
+	struct route_value *rt;
+	struct iphdr *ip = NULL;
+	struct flow f = {};
+	__u32 reason;
+
 	reason = parse_ipv4(skb, &ip, at_veth);
 	if (reason != FORWARD || !ip)
-		return pass(skb, PROG_FROM_PODS, reason);
-	reason = pod_source(skb, cfg, ip, at_veth);
+		return pass(skb, at, reason);
+	reason = pod_source(skb, cfg, ip->saddr, at_veth);
 	if (reason != FORWARD)
-		return pass(skb, PROG_FROM_PODS, reason);
+		return pass(skb, at, reason);
 	/* Pod to pod on this node, or to the gateway: the bridge's business. */
 	if (in_pod_subnet(cfg, ip->daddr))
-		return pass(skb, PROG_FROM_PODS, REASON_LOCAL_DEST);
+		return pass(skb, at, REASON_LOCAL_DEST);
 	/* The other end must be a pod behind a peer's fast path too, or the
 	 * replies would come back through the kernel (see from_underlay). */
 	rt = lookup_route(ip->daddr);
 	if (!rt)
-		return pass(skb, PROG_FROM_PODS, REASON_NO_ROUTE);
+		return pass(skb, at, REASON_NO_ROUTE);
 	if (node_addr(rt->prefixlen, ip->daddr))
-		return pass(skb, PROG_FROM_PODS, REASON_DST_NOT_POD);
+		return pass(skb, at, REASON_DST_NOT_POD);
 
-	reason = ct_check(skb, cfg, ip, !at_veth, 0);
+	flow4(&f, ip);
+	reason = ct_check(skb, cfg, &f, !at_veth, 0);
 	if (reason != FORWARD)
-		return pass(skb, PROG_FROM_PODS, reason);
+		return pass(skb, at, reason);
 	reason = route_checks(skb, ip, rt->ifindex);
 	if (reason != FORWARD)
-		return pass(skb, PROG_FROM_PODS, reason);
+		return pass(skb, at, reason);
 
 	nh.nh_family = AF_INET;
 	__builtin_memcpy(&nh.ipv4_nh, rt->nexthop, sizeof(nh.ipv4_nh));
-	count(skb, PROG_FROM_PODS, REASON_REDIRECT);
+	count(skb, at, REASON_REDIRECT);
+	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
+}
+
+static __always_inline int pods6(struct __sk_buff *skb, const struct node_config *cfg, __u32 at, int at_veth)
+{
+	struct bpf_redir_neigh nh = {};
+	struct ipv6hdr *ip6 = NULL;
+	struct route6_value *rt;
+	const __be32 *daddr;
+	struct flow f = {};
+	__u32 reason;
+
+	if (!ipv6_configured(cfg))
+		return pass(skb, at, REASON_NO_IPV6_CONFIG);
+	reason = parse_ipv6(skb, &ip6, at_veth);
+	if (reason != FORWARD || !ip6)
+		return pass(skb, at, reason);
+	daddr = ip6->daddr.in6_u.u6_addr32;
+	/* Neighbour and router discovery, MLD, the gateway's fe80:: address:
+	 * for the node itself. */
+	if (link_scope6(daddr))
+		return pass(skb, at, REASON_LOCAL_DEST);
+	reason = pod_source6(skb, cfg, ip6->saddr.in6_u.u6_addr32, at_veth);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+	if (in_pod_subnet6(cfg, daddr))
+		return pass(skb, at, REASON_LOCAL_DEST);
+	rt = lookup_route6(daddr);
+	if (!rt)
+		return pass(skb, at, REASON_NO_ROUTE);
+	if (node_addr6(rt->prefixlen, daddr))
+		return pass(skb, at, REASON_DST_NOT_POD);
+
+	flow6(&f, ip6);
+	reason = ct_check(skb, cfg, &f, !at_veth, 0);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+	reason = route_checks6(skb, ip6, rt->ifindex);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+
+	nh.nh_family = AF_INET6;
+	__builtin_memcpy(nh.ipv6_nh, rt->nexthop, sizeof(nh.ipv6_nh));
+	count(skb, at, REASON_REDIRECT);
 	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
 }
 
 SEC("tc")
-int from_underlay(struct __sk_buff *skb)
+int from_pods(struct __sk_buff *skb)
 {
 	const struct node_config *cfg = load_config();
-	struct endpoint_value *ep;
-	struct endpoint_key ep_key;
-	struct route_value *rt;
-	struct iphdr *ip = NULL;
-	struct ethhdr *eth;
+	__u32 family = frame_family(skb);
+	__u32 at = counted_at(family, PROG_FROM_PODS);
 	__u32 reason;
 
 	reason = gate(skb, cfg);
 	if (reason != FORWARD || !cfg)
-		return pass(skb, PROG_FROM_UNDERLAY, reason);
+		return pass(skb, at, reason);
+	/* Attached to cni0 and to known pods' host-side veths. */
+	if (family == FAMILY_IPV6)
+		return pods6(skb, cfg, at, skb->ifindex != cfg->bridge_ifindex);
+	return pods4(skb, cfg, at, skb->ifindex != cfg->bridge_ifindex);
+}
+
+static __always_inline int underlay4(struct __sk_buff *skb, const struct node_config *cfg, __u32 at)
+{
+	struct endpoint_key ep_key = {.family = AF_INET};
+	struct endpoint_value *ep;
+	struct iphdr *ip = NULL;
+	struct flow f = {};
+	__u32 reason;
+
 	reason = parse_ipv4(skb, &ip, 0);
 	if (reason != FORWARD || !ip)
-		return pass(skb, PROG_FROM_UNDERLAY, reason);
+		return pass(skb, at, reason);
 	if (martian(ip->saddr))
-		return pass(skb, PROG_FROM_UNDERLAY, REASON_MARTIAN_SRC);
+		return pass(skb, at, REASON_MARTIAN_SRC);
 	/* Not for our pods (the node itself, another subnet): the kernel's. */
 	if (!in_pod_subnet(cfg, ip->daddr))
-		return pass(skb, PROG_FROM_UNDERLAY, REASON_NO_ROUTE);
+		return pass(skb, at, REASON_NO_ROUTE);
 	if (!local_pod_addr(cfg, ip->daddr))
-		return pass(skb, PROG_FROM_UNDERLAY, REASON_LOCAL_DEST);
+		return pass(skb, at, REASON_LOCAL_DEST);
 	/* One path per flow, in both directions: the replies take the fast
 	 * path only toward a pod in a peer's subnet (from_pods), so only such
 	 * a source may come in on it. Node IPs, external clients and SNATed
@@ -679,37 +1152,81 @@ int from_underlay(struct __sk_buff *skb)
 	 * whole flows. An ICMP error (from a router on the way, say) goes with
 	 * the flow it quotes: ct_check looks at that. */
 	if (in_pod_subnet(cfg, ip->saddr))
-		return pass(skb, PROG_FROM_UNDERLAY, REASON_SRC_NOT_POD);
-	rt = lookup_route(ip->saddr);
-	if ((!rt || node_addr(rt->prefixlen, ip->saddr)) && !icmp_error_msg(skb, ip))
-		return pass(skb, PROG_FROM_UNDERLAY, REASON_SRC_NOT_POD);
+		return pass(skb, at, REASON_SRC_NOT_POD);
+	flow4(&f, ip);
+	if (!peer_pod(ip->saddr) && !icmp_error(skb, &f))
+		return pass(skb, at, REASON_SRC_NOT_POD);
 
-	reason = ct_check(skb, cfg, ip, 0, 1);
+	reason = ct_check(skb, cfg, &f, 0, 1);
 	if (reason != FORWARD)
-		return pass(skb, PROG_FROM_UNDERLAY, reason);
+		return pass(skb, at, reason);
 	/* Looked up before route_checks rewrites the header. */
-	__builtin_memcpy(ep_key.addr, &ip->daddr, sizeof(ep_key.addr));
+	__builtin_memcpy(ep_key.addr, &ip->daddr, sizeof(ip->daddr));
 	ep = bpf_map_lookup_elem(&endpoints, &ep_key);
-	/* A pod the map does not know sends its replies through cni0, where
-	 * they can be fast only if the attached entry can be read. */
-	if (!ep && !(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && !kern_ctx_usable())
-		return pass(skb, PROG_FROM_UNDERLAY, REASON_CT_UNREADABLE);
+	if (replies_unreadable(cfg, ep))
+		return pass(skb, at, REASON_CT_UNREADABLE);
 	/* The MTU that counts is the bridge's, as on the kernel's path: the
 	 * pods' veths are made with it. */
 	reason = route_checks(skb, ip, cfg->bridge_ifindex);
 	if (reason != FORWARD)
-		return pass(skb, PROG_FROM_UNDERLAY, reason);
+		return pass(skb, at, reason);
+	return deliver(skb, cfg, ep, at);
+}
 
-	/* A known pod: be its gateway at L2 too and hand the packet straight to
-	 * its namespace, skipping the bridge and the veth's transmit path,
-	 * unless a qdisc there shapes what the pod receives. */
-	eth = (void *)(long)skb->data;
-	if (ep && !(ep->flags & ENDPOINT_F_SHAPED) && (void *)(eth + 1) <= (void *)(long)skb->data_end) {
-		__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, ep->gateway_mac, ETH_ALEN);
-		count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT_PEER);
-		return bpf_redirect_peer(ep->ifindex, 0);
-	}
-	count(skb, PROG_FROM_UNDERLAY, REASON_REDIRECT);
-	return bpf_redirect_neigh(cfg->bridge_ifindex, NULL, 0, 0);
+/* from_underlay for IPv6: the same checks in the same order as IPv4's. */
+static __always_inline int underlay6(struct __sk_buff *skb, const struct node_config *cfg, __u32 at)
+{
+	struct endpoint_key ep_key = {.family = AF_INET6};
+	const __be32 *saddr, *daddr;
+	struct endpoint_value *ep;
+	struct ipv6hdr *ip6 = NULL;
+	struct flow f = {};
+	__u32 reason;
+
+	if (!ipv6_configured(cfg))
+		return pass(skb, at, REASON_NO_IPV6_CONFIG);
+	reason = parse_ipv6(skb, &ip6, 0);
+	if (reason != FORWARD || !ip6)
+		return pass(skb, at, reason);
+	saddr = ip6->saddr.in6_u.u6_addr32;
+	daddr = ip6->daddr.in6_u.u6_addr32;
+	if (martian6(saddr))
+		return pass(skb, at, REASON_MARTIAN_SRC);
+	if (!in_pod_subnet6(cfg, daddr))
+		return pass(skb, at, link_scope6(daddr) ? REASON_LOCAL_DEST : REASON_NO_ROUTE);
+	if (!local_pod_addr6(cfg, daddr))
+		return pass(skb, at, REASON_LOCAL_DEST);
+	if (in_pod_subnet6(cfg, saddr))
+		return pass(skb, at, REASON_SRC_NOT_POD);
+	flow6(&f, ip6);
+	if (!peer_pod6(saddr) && !icmp_error(skb, &f))
+		return pass(skb, at, REASON_SRC_NOT_POD);
+
+	reason = ct_check(skb, cfg, &f, 0, 1);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+	__builtin_memcpy(ep_key.addr, daddr, sizeof(ep_key.addr));
+	ep = bpf_map_lookup_elem(&endpoints, &ep_key);
+	if (replies_unreadable(cfg, ep))
+		return pass(skb, at, REASON_CT_UNREADABLE);
+	reason = route_checks6(skb, ip6, cfg->bridge_ifindex);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+	return deliver(skb, cfg, ep, at);
+}
+
+SEC("tc")
+int from_underlay(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = load_config();
+	__u32 family = frame_family(skb);
+	__u32 at = counted_at(family, PROG_FROM_UNDERLAY);
+	__u32 reason;
+
+	reason = gate(skb, cfg);
+	if (reason != FORWARD || !cfg)
+		return pass(skb, at, reason);
+	if (family == FAMILY_IPV6)
+		return underlay6(skb, cfg, at);
+	return underlay4(skb, cfg, at);
 }

@@ -119,9 +119,9 @@ func TestWhatWeDoNotRedirectGoesOn(t *testing.T) {
 				e.ns.filterAt(t, e.eth0, 1, prog, "hgw_first", 1)
 				e.ns.filterAt(t, e.eth0, 2, after.prog, "counter", 2)
 			}
-			e.expectCounted(t, "to the node", e.send(t, local), "no_route", len(local))
+			e.expectCounted(t, "to the node", e.send(t, local), "ipv4", "no_route", len(local))
 			expectAfter("to the node", 1)
-			e.expectCounted(t, "to a pod", e.send(t, fast), "redirect", len(fast))
+			e.expectCounted(t, "to a pod", e.send(t, fast), "ipv4", "redirect", len(fast))
 			expectAfter("to a pod", 1)
 			if mode == datapath.ModeTC {
 				return
@@ -132,7 +132,7 @@ func TestWhatWeDoNotRedirectGoesOn(t *testing.T) {
 			classic := newCounterProg(t)
 			e.ns.addIngressFilter(t, e.eth0, false)
 			e.ns.filterAt(t, e.eth0, 1, classic.prog, "classic", 1)
-			e.expectCounted(t, "to a pod, classic filter present", e.send(t, fast), "tc_filters", len(fast))
+			e.expectCounted(t, "to a pod, classic filter present", e.send(t, fast), "ipv4", "tc_filters", len(fast))
 			expectAfter("to a pod, classic filter present", 2)
 			if got := classic.count(t); got != 1 {
 				t.Errorf("the classic filter saw %d packets, want 1", got)

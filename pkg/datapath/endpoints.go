@@ -8,13 +8,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Endpoint is one entry of the pinned `endpoints` map: a pod on this node
 // that from_underlay hands packets to with bpf_redirect_peer, as its
 // gateway would at L2.
 type Endpoint struct {
-	IP         netip.Addr       `json:"ip"`          // the pod's IPv4 address
+	IP         netip.Addr       `json:"ip"`          // one of the pod's addresses, IPv4 or IPv6
 	Ifindex    uint32           `json:"ifindex"`     // its host-side veth
 	PodMAC     net.HardwareAddr `json:"pod_mac"`     // its own interface's MAC
 	GatewayMAC net.HardwareAddr `json:"gateway_mac"` // the bridge's MAC
@@ -31,11 +32,26 @@ func (m *Maps) Endpoints() *EndpointMap { return &EndpointMap{m: m.eps} }
 // EndpointMap is the `endpoints` map of local pods.
 type EndpointMap struct{ m *ebpf.Map }
 
+// endpointKey keys a pod address by family: an IPv4 address in the first 4
+// bytes (AF_INET), an IPv6 one in all 16 (AF_INET6).
 func endpointKey(ip netip.Addr) (hgwEndpointKey, error) {
-	if !ip.Is4() {
-		return hgwEndpointKey{}, fmt.Errorf("endpoint address %s is not IPv4", ip)
+	switch {
+	case ip.Is4():
+		k := hgwEndpointKey{Family: unix.AF_INET}
+		a := ip.As4()
+		copy(k.Addr[:], a[:])
+		return k, nil
+	case ip.Is6() && !ip.Is4In6() && ip.Zone() == "" && !ip.IsLinkLocalUnicast():
+		return hgwEndpointKey{Family: unix.AF_INET6, Addr: ip.As16()}, nil
 	}
-	return hgwEndpointKey{Addr: ip.As4()}, nil
+	return hgwEndpointKey{}, fmt.Errorf("endpoint address %q is neither IPv4 nor a global IPv6 address", ip)
+}
+
+func endpointAddr(key hgwEndpointKey) netip.Addr {
+	if key.Family == unix.AF_INET {
+		return netip.AddrFrom4([4]byte(key.Addr[:4]))
+	}
+	return netip.AddrFrom16(key.Addr)
 }
 
 func mac6(name string, hw net.HardwareAddr) ([6]uint8, error) {
@@ -165,7 +181,7 @@ func (r *EndpointMap) Get(ip netip.Addr) (e Endpoint, ok bool, err error) {
 
 func endpointOf(key hgwEndpointKey, val hgwEndpointValue) Endpoint {
 	return Endpoint{
-		IP:         netip.AddrFrom4(key.Addr),
+		IP:         endpointAddr(key),
 		Ifindex:    val.Ifindex,
 		PodMAC:     net.HardwareAddr(val.PodMac[:]),
 		GatewayMAC: net.HardwareAddr(val.GatewayMac[:]),

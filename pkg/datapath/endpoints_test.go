@@ -227,7 +227,10 @@ func TestEndpointMapPutListDelete(t *testing.T) {
 	}
 
 	for name, bad := range map[string]datapath.Endpoint{
-		"IPv6":       {IP: netip.MustParseAddr("fd00::5"), Ifindex: 7, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
+		"link-local": {IP: netip.MustParseAddr("fe80::5"), Ifindex: 7, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
+		"v4-mapped":  {IP: netip.MustParseAddr("::ffff:10.244.1.5"), Ifindex: 7, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
+		"zoned":      {IP: netip.MustParseAddr("fd00::5%eth0"), Ifindex: 7, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
+		"invalid":    {Ifindex: 7, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
 		"no ifindex": {IP: localPod, PodMAC: a.PodMAC, GatewayMAC: a.GatewayMAC},
 		"short MAC":  {IP: localPod, Ifindex: 7, PodMAC: a.PodMAC[:4], GatewayMAC: a.GatewayMAC},
 		"no gw MAC":  {IP: localPod, Ifindex: 7, PodMAC: a.PodMAC},

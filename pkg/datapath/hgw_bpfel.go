@@ -34,8 +34,9 @@ const (
 )
 
 type hgwEndpointKey struct {
-	_    structs.HostLayout
-	Addr [4]uint8
+	_      structs.HostLayout
+	Family uint32
+	Addr   [16]uint8
 }
 
 type hgwEndpointValue struct {
@@ -45,6 +46,15 @@ type hgwEndpointValue struct {
 	GatewayMac [6]uint8
 	Flags      uint32
 }
+
+type hgwHgwFamily uint32
+
+const (
+	hgwHgwFamilyFAMILY_IPV4  hgwHgwFamily = 0
+	hgwHgwFamilyFAMILY_IPV6  hgwHgwFamily = 1
+	hgwHgwFamilyFAMILY_OTHER hgwHgwFamily = 2
+	hgwHgwFamilyFAMILY_MAX   hgwHgwFamily = 3
+)
 
 type hgwHgwProgram uint32
 
@@ -58,7 +68,7 @@ type hgwHgwReason uint32
 
 const (
 	hgwHgwReasonREASON_REDIRECT       hgwHgwReason = 0
-	hgwHgwReasonREASON_NOT_IPV4       hgwHgwReason = 1
+	hgwHgwReasonREASON_NOT_IP         hgwHgwReason = 1
 	hgwHgwReasonREASON_MALFORMED      hgwHgwReason = 2
 	hgwHgwReasonREASON_IP_OPTIONS     hgwHgwReason = 3
 	hgwHgwReasonREASON_FRAGMENT       hgwHgwReason = 4
@@ -82,7 +92,9 @@ const (
 	hgwHgwReasonREASON_DST_NOT_POD    hgwHgwReason = 22
 	hgwHgwReasonREASON_TC_FILTERS     hgwHgwReason = 23
 	hgwHgwReasonREASON_CT_CLASH       hgwHgwReason = 24
-	hgwHgwReasonREASON_MAX            hgwHgwReason = 25
+	hgwHgwReasonREASON_NO_IPV6CONFIG  hgwHgwReason = 25
+	hgwHgwReasonREASON_EXT_HEADER     hgwHgwReason = 26
+	hgwHgwReasonREASON_MAX            hgwHgwReason = 27
 )
 
 type hgwNodeConfig struct {
@@ -93,6 +105,22 @@ type hgwNodeConfig struct {
 	BridgeIfindex   uint32
 	UnderlayIfindex uint32
 	Flags           uint32
+	Pod6Subnet      [16]uint8
+	Pod6Prefixlen   uint32
+	Gateway6        [16]uint8
+}
+
+type hgwRoute6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
+type hgwRoute6Value struct {
+	_         structs.HostLayout
+	Nexthop   [16]uint8
+	Ifindex   uint32
+	Prefixlen uint32
 }
 
 type hgwRouteKey struct {
@@ -115,6 +143,7 @@ const (
 	hgwMapConfig        = "config"
 	hgwMapEndpoints     = "endpoints"
 	hgwMapRoutes        = "routes"
+	hgwMapRoutes6       = "routes6"
 	hgwMapStats         = "stats"
 	hgwProgFromPods     = "from_pods"
 	hgwProgFromUnderlay = "from_underlay"
@@ -177,6 +206,7 @@ type hgwMapSpecs struct {
 	Config    *ebpf.MapSpec `ebpf:"config"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Routes    *ebpf.MapSpec `ebpf:"routes"`
+	Routes6   *ebpf.MapSpec `ebpf:"routes6"`
 	Stats     *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -213,6 +243,7 @@ type hgwMaps struct {
 	Config    *ebpf.Map `ebpf:"config"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Routes    *ebpf.Map `ebpf:"routes"`
+	Routes6   *ebpf.Map `ebpf:"routes6"`
 	Stats     *ebpf.Map `ebpf:"stats"`
 }
 
@@ -221,6 +252,7 @@ func (m *hgwMaps) Close() error {
 		m.Config,
 		m.Endpoints,
 		m.Routes,
+		m.Routes6,
 		m.Stats,
 	)
 }

@@ -92,22 +92,29 @@ func TestLoadMigratesAMapOfAnotherSize(t *testing.T) {
 }
 
 // Same sizes, fields in another order: only the BTF comparison sees it.
+// The old layout is this version's node_config with two fields of the same
+// type swapped.
 func TestLoadMigratesAReorderedStructOfTheSameSize(t *testing.T) {
 	root := layoutTestRoot(t)
-	u8 := &btf.Int{Name: "__u8", Size: 1}
+	spec, err := loadHgw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cur *btf.Struct
+	if err := spec.Types.TypeByName("node_config", &cur); err != nil {
+		t.Fatal(err)
+	}
+	old := btf.Copy(cur).(*btf.Struct)
+	swap := map[string]int{}
+	for i, m := range old.Members {
+		swap[m.Name] = i
+	}
+	i, j := swap["pod_subnet"], swap["gateway"]
+	old.Members[i].Name, old.Members[j].Name = old.Members[j].Name, old.Members[i].Name
 	u32 := &btf.Int{Name: "__u32", Size: 4}
-	addr := &btf.Array{Type: u8, Index: u32, Nelems: 4}
-	old := &btf.Struct{Name: "node_config", Size: 24, Members: []btf.Member{
-		{Name: "pod_prefixlen", Type: u32, Offset: 0},
-		{Name: "pod_subnet", Type: addr, Offset: 32},
-		{Name: "gateway", Type: addr, Offset: 64},
-		{Name: "bridge_ifindex", Type: u32, Offset: 96},
-		{Name: "underlay_ifindex", Type: u32, Offset: 128},
-		{Name: "flags", Type: u32, Offset: 160},
-	}}
-	pinOld(t, root, &ebpf.MapSpec{Name: "config", Type: ebpf.Array, KeySize: 4, ValueSize: 24, MaxEntries: 1,
+	pinOld(t, root, &ebpf.MapSpec{Name: "config", Type: ebpf.Array, KeySize: 4, ValueSize: cur.Size, MaxEntries: 1,
 		Key: u32, Value: old})
-	_, err := OpenPinned(root)
+	_, err = OpenPinned(root)
 	if err == nil || !strings.Contains(err.Error(), "node_config changed") {
 		t.Fatalf("OpenPinned = %v, want a layout error naming node_config", err)
 	}

@@ -58,7 +58,7 @@ type Datapath struct {
 // opts.Without), and the attach mode is settled here: the programs behave
 // differently under tcx (see Features). Nothing is attached yet.
 //
-//go:generate go tool bpf2go -cc clang-19 -target bpfel -type hgw_program -type hgw_reason -type config_flag -type endpoint_flag -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I../../headers" hgw ../../bpf/hgw.c
+//go:generate go tool bpf2go -cc clang-19 -target bpfel -type hgw_family -type hgw_program -type hgw_reason -type config_flag -type endpoint_flag -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I../../headers" hgw ../../bpf/hgw.c
 func Load(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
 	if _, err := parseMode(string(opts.Mode)); err != nil {
@@ -75,10 +75,18 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	defer unlock()
 	if opts.Existing {
+		var missing []string
 		for _, name := range pinnedMaps {
 			if _, err := os.Stat(filepath.Join(opts.PinRoot, name)); errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("map %s missing under %s: %w", name, opts.PinRoot, ErrNotPinned)
+				missing = append(missing, name)
 			}
+		}
+		switch {
+		case len(missing) == len(pinnedMaps):
+			return nil, fmt.Errorf("no maps under %s: %w", opts.PinRoot, ErrNotPinned)
+		case len(missing) > 0:
+			// An agent of a version with fewer maps pinned the others.
+			return nil, fmt.Errorf("maps %v missing under %s, written by another version: %w", missing, opts.PinRoot, ErrLayoutMismatch)
 		}
 	}
 	feats, err := ProbeFeatures()
@@ -114,7 +122,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF objects (pins under %s): %w", opts.PinRoot, err)
 	}
-	maps, err := newMaps(opts.PinRoot, objs.Routes, objs.Config, objs.Stats, objs.Endpoints)
+	maps, err := newMaps(opts.PinRoot, [len(pinnedMaps)]*ebpf.Map{objs.Routes, objs.Routes6, objs.Config, objs.Stats, objs.Endpoints})
 	if err != nil {
 		objs.Close()
 		return nil, err

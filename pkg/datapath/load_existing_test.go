@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -66,6 +67,24 @@ func TestLoadExistingNeverCreatesOrReplaces(t *testing.T) {
 	if after := pinnedIDs(t, root); len(after) != len(pinnedMaps) || !mapsEqual(after, before) {
 		t.Errorf("maps after an Existing load %v, want the agent's %v", after, before)
 	}
+
+	// An agent of a version without routes6 (before dual stack): not
+	// "nothing pinned" but another version's maps, and nothing is added.
+	if err := os.Remove(filepath.Join(root, "routes6")); err != nil {
+		t.Fatal(err)
+	}
+	before = pinnedIDs(t, root)
+	if _, err := Load(Options{PinRoot: root, Existing: true}); !errors.Is(err, ErrLayoutMismatch) || !strings.Contains(err.Error(), "routes6") {
+		t.Errorf("Existing over maps without routes6: %v, want ErrLayoutMismatch naming routes6", err)
+	}
+	if after := pinnedIDs(t, root); !mapsEqual(after, before) {
+		t.Errorf("maps after a refused Existing load %v, want them untouched %v", after, before)
+	}
+	agent, err = Load(Options{PinRoot: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent.Close()
 
 	// One map of another version's layout: an error, and the map stays.
 	if err := os.Remove(filepath.Join(root, "routes")); err != nil {

@@ -142,8 +142,9 @@ func expectRoutes(t *testing.T, when string, rm *datapath.RouteMap, want ...data
 	}
 }
 
-// Stats names every (program, reason) cell after the C enums, starts at
-// zero, and the names match what the tests of this package count on.
+// Stats names every (family, program, reason) cell after the C enums,
+// starts at zero, and the names match what the tests of this package count
+// on.
 func TestStatsCells(t *testing.T) {
 	e := newRunEnv(t, false)
 	cs, err := e.dp.Stats()
@@ -152,7 +153,7 @@ func TestStatsCells(t *testing.T) {
 	}
 	seen := map[counterKey]bool{}
 	for _, c := range cs {
-		k := counterKey{c.Program, c.Reason}
+		k := counterKey{c.Family, c.Program, c.Reason}
 		if seen[k] {
 			t.Errorf("counter %v listed twice", k)
 		}
@@ -161,16 +162,19 @@ func TestStatsCells(t *testing.T) {
 			t.Errorf("fresh counter %v = %d packets, %d bytes; want 0", k, c.Packets, c.Bytes)
 		}
 	}
-	for _, p := range []datapath.Program{datapath.FromPods, datapath.FromUnderlay} {
-		for _, r := range []string{"redirect", "not_ipv4", "malformed", "ip_options", "fragment", "not_for_host",
-			"local_dest", "no_route", "ttl_expired", "too_big", "no_config", "ct_nat", "ct_tracked", "icmp_error"} {
-			if !seen[counterKey{string(p), r}] {
-				t.Errorf("no counter %s/%s", p, r)
+	for _, f := range []string{"ipv4", "ipv6", "other"} {
+		for _, p := range []datapath.Program{datapath.FromPods, datapath.FromUnderlay} {
+			for _, r := range []string{"redirect", "not_ip", "malformed", "ip_options", "fragment", "not_for_host",
+				"local_dest", "no_route", "ttl_expired", "too_big", "no_config", "ct_nat", "ct_tracked", "icmp_error",
+				"no_ipv6_config", "ext_header"} {
+				if !seen[counterKey{f, string(p), r}] {
+					t.Errorf("no counter %s/%s/%s", f, p, r)
+				}
 			}
 		}
 	}
-	if len(cs)%2 != 0 {
-		t.Errorf("%d counters: not the same reasons for both programs", len(cs))
+	if len(cs)%6 != 0 {
+		t.Errorf("%d counters: not the same reasons for each family and program", len(cs))
 	}
 }
 

@@ -184,6 +184,18 @@ func ipv6UDP(src, dst netip.Addr, hopLimit uint8, payload []byte) []byte {
 	return append(b, payload...)
 }
 
+// familyOf is the counter family of a frame as the programs count it: by
+// its EtherType (a test run's frame keeps a VLAN tag in the data).
+func familyOf(frame []byte) string {
+	switch binary.BigEndian.Uint16(frame[12:14]) {
+	case etherTypeIPv4:
+		return "ipv4"
+	case etherTypeIPv6:
+		return "ipv6"
+	}
+	return "other"
+}
+
 // vlanTagged inserts an 802.1Q tag with vid into an Ethernet frame.
 func vlanTagged(frame []byte, vid uint16) []byte {
 	out := make([]byte, 0, len(frame)+4)

@@ -31,7 +31,7 @@ func newWireEnv(t *testing.T, mode datapath.Mode) *wireEnv {
 	t.Helper()
 	e := &wireEnv{attachEnv: newAttachEnv(t)}
 	// No IPv6 in this test namespace: neighbour discovery from the veths
-	// coming up would land in the counters as not_ipv4 and flake the tests.
+	// coming up would land in the counters and flake the tests.
 	e.ns.do(t, func() {
 		for _, dev := range []string{"all", "default", "eth0", "eth0-peer"} {
 			os.WriteFile("/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6", []byte("1"), 0o644)
@@ -106,10 +106,11 @@ func (e *wireEnv) send(t *testing.T, frame []byte) []datapath.Counter {
 }
 
 // expectCounted checks that exactly from_underlay's reason counter moved, by
-// one packet of wireLen bytes (what the program saw of the frame).
-func (e *wireEnv) expectCounted(t *testing.T, name string, delta []datapath.Counter, reason string, wireLen int) {
+// one packet of wireLen bytes (what the program saw of the frame), under
+// the family of the frame as the device read it (without a VLAN tag).
+func (e *wireEnv) expectCounted(t *testing.T, name string, delta []datapath.Counter, family, reason string, wireLen int) {
 	t.Helper()
-	want := datapath.Counter{Program: string(datapath.FromUnderlay), Reason: reason, Packets: 1, Bytes: uint64(wireLen)}
+	want := datapath.Counter{Family: family, Program: string(datapath.FromUnderlay), Reason: reason, Packets: 1, Bytes: uint64(wireLen)}
 	if len(delta) != 1 || delta[0] != want {
 		t.Errorf("%s: counters moved %+v, want exactly %+v", name, delta, want)
 	}
@@ -122,7 +123,7 @@ func TestWireTruncatedIPv4(t *testing.T) {
 	full := udpFrame(peerPod, localPod)
 	copy(full[0:6], e.eth0MAC[:])
 	truncated := full[:ethLen+10]
-	e.expectCounted(t, "Ethernet + 10 bytes of IPv4", e.send(t, truncated), "malformed", len(truncated))
+	e.expectCounted(t, "Ethernet + 10 bytes of IPv4", e.send(t, truncated), "ipv4", "malformed", len(truncated))
 }
 
 // A frame of VLAN 100 for a pod address, arriving on the untagged underlay.
@@ -138,9 +139,9 @@ func TestWireVLANTaggedFrameIsNotForwarded(t *testing.T) {
 	tagged := vlanTagged(plain, 100)
 
 	// The untagged frame is forwarded: the setup can tell the difference.
-	e.expectCounted(t, "untagged", e.send(t, plain), "redirect", len(plain))
+	e.expectCounted(t, "untagged", e.send(t, plain), "ipv4", "redirect", len(plain))
 	// The tag is not part of what the program sees of the frame.
-	e.expectCounted(t, "VLAN 100", e.send(t, tagged), "not_ipv4", len(tagged)-4)
+	e.expectCounted(t, "VLAN 100", e.send(t, tagged), "ipv4", "not_ip", len(tagged)-4)
 }
 
 func htons(v uint16) uint16 {

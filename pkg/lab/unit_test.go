@@ -85,7 +85,7 @@ func TestRedirectedAndPassed(t *testing.T) {
 		{Program: "from_underlay", Reason: "redirect", Packets: 3},
 		{Program: "from_underlay", Reason: "redirect_peer", Packets: 7},
 		{Program: "from_underlay", Reason: "no_route", Packets: 5},
-		{Program: "from_pods", Reason: "not_ipv4", Packets: 2},
+		{Program: "from_pods", Reason: "not_ip", Packets: 2},
 	}
 	if got := Redirected(cs, "from_underlay"); got != 10 {
 		t.Errorf("from_underlay redirected %d, want 10", got)

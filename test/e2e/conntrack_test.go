@@ -167,7 +167,7 @@ func counterMap(t *testing.T, n lab.Node) map[string]uint64 {
 	}
 	out := map[string]uint64{}
 	for _, x := range cs {
-		out[x.Program+"/"+x.Reason] = x.Packets
+		out[x.Program+"/"+x.Reason] += x.Packets // summed over families
 	}
 	return out
 }

@@ -108,13 +108,7 @@ func counterOf(t *testing.T, n lab.Node, program, reason string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range cs {
-		if c.Program == program && c.Reason == reason {
-			return c.Packets
-		}
-	}
-	t.Fatalf("no counter %s/%s", program, reason)
-	return 0
+	return datapath.Packets(cs, program, reason)
 }
 
 // Pods attached through bridge + hgw-cni are in their node's map at once,

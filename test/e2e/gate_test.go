@@ -137,7 +137,7 @@ func TestPolicyEngineTakesTheKernelPathAndBack(t *testing.T) {
 	}
 	after := counters(t, st)[n2.Name]
 	moved := func(program, reason string) uint64 {
-		return packets(after, program, reason) - packets(before, program, reason)
+		return datapath.Packets(after, program, reason) - datapath.Packets(before, program, reason)
 	}
 	if d := moved("from_underlay", "step_aside"); d < pings+3 {
 		t.Errorf("%s from_underlay step_aside moved by %d, want >= %d", n2.Name, d, pings+3)
@@ -159,15 +159,6 @@ func TestPolicyEngineTakesTheKernelPathAndBack(t *testing.T) {
 	if d := moved("from_underlay", "redirect_peer"); d < pings {
 		t.Errorf("%s from_underlay redirect_peer moved by %d after the engine went, want >= %d", n2.Name, d, pings)
 	}
-}
-
-func packets(cs []datapath.Counter, program, reason string) uint64 {
-	for _, c := range cs {
-		if c.Program == program && c.Reason == reason {
-			return c.Packets
-		}
-	}
-	return 0
 }
 
 // Restarted with --datapath routes after an ebpf run, every node removes
