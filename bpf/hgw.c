@@ -1190,10 +1190,13 @@ static __always_inline int underlay6(struct __sk_buff *skb, const struct node_co
 		return pass(skb, at, reason);
 	saddr = ip6->saddr.in6_u.u6_addr32;
 	daddr = ip6->daddr.in6_u.u6_addr32;
+	/* Neighbour discovery between the nodes, MLD: for the node itself. */
+	if (link_scope6(daddr))
+		return pass(skb, at, REASON_LOCAL_DEST);
 	if (martian6(saddr))
 		return pass(skb, at, REASON_MARTIAN_SRC);
 	if (!in_pod_subnet6(cfg, daddr))
-		return pass(skb, at, link_scope6(daddr) ? REASON_LOCAL_DEST : REASON_NO_ROUTE);
+		return pass(skb, at, REASON_NO_ROUTE);
 	if (!local_pod_addr6(cfg, daddr))
 		return pass(skb, at, REASON_LOCAL_DEST);
 	if (in_pod_subnet6(cfg, saddr))

@@ -171,18 +171,70 @@ func arpRequest(sender, target netip.Addr) []byte {
 	return ether(macBroadcast, macPod, etherTypeARP, b)
 }
 
-// ipv6UDP is a minimal IPv6 + UDP packet.
-func ipv6UDP(src, dst netip.Addr, hopLimit uint8, payload []byte) []byte {
-	b := make([]byte, 40, 40+len(payload))
-	b[0] = 6 << 4
+// ipv6Header holds the fields of an IPv6 header a test sets; the version
+// and the payload length are derived.
+type ipv6Header struct {
+	Src, Dst     netip.Addr
+	HopLimit     uint8
+	NextHeader   uint8
+	TrafficClass uint8
+	FlowLabel    uint32
+}
+
+const ipv6Len = 40
+
+// ipv6 returns header + payload with a correct payload length.
+func ipv6(h ipv6Header, payload []byte) []byte {
+	b := make([]byte, ipv6Len, ipv6Len+len(payload))
+	binary.BigEndian.PutUint32(b[0:4], 6<<28|uint32(h.TrafficClass)<<20|h.FlowLabel&0xfffff)
 	binary.BigEndian.PutUint16(b[4:6], uint16(len(payload)))
-	b[6] = protoUDP
-	b[7] = hopLimit
-	s, d := src.As16(), dst.As16()
+	b[6] = h.NextHeader
+	b[7] = h.HopLimit
+	s, d := h.Src.As16(), h.Dst.As16()
 	copy(b[8:24], s[:])
 	copy(b[24:40], d[:])
 	return append(b, payload...)
 }
+
+// ipv6UDP is a minimal IPv6 + UDP packet.
+func ipv6UDP(src, dst netip.Addr, hopLimit uint8, payload []byte) []byte {
+	return ipv6(ipv6Header{Src: src, Dst: dst, HopLimit: hopLimit, NextHeader: protoUDP}, payload)
+}
+
+// extHeader is an IPv6 extension header of the common form (next header,
+// length in 8-byte units beyond the first 8, then options padded with
+// PadN), followed by payload.
+func extHeader(next uint8, payload []byte) []byte {
+	b := []byte{next, 0, 1, 4, 0, 0, 0, 0} // PadN of 4 bytes fills the 8
+	return append(b, payload...)
+}
+
+// fragmentHeader is an IPv6 fragment header for the fragment at offset
+// (8-byte units) of packet id, followed by payload.
+func fragmentHeader(next uint8, offset uint16, more bool, id uint32, payload []byte) []byte {
+	b := make([]byte, 8, 8+len(payload))
+	b[0] = next
+	fo := offset << 3
+	if more {
+		fo |= 1
+	}
+	binary.BigEndian.PutUint16(b[2:4], fo)
+	binary.BigEndian.PutUint32(b[4:8], id)
+	return append(b, payload...)
+}
+
+const (
+	icmp6Unreachable = 1
+	icmp6TooBig      = 2
+	icmp6TimeExceed  = 3
+	icmp6ParamProb   = 4
+	icmp6EchoRequest = 128
+	icmp6EchoReply   = 129
+	icmp6RouterSol   = 133
+	icmp6NeighSol    = 135
+	icmp6NeighAdv    = 136
+	icmp6Redirect    = 137
+)
 
 // familyOf is the counter family of a frame as the programs count it: by
 // its EtherType (a test run's frame keeps a VLAN tag in the data).

@@ -813,18 +813,22 @@ func (e *runEnv) setConfig(t *testing.T, change func(*datapath.NodeConfig)) {
 }
 
 // track creates a conntrack entry in the namespace for src:sport ->
-// dst:dport.
+// dst:dport, of either family.
 func (n *testNetns) track(t *testing.T, src, dst netip.Addr, proto uint8, sport, dport uint16) {
 	t.Helper()
 	n.trackNAT(t, tuple(src, dst, proto, sport, dport), tuple(dst, src, proto, dport, sport))
 }
 
 // trackNAT puts a conntrack entry whose reply is not the inverse of its
-// original direction: a NATed flow.
+// original direction: a NATed flow. The family is the addresses'.
 func (n *testNetns) trackNAT(t *testing.T, forward, reverse netlink.IPTuple) {
 	t.Helper()
-	flow := &netlink.ConntrackFlow{FamilyType: unix.AF_INET, Forward: forward, Reverse: reverse, TimeOut: 120}
-	if err := n.h.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, flow); err != nil {
+	family := netlink.InetFamily(unix.AF_INET)
+	if forward.SrcIP.To4() == nil {
+		family = unix.AF_INET6
+	}
+	flow := &netlink.ConntrackFlow{FamilyType: uint8(family), Forward: forward, Reverse: reverse, TimeOut: 120}
+	if err := n.h.ConntrackCreate(netlink.ConntrackTable, family, flow); err != nil {
 		t.Fatalf("create conntrack entry in %s: %v", n.name, err)
 	}
 }

@@ -149,3 +149,17 @@ func htons(v uint16) uint16 {
 	binary.BigEndian.PutUint16(b[:], v)
 	return binary.NativeEndian.Uint16(b[:])
 }
+
+// The IPv6 counterpart: an Ethernet frame with 20 bytes of an IPv6 header
+// reaches from_underlay only on a wire.
+func TestWireTruncatedIPv6(t *testing.T) {
+	e := newWireEnv(t, datapath.ModeAuto)
+	if err := e.dp.SetConfig(datapath.NodeConfig{PodSubnet: podSubnet, Gateway: gateway, PodSubnet6: podSubnet6, Gateway6: gateway6,
+		BridgeIfindex: uint32(e.cni0), UnderlayIfindex: uint32(e.eth0), Conntrack: true}); err != nil {
+		t.Fatal(err)
+	}
+	full := udp6Frame(peerPod6, localPod6, 0)
+	copy(full[0:6], e.eth0MAC[:])
+	truncated := full[:ethLen+20]
+	e.expectCounted(t, "Ethernet + 20 bytes of IPv6", e.send(t, truncated), "ipv6", "malformed", len(truncated))
+}
