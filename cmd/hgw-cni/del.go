@@ -80,7 +80,7 @@ func attachmentOfResult(res *types100.Result) (attachment, error) {
 			}
 		}
 	}
-	a.ips = podIPv4s(res)
+	a.ips = podAddrs(res)
 	return a, nil
 }
 
@@ -156,15 +156,15 @@ func deleteEndpoint(eps *datapath.EndpointMap, ip netip.Addr, vethIndex int) err
 	return err
 }
 
-// podIPv4s is every IPv4 address of the result that is on a sandbox
-// interface (or on no interface in particular).
-func podIPv4s(res *types100.Result) []netip.Addr {
+// podAddrs is every address of the result (both families) that is on a
+// sandbox interface (or on no interface in particular).
+func podAddrs(res *types100.Result) []netip.Addr {
 	var out []netip.Addr
 	for _, ipc := range res.IPs {
 		if ipc.Interface != nil && (*ipc.Interface < 0 || *ipc.Interface >= len(res.Interfaces) || res.Interfaces[*ipc.Interface].Sandbox == "") {
 			continue
 		}
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok && ipc.Address.IP.To4() != nil {
+		if a, ok := routedAddr(ipc); ok {
 			out = append(out, a)
 		}
 	}

@@ -3,8 +3,8 @@
 // attached, so that packets for the pod are handed straight into its
 // namespace (bpf_redirect_peer) and its own packets are taken at its veth.
 //
-// ADD writes the pod's endpoint (IPv4, host-side veth, pod MAC, gateway MAC)
-// into the `endpoints` map the agent pinned and attaches from_pods to the
+// ADD writes the pod's endpoints (one per address, IPv4 and IPv6; host-side
+// veth, pod MAC, gateway MAC) into the `endpoints` map the agent pinned and attaches from_pods to the
 // host-side veth; DEL removes both; CHECK verifies them; GC removes them
 // for attachments the runtime no longer lists; STATUS fails while no
 // usable datapath is pinned. The maps are the agent's: ADD never creates

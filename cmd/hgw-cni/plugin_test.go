@@ -88,6 +88,13 @@ func (s *syncBuffer) String() string {
 
 func newCNIEnv(t *testing.T) *cniEnv {
 	t.Helper()
+	return newCNIEnvRanges(t, [][]map[string]string{{{"subnet": "10.244.1.0/24", "gateway": "10.244.1.1"}}})
+}
+
+// newCNIEnvRanges is newCNIEnv with host-local's ranges (one per family
+// for a dual-stack pod, as the flannel CNI plugin writes them).
+func newCNIEnvRanges(t *testing.T, ranges [][]map[string]string) *cniEnv {
+	t.Helper()
 	testutil.RequireRoot(t)
 	dir := pluginDir(t)
 	_, node := testutil.NetNS(t, "cni-node")
@@ -105,7 +112,7 @@ func newCNIEnv(t *testing.T) *cniEnv {
 		map[string]any{
 			"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
 			"ipam": map[string]any{"type": "host-local", "dataDir": t.TempDir(),
-				"ranges": [][]map[string]string{{{"subnet": "10.244.1.0/24", "gateway": "10.244.1.1"}}}},
+				"ranges": ranges},
 		},
 		hgw,
 	}}
@@ -187,6 +194,7 @@ func (e *cniEnv) endpoint(t *testing.T, ip netip.Addr) (datapath.Endpoint, bool)
 // podInfo is what the chain's result says about one pod.
 type podInfo struct {
 	ip   netip.Addr
+	ip6  netip.Addr // dual stack only
 	mac  string
 	veth string // host side
 }
@@ -207,7 +215,13 @@ func (e *cniEnv) add(t *testing.T, rt *libcni.RuntimeConf) podInfo {
 	})
 	var p podInfo
 	for _, ipc := range res.IPs {
-		p.ip, _ = netip.AddrFromSlice(ipc.Address.IP.To4())
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+			if a = a.Unmap(); a.Is4() {
+				p.ip = a
+			} else {
+				p.ip6 = a
+			}
+		}
 	}
 	for _, iface := range res.Interfaces {
 		if iface.Sandbox != "" {
@@ -296,6 +310,48 @@ func TestPluginAddCheckDel(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(e.pinRoot, "links", "from_pods@"+vethName)); err == nil {
 		t.Errorf("link pin of %s left after DEL", vethName)
+	}
+}
+
+// A dual-stack pod (host-local with an IPv4 and an IPv6 range) gets an
+// endpoint entry for each address, on the same veth; DEL removes both.
+func TestPluginDualStackPod(t *testing.T) {
+	e := newCNIEnvRanges(t, [][]map[string]string{
+		{{"subnet": "10.244.1.0/24", "gateway": "10.244.1.1"}},
+		{{"subnet": "fd00:10:244:1::/64", "gateway": "fd00:10:244:1::1"}},
+	})
+	e.agentRan(t)
+	ctx := context.Background()
+	p := e.add(t, e.rt)
+	if !p.ip6.Is6() || !p.ip.Is4() {
+		t.Fatalf("the bridge plugin's result has no address of each family: %+v", p)
+	}
+	var eps []datapath.Endpoint
+	for _, ip := range []netip.Addr{p.ip, p.ip6} {
+		ep, ok := e.endpoint(t, ip)
+		if !ok {
+			t.Fatalf("ADD wrote no endpoint for %s", ip)
+		}
+		if ep.PodMAC.String() != p.mac {
+			t.Errorf("endpoint %s has pod MAC %s, want %s", ip, ep.PodMAC, p.mac)
+		}
+		eps = append(eps, ep)
+	}
+	if eps[0].Ifindex != eps[1].Ifindex || eps[0].GatewayMAC.String() != eps[1].GatewayMAC.String() {
+		t.Errorf("the two entries differ beyond their address: %+v, %+v", eps[0], eps[1])
+	}
+	e.in(t, func() {
+		if err := e.cni.CheckNetworkList(ctx, e.chain, e.rt); err != nil {
+			t.Errorf("CHECK after ADD: %v", err)
+		}
+		if err := e.cni.DelNetworkList(ctx, e.chain, e.rt); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+	})
+	for _, ip := range []netip.Addr{p.ip, p.ip6} {
+		if _, ok := e.endpoint(t, ip); ok {
+			t.Errorf("endpoint %s still there after DEL", ip)
+		}
 	}
 }
 

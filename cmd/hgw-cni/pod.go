@@ -17,11 +17,12 @@ import (
 type pod struct {
 	hostVeth string           // host-side veth, in the node's namespace
 	podMAC   net.HardwareAddr // the pod's interface (ifName in its sandbox)
-	ips      []netip.Addr     // the pod interface's IPv4 addresses
+	ips      []netip.Addr     // the pod interface's addresses, IPv4 and IPv6
 }
 
-// podFromResult reads the pod's interface, its IPv4 addresses and the host
-// end of its veth from the previous result: the sandbox interface named
+// podFromResult reads the pod's interface, its addresses (both families:
+// a dual-stack pod has an endpoint entry for each) and the host end of its
+// veth from the previous result: the sandbox interface named
 // ifName, and the interface without a sandbox that is a veth in this
 // namespace (the bridge plugin also lists the bridge itself).
 func podFromResult(res *types100.Result, ifName string) (pod, error) {
@@ -57,14 +58,25 @@ func podFromResult(res *types100.Result, ifName string) (pod, error) {
 		if ipc.Interface != nil && *ipc.Interface != podIdx {
 			continue
 		}
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok && ipc.Address.IP.To4() != nil {
+		if a, ok := routedAddr(ipc); ok {
 			p.ips = append(p.ips, a)
 		}
 	}
 	if len(p.ips) == 0 {
-		return pod{}, errors.New("prevResult has no IPv4 address for the pod")
+		return pod{}, errors.New("prevResult has no address for the pod")
 	}
 	return p, nil
+}
+
+// routedAddr is the pod address of one result IP, of either family;
+// link-local addresses are the link's, never routed to a pod.
+func routedAddr(ipc *types100.IPConfig) (netip.Addr, bool) {
+	a, ok := netip.AddrFromSlice(ipc.Address.IP)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	a = a.Unmap()
+	return a, !a.IsLinkLocalUnicast()
 }
 
 // endpoints resolves the veth and its bridge (the pods' gateway) in this

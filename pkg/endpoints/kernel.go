@@ -27,8 +27,9 @@ type view struct {
 
 // kernelView reads the bridge, its veth ports, the MACs the bridge learned
 // on each port (FDB) and the addresses the host resolved for them on the
-// bridge (neighbour table). A pod is known once it has sent a frame and the
-// host has its address: the first ARP exchange with its gateway does both.
+// bridge (neighbour table, both families). A pod is known once it has sent
+// a frame and the host has its address: the first ARP (IPv6: neighbour
+// discovery) exchange with its gateway does both, per family.
 func kernelView(h *netlink.Handle, bridge string) (view, error) {
 	v := view{ports: map[int]port{}}
 	br, err := h.LinkByName(bridge)
@@ -70,18 +71,23 @@ func kernelView(h *netlink.Handle, bridge string) (view, error) {
 		}
 		portOf[f.HardwareAddr.String()] = f.LinkIndex
 	}
-	neighs, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(brIdx, netlink.FAMILY_V4) })
-	if err != nil {
-		return v, fmt.Errorf("list neighbours on %s: %w", bridge, err)
+	var neighs []netlink.Neigh
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		ns, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(brIdx, family) })
+		if err != nil {
+			return v, fmt.Errorf("list neighbours on %s: %w", bridge, err)
+		}
+		neighs = append(neighs, ns...)
 	}
 	for _, n := range neighs {
 		if n.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || len(n.HardwareAddr) != 6 {
 			continue
 		}
-		ip, ok := netip.AddrFromSlice(n.IP.To4())
-		if !ok || n.IP.To4() == nil || !inAny(subnets, ip) {
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok || !inAny(subnets, ip.Unmap()) {
 			continue
 		}
+		ip = ip.Unmap()
 		idx, ok := portOf[n.HardwareAddr.String()]
 		if !ok {
 			continue
@@ -93,16 +99,17 @@ func kernelView(h *netlink.Handle, bridge string) (view, error) {
 	return v, nil
 }
 
-// bridgeSubnets are the bridge's IPv4 networks: pods live there.
+// bridgeSubnets are the bridge's IPv4 and IPv6 networks: pods live there.
+// Its link-local network (fe80::/64) is every device's: no pod lives there.
 func bridgeSubnets(h *netlink.Handle, br netlink.Link) ([]netip.Prefix, error) {
-	addrs, err := h.AddrList(br, netlink.FAMILY_V4)
+	addrs, err := h.AddrList(br, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("addresses of %s: %w", br.Attrs().Name, err)
 	}
 	var out []netip.Prefix
 	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if ip = ip.Unmap(); !ok || ip.IsLinkLocalUnicast() {
 			continue
 		}
 		ones, _ := a.Mask.Size()

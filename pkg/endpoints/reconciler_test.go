@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/endpoints"
@@ -179,4 +180,67 @@ func TestApplyAttachesUnderThePinRootLock(t *testing.T) {
 			t.Errorf("Apply: %+v, want the pod's veth attached once the lock is free", res)
 		}
 	})
+}
+
+// A dual-stack pod is learned in both families from the kernel's tables
+// (its MAC in the bridge's FDB on its port, its addresses in the bridge's
+// neighbour table), each address an entry of its own; its link-local
+// address, in every device's fe80::/64, is not a pod address.
+func TestApplyLearnsBothFamilies(t *testing.T) {
+	n := newNode(t)
+	podMAC := net.HardwareAddr{2, 0, 0, 0, 0, 7}
+	v4, v6 := netip.MustParseAddr("10.244.1.7"), netip.MustParseAddr("fd00:10:244:1::7")
+	linkLocal := netip.MustParseAddr("fe80::ff:fe00:7")
+	testutil.Do(t, n.ns, func() {
+		for _, a := range []string{"10.244.1.1/24", "fd00:10:244:1::1/64"} {
+			addr, err := netlink.ParseAddr(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.AddrAdd(n.br, addr); err != nil {
+				t.Fatalf("add %s to cni0: %v", a, err)
+			}
+		}
+		// Up with a port up: without carrier the kernel flushes the
+		// bridge's neighbours.
+		for _, name := range []string{"cni0", "vethpod", "eth0pod"} {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The pod's MAC on its port, as the bridge learns it from the
+		// pod's first frame (a static entry here: not the port's own).
+		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: n.port.Attrs().Index, Family: unix.AF_BRIDGE,
+			State: unix.NUD_NOARP, Flags: netlink.NTF_MASTER, HardwareAddr: podMAC}); err != nil {
+			t.Fatalf("FDB entry: %v", err)
+		}
+		for _, ip := range []netip.Addr{v4, v6, linkLocal} {
+			if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: n.br.Attrs().Index, State: unix.NUD_REACHABLE,
+				IP: net.IP(ip.AsSlice()), HardwareAddr: podMAC}); err != nil {
+				t.Fatalf("neighbour %s: %v", ip, err)
+			}
+		}
+		r, err := endpoints.New(endpoints.Options{Bridge: "cni0", PinRoot: n.dp.PinRoot(), Map: n.dp.Endpoints(),
+			Attach: func(string) error { return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		if res := r.Apply(); res.Added != 2 || len(res.Errors) != 0 {
+			t.Errorf("Apply: %+v, want the pod's two addresses added", res)
+		}
+	})
+	for _, ip := range []netip.Addr{v4, v6} {
+		ep, ok, err := n.dp.Endpoints().Get(ip)
+		if err != nil || !ok || int(ep.Ifindex) != n.port.Attrs().Index || ep.PodMAC.String() != podMAC.String() {
+			t.Errorf("entry for %s: %+v (present %v, %v)", ip, ep, ok, err)
+		}
+	}
+	if list, _ := n.dp.Endpoints().List(); len(list) != 2 {
+		t.Errorf("entries %+v, want exactly the two pod addresses", list)
+	}
 }
