@@ -30,8 +30,8 @@ func newRoutesCmd() *cobra.Command {
 		Short: "List peer subnets: kernel route, map entry, and whether they agree",
 		Long: `Lists every peer subnet the agent routes, from the kernel's routing table
 (routes tagged with protocol 104, plain or through nexthop objects) and from
-the pinned routes map, and says
-whether both exist and agree on next hop and device. In --datapath routes mode
+the pinned routes maps (routes for IPv4, routes6 for IPv6), and says whether
+both exist and agree on next hop and device. In --datapath routes mode
 there is no map: only the kernel column is filled.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -41,7 +41,7 @@ there is no map: only the kernel column is filled.`,
 			}
 			var entries []datapath.Route
 			if maps, err := datapath.OpenPinned(root); err == nil {
-				entries, err = maps.Routes().List()
+				entries, err = listRoutes(maps)
 				maps.Close()
 				if err != nil {
 					return err

@@ -20,9 +20,10 @@ func newStatsCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "stats",
-		Short: "Show the fast-path counters by program and reason",
+		Short: "Show the fast-path counters by family, program and reason",
 		Long: `Prints the per-CPU counters of the pinned stats map, summed over CPUs: for
-each program (from_pods on the pods' veths and the bridge, from_underlay on
+each family (ipv4, ipv6; "other" for frames that are not IP, such as ARP)
+and program (from_pods on the pods' veths and the bridge, from_underlay on
 the underlay device) how many packets and bytes took the fast path (reasons
 "redirect" and "redirect_peer", the delivery straight into a known pod) and
 why the others were left to the kernel. With --watch it prints per-second rates at
@@ -94,6 +95,7 @@ func reasonHelp() string {
 
 // rate is one counter's per-second rate over an interval.
 type rate struct {
+	Family        string  `json:"family"`
 	Program       string  `json:"program"`
 	Reason        string  `json:"reason"`
 	PacketsPerSec float64 `json:"packets_per_sec"`
@@ -104,7 +106,7 @@ type rate struct {
 func rates(cur, prev []datapath.Counter, d time.Duration) []rate {
 	out := make([]rate, 0, len(cur))
 	for i, c := range cur {
-		r := rate{Program: c.Program, Reason: c.Reason, PacketsTotal: c.Packets}
+		r := rate{Family: c.Family, Program: c.Program, Reason: c.Reason, PacketsTotal: c.Packets}
 		if i < len(prev) {
 			r.PacketsPerSec = float64(c.Packets-prev[i].Packets) / d.Seconds()
 			r.BytesPerSec = float64(c.Bytes-prev[i].Bytes) / d.Seconds()
@@ -117,18 +119,18 @@ func rates(cur, prev []datapath.Counter, d time.Duration) []rate {
 func printCounters(w io.Writer, cur, prev []datapath.Counter, d time.Duration, all bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	if prev == nil {
-		fmt.Fprintf(tw, "PROGRAM\tREASON\tPACKETS\tBYTES\t\n")
+		fmt.Fprintf(tw, "FAMILY\tPROGRAM\tREASON\tPACKETS\tBYTES\t\n")
 		for _, c := range cur {
 			if c.Packets > 0 || all {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t\n", c.Program, c.Reason, c.Packets, c.Bytes)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t\n", c.Family, c.Program, c.Reason, c.Packets, c.Bytes)
 			}
 		}
 		return tw.Flush()
 	}
-	fmt.Fprintf(tw, "%s\t\t\t\t\nPROGRAM\tREASON\tPKT/S\tBIT/S\t\n", time.Now().Format(time.TimeOnly))
+	fmt.Fprintf(tw, "%s\t\t\t\t\t\nFAMILY\tPROGRAM\tREASON\tPKT/S\tBIT/S\t\n", time.Now().Format(time.TimeOnly))
 	for _, r := range rates(cur, prev, d) {
 		if r.PacketsPerSec > 0 || all {
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t\n", r.Program, r.Reason, r.PacketsPerSec, 8*r.BytesPerSec)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t\n", r.Family, r.Program, r.Reason, r.PacketsPerSec, 8*r.BytesPerSec)
 		}
 	}
 	return tw.Flush()

@@ -46,7 +46,8 @@ func newStatusCmd() *cobra.Command {
 running: which programs are attached to which devices, the node config the
 programs use, the peer subnets in the routes map, the local pods in the
 endpoints map (delivered with bpf_redirect_peer), and the packet counters by
-program and reason (summed over CPUs). It also says whether the fast path is
+family, program and reason (summed over CPUs). Both families: the IPv6 pod
+subnet (dual stack), the routes6 map's peers and pods' IPv6 addresses too. It also says whether the fast path is
 active, stepping aside for a NetworkPolicy engine (named, as found on the
 node now) or closed because the conntrack lookup is unavailable, and which
 checks guard it.`,
@@ -94,7 +95,7 @@ func readStatus(root string) (*statusReport, error) {
 	if rep.Attachments, err = datapath.Attachments(root); err != nil {
 		return nil, err
 	}
-	if rep.Routes, err = maps.Routes().List(); err != nil {
+	if rep.Routes, err = listRoutes(maps); err != nil {
 		return nil, err
 	}
 	if rep.Endpoints, err = maps.Endpoints().List(); err != nil {
@@ -104,6 +105,20 @@ func readStatus(root string) (*statusReport, error) {
 		return nil, err
 	}
 	return rep, nil
+}
+
+// listRoutes lists the peer subnets of both families: the routes map's,
+// then the routes6 map's.
+func listRoutes(maps *datapath.Maps) ([]datapath.Route, error) {
+	v4, err := maps.Routes().List()
+	if err != nil {
+		return nil, err
+	}
+	v6, err := maps.Routes6().List()
+	if err != nil {
+		return nil, err
+	}
+	return append(v4, v6...), nil
 }
 
 func devName(ifindex uint32) string {
@@ -118,6 +133,11 @@ func printStatus(w io.Writer, rep *statusReport, all bool) error {
 	fmt.Fprintf(tw, "Pinned state:\t%s\n", rep.PinRoot)
 	if c := rep.Config; c != nil {
 		fmt.Fprintf(tw, "Pod subnet:\t%s (gateway %s)\n", c.PodSubnet, c.Gateway)
+		if c.PodSubnet6.IsValid() {
+			fmt.Fprintf(tw, "IPv6 pod subnet:\t%s (gateway %s)\n", c.PodSubnet6, c.Gateway6)
+		} else {
+			fmt.Fprintf(tw, "IPv6 pod subnet:\tnot configured (IPv6 passes to the kernel)\n")
+		}
 		fmt.Fprintf(tw, "Devices:\tbridge %s, underlay %s\n", devName(c.BridgeIfindex), devName(c.UnderlayIfindex))
 	} else {
 		fmt.Fprintf(tw, "Pod subnet:\tnot configured (programs pass everything to the kernel)\n")
@@ -162,14 +182,14 @@ func printStatus(w io.Writer, rep *statusReport, all bool) error {
 		}
 	}
 
-	fmt.Fprintf(tw, "\nCounters:\n  PROGRAM\tREASON\tPACKETS\tBYTES\n")
+	fmt.Fprintf(tw, "\nCounters:\n  FAMILY\tPROGRAM\tREASON\tPACKETS\tBYTES\n")
 	shown := 0
 	for _, c := range rep.Counters {
 		if c.Packets == 0 && !all {
 			continue
 		}
 		shown++
-		fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\n", c.Program, c.Reason, c.Packets, c.Bytes)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\n", c.Family, c.Program, c.Reason, c.Packets, c.Bytes)
 	}
 	if shown == 0 {
 		fmt.Fprintf(tw, "  (all zero)\n")

@@ -122,13 +122,13 @@ type fastPathCollector struct {
 }
 
 func newFastPathCollector(s StatsReader) *fastPathCollector {
-	labels := []string{"program", "reason"}
+	labels := []string{"family", "program", "reason"}
 	return &fastPathCollector{
 		stats: s,
 		packets: prometheus.NewDesc(namespace+"_fastpath_packets_total",
-			"Packets seen by the TC programs, by program and by the reason for their path (redirect = fast path).", labels, nil),
+			"Packets seen by the TC programs, by family (ipv4, ipv6, other: not IP), program and the reason for their path (redirect = fast path).", labels, nil),
 		bytes: prometheus.NewDesc(namespace+"_fastpath_bytes_total",
-			"Bytes seen by the TC programs, by program and reason.", labels, nil),
+			"Bytes seen by the TC programs, by family, program and reason.", labels, nil),
 		errors: prometheus.NewDesc(namespace+"_fastpath_stats_read_errors",
 			"1 if the stats map could not be read at this scrape.", nil, nil),
 	}
@@ -148,7 +148,7 @@ func (c *fastPathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.errors, prometheus.GaugeValue, 0)
 	for _, s := range counters {
-		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(s.Packets), s.Program, s.Reason)
-		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), s.Program, s.Reason)
+		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(s.Packets), s.Family, s.Program, s.Reason)
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), s.Family, s.Program, s.Reason)
 	}
 }

@@ -23,15 +23,17 @@ func (f *fakeStats) Stats() ([]datapath.Counter, error) { return f.counters, f.e
 
 func TestFastPathCountersFollowTheMapAtScrapeTime(t *testing.T) {
 	s := &fakeStats{counters: []datapath.Counter{
-		{Program: "from_pods", Reason: "redirect", Packets: 3, Bytes: 300},
-		{Program: "from_underlay", Reason: "no_route", Packets: 1, Bytes: 60},
+		{Family: "ipv4", Program: "from_pods", Reason: "redirect", Packets: 3, Bytes: 300},
+		{Family: "ipv4", Program: "from_underlay", Reason: "no_route", Packets: 1, Bytes: 60},
+		{Family: "ipv6", Program: "from_pods", Reason: "redirect", Packets: 5, Bytes: 700},
 	}}
 	m := New(s)
 	want := `
-# HELP hgw_fastpath_packets_total Packets seen by the TC programs, by program and by the reason for their path (redirect = fast path).
+# HELP hgw_fastpath_packets_total Packets seen by the TC programs, by family (ipv4, ipv6, other: not IP), program and the reason for their path (redirect = fast path).
 # TYPE hgw_fastpath_packets_total counter
-hgw_fastpath_packets_total{program="from_pods",reason="redirect"} 3
-hgw_fastpath_packets_total{program="from_underlay",reason="no_route"} 1
+hgw_fastpath_packets_total{family="ipv4",program="from_pods",reason="redirect"} 3
+hgw_fastpath_packets_total{family="ipv4",program="from_underlay",reason="no_route"} 1
+hgw_fastpath_packets_total{family="ipv6",program="from_pods",reason="redirect"} 5
 `
 	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "hgw_fastpath_packets_total"); err != nil {
 		t.Fatal(err)

@@ -95,8 +95,8 @@ func TestMetricsInANodeFollowTraffic(t *testing.T) {
 			t.Errorf("%s %s: %d %q, want 200 %q", n1.Name, path, code, body, want)
 		}
 	}
-	redirect := map[string]string{"program": "from_pods", "reason": "redirect"}
-	delivered := map[string]string{"program": "from_underlay", "reason": "redirect_peer"}
+	redirect := map[string]string{"family": "ipv4", "program": "from_pods", "reason": "redirect"}
+	delivered := map[string]string{"family": "ipv4", "program": "from_underlay", "reason": "redirect_peer"}
 	before1, before2 := scrape(t, ctx, st, n1.Name), scrape(t, ctx, st, n2.Name)
 	const pings = 20
 	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-q", "-c", strconv.Itoa(pings), "-i", "0.01", "-W", "1", server.IP); err != nil {
