@@ -1,6 +1,7 @@
 // Package fastpath tests the datapath on the seed topology, without an
 // agent: two nodes whose eth0 share one L2 segment, a cni0 bridge and one pod
-// each, all in network namespaces the test creates and removes.
+// each, all in network namespaces the test creates and removes; IPv4, and
+// IPv6 beside it where a test makes the topology dual-stack.
 package fastpath
 
 import (
@@ -26,10 +27,16 @@ type node struct {
 	underlay netip.Addr   // eth0
 	subnet   netip.Prefix // pod subnet; .1 is cni0, .2 the pod
 	pinRoot  string
+	// Dual stack only (dualStack): eth0's IPv6 address and the IPv6 pod
+	// subnet, ::1 cni0's, ::2 the pod's.
+	underlay6 netip.Addr
+	subnet6   netip.Prefix
 }
 
-func (n node) gateway() netip.Addr { return n.subnet.Addr().Next() }
-func (n node) podIP() netip.Addr   { return n.gateway().Next() }
+func (n node) gateway() netip.Addr  { return n.subnet.Addr().Next() }
+func (n node) podIP() netip.Addr    { return n.gateway().Next() }
+func (n node) gateway6() netip.Addr { return n.subnet6.Addr().Next() }
+func (n node) podIP6() netip.Addr   { return n.gateway6().Next() }
 
 func run(t *testing.T, args ...string) string {
 	t.Helper()
@@ -99,6 +106,13 @@ func delRoutes(t *testing.T, a, b node) {
 // per namespace.
 func inNode(t *testing.T, n node, fn func()) {
 	t.Helper()
+	inNS(t, n.ns, fn)
+}
+
+// inNS runs fn on a thread inside the named namespace; sockets made there
+// stay in it.
+func inNS(t *testing.T, name string, fn func()) {
+	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -106,7 +120,7 @@ func inNode(t *testing.T, n node, fn func()) {
 		t.Fatal(err)
 	}
 	defer orig.Close()
-	h, err := netns.GetFromName(n.ns)
+	h, err := netns.GetFromName(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +132,9 @@ func inNode(t *testing.T, n node, fn func()) {
 	fn()
 }
 
-// attach loads the datapath of n with peer as its one route, as the agent
-// would, and attaches both programs.
+// attach loads the datapath of n with peer as its one route (of each
+// family, on a dual-stack topology), as the agent would, and attaches both
+// programs.
 func attach(t *testing.T, n, peer node, mode datapath.Mode) {
 	t.Helper()
 	inNode(t, n, func() {
@@ -136,14 +151,24 @@ func attach(t *testing.T, n, peer node, mode datapath.Mode) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := dp.SetConfig(datapath.NodeConfig{PodSubnet: n.subnet, Gateway: n.gateway(),
+		cfg := datapath.NodeConfig{PodSubnet: n.subnet, Gateway: n.gateway(),
 			BridgeIfindex: uint32(cni0.Attrs().Index), UnderlayIfindex: uint32(eth0.Attrs().Index),
-			Conntrack: true}); err != nil {
+			Conntrack: true}
+		if n.subnet6.IsValid() {
+			cfg.PodSubnet6, cfg.Gateway6 = n.subnet6, n.gateway6()
+		}
+		if err := dp.SetConfig(cfg); err != nil {
 			t.Fatal(err)
 		}
 		if err := dp.Routes().Put(datapath.Route{Subnet: peer.subnet, NextHop: peer.underlay,
 			Ifindex: uint32(eth0.Attrs().Index)}); err != nil {
 			t.Fatal(err)
+		}
+		if peer.subnet6.IsValid() {
+			if err := dp.Routes6().Put(datapath.Route{Subnet: peer.subnet6, NextHop: peer.underlay6,
+				Ifindex: uint32(eth0.Attrs().Index)}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		for dev, p := range map[string]datapath.Program{"cni0": datapath.FromPods, "eth0": datapath.FromUnderlay} {
 			if _, err := dp.Attach(dev, p); err != nil {
@@ -162,8 +187,9 @@ func detach(t *testing.T, n node) {
 	})
 }
 
-// redirected returns the packets each program redirected on n.
-func redirected(t *testing.T, n node) (fromPods, fromUnderlay uint64) {
+// redirected returns the packets of family ("ipv4", "ipv6") each program
+// redirected on n.
+func redirected(t *testing.T, n node, family string) (fromPods, fromUnderlay uint64) {
 	t.Helper()
 	maps, err := datapath.OpenPinned(n.pinRoot)
 	if err != nil {
@@ -175,7 +201,7 @@ func redirected(t *testing.T, n node) (fromPods, fromUnderlay uint64) {
 		t.Fatal(err)
 	}
 	for _, c := range stats {
-		if c.Reason != "redirect" {
+		if c.Reason != "redirect" || c.Family != family {
 			continue
 		}
 		switch datapath.Program(c.Program) {
@@ -214,8 +240,8 @@ func TestFastPathCarriesTrafficWithoutKernelRoutes(t *testing.T) {
 			if err := ping(a, b, count); err != nil {
 				t.Fatalf("with programs attached and no kernel routes: %v", err)
 			}
-			aPods, aUnder := redirected(t, a)
-			bPods, bUnder := redirected(t, b)
+			aPods, aUnder := redirected(t, a, "ipv4")
+			bPods, bUnder := redirected(t, b, "ipv4")
 			// Requests: a.from_pods -> b.from_underlay; replies the other way.
 			for name, got := range map[string]uint64{"a from_pods": aPods, "a from_underlay": aUnder,
 				"b from_pods": bPods, "b from_underlay": bUnder} {
@@ -245,24 +271,18 @@ func TestTracerouteShowsThreeHops(t *testing.T) {
 	a, b := seed(t)
 	attach(t, a, b, datapath.ModeAuto)
 	attach(t, b, a, datapath.ModeAuto)
-	before, _ := redirected(t, a)
+	before, _ := redirected(t, a, "ipv4")
 	out, err := exec.Command("ip", "netns", "exec", a.pod, "traceroute", "-n", "-q", "1", "-w", "1", "-m", "5",
 		b.podIP().String()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("traceroute: %v\n%s", err, out)
 	}
-	var hops []string
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n")[1:] {
-		if f := strings.Fields(line); len(f) >= 2 {
-			hops = append(hops, f[1])
-		}
-	}
 	want := []string{a.gateway().String(), b.underlay.String(), b.podIP().String()}
-	if strings.Join(hops, " ") != strings.Join(want, " ") {
-		t.Fatalf("hops %v, want %v\n%s", hops, want, out)
+	if got := hops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("hops %v, want %v\n%s", got, want, out)
 	}
 	// Hops 2 and 3 crossed a's fast path (hop 1 expired at its gateway).
-	if after, _ := redirected(t, a); after-before < 2 {
+	if after, _ := redirected(t, a, "ipv4"); after-before < 2 {
 		t.Errorf("from_pods on a redirected %d traceroute probes, want >= 2", after-before)
 	}
 }
