@@ -215,19 +215,7 @@ func vethShaped(ifindex uint32) (bool, error) {
 
 // List returns every entry.
 func (r *EndpointMap) List() ([]Endpoint, error) {
-	var (
-		key  hgwEndpointKey
-		val  hgwEndpointValue
-		out  []Endpoint
-		iter = r.m.Iterate()
-	)
-	for iter.Next(&key, &val) {
-		out = append(out, endpointOf(key, val))
-	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("list endpoints map: %w", err)
-	}
-	return out, nil
+	return listAll(r.m, hgwMapEndpoints, endpointOf)
 }
 
 // DetachPinned removes program p from dev in either mode with nothing but

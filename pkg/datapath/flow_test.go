@@ -19,10 +19,7 @@ import (
 // are peers' pod subnets; this node's is 10.244.1.0/24 (gateway .1).
 func TestOnePathPerFlow(t *testing.T) {
 	e := newRunEnv(t, true)
-	for _, c := range []struct {
-		remote    string
-		out, back string // reasons, "" = fast path
-	}{
+	e.onePath(t, localPod, []onePathCase{
 		// Pods in peer subnets, at the edges of the ranges.
 		{"10.244.2.5", "", ""},
 		{"10.244.2.2", "", ""},
@@ -46,15 +43,29 @@ func TestOnePathPerFlow(t *testing.T) {
 		// This node's own subnet, arriving from the underlay: only the
 		// bridge may carry it (spoofed, or a loop).
 		{"10.244.1.6", "local_dest", "src_not_pod"},
-	} {
+	})
+}
+
+// onePathCase is a flow between a local pod and remote: the reasons each
+// direction is passed on with, "" for the fast path.
+type onePathCase struct{ remote, out, back string }
+
+// onePath runs each case's TCP, UDP and ICMP echo flow between local and
+// the case's remote through both programs: out from the pod, back to it.
+func (e *runEnv) onePath(t *testing.T, local netip.Addr, cases []onePathCase) {
+	forward, icmpProto := e.forward, uint8(protoICMP)
+	if local.Is6() {
+		forward, icmpProto = e.forward6, protoICMPv6
+	}
+	for _, c := range cases {
 		remote := netip.MustParseAddr(c.remote)
 		t.Run(c.remote, func(t *testing.T) {
-			for _, proto := range []uint8{protoTCP, protoUDP, protoICMP} {
-				out := flowFrame(proto, localPod, remote, false)
-				back := flowFrame(proto, remote, localPod, true)
+			for _, proto := range []uint8{protoTCP, protoUDP, icmpProto} {
+				out := flowFrame(proto, local, remote, false)
+				back := flowFrame(proto, remote, local, true)
 				if c.out == "" {
-					e.forward(t, datapath.FromPods, out)
-					e.forward(t, datapath.FromUnderlay, back)
+					forward(t, datapath.FromPods, out)
+					forward(t, datapath.FromUnderlay, back)
 				} else {
 					e.pass(t, datapath.FromPods, out, c.out)
 					e.pass(t, datapath.FromUnderlay, back, c.back)
@@ -64,29 +75,41 @@ func TestOnePathPerFlow(t *testing.T) {
 	}
 }
 
-// flowFrame is one packet of a TCP, UDP or ICMP echo flow between a and b;
-// reply is the direction from the server (b answering a).
+// flowFrame is one packet of a TCP, UDP or ICMP echo flow (ICMPv6 echo for
+// protoICMPv6) between src and dst, of their family; reply is the direction
+// from the server.
 func flowFrame(proto uint8, src, dst netip.Addr, reply bool) []byte {
-	h := ipv4Header{Src: src, Dst: dst, TTL: 64, Protocol: proto}
 	sport, dport := uint16(40000), uint16(80)
 	if reply {
 		sport, dport = dport, sport
 	}
+	var l4 []byte
 	switch proto {
 	case protoTCP:
 		flags := uint8(0x02) // SYN
 		if reply {
 			flags = 0x12 // SYN-ACK
 		}
-		return ipFrame(h, tcp(sport, dport, flags))
+		l4 = tcp(sport, dport, flags)
 	case protoUDP:
-		return ipFrame(h, udp(sport, dport, []byte("flow")))
+		l4 = udp(sport, dport, []byte("flow"))
+	case protoICMPv6:
+		typ := uint8(icmp6EchoRequest)
+		if reply {
+			typ = icmp6EchoReply
+		}
+		l4 = icmpEchoMsg(typ, 9, 1)
+	default:
+		typ := uint8(icmpEcho)
+		if reply {
+			typ = icmpEchoReply
+		}
+		l4 = icmpEchoMsg(typ, 9, 1)
 	}
-	typ := uint8(icmpEcho)
-	if reply {
-		typ = icmpEchoReply
+	if src.Is6() {
+		return frame6(ipv6Header{Src: src, Dst: dst, HopLimit: 64, NextHeader: proto}, l4)
 	}
-	return ipFrame(h, icmpEchoMsg(typ, 9, 1))
+	return ipFrame(ipv4Header{Src: src, Dst: dst, TTL: 64, Protocol: proto}, l4)
 }
 
 // Sources no router forwards go to the kernel (which drops them), from
@@ -168,10 +191,15 @@ func TestStepAside(t *testing.T) {
 	}
 }
 
-// icmpQuoting is an ICMP error of type and code quoting frame's IP header
-// and first 8 bytes of payload, as routers and hosts send them.
+// icmpQuoting is an ICMP (ICMPv6) error of type and code quoting frame's IP
+// header and the first 8 bytes of its payload, as routers and hosts send
+// them (the minimum; IPv6 ones quote as much as fits).
 func icmpQuoting(typ, code uint8, frame []byte) []byte {
-	return icmp(typ, code, append(make([]byte, 4), frame[ethLen:ethLen+ipv4Len+8]...))
+	hdr := ipv4Len
+	if familyOf(frame) == "ipv6" {
+		hdr = ipv6Len
+	}
+	return icmp(typ, code, append(make([]byte, 4), frame[ethLen:ethLen+hdr+8]...))
 }
 
 // ICMP errors go the way of the flow they quote. About a pod-to-pod flow the

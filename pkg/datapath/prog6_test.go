@@ -80,31 +80,6 @@ func udp6Frame(src, dst netip.Addr, size int, opts ...frame6Opt) []byte {
 	return frame6(h, udp(40000, 5201, data))
 }
 
-// flow6Frame is one packet of a TCP, UDP or ICMPv6 echo flow between src
-// and dst; reply is the direction from the server.
-func flow6Frame(proto uint8, src, dst netip.Addr, reply bool) []byte {
-	h := ipv6Header{Src: src, Dst: dst, HopLimit: 64, NextHeader: proto}
-	sport, dport := uint16(40000), uint16(80)
-	if reply {
-		sport, dport = dport, sport
-	}
-	switch proto {
-	case protoTCP:
-		flags := uint8(0x02)
-		if reply {
-			flags = 0x12
-		}
-		return frame6(h, tcp(sport, dport, flags))
-	case protoUDP:
-		return frame6(h, udp(sport, dport, []byte("flow")))
-	}
-	typ := uint8(icmp6EchoRequest)
-	if reply {
-		typ = icmp6EchoReply
-	}
-	return frame6(h, icmpEchoMsg(typ, 9, 1))
-}
-
 const protoICMPv6 = 58
 
 // routed6 is what a router makes of an IPv6 frame: hop limit one less,
@@ -134,9 +109,9 @@ func (e *runEnv) forward6Ctx(t *testing.T, p datapath.Program, data []byte, ctx 
 func TestForwardsIPv6ToRemotePodSubnet(t *testing.T) {
 	e := newRunEnv6(t)
 	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0))
-	e.forward6(t, datapath.FromPods, flow6Frame(protoTCP, localPod6, peerPod6, false))
-	e.forward6(t, datapath.FromPods, flow6Frame(protoICMPv6, localPod6, peerPod6, false))
-	e.forward6(t, datapath.FromPods, flow6Frame(protoICMPv6, localPod6, peerPod6, true))
+	e.forward6(t, datapath.FromPods, flowFrame(protoTCP, localPod6, peerPod6, false))
+	e.forward6(t, datapath.FromPods, flowFrame(protoICMPv6, localPod6, peerPod6, false))
+	e.forward6(t, datapath.FromPods, flowFrame(protoICMPv6, localPod6, peerPod6, true))
 	// A frame longer than its payload length (padding after the packet):
 	// the padding is not part of the packet and stays.
 	padded := append(udp6Frame(localPod6, peerPod6, 0), 0xee, 0xee, 0xee, 0xee)
@@ -147,7 +122,7 @@ func TestForwardsIPv6ToLocalPods(t *testing.T) {
 	e := newRunEnv6(t)
 	e.forward6(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0))
 	e.forward6(t, datapath.FromUnderlay, udp6Frame(peerPod6, netip.MustParseAddr("fd00:10:244:1:ffff:ffff:ffff:ffff"), 0))
-	e.forward6(t, datapath.FromUnderlay, flow6Frame(protoTCP, peerPod6, localPod6, true))
+	e.forward6(t, datapath.FromUnderlay, flowFrame(protoTCP, peerPod6, localPod6, true))
 	// From a pod behind the wide route, whose own subnet has no entry.
 	e.forward6(t, datapath.FromUnderlay, frame6(ipv6Header{Src: netip.MustParseAddr("fd00:10:245:77::9"), Dst: localPod6,
 		HopLimit: 2, NextHeader: protoICMPv6}, icmpEchoMsg(icmp6EchoRequest, 7, 3)))
@@ -160,8 +135,8 @@ func TestDeliversIPv6ToKnownPodWithRedirectPeer(t *testing.T) {
 	e.addEndpoint(t, "vethpod1", localPod6, macPod)
 	for _, f := range [][]byte{
 		udp6Frame(peerPod6, localPod6, 0),
-		flow6Frame(protoTCP, peerPod6, localPod6, true),
-		flow6Frame(protoICMPv6, peerPod6, localPod6, false),
+		flowFrame(protoTCP, peerPod6, localPod6, true),
+		flowFrame(protoICMPv6, peerPod6, localPod6, false),
 	} {
 		want := routed6(f)
 		copy(want[0:6], macPod[:])
@@ -397,10 +372,7 @@ func TestGateCountsPerFamily(t *testing.T) {
 // One path per flow, in both directions, as TestOnePathPerFlow for IPv4.
 func TestOnePathPerFlowIPv6(t *testing.T) {
 	e := newRunEnv6(t)
-	for _, c := range []struct {
-		remote    string
-		out, back string // reasons, "" = fast path
-	}{
+	e.onePath(t, localPod6, []onePathCase{
 		{"fd00:10:244:2::5", "", ""},
 		{"fd00:10:244:2::2", "", ""},
 		{"fd00:10:244:2:ffff:ffff:ffff:ffff", "", ""},
@@ -416,22 +388,7 @@ func TestOnePathPerFlowIPv6(t *testing.T) {
 		{"2001:db8::1", "no_route", "src_not_pod"}, // outside the cluster
 		{"fd00:10:244:3::5", "no_route", "src_not_pod"},
 		{"fd00:10:244:1::6", "local_dest", "src_not_pod"}, // this node's own subnet
-	} {
-		remote := netip.MustParseAddr(c.remote)
-		t.Run(c.remote, func(t *testing.T) {
-			for _, proto := range []uint8{protoTCP, protoUDP, protoICMPv6} {
-				out := flow6Frame(proto, localPod6, remote, false)
-				back := flow6Frame(proto, remote, localPod6, true)
-				if c.out == "" {
-					e.forward6(t, datapath.FromPods, out)
-					e.forward6(t, datapath.FromUnderlay, back)
-				} else {
-					e.pass(t, datapath.FromPods, out, c.out)
-					e.pass(t, datapath.FromUnderlay, back, c.back)
-				}
-			}
-		})
-	}
+	})
 	// /127 and /128 subnets have no node addresses: every address is a pod.
 	for _, p := range []string{"fd00:10:246::/127", "fd00:10:247::1/128"} {
 		pfx := netip.MustParsePrefix(p)
@@ -514,7 +471,7 @@ func TestConntrackIPv6(t *testing.T) {
 	e := newRunEnv6(t)
 	udpOut := udp6Frame(localPod6, peerPod6, 0)
 	udpBack := frame6(ipv6Header{Src: peerPod6, Dst: localPod6, HopLimit: 64, NextHeader: protoUDP}, udp(5201, 40000, []byte("hgw-ebpf")))
-	tcpOut := flow6Frame(protoTCP, localPod6, peerPod6, false)
+	tcpOut := flowFrame(protoTCP, localPod6, peerPod6, false)
 
 	e.forward6(t, datapath.FromPods, udpOut)
 	e.forward6(t, datapath.FromUnderlay, udpBack)
@@ -529,7 +486,7 @@ func TestConntrackIPv6(t *testing.T) {
 
 	e.ns.track(t, localPod6, peerPod6, protoTCP, 40000, 80)
 	e.pass(t, datapath.FromPods, tcpOut, "ct_tracked")
-	e.pass(t, datapath.FromUnderlay, flow6Frame(protoTCP, peerPod6, localPod6, true), "ct_tracked")
+	e.pass(t, datapath.FromUnderlay, flowFrame(protoTCP, peerPod6, localPod6, true), "ct_tracked")
 
 	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, true })
 	e.forward6(t, datapath.FromPods, udpOut)
@@ -548,30 +505,24 @@ func TestProtocolsConntrackCannotKeyIPv6(t *testing.T) {
 	e.forward6(t, datapath.FromPods, frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: 132}, make([]byte, 12)))
 }
 
-// icmp6Quoting is an ICMPv6 error quoting frame's IPv6 header and the
-// first 8 bytes of its payload (the minimum; real errors quote more).
-func icmp6Quoting(typ, code uint8, frame []byte) []byte {
-	return icmp(typ, code, append(make([]byte, 4), frame[ethLen:ethLen+ipv6Len+8]...))
-}
-
 // ICMPv6 errors go the way of the flow they quote, as ICMP errors do:
 // about a pod-to-pod flow conntrack does not track, fast (packet too big
 // above all: without it path MTU discovery fails); else the kernel's.
 func TestICMPv6ErrorsFollowTheirFlow(t *testing.T) {
 	e := newRunEnv6(t)
 	out := udp6Frame(localPod6, peerPod6, 0)
-	in := flow6Frame(protoUDP, peerPod6, localPod6, true)
+	in := flowFrame(protoUDP, peerPod6, localPod6, true)
 	toPod := func(from netip.Addr, typ, code uint8, quoted []byte) []byte {
-		return frame6(ipv6Header{Src: from, Dst: localPod6, HopLimit: 64, NextHeader: protoICMPv6}, icmp6Quoting(typ, code, quoted))
+		return frame6(ipv6Header{Src: from, Dst: localPod6, HopLimit: 64, NextHeader: protoICMPv6}, icmpQuoting(typ, code, quoted))
 	}
-	fromPod := frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: protoICMPv6}, icmp6Quoting(icmp6Unreachable, 4, in))
+	fromPod := frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: protoICMPv6}, icmpQuoting(icmp6Unreachable, 4, in))
 
 	e.forward6(t, datapath.FromUnderlay, toPod(peerPod6, icmp6Unreachable, 4, out))
 	e.forward6(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TooBig, 0, out))
 	e.forward6(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, out))
 	e.forward6(t, datapath.FromUnderlay, toPod(netip.MustParseAddr("2001:db8::1"), icmp6ParamProb, 0, out))
 	e.forward6(t, datapath.FromPods, fromPod)
-	e.forward6(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, flow6Frame(protoICMPv6, localPod6, peerPod6, false)))
+	e.forward6(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, flowFrame(protoICMPv6, localPod6, peerPod6, false)))
 
 	for name, quoted := range map[string][]byte{
 		"a flow to a node":              udp6Frame(localPod6, nodeIP6, 0),
@@ -580,16 +531,15 @@ func TestICMPv6ErrorsFollowTheirFlow(t *testing.T) {
 		"another pod's flow":            udp6Frame(localPod6b, peerPod6, 0),
 		"an SCTP flow":                  frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: 132}, make([]byte, 8)),
 		"a flow with a routing header":  frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: 43}, extHeader(protoUDP, udp(1, 2, nil))),
-		"an IPv4 packet":                udpFrame(localPod, peerPod),
 	} {
 		t.Run(name, func(t *testing.T) {
-			q := quoted
-			if familyOf(q) == "ipv4" { // pad to an IPv6 header's length, still version 4
-				q = append(bytes.Clone(q), make([]byte, ipv6Len)...)
-			}
-			e.pass(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, q), "icmp_error")
+			e.pass(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, quoted), "icmp_error")
 		})
 	}
+	// An IPv4 header, as long as an IPv6 one would be.
+	v4 := append(udpFrame(localPod, peerPod), make([]byte, ipv6Len)...)
+	e.pass(t, datapath.FromUnderlay, frame6(ipv6Header{Src: peerNode6, Dst: localPod6, HopLimit: 64, NextHeader: protoICMPv6},
+		icmp(icmp6TimeExceed, 0, append(make([]byte, 4), v4[ethLen:ethLen+ipv6Len+8]...))), "icmp_error")
 	// A quote cut short of the ports, or of the IPv6 header.
 	full := toPod(peerPod6, icmp6Unreachable, 4, out)
 	for _, n := range []int{8 + ipv6Len + 2, 8 + 30} {

@@ -199,17 +199,22 @@ func (r *lpmRoutes[K, V]) listBatch() ([]Route, error) {
 }
 
 func (r *lpmRoutes[K, V]) listIter() ([]Route, error) {
+	return listAll(r.m, r.codec.name, r.codec.route)
+}
+
+// listAll reads every entry of m, one lookup at a time, through conv.
+func listAll[K, V, T any](m *ebpf.Map, name string, conv func(K, V) T) ([]T, error) {
 	var (
 		key  K
 		val  V
-		out  []Route
-		iter = r.m.Iterate()
+		out  []T
+		iter = m.Iterate()
 	)
 	for iter.Next(&key, &val) {
-		out = append(out, r.codec.route(key, val))
+		out = append(out, conv(key, val))
 	}
 	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("list %s map: %w", r.codec.name, err)
+		return nil, fmt.Errorf("list %s map: %w", name, err)
 	}
 	return out, nil
 }

@@ -75,16 +75,8 @@ func delRoutes6(t *testing.T, a, b node) {
 	run(t, "ip", "-n", b.ns, "-6", "route", "del", a.subnet6.String())
 }
 
-// ping6 sends count echo requests from's pod to to's pod over IPv6,
-// bounded in time, and reports whether all were answered.
-func ping6(from, to node, count int) error {
-	out, err := exec.Command("ip", "netns", "exec", from.pod, "ping", "-6", "-n", "-q",
-		"-c", fmt.Sprint(count), "-i", "0.2", "-W", "1", "-w", fmt.Sprint(count+2), to.podIP6().String()).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ping -6 %s -> %s: %v\n%s", from.podIP6(), to.podIP6(), err, out)
-	}
-	return nil
-}
+// ping6 pings to's pod from from's pod over IPv6.
+func ping6(from, to node, count int) error { return pingFrom(from, to.podIP6(), count) }
 
 // tcpEcho6 sends size bytes over a TCP connection from's pod opens to an
 // echo server in to's pod, and checks that the same bytes come back. The
@@ -131,27 +123,6 @@ func tcpEcho6(t *testing.T, from, to node, size int) error {
 		return fmt.Errorf("the echo differs from what was sent")
 	}
 	return nil
-}
-
-// counted returns n's packet counter for family, program and reason.
-func counted(t *testing.T, n node, family string, p datapath.Program, reason string) uint64 {
-	t.Helper()
-	maps, err := datapath.OpenPinned(n.pinRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer maps.Close()
-	stats, err := maps.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range stats {
-		if c.Family == family && c.Program == string(p) && c.Reason == reason {
-			return c.Packets
-		}
-	}
-	t.Fatalf("no counter %s/%s/%s", family, p, reason)
-	return 0
 }
 
 // IPv6 ping and TCP between the pods of two nodes on the fast path: with

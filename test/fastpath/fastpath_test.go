@@ -191,6 +191,12 @@ func detach(t *testing.T, n node) {
 // redirected on n.
 func redirected(t *testing.T, n node, family string) (fromPods, fromUnderlay uint64) {
 	t.Helper()
+	return counted(t, n, family, datapath.FromPods, "redirect"), counted(t, n, family, datapath.FromUnderlay, "redirect")
+}
+
+// counted returns n's packet counter for family, program and reason.
+func counted(t *testing.T, n node, family string, p datapath.Program, reason string) uint64 {
+	t.Helper()
 	maps, err := datapath.OpenPinned(n.pinRoot)
 	if err != nil {
 		t.Fatal(err)
@@ -201,26 +207,24 @@ func redirected(t *testing.T, n node, family string) (fromPods, fromUnderlay uin
 		t.Fatal(err)
 	}
 	for _, c := range stats {
-		if c.Reason != "redirect" || c.Family != family {
-			continue
-		}
-		switch datapath.Program(c.Program) {
-		case datapath.FromPods:
-			fromPods = c.Packets
-		case datapath.FromUnderlay:
-			fromUnderlay = c.Packets
+		if c.Family == family && c.Program == string(p) && c.Reason == reason {
+			return c.Packets
 		}
 	}
-	return fromPods, fromUnderlay
+	t.Fatalf("no counter %s/%s/%s", family, p, reason)
+	return 0
 }
 
 // ping sends count echo requests from a's pod to b's pod, bounded in time,
 // and reports whether all were answered.
-func ping(from, to node, count int) error {
+func ping(from, to node, count int) error { return pingFrom(from, to.podIP(), count) }
+
+// pingFrom pings dst, of either family, from from's pod.
+func pingFrom(from node, dst netip.Addr, count int) error {
 	out, err := exec.Command("ip", "netns", "exec", from.pod, "ping", "-n", "-q",
-		"-c", fmt.Sprint(count), "-i", "0.2", "-W", "1", "-w", fmt.Sprint(count+2), to.podIP().String()).CombinedOutput()
+		"-c", fmt.Sprint(count), "-i", "0.2", "-W", "1", "-w", fmt.Sprint(count+2), dst.String()).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("ping %s -> %s: %v\n%s", from.podIP(), to.podIP(), err, out)
+		return fmt.Errorf("ping from %s -> %s: %v\n%s", from.pod, dst, err, out)
 	}
 	return nil
 }
