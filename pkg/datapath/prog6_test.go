@@ -735,3 +735,27 @@ func TestEndpointMapBothFamilies(t *testing.T) {
 		t.Error("deleting the IPv6 entry took the IPv4 one")
 	}
 }
+
+// The clash of a new flow with a NATed flow's reply (TestConntrackClash),
+// with IPv6 tuples: the reversed IPv6 tuple is asked about too.
+func TestConntrackClashIPv6(t *testing.T) {
+	e := newRunEnv6(t)
+	vip := netip.MustParseAddr("fd00:10:96::a")
+	// localPod6:40200 -> the service:80, DNATed to peerPod6:8080.
+	e.ns.trackNAT(t, tuple(localPod6, vip, protoTCP, 40200, 80), tuple(peerPod6, localPod6, protoTCP, 8080, 40200))
+	e.ns.trackNAT(t, tuple(localPod6, vip, protoUDP, 40201, 53), tuple(peerPod6, localPod6, protoUDP, 5353, 40201))
+	// peerPod6:40300 -> this node's hostPort, DNATed to localPod6:8080.
+	e.ns.trackNAT(t, tuple(peerPod6, nodeIP6, protoTCP, 40300, 30080), tuple(localPod6, peerPod6, protoTCP, 8080, 40300))
+	seg := func(src, dst netip.Addr, sport, dport uint16, flags byte) []byte {
+		return frame6(ipv6Header{Src: src, Dst: dst, HopLimit: 64, NextHeader: protoTCP}, tcp(sport, dport, flags))
+	}
+	e.pass(t, datapath.FromPods, seg(localPod6, peerPod6, 40200, 8080, 0x02), "ct_clash")
+	e.pass(t, datapath.FromPods, frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: protoUDP},
+		udp(40201, 5353, []byte("q"))), "ct_clash")
+	e.pass(t, datapath.FromUnderlay, seg(peerPod6, localPod6, 40300, 8080, 0x02), "ct_clash")
+	// Past the handshake, or other ports: fast.
+	e.forward6(t, datapath.FromPods, seg(localPod6, peerPod6, 40200, 8080, 0x10))
+	e.forward6(t, datapath.FromPods, seg(localPod6, peerPod6, 40202, 8080, 0x02))
+	// The same ports in IPv4 clash with nothing.
+	e.forward(t, datapath.FromPods, ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoTCP}, tcp(40200, 8080, 0x02)))
+}
