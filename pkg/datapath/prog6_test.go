@@ -759,3 +759,21 @@ func TestConntrackClashIPv6(t *testing.T) {
 	// The same ports in IPv4 clash with nothing.
 	e.forward(t, datapath.FromPods, ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoTCP}, tcp(40200, 8080, 0x02)))
 }
+
+// Entries written in a batch carry their prefix length too: the programs
+// need it to tell a peer's pods from the peer node's own addresses.
+func TestBatchWrittenRoutesKnowTheirNodeAddresses(t *testing.T) {
+	e := newRunEnv6(t)
+	if n, err := e.dp.Routes().PutBatch([]datapath.Route{{Subnet: netip.MustParsePrefix("10.244.7.0/24"), NextHop: peerNode,
+		Ifindex: uint32(e.eth0)}}); err != nil || n != 1 {
+		t.Fatalf("PutBatch = %d, %v", n, err)
+	}
+	if n, err := e.dp.Routes6().PutBatch([]datapath.Route{{Subnet: netip.MustParsePrefix("fd00:10:244:7::/64"), NextHop: peerNode6,
+		Ifindex: uint32(e.eth0)}}); err != nil || n != 1 {
+		t.Fatalf("PutBatch = %d, %v", n, err)
+	}
+	e.pass(t, datapath.FromPods, udpFrame(localPod, netip.MustParseAddr("10.244.7.1")), "dst_not_pod")
+	e.forward(t, datapath.FromPods, udpFrame(localPod, netip.MustParseAddr("10.244.7.5")))
+	e.pass(t, datapath.FromPods, udp6Frame(localPod6, netip.MustParseAddr("fd00:10:244:7::1"), 0), "dst_not_pod")
+	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, netip.MustParseAddr("fd00:10:244:7::5"), 0))
+}
