@@ -88,9 +88,8 @@ func (r *Reconciler) plan(peers []Peer) *fullRun {
 		wrote: map[netip.Prefix]tables{}, removed: map[netip.Prefix]tables{}}
 	for _, p := range peers {
 		p.Subnet = p.Subnet.Masked() // the kernel and the map list masked prefixes
-		if !p.Subnet.Addr().Is4() || !p.NextHop.Is4() {
-			a.res.Errors = append(a.res.Errors, &ItemError{Subnet: p.Subnet, Table: "kernel", Op: "replace",
-				Err: fmt.Errorf("peer %s via %s is not IPv4", p.Subnet, p.NextHop)})
+		if err := r.checkFamily(p); err != nil {
+			a.res.Errors = append(a.res.Errors, &ItemError{Subnet: p.Subnet, Table: "kernel", Op: "replace", Err: err})
 			continue
 		}
 		if _, dup := a.want[p.Subnet]; dup {
@@ -164,12 +163,12 @@ func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
 		ks.nexthops, err = r.c.listNexthops(hint)
 		switch {
 		case err != nil && nexthopsUnsupported(err):
-			r.opts.Log.Info("the kernel has no nexthop objects: plain kernel routes", "dev", r.dev(), "reason", err)
+			r.opts.Log.Info("the kernel has no nexthop objects: plain kernel routes", "family", r.fam, "dev", r.dev(), "reason", err)
 			r.nh = nhNone
 		case err != nil:
 			return nil, err
 		case r.nh == nhUnknown:
-			r.opts.Log.Info("kernel routes through nexthop objects, one per peer node", "dev", r.dev())
+			r.opts.Log.Info("kernel routes through nexthop objects, one per peer node", "family", r.fam, "dev", r.dev())
 			r.nh = nhOn
 		}
 	}
@@ -178,7 +177,7 @@ func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
 		ks.ours, ks.others, ks.odd, local = make(map[netip.Prefix]kernelEntry, hint), map[netip.Prefix]kroute{}, nil, nil
 	}
 	start()
-	err = r.c.eachRoute(start, func(k kroute) {
+	err = r.c.eachRoute(r.fam, start, func(k kroute) {
 		switch {
 		case k.ours() && k.keyed() && k.typ == unix.RTN_UNICAST && k.dst.Bits() > 0:
 			ks.ours[k.dst] = kernelEntry{entry: resolve(k, ks.nexthops), nhid: k.nhid}
@@ -198,7 +197,7 @@ func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := r.c.listAddrs()
+	addrs, err := r.c.listAddrs(r.fam)
 	if err != nil {
 		return nil, err
 	}
@@ -326,24 +325,26 @@ func (a *fullRun) writeNexthops() {
 	}
 	type write struct {
 		peer  netip.Addr
+		id    uint32
 		flags uint16
 	}
 	var writes []write
 	seen := make(map[netip.Addr]bool, len(a.want))
+	ids := a.idPicker()
 	for p, w := range a.want {
 		if seen[w.nexthop] || !a.routable(p) {
 			continue
 		}
 		seen[w.nexthop] = true
-		id := nexthopID(w.nexthop)
+		id := ids.pick(w.nexthop)
 		n, exists := a.ks.nexthops[id]
 		switch {
 		case !exists:
-			writes = append(writes, write{w.nexthop, unix.NLM_F_CREATE | unix.NLM_F_EXCL})
+			writes = append(writes, write{w.nexthop, id, unix.NLM_F_CREATE | unix.NLM_F_EXCL})
 		case n.serves(w):
 			a.nhid[w.nexthop] = id
-		case n.ours():
-			writes = append(writes, write{w.nexthop, unix.NLM_F_CREATE | unix.NLM_F_REPLACE})
+		case n.oursIn(r.fam):
+			writes = append(writes, write{w.nexthop, id, unix.NLM_F_CREATE | unix.NLM_F_REPLACE})
 		default:
 			if !r.nhLogged[id] {
 				r.nhLogged[id] = true
@@ -355,20 +356,67 @@ func (a *fullRun) writeNexthops() {
 	slices.SortFunc(writes, func(x, y write) int { return x.peer.Compare(y.peer) })
 	r.c.execEach(context.Background(), len(writes), func(i int) request {
 		w := writes[i]
-		return nexthopRequest(unix.RTM_NEWNEXTHOP, w.flags, nexthopID(w.peer), entry{nexthop: w.peer, ifindex: r.ifindex()})
+		return nexthopRequest(unix.RTM_NEWNEXTHOP, w.flags, w.id, entry{nexthop: w.peer, ifindex: r.ifindex()})
 	}, func(i int, err error) {
-		peer := writes[i].peer
+		w := writes[i]
 		if err != nil {
 			// Its subnets' routes fail with it (writeRoutes); the next run
 			// retries.
-			a.nhErr[peer] = fmt.Errorf("nexthop %d via %s dev %s: %w", nexthopID(peer), peer, r.dev(), err)
+			a.nhErr[w.peer] = fmt.Errorf("nexthop %d via %s dev %s: %w", w.id, w.peer, r.dev(), err)
 			return
 		}
-		a.nhid[peer] = nexthopID(peer)
+		a.nhid[w.peer] = w.id
 	})
-	for gw := range a.nhid {
-		r.nexthops[gw] = true
+	for gw, id := range a.nhid {
+		r.nexthops[gw] = id
 	}
+}
+
+// nexthopIDs picks the ID of each peer's nexthop object in one run.
+type nexthopIDs struct {
+	fam     Family
+	listed  map[uint32]knexthop   // every object the kernel has
+	serving map[netip.Addr]uint32 // IPv6: peer -> an object of ours serving it
+	picked  map[uint32]bool       // IDs picked in this run
+}
+
+// idPicker indexes the listed objects of ours that serve a peer.
+func (a *fullRun) idPicker() *nexthopIDs {
+	ids := &nexthopIDs{fam: a.r.fam, listed: a.ks.nexthops, picked: map[uint32]bool{}}
+	if ids.fam != IPv6 {
+		return ids
+	}
+	ids.serving = map[netip.Addr]uint32{}
+	for id, n := range a.ks.nexthops {
+		if n.serves(entry{nexthop: n.gw, ifindex: a.r.ifindex()}) {
+			if old, dup := ids.serving[n.gw]; !dup || id < old {
+				ids.serving[n.gw] = id // duplicates: the smallest stays, removeNexthops takes the rest
+			}
+		}
+	}
+	return ids
+}
+
+// pick is peer's nexthop ID: for IPv4 always nexthopID (the object there
+// is then used, replaced if ours, or, if another program's, not used);
+// for IPv6 the object of ours already serving it, else the first ID from
+// nexthopID on that no object holds.
+func (ids *nexthopIDs) pick(peer netip.Addr) uint32 {
+	if ids.fam != IPv6 {
+		return nexthopID(peer)
+	}
+	if id, ok := ids.serving[peer]; ok {
+		return id
+	}
+	id := nexthopID(peer)
+	for {
+		if _, held := ids.listed[id]; !held && !ids.picked[id] {
+			break
+		}
+		id = nextNexthopID(id)
+	}
+	ids.picked[id] = true
+	return id
 }
 
 // writeRoutes replaces every wanted route that is missing or wrong.
@@ -452,7 +500,7 @@ func (a *fullRun) removeNexthops() {
 	r := a.r
 	var ids []uint32
 	for id, n := range a.ks.nexthops {
-		if n.ours() && a.nhid[n.gw] != id {
+		if n.oursIn(r.fam) && a.nhid[n.gw] != id {
 			ids = append(ids, id)
 		}
 	}
@@ -466,10 +514,12 @@ func (a *fullRun) removeNexthops() {
 		n := a.ks.nexthops[ids[i]]
 		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
 			r.forgetNexthopDeletion(ids[i])
-			a.fail(netip.PrefixFrom(n.gw, 32), "kernel", "nexthop", fmt.Errorf("delete nexthop %d: %w", ids[i], err))
+			a.fail(netip.PrefixFrom(n.gw, n.gw.BitLen()), "kernel", "nexthop", fmt.Errorf("delete nexthop %d: %w", ids[i], err))
 			continue
 		}
-		delete(r.nexthops, n.gw)
+		if r.nexthops[n.gw] == ids[i] {
+			delete(r.nexthops, n.gw)
+		}
 		r.opts.Log.Info("nexthop of ours removed", "nexthop", n.gw, "id", ids[i], "dev", r.dev())
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
@@ -59,7 +58,7 @@ func TestApplyConvergesFromEmpty(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
 		// Two subnets of one peer node share its nexthop object.
-		peers := append(threePeers(), peer("10.244.12.0/24", "198.18.0.12"))
+		peers := append(e.threePeers(), e.peer("10.244.12.0/24", "198.18.0.12"))
 
 		res := apply(t, r, peers)
 
@@ -68,7 +67,7 @@ func TestApplyConvergesFromEmpty(t *testing.T) {
 		}
 		assertCounts(t, res, 4, 0, 0, 4, 4)
 		e.assertConverged(t, peers)
-		want := []string{"added 10.244.12.0/24 198.18.0.12", "added 10.244.2.0/24 198.18.0.12", "added 10.244.3.0/24 198.18.0.13", "added 10.244.4.0/24 198.18.0.14"}
+		want := e.trSorted([]string{"added 10.244.12.0/24 198.18.0.12", "added 10.244.2.0/24 198.18.0.12", "added 10.244.3.0/24 198.18.0.13", "added 10.244.4.0/24 198.18.0.14"})
 		if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
 			t.Errorf("logged changes %v, want one line per peer %v", got, want)
 		}
@@ -76,9 +75,21 @@ func TestApplyConvergesFromEmpty(t *testing.T) {
 			t.Errorf("ip route:\n got %q\nwant %q", got, want)
 		}
 		var wantNH []string
-		if !e.plain {
+		switch {
+		case e.plain:
+		case e.fam == reconcile.IPv4:
 			// The peer's address as a number: 198.18.0.12 is 0xc612000c.
 			wantNH = []string{"3323068428 198.18.0.12", "3323068429 198.18.0.13", "3323068430 198.18.0.14"}
+		default:
+			// A hash of the address in 224.0.0.0/3, never an IPv4 peer's.
+			for _, p := range e.threePeers() {
+				id := reconcile.NexthopID(p.NextHop)
+				if id>>29 != 7 {
+					t.Errorf("IPv6 nexthop ID %#x of %s is outside 224.0.0.0/3", id, p.NextHop)
+				}
+				wantNH = append(wantNH, fmt.Sprintf("%d %s", id, p.NextHop))
+			}
+			slices.Sort(wantNH)
 		}
 		if got := e.nexthops(t); !reflect.DeepEqual(got, wantNH) {
 			t.Errorf("ip nexthop: %q, want %q (one per peer node)", got, wantNH)
@@ -95,12 +106,12 @@ func TestApplyConvergesFromDrift(t *testing.T) {
 		e.addRoute(t, "10.244.9.0/24", "198.18.0.19", reconcile.RouteProtocol)
 		e.addRouteMetric(t, "10.244.5.0/24", "198.18.0.55", reconcile.RouteProtocol, 50)
 		// Map: .2 right, .3 wrong next hop, .4 wrong ifindex, .10 departed; .5 missing.
-		e.rm.set("10.244.2.0/24", "198.18.0.12", e.ifindex)
-		e.rm.set("10.244.3.0/24", "198.18.0.99", e.ifindex)
-		e.rm.set("10.244.4.0/24", "198.18.0.14", e.ifindex+100)
-		e.rm.set("10.244.10.0/24", "198.18.0.20", e.ifindex)
+		e.setMap("10.244.2.0/24", "198.18.0.12", e.ifindex)
+		e.setMap("10.244.3.0/24", "198.18.0.99", e.ifindex)
+		e.setMap("10.244.4.0/24", "198.18.0.14", e.ifindex+100)
+		e.setMap("10.244.10.0/24", "198.18.0.20", e.ifindex)
 		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
-		peers := append(threePeers(), peer("10.244.5.0/24", "198.18.0.15"))
+		peers := append(e.threePeers(), e.peer("10.244.5.0/24", "198.18.0.15"))
 
 		res := apply(t, r, peers)
 
@@ -116,13 +127,13 @@ func TestApplyConvergesFromDrift(t *testing.T) {
 		}
 		assertCounts(t, res, 1, changed, 2, 4, 4)
 		ops := e.rm.take()
-		if count(ops, "put") != 3 || count(ops, "delete") != 1 || slices.Contains(ops, "put 10.244.2.0/24") {
+		if count(ops, "put") != 3 || count(ops, "delete") != 1 || slices.Contains(ops, e.tr("put 10.244.2.0/24")) {
 			t.Errorf("map writes %v; want 3 puts (.3 .4 .5), 1 delete (.10), none for the right .2", ops)
 		}
 		e.assertConverged(t, peers)
 		for _, k := range e.kernel(t) {
-			if k.protocol == reconcile.RouteProtocol && k.metric != 0 {
-				t.Errorf("route of ours with a metric left: %v", k)
+			if k.protocol == reconcile.RouteProtocol && k.metric != e.metric() {
+				t.Errorf("route of ours with another metric left: %v", k)
 			}
 		}
 		want := []string{
@@ -133,6 +144,7 @@ func TestApplyConvergesFromDrift(t *testing.T) {
 		if !e.plain {
 			want = slices.Insert(want, 1, "changed 10.244.2.0/24 198.18.0.12")
 		}
+		want = e.trSorted(want)
 		if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
 			t.Errorf("logged changes %v, want %v", got, want)
 		}
@@ -146,7 +158,7 @@ func TestApplyLeavesForeignRoutesAndTakesOverFlannels(t *testing.T) {
 		e.addRoute(t, "10.244.2.0/24", "198.18.0.12", protoBoot)  // flanneld's, for a peer: same next hop
 		e.addRoute(t, "10.244.3.0/24", "198.18.0.77", protoBoot)  // flanneld's, for a peer: stale next hop
 		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
-		peers := threePeers()
+		peers := e.threePeers()
 
 		res := apply(t, r, peers)
 
@@ -164,8 +176,8 @@ func TestApplyLeavesForeignRoutesAndTakesOverFlannels(t *testing.T) {
 		assertForeign := func() {
 			t.Helper()
 			for _, want := range []kroute{
-				{netip.MustParsePrefix("10.10.0.0/16"), netip.MustParseAddr("198.18.0.1"), e.ifindex, protoStatic, 0},
-				{netip.MustParsePrefix("10.244.50.0/24"), netip.MustParseAddr("198.18.0.50"), e.ifindex, protoBoot, 0},
+				{netip.MustParsePrefix(e.tr("10.10.0.0/16")), netip.MustParseAddr(e.tr("198.18.0.1")), e.ifindex, protoStatic, e.metric()},
+				{netip.MustParsePrefix(e.tr("10.244.50.0/24")), netip.MustParseAddr(e.tr("198.18.0.50")), e.ifindex, protoBoot, e.metric()},
 			} {
 				if got := e.routesTo(t, want.subnet.String()); len(got) != 1 || got[0] != want {
 					t.Errorf("foreign route touched: %v; want %v", got, want)
@@ -184,13 +196,13 @@ func TestApplyLeavesForeignRoutesAndTakesOverFlannels(t *testing.T) {
 func TestApplyIsIdempotent(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
-		peers := threePeers()
+		peers := e.threePeers()
 		if res := apply(t, r, peers); len(res.Errors) != 0 || res.Added != 3 {
 			t.Fatalf("first Apply: %+v", res)
 		}
 		e.rm.take()
 		logs.take()
-		before := e.kernel(t)
+		before := e.notKernels(t)
 
 		// Watch the kernel: an idempotent run sends it no change at all.
 		events := e.routeEvents(t)
@@ -204,7 +216,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 		if ops := e.rm.take(); len(ops) != 0 {
 			t.Errorf("second Apply wrote the map: %v", ops)
 		}
-		if after := e.kernel(t); !reflect.DeepEqual(after, before) {
+		if after := e.notKernels(t); !reflect.DeepEqual(after, before) {
 			t.Errorf("second Apply changed the kernel routes:\nbefore %v\n after %v", before, after)
 		}
 		if got := changes(logs.take()); len(got) != 0 {
@@ -214,8 +226,9 @@ func TestApplyIsIdempotent(t *testing.T) {
 		for {
 			select {
 			case ev := <-events:
-				// eth0 just came up: IPv6 and local-table routes still come and go.
-				if ev.Family == netlink.FAMILY_V4 && ev.Table == unix.RT_TABLE_MAIN {
+				// eth0 just came up: the kernel's own routes (local table,
+				// link-local) still come and go.
+				if ev.Family == int(e.fam) && ev.Table == unix.RT_TABLE_MAIN && ev.Protocol == reconcile.RouteProtocol {
 					t.Errorf("second Apply made the kernel send %v", ev)
 				}
 				continue
@@ -236,7 +249,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 func TestApplyOrderNeverOpensAGap(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
-		if res := apply(t, r, threePeers()); len(res.Errors) != 0 {
+		if res := apply(t, r, e.threePeers()); len(res.Errors) != 0 {
 			t.Fatalf("first Apply: %v", res.Errors)
 		}
 		e.rm.take()
@@ -260,9 +273,9 @@ func TestApplyOrderNeverOpensAGap(t *testing.T) {
 
 		// .3 moves to another host, .4 leaves, .5 joins.
 		peers := []reconcile.Peer{
-			peer("10.244.2.0/24", "198.18.0.12"),
-			peer("10.244.3.0/24", "198.18.0.23"),
-			peer("10.244.5.0/24", "198.18.0.15"),
+			e.peer("10.244.2.0/24", "198.18.0.12"),
+			e.peer("10.244.3.0/24", "198.18.0.23"),
+			e.peer("10.244.5.0/24", "198.18.0.15"),
 		}
 		res := apply(t, r, peers)
 
@@ -276,7 +289,7 @@ func TestApplyOrderNeverOpensAGap(t *testing.T) {
 		}
 
 		ops := e.rm.take()
-		if want := []string{"put 10.244.5.0/24", "put 10.244.3.0/24", "delete 10.244.4.0/24"}; !reflect.DeepEqual(ops, want) {
+		if want := e.trAll([]string{"put 10.244.5.0/24", "put 10.244.3.0/24", "delete 10.244.4.0/24"}); !reflect.DeepEqual(ops, want) {
 			t.Errorf("map writes %v; want %v (the new peer first, the changed next hop as a put after its route, no delete of it, deletions last)", ops, want)
 		}
 
@@ -287,18 +300,18 @@ func TestApplyOrderNeverOpensAGap(t *testing.T) {
 		for {
 			select {
 			case ev := <-events:
-				if ev.Dst == nil || ev.Dst.IP.To4() == nil {
+				if ev.Dst == nil || ev.Family != int(e.fam) {
 					continue
 				}
 				ones, _ := ev.Dst.Mask.Size()
-				dst, _ := netip.AddrFromSlice(ev.Dst.IP.To4())
+				dst, _ := netip.AddrFromSlice(ev.Dst.IP)
 				verb := map[uint16]string{unix.RTM_NEWROUTE: "new", unix.RTM_DELROUTE: "del"}[ev.Type]
-				seen = append(seen, verb+" "+netip.PrefixFrom(dst, ones).String())
+				seen = append(seen, verb+" "+netip.PrefixFrom(dst.Unmap(), ones).String())
 			case <-deadline:
 				break collect
 			}
 		}
-		at := func(op string) int { return slices.Index(seen, op) }
+		at := func(op string) int { return slices.Index(seen, e.tr(op)) }
 		if at("new 10.244.3.0/24") < 0 || at("new 10.244.5.0/24") < 0 || at("del 10.244.4.0/24") < 0 {
 			t.Fatalf("route events %v; want new .3, new .5, del .4 (else the checks below prove nothing)", seen)
 		}
@@ -315,10 +328,10 @@ func TestApplyOrderNeverOpensAGap(t *testing.T) {
 // is reported and the others are applied; the next run retries it.
 func TestApplyOneBadItemDoesNotStopOthers(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		e.rm.failPut = netip.MustParsePrefix("10.244.3.0/24")
+		e.rm.failPut = netip.MustParsePrefix(e.tr("10.244.3.0/24"))
 		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
-		offLink := peer("10.244.66.0/24", "192.0.2.1") // RouteReplace: network unreachable
-		peers := append(threePeers(), offLink)
+		offLink := e.peer("10.244.66.0/24", "192.0.2.1") // RouteReplace: network unreachable
+		peers := append(e.threePeers(), offLink)
 
 		res, err := r.Apply(context.Background(), peers)
 
@@ -335,13 +348,17 @@ func TestApplyOneBadItemDoesNotStopOthers(t *testing.T) {
 			items = append(items, ie.Table+" "+ie.Op+" "+ie.Subnet.String())
 		}
 		slices.Sort(items)
-		if want := []string{"kernel replace 10.244.66.0/24", "map put 10.244.3.0/24"}; !reflect.DeepEqual(items, want) {
+		if want := e.trSorted([]string{"kernel replace 10.244.66.0/24", "map put 10.244.3.0/24"}); !reflect.DeepEqual(items, want) {
 			t.Errorf("failed items %v, want %v", items, want)
 		}
-		if !errors.Is(err, unix.ENETUNREACH) {
-			t.Errorf("returned error %v does not wrap the kernel's ENETUNREACH", err)
+		unreachable := unix.ENETUNREACH
+		if e.fam == reconcile.IPv6 {
+			unreachable = unix.EHOSTUNREACH // IPv6's word for an off-link gateway
 		}
-		good := threePeers()
+		if !errors.Is(err, unreachable) {
+			t.Errorf("returned error %v does not wrap the kernel's %v", err, unreachable)
+		}
+		good := e.threePeers()
 		ours := e.ours(t)
 		for _, p := range good {
 			if got, want := ours[p.Subnet], e.want(good)[p.Subnet]; got != want {
@@ -431,7 +448,7 @@ func TestRemoveAllKeepsForeignRoutes(t *testing.T) {
 		e.addRoute(t, "10.10.0.0/16", "198.18.0.1", protoStatic)
 		e.addRoute(t, "10.244.50.0/24", "198.18.0.50", protoBoot)
 		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
-		if res := apply(t, r, threePeers()); len(res.Errors) != 0 {
+		if res := apply(t, r, e.threePeers()); len(res.Errors) != 0 {
 			t.Fatalf("Apply: %v", res.Errors)
 		}
 		before := len(e.kernel(t))
@@ -456,7 +473,7 @@ func TestKernelRoutesAndRemoveKernelRoutes(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		e.addRoute(t, "10.10.0.0/16", "198.18.0.1", protoStatic)
 		r, _ := e.reconciler(t, nil, reconcile.Options{})
-		peers := threePeers()
+		peers := e.threePeers()
 		apply(t, r, peers)
 
 		got, err := reconcile.KernelRoutes(&e.ns)

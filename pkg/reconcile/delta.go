@@ -25,20 +25,20 @@ func (r *Reconciler) Update(peers []Peer) {
 	for i := range peers {
 		p := &peers[i]
 		subnet := p.Subnet.Masked()
-		k := v4key(subnet)
-		old, had := r.last[k]
+		old, had := r.last.get(subnet)
 		if !had || old.nexthop != p.NextHop {
 			r.queue(subnet, p, old.nexthop)
 		}
-		r.last[k] = lastPeer{nexthop: p.NextHop, gen: r.gen}
+		r.last.set(subnet, lastPeer{nexthop: p.NextHop, gen: r.gen})
 	}
-	if len(r.last) > len(peers) { // some left (or a subnet came twice)
-		for k, lp := range r.last {
+	if r.last.len() > len(peers) { // some left (or a subnet came twice)
+		r.last.each(func(subnet netip.Prefix, lp lastPeer) bool {
 			if lp.gen != r.gen {
-				delete(r.last, k)
-				r.queue(k.prefix(), nil, lp.nexthop)
+				r.last.delete(subnet)
+				r.queue(subnet, nil, lp.nexthop)
 			}
-		}
+			return true
+		})
 	}
 	r.desired = peers
 	r.mu.Unlock()
@@ -91,6 +91,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 	)
 	ifindex := r.ifindex()
 	newNH := map[netip.Addr]bool{}
+	var ourIDs map[uint32]bool // IDs of our objects, once a new IPv6 peer needs one
 	for _, subnet := range sortedKeys(delta, nil) {
 		q := delta[subnet]
 		p, was := q.peer, q.was
@@ -111,23 +112,41 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				}
 			}
 			r.noteDeletion(subnet)
-			k := kroute{dst: subnet, table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol), typ: unix.RTN_UNICAST}
+			k := kroute{family: r.fam, dst: subnet, table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol),
+				typ: unix.RTN_UNICAST, priority: r.fam.metric()}
 			reqs, items = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(items, deltaItem{subnet: subnet, was: was, op: "delete"})
 			continue
 		}
-		if !subnet.Addr().Is4() || !p.NextHop.Is4() {
-			res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "kernel", Op: "replace",
-				Err: fmt.Errorf("peer %s via %s is not IPv4", subnet, p.NextHop)})
+		if err := r.checkFamily(Peer{Subnet: subnet, NextHop: p.NextHop}); err != nil {
+			res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "kernel", Op: "replace", Err: err})
 			continue
 		}
 		w := entry{nexthop: p.NextHop, ifindex: ifindex}
 		var nhid uint32
 		if r.nh == nhOn {
-			nhid = nexthopID(w.nexthop)
-			if (!r.nexthops[w.nexthop] || q.nhGone) && !newNH[w.nexthop] {
+			known := false
+			if nhid, known = r.nexthops[w.nexthop]; !known {
+				// Its first free ID among our objects; if another
+				// program's holds it, the kernel says EEXIST and the
+				// full run picks another.
+				nhid = nexthopID(w.nexthop)
+				if r.fam == IPv6 {
+					if ourIDs == nil {
+						ourIDs = make(map[uint32]bool, len(r.nexthops))
+						for _, id := range r.nexthops {
+							ourIDs[id] = true
+						}
+					}
+					for ourIDs[nhid] {
+						nhid = nextNexthopID(nhid)
+					}
+					ourIDs[nhid] = true
+				}
+			}
+			if (!known || q.nhGone) && !newNH[w.nexthop] {
 				newNH[w.nexthop] = true
 				reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL, nhid, w))
-				items = append(items, deltaItem{subnet: subnet, peer: p, op: "nexthop"})
+				items = append(items, deltaItem{subnet: subnet, peer: p, op: "nexthop", nhid: nhid})
 			}
 		}
 		op, flags := "replace", uint16(unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
@@ -155,9 +174,10 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				failedNH[it.peer.NextHop] = true
 			case err != nil:
 				failedNH[it.peer.NextHop] = true
-				res.Errors = append(res.Errors, &ItemError{Subnet: netip.PrefixFrom(it.peer.NextHop, 32), Table: "kernel", Op: "nexthop", Err: err})
+				res.Errors = append(res.Errors, &ItemError{Subnet: netip.PrefixFrom(it.peer.NextHop, it.peer.NextHop.BitLen()),
+					Table: "kernel", Op: "nexthop", Err: err})
 			default:
-				r.nexthops[it.peer.NextHop] = true
+				r.nexthops[it.peer.NextHop] = it.nhid
 			}
 		case "delete":
 			if err != nil && !errors.Is(err, unix.ESRCH) {
@@ -226,6 +246,7 @@ type deltaItem struct {
 	was    netip.Addr
 	repair bool   // puts back a route counted already
 	op     string // "nexthop", "create", "replace", "delete"
+	nhid   uint32 // the object an op "nexthop" creates
 }
 
 // overlapsLocal tells whether subnet overlaps a local prefix of the last

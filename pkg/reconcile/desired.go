@@ -4,7 +4,6 @@
 package reconcile
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -28,13 +27,19 @@ const (
 	ReasonLocal          = "local_prefix"    // covers one of this node's addresses or local routes
 	ReasonNotOnLink      = "not_on_link"     // PublicIP not on the underlay: host-gw needs L2 adjacency
 	ReasonOverlap        = "overlap"         // overlaps another peer's subnet that won
+	// ReasonNoIPv6 is a lease without an IPv6 subnet or PublicIPv6 (a
+	// node without IPv6) in the IPv6 desired state: routed in IPv4 only.
+	ReasonNoIPv6 = "no_ipv6"
 )
 
-// Input is everything the desired state depends on.
+// Input is everything the desired state of one family depends on: with
+// Family IPv6, the IPv6 halves of the leases, of the network and of this
+// node.
 type Input struct {
+	Family  Family         // IPv4 if zero
 	Own     netip.Prefix   // our own pod subnet
 	Network netip.Prefix   // the cluster network
-	OnLink  []netip.Prefix // the underlay device's IPv4 networks
+	OnLink  []netip.Prefix // the underlay device's networks
 	// Local is this node's own prefixes (Reconciler.LocalPrefixes): its
 	// addresses and networks on every device (cni0's subnet, the
 	// underlay's) and connected or local routes that are not ours. A
@@ -42,7 +47,7 @@ type Input struct {
 	// elsewhere, or replace the route it has (a Network wider than it
 	// should be, a subnet cni0 still holds after the node's changed).
 	Local    []netip.Prefix
-	PublicIP netip.Addr // our own public IP
+	PublicIP netip.Addr // our own public IP (PublicIPv6 for IPv6)
 	Leases   []registry.Lease
 }
 
@@ -50,8 +55,9 @@ type Input struct {
 // node's lease whose PublicIP is directly reachable on the underlay (inside
 // one of Input.OnLink). Our own lease (our PublicIP and subnet) is simply
 // not a peer. Leases that cannot be routed are returned as skipped with a
-// Reason* constant, checked in this order: own_public_ip, own_subnet,
-// outside_network, local_prefix, not_on_link, overlap.
+// Reason* constant, checked in this order: no_ipv6 (IPv6 only),
+// own_public_ip, own_subnet, outside_network, local_prefix, not_on_link,
+// overlap.
 //
 // Overlapping peer subnets: leases are taken in etcd key order and a
 // subnet overlapping one already taken is skipped, so the smaller key
@@ -66,11 +72,15 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 	var (
 		peers   = make([]Peer, 0, len(in.Leases))
 		skipped []registry.Skipped
-		taken   = make(map[v4prefix]string, len(in.Leases)) // accepted subnet -> key
-		lengths []int                                       // the prefix lengths accepted: normally one, SubnetLen
+		taken   = newPrefixMap[string](len(in.Leases)) // accepted subnet -> key
+		lengths []int                                  // the prefix lengths accepted: normally one, SubnetLen
 	)
 	skip := func(l *registry.Lease, reason, format string, args ...any) {
 		skipped = append(skipped, registry.Skipped{Key: l.Key, Reason: reason, Err: fmt.Errorf(format, args...)})
+	}
+	fam := in.Family
+	if fam == 0 {
+		fam = IPv4
 	}
 	own := in.Own.Masked()
 	// Only local prefixes inside the network can overlap a lease that
@@ -86,13 +96,17 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 		if order != nil {
 			l = &in.Leases[order[i]]
 		}
-		subnet := l.Subnet.Masked() // as the kernel and the map hold it
-		ours := l.PublicIP.IsValid() && l.PublicIP == in.PublicIP
+		subnet, nexthop := fam.lease(l)
+		subnet = subnet.Masked() // as the kernel and the map hold it
+		ours := nexthop.IsValid() && nexthop == in.PublicIP
 		switch {
+		case fam == IPv6 && (!subnet.IsValid() || !nexthop.IsValid()):
+			skip(l, ReasonNoIPv6, "lease has no IPv6 subnet with a PublicIPv6 (a node without IPv6): routed in IPv4 only")
+			continue
 		case ours && subnet == own:
 			continue // ourselves
 		case ours:
-			skip(l, ReasonOwnPublicIP, "another lease (%s) names our own public IP %s", subnet, l.PublicIP)
+			skip(l, ReasonOwnPublicIP, "another lease (%s) names our own public IP %s", subnet, nexthop)
 			continue
 		case subnet.Overlaps(own):
 			skip(l, ReasonOwnSubnet, "subnet %s overlaps our own %s", subnet, own)
@@ -103,19 +117,19 @@ func Desired(in Input) ([]Peer, []registry.Skipped) {
 		case coveredLocal(local, subnet).IsValid():
 			skip(l, ReasonLocal, "subnet %s covers this node's local prefix %s", subnet, coveredLocal(local, subnet))
 			continue
-		case !onLink(in.OnLink, l.PublicIP):
-			skip(l, ReasonNotOnLink, "PublicIP %s is not on the underlay link %v (host-gw needs L2 adjacency)", l.PublicIP, in.OnLink)
+		case !onLink(in.OnLink, nexthop):
+			skip(l, ReasonNotOnLink, "%s %s is not on the underlay link %v (host-gw needs L2 adjacency)", fam.publicIPField(), nexthop, in.OnLink)
 			continue
 		}
 		if other, ok := overlapping(taken, lengths, subnet); ok {
 			skip(l, ReasonOverlap, "subnet %s overlaps %s's", subnet, other)
 			continue
 		}
-		taken[v4key(subnet)] = l.Key
+		taken.set(subnet, l.Key)
 		if !slices.Contains(lengths, subnet.Bits()) {
 			lengths = append(lengths, subnet.Bits())
 		}
-		peers = append(peers, Peer{Subnet: subnet, NextHop: l.PublicIP, Key: l.Key})
+		peers = append(peers, Peer{Subnet: subnet, NextHop: nexthop, Key: l.Key})
 	}
 	return peers, skipped
 }
@@ -157,37 +171,26 @@ func onLink(prefixes []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// v4prefix is an IPv4 prefix as one number (address << 8 | length): a
-// cheap map key (netip.Prefix hashes 32 bytes and holds a pointer), on
-// every lease of every change.
-type v4prefix uint64
-
-func v4key(p netip.Prefix) v4prefix {
-	a := p.Addr().As4()
-	return v4prefix(binary.BigEndian.Uint32(a[:]))<<8 | v4prefix(p.Bits())
-}
-
-func (k v4prefix) prefix() netip.Prefix {
-	var a [4]byte
-	binary.BigEndian.PutUint32(a[:], uint32(k>>8))
-	return netip.PrefixFrom(netip.AddrFrom4(a), int(k&0xff))
-}
-
 // overlapping finds an accepted subnet overlapping p, checking only the
 // prefix lengths in use (normally one: SubnetLen), not every pair.
-func overlapping(taken map[v4prefix]string, lengths []int, p netip.Prefix) (string, bool) {
+func overlapping(taken prefixMap[string], lengths []int, p netip.Prefix) (string, bool) {
 	for _, bits := range lengths {
 		if bits <= p.Bits() {
-			if key, ok := taken[v4key(netip.PrefixFrom(p.Addr(), bits).Masked())]; ok {
+			if key, ok := taken.get(netip.PrefixFrom(p.Addr(), bits).Masked()); ok {
 				return key, true
 			}
 			continue
 		}
 		// A longer accepted prefix inside p.
-		for q, key := range taken {
-			if qp := q.prefix(); qp.Bits() == bits && p.Contains(qp.Addr()) {
-				return key, true
+		var found string
+		taken.each(func(q netip.Prefix, key string) bool {
+			if q.Bits() == bits && p.Contains(q.Addr()) {
+				found = key
 			}
+			return found == ""
+		})
+		if found != "" {
+			return found, true
 		}
 	}
 	return "", false

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -289,6 +290,78 @@ func TestDesiredManyLeases(t *testing.T) {
 	for _, s := range skipped {
 		if s.Reason != "overlap" {
 			t.Errorf("%s skipped as %s, want overlap", s.Key, s.Reason)
+		}
+	}
+}
+
+// dual is a dual-stack lease as flanneld writes it: one key for both
+// subnets, PublicIP and PublicIPv6; v6 "" makes an IPv4-only lease (a
+// node without IPv6), ip6 "" one without a PublicIPv6.
+func dual(v4, ip, v6, ip6 string) registry.Lease {
+	l := lease(v4, ip)
+	if v6 != "" {
+		l.IPv6Subnet = netip.MustParsePrefix(v6)
+		l.Key = subnetsDir + registry.DualStackKey(l.Subnet, l.IPv6Subnet)
+	}
+	if ip6 != "" {
+		l.PublicIPv6 = netip.MustParseAddr(ip6)
+	}
+	return l
+}
+
+// node6 is the IPv6 Input of node 198.18.0.11 / fd00:198:18::11 owning
+// 10.244.1.0/24 and fd00:10:244:1::/64 in fd00:10:244::/56.
+func node6(leases ...registry.Lease) reconcile.Input {
+	return reconcile.Input{
+		Family:   reconcile.IPv6,
+		Own:      netip.MustParsePrefix("fd00:10:244:1::/64"),
+		Network:  netip.MustParsePrefix("fd00:10:244::/56"),
+		OnLink:   []netip.Prefix{netip.MustParsePrefix("fd00:198:18::/64")},
+		PublicIP: netip.MustParseAddr("fd00:198:18::11"),
+		Local:    []netip.Prefix{netip.MustParsePrefix("fd00:10:244:1::1/128"), netip.MustParsePrefix("fd00:10:244:1::/64")},
+		Leases:   leases,
+	}
+}
+
+// The IPv6 desired state takes the IPv6 half of each lease through the
+// same rules; a lease without one (a flanneld node without IPv6) is
+// routed in IPv4 only.
+func TestDesiredIPv6(t *testing.T) {
+	self := dual("10.244.1.0/24", "198.18.0.11", "fd00:10:244:1::/64", "fd00:198:18::11")
+	peer := dual("10.244.2.0/24", "198.18.0.12", "fd00:10:244:2::/64", "fd00:198:18::12")
+	v4only := dual("10.244.3.0/24", "198.18.0.13", "", "")
+	noIP6 := dual("10.244.4.0/24", "198.18.0.14", "fd00:10:244:4::/64", "")
+	offLink := dual("10.244.5.0/24", "198.18.0.15", "fd00:10:244:5::/64", "fd00:198:19::15")
+	outside := dual("10.244.6.0/24", "198.18.0.16", "fd00:10:245:6::/64", "fd00:198:18::16")
+	ownIP6 := dual("10.244.7.0/24", "198.18.0.17", "fd00:10:244:7::/64", "fd00:198:18::11")
+	ownSubnet := dual("10.244.8.0/24", "198.18.0.18", "fd00:10:244:1::/64", "fd00:198:18::18")
+	local := dual("10.244.9.0/24", "198.18.0.19", "fd00:10:244:9::/64", "fd00:198:18::19")
+	wins := dual("10.244.10.0/24", "198.18.0.20", "fd00:10:244:a::/63", "fd00:198:18::20")
+	loses := dual("10.244.11.0/24", "198.18.0.21", "fd00:10:244:b::/64", "fd00:198:18::21")
+	leases := []registry.Lease{self, peer, v4only, noIP6, offLink, outside, ownIP6, ownSubnet, local, wins, loses}
+
+	in := node6(leases...)
+	in.Local = append(in.Local, netip.MustParsePrefix("fd00:10:244:9::/64")) // cni0's old subnet
+	want := outcome{
+		peer.Key: "peer", v4only.Key: "no_ipv6", noIP6.Key: "no_ipv6", offLink.Key: "not_on_link",
+		outside.Key: "outside_network", ownIP6.Key: "own_public_ip", ownSubnet.Key: "own_subnet",
+		local.Key: "local_prefix", wins.Key: "peer", loses.Key: "overlap",
+	}
+	if got := outcomes(t, in); !reflect.DeepEqual(got, want) {
+		t.Errorf("IPv6 Desired:\n got %v\nwant %v", got, want)
+	}
+	peers, _ := reconcile.Desired(in)
+	if !slices.Contains(peers, reconcile.Peer{Subnet: peer.IPv6Subnet, NextHop: peer.PublicIPv6, Key: peer.Key}) {
+		t.Errorf("IPv6 peers %v; want %s via %s", peers, peer.IPv6Subnet, peer.PublicIPv6)
+	}
+
+	// The same leases in IPv4: every one routed through its IPv4 half,
+	// the IPv4-only one and those whose IPv6 half is unusable included.
+	in4 := node(leases...)
+	got4 := outcomes(t, in4)
+	for _, l := range leases[1:] {
+		if got4[l.Key] != "peer" {
+			t.Errorf("IPv4 Desired: %s is %q, want a peer", l.Key, got4[l.Key])
 		}
 	}
 }

@@ -9,3 +9,9 @@ func WithoutEvents(r *Reconciler) {
 		return subscription{}, errors.New("event socket refused (test)")
 	}
 }
+
+// NexthopID is the first ID tried for a peer's nexthop object.
+var NexthopID = nexthopID
+
+// NextNexthopID is the IPv6 ID tried after id.
+var NextNexthopID = nextNexthopID

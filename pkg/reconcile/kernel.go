@@ -33,8 +33,9 @@ const (
 	sizeofNhmsg = 8  // struct nhmsg
 )
 
-// kroute is one IPv4 route as the kernel lists it, or as Apply writes it.
+// kroute is one route as the kernel lists it, or as Apply writes it.
 type kroute struct {
+	family    Family
 	dst       netip.Prefix
 	table     uint32
 	protocol  uint8
@@ -53,7 +54,7 @@ func (k kroute) ours() bool { return k.protocol == uint8(RouteProtocol) }
 // keyed tells whether k sits where Apply's routes sit: the kernel's
 // replace matches destination, TOS and metric, whatever the protocol.
 func (k kroute) keyed() bool {
-	return k.table == unix.RT_TABLE_MAIN && k.tos == 0 && k.priority == 0
+	return k.table == unix.RT_TABLE_MAIN && k.tos == 0 && k.priority == k.family.metric()
 }
 
 // flanneld tells a route flanneld's host-gw backend installs: protocol
@@ -72,7 +73,9 @@ func (k kroute) local() bool {
 	}
 	switch k.typ {
 	case unix.RTN_UNICAST:
-		return k.scope == unix.RT_SCOPE_LINK || k.scope == unix.RT_SCOPE_HOST
+		// IPv6 routes have no scope: every one is "global", a connected
+		// one too.
+		return k.scope == unix.RT_SCOPE_LINK || k.scope == unix.RT_SCOPE_HOST || k.family == IPv6
 	case unix.RTN_LOCAL, unix.RTN_BROADCAST:
 		return true
 	}
@@ -90,18 +93,21 @@ func (k kroute) String() string {
 	return fmt.Sprintf("%s %s proto %d metric %d", k.dst, via, k.protocol, k.priority)
 }
 
-// parseRoute decodes an RTM_NEWROUTE body; false for anything but IPv4.
-func parseRoute(b []byte) (kroute, bool) {
-	if len(b) < unix.SizeofRtMsg || b[0] != unix.AF_INET {
+// parseRoute decodes an RTM_NEWROUTE body; false for anything but fam.
+func parseRoute(b []byte, fam Family) (kroute, bool) {
+	if len(b) < unix.SizeofRtMsg || b[0] != uint8(fam) {
 		return kroute{}, false
 	}
-	k := kroute{tos: b[3], table: uint32(b[4]), protocol: b[5], scope: b[6], typ: b[7]}
+	k := kroute{family: fam, tos: b[3], table: uint32(b[4]), protocol: b[5], scope: b[6], typ: b[7]}
 	dstLen := int(b[1])
 	dst := netip.IPv4Unspecified()
+	if fam == IPv6 {
+		dst = netip.IPv6Unspecified()
+	}
 	walkAttrs(b[unix.SizeofRtMsg:], func(typ uint16, v []byte) {
 		switch typ {
 		case unix.RTA_DST:
-			if a, ok := netip.AddrFromSlice(v); ok && a.Is4() {
+			if a, ok := netip.AddrFromSlice(v); ok && fam.Has(a) {
 				dst = a
 			}
 		case unix.RTA_TABLE:
@@ -111,7 +117,7 @@ func parseRoute(b []byte) (kroute, bool) {
 		case unix.RTA_OIF:
 			k.oif = int(u32(v))
 		case unix.RTA_GATEWAY:
-			if a, ok := netip.AddrFromSlice(v); ok && a.Is4() {
+			if a, ok := netip.AddrFromSlice(v); ok && fam.Has(a) {
 				k.gw = a
 			}
 		case rtaNHID:
@@ -120,7 +126,7 @@ func parseRoute(b []byte) (kroute, bool) {
 			k.multipath = true
 		}
 	})
-	if dstLen > 32 {
+	if dstLen > fam.bits() {
 		return kroute{}, false
 	}
 	k.dst = netip.PrefixFrom(dst, dstLen)
@@ -130,7 +136,7 @@ func parseRoute(b []byte) (kroute, bool) {
 // routeRequest is an RTM_NEWROUTE or RTM_DELROUTE for k.
 func routeRequest(typ, flags uint16, k kroute) request {
 	msg := nl.NewRtMsg()
-	msg.Family = unix.AF_INET
+	msg.Family = uint8(k.family)
 	msg.Dst_len = uint8(k.dst.Bits())
 	msg.Tos = k.tos
 	msg.Table = unix.RT_TABLE_UNSPEC // RTA_TABLE below carries it
@@ -165,8 +171,9 @@ func routeRequest(typ, flags uint16, k kroute) request {
 // peerRoute is the route Apply installs for one peer: through nexthop
 // object nhid, or a plain gateway route when nhid is 0.
 func peerRoute(subnet netip.Prefix, e entry, nhid uint32) kroute {
-	return kroute{dst: subnet.Masked(), table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol),
-		typ: unix.RTN_UNICAST, oif: e.ifindex, gw: e.nexthop, nhid: nhid}
+	fam := familyOf(subnet.Addr())
+	return kroute{family: fam, dst: subnet.Masked(), table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol),
+		typ: unix.RTN_UNICAST, priority: fam.metric(), oif: e.ifindex, gw: e.nexthop, nhid: nhid}
 }
 
 // nhmsg is struct nhmsg (linux/nexthop.h), the header of nexthop messages.
@@ -197,9 +204,13 @@ type knexthop struct {
 
 func (n knexthop) ours() bool { return n.protocol == uint8(RouteProtocol) }
 
+// oursIn tells an object of ours that the Reconciler of fam manages: the
+// other family's are the other Reconciler's.
+func (n knexthop) oursIn(fam Family) bool { return n.ours() && n.family == uint8(fam) }
+
 // serves tells whether n is exactly the nexthop Apply wants for e.
 func (n knexthop) serves(e entry) bool {
-	return n.ours() && n.family == unix.AF_INET && !n.blackhole && !n.group && n.gw == e.nexthop && n.oif == e.ifindex
+	return n.oursIn(familyOf(e.nexthop)) && !n.blackhole && !n.group && n.gw == e.nexthop && n.oif == e.ifindex
 }
 
 func parseNexthop(b []byte) (knexthop, bool) {
@@ -226,19 +237,11 @@ func parseNexthop(b []byte) (knexthop, bool) {
 	return n, n.id != 0
 }
 
-// nexthopID is the ID of the nexthop object for a peer: its IPv4 address
-// read as a number. The same on every node and across restarts, so a
-// restarted agent finds its objects by ID, and one peer node's subnets
-// share one object. 0.0.0.0 is never a peer (and 0 no valid ID).
-func nexthopID(peer netip.Addr) uint32 {
-	return binary.BigEndian.Uint32(peer.AsSlice())
-}
-
 // nexthopRequest is an RTM_NEWNEXTHOP for e (flags say create or replace)
 // or an RTM_DELNEXTHOP of id.
 func nexthopRequest(typ, flags uint16, id uint32, e entry) request {
 	data := []nl.NetlinkRequestData{
-		&nhmsg{family: unix.AF_INET, protocol: uint8(RouteProtocol)},
+		&nhmsg{family: uint8(familyOf(e.nexthop)), protocol: uint8(RouteProtocol)},
 		nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(id)),
 	}
 	if typ == unix.RTM_DELNEXTHOP {
@@ -251,21 +254,21 @@ func nexthopRequest(typ, flags uint16, id uint32, e entry) request {
 	return request{typ: typ, flags: flags, data: data}
 }
 
-// listRoutes dumps the main table's IPv4 routes.
-func (c *conn) listRoutes() ([]kroute, error) {
+// listRoutes dumps the main table's routes of fam.
+func (c *conn) listRoutes(fam Family) ([]kroute, error) {
 	var out []kroute
-	err := c.eachRoute(func() { out = out[:0] }, func(k kroute) { out = append(out, k) })
+	err := c.eachRoute(fam, func() { out = out[:0] }, func(k kroute) { out = append(out, k) })
 	return out, err
 }
 
-// eachRoute hands every IPv4 route of the main table to fn, as the dump
-// comes (no copy of tens of thousands of routes); reset is called when a
-// dump interrupted by a change starts again.
-func (c *conn) eachRoute(reset func(), fn func(kroute)) error {
-	msg := &nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET, Table: unix.RT_TABLE_MAIN}}
+// eachRoute hands every route of fam in the main table to fn, as the
+// dump comes (no copy of tens of thousands of routes); reset is called
+// when a dump interrupted by a change starts again.
+func (c *conn) eachRoute(fam Family, reset func(), fn func(kroute)) error {
+	msg := &nl.RtMsg{RtMsg: unix.RtMsg{Family: uint8(fam), Table: unix.RT_TABLE_MAIN}}
 	err := c.dumpRetry(request{typ: unix.RTM_GETROUTE, data: []nl.NetlinkRequestData{msg}}, reset,
 		func(typ uint16, b []byte) {
-			if k, ok := parseRoute(b); ok && typ == unix.RTM_NEWROUTE && k.table == unix.RT_TABLE_MAIN {
+			if k, ok := parseRoute(b, fam); ok && typ == unix.RTM_NEWROUTE && k.table == unix.RT_TABLE_MAIN {
 				fn(k)
 			}
 		})
@@ -273,7 +276,7 @@ func (c *conn) eachRoute(reset func(), fn func(kroute)) error {
 		return nil // a namespace without a main table yet: no route at all
 	}
 	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
+		return fmt.Errorf("list %s routes: %w", fam.Name(), err)
 	}
 	return nil
 }
@@ -295,14 +298,14 @@ func (c *conn) listNexthops(hint int) (map[uint32]knexthop, error) {
 	return out, nil
 }
 
-// listAddrs dumps the IPv4 addresses of every device: each as a host
+// listAddrs dumps the addresses of fam of every device: each as a host
 // prefix and as its network.
-func (c *conn) listAddrs() ([]netip.Prefix, error) {
+func (c *conn) listAddrs(fam Family) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	msg := nl.NewIfAddrmsg(unix.AF_INET)
+	msg := nl.NewIfAddrmsg(int(fam))
 	err := c.dumpRetry(request{typ: unix.RTM_GETADDR, data: []nl.NetlinkRequestData{msg}}, func() { out = out[:0] },
 		func(typ uint16, b []byte) {
-			if typ != unix.RTM_NEWADDR || len(b) < unix.SizeofIfAddrmsg || b[0] != unix.AF_INET {
+			if typ != unix.RTM_NEWADDR || len(b) < unix.SizeofIfAddrmsg || b[0] != uint8(fam) {
 				return
 			}
 			bits := int(b[1])
@@ -310,7 +313,7 @@ func (c *conn) listAddrs() ([]netip.Prefix, error) {
 			walkAttrs(b[unix.SizeofIfAddrmsg:], func(typ uint16, v []byte) {
 				a, ok := netip.AddrFromSlice(v)
 				switch {
-				case !ok || !a.Is4():
+				case !ok || !fam.Has(a):
 				case typ == unix.IFA_ADDRESS:
 					addr = a
 				case typ == unix.IFA_LOCAL:
@@ -320,8 +323,8 @@ func (c *conn) listAddrs() ([]netip.Prefix, error) {
 			if local.IsValid() { // on point-to-point links IFA_ADDRESS is the far end
 				addr = local
 			}
-			if addr.IsValid() && bits <= 32 {
-				out = append(out, netip.PrefixFrom(addr, 32), netip.PrefixFrom(addr, bits).Masked())
+			if addr.IsValid() && bits <= fam.bits() {
+				out = append(out, netip.PrefixFrom(addr, fam.bits()), netip.PrefixFrom(addr, bits).Masked())
 			}
 		})
 	if err != nil {
@@ -357,22 +360,28 @@ type kernelDump struct {
 	addrs    []netip.Prefix
 }
 
-// dumpAt opens a socket in ns (nil: the caller's) and reads its tables.
-func dumpAt(ns *netns.NsHandle, addrs bool) (kernelDump, error) {
+// dumpAt opens a socket in ns (nil: the caller's) and reads its tables:
+// the routes (and, if asked for, the addresses) of each of fams, and
+// every nexthop object.
+func dumpAt(ns *netns.NsHandle, addrs bool, fams ...Family) (kernelDump, error) {
 	c, err := dial(ns)
 	if err != nil {
 		return kernelDump{}, err
 	}
 	d := kernelDump{c: c}
-	if d.routes, err = c.listRoutes(); err == nil {
-		if d.nexthops, err = c.listNexthops(len(d.routes)); nexthopsUnsupported(err) {
-			err = nil
+	for _, fam := range fams {
+		var prefixes []netip.Prefix
+		rs, err := c.listRoutes(fam)
+		if err == nil && addrs {
+			prefixes, err = c.listAddrs(fam)
 		}
+		if err != nil {
+			c.Close()
+			return kernelDump{}, err
+		}
+		d.routes, d.addrs = append(d.routes, rs...), append(d.addrs, prefixes...)
 	}
-	if err == nil && addrs {
-		d.addrs, err = c.listAddrs()
-	}
-	if err != nil {
+	if d.nexthops, err = c.listNexthops(len(d.routes)); err != nil && !nexthopsUnsupported(err) {
 		c.Close()
 		return kernelDump{}, err
 	}
@@ -383,7 +392,7 @@ func dumpAt(ns *netns.NsHandle, addrs bool) (kernelDump, error) {
 // plain or through nexthop objects) in namespace ns (nil: the caller's),
 // in the map's terms: `hgw-ebpf routes`.
 func KernelRoutes(ns *netns.NsHandle) ([]datapath.Route, error) {
-	d, err := dumpAt(ns, false)
+	d, err := dumpAt(ns, false, IPv4, IPv6)
 	if err != nil {
 		return nil, err
 	}
@@ -418,7 +427,7 @@ func resolve(k kroute, nhs map[uint32]knexthop) entry {
 // object tagged so: `hgw-ebpf cleanup` without an agent. It returns how
 // many routes and nexthops it deleted.
 func RemoveKernelRoutes(ns *netns.NsHandle) (nroutes, nexthops int, err error) {
-	d, err := dumpAt(ns, false)
+	d, err := dumpAt(ns, false, IPv4, IPv6)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -143,15 +143,18 @@ func (r *Reconciler) queueRepair(ev event) {
 	}
 	switch ev.typ {
 	case unix.RTM_DELROUTE:
-		if lp, ok := r.last[v4key(ev.route.dst)]; ok {
+		if lp, ok := r.last.get(ev.route.dst); ok {
 			restore(ev.route.dst, lp.nexthop, false)
 		}
 	case unix.RTM_DELNEXTHOP:
-		for k, lp := range r.last {
-			if nexthopID(lp.nexthop) == ev.nexthop.id {
-				restore(k.prefix(), lp.nexthop, true)
+		// The kernel's deletion event names the object's gateway: the
+		// peer (an IPv6 peer's ID is not derived from it alone).
+		r.last.each(func(subnet netip.Prefix, lp lastPeer) bool {
+			if lp.nexthop == ev.nexthop.gw || (!ev.nexthop.gw.IsValid() && nexthopID(lp.nexthop) == ev.nexthop.id) {
+				restore(subnet, lp.nexthop, true)
 			}
-		}
+			return true
+		})
 	}
 }
 
@@ -169,7 +172,7 @@ func (r *Reconciler) repairNeeded(ev event) bool {
 		r.opts.Log.Warn("route of ours deleted, repairing", "subnet", k.dst, "dev", r.dev())
 	case unix.RTM_DELNEXTHOP:
 		n := ev.nexthop
-		if !n.ours() || r.ownNexthopDeletion(n.id) {
+		if !n.oursIn(r.fam) || r.ownNexthopDeletion(n.id) {
 			return false
 		}
 		r.opts.Log.Warn("nexthop of ours deleted (and the routes using it), repairing", "nexthop", n.gw, "id", n.id, "dev", r.dev())
@@ -199,10 +202,10 @@ type subscription struct {
 	c      *conn
 }
 
-// subscribeEvents opens an event socket for IPv4 routes and nexthop
-// objects in the reconciler's namespace.
+// subscribeEvents opens an event socket for routes of the reconciler's
+// family and nexthop objects in the reconciler's namespace.
 func (r *Reconciler) subscribeEvents() (subscription, error) {
-	c, err := dial(r.opts.Netns, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_NEXTHOP)
+	c, err := dial(r.opts.Netns, r.fam.routeGroup(), unix.RTNLGRP_NEXTHOP)
 	if err != nil {
 		return subscription{}, err
 	}
@@ -225,7 +228,7 @@ func (r *Reconciler) subscribeEvents() (subscription, error) {
 				switch m.typ {
 				case unix.RTM_DELROUTE:
 					var ok bool
-					if ev.route, ok = parseRoute(m.body); !ok {
+					if ev.route, ok = parseRoute(m.body, r.fam); !ok {
 						continue
 					}
 				case unix.RTM_DELNEXTHOP:

@@ -71,7 +71,8 @@ func (m *memMap) Delete(p netip.Prefix) error {
 	return nil
 }
 
-// set writes an entry directly, as drift from outside (not recorded).
+// set writes an entry directly, as drift from outside (not recorded);
+// the addresses are in the IPv4 plan (env.tr gives the IPv6 one).
 func (m *memMap) set(subnet, via string, ifindex int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

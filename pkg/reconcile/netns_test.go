@@ -46,11 +46,14 @@ func threePeers() []reconcile.Peer {
 	}
 }
 
-// env is one node: a fresh netns with an eth0 198.18.0.11/24 (all inside
-// the test's namespace) and an in-memory routes map.
+// env is one node: a fresh netns with an eth0 198.18.0.11/24 and
+// fd00:198:18::11/64 (all inside the test's namespace) and an in-memory
+// routes map. Its family is the one its reconcilers route; the tests
+// write addresses in the IPv4 plan, which tr turns into the IPv6 one.
 type env struct {
 	name    string // the namespace's, for `ip -n`
-	plain   bool   // reconcilers made by reconciler() install plain routes
+	fam     reconcile.Family
+	plain   bool // reconcilers made by reconciler() install plain routes
 	ns      netns.NsHandle
 	h       *netlink.Handle
 	link    netlink.Link
@@ -58,7 +61,9 @@ type env struct {
 	rm      *memMap
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvFamily(t, reconcile.IPv4) }
+
+func newEnvFamily(t testing.TB, fam reconcile.Family) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	name, ns := testutil.NetNS(t, "rc")
@@ -72,17 +77,99 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatalf("find eth0: %v", err)
 	}
-	addr, err := netlink.ParseAddr("198.18.0.11/24")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.AddrAdd(link, addr); err != nil {
-		t.Fatalf("address eth0: %v", err)
+	for _, a := range []string{"198.18.0.11/24", "fd00:198:18::11/64"} {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr.Flags = unix.IFA_F_NODAD // usable at once, not tentative
+		if err := h.AddrAdd(link, addr); err != nil {
+			t.Fatalf("address eth0: %v", err)
+		}
 	}
 	if err := h.LinkSetUp(link); err != nil {
 		t.Fatalf("set eth0 up: %v", err)
 	}
-	return &env{name: name, ns: ns, h: h, link: link, ifindex: link.Attrs().Index, rm: newMemMap()}
+	return &env{name: name, fam: fam, ns: ns, h: h, link: link, ifindex: link.Attrs().Index, rm: newMemMap()}
+}
+
+// tr turns the tests' IPv4 plan into the env's family: in an IPv6 env
+// every IPv4 address or prefix in s (a word of its own) becomes its IPv6
+// counterpart, a.b.c.d/n as fd00:a:b:c::d/(n+40), a host /32 as a /128:
+// 10.244.2.0/24 is fd00:10:244:2::/64, 198.18.0.12 is fd00:198:18::12.
+func (e *env) tr(s string) string {
+	if e.fam != reconcile.IPv6 {
+		return s
+	}
+	words := strings.Fields(s)
+	for i, w := range words {
+		words[i] = to6(w)
+	}
+	return strings.Join(words, " ")
+}
+
+func to6(w string) string {
+	addr, bits, isPrefix := w, 0, false
+	if a, b, ok := strings.Cut(w, "/"); ok {
+		n, err := fmt.Sscan(b, &bits)
+		if err != nil || n != 1 {
+			return w
+		}
+		addr, isPrefix = a, true
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil || !a.Is4() {
+		return w
+	}
+	b := a.As4()
+	v6 := netip.MustParseAddr(fmt.Sprintf("fd00:%d:%d:%d::%d", b[0], b[1], b[2], b[3]))
+	if !isPrefix {
+		return v6.String()
+	}
+	if bits == 32 {
+		return netip.PrefixFrom(v6, 128).String()
+	}
+	return netip.PrefixFrom(v6, bits+40).String()
+}
+
+// trAll is tr of each string.
+func (e *env) trAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = e.tr(s)
+	}
+	return out
+}
+
+// setMap writes a map entry directly, as drift from outside.
+func (e *env) setMap(subnet, via string, ifindex int) { e.rm.set(e.tr(subnet), e.tr(via), ifindex) }
+
+// trSorted is trAll, sorted (as changes and items are).
+func (e *env) trSorted(ss []string) []string {
+	out := e.trAll(ss)
+	slices.Sort(out)
+	return out
+}
+
+// metric is the metric of the env's family's routes added without one
+// (ours, flanneld's): IPv6 routes always have one.
+func (e *env) metric() int {
+	if e.fam == reconcile.IPv6 {
+		return 1024
+	}
+	return 0
+}
+
+// peer is the peer of subnet via nexthop, in the env's family.
+func (e *env) peer(subnet, nexthop string) reconcile.Peer { return peer(e.tr(subnet), e.tr(nexthop)) }
+
+// threePeers is threePeers in the env's family.
+func (e *env) threePeers() []reconcile.Peer {
+	var out []reconcile.Peer
+	for _, p := range threePeers() {
+		out = append(out, e.peer(p.Subnet.String(), p.NextHop.String()))
+	}
+	return out
 }
 
 // addUnderlay adds eth0 as a dummy device, or, on kernels built without
@@ -117,6 +204,9 @@ func (e *env) reconciler(t testing.TB, rm reconcile.RouteMap, opts reconcile.Opt
 	t.Cleanup(logs.close)
 	opts.Link, opts.RouteMap = e.link, rm
 	opts.PlainRoutes = opts.PlainRoutes || e.plain
+	if opts.Family == 0 {
+		opts.Family = e.fam
+	}
 	if opts.Netns == nil {
 		opts.Netns = &ns
 	}
@@ -170,7 +260,7 @@ func (l *testLog) close() {
 	l.closed = true
 }
 
-// kroute is one IPv4 route of the main table, as the kernel reports it.
+// kroute is one route of the main table, as the kernel reports it.
 type kroute struct {
 	subnet   netip.Prefix
 	via      netip.Addr
@@ -183,16 +273,18 @@ func (k kroute) String() string {
 	return fmt.Sprintf("%s via %s dev %d proto %d metric %d", k.subnet, k.via, k.ifindex, k.protocol, k.metric)
 }
 
-// kernel lists every main-table IPv4 route, read independently of the
-// reconciler's own protocol-filtered listing.
-func (e *env) kernel(t testing.TB) []kroute {
+// kernel lists every main-table route of the env's family, read
+// independently of the reconciler's own protocol-filtered listing.
+func (e *env) kernel(t testing.TB) []kroute { return e.kernelOf(t, e.fam) }
+
+func (e *env) kernelOf(t testing.TB, fam reconcile.Family) []kroute {
 	t.Helper()
 	var (
 		routes []netlink.Route
 		err    error
 	)
 	for attempt := 0; attempt < 5; attempt++ {
-		routes, err = e.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		routes, err = e.h.RouteListFiltered(int(fam), &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
@@ -206,18 +298,33 @@ func (e *env) kernel(t testing.TB) []kroute {
 			continue
 		}
 		ones, _ := rt.Dst.Mask.Size()
-		dst, _ := netip.AddrFromSlice(rt.Dst.IP.To4())
-		via, _ := netip.AddrFromSlice(rt.Gw.To4())
-		out = append(out, kroute{subnet: netip.PrefixFrom(dst, ones), via: via, ifindex: rt.LinkIndex, protocol: rt.Protocol, metric: rt.Priority})
+		dst, _ := netip.AddrFromSlice(rt.Dst.IP)
+		via, _ := netip.AddrFromSlice(rt.Gw)
+		out = append(out, kroute{subnet: netip.PrefixFrom(dst.Unmap(), ones), via: via.Unmap(), ifindex: rt.LinkIndex, protocol: rt.Protocol, metric: rt.Priority})
 	}
 	return out
 }
 
-// ours is the kernel routes tagged with our protocol, in the map's terms.
-func (e *env) ours(t testing.TB) map[netip.Prefix]datapath.Route {
+// notKernels is kernel without the kernel's own routes (proto kernel),
+// which IPv6 adds as eth0 comes up (link-local, addresses' prefixes).
+func (e *env) notKernels(t testing.TB) []kroute {
+	var out []kroute
+	for _, k := range e.kernel(t) {
+		if k.protocol != unix.RTPROT_KERNEL {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// ours is the kernel routes of the env's family tagged with our
+// protocol, in the map's terms.
+func (e *env) ours(t testing.TB) map[netip.Prefix]datapath.Route { return e.oursOf(t, e.fam) }
+
+func (e *env) oursOf(t testing.TB, fam reconcile.Family) map[netip.Prefix]datapath.Route {
 	t.Helper()
 	out := map[netip.Prefix]datapath.Route{}
-	for _, k := range e.kernel(t) {
+	for _, k := range e.kernelOf(t, fam) {
 		if k.protocol != reconcile.RouteProtocol {
 			continue
 		}
@@ -232,7 +339,7 @@ func (e *env) ours(t testing.TB) map[netip.Prefix]datapath.Route {
 // routesTo lists every main-table route for subnet, whoever owns it.
 func (e *env) routesTo(t *testing.T, subnet string) []kroute {
 	t.Helper()
-	p := netip.MustParsePrefix(subnet)
+	p := netip.MustParsePrefix(e.tr(subnet))
 	var out []kroute
 	for _, k := range e.kernel(t) {
 		if k.subnet == p {
@@ -276,10 +383,11 @@ func (e *env) addRoute(t *testing.T, subnet, via string, proto netlink.RouteProt
 
 func (e *env) addRouteMetric(t *testing.T, subnet, via string, proto netlink.RouteProtocol, metric int) {
 	t.Helper()
+	subnet, via = e.tr(subnet), e.tr(via)
 	p := netip.MustParsePrefix(subnet)
 	rt := &netlink.Route{
-		LinkIndex: e.ifindex, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
-		Gw: net.ParseIP(via).To4(), Protocol: proto, Table: unix.RT_TABLE_MAIN, Priority: metric,
+		LinkIndex: e.ifindex, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+		Gw: netip.MustParseAddr(via).AsSlice(), Protocol: proto, Table: unix.RT_TABLE_MAIN, Priority: metric,
 	}
 	if err := e.h.RouteAdd(rt); err != nil {
 		t.Fatalf("add route %s via %s proto %d metric %d: %v", subnet, via, proto, metric, err)
@@ -290,8 +398,8 @@ func (e *env) addRouteMetric(t *testing.T, subnet, via string, proto netlink.Rou
 // (a device in the request would not match the latter).
 func (e *env) delRoute(t *testing.T, subnet string) {
 	t.Helper()
-	p := netip.MustParsePrefix(subnet)
-	rt := &netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}, Table: unix.RT_TABLE_MAIN}
+	p := netip.MustParsePrefix(e.tr(subnet))
+	rt := &netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}, Table: unix.RT_TABLE_MAIN}
 	if err := e.h.RouteDel(rt); err != nil {
 		t.Fatalf("delete route %s: %v", subnet, err)
 	}
@@ -305,20 +413,29 @@ func assertCounts(t *testing.T, res reconcile.Result, added, changed, removed, k
 	}
 }
 
-// forModes runs fn on a fresh node twice: routes through nexthop objects
-// (the kernel has them), and plain routes (forced, as on a kernel without
-// them).
+// forModes runs fn on a fresh node for each family, twice: routes
+// through nexthop objects (the kernel has them), and plain routes (forced,
+// as on a kernel without them).
 func forModes(t *testing.T, fn func(t *testing.T, e *env)) {
-	for _, plain := range []bool{false, true} {
-		name := "nexthop"
-		if plain {
-			name = "plain"
+	forFamilies(t, func(t *testing.T, fam reconcile.Family) {
+		for _, plain := range []bool{false, true} {
+			name := "nexthop"
+			if plain {
+				name = "plain"
+			}
+			t.Run(name, func(t *testing.T) {
+				e := newEnvFamily(t, fam)
+				e.plain = plain
+				fn(t, e)
+			})
 		}
-		t.Run(name, func(t *testing.T) {
-			e := newEnv(t)
-			e.plain = plain
-			fn(t, e)
-		})
+	})
+}
+
+// forFamilies runs fn once per family: the one mechanism routes both.
+func forFamilies(t *testing.T, fn func(t *testing.T, fam reconcile.Family)) {
+	for _, fam := range []reconcile.Family{reconcile.IPv4, reconcile.IPv6} {
+		t.Run(fam.String(), func(t *testing.T) { fn(t, fam) })
 	}
 }
 
@@ -332,14 +449,19 @@ func (e *env) ip(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// routeLines is `ip route` of our protocol, one line per route, with the
-// nexthop ID replaced by N.
+// routeLines is `ip route` of our protocol in the env's family, one line
+// per route, with the nexthop ID replaced by N (and IPv6's " pref medium"
+// left out).
 func (e *env) routeLines(t *testing.T) []string {
 	t.Helper()
 	var out []string
-	for _, l := range strings.Split(e.ip(t, "route", "show", "table", "main"), "\n") {
+	family := "-4"
+	if e.fam == reconcile.IPv6 {
+		family = "-6"
+	}
+	for _, l := range strings.Split(e.ip(t, family, "route", "show", "table", "main"), "\n") {
 		if l = strings.TrimSpace(l); strings.Contains(l, " proto 104") {
-			out = append(out, nhidRE.ReplaceAllString(l, "nhid N"))
+			out = append(out, strings.TrimSuffix(nhidRE.ReplaceAllString(l, "nhid N"), " pref medium"))
 		}
 	}
 	slices.Sort(out)
@@ -356,7 +478,11 @@ func (e *env) wantLines(peers []reconcile.Peer) []string {
 		if !e.plain {
 			nh = "nhid N "
 		}
-		out = append(out, fmt.Sprintf("%s %svia %s dev eth0 proto 104", p.Subnet, nh, p.NextHop))
+		metric := ""
+		if e.fam == reconcile.IPv6 {
+			metric = " metric 1024"
+		}
+		out = append(out, fmt.Sprintf("%s %svia %s dev eth0 proto 104%s", p.Subnet, nh, p.NextHop, metric))
 	}
 	slices.Sort(out)
 	return out

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 )
@@ -23,10 +24,10 @@ func TestApplyNeverTakesRoutesThatAreNotOurs(t *testing.T) {
 		e.addRoute(t, "10.244.2.0/24", "198.18.0.99", protoBoot)  // flanneld's: ours to take over
 		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
 		peers := []reconcile.Peer{
-			peer("10.244.2.0/24", "198.18.0.12"),
-			peer("10.244.7.0/24", "198.18.0.17"),
-			peer("10.244.8.0/24", "198.18.0.18"),
-			peer("10.244.6.0/23", "198.18.0.16"), // overlaps cni0's subnet
+			e.peer("10.244.2.0/24", "198.18.0.12"),
+			e.peer("10.244.7.0/24", "198.18.0.17"),
+			e.peer("10.244.8.0/24", "198.18.0.18"),
+			e.peer("10.244.6.0/23", "198.18.0.16"), // overlaps cni0's subnet
 		}
 
 		for run := 1; run <= 2; run++ {
@@ -35,7 +36,7 @@ func TestApplyNeverTakesRoutesThatAreNotOurs(t *testing.T) {
 				t.Fatalf("run %d: errors %v, %d blocked; want none and 3", run, res.Errors, res.Blocked)
 			}
 			e.assertConverged(t, peers[:1])
-			if got := e.routesTo(t, "10.244.8.0/24"); len(got) != 1 || got[0].protocol != protoStatic || got[0].via != netip.MustParseAddr("198.18.0.1") {
+			if got := e.routesTo(t, "10.244.8.0/24"); len(got) != 1 || got[0].protocol != protoStatic || got[0].via != netip.MustParseAddr(e.tr("198.18.0.1")) {
 				t.Errorf("run %d: the static route to 10.244.8.0/24 is now %v", run, got)
 			}
 			if got := e.routesTo(t, "10.244.7.0/24"); len(got) != 1 || got[0].via.IsValid() || got[0].protocol == reconcile.RouteProtocol {
@@ -61,9 +62,11 @@ func TestApplyNeverTakesRoutesThatAreNotOurs(t *testing.T) {
 	})
 }
 
-// addDevice adds a bridge (as cni0 is) with an address, up.
+// addDevice adds a bridge (as cni0 is) with an address (in the IPv4
+// plan), up.
 func (e *env) addDevice(t *testing.T, name, cidr string) {
 	t.Helper()
+	cidr = e.tr(cidr)
 	if err := e.h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 		t.Fatalf("add %s: %v", name, err)
 	}
@@ -75,6 +78,7 @@ func (e *env) addDevice(t *testing.T, name, cidr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr.Flags = unix.IFA_F_NODAD
 	if err := e.h.AddrAdd(l, addr); err != nil {
 		t.Fatalf("address %s: %v", name, err)
 	}
@@ -86,27 +90,32 @@ func (e *env) addDevice(t *testing.T, name, cidr string) {
 // LocalPrefixes gives Desired what the node holds: every address and
 // network, and connected routes not ours.
 func TestLocalPrefixes(t *testing.T) {
-	e := newEnv(t)
-	e.addDevice(t, "cni0", "10.244.7.1/24")
-	r, _ := e.reconciler(t, e.rm, reconcile.Options{})
-	apply(t, r, threePeers())
+	forFamilies(t, func(t *testing.T, fam reconcile.Family) {
+		e := newEnvFamily(t, fam)
+		e.addDevice(t, "cni0", "10.244.7.1/24")
+		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+		apply(t, r, e.threePeers())
 
-	got, err := r.LocalPrefixes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[netip.Prefix]bool{}
-	for _, p := range got {
-		have[p] = true
-	}
-	for _, want := range []string{"10.244.7.1/32", "10.244.7.0/24", "198.18.0.11/32", "198.18.0.0/24"} {
-		if !have[netip.MustParsePrefix(want)] {
-			t.Errorf("LocalPrefixes %v lacks %s", got, want)
+		got, err := r.LocalPrefixes()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	for _, p := range threePeers() {
-		if have[p.Subnet] {
-			t.Errorf("LocalPrefixes %v has our own route %s", got, p.Subnet)
+		have := map[netip.Prefix]bool{}
+		for _, p := range got {
+			have[p] = true
+			if !fam.Has(p.Addr()) {
+				t.Errorf("LocalPrefixes of %s has %s", fam, p)
+			}
 		}
-	}
+		for _, want := range e.trAll([]string{"10.244.7.1/32", "10.244.7.0/24", "198.18.0.11/32", "198.18.0.0/24"}) {
+			if !have[netip.MustParsePrefix(want)] {
+				t.Errorf("LocalPrefixes %v lacks %s", got, want)
+			}
+		}
+		for _, p := range e.threePeers() {
+			if have[p.Subnet] {
+				t.Errorf("LocalPrefixes %v has our own route %s", got, p.Subnet)
+			}
+		}
+	})
 }

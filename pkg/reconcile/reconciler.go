@@ -15,8 +15,9 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
-// RouteMap is the BPF routes map (*datapath.RouteMap satisfies it). Put
-// must overwrite an existing entry in one update.
+// RouteMap is the BPF routes map of the reconciler's family
+// (*datapath.RouteMap for IPv4, *datapath.Route6Map for IPv6). Put must
+// overwrite an existing entry in one update.
 type RouteMap interface {
 	List() ([]datapath.Route, error)
 	Put(datapath.Route) error
@@ -33,6 +34,10 @@ type BatchRouteMap interface {
 
 // Options configure a Reconciler.
 type Options struct {
+	// Family is what the Reconciler routes (IPv4 if zero): only routes,
+	// nexthop objects, addresses and events of that family are its
+	// business. A dual-stack node runs one Reconciler per family.
+	Family   Family
 	Link     netlink.Link // the underlay device the peers are on
 	RouteMap RouteMap     // nil: kernel routes only (--datapath routes)
 	// Netns is the network namespace the routes are in and the route
@@ -92,15 +97,16 @@ func (e *ItemError) Unwrap() error { return e.Err }
 // desired peers: Apply once, or Run on every Update, timer and repair.
 type Reconciler struct {
 	opts Options
+	fam  Family
 	poke chan struct{}
 
 	applyMu sync.Mutex // one run at a time (Run, Apply, RemoveAll)
 	c       *conn      // the request socket, under applyMu
 	nh      nhMode     // under applyMu
 	// What the last full run saw and later runs changed, under applyMu:
-	// our nexthop objects by peer (for the incremental runs: no listing),
-	// and our entries in each table.
-	nexthops      map[netip.Addr]bool
+	// the IDs of our nexthop objects by peer (for the incremental runs: no
+	// listing), and our entries in each table.
+	nexthops      map[netip.Addr]uint32
 	kernelN, mapN int
 	blockLogged   map[netip.Prefix]string // subnet -> reason already logged
 	nhLogged      map[uint32]bool         // nexthop IDs of others already logged
@@ -113,7 +119,7 @@ type Reconciler struct {
 	desired   []Peer
 	known     bool                       // Update was called at least once
 	full      bool                       // the next run makes the full comparison
-	last      map[v4prefix]lastPeer      // the desired set of the last Update
+	last      prefixMap[lastPeer]        // the desired set of the last Update
 	gen       uint64                     // Update's generation, to find departed peers in last
 	delta     map[netip.Prefix]pending   // changes since the last run
 	deleted   map[netip.Prefix]time.Time // routes a run deleted recently: their events are ours
@@ -148,13 +154,20 @@ func New(opts Options) (*Reconciler, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	switch opts.Family {
+	case 0:
+		opts.Family = IPv4
+	case IPv4, IPv6:
+	default:
+		return nil, fmt.Errorf("reconcile: address family %d: want IPv4 or IPv6", opts.Family)
+	}
 	c, err := dial(opts.Netns)
 	if err != nil {
 		return nil, err
 	}
-	r := &Reconciler{opts: opts, c: c, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]time.Time{},
-		deadNH: map[uint32]time.Time{}, nexthops: map[netip.Addr]bool{}, blockLogged: map[netip.Prefix]string{}, nhLogged: map[uint32]bool{},
-		last: map[v4prefix]lastPeer{}, delta: map[netip.Prefix]pending{}, blockedSet: map[netip.Prefix]string{}}
+	r := &Reconciler{opts: opts, fam: opts.Family, c: c, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]time.Time{},
+		deadNH: map[uint32]time.Time{}, nexthops: map[netip.Addr]uint32{}, blockLogged: map[netip.Prefix]string{}, nhLogged: map[uint32]bool{},
+		last: newPrefixMap[lastPeer](0), delta: map[netip.Prefix]pending{}, blockedSet: map[netip.Prefix]string{}}
 	r.subscribe = r.subscribeEvents
 	if opts.PlainRoutes {
 		r.nh = nhOff
@@ -173,6 +186,9 @@ func (r *Reconciler) dev() string { return r.opts.Link.Attrs().Name }
 
 func (r *Reconciler) ifindex() int { return r.opts.Link.Attrs().Index }
 
+// Family is the address family r routes.
+func (r *Reconciler) Family() Family { return r.fam }
+
 // RemoveAll deletes every route, nexthop and map entry of ours: a node
 // leaving the cluster (--cleanup-on-exit).
 func (r *Reconciler) RemoveAll() error {
@@ -180,10 +196,10 @@ func (r *Reconciler) RemoveAll() error {
 	return err
 }
 
-// LocalPrefixes is this node's local prefixes as the last full run listed
-// them (listed now if none ran yet): every IPv4 address (as a host prefix
-// and as its network) and every connected or local route that is not
-// ours. A lease overlapping one of them must not be routed (Desired's
+// LocalPrefixes is this node's local prefixes of r's family as the last
+// full run listed them (listed now if none ran yet): every address (as a
+// host prefix and as its network) and every connected or local route that
+// is not ours. A lease overlapping one of them must not be routed (Desired's
 // Input.Local); Apply checks it again against its own listing.
 func (r *Reconciler) LocalPrefixes() ([]netip.Prefix, error) {
 	r.localMu.Lock()
@@ -193,7 +209,7 @@ func (r *Reconciler) LocalPrefixes() ([]netip.Prefix, error) {
 	if listed {
 		return out, nil
 	}
-	d, err := dumpAt(r.opts.Netns, true)
+	d, err := dumpAt(r.opts.Netns, true, r.fam)
 	if err != nil {
 		return nil, err
 	}
