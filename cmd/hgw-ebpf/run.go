@@ -21,6 +21,7 @@ func newRunCmd() *cobra.Command {
 		cfg       agent.Config
 		etcd      etcdFlags
 		publicIP  string
+		publicIP6 string
 		mode      string
 		logFormat string
 		logLevel  string
@@ -34,6 +35,15 @@ network config from etcd (<etcd-prefix>/config), leases this node a pod subnet
 the subnet file for the CNI plugins, and routes every other node's subnet
 via that node's public IP. With --datapath ebpf (the default) it also
 attaches the fast-path programs to --bridge and --iface.
+
+On a dual-stack network (EnableIPv6 and IPv6Network in the network config,
+as flanneld's) the lease holds an IPv6 subnet too, the subnet file its
+FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET lines, and every other node's
+IPv6 subnet is routed via its PublicIPv6, in the kernel and in the routes6
+map. The node's own public IPv6 is --public-ipv6, else --iface's global
+IPv6 address: never a temporary (privacy) one, which the kernel retires
+within hours, nor a deprecated one; the log says which it chose and why
+not the others. Leases of nodes without IPv6 are routed in IPv4 only.
 
 Like flanneld it keeps a filter FORWARD -> FLANNEL-FWD chain accepting the
 cluster network (so a FORWARD policy of DROP does not stop pod traffic), and
@@ -79,6 +89,13 @@ environment variable named in its help.`,
 				}
 				cfg.PublicIP = ip
 			}
+			if publicIP6 != "" {
+				ip, err := netip.ParseAddr(publicIP6)
+				if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" || !ip.IsGlobalUnicast() {
+					return fmt.Errorf("--public-ipv6 %q is not a global IPv6 address", publicIP6)
+				}
+				cfg.PublicIPv6 = ip
+			}
 			cfg.AttachMode = datapath.Mode(mode)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -89,6 +106,9 @@ environment variable named in its help.`,
 	etcd.register(f)
 	f.StringVar(&cfg.Iface, "iface", "", "underlay device towards the other nodes (default: the default route's device)")
 	f.StringVar(&publicIP, "public-ip", "", "IP other nodes route this node's pods via (default: --iface's first IPv4)")
+	f.StringVar(&publicIP6, "public-ipv6", "",
+		"IPv6 other nodes route this node's IPv6 pods via, on a dual-stack network (default: --iface's global IPv6 address, "+
+			"never a temporary or deprecated one, configured before dynamic)")
 	f.StringVar(&cfg.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "subnet file for the CNI plugins, in flanneld's format")
 	f.DurationVar(&cfg.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease in etcd (kept alive while running)")
 	f.StringVar(&cfg.Bridge, "bridge", "cni0", "pod bridge (created if missing)")

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 
@@ -32,10 +31,14 @@ const (
 
 // Config is the agent's configuration, one field per `run` flag.
 type Config struct {
-	Etcd           registry.ClientOptions
-	Prefix         string
-	Iface          string     // "" = the default route's device
-	PublicIP       netip.Addr // zero = the device's first IPv4
+	Etcd     registry.ClientOptions
+	Prefix   string
+	Iface    string     // "" = the default route's device
+	PublicIP netip.Addr // zero = the device's first IPv4
+	// PublicIPv6 is the next hop of this node's IPv6 subnet on a
+	// dual-stack network; zero = the device's best global IPv6 (see
+	// resolveUnderlay6). Ignored, as by flanneld, without IPv6.
+	PublicIPv6     netip.Addr
 	SubnetFile     string
 	LeaseTTL       time.Duration
 	Bridge         string
@@ -122,22 +125,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			"backend", netCfg.BackendType)
 	}
 
-	acq := registry.AcquireOptions{PublicIP: ul.publicIP, TTL: cfg.LeaseTTL}
-	if prev, err := subnetfile.Read(cfg.SubnetFile); err == nil {
-		acq.Previous = prev.Subnet.Masked()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		log.Warn("ignoring unreadable subnet file", "path", cfg.SubnetFile, "err", err)
+	ul6, err := resolveDualStack(netCfg, ul, cfg.PublicIPv6, log)
+	if err != nil {
+		return err
 	}
+	acq := acquireOptions(cfg, ul.publicIP, ul6.publicIP, log)
 	lease, err := reg.Acquire(ctx, acq)
 	if err != nil {
 		return fmt.Errorf("acquire subnet lease: %w", err)
 	}
-	log.Info("subnet lease acquired", "subnet", lease.Subnet, "key", lease.Key, "expires", lease.Expiration)
+	log.Info("subnet lease acquired", "subnet", lease.Subnet, "ipv6_subnet", lease.IPv6Subnet, "key", lease.Key, "expires", lease.Expiration)
 	ready.Set(condLease, true)
 
-	n := &node{cfg: cfg, log: log, ul: ul, network: netCfg.Network, reg: reg, probes: nodeProbes(),
+	n := &node{cfg: cfg, log: log, ul: ul, ul6: ul6, network: netCfg.Network, network6: netCfg.IPv6Network, reg: reg, probes: nodeProbes(),
 		metrics: m, ready: ready, firstApply: make(chan struct{})}
-	n.setOwn(lease.Subnet)
+	n.setOwn(lease)
 	n.setLeaseExpiry(lease)
 	defer n.close()
 	if err := n.start(); err != nil {
@@ -164,10 +166,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 		}()
 	}
-	goRun("reconciler", n.rec.Run)
+	for _, f := range n.families {
+		goRun(f.fam.Name()+" reconciler", f.rec.Run)
+	}
 	goRun("registry watch", func(ctx context.Context) error {
-		// After a re-read of every lease the reconciler compares in full.
-		relist := func() { n.metrics.EtcdReconnects.Inc(); n.rec.Resync() }
+		// After a re-read of every lease the reconcilers compare in full.
+		relist := func() { n.metrics.EtcdReconnects.Inc(); n.resyncRoutes() }
 		return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: relist})
 	})
 	goRun("lease keepalive", func(ctx context.Context) error {
@@ -186,7 +190,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			n.fatal(err)
 			break
 		}
-		log.Info("node ready", "datapath", cfg.Datapath, "subnet", n.ownSubnet(), "subnet_file", cfg.SubnetFile)
+		log.Info("node ready", "datapath", cfg.Datapath, "subnet", n.ownSubnet(), "ipv6_subnet", n.ownSubnet6(), "subnet_file", cfg.SubnetFile)
 	}
 	<-runCtx.Done()
 	wg.Wait()
@@ -224,12 +228,11 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready *m
 
 // start puts in place what the node needs before it takes part: flanneld's
 // iptables rules, the programs (with --datapath routes: none, also none
-// that an earlier run left), and the route reconciler.
+// that an earlier run left), and the route reconcilers.
 func (n *node) start() error {
 	if err := n.startIPTables(); err != nil {
 		return err
 	}
-	var routeMap reconcile.RouteMap
 	if n.cfg.Datapath == DatapathEBPF {
 		if err := n.startDatapath(); err != nil {
 			return err
@@ -237,22 +240,18 @@ func (n *node) start() error {
 		if err := n.metrics.AddFastPath(n.dp); err != nil {
 			return err
 		}
-		routeMap = n.dp.Routes()
 		n.ready.Set(condAttached, true)
 	} else {
 		n.removeDatapath()
 		n.ready.SetNote(noteFastPath, "fast path: off (--datapath routes)")
 	}
-	var err error
-	n.rec, err = reconcile.New(reconcile.Options{Link: n.ul.link, RouteMap: routeMap, PlainRoutes: n.cfg.PlainRoutes, Log: n.log,
-		ResyncInterval: n.cfg.ResyncInterval, Observe: n.observe, OnRepair: n.metrics.RouteRepairs.Inc})
-	return err
+	return n.startReconcilers()
 }
 
 // close releases this process's handles (once); what is pinned stays.
 func (n *node) close() {
-	if n.rec != nil {
-		n.rec.Close()
+	for _, f := range n.families {
+		f.rec.Close()
 	}
 	n.mu.Lock()
 	progs := n.progs
@@ -310,13 +309,17 @@ type node struct {
 	cfg     Config
 	log     *slog.Logger
 	ul      underlay
+	ul6     underlay6 // zero without IPv6 in the network
 	network netip.Prefix
-	reg     *registry.Registry
-	dp      *datapath.Datapath // the pinned maps (and the first programs)
-	rec     *reconcile.Reconciler
-	fw      *iptablesDuties // nil without iptables
-	probes  probes
-	without datapath.Features // kernel features to load the programs without (tests)
+	// network6 is the cluster's IPv6 network, zero unless it is
+	// dual-stack.
+	network6 netip.Prefix
+	reg      *registry.Registry
+	dp       *datapath.Datapath // the pinned maps (and the first programs)
+	families []*familyRoutes    // IPv4's first
+	fw       *iptablesDuties    // nil without iptables
+	probes   probes
+	without  datapath.Features // kernel features to load the programs without (tests)
 	// fatal ends Run with err: for what the agent must not carry on
 	// after (flanneld exits there too).
 	fatal func(err error)
@@ -331,7 +334,9 @@ type node struct {
 	progs      *datapath.Datapath // the programs to attach (reloaded once conntrack can be asked)
 	progsCT    bool               // progs were loaded with the conntrack lookup usable
 	own        netip.Prefix
-	skipLogged map[string]string // key -> reason already logged
+	own6       netip.Prefix      // our IPv6 subnet, zero without IPv6
+	ownIP6     netip.Addr        // the public IPv6 our lease names
+	skipLogged map[string]string // family and key -> reason already logged
 }
 
 func (n *node) ownSubnet() netip.Prefix {
@@ -341,9 +346,11 @@ func (n *node) ownSubnet() netip.Prefix {
 }
 
 func (n *node) writeSubnetFile() error {
-	return subnetfile.Write(n.cfg.SubnetFile, subnetfile.Env{
-		Network: n.network, Subnet: n.ownSubnet(), MTU: n.ul.link.Attrs().MTU, IPMasq: n.cfg.IPMasq,
-	})
+	env := subnetfile.Env{Network: n.network, Subnet: n.ownSubnet(), MTU: n.ul.link.Attrs().MTU, IPMasq: n.cfg.IPMasq}
+	if own6 := n.ownSubnet6(); own6.IsValid() {
+		env.IPv6Network, env.IPv6Subnet = n.network6, own6
+	}
+	return subnetfile.Write(n.cfg.SubnetFile, env)
 }
 
 func (n *node) setLeaseExpiry(l registry.Lease) {
@@ -352,48 +359,39 @@ func (n *node) setLeaseExpiry(l registry.Lease) {
 	}
 }
 
-// observe records a reconcile run.
-func (n *node) observe(res reconcile.Result, d time.Duration) {
-	result := "ok"
-	if len(res.Errors) > 0 {
-		result = "error"
-	}
-	n.metrics.ReconcileRuns.WithLabelValues(result).Inc()
-	n.metrics.ReconcileSeconds.Observe(d.Seconds())
-	n.metrics.Entries.WithLabelValues("kernel").Set(float64(res.KernelRoutes))
-	if n.dp != nil {
-		n.metrics.Entries.WithLabelValues("map").Set(float64(res.MapEntries))
-	}
-	n.ready.Set(condApplied, len(res.Errors) == 0)
-	if len(res.Errors) == 0 {
-		n.applyOnce.Do(func() { close(n.firstApply) })
-	}
-}
-
-func (n *node) setOwn(p netip.Prefix) {
+// setOwn records our lease: its subnets and the public IPv6 it names.
+func (n *node) setOwn(l registry.Lease) {
 	n.mu.Lock()
-	n.own = p
+	n.own, n.own6, n.ownIP6 = l.Subnet, l.IPv6Subnet, l.PublicIPv6
 	n.mu.Unlock()
 }
 
-// onSnapshot turns the registry's complete view into the desired peers.
+// onSnapshot turns the registry's complete view into the desired peers
+// of each family.
 func (n *node) onSnapshot(s registry.Snapshot) {
-	own := n.ownSubnet()
-	local, err := n.rec.LocalPrefixes()
-	if err != nil {
-		n.log.Warn("cannot list local prefixes; leases are checked against them at the next full run", "err", err)
-	}
-	peers, skipped := reconcile.Desired(reconcile.Input{
-		Own: own, Network: n.network, OnLink: n.ul.prefixes, Local: local, PublicIP: n.ul.publicIP, Leases: s.Leases,
-	})
-	n.metrics.Peers.Set(float64(len(peers)))
 	n.metrics.LeasesSkipped.Reset()
-	for _, sk := range append(s.Skipped, skipped...) {
-		n.metrics.LeasesSkipped.WithLabelValues(sk.Reason).Inc()
+	var skipped []familySkip
+	desired := make([][]reconcile.Peer, len(n.families))
+	for i, f := range n.families {
+		peers, sk := n.desired(f, s)
+		desired[i] = peers
+		n.metrics.Peers.WithLabelValues(f.fam.String()).Set(float64(len(peers)))
+		if !f.routed() {
+			continue
+		}
+		// A lease the registry could not read is routed in no family.
+		for _, one := range append(s.Skipped, sk...) {
+			n.metrics.LeasesSkipped.WithLabelValues(f.fam.String(), one.Reason).Inc()
+		}
+		for _, one := range sk {
+			skipped = append(skipped, familySkip{f.fam, one})
+		}
 	}
 	n.logSkipped(skipped)
 	n.ready.Set(condSynced, true)
-	n.rec.Update(peers)
+	for i, f := range n.families {
+		f.rec.Update(desired[i])
+	}
 }
 
 // onLeaseChange follows a re-acquired lease (ours vanished from etcd).
@@ -402,19 +400,24 @@ func (n *node) onSnapshot(s registry.Snapshot) {
 // to the new subnet while they run, so the agent exits as flanneld does
 // (pods must be recreated; the next start keeps the new lease).
 func (n *node) onLeaseChange(l registry.Lease) {
-	if own := n.ownSubnet(); l.Subnet != own {
-		n.fatal(fmt.Errorf("this node's subnet changed from %s to %s when its lease was re-acquired (another node holds %s now): "+
-			"exiting as flanneld does; pods with addresses in %s must be recreated", own, l.Subnet, own, own))
-		return
+	for _, s := range []struct{ was, now netip.Prefix }{{n.ownSubnet(), l.Subnet}, {n.ownSubnet6(), l.IPv6Subnet}} {
+		if s.now != s.was {
+			n.fatal(fmt.Errorf("this node's subnet changed from %s to %s when its lease was re-acquired (another node holds %s now): "+
+				"exiting as flanneld does; pods with addresses in %s must be recreated", s.was, s.now, s.was, s.was))
+			return
+		}
 	}
-	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "key", l.Key)
+	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "ipv6_subnet", l.IPv6Subnet, "key", l.Key)
+	n.setOwn(l)
 	n.setLeaseExpiry(l)
 }
 
 func (n *node) cleanup() error {
 	var errs []error
-	if err := n.rec.RemoveAll(); err != nil {
-		errs = append(errs, fmt.Errorf("remove routes: %w", err))
+	for _, f := range n.families {
+		if err := f.rec.RemoveAll(); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s routes: %w", f.fam.Name(), err))
+		}
 	}
 	if n.dp != nil {
 		if err := datapath.Cleanup(n.cfg.PinRoot); err != nil {
@@ -447,9 +450,15 @@ func linkIndex(name string) (uint32, error) {
 	return uint32(l.Attrs().Index), nil
 }
 
-// logSkipped logs each lease the reconciler will not route, once per key
-// and reason (the registry logs malformed entries itself).
-func (n *node) logSkipped(skipped []registry.Skipped) {
+// familySkip is a lease a family's reconciler will not route.
+type familySkip struct {
+	fam reconcile.Family
+	registry.Skipped
+}
+
+// logSkipped logs each lease a reconciler will not route, once per
+// family, key and reason (the registry logs malformed entries itself).
+func (n *node) logSkipped(skipped []familySkip) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.skipLogged == nil {
@@ -457,12 +466,13 @@ func (n *node) logSkipped(skipped []registry.Skipped) {
 	}
 	seen := map[string]bool{}
 	for _, sk := range skipped {
-		seen[sk.Key] = true
-		if n.skipLogged[sk.Key] == sk.Reason {
+		k := sk.fam.String() + " " + sk.Key
+		seen[k] = true
+		if n.skipLogged[k] == sk.Reason {
 			continue
 		}
-		n.skipLogged[sk.Key] = sk.Reason
-		n.log.Warn("lease not routed", "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
+		n.skipLogged[k] = sk.Reason
+		n.log.Warn("lease not routed", "family", sk.fam, "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
 	}
 	for k := range n.skipLogged {
 		if !seen[k] {

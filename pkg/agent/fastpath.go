@@ -204,18 +204,23 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// writeConfig tells the programs this node's subnet, devices and f.
+// writeConfig tells the programs this node's subnets (the gateway is the
+// bridge's first address in each, as the subnet file says), devices and f.
 func (n *node) writeConfig(f FastPath) error {
 	bridge, err := linkIndex(n.cfg.Bridge)
 	if err != nil {
 		return err
 	}
-	own := n.ownSubnet()
-	return n.dp.SetConfig(datapath.NodeConfig{
+	own, own6 := n.ownSubnet(), n.ownSubnet6()
+	c := datapath.NodeConfig{
 		PodSubnet: own, Gateway: own.Addr().Next(),
 		BridgeIfindex: bridge, UnderlayIfindex: uint32(n.ul.link.Attrs().Index),
 		Conntrack: f.Conntrack, IgnoreConntrack: f.IgnoreConntrack, StepAside: f.StepAside,
-	})
+	}
+	if own6.IsValid() {
+		c.PodSubnet6, c.Gateway6 = own6, own6.Addr().Next()
+	}
+	return n.dp.SetConfig(c)
 }
 
 // wanted is what should be attached besides the pods' veths (which the

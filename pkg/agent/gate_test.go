@@ -53,7 +53,7 @@ func TestDecideFastPath(t *testing.T) {
 // touches the machine.
 func testNodeNoRoot(own string) *node {
 	n := &node{log: slog.New(slog.DiscardHandler), metrics: metrics.New(nil), ready: metrics.NewReadiness()}
-	n.setOwn(netip.MustParsePrefix(own))
+	n.setOwn(registry.Lease{Subnet: netip.MustParsePrefix(own)})
 	return n
 }
 
@@ -80,6 +80,26 @@ func TestSubnetChangeOnReacquireEndsTheAgent(t *testing.T) {
 	}
 	if got := n.ownSubnet(); got != netip.MustParsePrefix("10.244.3.0/24") {
 		t.Errorf("own subnet became %s: the old one must not be given up while the agent stops", got)
+	}
+
+	// Dual stack: the IPv6 subnet is the pods' too.
+	dual := func(v4, v6 string) registry.Lease {
+		return registry.Lease{Subnet: netip.MustParsePrefix(v4), IPv6Subnet: netip.MustParsePrefix(v6), Key: v4 + "&" + v6}
+	}
+	n = testNodeNoRoot("10.244.3.0/24")
+	n.setOwn(dual("10.244.3.0/24", "fd00:10:244:3::/64"))
+	fatal = nil
+	n.fatal = func(err error) { fatal = errors.Join(fatal, err) }
+	n.onLeaseChange(dual("10.244.3.0/24", "fd00:10:244:3::/64"))
+	if fatal != nil {
+		t.Fatalf("same subnets again: %v", fatal)
+	}
+	n.onLeaseChange(dual("10.244.3.0/24", "fd00:10:244:9::/64"))
+	if fatal == nil || !strings.Contains(fatal.Error(), "fd00:10:244:3::/64") || !strings.Contains(fatal.Error(), "fd00:10:244:9::/64") {
+		t.Errorf("another IPv6 subnet: %v; want the agent to stop naming both", fatal)
+	}
+	if got := n.ownSubnet6(); got != netip.MustParsePrefix("fd00:10:244:3::/64") {
+		t.Errorf("own IPv6 subnet became %s", got)
 	}
 }
 

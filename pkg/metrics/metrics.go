@@ -20,12 +20,14 @@ const namespace = "hgw"
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	Peers            prometheus.Gauge
-	Entries          *prometheus.GaugeVec // by table (kernel, map) and state
-	LeasesSkipped    *prometheus.GaugeVec // by reason, in the current snapshot
+	// The routing metrics are by family (ipv4, ipv6): a dual-stack node
+	// runs one reconciler per family.
+	Peers            *prometheus.GaugeVec // by family
+	Entries          *prometheus.GaugeVec // by family and table (kernel, map)
+	LeasesSkipped    *prometheus.GaugeVec // by family and reason, in the current snapshot
 	ReconcileRuns    *prometheus.CounterVec
-	ReconcileSeconds prometheus.Histogram
-	RouteRepairs     prometheus.Counter
+	ReconcileSeconds *prometheus.HistogramVec
+	RouteRepairs     *prometheus.CounterVec
 	WatchEvents      prometheus.Counter
 	EtcdReconnects   prometheus.Counter
 	LeaseExpiry      prometheus.Gauge
@@ -40,18 +42,18 @@ type Metrics struct {
 func New(stats StatsReader) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		Peers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers",
-			Help: "Peer nodes in the desired state (leases routed to)."}),
+		Peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "peers",
+			Help: "Peer nodes in the desired state (leases routed to), by family."}, []string{"family"}),
 		Entries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "route_entries",
-			Help: "Route entries after the last reconcile, by table (kernel, map)."}, []string{"table"}),
+			Help: "Route entries after the last reconcile, by family and table (kernel, map)."}, []string{"family", "table"}),
 		LeasesSkipped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "leases_skipped",
-			Help: "Leases in etcd that are not routed to, by reason."}, []string{"reason"}),
+			Help: "Leases in etcd that are not routed to in the family, by family and reason."}, []string{"family", "reason"}),
 		ReconcileRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "reconcile_runs_total",
-			Help: "Reconcile runs, by result (ok, error)."}, []string{"result"}),
-		ReconcileSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "reconcile_duration_seconds",
-			Help: "Time one reconcile run takes.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
-		RouteRepairs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "route_repairs_total",
-			Help: "Routes or map entries found missing or wrong and put back."}),
+			Help: "Reconcile runs, by family and result (ok, error)."}, []string{"family", "result"}),
+		ReconcileSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "reconcile_duration_seconds",
+			Help: "Time one reconcile run takes, by family.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"family"}),
+		RouteRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "route_repairs_total",
+			Help: "Routes or map entries found missing or wrong and put back, by family."}, []string{"family"}),
 		WatchEvents: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "etcd_watch_events_total",
 			Help: "Lease changes received from the etcd watch."}),
 		EtcdReconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "etcd_relists_total",

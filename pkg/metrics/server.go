@@ -76,6 +76,13 @@ func (r *Readiness) Notes() []string {
 	return out
 }
 
+// Met tells whether a condition is met (false if it is not one).
+func (r *Readiness) Met(condition string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pending[condition]
+}
+
 // Ready returns "" when every condition is met, else what is missing.
 func (r *Readiness) Ready() string {
 	r.mu.Lock()
