@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
 func newPingCmd(g *globals) *cobra.Command {
@@ -13,7 +16,8 @@ func newPingCmd(g *globals) *cobra.Command {
 		Short: "Ping every pod from every other pod and print the matrix",
 		Long: `Sends one ICMP echo request ('ping -c 1 -W 1', retried once) from every pod to
 every other pod, several at a time, and prints a matrix of round-trip times
-(rows: source, columns: destination). Fails if any pair cannot reach the
+(rows: source, columns: destination); in a dual-stack lab (up --dual-stack)
+once over IPv4 and once over IPv6. Fails if any pair cannot reach the
 other.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -21,17 +25,32 @@ other.`,
 			if err != nil {
 				return err
 			}
-			results := st.PingAll(cmd.Context(), parallel)
-			failed := st.WriteMatrix(cmd.OutOrStdout(), results)
-			if failed > 0 {
-				for _, r := range results {
-					if !r.OK {
-						fmt.Fprintf(cmd.ErrOrStderr(), "%s -> %s: %s\n", r.From, r.To, r.Output)
+			type round struct {
+				name string
+				ping func(context.Context, int) []lab.PingResult
+			}
+			rounds := []round{{"IPv4", st.PingAll}}
+			if st.DualStack {
+				rounds = append(rounds, round{"IPv6", st.PingAll6})
+			}
+			var failed, total int
+			for _, r := range rounds {
+				if st.DualStack {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s:\n", r.name)
+				}
+				results := r.ping(cmd.Context(), parallel)
+				bad := st.WriteMatrix(cmd.OutOrStdout(), results)
+				for _, res := range results {
+					if !res.OK {
+						fmt.Fprintf(cmd.ErrOrStderr(), "%s -> %s (%s): %s\n", res.From, res.To, r.name, res.Output)
 					}
 				}
-				return fmt.Errorf("%d of %d pairs failed", failed, len(results))
+				failed, total = failed+bad, total+len(results)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "all %d pairs OK\n", len(results))
+			if failed > 0 {
+				return fmt.Errorf("%d of %d pairs failed", failed, total)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "all %d pairs OK\n", total)
 			return nil
 		},
 	}

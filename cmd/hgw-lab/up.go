@@ -30,6 +30,7 @@ type labConfig struct {
 	plainBridge bool
 	// A real node's state around the agent.
 	kubeProxy, fromFlanneld, ipMasq, forwardDrop, internet bool
+	dualStack                                              bool
 	kubeServices                                           int
 	flanneldNodes                                          []int
 	flannelCNI                                             bool
@@ -58,6 +59,9 @@ func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
 		"add namespace <prefix>-inet ("+lab.InternetIP.String()+" on the underlay) standing for the world outside the cluster; it routes no pod subnet")
 	f.IntSliceVar(&c.flanneldNodes, "flanneld-nodes", nil,
 		"nodes (numbers, 1-based) that run the real flanneld instead of hgw-ebpf; found in $"+lab.FlanneldEnv+" or ../shared/tools beside the project")
+	f.BoolVar(&c.dualStack, "dual-stack", false,
+		"IPv6 too, as a dual-stack flannel network: the underlay gets fd00:198:18::/64 (node k fd00:198:18::(10+k)), the network config "+
+			"EnableIPv6 with IPv6Network fd00:10:244::/56, every node an IPv6 /64 besides its IPv4 /24, and the pods an address of each family")
 	f.BoolVar(&c.flannelCNI, "flannel-cni", false,
 		"attach pods through the real flannel CNI plugin (delegating to bridge), as kube-flannel does; found in $"+lab.FlannelCNIEnv+" or ../shared/tools beside the project")
 }
@@ -68,7 +72,7 @@ func (c *labConfig) config(g *globals) (lab.Config, error) {
 		Nodes: c.nodes, PodsPerNode: c.pods, Datapath: c.datapath,
 		ResyncInterval: c.resync, AgentArgs: c.agentArgs, PlainBridgeCNI: c.plainBridge, Log: g.logger(),
 		KubeProxy: c.kubeProxy, KubeServices: c.kubeServices, FromFlanneld: c.fromFlanneld, IPMasq: c.ipMasq,
-		ForwardDrop: c.forwardDrop, Internet: c.internet, FlanneldNodes: c.flanneldNodes,
+		ForwardDrop: c.forwardDrop, Internet: c.internet, FlanneldNodes: c.flanneldNodes, DualStack: c.dualStack,
 	}
 	if len(c.flanneldNodes) == 0 && !c.flannelCNI {
 		return cfg, nil
@@ -104,7 +108,8 @@ agent that dies, until Ctrl-C (or SIGTERM), then removes everything. With
 ready; 'hgw-lab down' stops it.`,
 		Example: `  hgw-lab up --nodes 3 --pods 2
   hgw-lab up --nodes 5 --pods 4 --detach
-  hgw-lab up --datapath routes --detach    # plain flannel host-gw, for comparison`,
+  hgw-lab up --datapath routes --detach    # plain flannel host-gw, for comparison
+  hgw-lab up --dual-stack --detach         # IPv4 and IPv6`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := lc.config(g)
@@ -199,8 +204,12 @@ func startDetached(cmd *cobra.Command, g *globals) error {
 }
 
 func printReady(w io.Writer, st lab.State, g *globals, detached bool) {
-	fmt.Fprintf(w, "lab %q is up: %d nodes, %d pods, datapath %s (etcd %s)\n",
-		st.Prefix, len(st.Nodes), len(st.Pods), st.Datapath, st.Etcd)
+	stack := ""
+	if st.DualStack {
+		stack = ", dual stack"
+	}
+	fmt.Fprintf(w, "lab %q is up: %d nodes, %d pods, datapath %s%s (etcd %s)\n",
+		st.Prefix, len(st.Nodes), len(st.Pods), st.Datapath, stack, st.Etcd)
 	flags := ""
 	if g.prefix != lab.DefaultPrefix {
 		flags = " --prefix " + g.prefix

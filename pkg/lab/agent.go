@@ -68,6 +68,9 @@ func (l *Lab) flanneldArgs(n Node) []string {
 		"--public-ip", n.IP,
 		"--subnet-file", n.SubnetFile,
 	}
+	if n.IP6 != "" {
+		args = append(args, "--public-ipv6", n.IP6)
+	}
 	if l.cfg.IPMasq {
 		args = append(args, "--ip-masq")
 	}

@@ -1,15 +1,12 @@
 package lab
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -17,59 +14,31 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
 
-// subnetEnv is the part of a flanneld subnet file the pods need.
-type subnetEnv struct {
-	Network netip.Prefix // FLANNEL_NETWORK
-	Subnet  netip.Prefix // FLANNEL_SUBNET: the gateway address with the subnet's length
-	MTU     int          // FLANNEL_MTU
-	IPMasq  bool         // FLANNEL_IPMASQ
-}
-
-// readSubnetEnv parses a subnet file in flanneld's format.
-func readSubnetEnv(path string) (subnetEnv, error) {
-	f, err := os.Open(path)
+// readSubnetEnv reads a node's subnet file (pkg/subnetfile's reader, the
+// agent's): complete once FLANNEL_MTU is there too.
+func readSubnetEnv(path string) (subnetfile.Env, error) {
+	env, err := subnetfile.Read(path)
 	if err != nil {
-		return subnetEnv{}, err
+		return subnetfile.Env{}, err
 	}
-	defer f.Close()
-	var env subnetEnv
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "FLANNEL_NETWORK":
-			env.Network, err = netip.ParsePrefix(v)
-		case "FLANNEL_SUBNET":
-			env.Subnet, err = netip.ParsePrefix(v)
-		case "FLANNEL_MTU":
-			env.MTU, err = strconv.Atoi(v)
-		case "FLANNEL_IPMASQ":
-			env.IPMasq, err = strconv.ParseBool(v)
-		}
-		if err != nil {
-			return subnetEnv{}, fmt.Errorf("%s: %s: %w", path, k, err)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return subnetEnv{}, fmt.Errorf("read %s: %w", path, err)
-	}
-	if !env.Subnet.IsValid() || env.MTU == 0 {
-		return subnetEnv{}, fmt.Errorf("%s: FLANNEL_SUBNET or FLANNEL_MTU missing", path)
+	if env.MTU == 0 {
+		return subnetfile.Env{}, fmt.Errorf("%s: FLANNEL_MTU missing", path)
 	}
 	return env, nil
 }
 
-// writeSubnetEnv writes a subnet file as flanneld does (where the lab
-// stands in for an agent, or for what flanneld left behind).
-func writeSubnetEnv(path string, env subnetEnv) error {
-	s := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n",
-		env.Network, env.Subnet, env.MTU, env.IPMasq)
-	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+// writeSubnetEnv writes a subnet file byte for byte as flanneld does
+// (where the lab stands in for an agent, or for what flanneld left
+// behind), with flanneld's mode.
+func writeSubnetEnv(path string, env subnetfile.Env) error {
+	b, err := subnetfile.Format(env)
+	if err == nil {
+		err = os.WriteFile(path, b, 0o644)
+	}
+	if err != nil {
 		return fmt.Errorf("write subnet file: %w", err)
 	}
 	return nil
@@ -78,7 +47,7 @@ func writeSubnetEnv(path string, env subnetEnv) error {
 // waitSubnetEnv waits until the agent has written a complete subnet file
 // (in place of old, the one it found, if not nil: both flanneld and
 // hgw-ebpf replace the file by a rename, and only once they are ready).
-func waitSubnetEnv(ctx context.Context, path string, old os.FileInfo, timeout time.Duration) (subnetEnv, error) {
+func waitSubnetEnv(ctx context.Context, path string, old os.FileInfo, timeout time.Duration) (subnetfile.Env, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -95,7 +64,7 @@ func waitSubnetEnv(ctx context.Context, path string, old os.FileInfo, timeout ti
 		}
 		select {
 		case <-ctx.Done():
-			return subnetEnv{}, fmt.Errorf("wait for subnet file %s: %w (last: %v)", path, ctx.Err(), err)
+			return subnetfile.Env{}, fmt.Errorf("wait for subnet file %s: %w (last: %v)", path, ctx.Err(), err)
 		case <-tick.C:
 		}
 	}
@@ -103,8 +72,10 @@ func waitSubnetEnv(ctx context.Context, path string, old os.FileInfo, timeout ti
 
 // cniNetwork is the pod network of one node: the real `bridge` plugin
 // (cni0 as the pods' gateway, no masquerade, as flannel's CNI plugin
-// delegates it) with `host-local` IPAM on the node's subnet. IPAM state goes
-// under the lab's state directory, not /var/lib/cni.
+// delegates it) with `host-local` IPAM on the node's subnet, and on its
+// IPv6 subnet as a second range, as the flannel plugin makes it from the
+// subnet file's IPv6 lines. IPAM state goes under the lab's state
+// directory, not /var/lib/cni.
 type cniNetwork struct {
 	cni      *libcni.CNIConfig
 	conf     *libcni.NetworkConfigList
@@ -122,8 +93,12 @@ type conflist struct {
 // newCNINetwork builds a node's conflist: bridge + host-local, or the
 // flannel plugin that delegates to them (reading the node's subnet file, as
 // kube-flannel's conflist does), then the plugins c chains after it.
-func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, c conflist) (*cniNetwork, error) {
+func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetfile.Env, c conflist) (*cniNetwork, error) {
 	paths := []string{cniPath}
+	ranges := [][]map[string]string{hostLocalRange(env.Subnet)}
+	if env.IPv6Subnet.IsValid() {
+		ranges = append(ranges, hostLocalRange(env.IPv6Subnet))
+	}
 	plugins := []any{map[string]any{
 		"type":             "bridge",
 		"bridge":           podBridge,
@@ -133,7 +108,7 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, c conflist) (
 		"mtu":              env.MTU,
 		"ipam": map[string]any{
 			"type":    "host-local",
-			"ranges":  [][]map[string]string{{{"subnet": env.Subnet.Masked().String(), "gateway": env.Subnet.Addr().String()}}},
+			"ranges":  ranges,
 			"dataDir": nodeDir + "/ipam",
 		},
 	}}
@@ -178,14 +153,22 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetEnv, c conflist) (
 	}, nil
 }
 
-// attach runs the plugins' ADD for a pod namespace and returns its IPv4.
-// The plugins are forked from a thread inside the node namespace, as a
-// container runtime on that node would run them, so cni0 and the host end
-// of the pod's veth are created there.
-func (n *cniNetwork) attach(ctx context.Context, pod string, capArgs map[string]any) (netip.Addr, error) {
+// hostLocalRange is host-local's range for a subnet, its gateway the
+// subnet's first address (the subnet file's, the bridge's).
+func hostLocalRange(subnet netip.Prefix) []map[string]string {
+	sn := subnet.Masked()
+	return []map[string]string{{"subnet": sn.String(), "gateway": sn.Addr().Next().String()}}
+}
+
+// attach runs the plugins' ADD for a pod namespace and returns its IPv4
+// and, with an IPv6 range, its IPv6 address. The plugins are forked from
+// a thread inside the node namespace, as a container runtime on that node
+// would run them, so cni0 and the host end of the pod's veth are created
+// there.
+func (n *cniNetwork) attach(ctx context.Context, pod string, capArgs map[string]any) (ip4, ip6 netip.Addr, err error) {
 	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface, CapabilityArgs: capArgs}
 	var res *types100.Result
-	err := inNetns(n.nodeNS, func() error {
+	err = inNetns(n.nodeNS, func() error {
 		r, err := n.cni.AddNetworkList(ctx, n.conf, rt)
 		if err != nil {
 			return err
@@ -194,14 +177,22 @@ func (n *cniNetwork) attach(ctx context.Context, pod string, capArgs map[string]
 		return err
 	})
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("CNI ADD %s on %s: %w", pod, n.nodeNS, err)
+		return ip4, ip6, fmt.Errorf("CNI ADD %s on %s: %w", pod, n.nodeNS, err)
 	}
 	for _, ipc := range res.IPs {
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok && ipc.Address.IP.To4() != nil {
-			return a, nil
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		switch {
+		case !ok:
+		case a.Unmap().Is4() && !ip4.IsValid():
+			ip4 = a.Unmap()
+		case a.Is6() && !a.Is4In6() && !ip6.IsValid():
+			ip6 = a
 		}
 	}
-	return netip.Addr{}, errors.New("CNI ADD " + pod + ": result has no IPv4 address")
+	if !ip4.IsValid() {
+		return ip4, ip6, errors.New("CNI ADD " + pod + ": result has no IPv4 address")
+	}
+	return ip4, ip6, nil
 }
 
 // appendFile is a writer that appends to a file, opened for each write: a

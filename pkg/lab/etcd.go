@@ -17,8 +17,12 @@ import (
 	"google.golang.org/grpc"
 )
 
-// networkConfig is the flannel network config the lab seeds.
-const networkConfig = `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}`
+// networkConfig is the flannel network config the lab seeds; a
+// dual-stack lab's enables IPv6 as flannel's documentation does.
+const (
+	networkConfig          = `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}`
+	networkConfigDualStack = `{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}`
+)
 
 // EtcdEndpoint is the URL the agents (inside the node namespaces) use.
 func EtcdEndpoint() string {
@@ -109,11 +113,15 @@ func newEtcdClient(underlay string) (*clientv3.Client, error) {
 }
 
 // seedNetworkConfig writes <prefix>/config as a flannel operator would.
-func seedNetworkConfig(ctx context.Context, cli *clientv3.Client, prefix string) error {
+func seedNetworkConfig(ctx context.Context, cli *clientv3.Client, prefix string, dualStack bool) error {
 	key := strings.TrimSuffix(prefix, "/") + "/config"
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := cli.Put(ctx, key, networkConfig); err != nil {
+	config := networkConfig
+	if dualStack {
+		config = networkConfigDualStack
+	}
+	if _, err := cli.Put(ctx, key, config); err != nil {
 		return fmt.Errorf("seed %s: %w", key, err)
 	}
 	return nil

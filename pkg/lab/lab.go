@@ -79,6 +79,11 @@ type Config struct {
 	// host-local, reading the node's subnet file), with hgw-cni chained
 	// after it on hgw-ebpf nodes unless PlainBridgeCNI.
 	FlannelCNI string
+	// DualStack gives the lab IPv6 besides IPv4 (see underlayNet6): the
+	// underlay, a network config enabling IPv6 as flannel's does, every
+	// node's lease, subnet file and routes, and pods with both families
+	// from the CNI plugins.
+	DualStack bool
 	// LeftoversRemoved skips the initial Down: the caller (a detaching
 	// parent that already opened the log in the state dir) has run it.
 	LeftoversRemoved bool
@@ -260,13 +265,14 @@ func (l *Lab) build(ctx context.Context) error {
 		Prefix: l.cfg.Prefix, Dir: dir, PID: os.Getpid(), PIDStart: start, Started: time.Now(),
 		Datapath: l.cfg.Datapath, BinDir: l.cfg.BinDir, PinRoot: pinRoot(l.cfg.Prefix),
 		Underlay: underlayNS(l.cfg.Prefix), Etcd: EtcdEndpoint(), EtcdKeys: l.cfg.EtcdPrefix, NextIndex: 1,
+		DualStack: l.cfg.DualStack,
 	}
 	if err := l.saveState(); err != nil {
 		return err
 	}
 
 	l.log.Info("creating underlay", "netns", l.state.Underlay, "bridge", underlayBridge, "addr", underlayGateway)
-	if err := createUnderlay(l.state.Underlay); err != nil {
+	if err := createUnderlay(l.state.Underlay, l.cfg.DualStack); err != nil {
 		return err
 	}
 	if l.cfg.Internet {
@@ -287,7 +293,7 @@ func (l *Lab) build(ctx context.Context) error {
 		return err
 	}
 	l.client = cli
-	if err := seedNetworkConfig(ctx, cli, l.cfg.EtcdPrefix); err != nil {
+	if err := seedNetworkConfig(ctx, cli, l.cfg.EtcdPrefix, l.cfg.DualStack); err != nil {
 		return err
 	}
 	nodes := make([]Node, 0, l.cfg.Nodes)

@@ -19,6 +19,16 @@ var (
 	clusterNetwork  = netip.MustParsePrefix("10.244.0.0/16")
 )
 
+// A dual-stack lab (Config.DualStack) adds IPv6: the underlay is a ULA
+// /64 (fd00:198:18::/64, node k fd00:198:18::(10+k), written as its IPv4
+// address is), the pods' network a /56 cut into /64s, as flannel's
+// IPv6SubnetLen defaults.
+var (
+	underlayNet6     = netip.MustParsePrefix("fd00:198:18::/64")
+	underlayGateway6 = netip.MustParseAddr("fd00:198:18::1")
+	clusterNetwork6  = netip.MustParsePrefix("fd00:10:244::/56")
+)
+
 const (
 	// MaxNodes keeps node addresses (198.18.0.(10+k)) inside the /24.
 	MaxNodes = 200
@@ -71,6 +81,11 @@ func nodeIP(k int) netip.Addr {
 	a := underlayNet.Addr().As4()
 	a[3] = byte(10 + k)
 	return netip.AddrFrom4(a)
+}
+
+// nodeIP6 is node k's eth0 IPv6 address on a dual-stack underlay.
+func nodeIP6(k int) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("fd00:198:18::%d", 10+k))
 }
 
 // underlayPort is the underlay-side veth of node k (in the underlay

@@ -102,11 +102,12 @@ func (l *Lab) loadKubeProxy() error {
 
 // asFlanneldLeftIt puts node k in the state flanneld leaves a node in when
 // an operator stops it to move the node to hgw-ebpf: a subnet file for
-// 10.244.k.0/24 (which the agent takes over) and flanneld's iptables rules
-// for it.
+// 10.244.k.0/24 (and fd00:10:244:k::/64 in a dual-stack lab), which the
+// agent takes over, and flanneld's iptables rules for it.
 func (l *Lab) asFlanneldLeftIt(n Node) error {
 	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 0}), 24)
-	env := subnetEnv{Network: clusterNetwork, Subnet: netip.PrefixFrom(subnet.Addr().Next(), 24), MTU: 1500, IPMasq: l.cfg.IPMasq}
+	env := l.subnetEnv(subnet)
+	env.IPMasq = l.cfg.IPMasq
 	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
 		return err
 	}

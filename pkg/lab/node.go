@@ -16,6 +16,8 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
 
 // AddNode adds a node to the running lab (with its agent, but no pods) and
@@ -82,6 +84,9 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 		SubnetFile: filepath.Join(dir, "subnet.env"),
 		AgentLog:   filepath.Join(dir, "agent.log"),
 	}
+	if l.cfg.DualStack {
+		n.IP6 = nodeIP6(k).String()
+	}
 	l.state.Nodes = append(l.state.Nodes, n)
 	err := l.state.save()
 	l.mu.Unlock()
@@ -98,7 +103,7 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	}
 
 	l.log.Info("creating node", "node", name, "addr", n.IP)
-	if err := createNode(l.state.Underlay, name, k); err != nil {
+	if err := createNode(l.state.Underlay, name, k, l.cfg.DualStack); err != nil {
 		return Node{}, err
 	}
 	left, err := l.prepareNode(n)
@@ -126,9 +131,28 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 		return Node{}, err
 	}
 	n.Subnet = env.Subnet.Masked().String()
-	l.updateNode(name, func(st *Node) { st.Subnet = n.Subnet })
-	l.log.Info("node ready", "node", name, "subnet", n.Subnet)
+	if env.IPv6Subnet.IsValid() {
+		n.Subnet6 = env.IPv6Subnet.Masked().String()
+	}
+	l.updateNode(name, func(st *Node) { st.Subnet, st.Subnet6 = n.Subnet, n.Subnet6 })
+	l.log.Info("node ready", "node", name, "subnet", n.Subnet, "subnet6", n.Subnet6)
 	return n, nil
+}
+
+// subnet6Of is the IPv6 subnet the lab gives the node it gives subnet
+// (10.244.k.0/24): fd00:10:244:k::/64, written as the IPv4 one is.
+func subnet6Of(subnet netip.Prefix) netip.Prefix {
+	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%d::/64", subnet.Addr().As4()[2]))
+}
+
+// subnetEnv is the subnet file of a node on subnet (and its IPv6 subnet
+// in a dual-stack lab), as flanneld writes it.
+func (l *Lab) subnetEnv(subnet netip.Prefix) subnetfile.Env {
+	env := subnetfile.Env{Network: clusterNetwork, Subnet: subnet, MTU: 1500}
+	if l.cfg.DualStack {
+		env.IPv6Network, env.IPv6Subnet = clusterNetwork6, subnet6Of(subnet)
+	}
+	return env
 }
 
 // staticNode stands in for an agent: the node gets subnet, a subnet file,
@@ -137,8 +161,8 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 // lab adds the routes towards it too; without, it is a flanneld-style lease
 // with flanneld's TTL that the peers' agents must pick up.
 func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromPeers bool) error {
-	gw := netip.PrefixFrom(subnet.Addr().Next(), 24)
-	if err := writeSubnetEnv(n.SubnetFile, subnetEnv{Network: clusterNetwork, Subnet: gw, MTU: 1500}); err != nil {
+	env := l.subnetEnv(subnet)
+	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
 		return err
 	}
 	// Byte for byte what flanneld v0.28's host-gw backend writes (seen in
@@ -146,46 +170,70 @@ func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromP
 	// PublicIPv6 and empty BackendData omitted), not our own encoder's idea
 	// of it.
 	attrs := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"host-gw"}`, n.IP)
+	if env.IPv6Subnet.IsValid() {
+		attrs = fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":%q,"BackendType":"host-gw"}`, n.IP, n.IP6)
+	}
 	ttl := time.Duration(0)
 	if !fromPeers {
 		ttl = flannelLeaseTTL
 	}
-	if err := l.putLease(ctx, subnet, attrs, ttl); err != nil {
+	if err := l.putLease(ctx, subnet, env.IPv6Subnet, attrs, ttl); err != nil {
 		return err
 	}
-	ip := netip.MustParseAddr(n.IP)
+	n.Subnet = subnet.String()
+	if env.IPv6Subnet.IsValid() {
+		n.Subnet6 = env.IPv6Subnet.String()
+	}
 	for _, other := range l.State().Nodes {
 		if other.Name == n.Name || other.Subnet == "" {
 			continue
 		}
-		osub := netip.MustParsePrefix(other.Subnet)
-		if err := addStaticRoute(n.Name, osub, netip.MustParseAddr(other.IP)); err != nil {
+		if err := addStaticRoutes(n.Name, other); err != nil {
 			return err
 		}
 		if !fromPeers {
 			continue
 		}
-		if err := addStaticRoute(other.Name, subnet, ip); err != nil {
+		if err := addStaticRoutes(other.Name, n); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// leaseKey is flannel's key for an IPv4 subnet: <prefix>/subnets/10.244.1.0-24.
-func leaseKey(prefix string, subnet netip.Prefix) string {
-	return fmt.Sprintf("%s/subnets/%s-%d", strings.TrimSuffix(prefix, "/"), subnet.Masked().Addr(), subnet.Bits())
+// addStaticRoutes routes peer's subnets in node as flanneld does: its
+// subnet via its IP and, if it has one, its IPv6 subnet via its IPv6.
+func addStaticRoutes(node string, peer Node) error {
+	if err := addStaticRoute(node, netip.MustParsePrefix(peer.Subnet), netip.MustParseAddr(peer.IP)); err != nil {
+		return err
+	}
+	if peer.Subnet6 == "" || peer.IP6 == "" {
+		return nil
+	}
+	return addStaticRoute(node, netip.MustParsePrefix(peer.Subnet6), netip.MustParseAddr(peer.IP6))
+}
+
+// leaseKey is flannel's key for a subnet (and an IPv6 one, if valid):
+// <prefix>/subnets/10.244.1.0-24 or 10.244.1.0-24&fd00:10:244:1::-64.
+func leaseKey(prefix string, subnet, subnet6 netip.Prefix) string {
+	return strings.TrimSuffix(prefix, "/") + "/subnets/" + registry.DualStackKey(subnet.Masked(), subnet6.Masked())
 }
 
 // PutLease writes the lease of subnet with a raw value (any JSON, valid or
 // not: tests feed the agents bad input too), bound to an etcd lease of ttl,
 // or a reservation when ttl is 0.
 func (l *Lab) PutLease(ctx context.Context, subnet netip.Prefix, value string, ttl time.Duration) error {
-	return l.putLease(ctx, subnet, value, ttl)
+	return l.putLease(ctx, subnet, netip.Prefix{}, value, ttl)
 }
 
-func (l *Lab) putLease(ctx context.Context, subnet netip.Prefix, value string, ttl time.Duration) error {
-	key := leaseKey(l.cfg.EtcdPrefix, subnet)
+// PutDualStackLease is PutLease for a dual-stack lease of subnet and
+// subnet6, under flanneld's key for both.
+func (l *Lab) PutDualStackLease(ctx context.Context, subnet, subnet6 netip.Prefix, value string, ttl time.Duration) error {
+	return l.putLease(ctx, subnet, subnet6, value, ttl)
+}
+
+func (l *Lab) putLease(ctx context.Context, subnet, subnet6 netip.Prefix, value string, ttl time.Duration) error {
+	key := leaseKey(l.cfg.EtcdPrefix, subnet, subnet6)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var opts []clientv3.OpOption
@@ -202,13 +250,18 @@ func (l *Lab) putLease(ctx context.Context, subnet netip.Prefix, value string, t
 	return nil
 }
 
-// DeleteLease removes the lease of a subnet.
+// DeleteLease removes the lease of a subnet, IPv4-only or dual-stack.
 func (l *Lab) DeleteLease(ctx context.Context, subnet netip.Prefix) error {
-	key := leaseKey(l.cfg.EtcdPrefix, subnet)
+	key := leaseKey(l.cfg.EtcdPrefix, subnet, netip.Prefix{})
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := l.client.Delete(ctx, key); err != nil {
-		return fmt.Errorf("delete lease %s: %w", key, err)
+	for _, del := range []struct {
+		key  string
+		opts []clientv3.OpOption
+	}{{key, nil}, {key + "&", []clientv3.OpOption{clientv3.WithPrefix()}}} {
+		if _, err := l.client.Delete(ctx, del.key, del.opts...); err != nil {
+			return fmt.Errorf("delete lease %s: %w", key, err)
+		}
 	}
 	return nil
 }
@@ -282,15 +335,15 @@ func (l *Lab) removeStaticRoutesTo(subnet netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
-// NodeRoutes lists a node's kernel routes into the cluster network, as
-// subnet -> next hop.
+// NodeRoutes lists a node's kernel routes into the cluster networks
+// (IPv4 and IPv6), as subnet -> next hop.
 func NodeRoutes(node string) (map[netip.Prefix]netip.Addr, error) {
 	h, err := HandleAt(node)
 	if err != nil {
 		return nil, err
 	}
 	defer h.Close()
-	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := h.RouteList(nil, netlink.FAMILY_ALL)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return nil, fmt.Errorf("list routes in %s: %w", node, err)
 	}
@@ -300,14 +353,14 @@ func NodeRoutes(node string) (map[netip.Prefix]netip.Addr, error) {
 			continue
 		}
 		ones, _ := r.Dst.Mask.Size()
-		dst, ok1 := netip.AddrFromSlice(r.Dst.IP.To4())
-		gw, ok2 := netip.AddrFromSlice(r.Gw.To4())
+		dst, ok1 := netip.AddrFromSlice(r.Dst.IP)
+		gw, ok2 := netip.AddrFromSlice(r.Gw)
 		if !ok1 || !ok2 {
 			continue
 		}
-		p := netip.PrefixFrom(dst, ones)
-		if clusterNetwork.Overlaps(p) {
-			out[p] = gw
+		p := netip.PrefixFrom(dst.Unmap(), ones)
+		if clusterNetwork.Overlaps(p) || clusterNetwork6.Overlaps(p) {
+			out[p] = gw.Unmap()
 		}
 	}
 	return out, nil
@@ -345,9 +398,13 @@ func missingRoutes(nodes []Node) (string, error) {
 			if peer.Name == n.Name || peer.Subnet == "" {
 				continue
 			}
-			want := netip.MustParsePrefix(peer.Subnet)
-			if gw, ok := have[want]; !ok || gw.String() != peer.IP {
-				return fmt.Sprintf("%s has no route %s via %s", n.Name, want, peer.IP), nil
+			for _, want := range [][2]string{{peer.Subnet, peer.IP}, {peer.Subnet6, peer.IP6}} {
+				if want[0] == "" {
+					continue // not dual-stack
+				}
+				if gw, ok := have[netip.MustParsePrefix(want[0])]; !ok || gw.String() != want[1] {
+					return fmt.Sprintf("%s has no route %s via %s", n.Name, want[0], want[1]), nil
+				}
 			}
 		}
 	}

@@ -43,10 +43,20 @@ func (s State) Ping(ctx context.Context, from, to string) (time.Duration, error)
 	return 0, nil
 }
 
-// PingAll pings every pod from every other pod, `parallel` probes at a
-// time. A failed probe is tried once more, so that a first packet waiting
-// for neighbour resolution does not count as a lost path.
+// PingAll pings every pod from every other pod over IPv4, `parallel`
+// probes at a time. A failed probe is tried once more, so that a first
+// packet waiting for neighbour resolution does not count as a lost path.
 func (s State) PingAll(ctx context.Context, parallel int) []PingResult {
+	return s.pingAll(ctx, parallel, func(p Pod) string { return p.IP })
+}
+
+// PingAll6 is PingAll over IPv6, to every pod's IPv6 address (a
+// dual-stack lab's pods have one).
+func (s State) PingAll6(ctx context.Context, parallel int) []PingResult {
+	return s.pingAll(ctx, parallel, func(p Pod) string { return p.IP6 })
+}
+
+func (s State) pingAll(ctx context.Context, parallel int, addr func(Pod) string) []PingResult {
 	if parallel < 1 {
 		parallel = 1
 	}
@@ -65,9 +75,13 @@ func (s State) PingAll(ctx context.Context, parallel int) []PingResult {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			to, _ := s.Pod(pairs[i].To)
+			if addr(to) == "" {
+				pairs[i].Output = "no address of this family"
+				return
+			}
 			var err error
 			for range 2 {
-				if pairs[i].RTT, err = s.Ping(ctx, pairs[i].From, to.IP); err == nil {
+				if pairs[i].RTT, err = s.Ping(ctx, pairs[i].From, addr(to)); err == nil {
 					pairs[i].OK = true
 					return
 				}

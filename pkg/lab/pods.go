@@ -40,6 +40,9 @@ func (l *Lab) addPod(ctx context.Context, node string, capArgs map[string]any) (
 	if err := namedns.Create(name); err != nil {
 		return Pod{}, err
 	}
+	if err := withoutDAD(name, l.cfg.DualStack); err != nil {
+		return Pod{}, err
+	}
 	// Record the pod before attaching: a half-attached pod is still removed.
 	pod := Pod{Name: name, Node: node}
 	l.mu.Lock()
@@ -58,19 +61,22 @@ func (l *Lab) addPod(ctx context.Context, node string, capArgs map[string]any) (
 	if err != nil {
 		return Pod{}, fmt.Errorf("pod %s: %w", name, err)
 	}
-	ip, err := cni.attach(ctx, name, capArgs)
+	ip, ip6, err := cni.attach(ctx, name, capArgs)
 	if err != nil {
 		return Pod{}, err
 	}
 	pod.IP = ip.String()
+	if ip6.IsValid() {
+		pod.IP6 = ip6.String()
+	}
 	l.mu.Lock()
 	for i := range l.state.Pods {
 		if l.state.Pods[i].Name == name {
-			l.state.Pods[i].IP = pod.IP
+			l.state.Pods[i].IP, l.state.Pods[i].IP6 = pod.IP, pod.IP6
 		}
 	}
 	err = l.state.save()
 	l.mu.Unlock()
-	l.log.Info("pod ready", "pod", name, "node", node, "addr", pod.IP)
+	l.log.Info("pod ready", "pod", name, "node", node, "addr", pod.IP, "addr6", pod.IP6)
 	return pod, err
 }

@@ -24,6 +24,7 @@ type State struct {
 	Started   time.Time `json:"started"`
 	Ready     bool      `json:"ready"`
 	Datapath  string    `json:"datapath"`
+	DualStack bool      `json:"dual_stack,omitempty"` // IPv6 too (Config.DualStack)
 	BinDir    string    `json:"bin_dir"`
 	PinRoot   string    `json:"pin_root"` // every node pins below it
 	Underlay  string    `json:"underlay_netns"`
@@ -43,6 +44,7 @@ type Node struct {
 	Name       string `json:"name"` // also the netns name
 	Index      int    `json:"index"`
 	IP         string `json:"ip"`
+	IP6        string `json:"ip6,omitempty"` // eth0's IPv6 address in a dual-stack lab
 	PinRoot    string `json:"pin_root"`
 	SubnetFile string `json:"subnet_file"`
 	Agent      string `json:"agent,omitempty"` // AgentHgw, AgentFlanneld, or "" when the lab stands in for one
@@ -50,6 +52,7 @@ type Node struct {
 	AgentPID   int    `json:"agent_pid,omitempty"`
 	AgentStart uint64 `json:"agent_start,omitempty"` // start time (clock ticks) against PID reuse
 	Subnet     string `json:"subnet,omitempty"`      // from the subnet file, once written
+	Subnet6    string `json:"subnet6,omitempty"`     // the IPv6 one, in a dual-stack lab
 }
 
 // Pod is one pod namespace attached to its node's cni0 by the CNI plugins.
@@ -57,6 +60,7 @@ type Pod struct {
 	Name string `json:"name"` // also the netns name
 	Node string `json:"node"`
 	IP   string `json:"ip"`
+	IP6  string `json:"ip6,omitempty"` // in a dual-stack lab
 }
 
 // StateDir is the state directory of the lab with this prefix.

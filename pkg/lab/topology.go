@@ -9,15 +9,20 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // createUnderlay creates the underlay namespace with bridge br0 holding
-// 198.18.0.1/24. It has no uplink and ip_forward stays 0 there, so nothing
-// a node sends to it can go further.
-func createUnderlay(name string) error {
+// 198.18.0.1/24 (and fd00:198:18::1/64 with dualStack). It has no uplink
+// and forwarding stays off there, so nothing a node sends to it can go
+// further.
+func createUnderlay(name string, dualStack bool) error {
 	if err := namedns.Create(name); err != nil {
+		return err
+	}
+	if err := withoutDAD(name, dualStack); err != nil {
 		return err
 	}
 	h, err := HandleAt(name)
@@ -35,19 +40,48 @@ func createUnderlay(name string) error {
 	if err := addAddr(h, underlayBridge, netip.PrefixFrom(underlayGateway, underlayNet.Bits())); err != nil {
 		return err
 	}
+	if dualStack {
+		if err := addAddr(h, underlayBridge, netip.PrefixFrom(underlayGateway6, underlayNet6.Bits())); err != nil {
+			return err
+		}
+	}
 	return linkUp(h, underlayBridge)
+}
+
+// withoutDAD makes the IPv6 devices created in namespace ns from now on
+// skip duplicate address detection, which would keep each address
+// unusable for a second or two: the lab's addresses are unique by
+// construction. Nothing to do without IPv6 in the lab.
+func withoutDAD(ns string, dualStack bool) error {
+	if !dualStack {
+		return nil
+	}
+	return setSysctl(ns, "net/ipv6/conf/default/accept_dad", "0")
 }
 
 // createNode creates node k's namespace: eth0 (a veth whose peer is plugged
 // into the underlay bridge) with 198.18.0.(10+k)/24, lo up, and ip_forward
-// on. No default route: the agents get --iface and --public-ip explicitly,
+// on; with dualStack also fd00:198:18::(10+k)/64 and IPv6 forwarding on.
+// No default route: the agents get --iface and --public-ip explicitly,
 // and the underlay leads nowhere, so a default route would only pretend.
-func createNode(underlay, name string, k int) error {
+func createNode(underlay, name string, k int, dualStack bool) error {
 	if err := namedns.Create(name); err != nil {
 		return err
 	}
-	if err := plugIntoUnderlay(underlay, name, underlayPort(k), netip.PrefixFrom(nodeIP(k), underlayNet.Bits())); err != nil {
+	if err := withoutDAD(name, dualStack); err != nil {
 		return err
+	}
+	addrs := []netip.Prefix{netip.PrefixFrom(nodeIP(k), underlayNet.Bits())}
+	if dualStack {
+		addrs = append(addrs, netip.PrefixFrom(nodeIP6(k), underlayNet6.Bits()))
+	}
+	if err := plugIntoUnderlay(underlay, name, underlayPort(k), addrs...); err != nil {
+		return err
+	}
+	if dualStack {
+		if err := setSysctl(name, "net/ipv6/conf/all/forwarding", "1"); err != nil {
+			return err
+		}
 	}
 	return setSysctl(name, "net/ipv4/ip_forward", "1")
 }
@@ -62,9 +96,9 @@ func createInternet(underlay, name string) error {
 	return plugIntoUnderlay(underlay, name, internetPort, netip.PrefixFrom(InternetIP, underlayNet.Bits()))
 }
 
-// plugIntoUnderlay gives namespace name an eth0 with addr whose veth peer,
-// port, is plugged into the underlay bridge; lo and eth0 come up.
-func plugIntoUnderlay(underlay, name, port string, addr netip.Prefix) error {
+// plugIntoUnderlay gives namespace name an eth0 with addrs whose veth
+// peer, port, is plugged into the underlay bridge; lo and eth0 come up.
+func plugIntoUnderlay(underlay, name, port string, addrs ...netip.Prefix) error {
 	ulNs, err := netns.GetFromName(underlay)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", underlay, err)
@@ -114,8 +148,10 @@ func plugIntoUnderlay(underlay, name, port string, addr netip.Prefix) error {
 	if err := linkUp(h, "lo"); err != nil {
 		return err
 	}
-	if err := addAddr(h, nodeUplink, addr); err != nil {
-		return err
+	for _, addr := range addrs {
+		if err := addAddr(h, nodeUplink, addr); err != nil {
+			return err
+		}
 	}
 	return linkUp(h, nodeUplink)
 }
@@ -169,9 +205,9 @@ func readSysctl(ns, key string) (string, error) {
 	return out, err
 }
 
-// addStaticRoute installs `<subnet> via <nexthop> dev eth0` in a node: the
-// lab's own stand-in for the agent (datapath "static"), for testing the
-// topology alone.
+// addStaticRoute installs `<subnet> via <nexthop> dev eth0` (either
+// family) in a node: the lab's own stand-in for the agent (datapath
+// "static"), and flanneld's routes on a node it left.
 func addStaticRoute(node string, subnet netip.Prefix, nexthop netip.Addr) error {
 	h, err := HandleAt(node)
 	if err != nil {
@@ -209,7 +245,11 @@ func addAddr(h *netlink.Handle, dev string, p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", dev, err)
 	}
-	if err := h.AddrAdd(l, &netlink.Addr{IPNet: prefixIPNet(p)}); err != nil {
+	a := &netlink.Addr{IPNet: prefixIPNet(p)}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // see withoutDAD
+	}
+	if err := h.AddrAdd(l, a); err != nil {
 		return fmt.Errorf("add %s to %s: %w", p, dev, err)
 	}
 	return nil

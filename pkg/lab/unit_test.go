@@ -11,13 +11,20 @@ import (
 
 func TestSubnetEnvRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "subnet.env")
-	want := subnetEnv{Network: clusterNetwork, Subnet: netip.MustParsePrefix("10.244.7.1/24"), MTU: 1450}
-	if err := writeSubnetEnv(path, want); err != nil {
-		t.Fatal(err)
-	}
-	got, err := readSubnetEnv(path)
-	if err != nil || got != want {
-		t.Fatalf("read back %+v, %v; want %+v", got, err, want)
+	lab := &Lab{}
+	for _, dual := range []bool{false, true} {
+		lab.cfg.DualStack = dual
+		want := lab.subnetEnv(netip.MustParsePrefix("10.244.7.0/24"))
+		if err := writeSubnetEnv(path, want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := readSubnetEnv(path)
+		if err != nil || got != want {
+			t.Fatalf("read back %+v, %v; want %+v", got, err, want)
+		}
+		if dual != (got.IPv6Subnet == netip.MustParsePrefix("fd00:10:244:7::/64")) {
+			t.Errorf("dual stack %v: IPv6 subnet %s", dual, got.IPv6Subnet)
+		}
 	}
 	// A file the agent is still writing (no MTU yet) is not ready.
 	if err := os.WriteFile(path, []byte("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"), 0o644); err != nil {
@@ -72,8 +79,11 @@ func TestProcessIdentity(t *testing.T) {
 }
 
 func TestLeaseKey(t *testing.T) {
-	if got := leaseKey("/coreos.com/network/", netip.MustParsePrefix("10.244.3.1/24")); got != "/coreos.com/network/subnets/10.244.3.0-24" {
+	if got := leaseKey("/coreos.com/network/", netip.MustParsePrefix("10.244.3.1/24"), netip.Prefix{}); got != "/coreos.com/network/subnets/10.244.3.0-24" {
 		t.Errorf("leaseKey = %q", got)
+	}
+	if got := leaseKey("/coreos.com/network", netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:10:244:3::/64")); got != "/coreos.com/network/subnets/10.244.3.0-24&fd00:10:244:3::-64" {
+		t.Errorf("dual-stack leaseKey = %q", got)
 	}
 }
 
