@@ -60,9 +60,9 @@ lint:
 test: deps check-generated lint build
 	HGW_BIN=$(BIN) CNI_PATH=$(CNI_BIN) $(GO) test $(GO_TEST_FLAGS) ./...
 
-## demo: a 3-node lab cluster with real traffic on the fast path
+## demo: a 3-node dual-stack lab cluster with real traffic on the fast path
 demo: deps build
-	$(BIN)/hgw-lab demo --bin $(BIN)
+	$(BIN)/hgw-lab demo --dual-stack --bin $(BIN)
 
 ## bench: the dataplane benchmark (~15 min) and the control-plane one (~30 s), into bench-out/
 bench: deps build

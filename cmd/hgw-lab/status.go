@@ -48,7 +48,7 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 	for _, n := range st.Nodes {
 		var pods []string
 		for _, p := range st.PodsOf(n.Name) {
-			pods = append(pods, fmt.Sprintf("%s=%s", strings.TrimPrefix(p.Name, st.Prefix+"-"), joinNonEmpty(p.IP, p.IP6)))
+			pods = append(pods, fmt.Sprintf("%s=%s", strings.TrimPrefix(p.Name, st.Prefix+"-"), p.Addrs()))
 		}
 		agent := "-"
 		if n.Agent != "" {
@@ -57,7 +57,7 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 		if n.AgentPID != 0 {
 			agent = fmt.Sprintf("%s %d", n.Agent, n.AgentPID)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, joinNonEmpty(n.IP, n.IP6), joinNonEmpty(n.Subnet, n.Subnet6), agent, strings.Join(pods, " "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Addrs(), n.Subnets(), agent, strings.Join(pods, " "))
 	}
 	tw.Flush()
 
@@ -106,12 +106,4 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 		}
 	}
 	return nil
-}
-
-// joinNonEmpty joins a dual-stack lab's pair of addresses with a comma.
-func joinNonEmpty(v4, v6 string) string {
-	if v6 == "" {
-		return v4
-	}
-	return v4 + "," + v6
 }

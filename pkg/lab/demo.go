@@ -16,9 +16,10 @@ import (
 
 // Demo tells the whole story on a fresh 3-node x 2-pod lab, narrated for
 // someone who has never seen the project: the cluster, its etcd leases,
-// all-pairs connectivity, a short iperf3 across nodes, the counters that
-// prove the BPF programs carried it, one node's routes map, and the
-// teardown. cfg.Nodes and cfg.PodsPerNode default to 3 and 2.
+// all-pairs connectivity (over IPv6 too in a dual-stack lab), a short
+// iperf3 across nodes, the counters that prove the BPF programs carried
+// it, one node's routes maps, and the teardown. cfg.Nodes and
+// cfg.PodsPerNode default to 3 and 2.
 func Demo(ctx context.Context, cfg Config, w io.Writer) (err error) {
 	if cfg.Nodes == 0 {
 		cfg.Nodes = 3
@@ -30,12 +31,20 @@ func Demo(ctx context.Context, cfg Config, w io.Writer) (err error) {
 		return fmt.Errorf("demo needs at least 2 nodes with a pod each")
 	}
 	d := demo{w: w, total: 7, began: time.Now()}
+	if cfg.DualStack {
+		d.total++
+	}
 
 	d.step("Build a %d-node cluster on this machine, in network namespaces", cfg.Nodes)
 	d.say(`Each node is a network namespace with an eth0 on a shared underlay bridge
 (198.18.0.0/24), runs its own 'hgw-ebpf run', and has %d pods attached to its
 cni0 bridge by the standard CNI 'bridge' + 'host-local' plugins. etcd runs
 inside this process. Nothing touches the host's own network namespace.`, cfg.PodsPerNode)
+	if cfg.DualStack {
+		d.say(`Dual stack: the underlay has fd00:198:18::/64 too, the network config enables
+IPv6 (fd00:10:244::/56) as flannel's does, and every pod gets an address of
+each family.`)
+	}
 	l, err := Up(ctx, cfg)
 	if err != nil {
 		return err
@@ -58,6 +67,10 @@ inside this process. Nothing touches the host's own network namespace.`, cfg.Pod
 	d.say(`Every agent leased a /24 for its pods, exactly as flanneld does: the key is
 the subnet, the value says which node IP to route it via. Every other node
 turns each lease into a kernel route AND an entry in the BPF 'routes' map.`)
+	if cfg.DualStack {
+		d.say(`With IPv6 one lease holds both subnets (a /24 and a /64), and the value the
+node's IPv6 as well; the IPv6 subnet goes into the kernel and the 'routes6' map.`)
+	}
 	leases, err := l.Leases(ctx)
 	if err != nil {
 		return err
@@ -75,11 +88,15 @@ turns each lease into a kernel route AND an entry in the BPF 'routes' map.`)
 
 	d.step("Every pod pings every other pod")
 	before := d.counters(st)
-	results := st.PingAll(ctx, 16)
-	if failed := st.WriteMatrix(&indent{w: w}, results); failed > 0 {
-		return fmt.Errorf("%d of %d pod pairs cannot reach each other", failed, len(results))
+	if err := d.pingAll(ctx, st, "IPv4", st.PingAll); err != nil {
+		return err
 	}
-	d.say("All %d pairs answered (round-trip times above).", len(results))
+	if st.DualStack {
+		d.step("Every pod pings every other pod over IPv6")
+		if err := d.pingAll(ctx, st, "IPv6", st.PingAll6); err != nil {
+			return err
+		}
+	}
 
 	d.step("A 3-second iperf3 TCP stream between pods on different nodes")
 	client, server := st.Pods[0], st.Pods[len(st.Pods)-1]
@@ -97,7 +114,7 @@ known) and sends cross-node packets straight to eth0 (bpf_redirect_neigh);
 from_underlay runs on eth0 and hands them straight into the pod's namespace
 (bpf_redirect_peer). Redirected packets skipped the bridge, the kernel's
 routing and netfilter; every other reason means "left to the kernel" (here
-mostly the agents' etcd traffic and ARP).`)
+mostly the agents' etcd traffic, ARP and IPv6 neighbour discovery).`)
 		after := d.counters(st)
 		tw := d.table()
 		fmt.Fprintln(tw, "  NODE\tfrom_pods redirected\tfrom_underlay redirected\tleft to the kernel")
@@ -118,18 +135,35 @@ mostly the agents' etcd traffic and ARP).`)
 	}
 
 	node := st.Nodes[0]
-	routes := filepath.Join(node.PinRoot, "routes")
-	d.step("%s's BPF routes map, as bpftool prints it", node.Name)
+	maps := []string{"routes"}
+	if st.DualStack {
+		maps = append(maps, "routes6")
+	}
+	d.step("%s's BPF %s map, as bpftool prints it", node.Name, strings.Join(maps, " and "))
 	if st.Datapath != DatapathEBPF {
 		d.say("(no map with datapath %q)", st.Datapath)
 		return nil
 	}
-	d.say("$ bpftool map dump pinned %s", routes)
-	out, err := st.Output(ctx, node.Name, "bpftool", "map", "dump", "pinned", routes)
-	fmt.Fprint(&indent{w: w}, out)
-	if err != nil {
-		return fmt.Errorf("bpftool: %w", err)
+	for _, m := range maps {
+		path := filepath.Join(node.PinRoot, m)
+		d.say("$ bpftool map dump pinned %s", path)
+		out, err := st.Output(ctx, node.Name, "bpftool", "map", "dump", "pinned", path)
+		fmt.Fprint(&indent{w: w}, out)
+		if err != nil {
+			return fmt.Errorf("bpftool: %w", err)
+		}
 	}
+	return nil
+}
+
+// pingAll pings every pair of pods with ping (one family) and prints the
+// matrix.
+func (d *demo) pingAll(ctx context.Context, st State, family string, ping func(context.Context, int) []PingResult) error {
+	results := ping(ctx, 16)
+	if failed := st.WriteMatrix(&indent{w: d.w}, results); failed > 0 {
+		return fmt.Errorf("%d of %d pod pairs cannot reach each other over %s", failed, len(results), family)
+	}
+	d.say("All %d pairs answered over %s (round-trip times above).", len(results), family)
 	return nil
 }
 
@@ -157,9 +191,9 @@ func (d *demo) topology(st State) {
 	for _, n := range st.Nodes {
 		var pods []string
 		for _, p := range st.PodsOf(n.Name) {
-			pods = append(pods, fmt.Sprintf("%s=%s", strings.TrimPrefix(p.Name, n.Name+"-"), p.IP))
+			pods = append(pods, fmt.Sprintf("%s=%s", strings.TrimPrefix(p.Name, n.Name+"-"), p.Addrs()))
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", n.Name, n.IP, n.Subnet, strings.Join(pods, " "))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", n.Name, n.Addrs(), n.Subnets(), strings.Join(pods, " "))
 	}
 	tw.Flush()
 }

@@ -63,6 +63,25 @@ type Pod struct {
 	IP6  string `json:"ip6,omitempty"` // in a dual-stack lab
 }
 
+// Addrs is the node's eth0 address, and its IPv6 one after a comma in a
+// dual-stack lab.
+func (n Node) Addrs() string { return both(n.IP, n.IP6) }
+
+// Subnets is the node's pod subnet, and its IPv6 one after a comma in a
+// dual-stack lab.
+func (n Node) Subnets() string { return both(n.Subnet, n.Subnet6) }
+
+// Addrs is the pod's address, and its IPv6 one after a comma in a
+// dual-stack lab.
+func (p Pod) Addrs() string { return both(p.IP, p.IP6) }
+
+func both(v4, v6 string) string {
+	if v6 == "" {
+		return v4
+	}
+	return v4 + "," + v6
+}
+
 // StateDir is the state directory of the lab with this prefix.
 func StateDir(root, prefix string) string {
 	if root == "" {
