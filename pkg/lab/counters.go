@@ -29,3 +29,14 @@ func Redirected(counters []datapath.Counter, program string) uint64 {
 	}
 	return sum
 }
+
+// OfFamily keeps the counters of one family: ipv4, ipv6 or other (not IP).
+func OfFamily(counters []datapath.Counter, family string) []datapath.Counter {
+	var out []datapath.Counter
+	for _, c := range counters {
+		if c.Family == family {
+			out = append(out, c)
+		}
+	}
+	return out
+}

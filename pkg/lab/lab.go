@@ -298,7 +298,7 @@ func (l *Lab) build(ctx context.Context) error {
 	}
 	nodes := make([]Node, 0, l.cfg.Nodes)
 	for range l.cfg.Nodes {
-		n, err := l.addNode(ctx, netip.Prefix{})
+		n, err := l.addNode(ctx, netip.Prefix{}, false)
 		if err != nil {
 			return err
 		}

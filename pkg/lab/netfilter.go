@@ -106,7 +106,7 @@ func (l *Lab) loadKubeProxy() error {
 // agent takes over, and flanneld's iptables rules for it.
 func (l *Lab) asFlanneldLeftIt(n Node) error {
 	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 0}), 24)
-	env := l.subnetEnv(subnet)
+	env := subnetEnv(subnet, n.IP6 != "")
 	env.IPMasq = l.cfg.IPMasq
 	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
 		return err

@@ -22,7 +22,9 @@ import (
 
 // AddNode adds a node to the running lab (with its agent, but no pods) and
 // returns once the node has its subnet.
-func (l *Lab) AddNode(ctx context.Context) (Node, error) { return l.addNode(ctx, netip.Prefix{}) }
+func (l *Lab) AddNode(ctx context.Context) (Node, error) {
+	return l.addNode(ctx, netip.Prefix{}, false)
+}
 
 // AddFlannelNode adds a node that runs no agent of ours, set up the way
 // flanneld's host-gw backend leaves a node: its lease for subnet in
@@ -33,7 +35,20 @@ func (l *Lab) AddFlannelNode(ctx context.Context, subnet netip.Prefix) (Node, er
 	if !subnet.IsValid() || !clusterNetwork.Contains(subnet.Addr()) || subnet.Bits() != 24 {
 		return Node{}, fmt.Errorf("flannel node subnet %s: want a /24 inside %s", subnet, clusterNetwork)
 	}
-	return l.addNode(ctx, subnet.Masked())
+	return l.addNode(ctx, subnet.Masked(), false)
+}
+
+// AddFlannelNodeIPv4 is AddFlannelNode for a node without IPv6 in a
+// dual-stack lab: no IPv6 address, an IPv4-only lease and subnet file, as
+// a flanneld node without IPv6 leaves them, and IPv4 routes only.
+func (l *Lab) AddFlannelNodeIPv4(ctx context.Context, subnet netip.Prefix) (Node, error) {
+	if !l.cfg.DualStack {
+		return Node{}, errors.New("an IPv4-only node is the exception in a dual-stack lab: this lab is IPv4 only")
+	}
+	if !subnet.IsValid() || !clusterNetwork.Contains(subnet.Addr()) || subnet.Bits() != 24 {
+		return Node{}, fmt.Errorf("flannel node subnet %s: want a /24 inside %s", subnet, clusterNetwork)
+	}
+	return l.addNode(ctx, subnet.Masked(), true)
 }
 
 // prepareNode gives a new node, before its agent starts, the netfilter
@@ -63,8 +78,9 @@ func (l *Lab) prepareNode(n Node) (os.FileInfo, error) {
 const flannelLeaseTTL = 24 * time.Hour
 
 // addNode adds a node; with a valid flannelSubnet it is a flanneld-style
-// node on that subnet, else it follows the lab's datapath.
-func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, error) {
+// node on that subnet, else it follows the lab's datapath. A v4only node
+// of a dual-stack lab has no IPv6.
+func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix, v4only bool) (Node, error) {
 	l.mu.Lock()
 	k := l.state.NextIndex
 	if k > MaxNodes {
@@ -84,7 +100,8 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 		SubnetFile: filepath.Join(dir, "subnet.env"),
 		AgentLog:   filepath.Join(dir, "agent.log"),
 	}
-	if l.cfg.DualStack {
+	dualStack := l.cfg.DualStack && !v4only
+	if dualStack {
 		n.IP6 = nodeIP6(k).String()
 	}
 	l.state.Nodes = append(l.state.Nodes, n)
@@ -103,7 +120,7 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 	}
 
 	l.log.Info("creating node", "node", name, "addr", n.IP)
-	if err := createNode(l.state.Underlay, name, k, l.cfg.DualStack); err != nil {
+	if err := createNode(l.state.Underlay, name, k, dualStack); err != nil {
 		return Node{}, err
 	}
 	left, err := l.prepareNode(n)
@@ -140,16 +157,16 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix) (Node, er
 }
 
 // subnet6Of is the IPv6 subnet the lab gives the node it gives subnet
-// (10.244.k.0/24): fd00:10:244:k::/64, written as the IPv4 one is.
+// (10.244.k.0/24): fd00:10:244:<k in hex>::/64, inside the /56.
 func subnet6Of(subnet netip.Prefix) netip.Prefix {
-	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%d::/64", subnet.Addr().As4()[2]))
+	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", subnet.Addr().As4()[2]))
 }
 
 // subnetEnv is the subnet file of a node on subnet (and its IPv6 subnet
-// in a dual-stack lab), as flanneld writes it.
-func (l *Lab) subnetEnv(subnet netip.Prefix) subnetfile.Env {
+// with dualStack), as flanneld writes it.
+func subnetEnv(subnet netip.Prefix, dualStack bool) subnetfile.Env {
 	env := subnetfile.Env{Network: clusterNetwork, Subnet: subnet, MTU: 1500}
-	if l.cfg.DualStack {
+	if dualStack {
 		env.IPv6Network, env.IPv6Subnet = clusterNetwork6, subnet6Of(subnet)
 	}
 	return env
@@ -161,7 +178,7 @@ func (l *Lab) subnetEnv(subnet netip.Prefix) subnetfile.Env {
 // lab adds the routes towards it too; without, it is a flanneld-style lease
 // with flanneld's TTL that the peers' agents must pick up.
 func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromPeers bool) error {
-	env := l.subnetEnv(subnet)
+	env := subnetEnv(subnet, n.IP6 != "")
 	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
 		return err
 	}
@@ -188,13 +205,13 @@ func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromP
 		if other.Name == n.Name || other.Subnet == "" {
 			continue
 		}
-		if err := addStaticRoutes(n.Name, other); err != nil {
+		if err := addStaticRoutes(n.Name, other, n.IP6 != ""); err != nil {
 			return err
 		}
 		if !fromPeers {
 			continue
 		}
-		if err := addStaticRoutes(other.Name, n); err != nil {
+		if err := addStaticRoutes(other.Name, n, other.IP6 != ""); err != nil {
 			return err
 		}
 	}
@@ -202,12 +219,13 @@ func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromP
 }
 
 // addStaticRoutes routes peer's subnets in node as flanneld does: its
-// subnet via its IP and, if it has one, its IPv6 subnet via its IPv6.
-func addStaticRoutes(node string, peer Node) error {
+// subnet via its IP and, if both have IPv6 (ipv6: node has), its IPv6
+// subnet via its IPv6.
+func addStaticRoutes(node string, peer Node, ipv6 bool) error {
 	if err := addStaticRoute(node, netip.MustParsePrefix(peer.Subnet), netip.MustParseAddr(peer.IP)); err != nil {
 		return err
 	}
-	if peer.Subnet6 == "" || peer.IP6 == "" {
+	if !ipv6 || peer.Subnet6 == "" || peer.IP6 == "" {
 		return nil
 	}
 	return addStaticRoute(node, netip.MustParsePrefix(peer.Subnet6), netip.MustParseAddr(peer.IP6))

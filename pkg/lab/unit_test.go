@@ -11,10 +11,8 @@ import (
 
 func TestSubnetEnvRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "subnet.env")
-	lab := &Lab{}
 	for _, dual := range []bool{false, true} {
-		lab.cfg.DualStack = dual
-		want := lab.subnetEnv(netip.MustParsePrefix("10.244.7.0/24"))
+		want := subnetEnv(netip.MustParsePrefix("10.244.7.0/24"), dual)
 		if err := writeSubnetEnv(path, want); err != nil {
 			t.Fatal(err)
 		}

@@ -9,13 +9,14 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
-// Every pod reaches every other pod, and the cross-node packets were
-// forwarded by the BPF programs, not by the kernel: on each node from_pods
-// redirected every request and reply its pods sent to remote pods, and
-// from_underlay every one they received.
+// Every pod reaches every other pod, over IPv4 and over IPv6 (a
+// dual-stack cluster), and the cross-node packets were forwarded by the
+// BPF programs, not by the kernel: on each node from_pods redirected every
+// request and reply its pods sent to remote pods, and from_underlay every
+// one they received, counted under each family.
 func TestAllPairsOverFastPath(t *testing.T) {
 	const nodes, pods = 3, 2
-	l := startLab(t, nodes, pods, lab.DatapathEBPF)
+	l := startLabConfig(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: lab.DatapathEBPF, DualStack: true})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st := l.State()
@@ -25,18 +26,24 @@ func TestAllPairsOverFastPath(t *testing.T) {
 			t.Errorf("%s: from_pods/from_underlay not attached to cni0/eth0", n.Name)
 		}
 	}
-	before := counters(t, st)
-	pingAll(t, ctx, st)
-	after := counters(t, st)
+	for _, f := range []struct {
+		name    string
+		pingAll func(context.Context, int) []lab.PingResult
+	}{{"ipv4", st.PingAll}, {"ipv6", st.PingAll6}} {
+		before := counters(t, st)
+		expectAll(t, f.name, f.pingAll(ctx, 16), len(st.Pods))
+		after := counters(t, st)
 
-	// Each local pod sends a request to, and answers a request from, each
-	// remote pod: at least 2 x local x remote packets each way per node.
-	want := uint64(2 * pods * (nodes - 1) * pods)
-	for _, n := range st.Nodes {
-		for _, prog := range []string{"from_pods", "from_underlay"} {
-			got := lab.Redirected(after[n.Name], prog) - lab.Redirected(before[n.Name], prog)
-			if got < want {
-				t.Errorf("%s: %s redirected %d packets, want >= %d (counters %+v)", n.Name, prog, got, want, after[n.Name])
+		// Each local pod sends a request to, and answers a request from,
+		// each remote pod: at least 2 x local x remote packets each way
+		// per node.
+		want := uint64(2 * pods * (nodes - 1) * pods)
+		for _, n := range st.Nodes {
+			for _, prog := range []string{"from_pods", "from_underlay"} {
+				got := lab.Redirected(lab.OfFamily(after[n.Name], f.name), prog) - lab.Redirected(lab.OfFamily(before[n.Name], f.name), prog)
+				if got < want {
+					t.Errorf("%s: %s redirected %d %s packets, want >= %d (counters %+v)", n.Name, prog, got, f.name, want, after[n.Name])
+				}
 			}
 		}
 	}

@@ -175,17 +175,23 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// pingAll fails the test for every pod pair that cannot talk.
+// pingAll fails the test for every pod pair that cannot talk (IPv4).
 func pingAll(t *testing.T, ctx context.Context, st lab.State) {
 	t.Helper()
-	results := st.PingAll(ctx, 16)
+	expectAll(t, "ipv4", st.PingAll(ctx, 16), len(st.Pods))
+}
+
+// expectAll fails the test for every failed probe of an all-pairs ping of
+// pods.
+func expectAll(t *testing.T, family string, results []lab.PingResult, pods int) {
+	t.Helper()
 	for _, r := range results {
 		if !r.OK {
-			t.Errorf("%s -> %s: %s", r.From, r.To, r.Output)
+			t.Errorf("%s -> %s (%s): %s", r.From, r.To, family, r.Output)
 		}
 	}
-	if len(results) != len(st.Pods)*(len(st.Pods)-1) {
-		t.Errorf("%d probes for %d pods", len(results), len(st.Pods))
+	if len(results) != pods*(pods-1) {
+		t.Errorf("%d %s probes for %d pods", len(results), family, pods)
 	}
 }
 

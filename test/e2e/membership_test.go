@@ -74,8 +74,13 @@ func TestNodeJoinAndLeave(t *testing.T) {
 }
 
 // everyPeer reports whether every node but self has (want) or lacks (!want)
-// both the kernel route and the routes-map entry for subnet via self.
+// both the kernel route and the routes-map entry for subnet via self (an
+// IPv6 subnet via self's IPv6, in the routes6 map).
 func everyPeer(t *testing.T, st lab.State, self lab.Node, subnet netip.Prefix, want bool) bool {
+	via := self.IP
+	if subnet.Addr().Is6() {
+		via = self.IP6
+	}
 	for _, n := range st.Nodes {
 		if n.Name == self.Name {
 			continue
@@ -86,10 +91,10 @@ func everyPeer(t *testing.T, st lab.State, self lab.Node, subnet netip.Prefix, w
 			return false
 		}
 		gw, inKernel := routes[subnet]
-		if inKernel && gw.String() != self.IP {
+		if inKernel && gw.String() != via {
 			inKernel = false
 		}
-		inMap, err := mapHas(n, subnet, self.IP)
+		inMap, err := mapHas(n, subnet, via)
 		if err != nil {
 			t.Logf("routes map of %s: %v", n.Name, err)
 			return false
@@ -107,7 +112,11 @@ func mapHas(n lab.Node, subnet netip.Prefix, nexthop string) (bool, error) {
 		return false, err
 	}
 	defer maps.Close()
-	routes, err := maps.Routes().List()
+	list := maps.Routes().List
+	if subnet.Addr().Is6() {
+		list = maps.Routes6().List
+	}
+	routes, err := list()
 	if err != nil {
 		return false, err
 	}
@@ -151,7 +160,8 @@ func eventTime(t *testing.T, events <-chan leaseEvent, typ mvccpb.Event_EventTyp
 	for {
 		select {
 		case ev := <-events:
-			if ev.typ == typ && strings.HasSuffix(ev.key, suffix) {
+			// IPv4-only, or dual-stack (<subnet>&<IPv6 subnet>).
+			if ev.typ == typ && (strings.HasSuffix(ev.key, suffix) || strings.Contains(ev.key, suffix+"&")) {
 				return ev.at
 			}
 		case <-timeout:

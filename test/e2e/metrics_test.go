@@ -125,7 +125,7 @@ func TestMetricsInANodeFollowTraffic(t *testing.T) {
 			t.Errorf("%s: hgw_fastpath_packets_total%v moved by %v for %d echo requests", c.node, c.labels, d, pings)
 		}
 	}
-	if v, ok := value(after1, "hgw_peers", nil); !ok || v != 1 {
+	if v, ok := value(after1, "hgw_peers", map[string]string{"family": "ipv4"}); !ok || v != 1 {
 		t.Errorf("%s: hgw_peers = %v (%v), want 1", n1.Name, v, ok)
 	}
 	for dev, prog := range map[string]string{"cni0": "from_pods", "eth0": "from_underlay"} {

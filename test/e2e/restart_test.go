@@ -52,18 +52,20 @@ func (o *limitedOutput) Write(p []byte) (int, error) {
 }
 func (o *limitedOutput) String() string { return string(o.b) }
 
-// kill -9 of an agent while a pod pings a remote pod every 10 ms: no packet
-// is lost, the lab restarts the agent, and the restarted agent keeps the
-// programs attached (it takes over the pinned links).
+// kill -9 of an agent while a pod pings a remote pod every 10 ms, over
+// IPv4 and over IPv6 at once (a dual-stack cluster): no packet is lost,
+// the lab restarts the agent, and the restarted agent keeps the programs
+// attached (it takes over the pinned links).
 func TestAgentKill9LosesNothing(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
+	l := startLabConfig(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: true})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st := l.State()
 	a, b := st.Pods[0], st.Pods[1]
 	node, _ := st.Node(a.Node)
 
-	wait := startPinger(t, st, a.Name, b.IP, 300, 10*time.Millisecond) // 3 s
+	wait4 := startPinger(t, st, a.Name, b.IP, 300, 10*time.Millisecond) // 3 s
+	wait6 := startPinger(t, st, a.Name, b.IP6, 300, 10*time.Millisecond)
 	time.Sleep(500 * time.Millisecond)
 	if err := syscall.Kill(node.AgentPID, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill agent %d: %v", node.AgentPID, err)
@@ -80,9 +82,11 @@ func TestAgentKill9LosesNothing(t *testing.T) {
 	if !fastPathAttached(t, st, node.Name) {
 		t.Error("fast path detached across the agent restart")
 	}
-	sent, got := wait()
-	if sent == 0 || got != sent {
-		t.Errorf("ping across kill -9: %d sent, %d received", sent, got)
+	for family, wait := range map[string]func() (int, int){"IPv4": wait4, "IPv6": wait6} {
+		sent, got := wait()
+		if sent == 0 || got != sent {
+			t.Errorf("%s ping across kill -9: %d sent, %d received", family, sent, got)
+		}
 	}
 	// Still attached, and still forwarding, a while after the restart.
 	time.Sleep(time.Until(restarted.Add(2 * time.Second)))
@@ -91,8 +95,11 @@ func TestAgentKill9LosesNothing(t *testing.T) {
 	}
 	before, _ := node.Counters()
 	pingAll(t, ctx, l.State())
+	expectAll(t, "ipv6", l.State().PingAll6(ctx, 16), len(st.Pods))
 	after, _ := node.Counters()
-	if d := lab.Redirected(after, "from_pods") - lab.Redirected(before, "from_pods"); d == 0 {
-		t.Errorf("%s: from_pods redirected nothing after the restart", node.Name)
+	for _, family := range []string{"ipv4", "ipv6"} {
+		if d := lab.Redirected(lab.OfFamily(after, family), "from_pods") - lab.Redirected(lab.OfFamily(before, family), "from_pods"); d == 0 {
+			t.Errorf("%s: from_pods redirected no %s packet after the restart", node.Name, family)
+		}
 	}
 }
