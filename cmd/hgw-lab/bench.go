@@ -20,7 +20,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure host, routes, ebpf and vxlan side by side (dataplane)",
+		Short: "Measure host, routes, ebpf and vxlan side by side, and host, routes and ebpf over IPv6 (dataplane)",
 		Long: `Brings up one small lab per datapath at once (2 nodes x 1 pod each, own
 underlay namespace, prefixes <prefix>r, <prefix>e, <prefix>n, <prefix>x), then measures
 interleaved round by round, on bare nodes and on nodes carrying kube-proxy's
@@ -32,6 +32,10 @@ iptables state for --services services:
   ebpf-noct  the same with --unsafe-ignore-conntrack: what the conntrack
           check costs
   vxlan   pod -> pod over flannel.1 (VNI 1, port 8472, MTU 1450), no agent
+  host6, routes6, ebpf6
+          host, routes and ebpf over IPv6 (the routes and ebpf labs are then
+          dual-stack); their ratios are to host6 and routes6; bare profile
+          only (the kube profile's rules are IPv4 iptables rules)
 
 Figures: iperf3 TCP throughput; sockperf ping-pong RTT p50/p99, TCP and UDP,
 client and server pinned to the same CPU; new TCP connections per second;

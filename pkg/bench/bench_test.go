@@ -233,3 +233,46 @@ func TestBrief(t *testing.T) {
 		t.Errorf("brief = %q, want %q", got, want)
 	}
 }
+
+// The IPv6 rows are measured against IPv6's host and routes, in labs made
+// dual-stack for them, on bare nodes only.
+func TestIPv6Rows(t *testing.T) {
+	dps := []string{DatapathHost, DatapathRoutes, DatapathEBPF, DatapathHost6, DatapathRoutes6, DatapathEBPF6}
+	r := &Result{Rounds: 1, Profiles: []string{ProfileBare}, Datapaths: dps}
+	for i, dp := range dps {
+		r.Samples = append(r.Samples, Sample{Profile: ProfileBare, Datapath: dp, Figure: FigTCPThroughput.Key, Value: Float(10 + i)})
+	}
+	rows := map[string]Row{}
+	for _, row := range r.Rows() {
+		if row.Figure == FigTCPThroughput {
+			rows[row.Datapath] = row
+		}
+	}
+	if ebpf6 := rows[DatapathEBPF6]; ebpf6.VsHost != 15.0/13 || ebpf6.VsRoutes != 15.0/14 {
+		t.Errorf("ebpf6 row %+v: want x host6 15/13 and x routes6 15/14", ebpf6)
+	}
+	if ebpf := rows[DatapathEBPF]; ebpf.VsHost != 12.0/10 || ebpf.VsRoutes != 12.0/11 {
+		t.Errorf("ebpf row %+v: want x host 12/10 and x routes 12/11", ebpf)
+	}
+
+	o := Options{Datapaths: []string{DatapathHost, DatapathEBPF, DatapathEBPF6}}
+	if err := o.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if !o.labConfig(ebpfLab).DualStack || o.labConfig(routesLab).DualStack {
+		t.Error("want the ebpf lab dual-stack (ebpf6 is measured there) and the routes lab not (no IPv6 row there)")
+	}
+	paths := []path{{Datapath: DatapathEBPF}, {Datapath: DatapathEBPF6}}
+	if got := pathsOf(paths, ProfileKube); len(got) != 1 || got[0].Datapath != DatapathEBPF {
+		t.Errorf("kube profile paths %v: want ebpf only", got)
+	}
+	if got := pathsOf(paths, ProfileBare); len(got) != 2 {
+		t.Errorf("bare profile paths %v: want both", got)
+	}
+	if notes := ipv6Notes(o.Datapaths, AllProfiles); len(notes) != 2 || !strings.Contains(notes[0], "host6") {
+		t.Errorf("notes %q: want how IPv6 rows are read, and why the kube profile has none", notes)
+	}
+	if ipv6Notes([]string{DatapathHost}, AllProfiles) != nil {
+		t.Error("notes about IPv6 rows without any")
+	}
+}

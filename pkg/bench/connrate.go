@@ -29,7 +29,7 @@ func connRate(ctx context.Context, p path, d time.Duration) (float64, error) {
 	err := p.St.Do(p.Server, func() error {
 		var lc net.ListenConfig
 		var err error
-		ln, err = lc.Listen(ctx, "tcp4", addr)
+		ln, err = lc.Listen(ctx, "tcp", addr) // the family of the server's address
 		return err
 	})
 	if err != nil {
@@ -78,7 +78,7 @@ func connRate(ctx context.Context, p path, d time.Duration) (float64, error) {
 }
 
 func oneConn(ctx context.Context, d *net.Dialer, addr string, buf []byte) error {
-	c, err := d.DialContext(ctx, "tcp4", addr)
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}

@@ -119,8 +119,13 @@ func tcpThroughput(ctx context.Context, p path, d time.Duration) (float64, error
 
 // latency is one sockperf ping-pong, client and server pinned to the same
 // CPU: the round trip is then the CPU path length of one transaction, not
-// the scheduler's wake-up luck (DESIGN.md, "Benchmark method").
+// the scheduler's wake-up luck (DESIGN.md, "Benchmark method"). IPv6
+// paths take pingPong, the same exchange without sockperf, whose Debian
+// 12 version has no IPv6.
 func latency(ctx context.Context, p path, proto string, d time.Duration, cpu int) (Latency, error) {
+	if _, v6 := family(p.Datapath); v6 {
+		return pingPong(ctx, p, proto, d, cpu)
+	}
 	pin := []string{"taskset", "--cpu-list", strconv.Itoa(cpu)}
 	srvArgs := append(pin, "sockperf", "server", "--ip", p.ServerIP, "--port", strconv.Itoa(sockperfPort))
 	cliArgs := append(append([]string(nil), pin...), "sockperf", "ping-pong", "--ip", p.ServerIP,

@@ -106,7 +106,10 @@ func progTimes(before, after map[datapath.Program]ProgRun) (fromPods, fromUnderl
 }
 
 // hasPrograms tells whether a datapath runs our programs.
-func hasPrograms(dp string) bool { return dp == DatapathEBPF || dp == DatapathEBPFNoCT }
+func hasPrograms(dp string) bool {
+	dp, _ = family(dp)
+	return dp == DatapathEBPF || dp == DatapathEBPFNoCT
+}
 
 // progSampler measures our programs' run time over one fixed load. The
 // statistics are on only meanwhile: they cost two clock reads per run,

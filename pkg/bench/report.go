@@ -44,8 +44,8 @@ type Row struct {
 	Figure   Figure
 	Datapath string
 	Summary
-	VsHost   float64 // median / host's median
-	VsRoutes float64 // median / routes' median
+	VsHost   float64 // median / host's median (host6's for an IPv6 row)
+	VsRoutes float64 // median / routes' median (routes6's for an IPv6 row)
 	Errors   int
 }
 
@@ -78,11 +78,12 @@ func (r *Result) Rows() []Row {
 					continue // a figure this datapath does not have (program run time)
 				}
 				s := Summarize(v)
-				host, ok := med[DatapathHost]
+				hostDP, routesDP := baselines(dp)
+				host, ok := med[hostDP]
 				if !ok {
 					host = math.NaN()
 				}
-				routes, ok := med[DatapathRoutes]
+				routes, ok := med[routesDP]
 				if !ok {
 					routes = math.NaN()
 				}

@@ -19,10 +19,37 @@ const (
 	// DatapathEBPFNoCT is ebpf with the conntrack check off
 	// (--unsafe-ignore-conntrack): what the check costs (issue 7).
 	DatapathEBPFNoCT = "ebpf-noct"
+	// host, routes and ebpf over IPv6, in the same (then dual-stack)
+	// labs: their ratios are to host6 and routes6.
+	DatapathHost6   = "host6"
+	DatapathRoutes6 = "routes6"
+	DatapathEBPF6   = "ebpf6"
 )
 
 // AllDatapaths is the default set, in table order.
-var AllDatapaths = []string{DatapathHost, DatapathRoutes, DatapathEBPF, DatapathEBPFNoCT, DatapathVXLAN}
+var AllDatapaths = []string{DatapathHost, DatapathRoutes, DatapathEBPF, DatapathEBPFNoCT, DatapathVXLAN,
+	DatapathHost6, DatapathRoutes6, DatapathEBPF6}
+
+// ipv4Of is the IPv4 datapath each IPv6 one measures over IPv6.
+var ipv4Of = map[string]string{DatapathHost6: DatapathHost, DatapathRoutes6: DatapathRoutes, DatapathEBPF6: DatapathEBPF}
+
+// family is a datapath's IPv4 twin (itself if it is one) and whether it
+// runs over IPv6.
+func family(dp string) (ipv4 string, ipv6 bool) {
+	if v4, ok := ipv4Of[dp]; ok {
+		return v4, true
+	}
+	return dp, false
+}
+
+// baselines are the datapaths a datapath's ratios are to: host and
+// routes of its family.
+func baselines(dp string) (host, routes string) {
+	if _, v6 := family(dp); v6 {
+		return DatapathHost6, DatapathRoutes6
+	}
+	return DatapathHost, DatapathRoutes
+}
 
 // labRole names one of the labs a run brings up; each lab has its own
 // underlay namespace, so their 198.18.0.x addresses never meet.
@@ -43,7 +70,7 @@ var (
 // roleOf is the lab a datapath is measured in: host runs between the
 // routes lab's nodes, whose eth0s carry no pod traffic at that moment.
 func roleOf(datapath string) labRole {
-	switch datapath {
+	switch datapath, _ = family(datapath); datapath {
 	case DatapathEBPF:
 		return ebpfLab
 	case DatapathEBPFNoCT:
@@ -73,11 +100,17 @@ type testbed struct {
 	notes []string
 }
 
-// labConfig is what every bench lab has in common: two nodes, one pod each.
+// labConfig is what every bench lab has in common: two nodes, one pod
+// each; dual-stack when an IPv6 datapath is measured in it.
 func (o *Options) labConfig(role labRole) lab.Config {
 	cfg := lab.Config{
 		Prefix: o.Prefix + role.suffix, StateRoot: o.StateRoot, BinDir: o.BinDir, CNIPath: o.CNIPath,
 		Nodes: 2, PodsPerNode: 1, Datapath: role.datapath, Log: o.Log,
+	}
+	for _, dp := range o.Datapaths {
+		if _, v6 := family(dp); v6 && roleOf(dp) == role {
+			cfg.DualStack = true
+		}
 	}
 	if role.agentFlag != "" {
 		cfg.AgentArgs = []string{role.agentFlag}
@@ -109,7 +142,11 @@ func setUp(ctx context.Context, o *Options, tb *testbed, progress func(string, .
 	states := map[labRole]lab.State{}
 	for _, role := range roles {
 		cfg := o.labConfig(role)
-		progress("lab %s: bringing up 2 nodes x 1 pod, datapath %s %s", cfg.Prefix, cfg.Datapath, role.agentFlag)
+		stack := ""
+		if cfg.DualStack {
+			stack = " (dual stack)"
+		}
+		progress("lab %s: bringing up 2 nodes x 1 pod, datapath %s%s %s", cfg.Prefix, cfg.Datapath, stack, role.agentFlag)
 		l, err := lab.Up(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("lab %s: %w", cfg.Prefix, err)
@@ -129,11 +166,12 @@ func setUp(ctx context.Context, o *Options, tb *testbed, progress func(string, .
 		}
 		n1, n2 := st.Nodes[0], st.Nodes[1]
 		p := path{Datapath: dp, St: st, Nodes: []string{n1.Name, n2.Name}}
-		if dp == DatapathHost {
-			p.Client, p.Server, p.ServerIP = n1.Name, n2.Name, n2.IP
+		v4, v6 := family(dp)
+		if v4 == DatapathHost {
+			p.Client, p.Server, p.ServerIP = n1.Name, n2.Name, pick(v6, n2.IP, n2.IP6)
 		} else {
 			c, s := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
-			p.Client, p.Server, p.ServerIP = c.Name, s.Name, s.IP
+			p.Client, p.Server, p.ServerIP = c.Name, s.Name, pick(v6, s.IP, s.IP6)
 		}
 		if out, err := st.Output(ctx, p.Client, "ping", "-c", "1", "-W", "2", p.ServerIP); err != nil {
 			return fmt.Errorf("%s: %s cannot reach %s: %w\n%s", dp, p.Client, p.ServerIP, err, out)
@@ -142,6 +180,13 @@ func setUp(ctx context.Context, o *Options, tb *testbed, progress func(string, .
 		tb.paths = append(tb.paths, p)
 	}
 	return nil
+}
+
+func pick(v6 bool, ip4, ip6 string) string {
+	if v6 {
+		return ip6
+	}
+	return ip4
 }
 
 // close removes every lab, whatever happened.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 const udpLoadPort = 7001
@@ -36,7 +37,7 @@ func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (k
 	err = p.St.Do(p.Server, func() error {
 		var lc net.ListenConfig
 		var err error
-		rc, err = lc.ListenPacket(ctx, "udp4", addr)
+		rc, err = lc.ListenPacket(ctx, "udp", addr) // the family of the server's address
 		return err
 	})
 	if err != nil {
@@ -54,7 +55,7 @@ func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (k
 	var before, after CPUTimes
 	err = p.St.Do(p.Client, func() error {
 		var dl net.Dialer
-		c, err := dl.DialContext(ctx, "udp4", addr)
+		c, err := dl.DialContext(ctx, "udp", addr)
 		if err != nil {
 			return fmt.Errorf("dial udp %s: %w", addr, err)
 		}
@@ -62,7 +63,7 @@ func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (k
 		if before, err = readCPUTimes(); err != nil {
 			return err
 		}
-		sent, err = offer(ctx, ipv4.NewPacketConn(c.(*net.UDPConn)), load, d)
+		sent, err = offer(ctx, newBatchConn(c.(*net.UDPConn)), load, d)
 		return err
 	})
 	if err != nil {
@@ -84,7 +85,7 @@ func cpuPerPacket(ctx context.Context, p path, d time.Duration, load udpLoad) (k
 // offer sends load.PPS datagrams a second for d, in one batch per
 // millisecond tick: the number due so far minus those sent, so timer
 // jitter does not change the average rate.
-func offer(ctx context.Context, pc *ipv4.PacketConn, load udpLoad, d time.Duration) (int64, error) {
+func offer(ctx context.Context, pc batchConn, load udpLoad, d time.Duration) (int64, error) {
 	const maxBatch = 512
 	payload := make([]byte, load.Payload)
 	msgs := make([]ipv4.Message, maxBatch)
@@ -111,6 +112,21 @@ func offer(ctx context.Context, pc *ipv4.PacketConn, load udpLoad, d time.Durati
 	}
 }
 
+// batchConn is the batch API (sendmmsg, recvmmsg) of x/net's ipv4 and
+// ipv6 PacketConns, whose Message is one type.
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// newBatchConn is c's batch API for its family.
+func newBatchConn(c net.PacketConn) batchConn {
+	if a, ok := c.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		return ipv6.NewPacketConn(c)
+	}
+	return ipv4.NewPacketConn(c)
+}
+
 // countDatagrams counts what arrives until the socket is closed. It drains
 // the socket once per millisecond, like the sender fills it: a receiver
 // woken for every datagram would add a wake-up per packet to the figure.
@@ -118,7 +134,7 @@ func countDatagrams(c net.PacketConn, n *atomic.Int64) {
 	if uc, ok := c.(*net.UDPConn); ok {
 		_ = uc.SetReadBuffer(4 << 20) // capped by net.core.rmem_max; ~5 ms of load fits the default
 	}
-	pc := ipv4.NewPacketConn(c)
+	pc := newBatchConn(c)
 	msgs := make([]ipv4.Message, 512)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{make([]byte, 2048)}
