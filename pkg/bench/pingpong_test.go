@@ -2,34 +2,18 @@ package bench
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
-
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // The ping-pong of the IPv6 rows measures TCP and UDP round trips between
 // pods of a dual-stack lab in both families; over IPv4 sockperf's figure
 // for the same path is logged beside it (a timing is no assertion).
 func TestPingPong(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := os.Getenv("HGW_BIN")
-	if bin == "" {
-		bin = filepath.Join("..", "..", "bin")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Config{Prefix: "hgwtpp" + testutil.RandHex(t, 2), StateRoot: t.TempDir(), BinDir: bin,
-		CNIPath: os.Getenv("CNI_PATH"), Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	st := l.State()
+	st := testLab(t, ctx, "hgwtpp", true)
 	client, server := st.PodsOf(st.Nodes[0].Name)[0], st.PodsOf(st.Nodes[1].Name)[0]
 	cpu := runtime.NumCPU() - 1
 	for _, dp := range []string{DatapathEBPF, DatapathEBPF6} {

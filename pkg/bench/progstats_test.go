@@ -53,21 +53,9 @@ func TestRowsLeaveOutMissingFigures(t *testing.T) {
 // The sampler reads the run time of the programs attached in a real ebpf
 // lab while pods talk across nodes.
 func TestProgSamplerMeasuresLabPrograms(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := os.Getenv("HGW_BIN")
-	if bin == "" {
-		bin = filepath.Join("..", "..", "bin")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prefix := "hgwtps" + testutil.RandHex(t, 2)
-	l, err := lab.Up(ctx, lab.Config{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin, CNIPath: os.Getenv("CNI_PATH"),
-		Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	st := l.State()
+	st := testLab(t, ctx, "hgwtps", false)
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	client, server := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
 	p := path{Datapath: DatapathEBPF, St: st, Client: client.Name, Server: server.Name, ServerIP: server.IP,
@@ -87,4 +75,22 @@ func TestProgSamplerMeasuresLabPrograms(t *testing.T) {
 			t.Errorf("%s: %v ns per run", name, ns)
 		}
 	}
+}
+
+// testLab is an ebpf lab of 2 nodes with a pod each (dual-stack if asked),
+// removed when the test ends.
+func testLab(t *testing.T, ctx context.Context, prefix string, dualStack bool) lab.State {
+	t.Helper()
+	testutil.RequireRoot(t)
+	bin := os.Getenv("HGW_BIN")
+	if bin == "" {
+		bin = filepath.Join("..", "..", "bin")
+	}
+	l, err := lab.Up(ctx, lab.Config{Prefix: prefix + testutil.RandHex(t, 2), StateRoot: t.TempDir(), BinDir: bin,
+		CNIPath: os.Getenv("CNI_PATH"), Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: dualStack})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.State()
 }

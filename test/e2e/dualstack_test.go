@@ -12,6 +12,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 func dualStackLab(t *testing.T, nodes, pods int) *lab.Lab {
@@ -54,7 +55,7 @@ func TestIPv6HopLimitAndMTU(t *testing.T) {
 	if err != nil {
 		t.Fatalf("traceroute -6: %v\n%s", err, out)
 	}
-	if got, want := hops(out), []string{gateway6(na), nb.IP6, b.IP6}; strings.Join(got, " ") != strings.Join(want, " ") {
+	if got, want := testutil.TracerouteHops(out), []string{gateway6(na), nb.IP6, b.IP6}; strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("traceroute6 hops %v, want %v\n%s", got, want, out)
 	}
 	if d := familyCounter(t, na, "ipv6", "from_pods", "ttl_expired") - expired; d < 1 {
@@ -81,18 +82,6 @@ func TestIPv6HopLimitAndMTU(t *testing.T) {
 	if d := familyCounter(t, na, "ipv6", "from_pods", "redirect") - redirected; d < 3 {
 		t.Errorf("%s: from_pods redirected %d small IPv6 pings, want >= 3", na.Name, d)
 	}
-}
-
-// hops reads the addresses of a traceroute's hops, one per line after the
-// header.
-func hops(out string) []string {
-	var hs []string
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
-		if f := strings.Fields(line); len(f) >= 2 {
-			hs = append(hs, f[1])
-		}
-	}
-	return hs
 }
 
 // A node that joins with a dual-stack lease as flanneld writes it (one key

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // dualStack gives the seed topology IPv6: underlay fd00:198:18::/64, pod
@@ -226,7 +227,7 @@ func TestTraceroute6ShowsThreeHops(t *testing.T) {
 		t.Fatalf("traceroute -6: %v\n%s", err, out)
 	}
 	want := []string{a.gateway6().String(), b.underlay6.String(), b.podIP6().String()}
-	if got := hops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
+	if got := testutil.TracerouteHops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("hops %v, want %v\n%s", got, want, out)
 	}
 	// Hop 1 expired at a's from_pods (the kernel answered); hops 2 and 3
@@ -237,18 +238,6 @@ func TestTraceroute6ShowsThreeHops(t *testing.T) {
 	if after, _ := redirected(t, a, "ipv6"); after-before < 2 {
 		t.Errorf("from_pods on a redirected %d traceroute6 probes, want >= 2", after-before)
 	}
-}
-
-// hops reads the addresses of a traceroute's hops, one per line after the
-// header.
-func hops(out string) []string {
-	var hs []string
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
-		if f := strings.Fields(line); len(f) >= 2 {
-			hs = append(hs, f[1])
-		}
-	}
-	return hs
 }
 
 // A packet over the egress MTU is left to the kernel, which answers the

@@ -282,7 +282,7 @@ func TestTracerouteShowsThreeHops(t *testing.T) {
 		t.Fatalf("traceroute: %v\n%s", err, out)
 	}
 	want := []string{a.gateway().String(), b.underlay.String(), b.podIP().String()}
-	if got := hops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
+	if got := testutil.TracerouteHops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("hops %v, want %v\n%s", got, want, out)
 	}
 	// Hops 2 and 3 crossed a's fast path (hop 1 expired at its gateway).
