@@ -1,27 +1,37 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/netfilter"
 )
 
 // removeFlannelIPTables removes flanneld's FORWARD and masquerade chains and
-// the jumps to them (the agent's, or those flanneld left) and says what it
-// found. A node without iptables has none to remove.
+// the jumps to them (the agent's, or those flanneld left), in iptables and
+// ip6tables (a dual-stack node's), and says what it found. A node without
+// them has none to remove.
 func removeFlannelIPTables() error {
-	ipt, err := netfilter.NewIPTables()
-	if err != nil {
-		slog.Warn("iptables not found: flanneld's FORWARD and masquerade rules not checked", "err", err)
-		return nil
-	}
-	removed, err := ipt.RemoveFlannel()
-	for _, rm := range removed {
-		if rm.Any() {
-			slog.Info("iptables rules removed", "table", rm.Table, "chain", rm.Chain, "jumps", rm.Jumps, "rules", rm.Rules)
-		} else {
-			slog.Info("iptables rules: none there", "table", rm.Table, "chain", rm.Chain)
+	var errs []error
+	for _, fam := range []struct {
+		cmd  string
+		open func() (*netfilter.IPTables, error)
+	}{{"iptables", netfilter.NewIPTables}, {"ip6tables", netfilter.NewIP6Tables}} {
+		cmd := fam.cmd
+		ipt, err := fam.open()
+		if err != nil {
+			slog.Warn(cmd+" not found: flanneld's FORWARD and masquerade rules not checked", "err", err)
+			continue
 		}
+		removed, err := ipt.RemoveFlannel()
+		for _, rm := range removed {
+			if rm.Any() {
+				slog.Info(cmd+" rules removed", "table", rm.Table, "chain", rm.Chain, "jumps", rm.Jumps, "rules", rm.Rules)
+			} else {
+				slog.Info(cmd+" rules: none there", "table", rm.Table, "chain", rm.Chain)
+			}
+		}
+		errs = append(errs, err)
 	}
-	return err
+	return errors.Join(errs...)
 }

@@ -317,7 +317,7 @@ type node struct {
 	reg      *registry.Registry
 	dp       *datapath.Datapath // the pinned maps (and the first programs)
 	families []*familyRoutes    // IPv4's first
-	fw       *iptablesDuties    // nil without iptables
+	fws      []*iptablesDuties  // IPv4's, IPv6's on a dual-stack node; none without iptables
 	probes   probes
 	without  datapath.Features // kernel features to load the programs without (tests)
 	// fatal ends Run with err: for what the agent must not carry on

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -173,7 +174,8 @@ func TestResolveUnderlay6(t *testing.T) {
 // one reconciler per family routes a dual-stack peer in both families
 // (kernel and the family's map) and an IPv4-only peer (a flanneld node
 // without IPv6) in IPv4 only; the subnet file has the IPv6 lines; /readyz
-// waits for both families; the metrics count per family.
+// waits for both families; the metrics count per family; flanneld's
+// chains are in iptables and ip6tables, and go from both.
 func TestDualStackNode(t *testing.T) {
 	e := newAgentEnv(t)
 	eth0, err := e.nl.LinkByName("eth0")
@@ -187,6 +189,7 @@ func TestDualStackNode(t *testing.T) {
 	e.carrier(t)
 	cfg := e.config(DatapathEBPF)
 	cfg.SubnetFile = filepath.Join(t.TempDir(), "subnet.env")
+	cfg.IPMasq = true
 	n := e.node(t, cfg, probes{
 		conntrack: func() (bool, error) { return true, nil }, conntrackLoaded: func() bool { return true },
 		loadConntrack: func() error { return nil }, engines: noEngines,
@@ -202,6 +205,9 @@ func TestDualStackNode(t *testing.T) {
 		if n.ul6, err = resolveUnderlay6(eth0, netip.Addr{}); err != nil {
 			t.Fatal(err)
 		}
+		if err := n.startIPTables(); err != nil {
+			t.Fatal(err)
+		}
 		if err := n.startDatapath(); err != nil {
 			t.Fatal(err)
 		}
@@ -209,6 +215,17 @@ func TestDualStackNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	for tool, want := range map[string][]string{
+		"iptables-save":  {"-A FLANNEL-FWD -s 10.244.0.0/16", "-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4"},
+		"ip6tables-save": {"-A FLANNEL-FWD -s fd00:10:244::/56", "-A FLANNEL-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8"},
+	} {
+		out := e.output(t, tool)
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s lacks %q:\n%s", tool, w, out)
+			}
+		}
+	}
 	if c := e.programConfig(t); c.PodSubnet6 != self.IPv6Subnet || c.Gateway6 != netip.MustParseAddr("fd00:10:244:3::1") {
 		t.Errorf("config %+v: want the IPv6 pod subnet %s and gateway ::1", c, self.IPv6Subnet)
 	}
@@ -286,7 +303,7 @@ func TestDualStackNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\n" +
-		"FLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
+		"FLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
 	if string(b) != want {
 		t.Errorf("subnet file:\n%s\nwant:\n%s", b, want)
 	}
@@ -296,7 +313,28 @@ func TestDualStackNode(t *testing.T) {
 				t.Error(err)
 			}
 		}
+		if err := n.removeIPTables(); err != nil {
+			t.Error(err)
+		}
 	})
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		if out := e.output(t, tool); strings.Contains(out, "FLANNEL") {
+			t.Errorf("%s after removing flanneld's rules:\n%s", tool, out)
+		}
+	}
+}
+
+// output runs a command inside the env's namespace.
+func (e *agentEnv) output(t *testing.T, argv ...string) string {
+	t.Helper()
+	var out []byte
+	e.do(t, func() {
+		var err error
+		if out, err = exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+	})
+	return string(out)
 }
 
 // carrier brings eth0's peer up: routes through a device without carrier

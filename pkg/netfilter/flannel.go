@@ -22,6 +22,7 @@ const (
 	// to avoid a double NAT.
 	kubeProxyMark = "0x4000/0x4000"
 	multicast     = "224.0.0.0/4"
+	multicast6    = "ff00::/8"
 )
 
 // ChainSet is one chain of ours, its rules in order, and the rule of a
@@ -45,9 +46,15 @@ var (
 // packets, traffic inside the cluster network and traffic arriving for our
 // pods return untouched; pods talking outside the network (except to
 // multicast) and hosts talking into it are masqueraded. randomFully adds
-// --random-fully, as flanneld does where iptables has it.
+// --random-fully, as flanneld does where iptables has it. An IPv6 network
+// and subnet give flanneld's ip6tables chain: the same rules, multicast
+// being ff00::/8.
 func MasqRules(network, subnet netip.Prefix, randomFully bool) ChainSet {
 	cluster, pods := network.Masked().String(), subnet.Masked().String()
+	mcast := multicast
+	if network.Addr().Is6() {
+		mcast = multicast6
+	}
 	c := []string{"-m", "comment", "--comment", masqComment}
 	ret, masq := []string{"-j", "RETURN"}, []string{"-j", "MASQUERADE"}
 	if randomFully {
@@ -60,7 +67,7 @@ func MasqRules(network, subnet netip.Prefix, randomFully bool) ChainSet {
 		join([]string{"-s", pods, "-d", cluster}, c, ret),
 		join([]string{"-s", cluster, "-d", pods}, c, ret),
 		join([]string{"!", "-s", cluster, "-d", pods}, c, ret),
-		join([]string{"-s", cluster, "!", "-d", multicast}, c, masq),
+		join([]string{"-s", cluster, "!", "-d", mcast}, c, masq),
 		join([]string{"!", "-s", cluster, "-d", cluster}, c, masq),
 	}
 	return cs
@@ -69,6 +76,7 @@ func MasqRules(network, subnet netip.Prefix, randomFully bool) ChainSet {
 // ForwardRules is flanneld's FORWARD accept chain: the cluster network is
 // forwarded both ways even where the FORWARD policy is DROP (Docker sets
 // it), so whatever the fast path leaves to the kernel still gets through.
+// The IPv6 network gives flanneld's ip6tables chain.
 func ForwardRules(network netip.Prefix) ChainSet {
 	cluster := network.Masked().String()
 	c := []string{"-m", "comment", "--comment", forwardComment}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,9 +17,10 @@ import (
 // error at the next resync instead of a resync that never ends.
 const lockWait = 10
 
-// IPTables runs iptables and iptables-restore (whichever backend the
-// node's `iptables` is, nf_tables or legacy, as flanneld does) in the
-// network namespace of the calling thread.
+// IPTables runs iptables and iptables-restore, or for IPv6 ip6tables and
+// ip6tables-restore (whichever backend the node's `iptables` is, nf_tables
+// or legacy, as flanneld does), in the network namespace of the calling
+// thread.
 type IPTables struct {
 	ipt     *iptables.IPTables
 	restore string
@@ -26,14 +28,20 @@ type IPTables struct {
 }
 
 // NewIPTables finds iptables and iptables-restore on PATH.
-func NewIPTables() (*IPTables, error) {
-	ipt, err := iptables.New(iptables.Timeout(lockWait))
+func NewIPTables() (*IPTables, error) { return newIPTables(iptables.ProtocolIPv4, "iptables") }
+
+// NewIP6Tables finds ip6tables and ip6tables-restore on PATH: flanneld's
+// chains for a dual-stack network's IPv6 side.
+func NewIP6Tables() (*IPTables, error) { return newIPTables(iptables.ProtocolIPv6, "ip6tables") }
+
+func newIPTables(proto iptables.Protocol, name string) (*IPTables, error) {
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(lockWait))
 	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	restore, err := exec.LookPath("iptables-restore")
+	restore, err := exec.LookPath(name + "-restore")
 	if err != nil {
-		return nil, fmt.Errorf("iptables-restore: %w", err)
+		return nil, fmt.Errorf("%s-restore: %w", name, err)
 	}
 	v1, v2, v3 := ipt.GetIptablesVersion()
 	wait := v1 > 1 || v1 == 1 && (v2 > 6 || v2 == 6 && v3 >= 2)
@@ -137,7 +145,7 @@ func (t *IPTables) apply(table string, lines []string) error {
 	cmd := exec.Command(t.restore, args...)
 	cmd.Stdin = strings.NewReader("*" + table + "\n" + strings.Join(lines, "\n") + "\nCOMMIT\n")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables-restore into %s: %w: %s", table, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s into %s: %w: %s", filepath.Base(t.restore), table, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
@@ -37,10 +38,13 @@ func run(t *testing.T, stdin string, argv ...string) string {
 }
 
 // save is the table as iptables-save prints it, rules only.
-func save(t *testing.T, table string) []string {
+func save(t *testing.T, table string) []string { return saveWith(t, "iptables-save", table) }
+
+// saveWith is save with another tool (ip6tables-save).
+func saveWith(t *testing.T, tool, table string) []string {
 	t.Helper()
 	var rules []string
-	for _, l := range strings.Split(run(t, "", "iptables-save", "-t", table), "\n") {
+	for _, l := range strings.Split(run(t, "", tool, "-t", table), "\n") {
 		if strings.HasPrefix(l, "-A ") {
 			rules = append(rules, l)
 		}
@@ -268,6 +272,59 @@ func TestRemoveFlannelLeavesNone(t *testing.T) {
 		for _, rm := range again {
 			if rm.Any() {
 				t.Errorf("second RemoveFlannel removed %s", rm)
+			}
+		}
+	})
+}
+
+// flanneldMasq6 and flanneldForward6 are what flanneld v0.28 writes with
+// ip6tables on a dual-stack node (masqIP6Rules, forwardRules) for IPv6
+// subnet fd00:10:244:7::/64 of fd00:10:244::/56, as ip6tables-save
+// prints them.
+const (
+	flanneldMasq6 = `-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244:7::/64 -d fd00:10:244::/56 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:7::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:7::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully`
+	flanneldForward6 = `-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+-A FLANNEL-FWD -s fd00:10:244::/56 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d fd00:10:244::/56 -m comment --comment "flanneld forward" -j ACCEPT`
+)
+
+// A dual-stack node's IPv6 rules are flanneld's, in ip6tables, written and
+// removed there without touching iptables' (IPv4) tables.
+func TestIP6TablesAsFlanneld(t *testing.T) {
+	h := nfNS(t)
+	network6, subnet6 := netip.MustParsePrefix("fd00:10:244::/56"), netip.MustParsePrefix("fd00:10:244:7::/64")
+	testutil.Do(t, h, func() {
+		ipt, err := NewIP6Tables()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ipt.RandomFully() {
+			t.Fatal("this ip6tables lacks --random-fully; the expected rules assume it")
+		}
+		k := NewKeeper(ipt)
+		ensure(t, k, MasqRules(network6, subnet6, true))
+		ensure(t, k, ForwardRules(network6))
+		for table, want := range map[string]string{"nat": flanneldMasq6, "filter": flanneldForward6} {
+			if got := saveWith(t, "ip6tables-save", table); strings.Join(got, "\n") != want {
+				t.Errorf("ip6tables %s:\n%s\nwant flanneld's:\n%s", table, strings.Join(got, "\n"), want)
+			}
+			if got := save(t, table); len(got) != 0 {
+				t.Errorf("iptables %s has %v: the IPv6 rules went to IPv4", table, got)
+			}
+		}
+		removed, err := ipt.RemoveFlannel()
+		if err != nil || len(removed) != 2 || !removed[0].Any() || !removed[1].Any() {
+			t.Fatalf("RemoveFlannel = %+v, %v; want both chains removed", removed, err)
+		}
+		for _, table := range []string{"nat", "filter"} {
+			if got := saveWith(t, "ip6tables-save", table); len(got) != 0 {
+				t.Errorf("ip6tables %s after RemoveFlannel: %v", table, got)
 			}
 		}
 	})

@@ -222,14 +222,15 @@ func TestIPv4OnlyFlanneldLeaseBesideDualStack(t *testing.T) {
 	}
 }
 
-// The real flanneld (dual stack, etcd mode) on one node, hgw-ebpf on two,
-// pods attached by the real flannel CNI plugin, which makes their IPv6
-// addresses from the subnet file's IPv6 lines (hgw-ebpf's as flanneld's):
-// each routes the others in both families, and every pod reaches every
-// other over IPv4 and IPv6, through the fast path on the hgw-ebpf nodes.
+// The real flanneld (dual stack, etcd mode, --ip-masq) on one node,
+// hgw-ebpf on two, pods attached by the real flannel CNI plugin, which
+// makes their IPv6 addresses from the subnet file's IPv6 lines (hgw-ebpf's
+// as flanneld's): each routes the others in both families, every pod
+// reaches every other over IPv4 and IPv6, through the fast path on the
+// hgw-ebpf nodes, and the hgw-ebpf nodes' ip6tables chains are flanneld's.
 func TestDualStackWithRealFlanneld(t *testing.T) {
 	flanneld, cniDir := flannelTools(t)
-	l := startLabConfig(t, lab.Config{Nodes: 3, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: true,
+	l := startLabConfig(t, lab.Config{Nodes: 3, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: true, IPMasq: true,
 		Flanneld: flanneld, FlanneldNodes: []int{1}, FlannelCNI: cniDir})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -248,6 +249,15 @@ func TestDualStackWithRealFlanneld(t *testing.T) {
 			t.Errorf("the hgw-ebpf nodes do not route flanneld's %s", subnet)
 		}
 	}
+	want := flannelRules6(t, ctx, st, fl)
+	if len(want) == 0 {
+		t.Fatalf("flanneld wrote no ip6tables rules: the comparison proves nothing")
+	}
+	for _, n := range st.Nodes[1:] {
+		if got := flannelRules6(t, ctx, st, n); strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("%s's ip6tables chains:\n%s\nwant flanneld's:\n%s", n.Name, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
 	ours := st
 	ours.Nodes = st.Nodes[1:] // flanneld's node has no counters
 	before := counters(t, ours)
@@ -259,4 +269,23 @@ func TestDualStackWithRealFlanneld(t *testing.T) {
 			t.Errorf("%s: no IPv6 packet on the fast path", n.Name)
 		}
 	}
+}
+
+// flannelRules6 is a node's flanneld chains in ip6tables, the jumps to
+// them included, with the node's own IPv6 subnet written as SUBNET.
+func flannelRules6(t *testing.T, ctx context.Context, st lab.State, n lab.Node) []string {
+	t.Helper()
+	var out []string
+	for _, table := range []string{"nat", "filter"} {
+		save, err := st.Output(ctx, n.Name, "ip6tables-save", "-t", table)
+		if err != nil {
+			t.Fatalf("ip6tables-save in %s: %v\n%s", n.Name, err, save)
+		}
+		for _, l := range strings.Split(save, "\n") {
+			if strings.HasPrefix(l, "-A ") && strings.Contains(l, "FLANNEL-") {
+				out = append(out, strings.ReplaceAll(l, n.Subnet6, "SUBNET"))
+			}
+		}
+	}
+	return out
 }
