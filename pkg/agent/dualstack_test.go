@@ -246,6 +246,9 @@ func TestDualStackNode(t *testing.T) {
 	if !n.ready.Met(condApplied) || !n.ready.Met(condApplied6) {
 		t.Errorf("readiness %q: want both families' routes applied", n.ready.Ready())
 	}
+	if notes := strings.Join(n.ready.Notes(), "\n"); !strings.Contains(notes, "IPv6: pod subnet fd00:10:244:3::/64, public IPv6 fd00:198:18::11 (a global address configured on the device)") {
+		t.Errorf("/readyz notes %q: want the IPv6 side named", notes)
+	}
 
 	kernel, err := reconcile.KernelRoutes(&e.ns)
 	if err != nil {

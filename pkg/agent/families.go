@@ -31,8 +31,12 @@ type familyRoutes struct {
 func (f *familyRoutes) routed() bool { return f.network.IsValid() }
 
 // condApplied6 is what /readyz waits for on a dual-stack node besides
-// condApplied (IPv4's).
-const condApplied6 = "IPv6 routes applied"
+// condApplied (IPv4's); noteIPv6 is its line saying what the node's IPv6
+// side is.
+const (
+	condApplied6 = "IPv6 routes applied"
+	noteIPv6     = "ipv6"
+)
 
 // startReconcilers builds one Reconciler per family: IPv4's, and IPv6's
 // on a dual-stack network or, to remove what an earlier dual-stack run
@@ -43,6 +47,7 @@ func (n *node) startReconcilers() error {
 	if n.network6.IsValid() || kernelHasIPv6() {
 		fams = append(fams, &familyRoutes{fam: reconcile.IPv6, network: n.network6, onLink: n.ul6.prefixes, applied: condApplied6})
 	}
+	n.noteIPv6()
 	for _, f := range fams {
 		var routeMap reconcile.RouteMap
 		switch {
@@ -65,6 +70,21 @@ func (n *node) startReconcilers() error {
 		n.families = append(n.families, f)
 	}
 	return nil
+}
+
+// noteIPv6 tells /readyz's readers a dual-stack node's IPv6 side.
+func (n *node) noteIPv6() {
+	if !n.network6.IsValid() {
+		return
+	}
+	n.mu.Lock()
+	own6, ip6 := n.own6, n.ownIP6
+	n.mu.Unlock()
+	note := fmt.Sprintf("IPv6: pod subnet %s, public IPv6 %s (%s)", own6, ip6, n.ul6.why)
+	if !own6.IsValid() {
+		note = "IPv6: no pod subnet (this node's lease has none): its pods are IPv4 only, the peers' IPv6 subnets are routed"
+	}
+	n.ready.SetNote(noteIPv6, note)
 }
 
 // kernelHasIPv6 tells a kernel with IPv6 (not booted with ipv6.disable=1).
