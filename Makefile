@@ -13,12 +13,22 @@ APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool iproute2 iputils-ping tracer
                 iperf3 sockperf tcpdump iptables nftables conntrack procps util-linux curl
 GENERATED    := pkg/datapath/hgw_bpfel.go pkg/datapath/hgw_bpfel.o
 GO_TEST_FLAGS ?= -count=1 -timeout 40m
+# A real kube-apiserver and kubectl for the Kubernetes subnet manager's tests
+# and `hgw-lab up --registry kube`, built from tools/kube (its own module:
+# k8s.io/kubernetes stays out of the main module). Debian has no
+# kube-apiserver package and setup-envtest cannot download here, but the Go
+# module proxy serves the release. The version variables are set as
+# Kubernetes' own build sets them, so kubectl's version skew check is happy.
+KUBE_BIN     := $(BIN)/kube
+KUBE_VERSION := v1.37.2
+KUBE_VERSION_VARS := gitVersion=$(KUBE_VERSION) gitMajor=1 gitMinor=37 gitTreeState=clean buildDate=1970-01-01T00:00:00Z
+KUBE_LDFLAGS := -s -w $(foreach v,$(KUBE_VERSION_VARS),-X k8s.io/component-base/version.$(v) -X k8s.io/client-go/pkg/version.$(v))
 
 .PHONY: all deps generate check-generated build test demo bench clean lint
 
 all: build
 
-## deps: install missing Debian packages and the CNI plugins (no-op when present)
+## deps: install missing Debian packages, the CNI plugins, kube-apiserver and kubectl (no-op when present)
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -34,6 +44,11 @@ deps:
 	    GOBIN=$(CNI_BIN) $(GO) install github.com/containernetworking/plugins/plugins/$$p@$(CNI_VERSION); \
 	  fi; \
 	done
+	@if [ ! -x $(KUBE_BIN)/kube-apiserver ] || [ ! -x $(KUBE_BIN)/kubectl ]; then \
+	  echo "deps: building kube-apiserver and kubectl $(KUBE_VERSION) into $(KUBE_BIN) (once: 10-20 minutes)"; \
+	  cd tools/kube && $(GO) build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/ \
+	    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; \
+	fi
 
 ## generate: compile bpf/*.c with the pinned clang-19 and regenerate the Go bindings
 generate:
