@@ -135,3 +135,40 @@ func lockDir(dir string) (func(), error) {
 	}
 	return func() { unix.Close(fd) }, nil
 }
+
+// Do runs fn on an OS thread that has joined the named namespace, and
+// waits for it. What fn creates synchronously (sockets, child processes
+// os/exec forks) belongs to that namespace; goroutines fn starts do not.
+// A thread that cannot return to its namespace is never reused: it stays
+// locked, and the runtime discards it with its goroutine.
+func Do(name string, fn func() error) error {
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", name, err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("restore netns after %s: %w", name, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
