@@ -1,0 +1,47 @@
+package registry
+
+import (
+	"context"
+	"net/netip"
+)
+
+// Manager is a subnet manager, as flanneld calls it: where this node's
+// lease is taken and kept, and where every node's lease is read. *Registry
+// keeps leases in etcd under flannel's schema (flanneld's default);
+// package kube keeps them in Kubernetes Node objects, as flanneld
+// --kube-subnet-mgr does. Both hand the agent the same Snapshot, so
+// everything after them is the same.
+type Manager interface {
+	// Config reads and checks the network config; every later call
+	// parses leases against it.
+	Config(ctx context.Context) (Config, error)
+	// Acquire takes this node's lease, waiting while the source is
+	// unreachable or not ready to give one.
+	Acquire(ctx context.Context, opts AcquireOptions) (Lease, error)
+	// Watch calls fn with the complete set of leases once they are read,
+	// and again after every change, until ctx is done (then it returns
+	// nil). While the source is unreachable fn is not called, so the
+	// consumer keeps the last good state.
+	Watch(ctx context.Context, fn func(Snapshot), hooks WatchHooks) error
+	// KeepAlive keeps lease this node's until ctx is done; if it is lost
+	// it acquires again and reports the new lease to onChange.
+	KeepAlive(ctx context.Context, lease Lease, opts AcquireOptions, onChange func(Lease)) error
+	// Release gives up this node's lease of subnet, if it still names
+	// publicIP, so that the other nodes drop their routes to it at once.
+	Release(ctx context.Context, subnet netip.Prefix, publicIP netip.Addr) error
+}
+
+var _ Manager = (*Registry)(nil)
+
+// NewSnapshot is the snapshot of leases and skipped entries, each keyed
+// by their Key, listed in key order: the order consumers rely on.
+func NewSnapshot(rev int64, leases map[string]Lease, skipped map[string]Skipped) Snapshot {
+	return snapshot(rev, leases, skipped)
+}
+
+// ReadyReporter is a Manager that tells its source when this node routes
+// its peers. The Kubernetes one clears the Node's NetworkUnavailable
+// condition, as flanneld does.
+type ReadyReporter interface {
+	ReportReady(ctx context.Context) error
+}
