@@ -14,6 +14,7 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry/kube"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
 
@@ -22,6 +23,7 @@ func newCleanupCmd() *cobra.Command {
 		root, subnetFile, iface, publicIP string
 		release                           bool
 		etcd                              etcdFlags
+		kubef                             kubeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "cleanup",
@@ -34,11 +36,14 @@ FLANNEL-POSTRTG (nat) with the jumps to them, whether the agent or flanneld
 wrote them, logging what it found. With --release-lease it also deletes this node's lease from etcd,
 found as ` + "`run`" + ` finds it: the subnet from --subnet-file, the node's public IP
 from --public-ip or else --iface's first IPv4 address (default: the default
-route's device); a lease naming another public IP is left alone. The other
+route's device); a lease naming another public IP is left alone. With
+--kube-subnet-mgr it removes the lease annotations from the node's Kubernetes
+Node ($NODE_NAME) instead, if the Node's podCIDR and public IP are those. The other
 nodes then drop their routes to this node at once. Stop the agent first.
 Safe to run twice or on a node with nothing installed.`,
 		Example: `  hgw-ebpf cleanup
-  hgw-ebpf cleanup --release-lease --etcd-endpoints http://10.0.0.1:2379`,
+  hgw-ebpf cleanup --release-lease --etcd-endpoints http://10.0.0.1:2379
+  NODE_NAME=worker-1 hgw-ebpf cleanup --release-lease --kube-subnet-mgr --kubeconfig-file /etc/kubernetes/kubelet.conf`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
@@ -56,7 +61,7 @@ Safe to run twice or on a node with nothing installed.`,
 				errs = append(errs, err)
 			}
 			if release {
-				if err := releaseLease(cmd.Context(), etcd, subnetFile, iface, publicIP); err != nil {
+				if err := releaseLease(cmd.Context(), etcd, kubef.options(slog.Default()), subnetFile, iface, publicIP); err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -70,10 +75,13 @@ Safe to run twice or on a node with nothing installed.`,
 	f.StringVar(&iface, "iface", "", "underlay device whose first IPv4 is the node's public IP (default: the default route's device; with --release-lease)")
 	f.StringVar(&publicIP, "public-ip", "", "this node's public IP, which the lease must name (default: from --iface; with --release-lease)")
 	etcd.register(f)
+	kubef.register(f)
 	return cmd
 }
 
-func releaseLease(ctx context.Context, etcd etcdFlags, subnetFile, iface, publicIP string) error {
+// releaseLease releases this node's lease in etcd, or in its Node with
+// kubeOpts.
+func releaseLease(ctx context.Context, etcd etcdFlags, kubeOpts *kube.Options, subnetFile, iface, publicIP string) error {
 	env, err := subnetfile.Read(subnetFile)
 	if err != nil {
 		return fmt.Errorf("--release-lease needs this node's subnet from --subnet-file: %w", err)
@@ -88,12 +96,20 @@ func releaseLease(ctx context.Context, etcd etcdFlags, subnetFile, iface, public
 	if err != nil {
 		return fmt.Errorf("--release-lease needs this node's public IP: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if kubeOpts != nil {
+		m, err := kube.New(ctx, *kubeOpts, slog.Default())
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		return m.Release(ctx, env.Subnet, ip)
+	}
 	opts, err := etcd.client()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
 	cli, err := registry.Dial(ctx, opts)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ func newRunCmd() *cobra.Command {
 	var (
 		cfg       agent.Config
 		etcd      etcdFlags
+		kubef     kubeFlags
 		publicIP  string
 		publicIP6 string
 		mode      string
@@ -44,6 +45,19 @@ map. The node's own public IPv6 is --public-ipv6, else --iface's global
 IPv6 address: never a temporary (privacy) one, which the kernel retires
 within hours, nor a deprecated one; the log says which it chose and why
 not the others. Leases of nodes without IPv6 are routed in IPv4 only.
+
+With --kube-subnet-mgr, as flanneld --kube-subnet-mgr, the leases are
+Kubernetes Nodes instead: the network config is --net-config-path (the same
+JSON), the node's subnet is its Node's spec.podCIDR (waited for, and logged,
+until kube-controller-manager sets it), published with the node's public IP
+in the Node's annotations (<kube-annotation-prefix>/kube-subnet-manager,
+backend-type, backend-data, public-ip, and on a dual-stack network
+public-ipv6 and backend-v6-data; an operator's public-ip-overwrite and
+public-ipv6-overwrite annotations are published instead), and the peers are
+every Node carrying them. The Node is $NODE_NAME, else the node of the pod
+$POD_NAMESPACE/$POD_NAME; the API server is --kubeconfig-file,
+--kube-api-url or the in-cluster config. deploy/kube-hgw-ebpf.yaml runs it
+as a DaemonSet.
 
 Like flanneld it keeps a filter FORWARD -> FLANNEL-FWD chain accepting the
 cluster network (so a FORWARD policy of DROP does not stop pod traffic), and
@@ -71,7 +85,8 @@ lease is lost and re-acquired with another subnet, it exits as flanneld does
 (pods must be recreated). Every flag can also be set by the
 environment variable named in its help.`,
 		Example: `  hgw-ebpf run --etcd-endpoints http://10.0.0.1:2379 --iface eth0
-  HGW_ETCD_ENDPOINTS=https://etcd:2379 HGW_ETCD_CAFILE=/etc/ssl/ca.pem hgw-ebpf run`,
+  HGW_ETCD_ENDPOINTS=https://etcd:2379 HGW_ETCD_CAFILE=/etc/ssl/ca.pem hgw-ebpf run
+  NODE_NAME=worker-1 hgw-ebpf run --kube-subnet-mgr --kubeconfig-file /etc/kubernetes/kubelet.conf`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logFormat, logLevel)
@@ -82,6 +97,7 @@ environment variable named in its help.`,
 				return err
 			}
 			cfg.Prefix = etcd.prefix
+			cfg.Kube = kubef.options(log)
 			if publicIP != "" {
 				ip, err := netip.ParseAddr(publicIP)
 				if err != nil || !ip.Is4() {
@@ -104,13 +120,14 @@ environment variable named in its help.`,
 	}
 	f := cmd.Flags()
 	etcd.register(f)
+	kubef.register(f)
 	f.StringVar(&cfg.Iface, "iface", "", "underlay device towards the other nodes (default: the default route's device)")
 	f.StringVar(&publicIP, "public-ip", "", "IP other nodes route this node's pods via (default: --iface's first IPv4)")
 	f.StringVar(&publicIP6, "public-ipv6", "",
 		"IPv6 other nodes route this node's IPv6 pods via, on a dual-stack network (default: --iface's global IPv6 address, "+
 			"never a temporary or deprecated one, configured before dynamic)")
 	f.StringVar(&cfg.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "subnet file for the CNI plugins, in flanneld's format")
-	f.DurationVar(&cfg.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease in etcd (kept alive while running)")
+	f.DurationVar(&cfg.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease in etcd (kept alive while running; none with --kube-subnet-mgr)")
 	f.StringVar(&cfg.Bridge, "bridge", "cni0", "pod bridge (created if missing)")
 	f.StringVar(&cfg.Datapath, "datapath", agent.DatapathEBPF, "ebpf (routes + fast path) or routes (plain host-gw, no programs)")
 	f.StringVar(&mode, "attach-mode", string(datapath.ModeAuto), "how to attach programs: auto (tcx, else tc), tcx or tc")

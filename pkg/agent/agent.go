@@ -1,5 +1,6 @@
-// Package agent is `hgw-ebpf run`: it takes this node's subnet lease in
-// etcd as flanneld does, writes the subnet file for the CNI plugins, and
+// Package agent is `hgw-ebpf run`: it takes this node's subnet lease as
+// flanneld does (in etcd, or from its Kubernetes Node with
+// --kube-subnet-mgr), writes the subnet file for the CNI plugins, and
 // keeps the kernel routes and the BPF routes map equal to the leases of the
 // other nodes, with the fast-path programs attached.
 package agent
@@ -20,6 +21,7 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/metrics"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry/kube"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
 
@@ -31,8 +33,11 @@ const (
 
 // Config is the agent's configuration, one field per `run` flag.
 type Config struct {
-	Etcd     registry.ClientOptions
-	Prefix   string
+	Etcd   registry.ClientOptions
+	Prefix string
+	// Kube, when set, takes the leases from Kubernetes Nodes
+	// (--kube-subnet-mgr) instead of etcd.
+	Kube     *kube.Options
 	Iface    string     // "" = the default route's device
 	PublicIP netip.Addr // zero = the device's first IPv4
 	// PublicIPv6 is the next hop of this node's IPv6 subnet on a
@@ -77,8 +82,11 @@ func (c Config) validate() error {
 	if c.LeaseTTL < 10*time.Second {
 		return fmt.Errorf("--subnet-lease-ttl %s is too short (minimum 10s)", c.LeaseTTL)
 	}
-	if c.SubnetFile == "" || c.Bridge == "" || c.Prefix == "" {
-		return errors.New("--subnet-file, --bridge and --etcd-prefix must not be empty")
+	if c.SubnetFile == "" || c.Bridge == "" {
+		return errors.New("--subnet-file and --bridge must not be empty")
+	}
+	if c.Kube == nil && c.Prefix == "" {
+		return errors.New("--etcd-prefix must not be empty")
 	}
 	return nil
 }
@@ -106,25 +114,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer stopServing()
 
-	cli, err := dialEtcd(ctx, cfg.Etcd, log)
+	reg, netCfg, closeReg, err := openRegistry(ctx, cfg, log)
 	if err != nil {
-		if ctx.Err() != nil { // stopped (SIGTERM) while waiting: not a failure
-			log.Info("stopped while waiting for etcd")
-			return nil
-		}
-		return err
+		return stopped(ctx, err, log, "stopped while waiting for etcd")
 	}
-	defer cli.Close()
-	reg := registry.New(cli, cfg.Prefix, log)
-	netCfg, err := reg.Config(ctx)
-	if err != nil {
-		return err
-	}
-	if netCfg.BackendType != "" && netCfg.BackendType != "host-gw" {
-		log.Warn("network config names another backend; hgw-ebpf always forwards host-gw style",
-			"backend", netCfg.BackendType)
-	}
-
+	defer closeReg()
 	ul6, err := resolveDualStack(netCfg, ul, cfg.PublicIPv6, log)
 	if err != nil {
 		return err
@@ -132,10 +126,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	acq := acquireOptions(cfg, ul.publicIP, ul6.publicIP, log)
 	lease, err := reg.Acquire(ctx, acq)
 	if err != nil {
-		return fmt.Errorf("acquire subnet lease: %w", err)
+		return stopped(ctx, fmt.Errorf("acquire subnet lease: %w", err), log, "stopped while waiting for the node's lease")
 	}
-	log.Info("subnet lease acquired", "subnet", lease.Subnet, "ipv6_subnet", lease.IPv6Subnet, "key", lease.Key, "expires", lease.Expiration)
-	ready.Set(condLease, true)
+	log.Info("subnet lease acquired", "subnet", lease.Subnet, "ipv6_subnet", lease.IPv6Subnet, "key", lease.Key,
+		"public_ip", lease.PublicIP, "expires", expiry(lease))
+	ready.Set(leaseCondition(cfg), true)
 
 	n := &node{cfg: cfg, log: log, ul: ul, ul6: ul6, network: netCfg.Network, network6: netCfg.IPv6Network, reg: reg, probes: nodeProbes(),
 		metrics: m, ready: ready, firstApply: make(chan struct{})}
@@ -186,11 +181,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	select {
 	case <-runCtx.Done():
 	case <-n.firstApply:
-		if err := n.writeSubnetFile(); err != nil {
+		if err := n.nodeReady(runCtx); err != nil {
 			n.fatal(err)
-			break
 		}
-		log.Info("node ready", "datapath", cfg.Datapath, "subnet", n.ownSubnet(), "ipv6_subnet", n.ownSubnet6(), "subnet_file", cfg.SubnetFile)
 	}
 	<-runCtx.Done()
 	wg.Wait()
@@ -224,6 +217,57 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready *m
 		}
 	}()
 	return func() { stopSrv(); <-served }, nil
+}
+
+// openRegistry connects to where the leases are, etcd (waiting for it
+// while no endpoint answers, as flanneld does) or, with Config.Kube, the
+// Kubernetes API, and reads the network config. close releases the
+// connection.
+func openRegistry(ctx context.Context, cfg Config, log *slog.Logger) (registry.Manager, registry.Config, func(), error) {
+	var reg registry.Manager
+	var close func()
+	if cfg.Kube != nil {
+		m, err := kube.New(ctx, *cfg.Kube, log)
+		if err != nil {
+			return nil, registry.Config{}, nil, err
+		}
+		log.Info("Kubernetes subnet manager", "node", m.NodeName(), "net_config", cfg.Kube.NetConfPath)
+		reg, close = m, m.Close
+	} else {
+		cli, err := dialEtcd(ctx, cfg.Etcd, log)
+		if err != nil {
+			return nil, registry.Config{}, nil, err
+		}
+		reg, close = registry.New(cli, cfg.Prefix, log), func() { cli.Close() }
+	}
+	netCfg, err := reg.Config(ctx)
+	if err != nil {
+		close()
+		return nil, registry.Config{}, nil, err
+	}
+	if netCfg.BackendType != "" && netCfg.BackendType != "host-gw" {
+		log.Warn("network config names another backend; hgw-ebpf always forwards host-gw style",
+			"backend", netCfg.BackendType)
+	}
+	return reg, netCfg, close, nil
+}
+
+// stopped is err, unless ctx ended meanwhile (SIGTERM while waiting for
+// the registry): that is no failure.
+func stopped(ctx context.Context, err error, log *slog.Logger, what string) error {
+	if ctx.Err() != nil {
+		log.Info(what)
+		return nil
+	}
+	return err
+}
+
+// expiry says when a lease expires, for logs.
+func expiry(l registry.Lease) string {
+	if l.Expiration.IsZero() {
+		return "never (no TTL)"
+	}
+	return l.Expiration.Format(time.RFC3339)
 }
 
 // start puts in place what the node needs before it takes part: flanneld's
@@ -268,17 +312,25 @@ func (n *node) close() {
 
 // What /readyz waits for, in the order an agent gets there.
 const (
-	condLease    = "etcd lease acquired"
-	condAttached = "programs attached"
-	condSynced   = "registry synced"
-	condApplied  = "routes applied"
+	condLease     = "etcd lease acquired"
+	condKubeLease = "node subnet acquired" // the Node's podCIDR, annotated
+	condAttached  = "programs attached"
+	condSynced    = "registry synced"
+	condApplied   = "routes applied"
 )
 
 func readinessConditions(cfg Config) []string {
 	if cfg.Datapath == DatapathEBPF {
-		return []string{condLease, condAttached, condSynced, condApplied}
+		return []string{leaseCondition(cfg), condAttached, condSynced, condApplied}
 	}
-	return []string{condLease, condSynced, condApplied}
+	return []string{leaseCondition(cfg), condSynced, condApplied}
+}
+
+func leaseCondition(cfg Config) string {
+	if cfg.Kube != nil {
+		return condKubeLease
+	}
+	return condLease
 }
 
 // dialEtcd connects to etcd and, while no endpoint answers (a node that
@@ -314,7 +366,7 @@ type node struct {
 	// network6 is the cluster's IPv6 network, zero unless it is
 	// dual-stack.
 	network6 netip.Prefix
-	reg      *registry.Registry
+	reg      registry.Manager
 	dp       *datapath.Datapath // the pinned maps (and the first programs)
 	families []*familyRoutes    // IPv4's first
 	fws      []*iptablesDuties  // IPv4's, IPv6's on a dual-stack node; none without iptables
@@ -334,6 +386,7 @@ type node struct {
 	progs      *datapath.Datapath // the programs to attach (reloaded once conntrack can be asked)
 	progsCT    bool               // progs were loaded with the conntrack lookup usable
 	own        netip.Prefix
+	ownIP      netip.Addr        // the public IP our lease names (--public-ip, or a public-ip-overwrite)
 	own6       netip.Prefix      // our IPv6 subnet, zero without IPv6
 	ownIP6     netip.Addr        // the public IPv6 our lease names
 	skipLogged map[string]string // family and key -> reason already logged
@@ -353,16 +406,32 @@ func (n *node) writeSubnetFile() error {
 	return subnetfile.Write(n.cfg.SubnetFile, env)
 }
 
+// nodeReady tells the CNI plugins (the subnet file) and the lease's
+// source that the node routes its peers.
+func (n *node) nodeReady(ctx context.Context) error {
+	if err := n.writeSubnetFile(); err != nil {
+		return err
+	}
+	n.log.Info("node ready", "datapath", n.cfg.Datapath, "subnet", n.ownSubnet(), "ipv6_subnet", n.ownSubnet6(), "subnet_file", n.cfg.SubnetFile)
+	if r, ok := n.reg.(registry.ReadyReporter); ok {
+		if err := r.ReportReady(ctx); err != nil {
+			n.log.Warn("report the node's network ready", "err", err)
+		}
+	}
+	return nil
+}
+
 func (n *node) setLeaseExpiry(l registry.Lease) {
 	if n.metrics != nil {
 		n.metrics.SetLeaseExpiry(l.Expiration)
 	}
 }
 
-// setOwn records our lease: its subnets and the public IPv6 it names.
+// setOwn records our lease: its subnets and the public IPs it names
+// (a Kubernetes Node's may be an operator's overwrite of ours).
 func (n *node) setOwn(l registry.Lease) {
 	n.mu.Lock()
-	n.own, n.own6, n.ownIP6 = l.Subnet, l.IPv6Subnet, l.PublicIPv6
+	n.own, n.ownIP, n.own6, n.ownIP6 = l.Subnet, l.PublicIP, l.IPv6Subnet, l.PublicIPv6
 	n.mu.Unlock()
 }
 
@@ -407,7 +476,7 @@ func (n *node) onLeaseChange(l registry.Lease) {
 			return
 		}
 	}
-	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "ipv6_subnet", l.IPv6Subnet, "key", l.Key)
+	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "ipv6_subnet", l.IPv6Subnet, "key", l.Key, "public_ip", l.PublicIP)
 	n.setOwn(l)
 	n.setLeaseExpiry(l)
 }
@@ -428,11 +497,11 @@ func (n *node) cleanup() error {
 		errs = append(errs, fmt.Errorf("remove iptables rules: %w", err))
 	}
 	n.mu.Lock()
-	own := n.own
+	own, ownIP := n.own, n.ownIP
 	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := n.reg.Release(ctx, own, n.ul.publicIP); err != nil {
+	if err := n.reg.Release(ctx, own, ownIP); err != nil {
 		errs = append(errs, fmt.Errorf("release lease %s: %w", own, err))
 	}
 	if len(errs) == 0 {

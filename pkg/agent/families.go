@@ -110,7 +110,7 @@ func (n *node) desired(f *familyRoutes, s registry.Snapshot) ([]reconcile.Peer, 
 		n.log.Warn("cannot list local prefixes; leases are checked against them at the next full run", "family", f.fam, "err", err)
 	}
 	n.mu.Lock()
-	own, publicIP := n.own, n.ul.publicIP
+	own, publicIP := n.own, n.ownIP
 	if f.fam == reconcile.IPv6 {
 		own, publicIP = n.own6, n.ownIP6
 	}

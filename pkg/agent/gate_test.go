@@ -103,6 +103,21 @@ func TestSubnetChangeOnReacquireEndsTheAgent(t *testing.T) {
 	}
 }
 
+// A lease re-acquired with the same subnet and another public IP (a
+// public-ip-overwrite annotation set in Kubernetes) becomes the node's:
+// the lease naming that IP is ours, not a peer claiming our subnet.
+func TestPublicIPChangeOnReacquire(t *testing.T) {
+	n := testNodeNoRoot("10.244.3.0/24")
+	n.fatal = func(err error) { t.Errorf("fatal: %v", err) }
+	ip := netip.MustParseAddr("198.18.0.99")
+	n.onLeaseChange(registry.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"), PublicIP: ip, Key: "node/n1"})
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ownIP != ip {
+		t.Errorf("own public IP %s after the lease changed to %s", n.ownIP, ip)
+	}
+}
+
 // The conntrack probe loads nf_conntrack when it is missing, and says why
 // when the lookup stays unusable.
 func TestConntrackLookupLoadsTheModule(t *testing.T) {

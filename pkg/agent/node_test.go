@@ -107,7 +107,7 @@ func (e *agentEnv) node(t *testing.T, cfg Config, p probes) *node {
 		n = &node{cfg: cfg, log: slog.New(slog.NewTextHandler(tlog{t}, nil)), ul: ul,
 			network: netip.MustParsePrefix("10.244.0.0/16"), probes: p,
 			metrics: metrics.New(nil), ready: metrics.NewReadiness(), firstApply: make(chan struct{})}
-		n.setOwn(registry.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24")})
+		n.setOwn(registry.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"), PublicIP: ul.publicIP})
 	})
 	t.Cleanup(n.close)
 	return n

@@ -143,7 +143,7 @@ func (m *Manager) patchAnnotations(ctx context.Context, set map[string]*string) 
 	}
 	pause := time.Second
 	for {
-		_, err := m.client.Nodes().Patch(ctx, m.o.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+		err := m.client.patchNodeStatus(ctx, m.o.NodeName, types.MergePatchType, patch)
 		if err == nil {
 			return nil
 		}
@@ -233,7 +233,7 @@ func (m *Manager) lost(lease registry.Lease, opts registry.AcquireOptions) strin
 // names), so that every agent drops its routes to the node at once. A
 // Node that is gone, or carries no lease, has nothing to release.
 func (m *Manager) Release(ctx context.Context, subnet netip.Prefix, publicIP netip.Addr) error {
-	n, err := m.client.Nodes().Get(ctx, m.o.NodeName, metav1.GetOptions{})
+	n, err := m.client.node(ctx, m.o.NodeName)
 	if apierrors.IsNotFound(err) {
 		m.log.Info("no lease to release: no Node", "node", m.o.NodeName)
 		return nil
@@ -283,7 +283,8 @@ func (m *Manager) ReportReady(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := m.client.Nodes().PatchStatus(ctx, m.o.NodeName, patch); err != nil {
+	// Strategic: conditions merge by type, the others stay.
+	if err := m.client.patchNodeStatus(ctx, m.o.NodeName, types.StrategicMergePatchType, patch); err != nil {
 		return fmt.Errorf("set node %s's NetworkUnavailable condition to False: %w", m.o.NodeName, err)
 	}
 	return nil

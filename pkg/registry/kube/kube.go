@@ -23,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -65,7 +64,7 @@ type Manager struct {
 	o      Options
 	log    *slog.Logger
 	ann    annotations
-	client corev1client.CoreV1Interface
+	client *client
 	host   string // the API server, for logs
 
 	informer cache.SharedIndexInformer
@@ -113,12 +112,9 @@ func New(ctx context.Context, o Options, log *slog.Logger) (*Manager, error) {
 	if o.Dial != nil {
 		rc.Dial = o.Dial
 	}
-	if rc.UserAgent == "" {
-		rc.UserAgent = "hgw-ebpf"
-	}
-	client, err := corev1client.NewForConfig(rc)
+	client, err := newClient(rc)
 	if err != nil {
-		return nil, fmt.Errorf("Kubernetes client for %s: %w", rc.Host, err)
+		return nil, err
 	}
 	m := &Manager{o: o, log: log, ann: ann, client: client, host: rc.Host,
 		ownCh: make(chan struct{}, 1), leaseCh: make(chan struct{}, 1),
@@ -137,7 +133,7 @@ func (m *Manager) nodeOfPod(ctx context.Context) (string, error) {
 	if m.o.PodName == "" || m.o.PodNamespace == "" {
 		return "", errors.New("the node's name is unknown: set NODE_NAME (the DaemonSet sets it from spec.nodeName), or POD_NAME and POD_NAMESPACE")
 	}
-	pod, err := m.client.Pods(m.o.PodNamespace).Get(ctx, m.o.PodName, metav1.GetOptions{})
+	pod, err := m.client.pod(ctx, m.o.PodNamespace, m.o.PodName)
 	if err != nil {
 		return "", fmt.Errorf("read pod %s/%s to find the node's name: %w", m.o.PodNamespace, m.o.PodName, err)
 	}
@@ -231,17 +227,16 @@ func (m *Manager) run(ctx context.Context) error {
 // keeping of each only what a lease needs: real Nodes carry kilobytes of
 // status (images, conditions) that a cluster of thousands would hold twice.
 func (m *Manager) newInformer() cache.SharedIndexInformer {
-	nodes := m.client.Nodes()
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-			list, err := nodes.List(ctx, opts)
+			list, err := m.client.listNodes(ctx, opts)
 			if err == nil {
 				m.listed()
 			}
 			return list, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-			w, err := nodes.Watch(ctx, opts)
+			w, err := m.client.watchNodes(ctx, opts)
 			// A watch that starts with every Node is a list too (client-go
 			// lists that way where the server can).
 			if err == nil && opts.SendInitialEvents != nil && *opts.SendInitialEvents {
@@ -250,7 +245,7 @@ func (m *Manager) newInformer() cache.SharedIndexInformer {
 			return w, err
 		},
 	}
-	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, m.client.RESTClient()),
+	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, m.client.rest),
 		&corev1.Node{}, m.o.Resync, cache.Indexers{})
 	// Both fail only once the informer runs: they are set before.
 	inf.SetTransform(m.trim)
