@@ -23,6 +23,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/hgw-ebpf/hgw-ebpf/deploy"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/kubeapi"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
@@ -31,11 +32,13 @@ import (
 // Addr is the API server's address in its namespace.
 var Addr = netip.MustParseAddr("198.18.0.1")
 
-// Agent is a user with the rights the manifest's ClusterRole gives the
-// agent's service account, once a test has applied them; until then it
-// may do nothing.
-var Agent = kubeapi.User{Name: "system:serviceaccount:kube-hgw-ebpf:hgw-ebpf",
-	Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-hgw-ebpf"}}
+// Agent is the agent's service account as the server authenticates it:
+// it may do what the manifest's ClusterRole gives it once a test has
+// applied deploy.KubeManifest, and nothing before.
+var Agent = func() kubeapi.User {
+	name, groups := deploy.ServiceAccountUser()
+	return kubeapi.User{Name: name, Groups: groups}
+}()
 
 // shared is the test binary's server; Main tears it down.
 var shared struct {
