@@ -61,7 +61,11 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 	}
 	tw.Flush()
 
-	fmt.Fprintln(w, "\nLeases in etcd:")
+	if st.Registry == lab.RegistryKube {
+		fmt.Fprintf(w, "\nLeases in Kubernetes Nodes (%s):\n", st.KubeAPI)
+	} else {
+		fmt.Fprintln(w, "\nLeases in etcd:")
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	leases, err := st.Leases(ctx)
@@ -72,6 +76,9 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 		ttl := "reservation"
 		if le.TTL > 0 {
 			ttl = fmt.Sprintf("ttl %s", time.Duration(le.TTL)*time.Second)
+		}
+		if st.Registry == lab.RegistryKube {
+			ttl = "vanishes with its Node"
 		}
 		fmt.Fprintf(w, "  %s = %s (%s)\n", le.Key, le.Value, ttl)
 	}

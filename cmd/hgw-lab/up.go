@@ -24,6 +24,7 @@ const detachedEnv = "HGW_LAB_DETACHED"
 type labConfig struct {
 	nodes, pods int
 	datapath    string
+	registry    string
 	cniPath     string
 	resync      time.Duration
 	agentArgs   []string
@@ -42,6 +43,9 @@ func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
 	f.IntVar(&c.pods, "pods", pods, "pods per node")
 	f.StringVar(&c.datapath, "datapath", lab.DatapathEBPF,
 		"ebpf (agents with the fast path), routes (agents, kernel routes only: plain host-gw) or static (no agents: the lab adds the routes)")
+	f.StringVar(&c.registry, "registry", lab.RegistryEtcd,
+		"where the agents keep their leases: etcd (flannel's schema) or kube (Nodes of a real kube-apiserver on the underlay, "+
+			"agents with --kube-subnet-mgr; needs <bin>/kube from `make deps`)")
 	f.StringVar(&c.cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
 	f.DurationVar(&c.resync, "resync-interval", 2*time.Second, "the agents' --resync-interval")
 	f.StringArrayVar(&c.agentArgs, "agent-arg", nil, "extra flag for every 'hgw-ebpf run' (repeatable)")
@@ -69,7 +73,7 @@ func (c *labConfig) addFlags(cmd *cobra.Command, nodes, pods int) {
 func (c *labConfig) config(g *globals) (lab.Config, error) {
 	cfg := lab.Config{
 		Prefix: g.prefix, StateRoot: g.stateRoot, BinDir: g.binDir, CNIPath: c.cniPath,
-		Nodes: c.nodes, PodsPerNode: c.pods, Datapath: c.datapath,
+		Nodes: c.nodes, PodsPerNode: c.pods, Datapath: c.datapath, Registry: c.registry,
 		ResyncInterval: c.resync, AgentArgs: c.agentArgs, PlainBridgeCNI: c.plainBridge, Log: g.logger(),
 		KubeProxy: c.kubeProxy, KubeServices: c.kubeServices, FromFlanneld: c.fromFlanneld, IPMasq: c.ipMasq,
 		ForwardDrop: c.forwardDrop, Internet: c.internet, FlanneldNodes: c.flanneldNodes, DualStack: c.dualStack,
@@ -102,6 +106,12 @@ the cluster: the underlay, etcd (seeded with flannel's network config), the
 nodes with one 'hgw-ebpf run' each, and the pods. It returns when every pod
 has an address and every node routes to every other node.
 
+With --registry kube the agents run with --kube-subnet-mgr instead: a real
+kube-apiserver serves on the underlay (198.18.0.1:6443, backed by the lab's
+etcd), deploy/kube-hgw-ebpf.yaml is applied to it (its ClusterRole is what
+the agents may do), and each node gets a Node object with its podCIDR
+(10.244.<n>.0/24), as kube-controller-manager would give it.
+
 Without --detach it stays in the foreground, serving etcd and restarting any
 agent that dies, until Ctrl-C (or SIGTERM), then removes everything. With
 --detach it does the same in the background and returns once the lab is
@@ -109,7 +119,8 @@ ready; 'hgw-lab down' stops it.`,
 		Example: `  hgw-lab up --nodes 3 --pods 2
   hgw-lab up --nodes 5 --pods 4 --detach
   hgw-lab up --datapath routes --detach    # plain flannel host-gw, for comparison
-  hgw-lab up --dual-stack --detach         # IPv4 and IPv6`,
+  hgw-lab up --dual-stack --detach         # IPv4 and IPv6
+  hgw-lab up --registry kube --detach      # flanneld's --kube-subnet-mgr mode`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := lc.config(g)
@@ -210,6 +221,10 @@ func printReady(w io.Writer, st lab.State, g *globals, detached bool) {
 	}
 	fmt.Fprintf(w, "lab %q is up: %d nodes, %d pods, datapath %s%s (etcd %s)\n",
 		st.Prefix, len(st.Nodes), len(st.Pods), st.Datapath, stack, st.Etcd)
+	if st.KubeAPI != "" {
+		fmt.Fprintf(w, "  Kubernetes API %s; kubectl inside the underlay:\n    ip netns exec %s %s --kubeconfig %s get nodes\n",
+			st.KubeAPI, st.Underlay, filepath.Join(lab.KubeBinDir(st.BinDir), "kubectl"), st.Kubeconfig)
+	}
 	flags := ""
 	if g.prefix != lab.DefaultPrefix {
 		flags = " --prefix " + g.prefix

@@ -22,7 +22,7 @@ const (
 // The agents a node can run.
 const (
 	AgentHgw      = "hgw-ebpf" // hgw-ebpf run, with the lab's datapath
-	AgentFlanneld = "flanneld" // the real flanneld, etcd mode, host-gw backend
+	AgentFlanneld = "flanneld" // the real flanneld, host-gw backend, on the lab's registry
 )
 
 // agentProc is one supervised agent process.
@@ -36,9 +36,8 @@ type agentProc struct {
 // directory: bpffs is shared by all namespaces, so the default /sys/fs/bpf/hgw
 // would be one node's state seen by all.
 func (l *Lab) agentArgs(n Node) []string {
-	args := []string{"run",
-		"--etcd-endpoints", EtcdEndpoint(),
-		"--etcd-prefix", l.cfg.EtcdPrefix,
+	args := append([]string{"run"}, l.registryArgs()...)
+	args = append(args,
 		"--iface", nodeUplink,
 		"--public-ip", n.IP,
 		"--subnet-file", n.SubnetFile,
@@ -47,7 +46,7 @@ func (l *Lab) agentArgs(n Node) []string {
 		"--bpffs-root", n.PinRoot,
 		"--resync-interval", l.cfg.ResyncInterval.String(),
 		"--log-format", "text",
-	}
+	)
 	if l.cfg.AttachMode != "" {
 		args = append(args, "--attach-mode", l.cfg.AttachMode)
 	}
@@ -57,17 +56,15 @@ func (l *Lab) agentArgs(n Node) []string {
 	return append(args, l.cfg.AgentArgs...)
 }
 
-// flanneldArgs run flanneld as kube-flannel's manifest does, but against
-// the lab's etcd (its `--kube-subnet-mgr` is the one thing the lab has no
-// Kubernetes for): host-gw comes from the network config in etcd.
+// flanneldArgs run flanneld as kube-flannel's manifest does (in kube
+// labs with --kube-subnet-mgr, else against the lab's etcd): host-gw comes
+// from the network config.
 func (l *Lab) flanneldArgs(n Node) []string {
-	args := []string{
-		"--etcd-endpoints", EtcdEndpoint(),
-		"--etcd-prefix", l.cfg.EtcdPrefix,
+	args := append(l.registryArgs(),
 		"--iface", nodeUplink,
 		"--public-ip", n.IP,
 		"--subnet-file", n.SubnetFile,
-	}
+	)
 	if n.IP6 != "" {
 		args = append(args, "--public-ipv6", n.IP6)
 	}
@@ -77,12 +74,15 @@ func (l *Lab) flanneldArgs(n Node) []string {
 	return args
 }
 
-// agentCommand is the command node n's agent runs.
+// agentCommand is the command node n's agent runs. NODE_NAME names its
+// Node, as the DaemonSets' downward API does (read in kube labs).
 func (l *Lab) agentCommand(n Node) *exec.Cmd {
+	cmd := exec.Command(l.agentBin, l.agentArgs(n)...)
 	if n.Agent == AgentFlanneld {
-		return exec.Command(l.cfg.Flanneld, l.flanneldArgs(n)...)
+		cmd = exec.Command(l.cfg.Flanneld, l.flanneldArgs(n)...)
 	}
-	return exec.Command(l.agentBin, l.agentArgs(n)...)
+	cmd.Env = append(os.Environ(), "NODE_NAME="+n.Name)
+	return cmd
 }
 
 // startProcess starts cmd inside the named namespace: the fork happens on a

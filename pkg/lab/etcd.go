@@ -156,9 +156,12 @@ func listLeases(ctx context.Context, cli *clientv3.Client, prefix string) ([]Lea
 	return out, nil
 }
 
-// Leases lists the subnet leases in the etcd of the lab described by s,
-// from any process.
+// Leases lists the subnet leases of the lab described by s, from any
+// process: the keys in its etcd, or in a kube lab its Nodes.
 func (s State) Leases(ctx context.Context) ([]LeaseEntry, error) {
+	if s.Registry == RegistryKube {
+		return s.kubeLeases(ctx)
+	}
 	cli, err := newEtcdClient(s.Underlay)
 	if err != nil {
 		return nil, err

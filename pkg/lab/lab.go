@@ -18,7 +18,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/kubeapi"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
@@ -42,6 +44,11 @@ type Config struct {
 	// tc); their default (auto) if empty.
 	AttachMode string
 	EtcdPrefix string // registry.DefaultPrefix if empty
+	// Registry is where the agents keep their leases: RegistryEtcd
+	// (default) or RegistryKube, Nodes of a real kube-apiserver that the
+	// lab runs on the underlay (kube-apiserver and kubectl from
+	// <BinDir>/kube), with a Node per lab node carrying its podCIDR.
+	Registry string
 	// ResyncInterval is the agents' --resync-interval (default 2s: a lab
 	// should show repairs quickly).
 	ResyncInterval time.Duration
@@ -114,6 +121,9 @@ func (c *Config) setDefaults() error {
 	if c.EtcdPrefix == "" {
 		c.EtcdPrefix = registry.DefaultPrefix
 	}
+	if c.Registry == "" {
+		c.Registry = RegistryEtcd
+	}
 	if c.ResyncInterval == 0 {
 		c.ResyncInterval = 2 * time.Second
 	}
@@ -142,7 +152,7 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("CNI plugin %s (run `make deps`): %w", p, err)
 		}
 	}
-	return c.checkFlannel()
+	return errors.Join(c.checkFlannel(), c.checkKube())
 }
 
 // checkFlannel validates the options that run the real flannel binaries.
@@ -217,6 +227,8 @@ type Lab struct {
 	cni       map[string]*cniNetwork // by node
 	hgwCNIDir string                 // holds hgw-cni when the conflist chains it
 	client    *clientv3.Client
+	kube      *kubeapi.Server            // RegistryKube's API server
+	nodes     corev1client.NodeInterface // its Nodes, as its admin
 	closed    bool
 }
 
@@ -265,7 +277,7 @@ func (l *Lab) build(ctx context.Context) error {
 		Prefix: l.cfg.Prefix, Dir: dir, PID: os.Getpid(), PIDStart: start, Started: time.Now(),
 		Datapath: l.cfg.Datapath, BinDir: l.cfg.BinDir, PinRoot: pinRoot(l.cfg.Prefix),
 		Underlay: underlayNS(l.cfg.Prefix), Etcd: EtcdEndpoint(), EtcdKeys: l.cfg.EtcdPrefix, NextIndex: 1,
-		DualStack: l.cfg.DualStack,
+		DualStack: l.cfg.DualStack, Registry: l.cfg.Registry,
 	}
 	if err := l.saveState(); err != nil {
 		return err
@@ -293,7 +305,11 @@ func (l *Lab) build(ctx context.Context) error {
 		return err
 	}
 	l.client = cli
-	if err := seedNetworkConfig(ctx, cli, l.cfg.EtcdPrefix, l.cfg.DualStack); err != nil {
+	if l.cfg.Registry == RegistryKube {
+		if err := l.startKube(ctx); err != nil {
+			return err
+		}
+	} else if err := seedNetworkConfig(ctx, cli, l.cfg.EtcdPrefix, l.cfg.DualStack); err != nil {
 		return err
 	}
 	nodes := make([]Node, 0, l.cfg.Nodes)
@@ -419,6 +435,9 @@ func (l *Lab) Close() error {
 	wg.Wait()
 	if l.client != nil {
 		l.client.Close()
+	}
+	if srv := l.KubeAPI(); srv != nil {
+		srv.Stop()
 	}
 	l.StopEtcd()
 	return Down(context.Background(), DownOptions{

@@ -32,6 +32,9 @@ func (l *Lab) AddNode(ctx context.Context) (Node, error) {
 // its subnet file, and kernel routes to every node that had a lease when
 // it was added. The other nodes' agents must route to it on their own.
 func (l *Lab) AddFlannelNode(ctx context.Context, subnet netip.Prefix) (Node, error) {
+	if l.cfg.Registry != RegistryEtcd {
+		return Node{}, fmt.Errorf("a flanneld-style node writes an etcd lease: not in a %s lab", l.cfg.Registry)
+	}
 	if !subnet.IsValid() || !clusterNetwork.Contains(subnet.Addr()) || subnet.Bits() != 24 {
 		return Node{}, fmt.Errorf("flannel node subnet %s: want a /24 inside %s", subnet, clusterNetwork)
 	}
@@ -133,11 +136,15 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix, v4only bo
 			return Node{}, err
 		}
 	case l.cfg.Datapath == DatapathStatic:
-		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(k), 0}), 24)
-		if err := l.staticNode(ctx, n, subnet, true); err != nil {
+		if err := l.staticNode(ctx, n, NodePodCIDR(k), true); err != nil {
 			return Node{}, err
 		}
 	default:
+		if l.cfg.Registry == RegistryKube {
+			if err := l.createKubeNode(ctx, n); err != nil {
+				return Node{}, err
+			}
+		}
 		l.runAgent(n)
 	}
 	env, err := waitSubnetEnv(ctx, n.SubnetFile, left, l.cfg.ReadyTimeout)
@@ -302,7 +309,9 @@ func (l *Lab) RemoveNode(ctx context.Context, name string) error {
 	if l.cfg.Datapath != DatapathStatic {
 		errs = append(errs, runCleanup(ctx, l.agentBin, name, n.PinRoot))
 	}
-	if n.Subnet != "" {
+	if l.cfg.Registry == RegistryKube {
+		errs = append(errs, l.deleteKubeNode(ctx, name))
+	} else if n.Subnet != "" {
 		errs = append(errs, l.DeleteLease(ctx, netip.MustParsePrefix(n.Subnet)))
 		if l.cfg.Datapath == DatapathStatic {
 			errs = append(errs, l.removeStaticRoutesTo(netip.MustParsePrefix(n.Subnet)))

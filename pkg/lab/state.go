@@ -31,9 +31,14 @@ type State struct {
 	Internet  string    `json:"internet_netns,omitempty"` // Config.Internet's namespace
 	Etcd      string    `json:"etcd_endpoint"`
 	EtcdKeys  string    `json:"etcd_prefix"`
-	Nodes     []Node    `json:"nodes"`
-	Pods      []Pod     `json:"pods"`
-	NextIndex int       `json:"next_node_index"`
+	Registry  string    `json:"registry,omitempty"` // RegistryEtcd or RegistryKube
+	// A kube lab's API server URL (inside the lab) and its admin's
+	// kubeconfig.
+	KubeAPI    string `json:"kube_api,omitempty"`
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Nodes      []Node `json:"nodes"`
+	Pods       []Pod  `json:"pods"`
+	NextIndex  int    `json:"next_node_index"`
 	// Services are the ones kube-proxy's rules in the nodes implement
 	// (Config.KubeProxy), synthetic ones left out.
 	Services []ServicePort `json:"services,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
@@ -100,5 +101,38 @@ func TestRedirectedAndPassed(t *testing.T) {
 	}
 	if got := passed(cs); got != 7 {
 		t.Errorf("passed %d, want 7", got)
+	}
+}
+
+// A kube lab needs agents and the Kubernetes binaries, and says which is
+// missing; an unknown registry is refused by name.
+func TestKubeConfigChecks(t *testing.T) {
+	bin := t.TempDir()
+	c := Config{Registry: "consul", BinDir: bin}
+	if err := c.checkKube(); err == nil || !strings.Contains(err.Error(), `"consul"`) {
+		t.Errorf("unknown registry: %v", err)
+	}
+	c = Config{Registry: RegistryKube, Datapath: DatapathStatic, BinDir: bin}
+	if err := c.checkKube(); err == nil || !strings.Contains(err.Error(), DatapathStatic) {
+		t.Errorf("static kube lab: %v", err)
+	}
+	c = Config{Registry: RegistryKube, Datapath: DatapathEBPF, BinDir: bin}
+	if err := c.checkKube(); err == nil || !strings.Contains(err.Error(), "kube-apiserver") || !strings.Contains(err.Error(), "make deps") {
+		t.Errorf("kube lab without kube-apiserver: %v", err)
+	}
+	if err := os.MkdirAll(KubeBinDir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"kube-apiserver", "kubectl"} {
+		if err := os.WriteFile(filepath.Join(KubeBinDir(bin), b), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.checkKube(); err != nil {
+		t.Errorf("kube lab with both binaries: %v", err)
+	}
+	c = Config{Registry: RegistryEtcd}
+	if err := c.checkKube(); err != nil {
+		t.Errorf("etcd lab: %v", err)
 	}
 }
