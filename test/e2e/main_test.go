@@ -65,6 +65,11 @@ func runTests(m *testing.M) int {
 // finds what a crashed one left (lab.DownStale).
 const stateRoot = "/run/hgw-e2e"
 
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 && os.Getenv("CI") == "" {
