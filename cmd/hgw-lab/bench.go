@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/bench"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
 func newBenchCmd(g *globals) *cobra.Command {
@@ -125,6 +126,12 @@ then starts the agent and measures:
   200 µs) and to its kernel route, for --new-leases leases created one
   after the other (p50, p99).
 
+With --registry kube the leases are Kubernetes Nodes instead (a kube lab:
+the agent runs --kube-subnet-mgr against a real kube-apiserver): each peer
+is a Node with its podCIDR and flanneld's annotations, created (32 requests
+at a time) while the agent is stopped, and each timed new lease a Node
+created in one request; the files are controlplane-kube.json and .png.
+
 Forms: nexthop (the agent's default: routes through nexthop objects) and
 plain (--plain-routes: one gateway route each, as flanneld installs them;
 the kernel's cost of these grows with the square of their number, minutes
@@ -137,7 +144,8 @@ removed after each round, on Ctrl-C, and (leftovers of a crashed run) at the
 start.`,
 		Example: `  hgw-lab bench controlplane
   hgw-lab bench controlplane --leases 5000,20000,65536
-  hgw-lab bench controlplane --leases 65536 --forms nexthop --rounds 3`,
+  hgw-lab bench controlplane --leases 65536 --forms nexthop --rounds 3
+  hgw-lab bench controlplane --registry kube --leases 5000 --forms nexthop`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -151,9 +159,9 @@ start.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "hgw-lab bench controlplane: %d CPUs (%s), kernel %s, load %s -> %s; %d round(s), leases %v, forms %v, %d new leases\n\n",
+			fmt.Fprintf(out, "hgw-lab bench controlplane: %d CPUs (%s), kernel %s, load %s -> %s; %d round(s), leases %v in %s, forms %v, %d new leases\n\n",
 				res.Machine.CPUs, res.Machine.CPU, res.Machine.Kernel, res.Machine.LoadStart, res.Machine.LoadEnd,
-				res.Rounds, res.Leases, res.Forms, res.NewLeases)
+				res.Rounds, res.Leases, res.Registry, res.Forms, res.NewLeases)
 			errs := []error{err, res.WriteTable(out)}
 			path, jerr := res.WriteJSON(outDir)
 			if jerr == nil {
@@ -171,6 +179,7 @@ start.`,
 	f.IntSliceVar(&o.Leases, "leases", []int{5000}, fmt.Sprintf("synthetic leases (peers) in etcd, one run each (1..%d)", bench.MaxSyntheticLeases))
 	f.StringSliceVar(&o.Forms, "forms", []string{bench.FormNexthop, bench.FormPlain}, "route forms: nexthop, plain")
 	f.IntVar(&o.NewLeases, "new-leases", 100, "leases created one by one and timed to their map entry and kernel route")
+	f.StringVar(&o.Registry, "registry", lab.RegistryEtcd, "where the leases are: etcd, or kube (Nodes of a real kube-apiserver, the agent with --kube-subnet-mgr)")
 	f.StringVar(&outDir, "out", "bench-out", "directory for controlplane.json and controlplane.png")
 	f.StringVar(&cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
 	return cmd

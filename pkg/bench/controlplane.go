@@ -67,8 +67,12 @@ type ControlPlaneOptions struct {
 	Leases    []int    // synthetic peers per run (default 5000), each 1..MaxSyntheticLeases
 	Forms     []string // FormNexthop, FormPlain (default both)
 	NewLeases int      // leases created one by one and timed (default 100)
-	Log       *slog.Logger
-	Progress  io.Writer // one line per step; os.Stderr if nil
+	// Registry is where the leases are: lab.RegistryEtcd (default) or
+	// lab.RegistryKube (Nodes of a real kube-apiserver; the agent runs
+	// --kube-subnet-mgr).
+	Registry string
+	Log      *slog.Logger
+	Progress io.Writer // one line per step; os.Stderr if nil
 }
 
 func (o *ControlPlaneOptions) setDefaults() error {
@@ -89,6 +93,12 @@ func (o *ControlPlaneOptions) setDefaults() error {
 	}
 	if o.NewLeases == 0 {
 		o.NewLeases = 100
+	}
+	if o.Registry == "" {
+		o.Registry = lab.RegistryEtcd
+	}
+	if o.Registry != lab.RegistryEtcd && o.Registry != lab.RegistryKube {
+		return fmt.Errorf("registry %q: want %s or %s", o.Registry, lab.RegistryEtcd, lab.RegistryKube)
 	}
 	if o.Rounds < 1 || o.Rounds > 20 {
 		return fmt.Errorf("rounds %d: want 1..20", o.Rounds)
@@ -181,6 +191,7 @@ type ControlPlaneSample struct {
 
 // ControlPlaneResult is a run; written as controlplane.json.
 type ControlPlaneResult struct {
+	Registry  string               `json:"registry"`
 	Started   time.Time            `json:"started"`
 	Finished  time.Time            `json:"finished"`
 	Machine   Machine              `json:"machine"`
@@ -202,7 +213,7 @@ func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneR
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(began).Seconds(), fmt.Sprintf(format, args...))
 	}
-	res := &ControlPlaneResult{Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Leases: o.Leases,
+	res := &ControlPlaneResult{Registry: o.Registry, Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Leases: o.Leases,
 		Forms: o.Forms, NewLeases: o.NewLeases}
 	down := lab.DownOptions{Prefix: o.Prefix, StateRoot: o.StateRoot, BinDir: o.BinDir, Log: o.Log}
 	progress("removing leftovers of earlier runs (prefix %s)", o.Prefix)
@@ -262,7 +273,7 @@ func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
 	// new lease meet a full comparison of tens of thousands of peers.
 	l, err := lab.Up(ctx, lab.Config{Prefix: c.o.Prefix, StateRoot: c.o.StateRoot, BinDir: c.o.BinDir, CNIPath: c.o.CNIPath,
 		Nodes: 1, PodsPerNode: 0, Datapath: lab.DatapathEBPF, ResyncInterval: reconcile.DefaultResyncInterval,
-		AgentArgs: args, Log: c.o.Log})
+		AgentArgs: args, Registry: c.o.Registry, Log: c.o.Log})
 	if err != nil {
 		return fail(err)
 	}
@@ -290,11 +301,16 @@ func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
 	if len(leases) == 0 {
 		return fail(errors.New("no peer: want at least 2 leases"))
 	}
-	c.say("writing %d peers' leases into etcd", len(leases))
-	etcdLease, err := putLeases(ctx, l.Etcd(), leases)
+	store, err := newPeerStore(l, c.o.Registry)
 	if err != nil {
 		return fail(err)
 	}
+	c.say("writing %d peers' leases into %s", len(leases), c.o.Registry)
+	filling := time.Now()
+	if err := store.fill(ctx, leases); err != nil {
+		return fail(err)
+	}
+	c.say("leases written in %.1fs", time.Since(filling).Seconds())
 	maps, err := datapath.OpenPinned(node.PinRoot)
 	if err != nil {
 		return fail(err)
@@ -335,10 +351,10 @@ func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
 	for k := range c.o.NewLeases {
 		// A node leaves first (the cluster keeps its size, and the map
 		// its room), then a new one joins: the join is timed.
-		if err := removeLease(ctx, l.Etcd(), maps.Routes(), leases[k%len(leases)], 5*time.Second); err != nil {
+		if err := removeLease(ctx, store, maps.Routes(), leases[k%len(leases)], 5*time.Second); err != nil {
 			return fail(fmt.Errorf("new lease %d: %w", k, err))
 		}
-		toMap, toKernel, err := timeNewLease(ctx, l.Etcd(), etcdLease, maps.Routes(), watch, newLease(k), 5*time.Second)
+		toMap, toKernel, err := timeNewLease(ctx, store, maps.Routes(), watch, newLease(k), 5*time.Second)
 		if err != nil {
 			return fail(fmt.Errorf("new lease %d: %w", k, err))
 		}
@@ -534,11 +550,11 @@ func (w *routeWatch) when(subnet netip.Prefix) (time.Time, bool) {
 }
 
 // removeLease deletes a lease and waits until its map entry is gone.
-func removeLease(ctx context.Context, cli *clientv3.Client, rm *datapath.RouteMap, l SyntheticLease, timeout time.Duration) error {
+func removeLease(ctx context.Context, store peerStore, rm *datapath.RouteMap, l SyntheticLease, timeout time.Duration) error {
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := cli.Delete(pctx, leaseKey(registry.DefaultPrefix, l.Subnet)); err != nil {
-		return fmt.Errorf("delete %s: %w", l.Subnet, err)
+	if err := store.remove(pctx, l); err != nil {
+		return err
 	}
 	for {
 		if _, ok, err := rm.Match(l.Subnet); err != nil || !ok {
@@ -555,16 +571,12 @@ func removeLease(ctx context.Context, cli *clientv3.Client, rm *datapath.RouteMa
 // timeNewLease writes one lease and polls the map every 200 µs until the
 // programs would send its subnet to its peer, and waits for the kernel's
 // notification of its route.
-func timeNewLease(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, rm *datapath.RouteMap, w *routeWatch, l SyntheticLease, timeout time.Duration) (toMap, toKernel time.Duration, err error) {
-	v, err := leaseValue(l)
-	if err != nil {
-		return 0, 0, err
-	}
+func timeNewLease(ctx context.Context, store peerStore, rm *datapath.RouteMap, w *routeWatch, l SyntheticLease, timeout time.Duration) (toMap, toKernel time.Duration, err error) {
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	if _, err := cli.Put(pctx, leaseKey(registry.DefaultPrefix, l.Subnet), v, clientv3.WithLease(id)); err != nil {
-		return 0, 0, fmt.Errorf("put %s: %w", l.Subnet, err)
+	if err := store.put(pctx, l); err != nil {
+		return 0, 0, err
 	}
 	for toMap == 0 || toKernel == 0 {
 		if toMap == 0 {
@@ -818,7 +830,7 @@ func (r *ControlPlaneResult) WriteChart(dir string) (string, error) {
 		p.Legend.Add("linear growth", line)
 	}
 	p.Legend.Top, p.Legend.Left = true, true
-	path := filepath.Join(dir, "controlplane.png")
+	path := filepath.Join(dir, r.fileName("png"))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -830,5 +842,14 @@ func (r *ControlPlaneResult) WriteChart(dir string) (string, error) {
 
 // WriteJSON writes dir/controlplane.json and returns its path.
 func (r *ControlPlaneResult) WriteJSON(dir string) (string, error) {
-	return writeJSON(dir, "controlplane.json", r)
+	return writeJSON(dir, r.fileName("json"), r)
+}
+
+// fileName is controlplane.<ext>, or controlplane-kube.<ext> for a run
+// on Kubernetes Nodes, so both runs' files can sit side by side.
+func (r *ControlPlaneResult) fileName(ext string) string {
+	if r.Registry == lab.RegistryKube {
+		return "controlplane-kube." + ext
+	}
+	return "controlplane." + ext
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
@@ -98,6 +99,52 @@ func TestRunControlPlaneSmall(t *testing.T) {
 		t.Errorf("chart: %v", err)
 	} else if st, err := os.Stat(path); err != nil || st.Size() == 0 {
 		t.Errorf("chart %s: %v", path, err)
+	}
+	if names, _ := filepath.Glob("/var/run/netns/" + prefix + "*"); len(names) != 0 {
+		t.Errorf("namespaces left behind: %v", names)
+	}
+}
+
+// The same on Kubernetes Nodes: the peers are Nodes of a real
+// kube-apiserver, every one routed (map and kernel) by an agent with
+// --kube-subnet-mgr, new Nodes timed, and the files named apart from the
+// etcd run's.
+func TestRunControlPlaneKubeSmall(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := os.Getenv("HGW_BIN")
+	if bin == "" {
+		bin = filepath.Join("..", "..", "bin")
+	}
+	for _, b := range []string{"kube-apiserver", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(lab.KubeBinDir(bin), b)); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("no %s, and CI is set: `make deps` builds it: %v", b, err)
+			}
+			t.Skipf("no %s (run `make deps`); skipping because CI is unset", b)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	prefix := "hgwtcp" + testutil.RandHex(t, 2)
+	var progress bytes.Buffer
+	res, err := RunControlPlane(ctx, ControlPlaneOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin,
+		CNIPath: os.Getenv("CNI_PATH"), Leases: []int{200}, Forms: []string{FormNexthop}, NewLeases: 5,
+		Registry: lab.RegistryKube, Progress: &progress})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	if len(res.Samples) != 1 || res.Registry != lab.RegistryKube {
+		t.Fatalf("%d samples of registry %q", len(res.Samples), res.Registry)
+	}
+	if s := res.Samples[0]; !(s.MapSeconds > 0) || !(s.RoutesSeconds > 0) || len(s.NewLeaseMapMs) != 5 || s.RSSBytes == 0 {
+		t.Errorf("sample %+v: want map and route times, 5 new-lease times and an RSS", s)
+	}
+	if !strings.Contains(progress.String(), "writing 199 peers' leases into kube") {
+		t.Errorf("progress does not say the leases went into Nodes:\n%s", progress.String())
+	}
+	dir := t.TempDir()
+	if path, err := res.WriteJSON(dir); err != nil || filepath.Base(path) != "controlplane-kube.json" {
+		t.Errorf("samples written to %s: %v", path, err)
 	}
 	if names, _ := filepath.Glob("/var/run/netns/" + prefix + "*"); len(names) != 0 {
 		t.Errorf("namespaces left behind: %v", names)

@@ -201,3 +201,7 @@ func (s State) kubeLeases(ctx context.Context) ([]LeaseEntry, error) {
 	}
 	return entries, nil
 }
+
+// NetConfPath is the network config a kube lab's agents read (their
+// --net-config-path): change it while an agent is stopped.
+func (l *Lab) NetConfPath() string { return filepath.Join(kubeDir(l.State()), "net-conf.json") }

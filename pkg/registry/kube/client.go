@@ -30,6 +30,10 @@ func newClient(rc *rest.Config) (*client, error) {
 	rc.APIPath = "/api"
 	rc.GroupVersion = &corev1.SchemeGroupVersion
 	rc.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	// Protobuf, as Kubernetes' own components speak to the API server:
+	// listing thousands of Nodes decodes several times faster than JSON.
+	rc.ContentType = runtime.ContentTypeProtobuf
+	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	if rc.UserAgent == "" {
 		rc.UserAgent = "hgw-ebpf"
 	}
