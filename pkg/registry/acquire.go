@@ -39,8 +39,8 @@ func (o AcquireOptions) attrs(cfg Config) LeaseAttrs {
 	return a
 }
 
-// check says what is wrong with o for cfg, with its TTL defaulted.
-func (o *AcquireOptions) check(cfg Config) error {
+// Check says what is wrong with o for cfg, with its TTL defaulted.
+func (o *AcquireOptions) Check(cfg Config) error {
 	if !o.PublicIP.Is4() {
 		return fmt.Errorf("acquire: public IP %s is not IPv4", o.PublicIP)
 	}
@@ -77,7 +77,7 @@ func (r *Registry) Acquire(ctx context.Context, opts AcquireOptions) (Lease, err
 	if err != nil {
 		return Lease{}, err
 	}
-	if err := opts.check(cfg); err != nil {
+	if err := opts.Check(cfg); err != nil {
 		return Lease{}, err
 	}
 	for range acquireAttempts {

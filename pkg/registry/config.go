@@ -67,9 +67,9 @@ var ipv6 = family{name: "IPv6", field: "IPv6", bits: 128, maxLen: 126, defaultLe
 	{netip.MustParsePrefix("ff00::/8"), "multicast"},
 }}
 
-// errIPv6Only: flanneld's etcd leases always carry an IPv4 subnet (its
+// ErrIPv6Only: flanneld's etcd leases always carry an IPv4 subnet (its
 // IPv6-only mode needs the Kubernetes subnet manager).
-var errIPv6Only = errors.New("EnableIPv4 is false, but an IPv6-only network is not possible with etcd " +
+var ErrIPv6Only = errors.New("EnableIPv4 is false, but an IPv6-only network is not possible with etcd " +
 	"(flannel's etcd leases always carry an IPv4 subnet): keep EnableIPv4 and add EnableIPv6")
 
 // ParseConfig parses <prefix>/config and checks it as flanneld does
@@ -88,7 +88,7 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("not JSON: %w", err)
 	}
 	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
-		return Config{}, errIPv6Only
+		return Config{}, ErrIPv6Only
 	}
 	cfg := Config{EnableIPv4: true, EnableIPv6: raw.EnableIPv6, BackendType: raw.Backend.Type}
 	v4, err := ipv4.parse(raw.Network, raw.SubnetLen, raw.SubnetMin, raw.SubnetMax)

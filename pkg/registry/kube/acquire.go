@@ -32,14 +32,16 @@ const waitLogEvery = 30 * time.Second
 // them), published with our public IP in the Node's annotations as
 // flanneld writes them. A podCIDR outside the network is an error, as in
 // flanneld. The annotation <prefix>/public-ip-overwrite, when set, is
-// published as the public IP instead, and is the lease's PublicIP.
+// published as the public IP instead, and is the lease's PublicIP. With
+// EnableIPv6 the lease carries the Node's IPv6 podCIDR too, published with
+// opts.PublicIPv6 (or public-ipv6-overwrite) as flanneld's host-gw does.
 func (m *Manager) Acquire(ctx context.Context, opts registry.AcquireOptions) (registry.Lease, error) {
 	cfg, err := m.config()
 	if err != nil {
 		return registry.Lease{}, err
 	}
-	if !opts.PublicIP.Is4() {
-		return registry.Lease{}, fmt.Errorf("acquire: public IP %s is not IPv4", opts.PublicIP)
+	if err := opts.Check(cfg); err != nil {
+		return registry.Lease{}, err
 	}
 	if err := m.run(ctx); err != nil {
 		return registry.Lease{}, err
@@ -52,12 +54,12 @@ func (m *Manager) Acquire(ctx context.Context, opts registry.AcquireOptions) (re
 		if !ok {
 			why = "this node's Node object does not exist"
 		} else {
-			v4, _, err := podCIDRs(n)
+			v4, v6, err := podCIDRs(n)
 			if err != nil {
 				return registry.Lease{}, err
 			}
 			if v4.IsValid() {
-				return m.publish(ctx, cfg, n, v4, opts)
+				return m.publish(ctx, cfg, n, v4, v6, opts)
 			}
 			why = "this node's Node has no IPv4 podCIDR yet (kube-controller-manager --allocate-node-cidrs sets spec.podCIDR, or an operator)"
 		}
@@ -74,47 +76,68 @@ func (m *Manager) Acquire(ctx context.Context, opts registry.AcquireOptions) (re
 	}
 }
 
-// published is the public IP the Node must announce: the overwrite
-// annotation's, else ours.
-func (m *Manager) published(n *corev1.Node, ours netip.Addr) (netip.Addr, error) {
-	ov, ok := n.Annotations[m.ann.publicIPOverride]
-	if !ok || ov == "" {
-		return ours, nil
+// published are the public IPs the Node must announce: each overwrite
+// annotation's, else ours (IPv6 only with EnableIPv6).
+func (m *Manager) published(cfg registry.Config, n *corev1.Node, opts registry.AcquireOptions) (v4, v6 netip.Addr, err error) {
+	pick := func(key string, ours netip.Addr, family string, is func(netip.Addr) bool) (netip.Addr, error) {
+		ov := n.Annotations[key]
+		if ov == "" {
+			return ours, nil
+		}
+		ip, err := netip.ParseAddr(ov)
+		if err != nil || !is(ip) {
+			return netip.Addr{}, fmt.Errorf("node %s: annotation %s=%q is not an %s address", n.Name, key, ov, family)
+		}
+		return ip, nil
 	}
-	ip, err := netip.ParseAddr(ov)
-	if err != nil || !ip.Is4() {
-		return netip.Addr{}, fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", n.Name, m.ann.publicIPOverride, ov)
+	if v4, err = pick(m.ann.publicIPOverride, opts.PublicIP, "IPv4", netip.Addr.Is4); err != nil || !cfg.EnableIPv6 {
+		return v4, netip.Addr{}, err
 	}
-	return ip, nil
+	v6, err = pick(m.ann.publicIPv6Over, opts.PublicIPv6, "IPv6", func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() && a.Zone() == "" })
+	return v4, v6, err
 }
 
-// wanted are the annotations this node's Node must carry.
-func (m *Manager) wanted(publicIP netip.Addr) map[string]string {
-	return map[string]string{
+// wanted are the annotations this node's Node must carry: flanneld's
+// host-gw writes the IPv6 pair whenever it has a public IPv6.
+func (m *Manager) wanted(v4, v6 netip.Addr) map[string]string {
+	w := map[string]string{
 		m.ann.managed:     "true",
 		m.ann.backendType: backendType,
 		m.ann.backendData: backendData,
-		m.ann.publicIP:    publicIP.String(),
+		m.ann.publicIP:    v4.String(),
 	}
+	if v6.IsValid() {
+		w[m.ann.backendV6Data], w[m.ann.publicIPv6] = backendData, v6.String()
+	}
+	return w
 }
 
 // publish writes the lease's annotations on the Node where they differ,
 // and returns the lease.
-func (m *Manager) publish(ctx context.Context, cfg registry.Config, n *corev1.Node, v4 netip.Prefix, opts registry.AcquireOptions) (registry.Lease, error) {
-	if !cfg.Network.Contains(v4.Addr()) || v4.Bits() < cfg.Network.Bits() {
+func (m *Manager) publish(ctx context.Context, cfg registry.Config, n *corev1.Node, v4, v6 netip.Prefix, opts registry.AcquireOptions) (registry.Lease, error) {
+	if !inNetwork(cfg.Network, v4) {
 		return registry.Lease{}, fmt.Errorf("node %s's podCIDR %s is outside the network %s of %s: the cluster's --cluster-cidr and the network config must agree",
 			n.Name, v4, cfg.Network, m.o.NetConfPath)
 	}
-	ip, err := m.published(n, opts.PublicIP)
+	if !cfg.EnableIPv6 {
+		v6 = netip.Prefix{}
+	}
+	if v6.IsValid() && !inNetwork(cfg.IPv6Network, v6) {
+		return registry.Lease{}, fmt.Errorf("node %s's IPv6 podCIDR %s is outside the IPv6 network %s of %s: the cluster's --cluster-cidr and the network config must agree",
+			n.Name, v6, cfg.IPv6Network, m.o.NetConfPath)
+	}
+	if cfg.EnableIPv6 && !v6.IsValid() {
+		m.log.Warn("the network config enables IPv6, and the Node has no IPv6 podCIDR: this node gets no IPv6 pod subnet", "node", n.Name)
+	}
+	ip, ip6, err := m.published(cfg, n, opts)
 	if err != nil {
 		return registry.Lease{}, err
 	}
-	if ip != opts.PublicIP {
-		m.log.Info("publishing the public IP the node's annotation says", "annotation", m.ann.publicIPOverride, "public_ip", ip)
+	if ip != opts.PublicIP || ip6 != opts.PublicIPv6 && cfg.EnableIPv6 {
+		m.log.Info("publishing the public IPs the node's annotations say", "public_ip", ip, "public_ipv6", ip6)
 	}
-	want := m.wanted(ip)
 	changes := map[string]*string{}
-	for k, v := range want {
+	for k, v := range m.wanted(ip, ip6) {
 		if got, ok := n.Annotations[k]; !ok || got != v {
 			changes[k] = &v
 		}
@@ -128,7 +151,11 @@ func (m *Manager) publish(ctx context.Context, cfg registry.Config, n *corev1.No
 		Key: KeyPrefix + n.Name, Subnet: v4, PublicIP: ip,
 		Attrs: registry.LeaseAttrs{PublicIP: ip.String(), BackendType: backendType, BackendData: json.RawMessage(backendData)},
 	}
-	m.log.Info("node annotated", "node", n.Name, "subnet", v4, "public_ip", ip, "changed", len(changes))
+	if ip6.IsValid() {
+		l.PublicIPv6, l.Attrs.PublicIPv6, l.Attrs.BackendV6Data = ip6, ip6.String(), json.RawMessage(backendData)
+		l.IPv6Subnet = v6
+	}
+	m.log.Info("node annotated", "node", n.Name, "subnet", v4, "public_ip", ip, "ipv6_subnet", l.IPv6Subnet, "changed", len(changes))
 	return l, nil
 }
 
@@ -206,24 +233,32 @@ func (m *Manager) KeepAlive(ctx context.Context, lease registry.Lease, opts regi
 
 // lost says why the Node no longer carries lease ("" if it does).
 func (m *Manager) lost(lease registry.Lease, opts registry.AcquireOptions) string {
+	cfg, err := m.config()
+	if err != nil {
+		return err.Error()
+	}
 	n, ok := m.cachedNode()
 	if !ok {
 		return "Node deleted"
 	}
-	if v4, _, err := podCIDRs(n); err != nil || v4 != lease.Subnet {
-		return fmt.Sprintf("podCIDR is now %v", n.Spec.PodCIDRs)
+	v4, v6, err := podCIDRs(n)
+	if !cfg.EnableIPv6 || !lease.PublicIPv6.IsValid() {
+		v6 = netip.Prefix{}
 	}
-	ip, err := m.published(n, opts.PublicIP)
+	if err != nil || v4 != lease.Subnet || v6 != lease.IPv6Subnet {
+		return fmt.Sprintf("podCIDRs are now %v", n.Spec.PodCIDRs)
+	}
+	ip, ip6, err := m.published(cfg, n, opts)
 	if err != nil {
 		return err.Error()
 	}
-	for k, v := range m.wanted(ip) {
+	for k, v := range m.wanted(ip, ip6) {
 		if n.Annotations[k] != v {
 			return fmt.Sprintf("annotation %s is %q, want %q", k, n.Annotations[k], v)
 		}
 	}
-	if ip != lease.PublicIP {
-		return fmt.Sprintf("public IP is now %s", ip)
+	if ip != lease.PublicIP || ip6 != lease.PublicIPv6 {
+		return fmt.Sprintf("public IPs are now %s, %s", ip, ip6)
 	}
 	return ""
 }

@@ -164,6 +164,11 @@ func (m *Manager) Config(context.Context) (registry.Config, error) {
 		return registry.Config{}, fmt.Errorf("network config (--net-config-path): %w", err)
 	}
 	cfg, err := registry.ParseConfig(data)
+	if errors.Is(err, registry.ErrIPv6Only) {
+		// flanneld runs IPv6-only clusters in kube mode; the agent's routes,
+		// programs and subnet file need the node's IPv4 podCIDR.
+		return registry.Config{}, fmt.Errorf("network config %s: EnableIPv4 is false: hgw-ebpf needs an IPv4 network (and IPv4 podCIDRs); keep EnableIPv4, and add EnableIPv6 for dual stack", m.o.NetConfPath)
+	}
 	if err != nil {
 		return registry.Config{}, fmt.Errorf("network config %s: %w", m.o.NetConfPath, err)
 	}

@@ -644,3 +644,92 @@ func TestNodeNameFromPod(t *testing.T) {
 		t.Errorf("no node name: %v", err)
 	}
 }
+
+// dualConf is a dual-stack net-conf.json, flanneld's fields.
+const dualConf = `{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}`
+
+func (e *env) netConf(conf string) string {
+	e.t.Helper()
+	path := filepath.Join(e.t.TempDir(), "net-conf.json")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return path
+}
+
+// With EnableIPv6 a lease carries both families the way the etcd
+// registry's do: the Node's IPv6 podCIDR, published with the public IPv6
+// in flanneld's annotations (public-ipv6, backend-v6-data), both read back
+// from the peers; a peer without them is an IPv4-only lease, one with a
+// bad address or an IPv6 podCIDR outside the IPv6 network is skipped. The
+// agent needs a public IPv6 then; an IPv6-only network is refused, naming
+// EnableIPv4.
+func TestDualStack(t *testing.T) {
+	e := newEnv(t)
+	e.node("self", []string{"10.244.40.0/24", "fd00:10:244:40::/64"}, nil)
+	peer := flannelAnnotations("198.18.0.41")
+	peer["flannel.alpha.coreos.com/public-ipv6"] = "fd00:198:18::41"
+	peer["flannel.alpha.coreos.com/backend-v6-data"] = "null"
+	e.node("peer", []string{"10.244.41.0/24", "fd00:10:244:41::/64"}, peer)
+	e.node("v4only", []string{"10.244.42.0/24"}, flannelAnnotations("198.18.0.42"))
+	bad := flannelAnnotations("198.18.0.43")
+	bad["flannel.alpha.coreos.com/public-ipv6"] = "198.18.0.43"
+	e.node("badip6", []string{"10.244.43.0/24", "fd00:10:244:43::/64"}, bad)
+	out := flannelAnnotations("198.18.0.44")
+	out["flannel.alpha.coreos.com/public-ipv6"] = "fd00:198:18::44"
+	e.node("outside6", []string{"10.244.44.0/24", "fd00:99::/64"}, out)
+
+	m, _ := e.manager("self", "", kube.Options{NetConfPath: e.netConf(dualConf)})
+	if _, err := m.Acquire(e.ctx(), registry.AcquireOptions{PublicIP: publicIP}); err == nil || !strings.Contains(err.Error(), "IPv6") {
+		t.Errorf("Acquire without a public IPv6 in a dual-stack network: %v", err)
+	}
+	ip6 := netip.MustParseAddr("fd00:198:18::40")
+	l, err := m.Acquire(e.ctx(), registry.AcquireOptions{PublicIP: publicIP, PublicIPv6: ip6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.IPv6Subnet != netip.MustParsePrefix("fd00:10:244:40::/64") || l.PublicIPv6 != ip6 || l.Attrs.PublicIPv6 != ip6.String() {
+		t.Errorf("lease %+v: want the IPv6 podCIDR via %s", l, ip6)
+	}
+	got := e.get("self").Annotations
+	want := flannelAnnotations(publicIP.String())
+	want["flannel.alpha.coreos.com/public-ipv6"], want["flannel.alpha.coreos.com/backend-v6-data"] = ip6.String(), "null"
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("annotation %s = %q, want %q", k, got[k], v)
+		}
+	}
+
+	w := watch(t, e.ctx(), m)
+	k := func(n string) string { return "node/" + e.names + n }
+	eventually(t, 10*time.Second, "a snapshot with the peer", func() bool { s, _ := w.last(); _, ok := leaseOf(s, k("peer")); return ok })
+	s, _ := w.last()
+	if p, _ := leaseOf(s, k("peer")); p.IPv6Subnet != netip.MustParsePrefix("fd00:10:244:41::/64") || p.PublicIPv6 != netip.MustParseAddr("fd00:198:18::41") {
+		t.Errorf("dual-stack peer %+v", p)
+	}
+	if p, ok := leaseOf(s, k("v4only")); !ok || p.IPv6Subnet.IsValid() || p.PublicIPv6.IsValid() {
+		t.Errorf("IPv4-only peer %+v (found %v)", p, ok)
+	}
+	for node, reason := range map[string]string{"badip6": "bad_public_ip", "outside6": "outside_network"} {
+		if sk, ok := skipOf(s, k(node)); !ok || sk.Reason != reason {
+			t.Errorf("node %s: skipped %+v (found %v), want %s", node, sk, ok, reason)
+		}
+	}
+	// Without EnableIPv6 the IPv6 half is nobody's business.
+	m4, _ := e.manager("self", "", kube.Options{})
+	w4 := watch(t, e.ctx(), m4)
+	eventually(t, 10*time.Second, "an IPv4-only snapshot", func() bool { _, n := w4.last(); return n > 0 })
+	s4, _ := w4.last()
+	if p, ok := leaseOf(s4, k("outside6")); !ok || p.IPv6Subnet.IsValid() {
+		t.Errorf("IPv4-only network: node outside6 %+v (found %v), want its IPv4 lease alone", p, ok)
+	}
+
+	m6, err := kube.New(e.ctx(), kube.Options{NodeName: "x", Rest: e.srv.RestConfig(kubeapi.Admin),
+		NetConfPath: e.netConf(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}`)}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m6.Config(e.ctx()); err == nil || !strings.Contains(err.Error(), "EnableIPv4") || strings.Contains(err.Error(), "etcd") {
+		t.Errorf("IPv6-only network: %v", err)
+	}
+}

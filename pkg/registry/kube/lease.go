@@ -60,7 +60,7 @@ func (m *Manager) nodeLease(cfg registry.Config, n *corev1.Node) (l registry.Lea
 	skip := func(reason string, err error) (registry.Lease, *registry.Skipped, bool) {
 		return registry.Lease{}, &registry.Skipped{Key: key, Reason: reason, Err: err}, true
 	}
-	v4, _, err := podCIDRs(n)
+	v4, v6, err := podCIDRs(n)
 	if err != nil {
 		return skip(ReasonBadPodCIDR, err)
 	}
@@ -70,22 +70,50 @@ func (m *Manager) nodeLease(cfg registry.Config, n *corev1.Node) (l registry.Lea
 	attrs := registry.LeaseAttrs{
 		PublicIP:    n.Annotations[m.ann.publicIP],
 		BackendType: n.Annotations[m.ann.backendType],
-	}
-	if d := n.Annotations[m.ann.backendData]; d != "" {
-		attrs.BackendData = json.RawMessage(d)
+		BackendData: rawJSON(n.Annotations[m.ann.backendData]),
 	}
 	ip, err := netip.ParseAddr(attrs.PublicIP)
 	if err != nil || !ip.Is4() {
 		return skip("bad_public_ip", fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", n.Name, m.ann.publicIP, attrs.PublicIP))
 	}
-	if !cfg.Network.Contains(v4.Addr()) || v4.Bits() < cfg.Network.Bits() {
+	if !inNetwork(cfg.Network, v4) {
 		return skip("outside_network", fmt.Errorf("node %s: podCIDR %s is outside the network %s", n.Name, v4, cfg.Network))
 	}
 	// As flanneld's host-gw: a node of another backend has no route to offer.
 	if cfg.BackendType != "" && attrs.BackendType != "" && attrs.BackendType != cfg.BackendType {
 		return skip("backend", fmt.Errorf("node %s: backend %q, the network uses %q", n.Name, attrs.BackendType, cfg.BackendType))
 	}
-	return registry.Lease{Key: key, Subnet: v4, PublicIP: ip, Attrs: attrs}, nil, true
+	l = registry.Lease{Key: key, Subnet: v4, PublicIP: ip, Attrs: attrs}
+	// The IPv6 half, as the etcd registry takes it: only with EnableIPv6;
+	// a node without it (no IPv6 podCIDR or address) is an IPv4-only
+	// lease, a malformed address or a podCIDR outside the IPv6 network
+	// makes the Node suspect.
+	if !cfg.EnableIPv6 || !v6.IsValid() || n.Annotations[m.ann.publicIPv6] == "" {
+		return l, nil, true
+	}
+	ip6, err := netip.ParseAddr(n.Annotations[m.ann.publicIPv6])
+	if err != nil || !ip6.Is6() || ip6.Is4In6() || ip6.Zone() != "" {
+		return skip("bad_public_ip", fmt.Errorf("node %s: annotation %s=%q is not an IPv6 address", n.Name, m.ann.publicIPv6, n.Annotations[m.ann.publicIPv6]))
+	}
+	if !inNetwork(cfg.IPv6Network, v6) {
+		return skip("outside_network", fmt.Errorf("node %s: IPv6 podCIDR %s is outside the IPv6 network %s", n.Name, v6, cfg.IPv6Network))
+	}
+	l.IPv6Subnet, l.PublicIPv6 = v6, ip6
+	l.Attrs.PublicIPv6, l.Attrs.BackendV6Data = ip6.String(), rawJSON(n.Annotations[m.ann.backendV6Data])
+	return l, nil, true
+}
+
+// inNetwork reports whether subnet lies in network.
+func inNetwork(network, subnet netip.Prefix) bool {
+	return network.Contains(subnet.Addr()) && subnet.Bits() >= network.Bits()
+}
+
+// rawJSON is an annotation's JSON value as a lease holds it (nil if unset).
+func rawJSON(s string) json.RawMessage {
+	if s == "" {
+		return nil
+	}
+	return json.RawMessage(s)
 }
 
 // nodeChanged records what a Node added or updated means for its lease,
