@@ -36,35 +36,15 @@ func Create(name string) error {
 	if err := prepareDir(); err != nil {
 		return err
 	}
-	errc := make(chan error, 1)
-	go func() {
-		// NewNamed unshares this thread into the new namespace: keep the
-		// goroutine on it until the thread is back home.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
+	// NewNamed unshares the thread into the new namespace, which it
+	// leaves again after.
+	return onThread(name, func() error {
+		ns, err := netns.NewNamed(name)
 		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
+			return fmt.Errorf("create netns %s: %w", name, err)
 		}
-		defer orig.Close()
-		ns, nerr := netns.NewNamed(name)
-		if nerr == nil {
-			ns.Close()
-		}
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the runtime discards the thread when this
-			// goroutine ends, so no code runs in the wrong namespace.
-			errc <- errors.Join(nerr, fmt.Errorf("restore netns after creating %s: %w", name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		if nerr != nil {
-			nerr = fmt.Errorf("create netns %s: %w", name, nerr)
-		}
-		errc <- nerr
-	}()
-	return <-errc
+		return ns.Close()
+	})
 }
 
 // Delete unmounts and removes the named namespace; a missing one is fine.
@@ -139,14 +119,25 @@ func lockDir(dir string) (func(), error) {
 // Do runs fn on an OS thread that has joined the named namespace, and
 // waits for it. What fn creates synchronously (sockets, child processes
 // os/exec forks) belongs to that namespace; goroutines fn starts do not.
-// A thread that cannot return to its namespace is never reused: it stays
-// locked, and the runtime discards it with its goroutine.
 func Do(name string, fn func() error) error {
 	ns, err := netns.GetFromName(name)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", name, err)
 	}
 	defer ns.Close()
+	return onThread(name, func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter netns %s: %w", name, err)
+		}
+		return fn()
+	})
+}
+
+// onThread runs fn, which may move its thread to another network
+// namespace, on a locked OS thread, then brings the thread back. A thread
+// that cannot return is never reused: it stays locked, and the runtime
+// discards it with its goroutine. name is for errors.
+func onThread(name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -157,11 +148,6 @@ func Do(name string, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", name, err)
-			return
-		}
 		ferr := fn()
 		if err := netns.Set(orig); err != nil {
 			errc <- errors.Join(ferr, fmt.Errorf("restore netns after %s: %w", name, err))

@@ -116,28 +116,42 @@ func rawJSON(s string) json.RawMessage {
 	return json.RawMessage(s)
 }
 
-// nodeChanged records what a Node added or updated means for its lease,
-// and wakes the watchers when that changed: a Node's status changes every
-// few seconds, and the informer's resync replays every Node, with no news
-// for a lease.
+// nodeChanged records what a Node added or updated means for its lease.
 func (m *Manager) nodeChanged(obj any) {
-	n, ok := obj.(*corev1.Node)
-	if !ok {
-		return
+	if n, ok := obj.(*corev1.Node); ok {
+		m.record(n, false)
 	}
+}
+
+// nodeDeleted drops a Node's lease: it vanishes with its Node.
+func (m *Manager) nodeDeleted(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if n, ok := obj.(*corev1.Node); ok {
+		m.record(n, true)
+	}
+}
+
+// record sets Node n's entry (none if deleted) and wakes the watchers
+// when its lease changed: a Node's status changes every few seconds, and
+// the informer's resync replays every Node, with no news for a lease.
+func (m *Manager) record(n *corev1.Node, deleted bool) {
 	if n.Name == m.o.NodeName {
 		signal(m.ownCh)
 	}
 	m.mu.Lock()
-	cfg := m.cfg
-	m.mu.Unlock()
-	if cfg == nil {
+	defer m.mu.Unlock()
+	if m.cfg == nil {
 		return
 	}
-	l, sk, ok := m.nodeLease(*cfg, n)
+	var l registry.Lease
+	var sk *registry.Skipped
+	ok := false
+	if !deleted {
+		l, sk, ok = m.nodeLease(*m.cfg, n)
+	}
 	key := KeyPrefix + n.Name
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	oldL, hadL := m.leases[key]
 	oldS, hadS := m.skipped[key]
 	delete(m.leases, key)
@@ -160,30 +174,6 @@ func (m *Manager) nodeChanged(obj any) {
 		}
 	}
 	m.changedLocked()
-}
-
-// nodeDeleted drops a Node's lease: it vanishes with its Node.
-func (m *Manager) nodeDeleted(obj any) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	n, ok := obj.(*corev1.Node)
-	if !ok {
-		return
-	}
-	if n.Name == m.o.NodeName {
-		signal(m.ownCh)
-	}
-	key := KeyPrefix + n.Name
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	_, hadL := m.leases[key]
-	_, hadS := m.skipped[key]
-	delete(m.leases, key)
-	delete(m.skipped, key)
-	if hadL || hadS {
-		m.changedLocked()
-	}
 }
 
 // changedLocked counts a lease change and wakes Watch; m.mu is held.
