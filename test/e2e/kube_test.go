@@ -429,3 +429,38 @@ func TestMixedKubeClusterWithRealFlanneld(t *testing.T) {
 	}
 	expectAllPairs(t, l.State())
 }
+
+// hgw-ebpf cleanup --release-lease --kube-subnet-mgr takes the lease off
+// the node's Node (NODE_NAME), as `run` published it: the annotations
+// go, the podCIDR stays, and the other nodes drop their route and map
+// entry.
+func TestKubeCleanupReleasesTheNodesLease(t *testing.T) {
+	l, kn := startKubeLab(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st := l.State()
+	n := st.Nodes[0]
+	subnet := netip.MustParsePrefix(n.Subnet)
+	if err := l.StopAgent(n.Name); err != nil {
+		t.Fatal(err)
+	}
+	addDefaultRoute(t, n)
+	out, err := st.Output(ctx, n.Name, "env", "NODE_NAME="+n.Name, filepath.Join(binDir, "hgw-ebpf"), "cleanup", "--release-lease",
+		"--kube-subnet-mgr", "--kubeconfig-file", st.Kubeconfig, "--subnet-file", n.SubnetFile, "--bpffs-root", n.PinRoot)
+	if err != nil {
+		t.Fatalf("cleanup --release-lease --kube-subnet-mgr: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "lease released") || !strings.Contains(out, n.IP) {
+		t.Errorf("cleanup does not say it released %s's lease:\n%s", n.Name, out)
+	}
+	node, err := kn.Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := flannelAnnotations(node); len(got) != 0 || node.Spec.PodCIDR != n.Subnet {
+		t.Errorf("after release: annotations %v (want none), podCIDR %q (want %s)", got, node.Spec.PodCIDR, n.Subnet)
+	}
+	if _, ok := waitFor(ctx, 5*time.Second, func() bool { return everyPeer(t, l.State(), n, subnet, false) }); !ok {
+		t.Errorf("peers still route %s after its lease was released", subnet)
+	}
+}
