@@ -196,7 +196,10 @@ func (m *Manager) patchAnnotations(ctx context.Context, set map[string]*string) 
 // nobody sees.
 func (m *Manager) KeepAlive(ctx context.Context, lease registry.Lease, opts registry.AcquireOptions, onChange func(registry.Lease)) error {
 	if err := m.run(ctx); err != nil {
-		return nil // ctx ended
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
 	}
 	pause := time.Second
 	for {
