@@ -146,6 +146,7 @@ func (m *Manager) publish(ctx context.Context, cfg registry.Config, n *corev1.No
 		if err := m.patchAnnotations(ctx, changes); err != nil {
 			return registry.Lease{}, err
 		}
+		m.awaitCached(ctx, m.wanted(ip, ip6))
 	}
 	l := registry.Lease{
 		Key: KeyPrefix + n.Name, Subnet: v4, PublicIP: ip,
@@ -157,6 +158,24 @@ func (m *Manager) publish(ctx context.Context, cfg registry.Config, n *corev1.No
 	}
 	m.log.Info("node annotated", "node", n.Name, "subnet", v4, "public_ip", ip, "ipv6_subnet", l.IPv6Subnet, "changed", len(changes))
 	return l, nil
+}
+
+// awaitCached waits (5 s at most) until the informer's copy of the Node
+// carries want: KeepAlive compares the Node with the lease, and a copy
+// from before the patch would look like a lost lease.
+func (m *Manager) awaitCached(ctx context.Context, want map[string]string) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		n, ok := m.cachedNode()
+		done := ok
+		for k, v := range want {
+			done = done && n.Annotations[k] == v
+		}
+		if done {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // patchAnnotations sets (nil: removes) annotations of this node's Node
