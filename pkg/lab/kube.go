@@ -87,7 +87,11 @@ func (l *Lab) startKube(ctx context.Context) error {
 	if err := srv.Kubeconfig(name, filepath.Join(dir, "agent.kubeconfig")); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "net-conf.json"), []byte(networkConfig), 0o644); err != nil {
+	conf := networkConfig
+	if l.cfg.DualStack {
+		conf = networkConfigDualStack
+	}
+	if err := os.WriteFile(filepath.Join(dir, "net-conf.json"), []byte(conf), 0o644); err != nil {
 		return err
 	}
 	core, err := corev1client.NewForConfig(srv.RestConfig(kubeapi.Admin))
@@ -122,15 +126,21 @@ func NodePodCIDR(k int) netip.Prefix {
 // annotation it sets) and gives it a podCIDR as kube-controller-manager
 // would (--allocate-node-cidrs): a lab runs neither. A Node that exists
 // already (a test prepared it) is left as it is. flanneld v0.28.9 panics
-// on a Node without annotations; a kubelet never registers one.
+// on a Node without annotations; a kubelet never registers one. A node
+// with IPv6 (a dual-stack lab) gets an IPv6 podCIDR too, as a dual-stack
+// --cluster-cidr gives.
 func (l *Lab) createKubeNode(ctx context.Context, n Node) error {
 	cidr := NodePodCIDR(n.Index).String()
+	cidrs := []string{cidr}
+	if n.IP6 != "" {
+		cidrs = append(cidrs, subnet6Of(NodePodCIDR(n.Index)).String())
+	}
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name,
 			Labels:      map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux"},
 			Annotations: map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
 		},
-		Spec: corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}},
+		Spec: corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: cidrs},
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

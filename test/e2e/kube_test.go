@@ -60,12 +60,12 @@ func flannelAnnotations(n *corev1.Node) map[string]string {
 	return out
 }
 
-// A kube lab: every Node carries flanneld's annotations for its node and
-// its NetworkUnavailable condition is False; every pod pair answers over
-// the fast path.
+// A dual-stack kube lab: every Node carries flanneld's annotations for its
+// node, both families', and its NetworkUnavailable condition is False;
+// every pod pair answers over IPv4 and IPv6, over the fast path.
 func TestKubeAllPairsOverFastPath(t *testing.T) {
 	const nodes, pods = 3, 2
-	l, kn := startKubeLab(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: lab.DatapathEBPF})
+	l, kn := startKubeLab(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: lab.DatapathEBPF, DualStack: true})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, n := range l.State().Nodes {
@@ -73,7 +73,8 @@ func TestKubeAllPairsOverFastPath(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[string]string{"kube-subnet-manager": "true", "backend-type": "host-gw", "backend-data": "null", "public-ip": n.IP}
+		want := map[string]string{"kube-subnet-manager": "true", "backend-type": "host-gw", "backend-data": "null", "public-ip": n.IP,
+			"backend-v6-data": "null", "public-ipv6": n.IP6}
 		if got := flannelAnnotations(node); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("%s: annotations %v, want %v", n.Name, got, want)
 		}
@@ -346,16 +347,17 @@ func TestKubeKill9AndAPIServerOutageLoseNothing(t *testing.T) {
 	}
 }
 
-// A mixed kube-mode cluster: the real flanneld (--kube-subnet-mgr
-// --ip-masq) on one node, hgw-ebpf on two, pods through the real flannel
-// CNI plugin (hgw-cni chained on our nodes). Each side routes the other's
-// podCIDR from the other's Node annotations, which are the same bytes
-// whoever wrote them; every pod pair and every node-to-remote-pod pair
-// talks over TCP, ours over the fast path. Then the flanneld node moves to
-// hgw-ebpf under a transfer and a 20 ms ping, losing none.
+// A mixed kube-mode cluster, dual-stack: the real flanneld
+// (--kube-subnet-mgr --ip-masq) on one node, hgw-ebpf on two, pods through
+// the real flannel CNI plugin (hgw-cni chained on our nodes). Each side
+// routes the other's podCIDRs from the other's Node annotations, which are
+// the same bytes whoever wrote them, both families'; every pod pair and
+// every node-to-remote-pod pair talks over TCP, ours over the fast path.
+// Then the flanneld node moves to hgw-ebpf under a transfer and a 20 ms
+// ping, losing none.
 func TestMixedKubeClusterWithRealFlanneld(t *testing.T) {
 	flanneld, cniDir := flannelTools(t)
-	l, kn := startKubeLab(t, lab.Config{Nodes: 3, PodsPerNode: 1, Datapath: lab.DatapathEBPF, IPMasq: true,
+	l, kn := startKubeLab(t, lab.Config{Nodes: 3, PodsPerNode: 1, Datapath: lab.DatapathEBPF, IPMasq: true, DualStack: true,
 		Flanneld: flanneld, FlanneldNodes: []int{1}, FlannelCNI: cniDir})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -378,7 +380,11 @@ func TestMixedKubeClusterWithRealFlanneld(t *testing.T) {
 		if got := byNode[n.Name]["public-ip"]; got != n.IP {
 			t.Errorf("%s (%s): public-ip %q, want %s", n.Name, n.Agent, got, n.IP)
 		}
+		if got := byNode[n.Name]["public-ipv6"]; got != n.IP6 {
+			t.Errorf("%s (%s): public-ipv6 %q, want %s", n.Name, n.Agent, got, n.IP6)
+		}
 		delete(byNode[n.Name], "public-ip")
+		delete(byNode[n.Name], "public-ipv6")
 	}
 	if fl, ours := fmt.Sprint(byNode[n1.Name]), fmt.Sprint(byNode[n2.Name]); fl != ours {
 		t.Errorf("flanneld's annotations %s, ours %s", fl, ours)
@@ -399,6 +405,10 @@ func TestMixedKubeClusterWithRealFlanneld(t *testing.T) {
 		t.Errorf("hgw-ebpf nodes do not route flanneld's %s via %s, kernel and map", n1.Subnet, n1.IP)
 	}
 
+	if err := l.WaitRoutes(ctx, 10*time.Second); err != nil {
+		t.Errorf("routes of both families: %v", err)
+	}
+	expectAll(t, "ipv6", st.PingAll6(ctx, 16), len(st.Pods))
 	for _, p := range st.Pods {
 		serveHTTP(t, st, p.Name, lab.BackendHTTPPort)
 	}
