@@ -205,16 +205,23 @@ func (l *Lab) stopAgent(node string, grace time.Duration) {
 	case p.sigc <- syscall.SIGTERM:
 	default:
 	}
+	start := time.Now()
 	select {
 	case <-p.done:
 		return
 	case <-time.After(grace):
 	}
+	l.log.Warn("agent did not stop within its grace period; killing it", "node", node, "grace", grace)
 	select {
 	case p.sigc <- syscall.SIGKILL:
 	case <-p.done:
 	}
 	<-p.done
+	// A killed process lingers while it is stuck in the kernel: say so, a
+	// test waiting on it may time out for that reason.
+	if d := time.Since(start); d > 2*grace {
+		l.log.Warn("agent took long to die after SIGKILL", "node", node, "after", d.Round(time.Millisecond))
+	}
 }
 
 // runCleanup runs `hgw-ebpf cleanup` for one node's pin directory inside
