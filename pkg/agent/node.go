@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 )
 
 // underlay is the node's link towards its peers and what is on-link there.
@@ -32,7 +34,7 @@ func resolveUnderlay(iface string, publicIP netip.Addr) (underlay, error) {
 	if err != nil {
 		return underlay{}, err
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := nldump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V4) })
 	if err != nil {
 		return underlay{}, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
 	}
@@ -63,7 +65,9 @@ func PublicIP(iface string, publicIP netip.Addr) (netip.Addr, error) {
 }
 
 func defaultRouteLink() (netlink.Link, error) {
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	routes, err := nldump.Retry(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list routes to find the default route's device: %w", err)
 	}

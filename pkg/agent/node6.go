@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 )
 
 // underlay6 is the underlay's IPv6 side, for a dual-stack network: the
@@ -33,13 +35,15 @@ type underlay6 struct {
 // duplicate address detection before a tentative one, then the kernel's
 // order.
 func resolveUnderlay6(l netlink.Link, given netip.Addr) (underlay6, error) {
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	addrs, err := nldump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V6) })
 	if err != nil {
 		return underlay6{}, fmt.Errorf("IPv6 addresses of %s: %w", l.Attrs().Name, err)
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{LinkIndex: l.Attrs().Index, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	routes, err := nldump.Retry(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{LinkIndex: l.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
 		return underlay6{}, fmt.Errorf("IPv6 routes of %s: %w", l.Attrs().Name, err)
 	}
 	u := underlay6{publicIP: given, prefixes: onLink6(addrs, routes)}

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 )
 
 // flannel's vxlan backend defaults: device flannel.<VNI>, VNI 1, the Linux
@@ -154,7 +155,7 @@ func lowerPodMTU(node string, pods []lab.Pod) error {
 		return err
 	}
 	defer h.Close()
-	links, err := h.LinkList()
+	links, err := nldump.Retry(h.LinkList)
 	if err != nil {
 		return fmt.Errorf("list links in %s: %w", node, err)
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 )
 
 // Program names one of the datapath's TC programs.
@@ -191,7 +193,7 @@ func attachTC(l netlink.Link, p Program, prog *ebpf.Program) error {
 // ourFilters lists dev's ingress bpf filters that carry our name prefix
 // (all of them if p is empty).
 func ourFilters(l netlink.Link, p Program) ([]*netlink.BpfFilter, error) {
-	filters, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	filters, err := nldump.Retry(func() ([]netlink.Filter, error) { return netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS) })
 	if err != nil {
 		return nil, fmt.Errorf("list ingress filters of %s: %w", l.Attrs().Name, err)
 	}
@@ -228,7 +230,7 @@ func detachTC(l netlink.Link, p Program) error {
 
 func removeEmptyClsact(l netlink.Link) error {
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-		fs, err := netlink.FilterList(l, parent)
+		fs, err := nldump.Retry(func() ([]netlink.Filter, error) { return netlink.FilterList(l, parent) })
 		if err != nil || len(fs) > 0 {
 			return nil // someone else's filters: leave the qdisc
 		}
@@ -287,7 +289,7 @@ func Attachments(root string) ([]Attachment, error) {
 		}
 		out = append(out, a)
 	}
-	links, err := netlink.LinkList()
+	links, err := nldump.Retry(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}

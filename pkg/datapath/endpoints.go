@@ -9,6 +9,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 )
 
 // Endpoint is one entry of the pinned `endpoints` map: a pod on this node
@@ -201,7 +203,7 @@ func vethShaped(ifindex uint32) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("look up veth %d: %w", ifindex, err)
 	}
-	qs, err := netlink.QdiscList(l)
+	qs, err := nldump.Retry(func() ([]netlink.Qdisc, error) { return netlink.QdiscList(l) })
 	if err != nil {
 		return false, fmt.Errorf("list qdiscs of %s: %w", l.Attrs().Name, err)
 	}

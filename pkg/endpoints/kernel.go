@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 )
 
 // port is a veth enslaved to the bridge: the host end of a pod.
@@ -43,7 +44,7 @@ func kernelView(h *netlink.Handle, bridge string) (view, error) {
 	brIdx, gwMAC := br.Attrs().Index, br.Attrs().HardwareAddr
 	v.gatewayMAC = gwMAC
 
-	links, err := retryDump(func() ([]netlink.Link, error) { return h.LinkList() })
+	links, err := nldump.Retry(h.LinkList)
 	if err != nil {
 		return v, fmt.Errorf("list devices: %w", err)
 	}
@@ -60,7 +61,7 @@ func kernelView(h *netlink.Handle, bridge string) (view, error) {
 	if err != nil {
 		return v, err
 	}
-	fdb, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(0, unix.AF_BRIDGE) })
+	fdb, err := nldump.Retry(func() ([]netlink.Neigh, error) { return h.NeighList(0, unix.AF_BRIDGE) })
 	if err != nil {
 		return v, fmt.Errorf("list FDB of %s: %w", bridge, err)
 	}
@@ -73,7 +74,7 @@ func kernelView(h *netlink.Handle, bridge string) (view, error) {
 	}
 	var neighs []netlink.Neigh
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		ns, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(brIdx, family) })
+		ns, err := nldump.Retry(func() ([]netlink.Neigh, error) { return h.NeighList(brIdx, family) })
 		if err != nil {
 			return v, fmt.Errorf("list neighbours on %s: %w", bridge, err)
 		}
@@ -102,7 +103,7 @@ func kernelView(h *netlink.Handle, bridge string) (view, error) {
 // bridgeSubnets are the bridge's IPv4 and IPv6 networks: pods live there.
 // Its link-local network (fe80::/64) is every device's: no pod lives there.
 func bridgeSubnets(h *netlink.Handle, br netlink.Link) ([]netip.Prefix, error) {
-	addrs, err := h.AddrList(br, netlink.FAMILY_ALL)
+	addrs, err := nldump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(br, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("addresses of %s: %w", br.Attrs().Name, err)
 	}
@@ -125,18 +126,4 @@ func inAny(ps []netip.Prefix, a netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// retryDump repeats a netlink dump the kernel interrupted (the table
-// changed meanwhile), a few times.
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	var err error
-	for range 5 {
-		var out []T
-		out, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return nil, err
 }

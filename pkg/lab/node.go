@@ -16,6 +16,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
@@ -370,8 +371,8 @@ func NodeRoutes(node string) (map[netip.Prefix]netip.Addr, error) {
 		return nil, err
 	}
 	defer h.Close()
-	routes, err := h.RouteList(nil, netlink.FAMILY_ALL)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	routes, err := nldump.Retry(func() ([]netlink.Route, error) { return h.RouteList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
 		return nil, fmt.Errorf("list routes in %s: %w", node, err)
 	}
 	out := map[netip.Prefix]netip.Addr{}
