@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
 )
 
 // tcProgram is one TC program attachment as the kernel reports it.
@@ -27,7 +28,7 @@ type tcProgram struct {
 func attachedTC(st lab.State, node string) ([]tcProgram, error) {
 	var progs []tcProgram
 	err := st.Do(node, func() error {
-		links, err := netlink.LinkList()
+		links, err := nldump.Retry(netlink.LinkList)
 		if err != nil {
 			return fmt.Errorf("list devices: %w", err)
 		}
@@ -43,7 +44,7 @@ func attachedTC(st lab.State, node string) ([]tcProgram, error) {
 				}
 			}
 			for kind, parent := range map[string]uint32{"clsact/ingress": netlink.HANDLE_MIN_INGRESS, "clsact/egress": netlink.HANDLE_MIN_EGRESS} {
-				filters, err := netlink.FilterList(l, parent)
+				filters, err := nldump.Retry(func() ([]netlink.Filter, error) { return netlink.FilterList(l, parent) })
 				if err != nil {
 					continue // no clsact qdisc on this device
 				}
