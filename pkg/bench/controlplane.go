@@ -160,8 +160,9 @@ func newLease(k int) SyntheticLease {
 	}
 }
 
+// leaseKey is the registry's key for the lease of s under prefix.
 func leaseKey(prefix string, s netip.Prefix) string {
-	return strings.TrimSuffix(prefix, "/") + "/subnets/" + strings.Replace(s.String(), "/", "-", 1)
+	return registry.New(nil, prefix, nil).LeaseKey(s)
 }
 
 func leaseValue(l SyntheticLease) (string, error) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
 // Ports the servers listen on, on the server's address only.
@@ -21,7 +23,7 @@ const (
 // server is a helper process in a lab namespace, stopped by its PID.
 type server struct {
 	cmd *exec.Cmd
-	out limitedBuffer
+	out lab.LimitedBuffer
 }
 
 // startServer starts argv in p's server namespace and waits until it

@@ -226,7 +226,7 @@ func passed(counters []datapath.Counter) uint64 {
 // and kills by PID afterwards.
 func (d *demo) iperf(ctx context.Context, st State, client, server Pod) error {
 	srv := exec.Command("iperf3", "--server", "--one-off", "--bind", server.IP)
-	var srvOut limitedBuffer
+	var srvOut LimitedBuffer
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := st.Start(server.Name, srv); err != nil {
 		return err

@@ -152,7 +152,7 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 		}
 	}
 	// etcd listens on the underlay: a node reaches it over its eth0.
-	err = inNetns(st.Nodes[0].Name, func() error {
+	err = namedns.Do(st.Nodes[0].Name, func() error {
 		c, err := net.DialTimeout("tcp", "198.18.0.1:2379", time.Second)
 		if err == nil {
 			c.Close()

@@ -450,7 +450,7 @@ func TestPolicyEngineStepsAside(t *testing.T) {
 
 // runStdin runs argv in a lab namespace with input on its standard input.
 func runStdin(ctx context.Context, st lab.State, ns, input string, argv ...string) (string, error) {
-	var out limitedOutput
+	var out lab.LimitedBuffer
 	err := st.Exec(ctx, ns, argv, strings.NewReader(input), &out, &out)
 	return out.String(), err
 }

@@ -19,7 +19,7 @@ var pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) receive
 // and received.
 func startPinger(t *testing.T, st lab.State, from string, to string, count int, every time.Duration) (wait func() (int, int)) {
 	t.Helper()
-	var out limitedOutput
+	var out lab.LimitedBuffer
 	cmd := exec.Command("ping", "-n", "-q", "-i", strconv.FormatFloat(every.Seconds(), 'f', 3, 64), "-W", "1", "-c", strconv.Itoa(count), to)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := st.Start(from, cmd); err != nil {
@@ -41,16 +41,6 @@ func startPinger(t *testing.T, st lab.State, from string, to string, count int, 
 		return sent, got
 	}
 }
-
-type limitedOutput struct{ b []byte }
-
-func (o *limitedOutput) Write(p []byte) (int, error) {
-	if len(o.b) < 1<<16 {
-		o.b = append(o.b, p...)
-	}
-	return len(p), nil
-}
-func (o *limitedOutput) String() string { return string(o.b) }
 
 // kill -9 of an agent while a pod pings a remote pod every 10 ms, over
 // IPv4 and over IPv6 at once (a dual-stack cluster): no packet is lost,
