@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -37,7 +36,8 @@ type fastPathReport struct {
 }
 
 func newStatusCmd() *cobra.Command {
-	var root, output string
+	var root string
+	var out output
 	var all bool
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -57,19 +57,11 @@ checks guard it.`,
 			if err != nil {
 				return err
 			}
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
-			case "text":
-				return printStatus(cmd.OutOrStdout(), rep, all)
-			}
-			return fmt.Errorf("output format %q: want text or json", output)
+			return out.print(cmd.OutOrStdout(), rep, func(w io.Writer) error { return printStatus(w, rep, all) })
 		},
 	}
 	addPinRootFlag(cmd, &root)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	out.addFlag(cmd)
 	cmd.Flags().BoolVar(&all, "all", false, "list counters that are still zero too")
 	return cmd
 }
