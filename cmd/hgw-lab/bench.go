@@ -137,8 +137,10 @@ plain (--plain-routes: one gateway route each, as flanneld installs them;
 the kernel's cost of these grows with the square of their number, minutes
 at 65,536).
 
-Prints a progress line per step on stderr and the table with issue 14's
-targets on stdout; writes controlplane.json with every sample and
+Prints a progress line per step on stderr and, on stdout, the table of
+figures with the targets the control plane is held to (map complete < 2 s,
+kernel routes < 6 s, a new lease's p99 < 10 ms to the map and < 20 ms to
+the kernel, agent RSS < 150 MiB); writes controlplane.json with every sample and
 controlplane.png (time against leases, log-log) into --out. The lab is
 removed after each round, on Ctrl-C, and (leftovers of a crashed run) at the
 start.`,

@@ -208,7 +208,7 @@ func passed(counters []datapath.Counter) uint64 {
 	for _, c := range counters {
 		sum += c.Packets
 	}
-	return sum - lab.Redirected(counters, "from_pods") - lab.Redirected(counters, "from_underlay")
+	return sum - datapath.Redirected(counters, "from_pods") - datapath.Redirected(counters, "from_underlay")
 }
 
 func (d *demo) fastPathCounters(_ context.Context, _ *lab.Lab, st lab.State) error {
@@ -229,7 +229,7 @@ mostly the agents' etcd traffic, ARP and IPv6 neighbour discovery).`)
 	var total uint64
 	for _, n := range st.Nodes {
 		delta := func(prog string) uint64 {
-			return lab.Redirected(after[n.Name], prog) - lab.Redirected(d.before[n.Name], prog)
+			return datapath.Redirected(after[n.Name], prog) - datapath.Redirected(d.before[n.Name], prog)
 		}
 		fp, fu := delta("from_pods"), delta("from_underlay")
 		total += fp + fu

@@ -1,8 +1,8 @@
-// Package bench measures the lab's datapaths side by side (issue 5,
-// DESIGN.md "Benchmark method"): host, routes, ebpf and vxlan, on bare
-// nodes and on nodes carrying kube-proxy's netfilter state, interleaved
-// round by round, and reports medians and spreads as ratios to host and
-// to routes.
+// Package bench measures the lab's datapaths side by side: host, routes,
+// ebpf and vxlan, on bare nodes and on nodes carrying kube-proxy's
+// netfilter state, interleaved round by round, and reports medians and
+// spreads as ratios to host and to routes. Absolute figures on a shared
+// machine are noise; ratios measured in one run are the result.
 package bench
 
 import (

@@ -42,7 +42,8 @@ type Config struct {
 	ResyncInterval time.Duration
 	AgentArgs      []string      // extra flags for every `hgw-ebpf run`
 	ReadyTimeout   time.Duration // for agents' subnet files and routes (default 30s)
-	// What a real node carries besides the agent (DESIGN.md "Lab"), all
+	// What a real node carries besides the agent (the lab tests that a
+	// fast path skipping netfilter never skips a rule silently), all
 	// inside the node namespaces. KubeProxy loads kube-proxy's iptables
 	// rules into every node once the pods are up: the lab's services (see
 	// ServiceIP) and KubeServices synthetic ones.

@@ -1,7 +1,8 @@
 // Package lab builds flannel host-gw clusters out of network namespaces on
 // one machine: an underlay bridge, nodes running `hgw-ebpf run`, pods
 // attached by the real CNI plugins, and an embedded etcd. Nothing it does
-// touches the root network namespace (DESIGN.md, "Lab").
+// touches the root network namespace: no link, route, address or sysctl
+// there, so no lab packet can leave the machine.
 package lab
 
 import (

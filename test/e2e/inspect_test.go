@@ -1,7 +1,7 @@
 package e2e
 
-// Inspection without the agent (issue 6): `hgw-ebpf status|routes|stats
-// -o json` run inside a node.
+// Inspection without the agent: `hgw-ebpf status|routes|stats -o json`
+// run inside a node.
 
 import (
 	"context"

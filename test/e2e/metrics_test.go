@@ -1,6 +1,6 @@
 package e2e
 
-// A node agent's metrics and probes (issue 6), fetched as an operator on
+// A node agent's metrics and probes, fetched as an operator on
 // the node would: with curl inside the node's network namespace.
 
 import (

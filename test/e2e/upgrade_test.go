@@ -1,6 +1,6 @@
 package e2e
 
-// Hitless upgrade and restart (issue 6): a new hgw-ebpf binary, started
+// Hitless upgrade and restart: a new hgw-ebpf binary, started
 // over the pins of the old one, loads its programs and swaps them into the
 // pinned tcx links (link update), keeping the links and the maps, while
 // pods keep talking.
