@@ -15,7 +15,7 @@ import (
 )
 
 // statusReport is what `hgw-ebpf status` prints; its JSON field names are
-// documented in the README and stable.
+// documented in docs/operations.md and stable.
 type statusReport struct {
 	PinRoot     string                `json:"pin_root"`
 	Config      *datapath.NodeConfig  `json:"config"`
