@@ -40,10 +40,7 @@ func pluginDir(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("build hgw-cni: %v\n%s", err, out)
 	}
-	cniPath := os.Getenv("CNI_PATH")
-	if cniPath == "" {
-		cniPath = filepath.Join("..", "..", "bin", "cni")
-	}
+	cniPath := testutil.CNIPath()
 	for _, p := range []string{"bridge", "host-local"} {
 		b, err := os.ReadFile(filepath.Join(cniPath, p))
 		if err != nil {

@@ -1,8 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"sort"
 	"text/tabwriter"
@@ -24,7 +24,8 @@ type routeRow struct {
 }
 
 func newRoutesCmd() *cobra.Command {
-	var root, output string
+	var root string
+	var out output
 	cmd := &cobra.Command{
 		Use:   "routes",
 		Short: "List peer subnets: kernel route, map entry, and whether they agree",
@@ -48,25 +49,21 @@ there is no map: only the kernel column is filled.`,
 				}
 			}
 			rows := joinRoutes(kernel, entries)
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
-			case "text":
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintf(tw, "SUBNET\tNEXT HOP\tDEVICE\tKERNEL\tMAP\tAGREE\n")
-				for _, r := range rows {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%v\n", r.Subnet, r.NextHop, r.Dev, yes(r.Kernel), yes(r.Map), yes(r.Agree))
-				}
-				return tw.Flush()
-			}
-			return fmt.Errorf("output format %q: want text or json", output)
+			return out.print(cmd.OutOrStdout(), rows, func(w io.Writer) error { return printRoutes(w, rows) })
 		},
 	}
 	addPinRootFlag(cmd, &root)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	out.addFlag(cmd)
 	return cmd
+}
+
+func printRoutes(w io.Writer, rows []routeRow) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "SUBNET\tNEXT HOP\tDEVICE\tKERNEL\tMAP\tAGREE\n")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%v\n", r.Subnet, r.NextHop, r.Dev, yes(r.Kernel), yes(r.Map), yes(r.Agree))
+	}
+	return tw.Flush()
 }
 
 func yes(b bool) string {

@@ -11,26 +11,37 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
 func newRunCmd() *cobra.Command {
-	var (
-		cfg       agent.Config
-		etcd      etcdFlags
-		kubef     kubeFlags
-		publicIP  string
-		publicIP6 string
-		mode      string
-		logFormat string
-		logLevel  string
-	)
+	var r runFlags
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the node agent (in place of flanneld with the host-gw backend)",
-		Long: `Runs the node agent. Like flanneld with the host-gw backend it reads the
+		Long:  runHelp,
+		Example: `  hgw-ebpf run --etcd-endpoints http://10.0.0.1:2379 --iface eth0
+  HGW_ETCD_ENDPOINTS=https://etcd:2379 HGW_ETCD_CAFILE=/etc/ssl/ca.pem hgw-ebpf run
+  NODE_NAME=worker-1 hgw-ebpf run --kube-subnet-mgr --kubeconfig-file /etc/kubernetes/kubelet.conf`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := r.config()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return agent.Run(ctx, cfg, log)
+		},
+	}
+	r.register(cmd.Flags())
+	return cmd
+}
+
+const runHelp = `Runs the node agent. Like flanneld with the host-gw backend it reads the
 network config from etcd (<etcd-prefix>/config), leases this node a pod subnet
 (<etcd-prefix>/subnets/<subnet>, reusing the node's earlier lease), writes
 the subnet file for the CNI plugins, and routes every other node's subnet
@@ -83,70 +94,80 @@ so traffic keeps flowing while it restarts; --cleanup-on-exit removes them,
 flanneld's iptables rules too, and releases the lease instead. If the node's
 lease is lost and re-acquired with another subnet, it exits as flanneld does
 (pods must be recreated). Every flag can also be set by the
-environment variable named in its help.`,
-		Example: `  hgw-ebpf run --etcd-endpoints http://10.0.0.1:2379 --iface eth0
-  HGW_ETCD_ENDPOINTS=https://etcd:2379 HGW_ETCD_CAFILE=/etc/ssl/ca.pem hgw-ebpf run
-  NODE_NAME=worker-1 hgw-ebpf run --kube-subnet-mgr --kubeconfig-file /etc/kubernetes/kubelet.conf`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := newLogger(logFormat, logLevel)
-			if err != nil {
-				return err
-			}
-			if cfg.Etcd, err = etcd.client(); err != nil {
-				return err
-			}
-			cfg.Prefix = etcd.prefix
-			cfg.Kube = kubef.options(log)
-			if publicIP != "" {
-				ip, err := netip.ParseAddr(publicIP)
-				if err != nil || !ip.Is4() {
-					return fmt.Errorf("--public-ip %q is not an IPv4 address", publicIP)
-				}
-				cfg.PublicIP = ip
-			}
-			if publicIP6 != "" {
-				ip, err := netip.ParseAddr(publicIP6)
-				if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" || !ip.IsGlobalUnicast() {
-					return fmt.Errorf("--public-ipv6 %q is not a global IPv6 address", publicIP6)
-				}
-				cfg.PublicIPv6 = ip
-			}
-			cfg.AttachMode = datapath.Mode(mode)
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			return agent.Run(ctx, cfg, log)
-		},
-	}
-	f := cmd.Flags()
-	etcd.register(f)
-	kubef.register(f)
-	f.StringVar(&cfg.Iface, "iface", "", "underlay device towards the other nodes (default: the default route's device)")
-	f.StringVar(&publicIP, "public-ip", "", "IP other nodes route this node's pods via (default: --iface's first IPv4)")
-	f.StringVar(&publicIP6, "public-ipv6", "",
+environment variable named in its help.`
+
+// runFlags are `run`'s flags: the agent's config, and what is parsed
+// into it.
+type runFlags struct {
+	cfg       agent.Config
+	etcd      etcdFlags
+	kube      kubeFlags
+	publicIP  string
+	publicIP6 string
+	mode      string
+	logFormat string
+	logLevel  string
+}
+
+func (r *runFlags) register(f *pflag.FlagSet) {
+	r.etcd.register(f)
+	r.kube.register(f)
+	f.StringVar(&r.cfg.Iface, "iface", "", "underlay device towards the other nodes (default: the default route's device)")
+	f.StringVar(&r.publicIP, "public-ip", "", "IP other nodes route this node's pods via (default: --iface's first IPv4)")
+	f.StringVar(&r.publicIP6, "public-ipv6", "",
 		"IPv6 other nodes route this node's IPv6 pods via, on a dual-stack network (default: --iface's global IPv6 address, "+
 			"never a temporary or deprecated one, configured before dynamic)")
-	f.StringVar(&cfg.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "subnet file for the CNI plugins, in flanneld's format")
-	f.DurationVar(&cfg.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease in etcd (kept alive while running; none with --kube-subnet-mgr)")
-	f.StringVar(&cfg.Bridge, "bridge", "cni0", "pod bridge (created if missing)")
-	f.StringVar(&cfg.Datapath, "datapath", agent.DatapathEBPF, "ebpf (routes + fast path) or routes (plain host-gw, no programs)")
-	f.StringVar(&mode, "attach-mode", string(datapath.ModeAuto), "how to attach programs: auto (tcx, else tc), tcx or tc")
-	f.DurationVar(&cfg.ResyncInterval, "resync-interval", 10*time.Second, "full reconcile of routes, map and attachments this often")
-	f.StringVar(&cfg.PinRoot, "bpffs-root", datapath.DefaultPinRoot, "bpffs directory for the pinned maps and links")
-	f.BoolVar(&cfg.UnsafeIgnoreConntrack, "unsafe-ignore-conntrack", false,
+	f.StringVar(&r.cfg.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "subnet file for the CNI plugins, in flanneld's format")
+	f.DurationVar(&r.cfg.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease in etcd (kept alive while running; none with --kube-subnet-mgr)")
+	f.StringVar(&r.cfg.Bridge, "bridge", "cni0", "pod bridge (created if missing)")
+	f.StringVar(&r.cfg.Datapath, "datapath", agent.DatapathEBPF, "ebpf (routes + fast path) or routes (plain host-gw, no programs)")
+	f.StringVar(&r.mode, "attach-mode", string(datapath.ModeAuto), "how to attach programs: auto (tcx, else tc), tcx or tc")
+	f.DurationVar(&r.cfg.ResyncInterval, "resync-interval", 10*time.Second, "full reconcile of routes, map and attachments this often")
+	f.StringVar(&r.cfg.PinRoot, "bpffs-root", datapath.DefaultPinRoot, "bpffs directory for the pinned maps and links")
+	f.BoolVar(&r.cfg.UnsafeIgnoreConntrack, "unsafe-ignore-conntrack", false,
 		"forward flows conntrack tracks on the fast path too (breaks kube-proxy NAT; only for clusters without it)")
-	f.BoolVar(&cfg.IPMasq, "ip-masq", false,
+	f.BoolVar(&r.cfg.IPMasq, "ip-masq", false,
 		"as flanneld --ip-masq: masquerade pod traffic leaving the cluster network (nat chain FLANNEL-POSTRTG) and write FLANNEL_IPMASQ=true; "+
 			"when off, a FLANNEL-POSTRTG left by an earlier run is removed")
-	f.BoolVar(&cfg.AllowPolicyBypass, "allow-policy-bypass", false,
+	f.BoolVar(&r.cfg.AllowPolicyBypass, "allow-policy-bypass", false,
 		"keep the fast path on while a NetworkPolicy engine (kube-network-policies, kube-router, Calico) is present: redirected packets then skip its rules")
-	f.BoolVar(&cfg.PlainRoutes, "plain-routes", false,
+	f.BoolVar(&r.cfg.PlainRoutes, "plain-routes", false,
 		"install plain gateway routes even where the kernel has nexthop objects (routes then cost more to program: see docs/benchmarks.md)")
-	f.BoolVar(&cfg.CleanupOnExit, "cleanup-on-exit", false, "on exit remove routes, programs and pins, and release the lease")
-	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9742", "address of /metrics, /healthz and /readyz (empty: off)")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	return cmd
+	f.BoolVar(&r.cfg.CleanupOnExit, "cleanup-on-exit", false, "on exit remove routes, programs and pins, and release the lease")
+	f.StringVar(&r.cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9742", "address of /metrics, /healthz and /readyz (empty: off)")
+	f.StringVar(&r.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// config is the agent's config and logger from the flags, or what is
+// wrong with them.
+func (r *runFlags) config() (agent.Config, *slog.Logger, error) {
+	cfg := r.cfg
+	log, err := newLogger(r.logFormat, r.logLevel)
+	if err != nil {
+		return cfg, nil, err
+	}
+	if cfg.Etcd, err = r.etcd.client(); err != nil {
+		return cfg, nil, err
+	}
+	cfg.Prefix = r.etcd.prefix
+	cfg.Kube = r.kube.options(log)
+	if r.publicIP != "" {
+		ip, err := netip.ParseAddr(r.publicIP)
+		if err != nil || !ip.Is4() {
+			return cfg, nil, fmt.Errorf("--public-ip %q is not an IPv4 address", r.publicIP)
+		}
+		cfg.PublicIP = ip
+	}
+	if r.publicIP6 != "" {
+		ip, err := netip.ParseAddr(r.publicIP6)
+		if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" || !ip.IsGlobalUnicast() {
+			return cfg, nil, fmt.Errorf("--public-ipv6 %q is not a global IPv6 address", r.publicIP6)
+		}
+		cfg.PublicIPv6 = ip
+	}
+	cfg.AttachMode = datapath.Mode(r.mode)
+	return cfg, log, nil
 }
 
 func splitList(s string) []string {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -14,9 +13,10 @@ import (
 
 func newStatsCmd() *cobra.Command {
 	var (
-		root, output string
-		watch        time.Duration
-		all          bool
+		root  string
+		out   = output{lines: true}
+		watch time.Duration
+		all   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "stats",
@@ -35,8 +35,8 @@ path. The reasons:
 		Example: "  hgw-ebpf stats\n  hgw-ebpf stats --watch 1s\n  hgw-ebpf stats -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("output format %q: want text or json", output)
+			if err := out.check(); err != nil {
+				return err
 			}
 			maps, err := datapath.OpenPinned(root)
 			if err != nil {
@@ -49,10 +49,7 @@ path. The reasons:
 			}
 			w := cmd.OutOrStdout()
 			if watch <= 0 {
-				if output == "json" {
-					return json.NewEncoder(w).Encode(prev)
-				}
-				return printCounters(w, prev, nil, 0, all)
+				return out.print(w, prev, func(w io.Writer) error { return printCounters(w, prev, nil, 0, all) })
 			}
 			t := time.NewTicker(watch)
 			defer t.Stop()
@@ -66,11 +63,8 @@ path. The reasons:
 				if err != nil {
 					return err
 				}
-				if output == "json" {
-					if err := json.NewEncoder(w).Encode(rates(cur, prev, watch)); err != nil {
-						return err
-					}
-				} else if err := printCounters(w, cur, prev, watch, all); err != nil {
+				text := func(w io.Writer) error { return printCounters(w, cur, prev, watch, all) }
+				if err := out.print(w, rates(cur, prev, watch), text); err != nil {
 					return err
 				}
 				prev = cur
@@ -78,7 +72,7 @@ path. The reasons:
 		},
 	}
 	addPinRootFlag(cmd, &root)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	out.addFlag(cmd)
 	cmd.Flags().DurationVar(&watch, "watch", 0, "print per-second rates at this interval (e.g. 1s) until interrupted")
 	cmd.Flags().BoolVar(&all, "all", false, "list counters that are zero too")
 	return cmd

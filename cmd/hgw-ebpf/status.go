@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -16,7 +15,7 @@ import (
 )
 
 // statusReport is what `hgw-ebpf status` prints; its JSON field names are
-// documented in the README and stable.
+// documented in docs/operations.md and stable.
 type statusReport struct {
 	PinRoot     string                `json:"pin_root"`
 	Config      *datapath.NodeConfig  `json:"config"`
@@ -37,7 +36,8 @@ type fastPathReport struct {
 }
 
 func newStatusCmd() *cobra.Command {
-	var root, output string
+	var root string
+	var out output
 	var all bool
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -57,19 +57,11 @@ checks guard it.`,
 			if err != nil {
 				return err
 			}
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
-			case "text":
-				return printStatus(cmd.OutOrStdout(), rep, all)
-			}
-			return fmt.Errorf("output format %q: want text or json", output)
+			return out.print(cmd.OutOrStdout(), rep, func(w io.Writer) error { return printStatus(w, rep, all) })
 		},
 	}
 	addPinRootFlag(cmd, &root)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	out.addFlag(cmd)
 	cmd.Flags().BoolVar(&all, "all", false, "list counters that are still zero too")
 	return cmd
 }
@@ -130,6 +122,17 @@ func devName(ifindex uint32) string {
 
 func printStatus(w io.Writer, rep *statusReport, all bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	printNode(tw, rep)
+	printAttachments(tw, rep.Attachments)
+	printRouteMap(tw, rep.Routes)
+	printEndpoints(tw, rep.Endpoints)
+	printStatusCounters(tw, rep.Counters, all)
+	return tw.Flush()
+}
+
+// printNode prints where the state is, the node config the programs use,
+// and what the fast path may do.
+func printNode(tw io.Writer, rep *statusReport) {
 	fmt.Fprintf(tw, "Pinned state:\t%s\n", rep.PinRoot)
 	if c := rep.Config; c != nil {
 		fmt.Fprintf(tw, "Pod subnet:\t%s (gateway %s)\n", c.PodSubnet, c.Gateway)
@@ -151,40 +154,50 @@ func printStatus(w io.Writer, rep *statusReport, all bool) error {
 		}
 		fmt.Fprintf(tw, "Policy engines:\t%s\n", engines)
 	}
+}
 
+func printAttachments(tw io.Writer, atts []datapath.Attachment) {
 	fmt.Fprintf(tw, "\nAttachments:\n")
-	if len(rep.Attachments) == 0 {
+	if len(atts) == 0 {
 		fmt.Fprintf(tw, "  none: traffic takes the kernel routes\n")
-	} else {
-		fmt.Fprintf(tw, "  DEVICE\tHOOK\tPROGRAM\tMODE\tPROG ID\n")
-		for _, a := range rep.Attachments {
-			dev := a.Dev
-			if a.Ifindex == 0 {
-				dev += " (gone)"
-			}
-			fmt.Fprintf(tw, "  %s\tingress\t%s\t%s\t%d\n", dev, a.Program, a.Mode, a.ProgramID)
-		}
+		return
 	}
+	fmt.Fprintf(tw, "  DEVICE\tHOOK\tPROGRAM\tMODE\tPROG ID\n")
+	for _, a := range atts {
+		dev := a.Dev
+		if a.Ifindex == 0 {
+			dev += " (gone)"
+		}
+		fmt.Fprintf(tw, "  %s\tingress\t%s\t%s\t%d\n", dev, a.Program, a.Mode, a.ProgramID)
+	}
+}
 
-	fmt.Fprintf(tw, "\nRoutes map (%d peers):\n", len(rep.Routes))
-	if len(rep.Routes) > 0 {
+func printRouteMap(tw io.Writer, routes []datapath.Route) {
+	fmt.Fprintf(tw, "\nRoutes map (%d peers):\n", len(routes))
+	if len(routes) > 0 {
 		fmt.Fprintf(tw, "  SUBNET\tNEXT HOP\tDEVICE\n")
-		for _, r := range rep.Routes {
+		for _, r := range routes {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\n", r.Subnet, r.NextHop, devName(r.Ifindex))
 		}
 	}
+}
 
-	fmt.Fprintf(tw, "\nEndpoints map (%d local pods):\n", len(rep.Endpoints))
-	if len(rep.Endpoints) > 0 {
+func printEndpoints(tw io.Writer, eps []datapath.Endpoint) {
+	fmt.Fprintf(tw, "\nEndpoints map (%d local pods):\n", len(eps))
+	if len(eps) > 0 {
 		fmt.Fprintf(tw, "  POD IP\tHOST VETH\tPOD MAC\tGATEWAY MAC\n")
-		for _, e := range rep.Endpoints {
+		for _, e := range eps {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", e.IP, devName(e.Ifindex), e.PodMAC, e.GatewayMAC)
 		}
 	}
+}
 
+// printStatusCounters prints the counters that moved (all of them with
+// all).
+func printStatusCounters(tw io.Writer, counters []datapath.Counter, all bool) {
 	fmt.Fprintf(tw, "\nCounters:\n  FAMILY\tPROGRAM\tREASON\tPACKETS\tBYTES\n")
 	shown := 0
-	for _, c := range rep.Counters {
+	for _, c := range counters {
 		if c.Packets == 0 && !all {
 			continue
 		}
@@ -194,5 +207,4 @@ func printStatus(w io.Writer, rep *statusReport, all bool) error {
 	if shown == 0 {
 		fmt.Fprintf(tw, "  (all zero)\n")
 	}
-	return tw.Flush()
 }

@@ -25,20 +25,12 @@ other.`,
 			if err != nil {
 				return err
 			}
-			type round struct {
-				name string
-				ping func(context.Context, int) []lab.PingResult
-			}
-			rounds := []round{{"IPv4", st.PingAll}}
-			if st.DualStack {
-				rounds = append(rounds, round{"IPv6", st.PingAll6})
-			}
 			var failed, total int
-			for _, r := range rounds {
+			for _, r := range pingFamilies(*st) {
 				if st.DualStack {
 					fmt.Fprintf(cmd.OutOrStdout(), "%s:\n", r.name)
 				}
-				results := r.ping(cmd.Context(), parallel)
+				results := r.pingAll(cmd.Context(), parallel)
 				bad := st.WriteMatrix(cmd.OutOrStdout(), results)
 				for _, res := range results {
 					if !res.OK {
@@ -56,4 +48,19 @@ other.`,
 	}
 	cmd.Flags().IntVar(&parallel, "parallel", 32, "probes in flight at once")
 	return cmd
+}
+
+// pingFamily is one address family over which every pod pings every other.
+type pingFamily struct {
+	name    string
+	pingAll func(ctx context.Context, parallel int) []lab.PingResult
+}
+
+// pingFamilies are IPv4, and IPv6 after it in a dual-stack lab.
+func pingFamilies(st lab.State) []pingFamily {
+	fams := []pingFamily{{"IPv4", st.PingAll}}
+	if st.DualStack {
+		fams = append(fams, pingFamily{"IPv6", st.PingAll6})
+	}
+	return fams
 }

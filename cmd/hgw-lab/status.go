@@ -42,7 +42,24 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 	}
 	fmt.Fprintf(w, "Lab %s: %s, datapath %s, etcd %s (pid %d, up %s)\n\n",
 		st.Prefix, state, st.Datapath, st.Etcd, st.PID, time.Since(st.Started).Round(time.Second))
+	printNodes(w, st)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	printLeases(ctx, w, st)
+	if st.Datapath == lab.DatapathStatic {
+		return nil
+	}
+	if st.Internet != "" {
+		fmt.Fprintf(w, "\nInternet: %s (%s), routes no pod subnet\n", st.Internet, lab.InternetIP)
+	}
+	printServices(w, st.Services)
+	printAgents(ctx, w, st)
+	return nil
+}
 
+// printNodes prints a line per node: its addresses, subnets, agent and
+// pods.
+func printNodes(w io.Writer, st lab.State) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tETH0\tPOD SUBNET\tAGENT\tPODS")
 	for _, n := range st.Nodes {
@@ -60,14 +77,16 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Addrs(), n.Subnets(), agent, strings.Join(pods, " "))
 	}
 	tw.Flush()
+}
 
+// printLeases prints the leases in the lab's registry, or why they are
+// not available.
+func printLeases(ctx context.Context, w io.Writer, st lab.State) {
 	if st.Registry == lab.RegistryKube {
 		fmt.Fprintf(w, "\nLeases in Kubernetes Nodes (%s):\n", st.KubeAPI)
 	} else {
 		fmt.Fprintln(w, "\nLeases in etcd:")
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
 	leases, err := st.Leases(ctx)
 	if err != nil {
 		fmt.Fprintf(w, "  unavailable: %v\n", err)
@@ -82,23 +101,26 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 		}
 		fmt.Fprintf(w, "  %s = %s (%s)\n", le.Key, le.Value, ttl)
 	}
+}
 
-	if st.Datapath == lab.DatapathStatic {
-		return nil
+// printServices prints the services kube-proxy's rules implement.
+func printServices(w io.Writer, svcs []lab.ServicePort) {
+	if len(svcs) == 0 {
+		return
 	}
-	if st.Internet != "" {
-		fmt.Fprintf(w, "\nInternet: %s (%s), routes no pod subnet\n", st.Internet, lab.InternetIP)
-	}
-	if len(st.Services) > 0 {
-		fmt.Fprintln(w, "\nServices in kube-proxy's rules:")
-		for _, s := range st.Services {
-			policy := ""
-			if s.NodePort != 0 {
-				policy = fmt.Sprintf(", NodePort %d (externalTrafficPolicy %s)", s.NodePort, map[bool]string{false: "Cluster", true: "Local"}[s.LocalOnly])
-			}
-			fmt.Fprintf(w, "  %s %s:%d/%s -> %v%s\n", s.Name, s.ClusterIP, s.Port, s.Protocol, s.Endpoints, policy)
+	fmt.Fprintln(w, "\nServices in kube-proxy's rules:")
+	for _, s := range svcs {
+		policy := ""
+		if s.NodePort != 0 {
+			policy = fmt.Sprintf(", NodePort %d (externalTrafficPolicy %s)", s.NodePort, map[bool]string{false: "Cluster", true: "Local"}[s.LocalOnly])
 		}
+		fmt.Fprintf(w, "  %s %s:%d/%s -> %v%s\n", s.Name, s.ClusterIP, s.Port, s.Protocol, s.Endpoints, policy)
 	}
+}
+
+// printAgents prints every hgw-ebpf node's `hgw-ebpf status`, and where
+// a flanneld node logs.
+func printAgents(ctx context.Context, w io.Writer, st lab.State) {
 	agent := filepath.Join(st.BinDir, "hgw-ebpf")
 	for _, n := range st.Nodes {
 		if n.Agent == lab.AgentFlanneld {
@@ -112,5 +134,4 @@ func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 			fmt.Fprintf(w, "(%v)\n", err)
 		}
 	}
-	return nil
 }

@@ -1,8 +1,8 @@
-// Package bench measures the lab's datapaths side by side (issue 5,
-// DESIGN.md "Benchmark method"): host, routes, ebpf and vxlan, on bare
-// nodes and on nodes carrying kube-proxy's netfilter state, interleaved
-// round by round, and reports medians and spreads as ratios to host and
-// to routes.
+// Package bench measures the lab's datapaths side by side: host, routes,
+// ebpf and vxlan, on bare nodes and on nodes carrying kube-proxy's
+// netfilter state, interleaved round by round, and reports medians and
+// spreads as ratios to host and to routes. Absolute figures on a shared
+// machine are noise; ratios measured in one run are the result.
 package bench
 
 import (
@@ -215,39 +215,8 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	step := 0
 	for _, profile := range o.Profiles {
-		if profile == ProfileKube {
-			progress("profile kube: loading %d services of kube-proxy rules into every node", o.Services)
-			notes, err := applyKube(ctx, tb.states(), o.Services)
-			if err != nil {
-				return res, err
-			}
-			res.Notes = append(res.Notes, notes...)
-		}
-		for _, st := range tb.states() {
-			res.Notes = append(res.Notes, fmt.Sprintf("%s: bridge-nf-call-iptables=%s in %s", profile,
-				readBridgeNF(st, st.Nodes[0].Name), st.Nodes[0].Name))
-		}
-		for round := 1; round <= o.Rounds; round++ {
-			for _, p := range pathsOf(tb.paths, profile) {
-				step++
-				if err := ctx.Err(); err != nil {
-					return res, err
-				}
-				samples := measure(ctx, &o, p, profile, round)
-				res.Samples = append(res.Samples, samples...)
-				progress("%d/%d %s round %d/%d %-6s %s", step, total, profile, round, o.Rounds, p.Datapath, brief(samples))
-			}
-		}
-		if profile == ProfileKube {
-			for _, st := range tb.states() {
-				n := st.Nodes[1].Name
-				res.Notes = append(res.Notes, fmt.Sprintf("kube: %d conntrack entries in %s (datapath %s) after the rounds",
-					conntrackCount(st, n), n, st.Datapath))
-				if pkts, err := natPrerouting(ctx, st, n); err == nil {
-					res.Notes = append(res.Notes, fmt.Sprintf("kube: %d packets walked the nat table (PREROUTING -> KUBE-SERVICES) in %s (datapath %s)",
-						pkts, n, st.Datapath))
-				}
-			}
+		if err := runProfile(ctx, &o, tb, res, profile, progress, &step, total); err != nil {
+			return res, err
 		}
 	}
 	res.Finished = time.Now()
@@ -256,6 +225,56 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// runProfile measures every path of one profile, o.Rounds times round by
+// round, adding the samples and the profile's notes to res; step counts
+// the measurements done, of total, for the progress lines.
+func runProfile(ctx context.Context, o *Options, tb *testbed, res *Result, profile string, progress func(string, ...any), step *int, total int) error {
+	if profile == ProfileKube {
+		progress("profile kube: loading %d services of kube-proxy rules into every node", o.Services)
+		notes, err := applyKube(ctx, tb.states(), o.Services)
+		if err != nil {
+			return err
+		}
+		res.Notes = append(res.Notes, notes...)
+	}
+	for _, st := range tb.states() {
+		res.Notes = append(res.Notes, fmt.Sprintf("%s: bridge-nf-call-iptables=%s in %s", profile,
+			readBridgeNF(st, st.Nodes[0].Name), st.Nodes[0].Name))
+	}
+	for round := 1; round <= o.Rounds; round++ {
+		for _, p := range pathsOf(tb.paths, profile) {
+			*step++
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			samples := measure(ctx, o, p, profile, round)
+			res.Samples = append(res.Samples, samples...)
+			progress("%d/%d %s round %d/%d %-6s %s", *step, total, profile, round, o.Rounds, p.Datapath, brief(samples))
+		}
+	}
+	if profile == ProfileKube {
+		res.Notes = append(res.Notes, kubeAfterNotes(ctx, tb)...)
+	}
+	return nil
+}
+
+// kubeAfterNotes say, for every lab's second node after the kube rounds,
+// how many conntrack entries it holds and how many packets walked its nat
+// table.
+func kubeAfterNotes(ctx context.Context, tb *testbed) []string {
+	var notes []string
+	for _, st := range tb.states() {
+		n := st.Nodes[1].Name
+		notes = append(notes, fmt.Sprintf("kube: %d conntrack entries in %s (datapath %s) after the rounds",
+			conntrackCount(st, n), n, st.Datapath))
+		if pkts, err := natPrerouting(ctx, st, n); err == nil {
+			notes = append(notes, fmt.Sprintf("kube: %d packets walked the nat table (PREROUTING -> KUBE-SERVICES) in %s (datapath %s)",
+				pkts, n, st.Datapath))
+		}
+	}
+	return notes
 }
 
 // pathsOf is the paths measured in a profile: the kube profile's rules

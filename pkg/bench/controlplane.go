@@ -160,8 +160,9 @@ func newLease(k int) SyntheticLease {
 	}
 }
 
+// leaseKey is the registry's key for the lease of s under prefix.
 func leaseKey(prefix string, s netip.Prefix) string {
-	return strings.TrimSuffix(prefix, "/") + "/subnets/" + strings.Replace(s.String(), "/", "-", 1)
+	return registry.New(nil, prefix, nil).LeaseKey(s)
 }
 
 func leaseValue(l SyntheticLease) (string, error) {
@@ -696,7 +697,8 @@ func pct(p float64) func([]float64) float64 {
 	return func(v []float64) float64 { return Percentile(v, p) }
 }
 
-// cpFigures are the figures with its targets.
+// cpFigures are the figures a run reports, with the targets the control
+// plane is held to.
 var cpFigures = []cpFigure{
 	{"map complete [s]", one(func(s ControlPlaneSample) float64 { return float64(s.MapSeconds) }), first,
 		"< 2 s", func(v float64) bool { return v < 2 }},
@@ -728,7 +730,7 @@ func (r *ControlPlaneResult) median(f cpFigure, n int, form string) float64 {
 }
 
 // WriteTable prints each figure per lease count (median of the rounds),
-// and the targets, checked on the nexthop form at the largest
+// and the targets, checked on the nexthop form at the largest
 // count, with how the time to complete grows against linear.
 func (r *ControlPlaneResult) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)

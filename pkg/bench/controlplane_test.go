@@ -61,16 +61,13 @@ func TestPercentile(t *testing.T) {
 // lab is gone afterwards.
 func TestRunControlPlaneSmall(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := os.Getenv("HGW_BIN")
-	if bin == "" {
-		bin = filepath.Join("..", "..", "bin")
-	}
+	bin := testutil.BinDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	prefix := "hgwtcp" + testutil.RandHex(t, 2)
 	var progress bytes.Buffer
 	res, err := RunControlPlane(ctx, ControlPlaneOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin,
-		CNIPath: os.Getenv("CNI_PATH"), Rounds: 1, Leases: []int{300, 100}, NewLeases: 5, Progress: &progress})
+		CNIPath: testutil.CNIPath(), Rounds: 1, Leases: []int{300, 100}, NewLeases: 5, Progress: &progress})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, progress.String())
 	}
@@ -111,10 +108,7 @@ func TestRunControlPlaneSmall(t *testing.T) {
 // etcd run's.
 func TestRunControlPlaneKubeSmall(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := os.Getenv("HGW_BIN")
-	if bin == "" {
-		bin = filepath.Join("..", "..", "bin")
-	}
+	bin := testutil.BinDir()
 	for _, b := range []string{"kube-apiserver", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(lab.KubeBinDir(bin), b)); err != nil {
 			if os.Getenv("CI") != "" {
@@ -128,7 +122,7 @@ func TestRunControlPlaneKubeSmall(t *testing.T) {
 	prefix := "hgwtcp" + testutil.RandHex(t, 2)
 	var progress bytes.Buffer
 	res, err := RunControlPlane(ctx, ControlPlaneOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin,
-		CNIPath: os.Getenv("CNI_PATH"), Leases: []int{200}, Forms: []string{FormNexthop}, NewLeases: 5,
+		CNIPath: testutil.CNIPath(), Leases: []int{200}, Forms: []string{FormNexthop}, NewLeases: 5,
 		Registry: lab.RegistryKube, Progress: &progress})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, progress.String())

@@ -26,7 +26,7 @@ const pingPongWarmUp = 400 * time.Millisecond
 // sockperf cannot take (Debian 12's sockperf 3.7 has no IPv6): a client
 // thread sends a 64-byte message and waits for it back, a server thread
 // echoes it, each with one blocking system call per direction, both
-// threads pinned to cpu (DESIGN.md, "Benchmark method"); for d after a
+// threads pinned to cpu (see latency); for d after a
 // warm-up. It returns the round trips' p50 and p99 in µs.
 func pingPong(ctx context.Context, p path, proto string, d time.Duration, cpu int) (Latency, error) {
 	ip, err := netip.ParseAddr(p.ServerIP)

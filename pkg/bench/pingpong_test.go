@@ -13,7 +13,7 @@ import (
 func TestPingPong(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st := testLab(t, ctx, "hgwtpp", true)
+	st := testLab(t, true)
 	client, server := st.PodsOf(st.Nodes[0].Name)[0], st.PodsOf(st.Nodes[1].Name)[0]
 	cpu := runtime.NumCPU() - 1
 	for _, dp := range []string{DatapathEBPF, DatapathEBPF6} {

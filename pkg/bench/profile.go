@@ -66,7 +66,7 @@ func applyKube(ctx context.Context, states []lab.State, services int) ([]string,
 func iptablesRestore(ctx context.Context, st lab.State, node, rules string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	var out limitedBuffer
+	var out lab.LimitedBuffer
 	err := st.Exec(ctx, node, []string{"iptables-restore", "--noflush"}, strings.NewReader(rules), &out, &out)
 	if err != nil {
 		return fmt.Errorf("iptables-restore in %s: %w: %s", node, err, out.String())

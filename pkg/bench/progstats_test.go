@@ -3,14 +3,12 @@ package bench
 import (
 	"context"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
 )
 
 func TestNsPerRun(t *testing.T) {
@@ -55,7 +53,7 @@ func TestRowsLeaveOutMissingFigures(t *testing.T) {
 func TestProgSamplerMeasuresLabPrograms(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st := testLab(t, ctx, "hgwtps", false)
+	st := testLab(t, false)
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	client, server := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
 	p := path{Datapath: DatapathEBPF, St: st, Client: client.Name, Server: server.Name, ServerIP: server.IP,
@@ -79,18 +77,7 @@ func TestProgSamplerMeasuresLabPrograms(t *testing.T) {
 
 // testLab is an ebpf lab of 2 nodes with a pod each (dual-stack if asked),
 // removed when the test ends.
-func testLab(t *testing.T, ctx context.Context, prefix string, dualStack bool) lab.State {
+func testLab(t *testing.T, dualStack bool) lab.State {
 	t.Helper()
-	testutil.RequireRoot(t)
-	bin := os.Getenv("HGW_BIN")
-	if bin == "" {
-		bin = filepath.Join("..", "..", "bin")
-	}
-	l, err := lab.Up(ctx, lab.Config{Prefix: prefix + testutil.RandHex(t, 2), StateRoot: t.TempDir(), BinDir: bin,
-		CNIPath: os.Getenv("CNI_PATH"), Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: dualStack})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l.State()
+	return labtest.Start(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: dualStack}).State()
 }

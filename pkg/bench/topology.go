@@ -10,14 +10,14 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
-// The datapaths a run compares (DESIGN.md, "Benchmark method").
+// The datapaths a run compares.
 const (
 	DatapathHost   = "host"   // node eth0 to node eth0: the physical limit of this setup
 	DatapathRoutes = "routes" // pod to pod, `hgw-ebpf run --datapath routes` (plain host-gw)
 	DatapathEBPF   = "ebpf"   // pod to pod, `hgw-ebpf run` (this project)
 	DatapathVXLAN  = "vxlan"  // pod to pod over flannel.1, as flannel's vxlan backend sets it up
 	// DatapathEBPFNoCT is ebpf with the conntrack check off
-	// (--unsafe-ignore-conntrack): what the check costs (issue 7).
+	// (--unsafe-ignore-conntrack): what the check costs.
 	DatapathEBPFNoCT = "ebpf-noct"
 	// host, routes and ebpf over IPv6, in the same (then dual-stack)
 	// labs: their ratios are to host6 and routes6.

@@ -1,8 +1,6 @@
 package datapath
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"net/netip"
 	"strings"
 	"testing"
@@ -16,9 +14,7 @@ import (
 func layoutTestRoot(t *testing.T) string {
 	t.Helper()
 	testutil.RequireRoot(t)
-	b := make([]byte, 4)
-	rand.Read(b)
-	root := "/sys/fs/bpf/hgwt-layout-" + hex.EncodeToString(b)
+	root := "/sys/fs/bpf/hgwt-layout-" + testutil.RandHex(t, 4)
 	if err := PreparePinRoot(root); err != nil {
 		t.Fatal(err)
 	}

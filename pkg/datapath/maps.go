@@ -220,6 +220,29 @@ func Packets(counters []Counter, program, reason string) uint64 {
 	return sum
 }
 
+// Redirected sums the packets a program redirected: to a next hop or the
+// bridge (reason "redirect") or straight into a known pod ("redirect_peer").
+func Redirected(counters []Counter, program string) uint64 {
+	var sum uint64
+	for _, c := range counters {
+		if c.Program == program && (c.Reason == "redirect" || c.Reason == "redirect_peer") {
+			sum += c.Packets
+		}
+	}
+	return sum
+}
+
+// OfFamily keeps the counters of one family: ipv4, ipv6 or other (not IP).
+func OfFamily(counters []Counter, family string) []Counter {
+	var out []Counter
+	for _, c := range counters {
+		if c.Family == family {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // counterNames holds the enum names from the object's BTF, index = value:
 // the C enums are the one definition of families, programs and reasons.
 type counterNames struct {

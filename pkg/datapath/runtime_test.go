@@ -14,7 +14,7 @@ import (
 // the kernel, per run of the program alone (the kernel's BPF run-time
 // statistics, as `hgw-lab bench` reads them from live traffic; the syscall
 // and skb set-up of BPF_PROG_TEST_RUN are not counted), with the conntrack
-// check on and off — the price of the bpf_skb_ct_lookup (issue 7):
+// check on and off — the price of the bpf_skb_ct_lookup:
 //
 //	go test -run '^$' -bench ProgramRunTime ./pkg/datapath
 //

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // Datapaths a lab can run.
@@ -56,24 +58,6 @@ func (l *Lab) agentArgs(n Node) []string {
 	return append(args, l.cfg.AgentArgs...)
 }
 
-// flanneldArgs run flanneld as kube-flannel's manifest does (in kube
-// labs with --kube-subnet-mgr, else against the lab's etcd): host-gw comes
-// from the network config.
-func (l *Lab) flanneldArgs(n Node) []string {
-	args := append(l.registryArgs(),
-		"--iface", nodeUplink,
-		"--public-ip", n.IP,
-		"--subnet-file", n.SubnetFile,
-	)
-	if n.IP6 != "" {
-		args = append(args, "--public-ipv6", n.IP6)
-	}
-	if l.cfg.IPMasq {
-		args = append(args, "--ip-masq")
-	}
-	return args
-}
-
 // agentCommand is the command node n's agent runs. NODE_NAME names its
 // Node, as the DaemonSets' downward API does (read in kube labs).
 func (l *Lab) agentCommand(n Node) *exec.Cmd {
@@ -100,7 +84,7 @@ func startProcess(ns string, cmd *exec.Cmd) error {
 	if cmd.SysProcAttr.Pdeathsig == 0 {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
-	if err := inNetns(ns, cmd.Start); err != nil {
+	if err := namedns.Do(ns, cmd.Start); err != nil {
 		return fmt.Errorf("start %s in %s: %w", filepath.Base(cmd.Path), ns, err)
 	}
 	return nil
@@ -240,7 +224,7 @@ func runCleanup(ctx context.Context, agentBin, ns, pinRoot string) error {
 // runIn runs cmd to completion inside the named namespace and returns its
 // combined output.
 func runIn(ns string, cmd *exec.Cmd) ([]byte, error) {
-	var buf limitedBuffer
+	var buf LimitedBuffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := startProcess(ns, cmd); err != nil {
 		return nil, err

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"time"
+	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -16,59 +16,6 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
-
-// readSubnetEnv reads a node's subnet file (pkg/subnetfile's reader, the
-// agent's): complete once FLANNEL_MTU is there too.
-func readSubnetEnv(path string) (subnetfile.Env, error) {
-	env, err := subnetfile.Read(path)
-	if err != nil {
-		return subnetfile.Env{}, err
-	}
-	if env.MTU == 0 {
-		return subnetfile.Env{}, fmt.Errorf("%s: FLANNEL_MTU missing", path)
-	}
-	return env, nil
-}
-
-// writeSubnetEnv writes a subnet file byte for byte as flanneld does
-// (where the lab stands in for an agent, or for what flanneld left
-// behind), with flanneld's mode.
-func writeSubnetEnv(path string, env subnetfile.Env) error {
-	b, err := subnetfile.Format(env)
-	if err == nil {
-		err = os.WriteFile(path, b, 0o644)
-	}
-	if err != nil {
-		return fmt.Errorf("write subnet file: %w", err)
-	}
-	return nil
-}
-
-// waitSubnetEnv waits until the agent has written a complete subnet file
-// (in place of old, the one it found, if not nil: both flanneld and
-// hgw-ebpf replace the file by a rename, and only once they are ready).
-func waitSubnetEnv(ctx context.Context, path string, old os.FileInfo, timeout time.Duration) (subnetfile.Env, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		env, err := readSubnetEnv(path)
-		if err == nil && old != nil {
-			if fi, serr := os.Stat(path); serr == nil && os.SameFile(fi, old) && fi.ModTime().Equal(old.ModTime()) {
-				err = errors.New("still the file the agent found")
-			}
-		}
-		if err == nil {
-			return env, nil
-		}
-		select {
-		case <-ctx.Done():
-			return subnetfile.Env{}, fmt.Errorf("wait for subnet file %s: %w (last: %v)", path, ctx.Err(), err)
-		case <-tick.C:
-		}
-	}
-}
 
 // cniNetwork is the pod network of one node: the real `bridge` plugin
 // (cni0 as the pods' gateway, no masquerade, as flannel's CNI plugin
@@ -168,7 +115,7 @@ func hostLocalRange(subnet netip.Prefix) []map[string]string {
 func (n *cniNetwork) attach(ctx context.Context, pod string, capArgs map[string]any) (ip4, ip6 netip.Addr, err error) {
 	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface, CapabilityArgs: capArgs}
 	var res *types100.Result
-	err = inNetns(n.nodeNS, func() error {
+	err = namedns.Do(n.nodeNS, func() error {
 		r, err := n.cni.AddNetworkList(ctx, n.conf, rt)
 		if err != nil {
 			return err
@@ -206,4 +153,44 @@ func (f appendFile) Write(p []byte) (int, error) {
 	}
 	defer fh.Close()
 	return fh.Write(p)
+}
+
+// detach runs the plugins' DEL for a pod namespace (in reverse order, with
+// the cached result, as a runtime would); running it twice is fine.
+func (n *cniNetwork) detach(ctx context.Context, pod string) error {
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface}
+	if err := namedns.Do(n.nodeNS, func() error { return n.cni.DelNetworkList(ctx, n.conf, rt) }); err != nil {
+		return fmt.Errorf("CNI DEL %s on %s: %w", pod, n.nodeNS, err)
+	}
+	return nil
+}
+
+// check runs the plugins' CHECK for a pod namespace.
+func (n *cniNetwork) check(ctx context.Context, pod string) error {
+	rt := &libcni.RuntimeConf{ContainerID: pod, NetNS: namedns.Path(pod), IfName: podIface}
+	if err := namedns.Do(n.nodeNS, func() error { return n.cni.CheckNetworkList(ctx, n.conf, rt) }); err != nil {
+		return fmt.Errorf("CNI CHECK %s on %s: %w", pod, n.nodeNS, err)
+	}
+	return nil
+}
+
+// flannelCNIPlugin is the flannel CNI plugin's type and file name.
+const flannelCNIPlugin = "flannel"
+
+// setCNINetwork (re)builds node n's CNI network from its subnet file, for
+// the agent it runs now.
+func (l *Lab) setCNINetwork(n Node) error {
+	env, err := readSubnetEnv(n.SubnetFile)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	c := conflist{flannelDir: l.cfg.FlannelCNI, bandwidth: l.cfg.Bandwidth, chain: l.chainFor(n)}
+	cni, err := newCNINetwork(l.cfg.CNIPath, n.Name, filepath.Dir(n.SubnetFile), env, c)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.cni[n.Name] = cni
+	l.mu.Unlock()
+	return nil
 }

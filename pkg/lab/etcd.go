@@ -15,6 +15,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
 // networkConfig is the flannel network config the lab seeds; a
@@ -59,7 +61,7 @@ func startEtcd(ctx context.Context, underlay, dataDir string) (*embed.Etcd, erro
 	cfg.UnsafeNoFsync = true
 
 	var e *embed.Etcd
-	err := inNetns(underlay, func() error {
+	err := namedns.Do(underlay, func() error {
 		var err error
 		e, err = embed.StartEtcd(cfg)
 		return err
@@ -92,7 +94,7 @@ func newEtcdClient(underlay string) (*clientv3.Client, error) {
 			addr = u.Host
 		}
 		var conn net.Conn
-		err := inNetns(underlay, func() error {
+		err := namedns.Do(underlay, func() error {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", addr)
 			conn = c
@@ -127,45 +129,35 @@ func seedNetworkConfig(ctx context.Context, cli *clientv3.Client, prefix string,
 	return nil
 }
 
-// LeaseEntry is one key under <prefix>/subnets/ as stored in etcd.
-type LeaseEntry struct {
-	Key   string
-	Value string
-	TTL   int64 // seconds left; 0 for a reservation (no etcd lease)
+// StartEtcd starts the embedded etcd (again, after StopEtcd) on the same
+// data directory.
+func (l *Lab) StartEtcd(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.etcd != nil {
+		return nil
+	}
+	e, err := startEtcd(ctx, l.state.Underlay, filepath.Join(l.state.Dir, "etcd", "data"))
+	if err != nil {
+		return err
+	}
+	l.etcd = e
+	if l.client != nil {
+		// After an outage gRPC may wait out a long backoff before it
+		// redials; the server is back now, so redial at once.
+		l.client.ActiveConnection().ResetConnectBackoff()
+	}
+	return nil
 }
 
-// listLeases reads every subnet lease with its remaining TTL.
-func listLeases(ctx context.Context, cli *clientv3.Client, prefix string) ([]LeaseEntry, error) {
-	dir := strings.TrimSuffix(prefix, "/") + "/subnets/"
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", dir, err)
+// StopEtcd stops the embedded etcd; the agents keep their routes and
+// retry. Leases are kept in the data directory.
+func (l *Lab) StopEtcd() {
+	l.mu.Lock()
+	e := l.etcd
+	l.etcd = nil
+	l.mu.Unlock()
+	if e != nil {
+		e.Close()
 	}
-	out := make([]LeaseEntry, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		le := LeaseEntry{Key: string(kv.Key), Value: string(kv.Value)}
-		if kv.Lease != 0 {
-			if ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(kv.Lease)); err == nil {
-				le.TTL = ttl.TTL
-			}
-		}
-		out = append(out, le)
-	}
-	return out, nil
-}
-
-// Leases lists the subnet leases of the lab described by s, from any
-// process: the keys in its etcd, or in a kube lab its Nodes.
-func (s State) Leases(ctx context.Context) ([]LeaseEntry, error) {
-	if s.Registry == RegistryKube {
-		return s.kubeLeases(ctx)
-	}
-	cli, err := newEtcdClient(s.Underlay)
-	if err != nil {
-		return nil, err
-	}
-	defer cli.Close()
-	return listLeases(ctx, cli, s.EtcdKeys)
 }

@@ -7,19 +7,42 @@ import (
 	"io"
 	"os/exec"
 	"strings"
+	"sync"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
 
-// limitedBuffer keeps the first 64 KiB written to it: enough for any
-// error message, bounded for a chatty command.
-type limitedBuffer struct{ bytes.Buffer }
+// LimitedBuffer keeps the first 64 KiB written to it: enough for any
+// error message, bounded for a chatty command. It is safe for the
+// goroutines os/exec copies a command's output with, and for reading
+// while the command runs.
+type LimitedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
 
 const outputLimit = 64 << 10
 
-func (b *limitedBuffer) Write(p []byte) (int, error) {
-	if room := outputLimit - b.Len(); room > 0 {
-		b.Buffer.Write(p[:min(len(p), room)])
+func (b *LimitedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := outputLimit - b.buf.Len(); room > 0 {
+		b.buf.Write(p[:min(len(p), room)])
 	}
 	return len(p), nil
+}
+
+// Bytes is a copy of what was kept.
+func (b *LimitedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+func (b *LimitedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Resolve maps a user's name for a lab namespace to the namespace: a node
@@ -68,7 +91,7 @@ func (s State) Exec(ctx context.Context, target string, argv []string, stdin io.
 
 // Output runs argv inside a lab namespace and returns its combined output.
 func (s State) Output(ctx context.Context, target string, argv ...string) (string, error) {
-	var buf limitedBuffer
+	var buf LimitedBuffer
 	err := s.Exec(ctx, target, argv, nil, &buf, &buf)
 	return buf.String(), err
 }
@@ -91,5 +114,5 @@ func (s State) Do(target string, fn func() error) error {
 	if err != nil {
 		return err
 	}
-	return inNetns(ns, fn)
+	return namedns.Do(ns, fn)
 }

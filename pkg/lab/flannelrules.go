@@ -26,7 +26,10 @@ const (
 // always (`--iptables-forward-rules`, on by default), filter FORWARD jumps
 // to FLANNEL-FWD, which accepts the cluster network both ways. subnet is
 // the node's pod subnet. The text is what `iptables-save` prints for them,
-// so a node's rules can be counted line by line.
+// so a node's rules can be counted line by line. It is written from
+// flanneld's output, not built from pkg/netfilter's rules: the tests hold
+// the agents' rules (pkg/netfilter's) against it, so it must not borrow
+// them.
 func FlannelRules(network, subnet netip.Prefix, ipMasq bool) []IPTablesRule {
 	cluster, pod := network.Masked().String(), subnet.Masked().String()
 	var rules []IPTablesRule
@@ -98,4 +101,46 @@ func CountRules(save string, rules []IPTablesRule) map[IPTablesRule]int {
 		out[r] = lines[r]
 	}
 	return out
+}
+
+// asFlanneldLeftIt puts node k in the state flanneld leaves a node in when
+// an operator stops it to move the node to hgw-ebpf: a subnet file for
+// 10.244.k.0/24 (and fd00:10:244:k::/64 in a dual-stack lab), which the
+// agent takes over, and flanneld's iptables rules for it.
+func (l *Lab) asFlanneldLeftIt(n Node) error {
+	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 0}), 24)
+	env := subnetEnv(subnet, n.IP6 != "")
+	env.IPMasq = l.cfg.IPMasq
+	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
+		return err
+	}
+	return LoadFlannelRules(n.Name, clusterNetwork, subnet, l.cfg.IPMasq)
+}
+
+// LoadFlannelRules writes flanneld's iptables rules for a node with this
+// pod subnet into the node's namespace, as flanneld does at start.
+func LoadFlannelRules(node string, network, subnet netip.Prefix, ipMasq bool) error {
+	if out, err := iptablesRestore(node, RestoreInput(FlannelRules(network, subnet, ipMasq))); err != nil {
+		return fmt.Errorf("load flanneld's rules into %s: %w: %s", node, err, out)
+	}
+	return nil
+}
+
+// FlannelRuleCopies counts, in a node, each rule flanneld (with --ip-masq
+// when ipMasq) keeps for the node's subnet: one each on a node set up
+// right, none after a cleanup.
+func (s State) FlannelRuleCopies(node string, ipMasq bool) (map[IPTablesRule]int, error) {
+	n, ok := s.Node(node)
+	if !ok {
+		return nil, fmt.Errorf("no node %s in lab %s", node, s.Prefix)
+	}
+	subnet, err := netip.ParsePrefix(n.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("node %s has no subnet yet", node)
+	}
+	save, err := iptablesSave(n.Name)
+	if err != nil {
+		return nil, err
+	}
+	return CountRules(save, FlannelRules(clusterNetwork, subnet, ipMasq)), nil
 }

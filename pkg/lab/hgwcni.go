@@ -6,9 +6,6 @@ import (
 	"path/filepath"
 )
 
-// flannelCNIPlugin is the flannel CNI plugin's type and file name.
-const flannelCNIPlugin = "flannel"
-
 // hgwCNIPlugin is the chained plugin that puts each pod on the endpoint
 // fast path (cmd/hgw-cni); `make build` puts it next to hgw-ebpf.
 const hgwCNIPlugin = "hgw-cni"
@@ -47,24 +44,6 @@ func (l *Lab) chainFor(n Node) *hgwChain {
 		return nil
 	}
 	return &hgwChain{dir: l.hgwCNIDir, pinRoot: n.PinRoot, attachMode: l.cfg.AttachMode}
-}
-
-// setCNINetwork (re)builds node n's CNI network from its subnet file, for
-// the agent it runs now.
-func (l *Lab) setCNINetwork(n Node) error {
-	env, err := readSubnetEnv(n.SubnetFile)
-	if err != nil {
-		return fmt.Errorf("node %s: %w", n.Name, err)
-	}
-	c := conflist{flannelDir: l.cfg.FlannelCNI, bandwidth: l.cfg.Bandwidth, chain: l.chainFor(n)}
-	cni, err := newCNINetwork(l.cfg.CNIPath, n.Name, filepath.Dir(n.SubnetFile), env, c)
-	if err != nil {
-		return err
-	}
-	l.mu.Lock()
-	l.cni[n.Name] = cni
-	l.mu.Unlock()
-	return nil
 }
 
 // conf is the plugin's entry in the conflist; its attachment records stay

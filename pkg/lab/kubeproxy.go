@@ -125,118 +125,146 @@ func KubeProxyRules(n KubeNode) (string, error) {
 		return "", err
 	}
 	svcs := append(append([]ServicePort(nil), n.Services...), n.syntheticServices()...)
-	cluster := n.ClusterCIDR.Masked().String()
-	var b strings.Builder
-	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	var r restoreWriter
+	noLocal := r.natTable(n, svcs)
+	r.filterTable(noLocal)
+	return r.b.String(), nil
+}
 
-	// kube-proxy prepends its jumps to the built-in chains, so they come
-	// before flanneld's whoever started first: -I at increasing positions
-	// keeps them at the top in this order. Built-in chains are not
-	// declared: that would reset their policies.
-	var pos map[string]int
-	jump := func(chain, rule string) {
-		pos[chain]++
-		w("-I %s %d %s", chain, pos[chain], rule)
-	}
+// restoreWriter writes iptables-restore input, table by table.
+type restoreWriter struct {
+	b   strings.Builder
+	pos map[string]int // the last position a built-in chain's jump took
+}
 
-	w("*nat")
-	pos = map[string]int{}
-	for _, c := range []string{"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"} {
-		w(":%s - [0:0]", c)
+func (r *restoreWriter) w(format string, args ...any) { fmt.Fprintf(&r.b, format+"\n", args...) }
+
+// table starts a table's section.
+func (r *restoreWriter) table(name string) {
+	r.w("*%s", name)
+	r.pos = map[string]int{}
+}
+
+// jump puts a rule into a built-in chain. kube-proxy prepends its jumps to
+// the built-in chains, so they come before flanneld's whoever started
+// first: -I at increasing positions keeps them at the top in this order.
+// Built-in chains are not declared: that would reset their policies.
+func (r *restoreWriter) jump(chain, rule string) {
+	r.pos[chain]++
+	r.w("-I %s %d %s", chain, r.pos[chain], rule)
+}
+
+// declare declares (or empties) chains of ours.
+func (r *restoreWriter) declare(chains ...string) {
+	for _, c := range chains {
+		r.w(":%s - [0:0]", c)
 	}
+}
+
+// natTable writes the nat table: portals, masquerade marking, every
+// service's chains. It returns the eTP=Local NodePorts without an
+// endpoint on this node, which the filter table drops.
+func (r *restoreWriter) natTable(n KubeNode, svcs []ServicePort) (noLocal []ServicePort) {
+	r.table("nat")
+	r.declare("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
 	chains := make([]svcChains, len(svcs))
 	for i, s := range svcs {
 		c := chainsOf(s)
 		chains[i] = c
-		w(":%s - [0:0]", c.svc)
+		r.declare(c.svc)
 		if s.NodePort != 0 {
-			w(":%s - [0:0]", c.ext)
+			r.declare(c.ext)
 		}
 		if s.NodePort != 0 && s.LocalOnly {
-			w(":%s - [0:0]", c.svl)
+			r.declare(c.svl)
 		}
-		for _, sep := range c.seps {
-			w(":%s - [0:0]", sep)
-		}
+		r.declare(c.seps...)
 	}
-	jump("PREROUTING", `-m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	jump("OUTPUT", `-m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	jump("POSTROUTING", `-m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING`)
-	w(`-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000`)
-	w(`-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN`)
-	w(`-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0`)
-	w(`-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully`)
+	r.jump("PREROUTING", `-m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	r.jump("OUTPUT", `-m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	r.jump("POSTROUTING", `-m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING`)
+	r.w(`-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000`)
+	r.w(`-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN`)
+	r.w(`-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0`)
+	r.w(`-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully`)
 	for i, s := range svcs {
-		w(`-A KUBE-SERVICES -d %s/32 -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j %s`,
+		r.w(`-A KUBE-SERVICES -d %s/32 -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j %s`,
 			s.ClusterIP, s.Protocol, s.Name, s.Protocol, s.Port, chains[i].svc)
 	}
-	w(`-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`)
-	var noLocal []ServicePort // eTP=Local NodePorts without an endpoint on this node
+	r.w(`-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`)
 	for i, s := range svcs {
-		c := chains[i]
-		w(`-A %s ! -s %s -d %s/32 -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j KUBE-MARK-MASQ`,
-			c.svc, cluster, s.ClusterIP, s.Protocol, s.Name, s.Protocol, s.Port)
-		spread(w, c.svc, s, s.Endpoints, c.seps)
-		for j, sep := range c.seps {
-			ep := s.Endpoints[j]
-			w(`-A %s -s %s/32 -m comment --comment "%s" -j KUBE-MARK-MASQ`, sep, ep.Addr(), s.Name)
-			w(`-A %s -p %s -m comment --comment "%s" -m %s -j DNAT --to-destination %s`, sep, s.Protocol, s.Name, s.Protocol, ep)
-		}
-		if s.NodePort == 0 {
-			continue
-		}
-		w(`-A KUBE-NODEPORTS -p %s -m comment --comment "%s" -m %s --dport %d -j %s`, s.Protocol, s.Name, s.Protocol, s.NodePort, c.ext)
-		if !s.LocalOnly {
-			// The client's address is lost: the reply must come back here to be un-NATed.
-			w(`-A %s -m comment --comment "masquerade traffic for %s external destinations" -j KUBE-MARK-MASQ`, c.ext, s.Name)
-			w(`-A %s -j %s`, c.ext, c.svc)
-			continue
-		}
-		w(`-A %s -s %s -m comment --comment "pod traffic for %s external destinations" -j %s`, c.ext, cluster, s.Name, c.svc)
-		w(`-A %s -m comment --comment "masquerade LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`, c.ext, s.Name)
-		w(`-A %s -m comment --comment "route LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, c.ext, s.Name, c.svc)
-		w(`-A %s -j %s`, c.ext, c.svl)
-		var local []netip.AddrPort
-		var localSeps []string
-		for j, ep := range s.Endpoints {
-			if n.NodeSubnet.Masked().Contains(ep.Addr()) {
-				local, localSeps = append(local, ep), append(localSeps, c.seps[j])
-			}
-		}
-		if len(local) == 0 {
+		if !r.service(n, s, chains[i]) {
 			noLocal = append(noLocal, s)
 		}
-		spread(w, c.svl, s, local, localSeps)
 	}
-	w("COMMIT")
+	r.w("COMMIT")
+	return noLocal
+}
 
-	// filter: the per-packet part every forwarded packet crosses.
-	w("*filter")
-	pos = map[string]int{}
-	for _, c := range []string{"KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL"} {
-		w(":%s - [0:0]", c)
+// service writes one service port's chains: its ClusterIP, its endpoints
+// and, for a NodePort, its external chain. It reports false for an
+// eTP=Local NodePort with no endpoint on this node.
+func (r *restoreWriter) service(n KubeNode, s ServicePort, c svcChains) (hasLocal bool) {
+	cluster := n.ClusterCIDR.Masked().String()
+	r.w(`-A %s ! -s %s -d %s/32 -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j KUBE-MARK-MASQ`,
+		c.svc, cluster, s.ClusterIP, s.Protocol, s.Name, s.Protocol, s.Port)
+	spread(r.w, c.svc, s, s.Endpoints, c.seps)
+	for j, sep := range c.seps {
+		ep := s.Endpoints[j]
+		r.w(`-A %s -s %s/32 -m comment --comment "%s" -j KUBE-MARK-MASQ`, sep, ep.Addr(), s.Name)
+		r.w(`-A %s -p %s -m comment --comment "%s" -m %s -j DNAT --to-destination %s`, sep, s.Protocol, s.Name, s.Protocol, ep)
 	}
-	jump("INPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
-	jump("INPUT", `-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS`)
-	jump("INPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
-	jump("INPUT", `-j KUBE-FIREWALL`)
-	jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
-	jump("FORWARD", `-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD`)
-	jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
-	jump("OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
-	jump("OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
-	jump("OUTPUT", `-j KUBE-FIREWALL`)
-	w(`-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`)
+	if s.NodePort == 0 {
+		return true
+	}
+	r.w(`-A KUBE-NODEPORTS -p %s -m comment --comment "%s" -m %s --dport %d -j %s`, s.Protocol, s.Name, s.Protocol, s.NodePort, c.ext)
+	if !s.LocalOnly {
+		// The client's address is lost: the reply must come back here to be un-NATed.
+		r.w(`-A %s -m comment --comment "masquerade traffic for %s external destinations" -j KUBE-MARK-MASQ`, c.ext, s.Name)
+		r.w(`-A %s -j %s`, c.ext, c.svc)
+		return true
+	}
+	r.w(`-A %s -s %s -m comment --comment "pod traffic for %s external destinations" -j %s`, c.ext, cluster, s.Name, c.svc)
+	r.w(`-A %s -m comment --comment "masquerade LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`, c.ext, s.Name)
+	r.w(`-A %s -m comment --comment "route LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, c.ext, s.Name, c.svc)
+	r.w(`-A %s -j %s`, c.ext, c.svl)
+	var local []netip.AddrPort
+	var localSeps []string
+	for j, ep := range s.Endpoints {
+		if n.NodeSubnet.Masked().Contains(ep.Addr()) {
+			local, localSeps = append(local, ep), append(localSeps, c.seps[j])
+		}
+	}
+	spread(r.w, c.svl, s, local, localSeps)
+	return len(local) > 0
+}
+
+// filterTable writes the filter table: the per-packet part every
+// forwarded packet crosses, with a drop for each eTP=Local NodePort in
+// noLocal.
+func (r *restoreWriter) filterTable(noLocal []ServicePort) {
+	r.table("filter")
+	r.declare("KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL")
+	r.jump("INPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
+	r.jump("INPUT", `-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS`)
+	r.jump("INPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
+	r.jump("INPUT", `-j KUBE-FIREWALL`)
+	r.jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
+	r.jump("FORWARD", `-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD`)
+	r.jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	r.jump("FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES`)
+	r.jump("OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL`)
+	r.jump("OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`)
+	r.jump("OUTPUT", `-j KUBE-FIREWALL`)
+	r.w(`-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`)
 	for _, s := range noLocal {
-		w(`-A KUBE-EXTERNAL-SERVICES -p %s -m comment --comment "%s has no local endpoints" -m addrtype --dst-type LOCAL -m %s --dport %d -j DROP`,
+		r.w(`-A KUBE-EXTERNAL-SERVICES -p %s -m comment --comment "%s has no local endpoints" -m addrtype --dst-type LOCAL -m %s --dport %d -j DROP`,
 			s.Protocol, s.Name, s.Protocol, s.NodePort)
 	}
-	w(`-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP`)
-	w(`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT`)
-	w(`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)
-	w("COMMIT")
-	return b.String(), nil
+	r.w(`-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP`)
+	r.w(`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT`)
+	r.w(`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)
+	r.w("COMMIT")
 }
 
 // spread writes chain's jumps to the endpoints' SEP chains as kube-proxy

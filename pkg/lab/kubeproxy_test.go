@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 var (
@@ -114,15 +114,11 @@ func TestKubeProxyRulesShape(t *testing.T) {
 // and iptables-save prints flanneld's rules exactly as FlannelRules has
 // them, once each.
 func TestRulesLoadIntoIPTables(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	if _, err := exec.LookPath("iptables-restore"); err != nil {
 		t.Skip("no iptables-restore (make deps installs it)")
 	}
-	ns := testPrefix(t) + "-n1"
-	if err := namedns.Create(ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { namedns.Delete(ns) })
+	ns, _ := testutil.NetNS(t, "kp")
 	rules, err := KubeProxyRules(kubeNode(50))
 	if err != nil {
 		t.Fatal(err)

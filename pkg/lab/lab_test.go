@@ -1,12 +1,8 @@
-package lab
+package lab_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -16,78 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 && os.Getenv("CI") == "" {
-		t.Skip("needs root (network namespaces)")
-	}
-}
-
-// testPrefix is a fresh "hgwt<random>" prefix: tests never collide with each
-// other or with a lab someone runs by hand.
-func testPrefix(t *testing.T) string {
-	t.Helper()
-	b := make([]byte, 3)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return "hgwt" + hex.EncodeToString(b)
-}
-
-// binDir is where `make build`/`make deps` put hgw-ebpf and the CNI plugins.
-func binDir(t *testing.T) string {
-	t.Helper()
-	if d := os.Getenv("HGW_BIN"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ; dir != "/"; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "bin")
-		}
-	}
-	t.Fatal("no go.mod above the test directory")
-	return ""
-}
-
-func testConfig(t *testing.T, prefix, stateRoot string) Config {
-	return Config{
-		Prefix: prefix, StateRoot: stateRoot, Nodes: 2, PodsPerNode: 1,
-		Datapath: DatapathStatic, BinDir: binDir(t), CNIPath: os.Getenv("CNI_PATH"),
-		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-// assertNoTrace fails if anything of the lab is left: namespace, pin
-// directory, state directory, or one of the given processes.
-func assertNoTrace(t *testing.T, prefix, stateRoot string, pids map[int]uint64) {
-	t.Helper()
-	if names, err := namedns.List(prefix + "-"); err != nil || len(names) > 0 {
-		t.Errorf("namespaces left: %v (err %v)", names, err)
-	}
-	for _, path := range []string{StateDir(stateRoot, prefix), pinRoot(prefix)} {
-		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s left behind (stat err %v)", path, err)
-		}
-	}
-	for pid, start := range pids {
-		if sameProcess(pid, start) && !isZombie(pid) {
-			t.Errorf("process %d still running", pid)
-		}
-	}
+// staticConfig is a 2-node lab with a pod each whose agent the lab
+// stands in for (DatapathStatic): the topology on its own.
+func staticConfig() lab.Config {
+	return lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathStatic}
 }
 
 // assertRootUntouched checks that no lab address leaked into the root
@@ -99,31 +33,26 @@ func assertRootUntouched(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && (underlayNet.Contains(p.Addr()) || clusterNetwork.Contains(p.Addr())) {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && (lab.UnderlayNet.Contains(p.Addr()) || lab.ClusterNetwork.Contains(p.Addr())) {
 			t.Errorf("root namespace has lab address %s", p)
 		}
 	}
 }
 
 func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
-	requireRoot(t)
-	prefix, root := testPrefix(t), t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := testConfig(t, prefix, root)
+	cfg := staticConfig()
 	cfg.Internet = true
-	l, err := Up(ctx, cfg)
-	if err != nil {
-		t.Fatalf("up: %v", err)
-	}
-	defer l.Close() // on a failed assertion below; a second Close is a no-op
+	l := labtest.Start(t, cfg)
+	prefix, root := l.State().Prefix, filepath.Dir(l.State().Dir)
 	// A lab whose process runs is not stale: DownStale leaves it alone (the
 	// rest of the test shows it still works).
-	if err := DownStale(ctx, root, nil); err != nil {
+	if err := lab.DownStale(ctx, root, nil); err != nil {
 		t.Fatal(err)
 	}
 
-	st, err := LoadState(root, prefix)
+	st, err := lab.LoadState(root, prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +60,7 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 		t.Fatalf("state: ready=%v nodes=%d pods=%d", st.Ready, len(st.Nodes), len(st.Pods))
 	}
 	for _, n := range st.Nodes {
-		if v, err := readSysctl(n.Name, "net/ipv4/ip_forward"); err != nil || strings.TrimSpace(v) != "1" {
+		if v, err := lab.ReadSysctl(n.Name, "net/ipv4/ip_forward"); err != nil || strings.TrimSpace(v) != "1" {
 			t.Errorf("%s ip_forward = %q, %v", n.Name, v, err)
 		}
 	}
@@ -139,7 +68,7 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 	if a.Node == b.Node {
 		t.Fatalf("pods %s and %s on one node", a.Name, b.Name)
 	}
-	for _, pair := range [][2]Pod{{a, b}, {b, a}} {
+	for _, pair := range [][2]lab.Pod{{a, b}, {b, a}} {
 		if _, err := st.Ping(ctx, pair[0].Name, pair[1].IP); err != nil {
 			t.Errorf("ping %s -> %s: %v", pair[0].Name, pair[1].Name, err)
 		}
@@ -152,7 +81,7 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 		}
 	}
 	// etcd listens on the underlay: a node reaches it over its eth0.
-	err = inNetns(st.Nodes[0].Name, func() error {
+	err = st.Do(st.Nodes[0].Name, func() error {
 		c, err := net.DialTimeout("tcp", "198.18.0.1:2379", time.Second)
 		if err == nil {
 			c.Close()
@@ -164,10 +93,10 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 	}
 	// The internet answers the nodes, but not the pods: nothing there
 	// routes a pod subnet, and this lab masquerades nothing.
-	if _, err := st.Ping(ctx, st.Nodes[0].Name, InternetIP.String()); err != nil {
+	if _, err := st.Ping(ctx, st.Nodes[0].Name, lab.InternetIP.String()); err != nil {
 		t.Errorf("node -> internet: %v", err)
 	}
-	if _, err := st.Ping(ctx, a.Name, InternetIP.String()); err == nil {
+	if _, err := st.Ping(ctx, a.Name, lab.InternetIP.String()); err == nil {
 		t.Errorf("pod %s got an answer from the internet without masquerade", a.Name)
 	}
 	if _, err := st.Ping(ctx, "inet", b.IP); err == nil {
@@ -182,7 +111,7 @@ func TestStaticLabConnectsPodsAndDownRemovesAll(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Errorf("down: %v", err)
 	}
-	assertNoTrace(t, prefix, root, nil)
+	labtest.AssertNothingLeft(t, *st)
 }
 
 // helperEnv makes the test binary act as a lab process that crashes.
@@ -197,13 +126,9 @@ func TestCrashHelper(t *testing.T) {
 		t.Skip("helper process for TestDownAfterCrash")
 	}
 	root := os.Getenv(helperEnv + "_ROOT")
-	cfg := testConfig(t, prefix, root)
-	cfg.Internet = true
-	l, err := Up(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := l.State()
+	cfg := staticConfig()
+	cfg.Prefix, cfg.StateRoot, cfg.Internet = prefix, root, true
+	st := labtest.Start(t, cfg).State()
 	// A grandchild escapes the parent-death signal the lab gives its
 	// children, as a daemonizing helper would: only Down can find it.
 	out, err := st.Output(context.Background(), st.Nodes[0].Name, "sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!")
@@ -214,16 +139,16 @@ func TestCrashHelper(t *testing.T) {
 	if _, err := fmt.Sscan(out, &pid); err != nil {
 		t.Fatalf("pid of the escaped process: %q: %v", out, err)
 	}
-	start, _ := procStart(pid)
+	start, _ := lab.ProcStart(pid)
 	fmt.Printf("ORPHAN %d %d\n", pid, start)
 	select {} // until SIGKILL
 }
 
 func TestDownAfterCrash(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	for _, keepState := range []bool{true, false} {
 		t.Run(fmt.Sprintf("state_file_kept=%v", keepState), func(t *testing.T) {
-			prefix, root := testPrefix(t), t.TempDir()
+			prefix, root := labtest.Prefix(t), t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashHelper$", "-test.v")
@@ -236,7 +161,7 @@ func TestDownAfterCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Whatever happens, leave nothing behind.
-			defer Down(context.Background(), DownOptions{Prefix: prefix, StateRoot: root})
+			defer lab.Down(context.Background(), lab.DownOptions{Prefix: prefix, StateRoot: root})
 			defer cmd.Process.Kill()
 
 			var pid int
@@ -260,72 +185,40 @@ func TestDownAfterCrash(t *testing.T) {
 			if names, _ := namedns.List(prefix + "-"); len(names) != 6 { // underlay, internet, 2 nodes, 2 pods
 				t.Fatalf("namespaces after crash: %v, want 6", names)
 			}
-			if !sameProcess(pid, start) {
+			if !lab.SameProcess(pid, start) {
 				t.Fatalf("orphan %d died with the lab: the test proves nothing", pid)
 			}
+			st, err := lab.LoadState(root, prefix)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if !keepState {
-				if err := os.Remove(filepath.Join(StateDir(root, prefix), stateFileName)); err != nil {
+				if err := os.Remove(filepath.Join(lab.StateDir(root, prefix), lab.StateFileName)); err != nil {
 					t.Fatal(err)
 				}
 			}
 			// With its state file the dead lab is found by DownStale, as the
 			// end-to-end tests' next run finds it; without, by its prefix.
-			down := func() error { return Down(ctx, DownOptions{Prefix: prefix, StateRoot: root}) }
+			down := func() error { return lab.Down(ctx, lab.DownOptions{Prefix: prefix, StateRoot: root}) }
 			if keepState {
-				down = func() error { return DownStale(ctx, root, nil) }
+				down = func() error { return lab.DownStale(ctx, root, nil) }
 			}
 			if err := down(); err != nil {
 				t.Errorf("down: %v", err)
 			}
-			assertNoTrace(t, prefix, root, map[int]uint64{pid: start})
+			labtest.AssertNothingLeft(t, *st)
+			if lab.SameProcess(pid, start) && !lab.IsZombie(pid) {
+				t.Errorf("process %d still running", pid)
+			}
 		})
 	}
 }
 
-func TestParseName(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		node, pod int
-		ok        bool
-	}{
-		{"hgwx-ul", -1, -1, true},
-		{"hgwx-inet", -1, -1, true},
-		{"hgwx-n3", 3, -1, true},
-		{"hgwx-n3-p12", 3, 12, true},
-		{"hgwx-n3-q1", 0, 0, false},
-		{"hgwx-nope", 0, 0, false},
-		{"hgwxy-n1", 0, 0, false},
-	} {
-		node, pod, ok := parseName("hgwx", tc.name)
-		if ok != tc.ok || (ok && (node != tc.node || pod != tc.pod)) {
-			t.Errorf("parseName(%q) = %d, %d, %v; want %d, %d, %v", tc.name, node, pod, ok, tc.node, tc.pod, tc.ok)
-		}
-	}
-	if err := ValidatePrefix("hgwlab"); err != nil {
-		t.Error(err)
-	}
-	for _, bad := range []string{"", "lab", "hgw-x", "hgwLAB", "hgw/../x", "hgw" + strings.Repeat("a", 18)} {
-		if ValidatePrefix(bad) == nil {
-			t.Errorf("ValidatePrefix(%q) accepted", bad)
-		}
-	}
-}
-
 func TestStaticNodeJoinAndLeave(t *testing.T) {
-	requireRoot(t)
-	prefix, root := testPrefix(t), t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := Up(ctx, testConfig(t, prefix, root))
-	if err != nil {
-		t.Fatalf("up: %v", err)
-	}
-	defer func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("down: %v", err)
-		}
-		assertNoTrace(t, prefix, root, nil)
-	}()
+	l := labtest.Start(t, staticConfig())
+	prefix := l.State().Prefix
 
 	n3, err := l.AddNode(ctx)
 	if err != nil {
@@ -349,7 +242,7 @@ func TestStaticNodeJoinAndLeave(t *testing.T) {
 	}
 	gone := netip.MustParsePrefix(n3.Subnet)
 	for _, n := range l.State().Nodes {
-		routes, err := NodeRoutes(n.Name)
+		routes, err := lab.NodeRoutes(n.Name)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,8 +11,8 @@ import (
 // DefaultPrefix names everything `hgw-lab` creates when no prefix is given.
 const DefaultPrefix = "hgwlab"
 
-// Lab addressing (DESIGN.md "Lab"): the underlay is 198.18.0.0/24, the range
-// reserved for benchmarking, so no lab address can collide with a real one.
+// Lab addressing: the underlay is 198.18.0.0/24, the range reserved for
+// benchmarking, so no lab address can collide with a real one.
 var (
 	underlayNet     = netip.MustParsePrefix("198.18.0.0/24")
 	underlayGateway = netip.MustParseAddr("198.18.0.1") // br0 in the underlay namespace, and etcd

@@ -6,15 +6,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 )
-
-// inNetns runs fn on a thread that has joined the named namespace (see
-// namedns.Do). Anything fn creates synchronously (sockets, child processes
-// forked by os/exec, sysctl writes through /proc/sys/net) belongs to that
-// namespace.
-func inNetns(name string, fn func() error) error { return namedns.Do(name, fn) }
 
 // netnsInode identifies a namespace, to match /proc/<pid>/ns/net against.
 func netnsInode(path string) (uint64, error) {

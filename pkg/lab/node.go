@@ -7,17 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/namedns"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/nldump"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
 
@@ -25,34 +21,6 @@ import (
 // returns once the node has its subnet.
 func (l *Lab) AddNode(ctx context.Context) (Node, error) {
 	return l.addNode(ctx, netip.Prefix{}, false)
-}
-
-// AddFlannelNode adds a node that runs no agent of ours, set up the way
-// flanneld's host-gw backend leaves a node: its lease for subnet in
-// flanneld's exact JSON, bound to an etcd lease with flanneld's 24 h TTL,
-// its subnet file, and kernel routes to every node that had a lease when
-// it was added. The other nodes' agents must route to it on their own.
-func (l *Lab) AddFlannelNode(ctx context.Context, subnet netip.Prefix) (Node, error) {
-	if l.cfg.Registry != RegistryEtcd {
-		return Node{}, fmt.Errorf("a flanneld-style node writes an etcd lease: not in a %s lab", l.cfg.Registry)
-	}
-	if !subnet.IsValid() || !clusterNetwork.Contains(subnet.Addr()) || subnet.Bits() != 24 {
-		return Node{}, fmt.Errorf("flannel node subnet %s: want a /24 inside %s", subnet, clusterNetwork)
-	}
-	return l.addNode(ctx, subnet.Masked(), false)
-}
-
-// AddFlannelNodeIPv4 is AddFlannelNode for a node without IPv6 in a
-// dual-stack lab: no IPv6 address, an IPv4-only lease and subnet file, as
-// a flanneld node without IPv6 leaves them, and IPv4 routes only.
-func (l *Lab) AddFlannelNodeIPv4(ctx context.Context, subnet netip.Prefix) (Node, error) {
-	if !l.cfg.DualStack {
-		return Node{}, errors.New("an IPv4-only node is the exception in a dual-stack lab: this lab is IPv4 only")
-	}
-	if !subnet.IsValid() || !clusterNetwork.Contains(subnet.Addr()) || subnet.Bits() != 24 {
-		return Node{}, fmt.Errorf("flannel node subnet %s: want a /24 inside %s", subnet, clusterNetwork)
-	}
-	return l.addNode(ctx, subnet.Masked(), true)
 }
 
 // prepareNode gives a new node, before its agent starts, the netfilter
@@ -77,9 +45,6 @@ func (l *Lab) prepareNode(n Node) (os.FileInfo, error) {
 	}
 	return fi, nil
 }
-
-// flannelLeaseTTL is flanneld's subnet lease TTL.
-const flannelLeaseTTL = 24 * time.Hour
 
 // addNode adds a node; with a valid flannelSubnet it is a flanneld-style
 // node on that subnet, else it follows the lab's datapath. A v4only node
@@ -164,139 +129,6 @@ func (l *Lab) addNode(ctx context.Context, flannelSubnet netip.Prefix, v4only bo
 	return n, nil
 }
 
-// subnet6Of is the IPv6 subnet the lab gives the node it gives subnet
-// (10.244.k.0/24): fd00:10:244:<k in hex>::/64, inside the /56.
-func subnet6Of(subnet netip.Prefix) netip.Prefix {
-	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", subnet.Addr().As4()[2]))
-}
-
-// subnetEnv is the subnet file of a node on subnet (and its IPv6 subnet
-// with dualStack), as flanneld writes it.
-func subnetEnv(subnet netip.Prefix, dualStack bool) subnetfile.Env {
-	env := subnetfile.Env{Network: clusterNetwork, Subnet: subnet, MTU: 1500}
-	if dualStack {
-		env.IPv6Network, env.IPv6Subnet = clusterNetwork6, subnet6Of(subnet)
-	}
-	return env
-}
-
-// staticNode stands in for an agent: the node gets subnet, a subnet file,
-// a lease and kernel routes to every node with a lease. With fromPeers
-// (datapath "static": nobody else will) the lease is a reservation and the
-// lab adds the routes towards it too; without, it is a flanneld-style lease
-// with flanneld's TTL that the peers' agents must pick up.
-func (l *Lab) staticNode(ctx context.Context, n Node, subnet netip.Prefix, fromPeers bool) error {
-	env := subnetEnv(subnet, n.IP6 != "")
-	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
-		return err
-	}
-	// Byte for byte what flanneld v0.28's host-gw backend writes (seen in
-	// the lab's etcd with the real flanneld: its LeaseAttrs with a null
-	// PublicIPv6 and empty BackendData omitted), not our own encoder's idea
-	// of it.
-	attrs := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"host-gw"}`, n.IP)
-	if env.IPv6Subnet.IsValid() {
-		attrs = fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":%q,"BackendType":"host-gw"}`, n.IP, n.IP6)
-	}
-	ttl := time.Duration(0)
-	if !fromPeers {
-		ttl = flannelLeaseTTL
-	}
-	if err := l.putLease(ctx, subnet, env.IPv6Subnet, attrs, ttl); err != nil {
-		return err
-	}
-	n.Subnet = subnet.String()
-	if env.IPv6Subnet.IsValid() {
-		n.Subnet6 = env.IPv6Subnet.String()
-	}
-	for _, other := range l.State().Nodes {
-		if other.Name == n.Name || other.Subnet == "" {
-			continue
-		}
-		if err := addStaticRoutes(n.Name, other, n.IP6 != ""); err != nil {
-			return err
-		}
-		if !fromPeers {
-			continue
-		}
-		if err := addStaticRoutes(other.Name, n, other.IP6 != ""); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// addStaticRoutes routes peer's subnets in node as flanneld does: its
-// subnet via its IP and, if both have IPv6 (ipv6: node has), its IPv6
-// subnet via its IPv6.
-func addStaticRoutes(node string, peer Node, ipv6 bool) error {
-	if err := addStaticRoute(node, netip.MustParsePrefix(peer.Subnet), netip.MustParseAddr(peer.IP)); err != nil {
-		return err
-	}
-	if !ipv6 || peer.Subnet6 == "" || peer.IP6 == "" {
-		return nil
-	}
-	return addStaticRoute(node, netip.MustParsePrefix(peer.Subnet6), netip.MustParseAddr(peer.IP6))
-}
-
-// leaseKey is flannel's key for a subnet (and an IPv6 one, if valid):
-// <prefix>/subnets/10.244.1.0-24 or 10.244.1.0-24&fd00:10:244:1::-64.
-func leaseKey(prefix string, subnet, subnet6 netip.Prefix) string {
-	return strings.TrimSuffix(prefix, "/") + "/subnets/" + registry.DualStackKey(subnet.Masked(), subnet6.Masked())
-}
-
-// PutLease writes the lease of subnet with a raw value (any JSON, valid or
-// not: tests feed the agents bad input too), bound to an etcd lease of ttl,
-// or a reservation when ttl is 0.
-func (l *Lab) PutLease(ctx context.Context, subnet netip.Prefix, value string, ttl time.Duration) error {
-	return l.putLease(ctx, subnet, netip.Prefix{}, value, ttl)
-}
-
-// PutDualStackLease is PutLease for a dual-stack lease of subnet and
-// subnet6, under flanneld's key for both.
-func (l *Lab) PutDualStackLease(ctx context.Context, subnet, subnet6 netip.Prefix, value string, ttl time.Duration) error {
-	return l.putLease(ctx, subnet, subnet6, value, ttl)
-}
-
-func (l *Lab) putLease(ctx context.Context, subnet, subnet6 netip.Prefix, value string, ttl time.Duration) error {
-	key := leaseKey(l.cfg.EtcdPrefix, subnet, subnet6)
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	var opts []clientv3.OpOption
-	if ttl > 0 {
-		grant, err := l.client.Grant(ctx, int64(ttl/time.Second))
-		if err != nil {
-			return fmt.Errorf("grant etcd lease for %s: %w", key, err)
-		}
-		opts = append(opts, clientv3.WithLease(grant.ID))
-	}
-	if _, err := l.client.Put(ctx, key, value, opts...); err != nil {
-		return fmt.Errorf("put lease %s: %w", key, err)
-	}
-	return nil
-}
-
-// DeleteLease removes the lease of a subnet, IPv4-only or dual-stack.
-func (l *Lab) DeleteLease(ctx context.Context, subnet netip.Prefix) error {
-	key := leaseKey(l.cfg.EtcdPrefix, subnet, netip.Prefix{})
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for _, del := range []struct {
-		key  string
-		opts []clientv3.OpOption
-	}{{key, nil}, {key + "&", []clientv3.OpOption{clientv3.WithPrefix()}}} {
-		if _, err := l.client.Delete(ctx, del.key, del.opts...); err != nil {
-			return fmt.Errorf("delete lease %s: %w", key, err)
-		}
-	}
-	return nil
-}
-
-// Leases lists the subnet leases in the lab's etcd.
-func (l *Lab) Leases(ctx context.Context) ([]LeaseEntry, error) {
-	return listLeases(ctx, l.client, l.cfg.EtcdPrefix)
-}
-
 // RemoveNode takes a node out the way an operator would with cleanup: its
 // agent stops, its datapath state is removed, its lease is released, and
 // its namespaces (the node's and its pods') are deleted.
@@ -343,23 +175,6 @@ func (l *Lab) RemoveNode(ctx context.Context, name string) error {
 	l.state.Pods = pods
 	errs = append(errs, l.state.save())
 	l.mu.Unlock()
-	return errors.Join(errs...)
-}
-
-func (l *Lab) removeStaticRoutesTo(subnet netip.Prefix) error {
-	var errs []error
-	for _, n := range l.State().Nodes {
-		h, err := HandleAt(n.Name)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		err = h.RouteDel(&netlink.Route{Dst: prefixIPNet(subnet.Masked())})
-		if err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("delete route %s in %s: %w", subnet, n.Name, err))
-		}
-		h.Close()
-	}
 	return errors.Join(errs...)
 }
 
@@ -437,4 +252,43 @@ func missingRoutes(nodes []Node) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// readSubnetEnv reads a node's subnet file (pkg/subnetfile's reader, the
+// agent's): complete once FLANNEL_MTU is there too.
+func readSubnetEnv(path string) (subnetfile.Env, error) {
+	env, err := subnetfile.Read(path)
+	if err != nil {
+		return subnetfile.Env{}, err
+	}
+	if env.MTU == 0 {
+		return subnetfile.Env{}, fmt.Errorf("%s: FLANNEL_MTU missing", path)
+	}
+	return env, nil
+}
+
+// waitSubnetEnv waits until the agent has written a complete subnet file
+// (in place of old, the one it found, if not nil: both flanneld and
+// hgw-ebpf replace the file by a rename, and only once they are ready).
+func waitSubnetEnv(ctx context.Context, path string, old os.FileInfo, timeout time.Duration) (subnetfile.Env, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		env, err := readSubnetEnv(path)
+		if err == nil && old != nil {
+			if fi, serr := os.Stat(path); serr == nil && os.SameFile(fi, old) && fi.ModTime().Equal(old.ModTime()) {
+				err = errors.New("still the file the agent found")
+			}
+		}
+		if err == nil {
+			return env, nil
+		}
+		select {
+		case <-ctx.Done():
+			return subnetfile.Env{}, fmt.Errorf("wait for subnet file %s: %w (last: %v)", path, ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
 }

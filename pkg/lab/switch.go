@@ -47,9 +47,10 @@ func (l *Lab) datapath() string {
 	return l.cfg.Datapath
 }
 
-// MoveAgent moves node to agent (AgentHgw or AgentFlanneld) the way the
-// README tells an operator to. To hgw-ebpf: flanneld stops, leaving its
-// routes, iptables rules, lease and subnet file for hgw-ebpf to take over.
+// MoveAgent moves node to agent (AgentHgw or AgentFlanneld) the way
+// docs/migration.md tells an operator to. To hgw-ebpf: flanneld stops,
+// leaving its routes, iptables rules, lease and subnet file for hgw-ebpf to
+// take over.
 // To flanneld: hgw-ebpf stops, `hgw-ebpf cleanup` removes its programs,
 // pins, routes (and rules), and flanneld starts. Pods attached from then on
 // get the new agent's CNI configuration. It returns once the new agent

@@ -182,7 +182,7 @@ func removeUnderlayPort(underlay string, k int) error {
 // against the writing thread's namespace, so the write happens on a thread
 // inside it: the root namespace's value is never touched.
 func setSysctl(ns, key, value string) error {
-	return inNetns(ns, func() error {
+	return namedns.Do(ns, func() error {
 		path := "/proc/sys/" + key
 		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
 			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, ns, err)
@@ -194,7 +194,7 @@ func setSysctl(ns, key, value string) error {
 // readSysctl reads a sysctl of the named namespace.
 func readSysctl(ns, key string) (string, error) {
 	var out string
-	err := inNetns(ns, func() error {
+	err := namedns.Do(ns, func() error {
 		b, err := os.ReadFile("/proc/sys/" + key)
 		if err != nil {
 			return fmt.Errorf("read sysctl %s in %s: %w", key, ns, err)
@@ -203,30 +203,6 @@ func readSysctl(ns, key string) (string, error) {
 		return nil
 	})
 	return out, err
-}
-
-// addStaticRoute installs `<subnet> via <nexthop> dev eth0` (either
-// family) in a node: the lab's own stand-in for the agent (datapath
-// "static"), and flanneld's routes on a node it left.
-func addStaticRoute(node string, subnet netip.Prefix, nexthop netip.Addr) error {
-	h, err := HandleAt(node)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(nodeUplink)
-	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", nodeUplink, node, err)
-	}
-	r := &netlink.Route{
-		LinkIndex: l.Attrs().Index,
-		Dst:       prefixIPNet(subnet),
-		Gw:        net.IP(nexthop.AsSlice()),
-	}
-	if err := h.RouteReplace(r); err != nil {
-		return fmt.Errorf("route %s via %s in %s: %w", subnet, nexthop, node, err)
-	}
-	return nil
 }
 
 func linkUp(h *netlink.Handle, name string) error {

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
 func TestSubnetEnvRoundTrip(t *testing.T) {
@@ -86,24 +84,6 @@ func TestLeaseKey(t *testing.T) {
 	}
 }
 
-// Both kinds of redirect count as the fast path, everything else as left
-// to the kernel.
-func TestRedirectedAndPassed(t *testing.T) {
-	cs := []datapath.Counter{
-		{Program: "from_pods", Reason: "redirect", Packets: 10},
-		{Program: "from_underlay", Reason: "redirect", Packets: 3},
-		{Program: "from_underlay", Reason: "redirect_peer", Packets: 7},
-		{Program: "from_underlay", Reason: "no_route", Packets: 5},
-		{Program: "from_pods", Reason: "not_ip", Packets: 2},
-	}
-	if got := Redirected(cs, "from_underlay"); got != 10 {
-		t.Errorf("from_underlay redirected %d, want 10", got)
-	}
-	if got := passed(cs); got != 7 {
-		t.Errorf("passed %d, want 7", got)
-	}
-}
-
 // A kube lab needs agents and the Kubernetes binaries, and says which is
 // missing; an unknown registry is refused by name.
 func TestKubeConfigChecks(t *testing.T) {
@@ -134,5 +114,34 @@ func TestKubeConfigChecks(t *testing.T) {
 	c = Config{Registry: RegistryEtcd}
 	if err := c.checkKube(); err != nil {
 		t.Errorf("etcd lab: %v", err)
+	}
+}
+
+func TestParseName(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		node, pod int
+		ok        bool
+	}{
+		{"hgwx-ul", -1, -1, true},
+		{"hgwx-inet", -1, -1, true},
+		{"hgwx-n3", 3, -1, true},
+		{"hgwx-n3-p12", 3, 12, true},
+		{"hgwx-n3-q1", 0, 0, false},
+		{"hgwx-nope", 0, 0, false},
+		{"hgwxy-n1", 0, 0, false},
+	} {
+		node, pod, ok := parseName("hgwx", tc.name)
+		if ok != tc.ok || (ok && (node != tc.node || pod != tc.pod)) {
+			t.Errorf("parseName(%q) = %d, %d, %v; want %d, %d, %v", tc.name, node, pod, ok, tc.node, tc.pod, tc.ok)
+		}
+	}
+	if err := ValidatePrefix("hgwlab"); err != nil {
+		t.Error(err)
+	}
+	for _, bad := range []string{"", "lab", "hgw-x", "hgwLAB", "hgw/../x", "hgw" + strings.Repeat("a", 18)} {
+		if ValidatePrefix(bad) == nil {
+			t.Errorf("ValidatePrefix(%q) accepted", bad)
+		}
 	}
 }

@@ -103,6 +103,17 @@ func Do(t testing.TB, h netns.NsHandle, fn func()) {
 	fn()
 }
 
+// DoIn is Do inside the named namespace.
+func DoIn(t testing.TB, name string, fn func()) {
+	t.Helper()
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", name, err)
+	}
+	defer h.Close()
+	Do(t, h, fn)
+}
+
 // RandHex returns n random bytes as hex, for unique test resource names.
 func RandHex(t testing.TB, n int) string {
 	t.Helper()

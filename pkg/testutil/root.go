@@ -1,5 +1,6 @@
-// Package testutil holds the few helpers privileged tests share: a root
-// check and throw-away network namespaces.
+// Package testutil holds the few helpers tests share: a root check,
+// throw-away network namespaces, random names, a logger to t.Log, and
+// where the project's binaries are.
 package testutil
 
 import (

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
 )
 
 // Every pod reaches every other pod, over IPv4 and over IPv6 (a
@@ -40,9 +41,9 @@ func expectAllPairsOverFastPath(t *testing.T, ctx context.Context, st lab.State,
 		fams = append(fams, family{"ipv6", st.PingAll6})
 	}
 	for _, f := range fams {
-		before := counters(t, st)
+		before := labtest.AllCounters(t, st)
 		expectAll(t, f.name, f.pingAll(ctx, 16), len(st.Pods))
-		after := counters(t, st)
+		after := labtest.AllCounters(t, st)
 
 		// Each local pod sends a request to, and answers a request from,
 		// each remote pod: at least 2 x local x remote packets each way
@@ -50,24 +51,11 @@ func expectAllPairsOverFastPath(t *testing.T, ctx context.Context, st lab.State,
 		want := uint64(2 * pods * (nodes - 1) * pods)
 		for _, n := range st.Nodes {
 			for _, prog := range []string{"from_pods", "from_underlay"} {
-				got := lab.Redirected(lab.OfFamily(after[n.Name], f.name), prog) - lab.Redirected(lab.OfFamily(before[n.Name], f.name), prog)
+				got := datapath.Redirected(datapath.OfFamily(after[n.Name], f.name), prog) - datapath.Redirected(datapath.OfFamily(before[n.Name], f.name), prog)
 				if got < want {
 					t.Errorf("%s: %s redirected %d %s packets, want >= %d (counters %+v)", n.Name, prog, got, f.name, want, after[n.Name])
 				}
 			}
 		}
 	}
-}
-
-func counters(t *testing.T, st lab.State) map[string][]datapath.Counter {
-	t.Helper()
-	out := map[string][]datapath.Counter{}
-	for _, n := range st.Nodes {
-		c, err := n.Counters()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[n.Name] = c
-	}
-	return out
 }

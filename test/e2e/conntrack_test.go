@@ -12,6 +12,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
 )
 
 // The lab's kube-proxy services (lab.Config.KubeProxy) DNAT a TCP and a
@@ -161,12 +162,8 @@ func (c kubeCluster) counters(t *testing.T, node string) map[string]uint64 {
 // counterMap is a node's counters by "program/reason".
 func counterMap(t *testing.T, n lab.Node) map[string]uint64 {
 	t.Helper()
-	cs, err := n.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]uint64{}
-	for _, x := range cs {
+	for _, x := range labtest.Counters(t, n) {
 		out[x.Program+"/"+x.Reason] += x.Packets // summed over families
 	}
 	return out

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
@@ -23,11 +24,7 @@ func dualStackLab(t *testing.T, nodes, pods int) *lab.Lab {
 // familyCounter is a node's packets of one family, program and reason.
 func familyCounter(t *testing.T, n lab.Node, family, program, reason string) uint64 {
 	t.Helper()
-	cs, err := n.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return datapath.Packets(lab.OfFamily(cs, family), program, reason)
+	return datapath.Packets(datapath.OfFamily(labtest.Counters(t, n), family), program, reason)
 }
 
 // gateway6 is the bridge's IPv6 address on a node: its IPv6 subnet's
@@ -260,12 +257,12 @@ func TestDualStackWithRealFlanneld(t *testing.T) {
 	}
 	ours := st
 	ours.Nodes = st.Nodes[1:] // flanneld's node has no counters
-	before := counters(t, ours)
+	before := labtest.AllCounters(t, ours)
 	pingAll(t, ctx, st)
 	expectAll(t, "ipv6", st.PingAll6(ctx, 16), len(st.Pods))
-	after := counters(t, ours)
+	after := labtest.AllCounters(t, ours)
 	for _, n := range ours.Nodes {
-		if d := lab.Redirected(lab.OfFamily(after[n.Name], "ipv6"), "from_pods") - lab.Redirected(lab.OfFamily(before[n.Name], "ipv6"), "from_pods"); d == 0 {
+		if d := datapath.Redirected(datapath.OfFamily(after[n.Name], "ipv6"), "from_pods") - datapath.Redirected(datapath.OfFamily(before[n.Name], "ipv6"), "from_pods"); d == 0 {
 			t.Errorf("%s: no IPv6 packet on the fast path", n.Name)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
 )
 
 // endpointsOf reads a node's pinned endpoints map, by pod IP.
@@ -102,13 +103,10 @@ func fromPodsOn(t *testing.T, st lab.State, node, dev string) bool {
 	return false
 }
 
+// counterOf is a node's packets of one program and reason, all families.
 func counterOf(t *testing.T, n lab.Node, program, reason string) uint64 {
 	t.Helper()
-	cs, err := n.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return datapath.Packets(cs, program, reason)
+	return datapath.Packets(labtest.Counters(t, n), program, reason)
 }
 
 // Pods attached through bridge + hgw-cni are in their node's map at once,
@@ -298,7 +296,7 @@ func podWhileAgentDown(t *testing.T, ctx context.Context, cfg lab.Config) (*lab.
 	}
 	// At once: no retries beyond ping's own first answer wait.
 	client := st.PodsOf(st.Nodes[0].Name)[0]
-	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-c", "3", "-i", "0.05", "-W", "1", pod.IP); err != nil {
+	if out, err := pings(ctx, st, client.Name, pod.IP, 3, 50*time.Millisecond); err != nil {
 		t.Fatalf("%s -> new pod %s (%s) while the agent is down: %v\n%s", client.Name, pod.Name, pod.IP, err, out)
 	}
 	return l, pod, mustNode(t, st, node.Name)
@@ -364,7 +362,7 @@ func expectPeerDelivery(t *testing.T, ctx context.Context, st lab.State, node la
 	t.Helper()
 	before := counterOf(t, node, "from_underlay", "redirect_peer")
 	client := st.PodsOf(st.Nodes[0].Name)[0]
-	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", pod.IP); err != nil {
+	if out, err := pings(ctx, st, client.Name, pod.IP, 5, 50*time.Millisecond); err != nil {
 		t.Fatalf("ping %s %s: %v\n%s", pod.IP, when, err, out)
 	}
 	if got := counterOf(t, node, "from_underlay", "redirect_peer") - before; got < 5 {

@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // mixedIPMasq: the mixed cluster runs every agent with --ip-masq, as the
@@ -20,7 +23,7 @@ const mixedIPMasq = true
 // machine without them skips, saying so; in CI their absence fails.
 func flannelTools(t *testing.T) (flanneld, cniDir string) {
 	t.Helper()
-	flanneld, cniDir, err := lab.FlannelTools(repoRoot())
+	flanneld, cniDir, err := lab.FlannelTools(testutil.RepoRoot())
 	if err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("the real flannel binaries are needed in CI: %v", err)
@@ -123,9 +126,9 @@ func TestMixedClusterWithRealFlanneld(t *testing.T) {
 		t.Errorf("%s after moving to hgw-ebpf: flanneld's rules not there once each", n1.Name)
 	}
 	expectFlannelRules(t, st, n1.Name, mixedIPMasq, 1)
-	before := counters(t, st)
+	before := labtest.AllCounters(t, st)
 	expectHTTP(t, st, p1.Name, httpURL(p2.IP, lab.BackendHTTPPort), p2.Name)
-	if d := lab.Redirected(counters(t, st)[n1.Name], "from_pods") - lab.Redirected(before[n1.Name], "from_pods"); d == 0 {
+	if d := datapath.Redirected(labtest.AllCounters(t, st)[n1.Name], "from_pods") - datapath.Redirected(before[n1.Name], "from_pods"); d == 0 {
 		t.Errorf("%s: no fast path for new pod-to-pod connections after moving to hgw-ebpf", n1.Name)
 	}
 

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // freshMachine is run by bash in a private mount namespace made to look
@@ -47,19 +47,17 @@ echo "== fresh machine: ok"
 // does (a shared mount point), so that a later `ip netns add` cannot hide
 // its namespaces; up, ping and down work twice in a row and leave nothing.
 func TestLabOnAFreshMachine(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	for _, tool := range []string{"unshare", "mountpoint"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s (util-linux) is needed: %v", tool, err)
 		}
 	}
-	b := make([]byte, 3)
-	rand.Read(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "bash", "-c", freshMachine)
-	cmd.Env = append(os.Environ(), "BIN="+binDir, "CNI="+cniPath(t),
-		"PREFIX=hgwtf"+hex.EncodeToString(b), "STATE="+filepath.Join(t.TempDir(), "state"))
+	cmd.Env = append(os.Environ(), "BIN="+binDir, "CNI="+testutil.CNIPath(),
+		"PREFIX=hgwtf"+testutil.RandHex(t, 3), "STATE="+filepath.Join(t.TempDir(), "state"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second

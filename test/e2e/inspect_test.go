@@ -1,7 +1,7 @@
 package e2e
 
-// Inspection without the agent (issue 6): `hgw-ebpf status|routes|stats
-// -o json` run inside a node.
+// Inspection without the agent: `hgw-ebpf status|routes|stats -o json`
+// run inside a node.
 
 import (
 	"context"
@@ -40,7 +40,7 @@ func missingFields(obj map[string]any, fields ...string) []string {
 }
 
 // `hgw-ebpf status|routes|stats -o json` inside a node parse as JSON with
-// the fields the README documents, and say what the node has.
+// the fields docs/operations.md documents, and say what the node has.
 func TestInspectionJSONHasTheDocumentedFields(t *testing.T) {
 	l := startLab(t, 2, 1, lab.DatapathEBPF)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -5,19 +5,17 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // binDir holds hgw-ebpf and hgw-cni: $HGW_BIN (set by `make test` after
@@ -42,7 +40,7 @@ func runTests(m *testing.M) int {
 		// for the tests that use the lab as a user does.
 		for _, cmd := range []string{"hgw-ebpf", "hgw-cni", "hgw-lab"} {
 			build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "./cmd/"+cmd)
-			build.Dir = repoRoot()
+			build.Dir = testutil.RepoRoot()
 			out, err := build.CombinedOutput()
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "build %s for the end-to-end tests: %v\n%s", cmd, err, out)
@@ -70,33 +68,6 @@ func exists(path string) bool {
 	return err == nil
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 && os.Getenv("CI") == "" {
-		t.Skip("needs root (network namespaces, BPF)")
-	}
-}
-
-// cniPath is where `make deps` installs the CNI plugins.
-func cniPath(t *testing.T) string {
-	if p := os.Getenv("CNI_PATH"); p != "" {
-		return p
-	}
-	return filepath.Join(repoRoot(), "bin", "cni")
-}
-
-// repoRoot is the module root above the test's directory (`go test` runs a
-// test binary in its package directory).
-func repoRoot() string {
-	dir, _ := os.Getwd()
-	for d := dir; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-	}
-	return filepath.Join(dir, "..", "..")
-}
-
 // startLab brings up a lab with a fresh "hgwt<random>" prefix and removes
 // it when the test ends, pass or fail, checking that nothing is left.
 func startLab(t *testing.T, nodes, pods int, datapath string, agentArgs ...string) *lab.Lab {
@@ -105,79 +76,16 @@ func startLab(t *testing.T, nodes, pods int, datapath string, agentArgs ...strin
 }
 
 // startLabConfig is startLab for a config beyond nodes, pods, datapath and
-// agent flags; prefix, state root, CNI path, resync and log are set here,
-// and the binaries unless cfg.BinDir names a directory of the test's own.
+// agent flags (see labtest.Start); the state root (stateRoot) and a resync
+// of 1 s are set here, and the binaries unless cfg.BinDir names a
+// directory of the test's own.
 func startLabConfig(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
-	requireRoot(t)
-	b := make([]byte, 3)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	prefix, root := "hgwt"+hex.EncodeToString(b), stateRoot
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg.Prefix, cfg.StateRoot, cfg.CNIPath = prefix, root, cniPath(t)
+	cfg.StateRoot, cfg.ResyncInterval = stateRoot, time.Second
 	if cfg.BinDir == "" {
 		cfg.BinDir = binDir
 	}
-	cfg.ResyncInterval, cfg.Log = time.Second, slog.New(slog.NewTextHandler(testLog{t}, nil))
-	l, err := lab.Up(ctx, cfg)
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	t.Cleanup(func() {
-		st := l.State()
-		if t.Failed() {
-			for _, n := range st.Nodes {
-				if b, err := os.ReadFile(n.AgentLog); err == nil {
-					t.Logf("agent log of %s:\n%s", n.Name, lastLines(string(b), 30))
-				}
-			}
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
-		assertNothingLeft(t, st)
-	})
-	return l
-}
-
-// assertNothingLeft checks the lab left no namespace, pin, state or agent.
-func assertNothingLeft(t *testing.T, st lab.State) {
-	t.Helper()
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), st.Prefix+"-") {
-			t.Errorf("namespace %s left behind", e.Name())
-		}
-	}
-	for _, path := range []string{st.PinRoot, st.Dir} {
-		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s left behind", path)
-		}
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), st.PinRoot) {
-			t.Errorf("process left behind: %s", strings.ReplaceAll(string(b), "\x00", " "))
-		}
-	}
-}
-
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return labtest.Start(t, cfg)
 }
 
 // pingAll fails the test for every pod pair that cannot talk (IPv4).
@@ -198,6 +106,14 @@ func expectAll(t *testing.T, family string, results []lab.PingResult, pods int) 
 	if len(results) != pods*(pods-1) {
 		t.Errorf("%d %s probes for %d pods", len(results), family, pods)
 	}
+}
+
+// pings sends count echo requests from a lab namespace to addr, interval
+// apart, each answered within a second or lost, and returns ping's
+// summary; the error is ping's: none if any reply came back.
+func pings(ctx context.Context, st lab.State, from, addr string, count int, interval time.Duration) (string, error) {
+	return st.Output(ctx, from, "ping", "-n", "-q", "-c", strconv.Itoa(count),
+		"-i", strconv.FormatFloat(interval.Seconds(), 'f', -1, 64), "-W", "1", addr)
 }
 
 // waitFor polls cond every 10 ms until it holds or timeout passes, and

@@ -1,6 +1,6 @@
 package e2e
 
-// A node agent's metrics and probes (issue 6), fetched as an operator on
+// A node agent's metrics and probes, fetched as an operator on
 // the node would: with curl inside the node's network namespace.
 
 import (
@@ -98,8 +98,8 @@ func TestMetricsInANodeFollowTraffic(t *testing.T) {
 	redirect := map[string]string{"family": "ipv4", "program": "from_pods", "reason": "redirect"}
 	delivered := map[string]string{"family": "ipv4", "program": "from_underlay", "reason": "redirect_peer"}
 	before1, before2 := scrape(t, ctx, st, n1.Name), scrape(t, ctx, st, n2.Name)
-	const pings = 20
-	if out, err := st.Output(ctx, client.Name, "ping", "-n", "-q", "-c", strconv.Itoa(pings), "-i", "0.01", "-W", "1", server.IP); err != nil {
+	const echoes = 20
+	if out, err := pings(ctx, st, client.Name, server.IP, echoes, 10*time.Millisecond); err != nil {
 		t.Fatalf("ping: %v\n%s", err, out)
 	}
 	after1, after2 := scrape(t, ctx, st, n1.Name), scrape(t, ctx, st, n2.Name)
@@ -121,8 +121,8 @@ func TestMetricsInANodeFollowTraffic(t *testing.T) {
 		{n1.Name, before1, after1, redirect}, {n1.Name, before1, after1, delivered},
 		{n2.Name, before2, after2, redirect}, {n2.Name, before2, after2, delivered},
 	} {
-		if d := moved(c.before, c.after, c.labels); d < pings {
-			t.Errorf("%s: hgw_fastpath_packets_total%v moved by %v for %d echo requests", c.node, c.labels, d, pings)
+		if d := moved(c.before, c.after, c.labels); d < echoes {
+			t.Errorf("%s: hgw_fastpath_packets_total%v moved by %v for %d echo requests", c.node, c.labels, d, echoes)
 		}
 	}
 	if v, ok := value(after1, "hgw_peers", map[string]string{"family": "ipv4"}); !ok || v != 1 {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
 )
 
 // realNodeConfig is a lab whose nodes were moved over from flanneld
@@ -34,15 +35,7 @@ func realNodeConfig(nodes, pods int) lab.Config {
 // movedBy is how many packets a node's program counted under reason
 // between two counters() readings.
 func movedBy(before, after map[string][]datapath.Counter, node, program, reason string) uint64 {
-	sum := func(cs []datapath.Counter) (n uint64) {
-		for _, c := range cs {
-			if c.Program == program && c.Reason == reason {
-				n += c.Packets
-			}
-		}
-		return n
-	}
-	return sum(after[node]) - sum(before[node])
+	return datapath.Packets(after[node], program, reason) - datapath.Packets(before[node], program, reason)
 }
 
 // expectKernelPath checks that nothing node's programs saw between the two
@@ -51,7 +44,7 @@ func movedBy(before, after map[string][]datapath.Counter, node, program, reason 
 func expectKernelPath(t *testing.T, before, after map[string][]datapath.Counter, node, program, reason string, min uint64) {
 	t.Helper()
 	for _, prog := range []string{"from_pods", "from_underlay"} {
-		if d := lab.Redirected(after[node], prog) - lab.Redirected(before[node], prog); d != 0 {
+		if d := datapath.Redirected(after[node], prog) - datapath.Redirected(before[node], prog); d != 0 {
 			t.Errorf("%s: %s redirected %d packets of a flow that must take the kernel path", node, prog, d)
 		}
 	}
@@ -151,12 +144,12 @@ func TestRealNodeTraffic(t *testing.T) {
 		},
 	}} {
 		t.Run(c.name, func(t *testing.T) {
-			before := counters(t, st)
+			before := labtest.AllCounters(t, st)
 			if seen := expectHTTP(t, st, c.from, httpURL(c.addr, c.httpPort), c.server); seen != "" && seen != c.seenAs {
 				t.Errorf("%s saw %s as %s, want %s (%s)", c.server, c.from, seen, c.seenAs, c.why)
 			}
 			expectIperf(t, st, c.server, lab.BackendIperfPort, c.from, c.addr, c.iperfPort)
-			c.check(t, before, counters(t, st))
+			c.check(t, before, labtest.AllCounters(t, st))
 		})
 	}
 }
@@ -224,12 +217,12 @@ func TestForwardPolicyDrop(t *testing.T) {
 	// Over the MTU: p1's link takes jumbo frames, the underlay does not;
 	// without DF the kernel fragments what from_pods leaves to it.
 	setPodMTU(t, st, p1, 9000)
-	before := counters(t, st)
+	before := labtest.AllCounters(t, st)
 	out, err := st.Output(ctx, p1.Name, "ping", "-n", "-c", "5", "-i", "0.1", "-W", "2", "-M", "dont", "-s", "3000", p2.IP)
 	if err != nil {
 		t.Errorf("3 KB pings %s -> %s with FORWARD DROP: %v\n%s", p1.Name, p2.IP, err, out)
 	}
-	after := counters(t, st)
+	after := labtest.AllCounters(t, st)
 	if d := movedBy(before, after, n1.Name, "from_pods", "too_big"); d < 5 {
 		t.Errorf("%s: from_pods too_big moved by %d for 5 over-MTU pings", n1.Name, d)
 	}
@@ -370,87 +363,9 @@ func TestFlanneldRulesTakenOver(t *testing.T) {
 	}
 }
 
-// A NetworkPolicy engine on a node (kube-network-policies' nftables table,
-// dropping one pod's traffic): the node's programs step aside, so the drop
-// is honoured and other pods still talk over the kernel path; `status`
-// names the engine. Without it, the fast path is back within one resync.
-func TestPolicyEngineStepsAside(t *testing.T) {
-	l := startLabConfig(t, realNodeConfig(2, 2))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	st := l.State()
-	n1, n2 := st.Nodes[0], st.Nodes[1]
-	client := st.PodsOf(n1.Name)[0]
-	denied, allowed := st.PodsOf(n2.Name)[0], st.PodsOf(n2.Name)[1]
-	for _, p := range []lab.Pod{denied, allowed} {
-		serveHTTP(t, st, p.Name, lab.BackendHTTPPort)
-	}
-	nft := fmt.Sprintf(`table inet kube-network-policies {
-	chain forward {
-		type filter hook forward priority 0; policy accept;
-		ip daddr %s drop
-	}
-}
-`, denied.IP)
-	if out, err := runStdin(ctx, st, n2.Name, nft, "nft", "-f", "-"); err != nil {
-		t.Fatalf("nft: %v\n%s", err, out)
-	}
-	status := func() string {
-		out, _ := st.Output(ctx, n2.Name, filepath.Join(binDir, "hgw-ebpf"), "status", "--bpffs-root", n2.PinRoot)
-		return out
-	}
-	// A line of status says the fast path steps aside, naming the engine.
-	stepsAside := func(status string) bool {
-		for _, line := range strings.Split(status, "\n") {
-			if strings.Contains(line, "kube-network-policies") && strings.Contains(line, "aside") {
-				return true
-			}
-		}
-		return false
-	}
-	if _, ok := waitFor(ctx, 5*time.Second, func() bool { return stepsAside(status()) }); !ok {
-		t.Errorf("%s: status does not say it steps aside for the policy engine within 5 s:\n%s", n2.Name, status())
-	}
-
-	before := counters(t, st)
-	if answers, _ := httpGets(st, client.Name, httpURL(denied.IP, lab.BackendHTTPPort), 3); len(answers) != 0 {
-		t.Errorf("%d of 3 requests to %s answered: the policy's drop was bypassed", len(answers), denied.Name)
-	}
-	expectHTTP(t, st, client.Name, httpURL(allowed.IP, lab.BackendHTTPPort), allowed.Name)
-	expectIperf(t, st, allowed.Name, lab.BackendIperfPort, client.Name, allowed.IP, lab.BackendIperfPort)
-	after := counters(t, st)
-	expectKernelPath(t, before, after, n2.Name, "from_underlay", "step_aside", 3*httpRequests)
-
-	// The engine goes: the fast path comes back at the next resync.
-	if out, err := st.Output(ctx, n2.Name, "nft", "delete", "table", "inet", "kube-network-policies"); err != nil {
-		t.Fatalf("nft delete table: %v\n%s", err, out)
-	}
-	gone := time.Now()
-	n2now := mustNode(t, st, n2.Name)
-	back, ok := waitFor(ctx, 5*time.Second, func() bool {
-		b, _ := n2now.Counters()
-		_, _ = httpGets(st, client.Name, httpURL(allowed.IP, lab.BackendHTTPPort), 1)
-		a, _ := n2now.Counters()
-		return lab.Redirected(a, "from_underlay") > lab.Redirected(b, "from_underlay")
-	})
-	if !ok {
-		t.Fatalf("%s: no fast path 5 s after the policy engine went", n2.Name)
-	}
-	t.Logf("fast path back %v after the policy engine went (resync 1 s)", back.Sub(gone).Round(10*time.Millisecond))
-	// One resync (1 s) plus the probe's own time; three leave room for a
-	// loaded machine without letting "never" pass.
-	if d := back.Sub(gone); d > 3*time.Second {
-		t.Errorf("fast path back after %v, want within one resync (1 s) and the probe's time", d)
-	}
-	expectHTTP(t, st, client.Name, httpURL(denied.IP, lab.BackendHTTPPort), denied.Name)
-	if stepsAside(status()) {
-		t.Errorf("%s: status still says it steps aside after the engine went:\n%s", n2.Name, status())
-	}
-}
-
 // runStdin runs argv in a lab namespace with input on its standard input.
 func runStdin(ctx context.Context, st lab.State, ns, input string, argv ...string) (string, error) {
-	var out limitedOutput
+	var out lab.LimitedBuffer
 	err := st.Exec(ctx, ns, argv, strings.NewReader(input), &out, &out)
 	return out.String(), err
 }

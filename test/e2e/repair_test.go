@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
@@ -71,7 +72,7 @@ func TestRepairsRouteAndAttachment(t *testing.T) {
 	before, _ := n1.Counters()
 	pingAll(t, ctx, st)
 	after, _ := n1.Counters()
-	if lab.Redirected(after, "from_pods") == lab.Redirected(before, "from_pods") {
+	if datapath.Redirected(after, "from_pods") == datapath.Redirected(before, "from_pods") {
 		t.Error("reattached from_pods redirects nothing")
 	}
 }

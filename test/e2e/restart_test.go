@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
 )
 
@@ -19,7 +20,7 @@ var pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) receive
 // and received.
 func startPinger(t *testing.T, st lab.State, from string, to string, count int, every time.Duration) (wait func() (int, int)) {
 	t.Helper()
-	var out limitedOutput
+	var out lab.LimitedBuffer
 	cmd := exec.Command("ping", "-n", "-q", "-i", strconv.FormatFloat(every.Seconds(), 'f', 3, 64), "-W", "1", "-c", strconv.Itoa(count), to)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := st.Start(from, cmd); err != nil {
@@ -41,16 +42,6 @@ func startPinger(t *testing.T, st lab.State, from string, to string, count int, 
 		return sent, got
 	}
 }
-
-type limitedOutput struct{ b []byte }
-
-func (o *limitedOutput) Write(p []byte) (int, error) {
-	if len(o.b) < 1<<16 {
-		o.b = append(o.b, p...)
-	}
-	return len(p), nil
-}
-func (o *limitedOutput) String() string { return string(o.b) }
 
 // kill -9 of an agent while a pod pings a remote pod every 10 ms, over
 // IPv4 and over IPv6 at once (a dual-stack cluster): no packet is lost,
@@ -98,7 +89,7 @@ func TestAgentKill9LosesNothing(t *testing.T) {
 	expectAll(t, "ipv6", l.State().PingAll6(ctx, 16), len(st.Pods))
 	after, _ := node.Counters()
 	for _, family := range []string{"ipv4", "ipv6"} {
-		if d := lab.Redirected(lab.OfFamily(after, family), "from_pods") - lab.Redirected(lab.OfFamily(before, family), "from_pods"); d == 0 {
+		if d := datapath.Redirected(datapath.OfFamily(after, family), "from_pods") - datapath.Redirected(datapath.OfFamily(before, family), "from_pods"); d == 0 {
 			t.Errorf("%s: from_pods redirected no %s packet after the restart", node.Name, family)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // serveHTTP serves HTTP on port inside a lab namespace until the test
@@ -154,7 +155,7 @@ func startIperf(t *testing.T, st lab.State, server string, serverPort int, from,
 		cancel()
 		var res iperfResult
 		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-			return res, fmt.Errorf("iperf3 %s -> %s:%d: %v, report not JSON: %v\n%s", from, addr, port, werr, err, lastLines(out.String(), 10))
+			return res, fmt.Errorf("iperf3 %s -> %s:%d: %v, report not JSON: %v\n%s", from, addr, port, werr, err, testutil.LastLines(out.String(), 10))
 		}
 		if res.Error != "" || werr != nil {
 			return res, fmt.Errorf("iperf3 %s -> %s:%d: %v: %s", from, addr, port, werr, res.Error)

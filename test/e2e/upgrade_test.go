@@ -1,6 +1,6 @@
 package e2e
 
-// Hitless upgrade and restart (issue 6): a new hgw-ebpf binary, started
+// Hitless upgrade and restart: a new hgw-ebpf binary, started
 // over the pins of the old one, loads its programs and swaps them into the
 // pinned tcx links (link update), keeping the links and the maps, while
 // pods keep talking.
@@ -19,7 +19,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
 // pinnedLinks are the IDs of the tcx links pinned under a node's pin root
@@ -143,7 +145,7 @@ func restartAgent(t *testing.T, l *lab.Lab, node string) {
 // (replaced in place, by link update), the pinned maps are the same maps,
 // and the fast-path counters kept counting through both rounds.
 func TestUpgradeAndRestartReplaceProgramsWithoutLoss(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	// A bin dir of the test's own, so that its hgw-ebpf can be replaced:
 	// first a copy of the binary under test ("installed"), then a build of
 	// the same source with another version stamped in ("the upgrade").
@@ -155,7 +157,7 @@ func TestUpgradeAndRestartReplaceProgramsWithoutLoss(t *testing.T) {
 	const newVersion = "e2e-upgrade"
 	upgrade := filepath.Join(dir, "hgw-ebpf.new")
 	build := exec.Command("go", "build", "-ldflags", "-X main.version="+newVersion, "-o", upgrade, "./cmd/hgw-ebpf")
-	build.Dir = repoRoot()
+	build.Dir = testutil.RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the upgrade binary: %v\n%s", err, out)
 	}
@@ -250,7 +252,7 @@ func TestUpgradeAndRestartReplaceProgramsWithoutLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := lab.Redirected(after, "from_pods") - lab.Redirected(before, "from_pods"); d < uint64(sent) {
+	if d := datapath.Redirected(after, "from_pods") - datapath.Redirected(before, "from_pods"); d < uint64(sent) {
 		t.Errorf("%s: from_pods redirected %d packets during the run for %d echo requests: counters lost across the restarts", src.Name, d, sent)
 	}
 }

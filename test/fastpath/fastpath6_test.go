@@ -87,7 +87,7 @@ func tcpEcho6(t *testing.T, from, to node, size int) error {
 	t.Helper()
 	var ln net.Listener
 	var err error
-	inNS(t, to.pod, func() { ln, err = net.Listen("tcp6", net.JoinHostPort(to.podIP6().String(), "0")) })
+	testutil.DoIn(t, to.pod, func() { ln, err = net.Listen("tcp6", net.JoinHostPort(to.podIP6().String(), "0")) })
 	if err != nil {
 		return fmt.Errorf("listen in %s: %w", to.pod, err)
 	}
@@ -102,7 +102,7 @@ func tcpEcho6(t *testing.T, from, to node, size int) error {
 		io.Copy(c, c)
 	}()
 	var conn net.Conn
-	inNS(t, from.pod, func() {
+	testutil.DoIn(t, from.pod, func() {
 		d := net.Dialer{Timeout: 5 * time.Second}
 		conn, err = d.DialContext(context.Background(), "tcp6", ln.Addr().String())
 	})
@@ -184,14 +184,14 @@ func TestIPv6FastPathCarriesPingAndTCP(t *testing.T) {
 func knowPod6(t *testing.T, n node) {
 	t.Helper()
 	var podMAC net.HardwareAddr
-	inNS(t, n.pod, func() {
+	testutil.DoIn(t, n.pod, func() {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		podMAC = l.Attrs().HardwareAddr
 	})
-	inNode(t, n, func() {
+	testutil.DoIn(t, n.ns, func() {
 		veth, err := netlink.LinkByName("veth0")
 		if err != nil {
 			t.Fatal(err)

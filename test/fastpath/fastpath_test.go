@@ -5,17 +5,13 @@
 package fastpath
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
@@ -51,9 +47,7 @@ func run(t *testing.T, args ...string) string {
 // flannel host-gw would leave it.
 func seed(t *testing.T) (a, b node) {
 	testutil.RequireRoot(t)
-	suffix := make([]byte, 3)
-	rand.Read(suffix)
-	id := "hgwt-fp" + hex.EncodeToString(suffix)
+	id := "hgwt-fp" + testutil.RandHex(t, 3)
 	a = node{ns: id + "-a", pod: id + "-a-p", underlay: netip.MustParseAddr("198.18.0.11"),
 		subnet: netip.MustParsePrefix("10.244.1.0/24"), pinRoot: "/sys/fs/bpf/" + id + "-a"}
 	b = node{ns: id + "-b", pod: id + "-b-p", underlay: netip.MustParseAddr("198.18.0.12"),
@@ -102,42 +96,12 @@ func delRoutes(t *testing.T, a, b node) {
 	run(t, "ip", "-n", b.ns, "route", "del", a.subnet.String())
 }
 
-// inNode runs fn on a thread inside n's namespace: attach and ifindexes are
-// per namespace.
-func inNode(t *testing.T, n node, fn func()) {
-	t.Helper()
-	inNS(t, n.ns, fn)
-}
-
-// inNS runs fn on a thread inside the named namespace; sockets made there
-// stay in it.
-func inNS(t *testing.T, name string, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		t.Fatal(err)
-	}
-	defer netns.Set(orig)
-	fn()
-}
-
 // attach loads the datapath of n with peer as its one route (of each
 // family, on a dual-stack topology), as the agent would, and attaches both
 // programs.
 func attach(t *testing.T, n, peer node, mode datapath.Mode) {
 	t.Helper()
-	inNode(t, n, func() {
+	testutil.DoIn(t, n.ns, func() {
 		dp, err := datapath.Load(datapath.Options{PinRoot: n.pinRoot, Mode: mode})
 		if err != nil {
 			t.Fatal(err)
@@ -180,7 +144,7 @@ func attach(t *testing.T, n, peer node, mode datapath.Mode) {
 
 func detach(t *testing.T, n node) {
 	t.Helper()
-	inNode(t, n, func() {
+	testutil.DoIn(t, n.ns, func() {
 		if err := datapath.Cleanup(n.pinRoot); err != nil {
 			t.Fatal(err)
 		}

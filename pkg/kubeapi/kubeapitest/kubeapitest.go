@@ -66,18 +66,7 @@ func Main(m *testing.M) int {
 
 // BinDir is where `make deps` puts kube-apiserver and kubectl: $HGW_BIN/kube,
 // else bin/kube at the module root above the test's directory.
-func BinDir() string {
-	if d := os.Getenv("HGW_BIN"); d != "" {
-		return filepath.Join(d, "kube")
-	}
-	dir, _ := os.Getwd()
-	for d := dir; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return filepath.Join(d, "bin", "kube")
-		}
-	}
-	return filepath.Join("bin", "kube")
-}
+func BinDir() string { return filepath.Join(testutil.BinDir(), "kube") }
 
 // Require returns the path of a binary of BinDir. A missing one skips the
 // test outside CI (with the reason) and fails it in CI.

@@ -1,12 +1,8 @@
 package lab
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
-	"os/exec"
-	"strings"
-	"time"
 )
 
 // The services a lab with Config.KubeProxy defines, all backed by the
@@ -98,84 +94,4 @@ func (l *Lab) loadKubeProxy() error {
 	l.state.Services = svcs
 	l.mu.Unlock()
 	return l.saveState()
-}
-
-// asFlanneldLeftIt puts node k in the state flanneld leaves a node in when
-// an operator stops it to move the node to hgw-ebpf: a subnet file for
-// 10.244.k.0/24 (and fd00:10:244:k::/64 in a dual-stack lab), which the
-// agent takes over, and flanneld's iptables rules for it.
-func (l *Lab) asFlanneldLeftIt(n Node) error {
-	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 0}), 24)
-	env := subnetEnv(subnet, n.IP6 != "")
-	env.IPMasq = l.cfg.IPMasq
-	if err := writeSubnetEnv(n.SubnetFile, env); err != nil {
-		return err
-	}
-	return LoadFlannelRules(n.Name, clusterNetwork, subnet, l.cfg.IPMasq)
-}
-
-// LoadFlannelRules writes flanneld's iptables rules for a node with this
-// pod subnet into the node's namespace, as flanneld does at start.
-func LoadFlannelRules(node string, network, subnet netip.Prefix, ipMasq bool) error {
-	if out, err := iptablesRestore(node, RestoreInput(FlannelRules(network, subnet, ipMasq))); err != nil {
-		return fmt.Errorf("load flanneld's rules into %s: %w: %s", node, err, out)
-	}
-	return nil
-}
-
-// setForwardDrop sets the filter FORWARD policy to DROP, as Docker does.
-func setForwardDrop(node string) error {
-	out, err := runIn(node, exec.Command("iptables", "-w", "5", "-P", "FORWARD", "DROP"))
-	if err != nil {
-		return fmt.Errorf("FORWARD policy DROP in %s: %w: %s", node, err, out)
-	}
-	return nil
-}
-
-// iptablesRestore feeds input to `iptables-restore --noflush` inside ns.
-func iptablesRestore(ns, input string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "iptables-restore", "-w", "5", "--noflush")
-	cmd.Stdin = strings.NewReader(input)
-	return runIn(ns, cmd)
-}
-
-// iptablesSave is `iptables-save` inside ns: every table's rules.
-func iptablesSave(ns string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := runIn(ns, exec.CommandContext(ctx, "iptables-save"))
-	if err != nil {
-		return "", fmt.Errorf("iptables-save in %s: %w: %s", ns, err, out)
-	}
-	return string(out), nil
-}
-
-// IPTablesSave is `iptables-save` inside a lab namespace (see Resolve).
-func (s State) IPTablesSave(target string) (string, error) {
-	ns, err := s.Resolve(target)
-	if err != nil {
-		return "", err
-	}
-	return iptablesSave(ns)
-}
-
-// FlannelRuleCopies counts, in a node, each rule flanneld (with --ip-masq
-// when ipMasq) keeps for the node's subnet: one each on a node set up
-// right, none after a cleanup.
-func (s State) FlannelRuleCopies(node string, ipMasq bool) (map[IPTablesRule]int, error) {
-	n, ok := s.Node(node)
-	if !ok {
-		return nil, fmt.Errorf("no node %s in lab %s", node, s.Prefix)
-	}
-	subnet, err := netip.ParsePrefix(n.Subnet)
-	if err != nil {
-		return nil, fmt.Errorf("node %s has no subnet yet", node)
-	}
-	save, err := iptablesSave(n.Name)
-	if err != nil {
-		return nil, err
-	}
-	return CountRules(save, FlannelRules(clusterNetwork, subnet, ipMasq)), nil
 }
