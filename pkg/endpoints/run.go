@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/kernelwatch"
 )
 
 // settle coalesces a burst of link and neighbour events (a pod start brings
@@ -17,57 +19,71 @@ const settle = 50 * time.Millisecond
 // the thread whose namespace the reconciler was made in (the agent's only
 // namespace).
 func (r *Reconciler) Run(ctx context.Context) error {
-	done := make(chan struct{})
-	defer close(done)
+	r.apply()
+	return kernelwatch.Loop{
+		What:      "link and neighbour events",
+		Subscribe: r.subscribe,
+		Resync:    r.opts.ResyncInterval,
+		Settle:    settle,
+		Run:       func(context.Context) { r.apply() },
+		Log:       r.opts.Log,
+	}.Serve(ctx)
+}
+
+// events is a subscription to link and neighbour changes: every change
+// asks for a run.
+type events struct {
+	fire chan struct{}
+	done chan struct{}
+}
+
+func (e *events) Events() <-chan struct{} { return e.fire }
+func (e *events) Close()                  { close(e.done) }
+
+func (r *Reconciler) subscribe() (kernelwatch.Subscription, error) {
+	e := &events{fire: make(chan struct{}, 1), done: make(chan struct{})}
 	links := make(chan netlink.LinkUpdate, 64)
 	neighs := make(chan netlink.NeighUpdate, 256)
-	subErr := make(chan error, 2)
+	failed := make(chan error, 2)
 	onErr := func(err error) {
 		select {
-		case subErr <- err:
+		case failed <- err:
 		default:
 		}
 	}
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		return fmt.Errorf("subscribe to link events: %w", err)
+	if err := netlink.LinkSubscribeWithOptions(links, e.done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		close(e.done)
+		return nil, fmt.Errorf("subscribe to link events: %w", err)
 	}
-	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		return fmt.Errorf("subscribe to neighbour events: %w", err)
+	if err := netlink.NeighSubscribeWithOptions(neighs, e.done, netlink.NeighSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		close(e.done)
+		return nil, fmt.Errorf("subscribe to neighbour events: %w", err)
 	}
-
-	tick := time.NewTicker(r.opts.ResyncInterval)
-	defer tick.Stop()
-	var pending <-chan time.Time // fires once a burst of events settled
-	r.apply()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-subErr:
-			// Events may have been lost (buffer overrun): the resync still
-			// runs, so log and go on with what we have.
-			r.opts.Log.Warn("endpoint event subscription", "err", err)
-		case _, ok := <-links:
+	go func() {
+		defer close(e.fire)
+		for {
+			var ok bool
+			select {
+			case <-e.done:
+				return
+			case err := <-failed:
+				// Events may have been lost (buffer overrun): the loop
+				// subscribes again and runs.
+				r.opts.Log.Warn("endpoint event subscription", "err", err)
+				return
+			case _, ok = <-links:
+			case _, ok = <-neighs:
+			}
 			if !ok {
-				links = nil
+				return // the subscription ended
 			}
-			if pending == nil {
-				pending = time.After(settle)
+			select {
+			case e.fire <- struct{}{}:
+			default: // a run is pending already
 			}
-		case _, ok := <-neighs:
-			if !ok {
-				neighs = nil
-			}
-			if pending == nil {
-				pending = time.After(settle)
-			}
-		case <-pending:
-			pending = nil
-			r.apply()
-		case <-tick.C:
-			r.apply()
 		}
-	}
+	}()
+	return e, nil
 }
 
 func (r *Reconciler) apply() {

@@ -6,18 +6,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/kernelwatch"
 )
 
-const (
-	// ownDeletionTTL is how long a deletion a run made waits for its
-	// kernel event before it is forgotten.
-	ownDeletionTTL = 10 * time.Second
-	// resubscribe backoff after the route event socket failed (e.g.
-	// ENOBUFS when events came faster than Run read them).
-	minResubscribe = 100 * time.Millisecond
-	maxResubscribe = 30 * time.Second
-	eventBuffer    = 256
-)
+// ownDeletionTTL is how long a deletion a run made waits for its kernel
+// event before it is forgotten.
+const ownDeletionTTL = 10 * time.Second
 
 func (r *Reconciler) trigger() {
 	select {
@@ -44,62 +39,21 @@ func (r *Reconciler) requestFull() {
 // heard from etcd yet leaves existing routes alone. Run always returns
 // nil once ctx is done.
 func (r *Reconciler) Run(ctx context.Context) error {
-	sub, err := r.subscribe()
-	defer func() { sub.close() }()
-	var retry <-chan time.Time
-	backoff := minResubscribe
-	if err != nil {
-		r.opts.Log.Warn("cannot watch route deletions, relying on resync until it works", "err", err)
-		retry = time.After(backoff)
-	}
-	tick := time.NewTicker(r.opts.ResyncInterval)
-	defer tick.Stop()
-
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.poke:
-		case <-tick.C:
-			r.requestFull()
-		case <-retry:
-			retry = nil
-			if sub, err = r.subscribe(); err != nil {
-				r.opts.Log.Debug("route deletions still not watched", "err", err)
-				backoff = min(2*backoff, maxResubscribe)
-				retry = time.After(backoff)
-				continue
+	return kernelwatch.Loop{
+		What: "route deletions",
+		Subscribe: func() (kernelwatch.Subscription, error) {
+			s, err := r.subscribe()
+			if err != nil {
+				return nil, err
 			}
-			r.opts.Log.Info("watching route deletions again")
-			backoff = minResubscribe
-			r.requestFull() // deletions may have been missed meanwhile
-		case _, ok := <-sub.repair: // the reader asked for the full run already
-			if !ok { // the socket failed (it logged why)
-				sub.close()
-				sub = subscription{}
-				retry = time.After(backoff)
-				continue // the retry applies once it is back
-			}
-		}
-		r.drain(&sub)
-		r.runOnce(ctx)
-	}
-}
-
-// drain takes every trigger already queued, so a burst (a flush of many
-// routes, several Updates) costs one run, not one per event.
-func (r *Reconciler) drain(sub *subscription) {
-	for {
-		select {
-		case <-r.poke:
-		case _, ok := <-sub.repair:
-			if !ok {
-				return // noticed by Run's select next time round
-			}
-		default:
-			return
-		}
-	}
+			return s, nil
+		},
+		Triggers: r.poke,
+		Resync:   r.opts.ResyncInterval,
+		Missed:   r.requestFull,
+		Run:      r.runOnce,
+		Log:      r.opts.Log,
+	}.Serve(ctx)
 }
 
 func (r *Reconciler) runOnce(ctx context.Context) {
@@ -250,7 +204,11 @@ func (r *Reconciler) subscribeEvents() (subscription, error) {
 }
 
 // close stops the socket; its reader sees the closed file and ends.
-func (s subscription) close() {
+// Events fires when a deletion needs a repair; closed when the socket
+// failed.
+func (s subscription) Events() <-chan struct{} { return s.repair }
+
+func (s subscription) Close() {
 	if s.done == nil {
 		return
 	}
