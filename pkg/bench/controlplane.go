@@ -261,11 +261,17 @@ func programTimeout(n int) time.Duration {
 func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
 	nan := Float(math.NaN())
 	s = ControlPlaneSample{Round: c.round, Leases: c.leases, Form: c.form, MapSeconds: nan, RoutesSeconds: nan, CPUSeconds: nan}
-	fail := func(err error) ControlPlaneSample {
+	err := c.measureInto(ctx, &s)
+	if err != nil {
 		s.Error = err.Error()
 		c.say("%v", err)
-		return s
 	}
+	return s
+}
+
+// measureInto fills s: a one-node lab whose agent is stopped while the
+// registry fills, then timed from its start, then new leases one by one.
+func (c cpRun) measureInto(ctx context.Context, s *ControlPlaneSample) error {
 	var args []string
 	if c.form == FormPlain {
 		args = append(args, "--plain-routes")
@@ -276,95 +282,112 @@ func (c cpRun) measure(ctx context.Context) (s ControlPlaneSample) {
 		Nodes: 1, PodsPerNode: 0, Datapath: lab.DatapathEBPF, ResyncInterval: reconcile.DefaultResyncInterval,
 		AgentArgs: args, Registry: c.o.Registry, Log: c.o.Log})
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	defer l.Close()
 	node := l.State().Nodes[0]
-	own, err := netip.ParsePrefix(node.Subnet)
-	if err != nil {
-		return fail(fmt.Errorf("node subnet %q: %w", node.Subnet, err))
-	}
-	// The agent is stopped while etcd fills, then timed from its start.
 	if err := l.StopAgent(node.Name); err != nil {
-		return fail(err)
+		return err
 	}
-	h, err := lab.HandleAt(node.Name)
+	store, leases, err := c.fill(ctx, l, node)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	defer h.Close()
-	if err := addPeerNet(h); err != nil {
-		return fail(fmt.Errorf("%s: %w", node.Name, err))
-	}
-	// c.leases counts the node's own lease too: a cluster of 65,536
-	// subnets is 65,535 peers, as many as the routes map holds.
-	leases := SyntheticLeases(c.leases-1, netip.PrefixFrom(own.Addr(), 16).Masked())
-	if len(leases) == 0 {
-		return fail(errors.New("no peer: want at least 2 leases"))
-	}
-	store, err := newPeerStore(l, c.o.Registry)
-	if err != nil {
-		return fail(err)
-	}
-	c.say("writing %d peers' leases into %s", len(leases), c.o.Registry)
-	filling := time.Now()
-	if err := store.fill(ctx, leases); err != nil {
-		return fail(err)
-	}
-	c.say("leases written in %.1fs", time.Since(filling).Seconds())
 	maps, err := datapath.OpenPinned(node.PinRoot)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	defer maps.Close()
 	watch, err := watchRoutes(node.Name)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	defer watch.stop()
-
-	start := time.Now()
-	if err := l.StartAgent(node.Name); err != nil {
-		return fail(err)
+	if err := c.timeStart(ctx, l, node.Name, maps, watch, leases, s); err != nil {
+		return err
 	}
-	mapAt, err := waitMapFilled(ctx, maps.Routes(), leases, programTimeout(len(leases)))
-	if err != nil {
-		return fail(err)
-	}
-	pid := mustAgentPID(l, node.Name)
-	s.MapSeconds = Float(mapAt.Sub(start).Seconds())
-	c.say("map complete %.2fs after agent start", float64(s.MapSeconds))
-	routesAt, err := watch.waitCount(ctx, len(leases), start.Add(programTimeout(len(leases))))
-	if err != nil {
-		return fail(err)
-	}
-	cpu, err := processCPU(pid)
-	if err != nil {
-		return fail(err)
-	}
-	s.RoutesSeconds, s.CPUSeconds = Float(routesAt.Sub(start).Seconds()), Float(cpu.Seconds())
-	if s.RSSBytes, err = processRSS(pid); err != nil {
-		return fail(err)
-	}
-	c.say("kernel routes complete %.2fs after agent start, agent CPU %.2fs, RSS %.1f MiB",
-		float64(s.RoutesSeconds), float64(s.CPUSeconds), float64(s.RSSBytes)/(1<<20))
-
 	for k := range c.o.NewLeases {
 		// A node leaves first (the cluster keeps its size, and the map
 		// its room), then a new one joins: the join is timed.
 		if err := removeLease(ctx, store, maps.Routes(), leases[k%len(leases)], 5*time.Second); err != nil {
-			return fail(fmt.Errorf("new lease %d: %w", k, err))
+			return fmt.Errorf("new lease %d: %w", k, err)
 		}
 		toMap, toKernel, err := timeNewLease(ctx, store, maps.Routes(), watch, newLease(k), 5*time.Second)
 		if err != nil {
-			return fail(fmt.Errorf("new lease %d: %w", k, err))
+			return fmt.Errorf("new lease %d: %w", k, err)
 		}
 		s.NewLeaseMapMs = append(s.NewLeaseMapMs, ms(toMap))
 		s.NewLeaseKernelMs = append(s.NewLeaseKernelMs, ms(toKernel))
 	}
 	c.say("new lease -> map p50 %.1f ms, p99 %.1f ms; -> kernel route p99 %.1f ms over %d leases",
 		Percentile(s.NewLeaseMapMs, 50), Percentile(s.NewLeaseMapMs, 99), Percentile(s.NewLeaseKernelMs, 99), len(s.NewLeaseMapMs))
-	return s
+	return nil
+}
+
+// fill gives the node's underlay the peers' network and writes their
+// leases into the registry.
+func (c cpRun) fill(ctx context.Context, l *lab.Lab, node lab.Node) (peerStore, []SyntheticLease, error) {
+	own, err := netip.ParsePrefix(node.Subnet)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node subnet %q: %w", node.Subnet, err)
+	}
+	h, err := lab.HandleAt(node.Name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer h.Close()
+	if err := addPeerNet(h); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", node.Name, err)
+	}
+	// c.leases counts the node's own lease too: a cluster of 65,536
+	// subnets is 65,535 peers, as many as the routes map holds.
+	leases := SyntheticLeases(c.leases-1, netip.PrefixFrom(own.Addr(), 16).Masked())
+	if len(leases) == 0 {
+		return nil, nil, errors.New("no peer: want at least 2 leases")
+	}
+	store, err := newPeerStore(l, c.o.Registry)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.say("writing %d peers' leases into %s", len(leases), c.o.Registry)
+	filling := time.Now()
+	if err := store.fill(ctx, leases); err != nil {
+		return nil, nil, err
+	}
+	c.say("leases written in %.1fs", time.Since(filling).Seconds())
+	return store, leases, nil
+}
+
+// timeStart starts the agent and times it until the map and the kernel
+// routes are complete, then reads its CPU time and RSS.
+func (c cpRun) timeStart(ctx context.Context, l *lab.Lab, node string, maps *datapath.Maps, watch *routeWatch,
+	leases []SyntheticLease, s *ControlPlaneSample) error {
+	start := time.Now()
+	if err := l.StartAgent(node); err != nil {
+		return err
+	}
+	mapAt, err := waitMapFilled(ctx, maps.Routes(), leases, programTimeout(len(leases)))
+	if err != nil {
+		return err
+	}
+	pid := mustAgentPID(l, node)
+	s.MapSeconds = Float(mapAt.Sub(start).Seconds())
+	c.say("map complete %.2fs after agent start", float64(s.MapSeconds))
+	routesAt, err := watch.waitCount(ctx, len(leases), start.Add(programTimeout(len(leases))))
+	if err != nil {
+		return err
+	}
+	cpu, err := processCPU(pid)
+	if err != nil {
+		return err
+	}
+	s.RoutesSeconds, s.CPUSeconds = Float(routesAt.Sub(start).Seconds()), Float(cpu.Seconds())
+	if s.RSSBytes, err = processRSS(pid); err != nil {
+		return err
+	}
+	c.say("kernel routes complete %.2fs after agent start, agent CPU %.2fs, RSS %.1f MiB",
+		float64(s.RoutesSeconds), float64(s.CPUSeconds), float64(s.RSSBytes)/(1<<20))
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
