@@ -238,6 +238,9 @@ func runProfile(ctx context.Context, o *Options, tb *testbed, res *Result, profi
 			return err
 		}
 		res.Notes = append(res.Notes, notes...)
+		if err := restartWithIPMasq(ctx, tb, progress); err != nil {
+			return err
+		}
 	}
 	for _, st := range tb.states() {
 		res.Notes = append(res.Notes, fmt.Sprintf("%s: bridge-nf-call-iptables=%s in %s", profile,
@@ -267,6 +270,10 @@ func kubeAfterNotes(ctx context.Context, tb *testbed) []string {
 	var notes []string
 	for _, st := range tb.states() {
 		n := st.Nodes[1].Name
+		if out, err := st.Output(ctx, n, "iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"); err == nil {
+			notes = append(notes, fmt.Sprintf("kube: %d masquerade rules (FLANNEL-POSTRTG) in %s (datapath %s) after the rounds",
+				strings.Count(out, "-A FLANNEL-POSTRTG"), n, st.Datapath))
+		}
 		notes = append(notes, fmt.Sprintf("kube: %d conntrack entries in %s (datapath %s) after the rounds",
 			conntrackCount(st, n), n, st.Datapath))
 		if pkts, err := natPrerouting(ctx, st, n); err == nil {
@@ -391,4 +398,21 @@ func brief(samples []Sample) string {
 		}
 	}
 	return strings.Join(parts, "  ")
+}
+
+// restartWithIPMasq restarts the agents of the labs that run one with
+// --ip-masq, as kube-flannel's manifest runs flanneld: an agent without it
+// would take the masquerade rules the kube profile loaded out again. The
+// bare profile's agents run without it (no nat table at all there).
+func restartWithIPMasq(ctx context.Context, tb *testbed, progress func(string, ...any)) error {
+	for prefix, l := range tb.labs {
+		if l.State().Datapath == lab.DatapathStatic {
+			continue
+		}
+		progress("lab %s: agents restarted with --ip-masq", prefix)
+		if err := l.RestartAgents(ctx, func(c *lab.Config) { c.IPMasq = true }, time.Minute); err != nil {
+			return fmt.Errorf("lab %s: %w", prefix, err)
+		}
+	}
+	return nil
 }

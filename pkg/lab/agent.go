@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -272,4 +273,49 @@ func (l *Lab) agentNode(op, node string) (Node, error) {
 		return Node{}, fmt.Errorf("%s agent of %s: a %s lab runs no agents", op, n.Name, DatapathStatic)
 	}
 	return n, nil
+}
+
+// agentReadyURL is the agent's /readyz at its default --metrics-addr,
+// inside the node's namespace.
+const agentReadyURL = "http://127.0.0.1:9742/readyz"
+
+// RestartAgents restarts every node's agent with change made to the lab's
+// configuration first (e.g. IPMasq), as an operator who changes a flag of
+// the DaemonSet, and waits until every agent says it is ready.
+func (l *Lab) RestartAgents(ctx context.Context, change func(*Config), timeout time.Duration) error {
+	nodes := l.State().Nodes
+	for _, n := range nodes {
+		if err := l.StopAgent(n.Name); err != nil {
+			return err
+		}
+	}
+	change(&l.cfg) // no agent runs: nothing reads it meanwhile
+	for _, n := range nodes {
+		if err := l.StartAgent(n.Name); err != nil {
+			return err
+		}
+	}
+	return l.WaitAgentsReady(ctx, timeout)
+}
+
+// WaitAgentsReady waits until every node's agent answers /readyz with 200:
+// its lease, routes and (ebpf) programs are in place.
+func (l *Lab) WaitAgentsReady(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st := l.State()
+	for _, n := range st.Nodes {
+		for {
+			out, err := st.Output(ctx, n.Name, "curl", "-s", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", agentReadyURL)
+			if err == nil && strings.TrimSpace(out) == "200" {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("agent of %s not ready within %v: /readyz %q", n.Name, timeout, strings.TrimSpace(out))
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
