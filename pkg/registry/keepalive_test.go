@@ -19,6 +19,18 @@ type keeper struct {
 	stop    func()
 }
 
+// acquireAndKeep acquires a lease for 198.18.0.11 with ttl and keeps it
+// alive.
+func (c *cluster) acquireAndKeep(t *testing.T, ttl time.Duration) (registry.Lease, registry.AcquireOptions, *keeper) {
+	t.Helper()
+	o := opts("198.18.0.11", ttl)
+	l, err := c.reg.Acquire(testCtx(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, o, startKeepAlive(t, c.reg, l, o)
+}
+
 func startKeepAlive(t *testing.T, reg *registry.Registry, l registry.Lease, o registry.AcquireOptions) *keeper {
 	t.Helper()
 	k := &keeper{changes: make(chan registry.Lease, 100)}
@@ -68,12 +80,7 @@ func (k *keeper) noChange(t *testing.T) {
 func TestKeepAliveRenews(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, hostGW16)
-	o := opts("198.18.0.11", 2*time.Second)
-	l, err := c.reg.Acquire(testCtx(t), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := startKeepAlive(t, c.reg, l, o)
+	l, _, k := c.acquireAndKeep(t, 2*time.Second)
 	time.Sleep(5 * time.Second) // 2.5 TTLs
 	kv := c.get(t, l.Key)
 	if kv == nil || int64(kv.Lease) != l.LeaseID {
@@ -99,12 +106,7 @@ func TestKeepAliveReacquires(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, hostGW16)
 	ctx := testCtx(t)
-	o := opts("198.18.0.11", 2*time.Second)
-	l, err := c.reg.Acquire(ctx, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := startKeepAlive(t, c.reg, l, o)
+	l, _, k := c.acquireAndKeep(t, 2*time.Second)
 
 	// Deleted by hand: the same subnet comes back, on a new etcd lease.
 	if _, err := c.cli.Delete(ctx, l.Key); err != nil {
@@ -164,12 +166,7 @@ func (c *cluster) expectMovedAway(t *testing.T, old, moved registry.Lease, other
 func TestKeepAliveNoticesKeyTakenOver(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, hostGW16)
-	o := opts("198.18.0.11", 5*time.Second)
-	l, err := c.reg.Acquire(testCtx(t), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := startKeepAlive(t, c.reg, l, o)
+	l, _, k := c.acquireAndKeep(t, 5*time.Second)
 	other := `{"PublicIP":"198.18.0.99","BackendType":"host-gw"}`
 	c.put(t, l.Key, other, 60)
 	c.expectMovedAway(t, l, k.change(t), other)
@@ -220,12 +217,7 @@ func TestRelease(t *testing.T) {
 func TestKeepAliveRidesOutShortEtcdOutage(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, hostGW16)
-	o := opts("198.18.0.11", 6*time.Second)
-	l, err := c.reg.Acquire(testCtx(t), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := startKeepAlive(t, c.reg, l, o)
+	l, _, k := c.acquireAndKeep(t, 6*time.Second)
 	stop := time.Now()
 	c.srv.Stop()
 	t.Logf("etcd stopped in %s", time.Since(stop).Round(time.Millisecond))
@@ -250,12 +242,7 @@ func TestKeepAliveRidesOutShortEtcdOutage(t *testing.T) {
 func TestKeepAliveSurvivesLongEtcdOutage(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, hostGW16)
-	o := opts("198.18.0.11", 2*time.Second)
-	l, err := c.reg.Acquire(testCtx(t), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := startKeepAlive(t, c.reg, l, o)
+	l, _, k := c.acquireAndKeep(t, 2*time.Second)
 	// Renewals flowing: before the first one the client allows
 	// DialTimeout+1s, not the TTL.
 	time.Sleep(time.Second)
