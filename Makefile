@@ -79,7 +79,7 @@ test: deps check-generated lint build
 demo: deps build
 	$(BIN)/hgw-lab demo --dual-stack --bin $(BIN)
 
-## bench: the dataplane benchmark (~15 min) and the control-plane one (~30 s), into bench-out/
+## bench: the dataplane benchmark (~18 min) and the control-plane one (~30 s), into bench-out/
 bench: deps build
 	$(BIN)/hgw-lab bench --bin $(BIN) $(BENCH_FLAGS)
 	$(BIN)/hgw-lab bench controlplane --bin $(BIN) $(BENCH_CP_FLAGS)
