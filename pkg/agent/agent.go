@@ -167,7 +167,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	goRun("registry watch", func(ctx context.Context) error {
 		// After a re-read of every lease the reconcilers compare in full.
 		relist := func() { n.metrics.EtcdReconnects.Inc(); n.resyncRoutes() }
-		return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: relist})
+		follow := func(c registry.Change) { n.onSnapshot(c.Leases.Snapshot()) }
+		return reg.Watch(ctx, follow, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: relist})
 	})
 	goRun("lease keepalive", func(ctx context.Context) error {
 		return reg.KeepAlive(ctx, lease, acq, n.onLeaseChange)
