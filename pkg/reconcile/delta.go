@@ -11,38 +11,107 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
-// Update stores the latest desired peers and wakes Run. The registry hands
-// over complete sets; Update compares this one with the previous (one map
-// lookup per peer) and queues only what changed, which Run applies alone:
-// a new lease costs its own writes, not a listing of every table. Bursts
-// coalesce: Run applies the changes of all pending Updates at once.
+// Update hands Run a complete set of desired peers, to replace the
+// previous, and wakes it. Run compares it with the set it had (one map
+// lookup per peer) and applies only what changed: a new lease costs its
+// own writes, not a listing of every table. The first Update is applied
+// with the full comparison; nothing is applied before it.
 func (r *Reconciler) Update(peers []Peer) {
 	r.mu.Lock()
 	if !r.known {
 		r.known, r.full = true, true
 	}
-	r.gen++
-	for i := range peers {
-		p := &peers[i]
-		subnet := p.Subnet.Masked()
-		old, had := r.last.get(subnet)
-		if !had || old.nexthop != p.NextHop {
-			r.queue(subnet, p, old.nexthop)
-		}
-		r.last.set(subnet, lastPeer{nexthop: p.NextHop, gen: r.gen})
-	}
-	if r.last.len() > len(peers) { // some left (or a subnet came twice)
-		r.last.each(func(subnet netip.Prefix, lp lastPeer) bool {
-			if lp.gen != r.gen {
-				r.last.delete(subnet)
-				r.queue(subnet, nil, lp.nexthop)
-			}
-			return true
-		})
-	}
-	r.desired = peers
+	r.inbox.replace, r.inbox.replaced, r.inbox.changes = peers, true, nil
+	r.waiting.Store(true)
 	r.mu.Unlock()
 	r.trigger()
+}
+
+// Change hands Run changes to the desired peers (Update's set, edited),
+// and wakes it: a subnet routed through another peer, or no longer.
+// Bursts coalesce: Run applies the changes of all pending calls at once.
+func (r *Reconciler) Change(changes []PeerChange) {
+	if len(changes) == 0 {
+		return
+	}
+	r.mu.Lock()
+	r.inbox.changes = append(r.inbox.changes, changes...)
+	r.waiting.Store(true)
+	r.mu.Unlock()
+	r.trigger()
+}
+
+// absorb takes what the inbox holds into the desired peers, and queues
+// what changed for the next incremental run; applyMu is held.
+func (r *Reconciler) absorb() {
+	r.mu.Lock()
+	in := r.inbox
+	r.inbox = inbox{}
+	r.waiting.Store(false)
+	r.mu.Unlock()
+	if in.replaced {
+		r.replaceDesired(in.replace)
+	}
+	for _, c := range in.changes {
+		r.changeDesired(c)
+	}
+	for _, ev := range in.repairs {
+		r.queueRepair(ev)
+	}
+}
+
+// replaceDesired makes peers the desired set, queuing each difference.
+func (r *Reconciler) replaceDesired(peers []Peer) {
+	next := newPrefixMap[desiredPeer](len(peers))
+	for i := range peers {
+		p := peers[i]
+		p.Subnet = p.Subnet.Masked()
+		if _, dup := next.get(p.Subnet); dup || !r.wantable(p) {
+			continue // Desired never yields duplicates; the first wins
+		}
+		next.set(p.Subnet, desiredPeer{nexthop: p.NextHop, key: p.Key})
+		if old, had := r.last.get(p.Subnet); !had || old.nexthop != p.NextHop {
+			r.queue(p.Subnet, &p, old.nexthop)
+		}
+	}
+	r.last.each(func(subnet netip.Prefix, old desiredPeer) bool {
+		if _, still := next.get(subnet); !still {
+			r.queue(subnet, nil, old.nexthop)
+		}
+		return true
+	})
+	r.last = next
+}
+
+// changeDesired applies one change to the desired set, queuing it if it
+// changes a route.
+func (r *Reconciler) changeDesired(c PeerChange) {
+	p := c.Peer
+	p.Subnet = p.Subnet.Masked()
+	old, had := r.last.get(p.Subnet)
+	if c.Removed {
+		if had {
+			r.last.delete(p.Subnet)
+			r.queue(p.Subnet, nil, old.nexthop)
+		}
+		return
+	}
+	if !r.wantable(p) {
+		return
+	}
+	r.last.set(p.Subnet, desiredPeer{nexthop: p.NextHop, key: p.Key})
+	if !had || old.nexthop != p.NextHop {
+		r.queue(p.Subnet, &p, old.nexthop)
+	}
+}
+
+// wantable tells a peer of r's family; another is logged, never desired.
+func (r *Reconciler) wantable(p Peer) bool {
+	if err := r.checkFamily(p); err != nil {
+		r.opts.Log.Error("reconcile", "err", &ItemError{Subnet: p.Subnet, Table: "kernel", Op: "replace", Err: err})
+		return false
+	}
+	return true
 }
 
 // queue records a change for the next incremental run; was is the
@@ -82,9 +151,13 @@ func (r *Reconciler) Resync() {
 // costs well under a millisecond. Anything this cannot settle by itself
 // (the kernel already has a route for a new subnet, or an object with a
 // new peer's nexthop ID) asks for a full run, which lists and decides.
-func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pending) (res Result, needFull bool) {
-	r.applyMu.Lock()
-	defer r.applyMu.Unlock()
+//
+// applyMu is held. During a full run (r.active) each subnet and peer
+// written is the full run's no more: it was listed before, and the
+// change is newer.
+func (r *Reconciler) applyDelta(ctx context.Context) (res Result, needFull bool) {
+	delta := r.delta
+	r.delta = map[netip.Prefix]pending{}
 	var (
 		reqs  []request
 		items []deltaItem
@@ -99,6 +172,9 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 		if p == nil && !had {
 			continue // came and went between two runs
 		}
+		if r.active != nil {
+			r.active.touch(subnet, 0, 0)
+		}
 		if r.blockedSet[subnet] != "" || r.overlapsLocal(subnet) {
 			needFull = true // not ours to route, or no longer: the full run decides
 			continue
@@ -109,6 +185,9 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 					res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "delete", Err: err})
 				} else {
 					r.mapN--
+					if r.active != nil {
+						r.active.touch(subnet, 0, -1)
+					}
 				}
 			}
 			r.noteDeletion(subnet)
@@ -125,17 +204,18 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 		var nhid uint32
 		if r.nh == nhOn {
 			known := false
-			if nhid, known = r.nexthops[w.nexthop]; !known {
+			if nhid, known = r.nexthops.get(w.nexthop); !known {
 				// Its first free ID among our objects; if another
 				// program's holds it, the kernel says EEXIST and the
 				// full run picks another.
 				nhid = nexthopID(w.nexthop)
 				if r.fam == IPv6 {
 					if ourIDs == nil {
-						ourIDs = make(map[uint32]bool, len(r.nexthops))
-						for _, id := range r.nexthops {
+						ourIDs = make(map[uint32]bool, r.nexthops.len())
+						r.nexthops.each(func(_ netip.Addr, id uint32) bool {
 							ourIDs[id] = true
-						}
+							return true
+						})
 					}
 					for ourIDs[nhid] {
 						nhid = nextNexthopID(nhid)
@@ -161,7 +241,7 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 	if ctx.Err() != nil {
 		return res, false
 	}
-	errs := r.c.exec(reqs)
+	errs := r.dc.exec(reqs)
 	var changes []change
 	failedNH := map[netip.Addr]bool{}
 	for i, it := range items {
@@ -177,7 +257,10 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				res.Errors = append(res.Errors, &ItemError{Subnet: netip.PrefixFrom(it.peer.NextHop, it.peer.NextHop.BitLen()),
 					Table: "kernel", Op: "nexthop", Err: err})
 			default:
-				r.nexthops[it.peer.NextHop] = it.nhid
+				r.nexthops.set(it.peer.NextHop, it.nhid)
+				if r.active != nil {
+					r.active.touchNexthop(it.peer.NextHop)
+				}
 			}
 		case "delete":
 			if err != nil && !errors.Is(err, unix.ESRCH) {
@@ -187,6 +270,9 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			}
 			if err == nil {
 				r.kernelN--
+			}
+			if r.active != nil {
+				r.active.touch(it.subnet, -1, 0)
 			}
 			res.Removed++
 			t := tabKernel
@@ -209,13 +295,19 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				continue
 			}
 			t := tabKernel
+			var inMap int8
 			if r.opts.RouteMap != nil {
 				rt := datapath.Route{Subnet: it.subnet, NextHop: it.peer.NextHop, Ifindex: uint32(ifindex)}
 				if err := r.opts.RouteMap.Put(rt); err != nil {
 					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "map", Op: "put", Err: err})
 				} else {
 					t |= tabMap
+					inMap = 1
 				}
+			}
+			if r.active != nil {
+				r.active.touch(it.subnet, 1, inMap)
+				r.active.touchNexthop(it.peer.NextHop)
 			}
 			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: t}
 			if it.op == "replace" || it.repair {
