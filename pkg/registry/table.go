@@ -26,14 +26,15 @@ type Table struct {
 	expiry    map[int64]expiry // by etcd lease ID: when it ends, for Lease.Expiration
 }
 
-// stored is one lease in a Table.
+// stored is one lease in a Table: 48 bytes where a Lease takes 280. A
+// lease's IPv4 subnet and PublicIP are 4 bytes each here.
 type stored struct {
-	subnet   netip.Prefix
-	publicIP netip.Addr
-	leaseID  int64
-	modRev   int64
-	backend  unique.Handle[backend]
-	more     *storedMore // nil for an IPv4-only lease whose PublicIP is written as Go writes it
+	leaseID, modRev int64
+	backend         unique.Handle[backend]
+	more            *storedMore // nil for an IPv4-only lease whose PublicIP is written as Go writes it
+	subnet          [4]byte
+	publicIP        [4]byte
+	bits            uint8
 }
 
 // backend is the part of a lease's value that most leases of a network
@@ -43,11 +44,16 @@ type backend struct {
 }
 
 // storedMore is what few leases have: an IPv6 half, or a PublicIP
-// written in another form than Go's.
+// written in another form than Go's; and whatever does not fit stored
+// (a subnet or PublicIP that is not IPv4: not from a registry).
 type storedMore struct {
 	ipv6Subnet             netip.Prefix
 	publicIPv6             netip.Addr
 	publicIPText, ipv6Text string
+	ownText                bool // Attrs.PublicIP is publicIPText (even if empty), not the address's text
+	odd                    bool // subnet and publicIP are these
+	subnet                 netip.Prefix
+	publicIP               netip.Addr
 }
 
 // expiry is when an etcd lease ends, and how many stored leases are
@@ -110,18 +116,22 @@ func (t *Table) Snapshot() Snapshot {
 
 func (t *Table) lease(key string, s stored) Lease {
 	b := s.backend.Value()
-	l := Lease{Key: key, Subnet: s.subnet, PublicIP: s.publicIP, Reservation: s.leaseID == 0, LeaseID: s.leaseID,
-		ModRevision: s.modRev, Expiration: t.expiry[s.leaseID].at,
-		Attrs: LeaseAttrs{PublicIP: s.publicIP.String(), BackendType: b.typ, BackendData: raw(b.data), BackendV6Data: raw(b.v6data)}}
+	l := Lease{Key: key, Subnet: netip.PrefixFrom(netip.AddrFrom4(s.subnet), int(s.bits)), PublicIP: netip.AddrFrom4(s.publicIP),
+		Reservation: s.leaseID == 0, LeaseID: s.leaseID, ModRevision: s.modRev, Expiration: t.expiry[s.leaseID].at,
+		Attrs: LeaseAttrs{BackendType: b.typ, BackendData: raw(b.data), BackendV6Data: raw(b.v6data)}}
 	if m := s.more; m != nil {
-		l.IPv6Subnet, l.PublicIPv6 = m.ipv6Subnet, m.publicIPv6
-		if m.publicIPText != "" {
-			l.Attrs.PublicIP = m.publicIPText
+		if m.odd {
+			l.Subnet, l.PublicIP = m.subnet, m.publicIP
 		}
+		l.IPv6Subnet, l.PublicIPv6 = m.ipv6Subnet, m.publicIPv6
+		l.Attrs.PublicIP = m.publicIPText
 		l.Attrs.PublicIPv6 = m.ipv6Text
 		if m.ipv6Text == "" && m.publicIPv6.IsValid() {
 			l.Attrs.PublicIPv6 = m.publicIPv6.String()
 		}
+	}
+	if s.more == nil || !s.more.ownText {
+		l.Attrs.PublicIP = l.PublicIP.String()
 	}
 	return l
 }
@@ -144,14 +154,18 @@ func (t *Table) Put(l Lease) {
 		delete(t.skipped, l.Key)
 		t.addKey(l.Key)
 	}
-	s := stored{subnet: l.Subnet, publicIP: l.PublicIP, leaseID: l.LeaseID, modRev: l.ModRevision,
+	s := stored{leaseID: l.LeaseID, modRev: l.ModRevision,
 		backend: unique.Make(backend{typ: l.Attrs.BackendType, data: string(l.Attrs.BackendData), v6data: string(l.Attrs.BackendV6Data)})}
 	var buf [48]byte
-	canonical := string(l.PublicIP.AppendTo(buf[:0])) == l.Attrs.PublicIP // no string made
-	if l.IPv6Subnet.IsValid() || l.PublicIPv6.IsValid() || !canonical || l.Attrs.PublicIPv6 != "" {
-		m := &storedMore{ipv6Subnet: l.IPv6Subnet, publicIPv6: l.PublicIPv6}
+	canonical := l.PublicIP.IsValid() && string(l.PublicIP.AppendTo(buf[:0])) == l.Attrs.PublicIP // no string made
+	odd := !l.Subnet.Addr().Is4() || !l.PublicIP.Is4()
+	if !odd {
+		s.subnet, s.publicIP, s.bits = l.Subnet.Addr().As4(), l.PublicIP.As4(), uint8(l.Subnet.Bits())
+	}
+	if odd || l.IPv6Subnet.IsValid() || l.PublicIPv6.IsValid() || !canonical || l.Attrs.PublicIPv6 != "" {
+		m := &storedMore{ipv6Subnet: l.IPv6Subnet, publicIPv6: l.PublicIPv6, odd: odd, subnet: l.Subnet, publicIP: l.PublicIP}
 		if !canonical {
-			m.publicIPText = l.Attrs.PublicIP
+			m.publicIPText, m.ownText = l.Attrs.PublicIP, true
 		}
 		if !l.PublicIPv6.IsValid() || l.Attrs.PublicIPv6 != l.PublicIPv6.String() {
 			m.ipv6Text = l.Attrs.PublicIPv6

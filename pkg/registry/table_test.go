@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -30,6 +31,9 @@ func TestTableRoundTrip(t *testing.T) {
 			IPv6Subnet: netip.MustParsePrefix("fd00:10:244:4::/64"), PublicIP: netip.MustParseAddr("198.18.0.14"),
 			PublicIPv6: netip.MustParseAddr("fd00::14"), Attrs: LeaseAttrs{PublicIP: "198.18.0.14", PublicIPv6: "FD00:0::14"},
 			Reservation: true},
+		// Not from a registry: nothing but a key (and no panic).
+		{Key: "/p/subnets/odd", Reservation: true},
+		{Key: "/p/subnets/odd6", Subnet: netip.MustParsePrefix("fd00::/64"), PublicIP: netip.MustParseAddr("fd00::1"), Reservation: true},
 		// An IPv6 address in the value without an IPv6 subnet in the key.
 		{Key: "/p/subnets/10.244.5.0-24", Subnet: netip.MustParsePrefix("10.244.5.0/24"), PublicIP: netip.MustParseAddr("198.18.0.15"),
 			PublicIPv6: netip.MustParseAddr("fd00::15"), Attrs: LeaseAttrs{PublicIP: "198.18.0.15", PublicIPv6: "fd00::15"}, Reservation: true},
@@ -44,6 +48,7 @@ func TestTableRoundTrip(t *testing.T) {
 			t.Errorf("Get(%s):\n got %+v\nwant %+v", l.Key, got, l)
 		}
 	}
+	slices.SortFunc(leases, func(a, b Lease) int { return strings.Compare(a.Key, b.Key) })
 	if got := tab.Snapshot().Leases; !reflect.DeepEqual(got, leases) {
 		t.Errorf("Snapshot:\n got %+v\nwant %+v", got, leases)
 	}
