@@ -89,11 +89,12 @@ type LeaseSet interface {
 // again in key order (Full). The zero value is empty: Full first.
 type DesiredSet struct {
 	rules   rules
-	ruled   bool               // rules set by a Full
-	byKey   map[string]verdict // every lease and registry skip, by key
-	subnets prefixMap[int32]   // eligible subnets: how many leases hold each
-	lengths map[int]int        // their prefix lengths: how many subnets each
-	skips   map[string]int     // skip reason (Desired's and the registry's) -> leases
+	ruled   bool              // rules set by a Full
+	byKey   map[string]packed // every lease and registry skip, by key
+	reasons []string          // packed reasons: index -> reason ("" at 0: routed)
+	subnets prefixMap[int32]  // eligible subnets: how many leases hold each
+	lengths map[int]int       // their prefix lengths: how many subnets each
+	skips   map[string]int    // skip reason (Desired's and the registry's) -> leases
 	peers   int
 }
 
@@ -108,6 +109,73 @@ type verdict struct {
 
 // reasonSelf marks our own lease: neither a peer nor skipped.
 const reasonSelf = "self"
+
+// packed is a verdict as a DesiredSet keeps it for every lease: 19 bytes
+// where a verdict takes 56 (a netip.Prefix holds a pointer and padding).
+type packed struct {
+	addr   [16]byte // the subnet's address (IPv4 in the last 4)
+	bits   uint8
+	reason uint8 // in DesiredSet.reasons
+	flags  uint8
+}
+
+const (
+	packedEligible = 1 << iota
+	packedRegistry
+)
+
+// maxReasons bounds the reasons a DesiredSet tells apart (there are a
+// dozen): more, from a registry, are kept as "skipped".
+const maxReasons = 255
+
+func (d *DesiredSet) pack(v verdict) packed {
+	p := packed{addr: v.subnet.Addr().As16(), bits: uint8(v.subnet.Bits())}
+	if !v.subnet.IsValid() {
+		p = packed{}
+	}
+	if len(d.reasons) == 0 {
+		d.reasons = []string{""} // routed, at 0
+	}
+	i := slices.Index(d.reasons, v.reason)
+	if i < 0 {
+		i = min(len(d.reasons), maxReasons)
+		if i < maxReasons {
+			d.reasons = append(d.reasons, v.reason)
+		}
+	}
+	p.reason = uint8(i)
+	if v.eligible {
+		p.flags |= packedEligible
+	}
+	if v.registry {
+		p.flags |= packedRegistry
+	}
+	return p
+}
+
+func (d *DesiredSet) reasonAt(i uint8) string {
+	if int(i) < len(d.reasons) {
+		return d.reasons[i]
+	}
+	return "skipped"
+}
+
+// get is key's verdict, if it has one.
+func (d *DesiredSet) get(key string) (verdict, bool) {
+	p, ok := d.byKey[key]
+	if !ok {
+		return verdict{}, false
+	}
+	v := verdict{eligible: p.flags&packedEligible != 0, registry: p.flags&packedRegistry != 0, reason: d.reasonAt(p.reason)}
+	if v.eligible {
+		a := netip.AddrFrom16(p.addr)
+		if d.rules.fam == IPv4 {
+			a = a.Unmap()
+		}
+		v.subnet = netip.PrefixFrom(a, int(p.bits))
+	}
+	return v, true
+}
 
 // PeerChange is one subnet's change in the desired peers: routed through
 // Peer now, or (Removed) not any more.
@@ -154,7 +222,7 @@ func (d *DesiredSet) Changed(in Input, keys []string, leases LeaseSet) (changes 
 	giveUp := func() ([]PeerChange, []registry.Skipped, bool) {
 		for _, u := range slices.Backward(undo) {
 			if u.had {
-				d.byKey[u.key] = u.v
+				d.byKey[u.key] = d.pack(u.v)
 			} else {
 				delete(d.byKey, u.key)
 			}
@@ -163,7 +231,7 @@ func (d *DesiredSet) Changed(in Input, keys []string, leases LeaseSet) (changes 
 		return nil, nil, false
 	}
 	for _, k := range keys {
-		old, had := d.byKey[k]
+		old, had := d.get(k)
 		undo = append(undo, was{k, old, had})
 		l, isLease := leases.Get(k)
 		var nv verdict
@@ -216,7 +284,9 @@ func (v verdict) skipped() bool { return v.reason != "" && v.reason != reasonSel
 
 // note records key's verdict and counts it.
 func (d *DesiredSet) note(key string, v verdict) {
-	d.byKey[key] = v
+	p := d.pack(v)
+	d.byKey[key] = p
+	v.reason = d.reasonAt(p.reason) // as get will read it
 	switch v.reason {
 	case "":
 		d.peers++
@@ -276,9 +346,9 @@ func (d *DesiredSet) overlapsHeld(p netip.Prefix) bool {
 // full judges every lease in key order. all: report every skipped lease
 // (Desired), else only those whose reason is new.
 func (d *DesiredSet) full(r rules, leases LeaseSet, all bool) ([]Peer, []registry.Skipped) {
-	old := d.byKey
-	n := len(old)
-	*d = DesiredSet{rules: r, ruled: true, byKey: make(map[string]verdict, n), subnets: newPrefixMap[int32](n),
+	old := *d
+	n := len(old.byKey)
+	*d = DesiredSet{rules: r, ruled: true, byKey: make(map[string]packed, n), reasons: old.reasons, subnets: newPrefixMap[int32](n),
 		lengths: map[int]int{}, skips: map[string]int{}}
 	var (
 		peers   = make([]Peer, 0, n)
@@ -287,7 +357,7 @@ func (d *DesiredSet) full(r rules, leases LeaseSet, all bool) ([]Peer, []registr
 		lengths []int                     // the prefix lengths routed: normally one, SubnetLen
 	)
 	report := func(l *registry.Lease, v verdict, err error) {
-		if o, had := old[l.Key]; all || !had || o.reason != v.reason || o.registry {
+		if o, had := old.get(l.Key); all || !had || o.reason != v.reason || o.registry {
 			if err == nil {
 				err = r.explain(l, v.reason)
 			}
