@@ -133,7 +133,7 @@ func (r *Reconciler) plan(ctx context.Context, want prefixMap[desiredPeer], live
 		r.c.idle = func() { a.yield(ctx) }
 	}
 	var err error
-	if a.ks, err = r.listKernel(n); err != nil {
+	if a.ks, err = r.listKernel(); err != nil {
 		a.res.Errors = append(a.res.Errors, err)
 	}
 	a.kernelOK = err == nil
@@ -247,14 +247,15 @@ func (r *Reconciler) logBlocked(blocked map[netip.Prefix]string, keys map[netip.
 }
 
 // listKernel lists routes, addresses and (once the kernel is known to
-// have them) nexthop objects; hint is how many routes of ours to expect.
-// The first listing probes for nexthop objects and says which kind of
-// route the agent installs.
-func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
+// have them) nexthop objects, its maps sized for what the last run left
+// (a start finds none: tens of thousands of empty slots would be most of
+// the agent's memory then). The first listing probes for nexthop objects
+// and says which kind of route the agent installs.
+func (r *Reconciler) listKernel() (*kernelState, error) {
 	ks := &kernelState{}
 	var err error
 	if r.nh != nhNone { // first: routes of ours are resolved through them
-		ks.nexthops, err = r.c.listNexthops(hint)
+		ks.nexthops, err = r.c.listNexthops(r.nexthops.len())
 		switch {
 		case err != nil && nexthopsUnsupported(err):
 			r.opts.Log.Info("the kernel has no nexthop objects: plain kernel routes", "family", r.fam, "dev", r.dev(), "reason", err)
@@ -268,7 +269,7 @@ func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
 	}
 	var local []kroute
 	start := func() {
-		ks.ours, ks.others, ks.odd, local = newPrefixMap[kernelEntry](hint), map[netip.Prefix]kroute{}, nil, nil
+		ks.ours, ks.others, ks.odd, local = newPrefixMap[kernelEntry](r.kernelN), map[netip.Prefix]kroute{}, nil, nil
 	}
 	start()
 	err = r.c.eachRoute(r.fam, start, func(k kroute) {
