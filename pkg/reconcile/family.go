@@ -174,9 +174,7 @@ func (m prefixMap[V]) len() int { return len(m.v4) + len(m.v6) }
 // the entry it is given.
 func (m prefixMap[V]) each(fn func(netip.Prefix, V) bool) {
 	for k, v := range m.v4 {
-		var a [4]byte
-		binary.BigEndian.PutUint32(a[:], uint32(k>>8))
-		if !fn(netip.PrefixFrom(netip.AddrFrom4(a), int(k&0xff)), v) {
+		if !fn(v4prefix(k), v) {
 			return
 		}
 	}
@@ -196,17 +194,35 @@ func (m prefixMap[V]) delete(p netip.Prefix) {
 }
 
 // keys is the prefixes of m that keep accepts (all if nil), ordered by
-// address, then length (see sortedKeys).
+// address, then length (as comparePrefix): the IPv4 ones first, sorted
+// by their number, which is that order and several times faster to sort
+// than prefixes (a start sorts tens of thousands).
 func (m prefixMap[V]) keys(keep func(netip.Prefix, V) bool) []netip.Prefix {
-	var out []netip.Prefix
-	m.each(func(p netip.Prefix, v V) bool {
-		if keep == nil || keep(p, v) {
-			out = append(out, p)
+	var k4 []uint64
+	for k, v := range m.v4 {
+		if keep == nil || keep(v4prefix(k), v) {
+			k4 = append(k4, k)
 		}
-		return true
-	})
-	slices.SortFunc(out, comparePrefix)
-	return out
+	}
+	slices.Sort(k4)
+	out := make([]netip.Prefix, len(k4), len(k4)+len(m.v6))
+	for i, k := range k4 {
+		out[i] = v4prefix(k)
+	}
+	var k6 []netip.Prefix
+	for k, v := range m.v6 {
+		if p := netip.PrefixFrom(netip.AddrFrom16(k.addr), int(k.bits)); keep == nil || keep(p, v) {
+			k6 = append(k6, p)
+		}
+	}
+	slices.SortFunc(k6, comparePrefix)
+	return append(out, k6...)
+}
+
+func v4prefix(k uint64) netip.Prefix {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], uint32(k>>8))
+	return netip.PrefixFrom(netip.AddrFrom4(a), int(k&0xff))
 }
 
 // addrMap is a map keyed by address, as prefixMap is by prefix: an IPv4
