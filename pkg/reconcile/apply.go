@@ -68,7 +68,9 @@ func (r *Reconciler) Apply(ctx context.Context, peers []Peer) (Result, error) {
 func (r *Reconciler) fullLive(ctx context.Context) Result {
 	a := r.plan(ctx, r.last, true)
 	a.execute(ctx)
+	a.yield(ctx)
 	res, _ := a.finish(ctx)
+	r.active, r.c.idle = nil, nil
 	return res
 }
 
@@ -137,6 +139,7 @@ func (r *Reconciler) plan(ctx context.Context, want prefixMap[desiredPeer], live
 		a.res.Errors = append(a.res.Errors, err)
 	}
 	a.kernelOK = err == nil
+	a.yield(ctx)
 	if r.opts.RouteMap != nil {
 		if a.inMap, err = r.listMap(); err != nil {
 			a.res.Errors = append(a.res.Errors, err)
@@ -318,11 +321,9 @@ func (a *fullRun) routable(subnet netip.Prefix) bool {
 	return !blocked
 }
 
-// execute makes the writes, in the order Apply documents.
+// execute makes the writes, in the order Apply documents. A live run
+// yields between its steps too: each of them walks every peer.
 func (a *fullRun) execute(ctx context.Context) {
-	if a.live {
-		defer func() { a.r.active, a.r.c.idle = nil, nil }()
-	}
 	if !a.kernelOK {
 		return // nothing is written blind: not even the map
 	}
@@ -338,8 +339,11 @@ func (a *fullRun) execute(ctx context.Context) {
 		return
 	}
 	// 2. Nexthop objects, 3. routes.
+	a.yield(ctx)
 	a.writeNexthops()
+	a.yield(ctx)
 	a.writeRoutes(ctx)
+	a.yield(ctx)
 	// 4. The other map entries, once their route is right; entries put
 	// early whose route failed come out again.
 	if a.mapOK {
@@ -360,6 +364,7 @@ func (a *fullRun) execute(ctx context.Context) {
 				}
 			}
 		}
+		a.yield(ctx)
 	}
 	a.removeStale(ctx)
 }
@@ -623,6 +628,7 @@ func (a *fullRun) removeStale(ctx context.Context) {
 			}
 		}
 	}
+	a.yield(ctx)
 	stale := a.ks.ours.keys(func(p netip.Prefix, _ kernelEntry) bool { return gone(p) })
 	what := make([]kroute, 0, len(stale)+len(a.ks.odd))
 	for _, p := range stale {
@@ -644,6 +650,7 @@ func (a *fullRun) removeStale(ctx context.Context) {
 			r.opts.Log.Info("odd route of ours removed", "subnet", k.dst, "metric", k.priority, "dev", r.dev())
 		}
 	})
+	a.yield(ctx)
 	a.removeNexthops(ctx)
 }
 
