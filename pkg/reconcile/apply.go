@@ -148,15 +148,20 @@ func (r *Reconciler) plan(ctx context.Context, want prefixMap[desiredPeer], live
 	}
 	if a.kernelOK {
 		r.setLocal(a.ks.local)
-		a.block()
+		a.block(ctx)
 	}
 	return a
 }
 
 // yield applies what arrived for Run since the run started (or last
 // yielded), as an incremental run, and takes its subnets and peers out
-// of this run. Called between the steps of a live run: between the
-// datagrams of a dump, the windows of writes, the batches of map entries.
+// of this run. Called between the steps of a live run (between the
+// datagrams of a dump, the windows of writes, the batches of map
+// entries) and at each subnet of its walks over every peer: a walk over
+// tens of thousands takes tens of milliseconds, longer than a new lease
+// should wait. With nothing waiting it costs one atomic load. What a
+// walk decided for a subnet before an incremental run took it is
+// dropped where it would be acted on (mine).
 func (a *fullRun) yield(ctx context.Context) {
 	r := a.r
 	if !a.live || !r.waiting.Load() || r.nh == nhUnknown || ctx.Err() != nil {
@@ -215,9 +220,10 @@ func (a *fullRun) wantEntry(p netip.Prefix) (entry, bool) {
 // would silently take it over, whatever its protocol), or the subnet
 // covers a local route or address of this node. flanneld's own routes are
 // the exception: taking them over is how a node moves from flanneld.
-func (a *fullRun) block() {
+func (a *fullRun) block(ctx context.Context) {
 	r := a.r
 	a.want.each(func(subnet netip.Prefix, _ desiredPeer) bool {
+		a.yield(ctx)
 		if k, ok := a.ks.others[subnet]; ok && !k.flanneld(r.ifindex()) {
 			a.blocked[subnet] = fmt.Sprintf("route of protocol %d holds it: %s", k.protocol, k)
 			return true
@@ -330,6 +336,7 @@ func (a *fullRun) execute(ctx context.Context) {
 	// 1. Map entries of peers the kernel has no route for at all.
 	if a.mapOK {
 		a.putMap(ctx, a.want.keys(func(p netip.Prefix, _ desiredPeer) bool {
+			a.yield(ctx)
 			e, ok := a.inMap.get(p)
 			w, _ := a.wantEntry(p)
 			return a.fresh(p) && (!ok || e != w)
@@ -340,7 +347,7 @@ func (a *fullRun) execute(ctx context.Context) {
 	}
 	// 2. Nexthop objects, 3. routes.
 	a.yield(ctx)
-	a.writeNexthops()
+	a.writeNexthops(ctx)
 	a.yield(ctx)
 	a.writeRoutes(ctx)
 	a.yield(ctx)
@@ -348,11 +355,15 @@ func (a *fullRun) execute(ctx context.Context) {
 	// early whose route failed come out again.
 	if a.mapOK {
 		a.putMap(ctx, a.want.keys(func(p netip.Prefix, _ desiredPeer) bool {
+			a.yield(ctx)
 			e, _ := a.inMap.get(p)
 			w, _ := a.wantEntry(p)
 			return !a.fresh(p) && a.routed(p) && e != w
 		}))
-		for _, p := range a.wrote.keys(func(p netip.Prefix, t tables) bool { return t&tabMap != 0 && a.fresh(p) && !a.routed(p) }) {
+		for _, p := range a.wrote.keys(func(p netip.Prefix, t tables) bool {
+			a.yield(ctx)
+			return t&tabMap != 0 && a.fresh(p) && !a.routed(p)
+		}) {
 			if !a.mine(p) {
 				continue
 			}
@@ -446,7 +457,7 @@ func (a *fullRun) deleteMap(p netip.Prefix, why string) bool {
 
 // writeNexthops creates (or corrects) the nexthop object of every peer
 // whose subnets are routed, and records which peers can use one.
-func (a *fullRun) writeNexthops() {
+func (a *fullRun) writeNexthops(ctx context.Context) {
 	r := a.r
 	if r.nh != nhOn {
 		return
@@ -460,6 +471,7 @@ func (a *fullRun) writeNexthops() {
 	seen := newAddrMap[bool](a.want.len())
 	ids := a.idPicker()
 	a.want.each(func(p netip.Prefix, w desiredPeer) bool {
+		a.yield(ctx)
 		if done, _ := seen.get(w.nexthop); done || !a.routable(p) || !a.mine(p) {
 			return true
 		}
@@ -576,7 +588,13 @@ func (a *fullRun) writeRoutes(ctx context.Context) {
 	// Only what needs a write is sorted: a resync over thousands of
 	// peers in place sorts nothing.
 	var subnets []netip.Prefix
-	for _, p := range a.want.keys(func(p netip.Prefix, _ desiredPeer) bool { return a.routable(p) && !a.right(p) }) {
+	for _, p := range a.want.keys(func(p netip.Prefix, _ desiredPeer) bool {
+		a.yield(ctx)
+		return a.routable(p) && !a.right(p)
+	}) {
+		if !a.mine(p) {
+			continue
+		}
 		w, _ := a.wantEntry(p)
 		if err := a.nhErr[w.nexthop]; err != nil {
 			a.fail(p, "kernel", "replace", err)
@@ -613,7 +631,10 @@ func (a *fullRun) writeRoutes(ctx context.Context) {
 // the nexthop objects of ours no wanted route uses.
 func (a *fullRun) removeStale(ctx context.Context) {
 	r := a.r
-	gone := func(p netip.Prefix) bool { return !a.wanted(p) }
+	gone := func(p netip.Prefix) bool {
+		a.yield(ctx)
+		return !a.wanted(p)
+	}
 	if a.mapOK {
 		for i, p := range a.inMap.keys(func(p netip.Prefix, _ entry) bool { return gone(p) }) {
 			if ctx.Err() != nil {
@@ -667,6 +688,7 @@ func (a *fullRun) removeNexthops(ctx context.Context) {
 	r := a.r
 	var ids []uint32
 	for id, n := range a.ks.nexthops {
+		a.yield(ctx)
 		if used, _ := a.nhid.get(n.gw); n.oursIn(r.fam) && used != id {
 			ids = append(ids, id)
 		}
@@ -746,8 +768,13 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 			more[c.verb]++
 		}
 	}
-	// What incremental runs took over they logged and counted.
+	// What incremental runs took over they logged and counted: here and
+	// below, a subnet they took before its turn is theirs, one they took
+	// after was counted here (each counts its own writes).
 	for _, p := range a.wrote.keys(func(p netip.Prefix, _ tables) bool { return a.mine(p) }) {
+		if a.yield(ctx); !a.mine(p) {
+			continue
+		}
 		t, _ := a.wrote.get(p)
 		w, _ := a.wantEntry(p)
 		c := change{subnet: p, nexthop: w.nexthop, tables: t, verb: "added"}
@@ -759,6 +786,9 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 		log(c)
 	}
 	for _, p := range a.removed.keys(func(p netip.Prefix, _ tables) bool { return a.mine(p) }) {
+		if a.yield(ctx); !a.mine(p) {
+			continue
+		}
 		t, _ := a.removed.get(p)
 		old, _ := a.before(p)
 		a.res.Removed++
