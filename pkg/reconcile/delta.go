@@ -144,11 +144,16 @@ func (r *Reconciler) Resync() {
 }
 
 // applyDelta applies the changes Update queued, without listing either
-// table: for each new or moved peer its nexthop object (if new), its route
-// and then its map entry; for each departed one its map entry and then its
-// route. The kernel is written first here (one batch, one round trip) and
-// the map after, so no map entry is ever ahead of a route: the batch
-// costs well under a millisecond. Anything this cannot settle by itself
+// table: for each new peer its map entry, then its nexthop object (if
+// new) and its route; for each moved one its nexthop object and route,
+// then its map entry; for each departed one its map entry and then its
+// route. The kernel's writes are one batch, one round trip. A new peer's
+// entry goes first for the reason Apply writes a fresh peer's first: the
+// fast path is there at once, while the kernel can take milliseconds (an
+// insertion that resizes a node of its routing trie, at tens of
+// thousands of routes); it is taken out again if the route fails. A
+// subnet routed before keeps its map entry behind its route, as in
+// Apply. Anything this cannot settle by itself
 // (the kernel already has a route for a new subnet, or an object with a
 // new peer's nexthop ID) asks for a full run, which lists and decides.
 //
@@ -235,10 +240,24 @@ func (r *Reconciler) applyDelta(ctx context.Context) (res Result, needFull bool)
 			// makes the kernel refuse rather than take it over.
 			op, flags = "create", unix.NLM_F_CREATE|unix.NLM_F_EXCL
 		}
+		it := deltaItem{subnet: subnet, peer: p, was: was, op: op, repair: q.repair}
+		// A repair's entry is in the map already (only the route went).
+		if op == "create" && !q.repair && r.opts.RouteMap != nil {
+			if err := r.opts.RouteMap.Put(datapath.Route{Subnet: subnet, NextHop: w.nexthop, Ifindex: uint32(ifindex)}); err != nil {
+				res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "put", Err: err})
+			} else {
+				it.mapFirst = true
+			}
+		}
 		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, flags, peerRoute(subnet, w, nhid)))
-		items = append(items, deltaItem{subnet: subnet, peer: p, was: was, op: op, repair: q.repair})
+		items = append(items, it)
 	}
 	if ctx.Err() != nil {
+		for _, it := range items {
+			if it.mapFirst {
+				r.rollbackEntry(it.subnet, &res)
+			}
+		}
 		return res, false
 	}
 	errs := r.dc.exec(reqs)
@@ -281,22 +300,27 @@ func (r *Reconciler) applyDelta(ctx context.Context) (res Result, needFull bool)
 			}
 			changes = append(changes, change{verb: "removed", subnet: it.subnet, nexthop: it.was, tables: t})
 		default: // create, replace
-			if failedNH[it.peer.NextHop] {
-				needFull = true // its route (if the kernel took it) is checked by the full run
-				continue
-			}
-			if errors.Is(err, unix.EEXIST) {
-				needFull = true // a route not ours (flanneld's?) holds it: the full run decides
-				continue
-			}
-			if err != nil {
-				res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "replace",
-					Err: fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err)})
+			if failedNH[it.peer.NextHop] || err != nil {
+				switch {
+				case failedNH[it.peer.NextHop]:
+					needFull = true // its route (if the kernel took it) is checked by the full run
+				case errors.Is(err, unix.EEXIST):
+					needFull = true // a route not ours (flanneld's?) holds it: the full run decides
+				default:
+					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "replace",
+						Err: fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err)})
+				}
+				if it.mapFirst {
+					r.rollbackEntry(it.subnet, &res)
+				}
 				continue
 			}
 			t := tabKernel
 			var inMap int8
-			if r.opts.RouteMap != nil {
+			if it.mapFirst {
+				t |= tabMap
+				inMap = 1
+			} else if r.opts.RouteMap != nil {
 				rt := datapath.Route{Subnet: it.subnet, NextHop: it.peer.NextHop, Ifindex: uint32(ifindex)}
 				if err := r.opts.RouteMap.Put(rt); err != nil {
 					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "map", Op: "put", Err: err})
@@ -339,6 +363,21 @@ type deltaItem struct {
 	repair bool   // puts back a route counted already
 	op     string // "nexthop", "create", "replace", "delete"
 	nhid   uint32 // the object an op "nexthop" creates
+	// mapFirst: its map entry was put before the route (a new peer).
+	mapFirst bool
+}
+
+// rollbackEntry takes out the map entry of a new peer whose route failed:
+// the map never routes a subnet the kernel does not (Apply's rule). An
+// active full run is told the entry is gone.
+func (r *Reconciler) rollbackEntry(subnet netip.Prefix, res *Result) {
+	if err := r.opts.RouteMap.Delete(subnet); err != nil {
+		res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "delete", Err: fmt.Errorf("rollback: %w", err)})
+		return
+	}
+	if r.active != nil {
+		r.active.touch(subnet, 0, -1)
+	}
 }
 
 // overlapsLocal tells whether subnet overlaps a local prefix of the last

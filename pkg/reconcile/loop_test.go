@@ -454,3 +454,52 @@ func TestRunFullRunKeepsWhatAChangeWrote(t *testing.T) {
 		}
 	})
 }
+
+// A new peer's map entry is written before its kernel route (the fast
+// path does not wait for the kernel), and taken out again when the
+// kernel refuses the route: here a route of another program that
+// appeared at its destination after the last full run. The full run that
+// follows then leaves that destination alone.
+func TestRunChangeNewPeerMapFirst(t *testing.T) {
+	forModes(t, func(t *testing.T, e *env) {
+		peers := e.threePeers()
+		r, _, logs := e.running(t, peers)
+		joined := e.peer("10.244.5.0/24", "198.18.0.15")
+		kernelAtPut := -1
+		e.rm.afterWrite = func(op string) {
+			if op == "put "+joined.Subnet.String() && kernelAtPut < 0 {
+				kernelAtPut = len(e.routesTo(t, "10.244.5.0/24"))
+			}
+		}
+		r.Change([]reconcile.PeerChange{{Peer: joined}})
+		next := append(slices.Clone(peers), joined)
+		waitFor(t, 2*time.Second, "converge after Change", func() bool { return e.converged(t, next) })
+		if kernelAtPut != 0 {
+			t.Errorf("%d kernel routes to the new peer's subnet when its map entry was put; want 0 (map first)", kernelAtPut)
+		}
+
+		e.addRoute(t, "10.244.6.0/24", "198.18.0.16", protoStatic)
+		refused := e.peer("10.244.6.0/24", "198.18.0.16")
+		// Taken out by the change itself, not by the full run after it.
+		var deleted, deletedAtList atomic.Bool
+		var once sync.Once
+		e.rm.afterWrite = func(op string) {
+			if op == "delete "+refused.Subnet.String() {
+				deleted.Store(true)
+			}
+		}
+		e.rm.onList = func() { once.Do(func() { deletedAtList.Store(deleted.Load()) }) }
+		e.rm.take()
+		logs.take()
+		r.Change([]reconcile.PeerChange{{Peer: refused}})
+		waitFor(t, 2*time.Second, "the refused peer reported", func() bool { return logs.logged("peer not routed") })
+		if ops := e.rm.take(); !slices.Contains(ops, "put "+refused.Subnet.String()) || !deletedAtList.Load() {
+			t.Errorf("map ops %v (taken out before the full run listed the map: %v); want the refused peer's entry put, then taken out",
+				ops, deletedAtList.Load())
+		}
+		e.assertConverged(t, next)
+		if got := e.routesTo(t, "10.244.6.0/24"); len(got) != 1 || got[0].protocol != protoStatic {
+			t.Errorf("routes to the refused subnet %v; want the other program's alone", got)
+		}
+	})
+}
