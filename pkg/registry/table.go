@@ -24,6 +24,15 @@ type Table struct {
 	unordered bool
 	skipped   map[string]Skipped
 	expiry    map[int64]expiry // by etcd lease ID: when it ends, for Lease.Expiration
+	// last is the backend Put stored last: the next lease most likely
+	// has the same, and comparing with it costs no copy of the bytes
+	// (unique.Make would take the key's strings, copied, every time).
+	last backendHandle
+}
+
+type backendHandle struct {
+	v backend
+	h unique.Handle[backend]
 }
 
 // stored is one lease in a Table: 48 bytes where a Lease takes 280. A
@@ -154,8 +163,7 @@ func (t *Table) Put(l Lease) {
 		delete(t.skipped, l.Key)
 		t.addKey(l.Key)
 	}
-	s := stored{leaseID: l.LeaseID, modRev: l.ModRevision,
-		backend: unique.Make(backend{typ: l.Attrs.BackendType, data: string(l.Attrs.BackendData), v6data: string(l.Attrs.BackendV6Data)})}
+	s := stored{leaseID: l.LeaseID, modRev: l.ModRevision, backend: t.backendOf(&l)}
 	var buf [48]byte
 	canonical := l.PublicIP.IsValid() && string(l.PublicIP.AppendTo(buf[:0])) == l.Attrs.PublicIP // no string made
 	odd := !l.Subnet.Addr().Is4() || !l.PublicIP.Is4()
@@ -181,6 +189,16 @@ func (t *Table) Put(l Lease) {
 		e.refs++
 		t.expiry[l.LeaseID] = e
 	}
+}
+
+// backendOf is the handle of l's backend attributes.
+func (t *Table) backendOf(l *Lease) unique.Handle[backend] {
+	a, b := &l.Attrs, &t.last
+	if b.h == (unique.Handle[backend]{}) || a.BackendType != b.v.typ || string(a.BackendData) != b.v.data || string(a.BackendV6Data) != b.v.v6data {
+		b.v = backend{typ: a.BackendType, data: string(a.BackendData), v6data: string(a.BackendV6Data)}
+		b.h = unique.Make(b.v)
+	}
+	return b.h
 }
 
 // PutSkipped stores s under s.Key, replacing what the key had.
