@@ -170,8 +170,8 @@ func TestManifestRBACSuffices(t *testing.T) {
 	seen := make(chan struct{})
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	go m.Watch(wctx, func(s registry.Snapshot) {
-		if len(s.Leases) > 0 && s.Leases[0].Key == kube.KeyPrefix+node.Name && wctx.Err() == nil {
+	go m.Watch(wctx, func(c registry.Change) {
+		if _, ok := c.Leases.Get(kube.KeyPrefix + node.Name); ok && wctx.Err() == nil {
 			wcancel()
 			close(seen)
 		}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/metrics"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry/kube"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
@@ -167,7 +166,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	goRun("registry watch", func(ctx context.Context) error {
 		// After a re-read of every lease the reconcilers compare in full.
 		relist := func() { n.metrics.EtcdReconnects.Inc(); n.resyncRoutes() }
-		return reg.Watch(ctx, n.onSnapshot, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: relist})
+		return reg.Watch(ctx, n.onChange, registry.WatchHooks{Event: n.metrics.WatchEvents.Inc, Relist: relist})
 	})
 	goRun("lease keepalive", func(ctx context.Context) error {
 		return reg.KeepAlive(ctx, lease, acq, n.onLeaseChange)
@@ -381,15 +380,14 @@ type node struct {
 	firstApply chan struct{} // closed after the first reconcile
 	applyOnce  sync.Once
 
-	mu         sync.Mutex
-	fast       FastPath           // what the programs may do now
-	progs      *datapath.Datapath // the programs to attach (reloaded once conntrack can be asked)
-	progsCT    bool               // progs were loaded with the conntrack lookup usable
-	own        netip.Prefix
-	ownIP      netip.Addr        // the public IP our lease names (--public-ip, or a public-ip-overwrite)
-	own6       netip.Prefix      // our IPv6 subnet, zero without IPv6
-	ownIP6     netip.Addr        // the public IPv6 our lease names
-	skipLogged map[string]string // family and key -> reason already logged
+	mu      sync.Mutex
+	fast    FastPath           // what the programs may do now
+	progs   *datapath.Datapath // the programs to attach (reloaded once conntrack can be asked)
+	progsCT bool               // progs were loaded with the conntrack lookup usable
+	own     netip.Prefix
+	ownIP   netip.Addr   // the public IP our lease names (--public-ip, or a public-ip-overwrite)
+	own6    netip.Prefix // our IPv6 subnet, zero without IPv6
+	ownIP6  netip.Addr   // the public IPv6 our lease names
 }
 
 func (n *node) ownSubnet() netip.Prefix {
@@ -435,31 +433,15 @@ func (n *node) setOwn(l registry.Lease) {
 	n.mu.Unlock()
 }
 
-// onSnapshot turns the registry's complete view into the desired peers
-// of each family.
-func (n *node) onSnapshot(s registry.Snapshot) {
-	n.metrics.LeasesSkipped.Reset()
-	var skipped []familySkip
-	desired := make([][]reconcile.Peer, len(n.families))
-	for i, f := range n.families {
-		peers, sk := n.desired(f, s)
-		desired[i] = peers
-		n.metrics.Peers.WithLabelValues(f.fam.String()).Set(float64(len(peers)))
-		if !f.routed() {
-			continue
-		}
-		// A lease the registry could not read is routed in no family.
-		for _, one := range append(s.Skipped, sk...) {
-			n.metrics.LeasesSkipped.WithLabelValues(f.fam.String(), one.Reason).Inc()
-		}
-		for _, one := range sk {
-			skipped = append(skipped, familySkip{f.fam, one})
-		}
-	}
-	n.logSkipped(skipped)
+// onChange follows the registry's leases into each family's desired
+// peers: the leases that changed, in the common case.
+func (n *node) onChange(c registry.Change) {
 	n.ready.Set(condSynced, true)
-	for i, f := range n.families {
-		f.rec.Update(desired[i])
+	for _, f := range n.families {
+		for _, sk := range n.follow(f, c) {
+			n.log.Warn("lease not routed", "family", f.fam, "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
+		}
+		n.countSkips(f)
 	}
 }
 
@@ -517,35 +499,4 @@ func linkIndex(name string) (uint32, error) {
 		return 0, fmt.Errorf("look up %s: %w", name, err)
 	}
 	return uint32(l.Attrs().Index), nil
-}
-
-// familySkip is a lease a family's reconciler will not route.
-type familySkip struct {
-	fam reconcile.Family
-	registry.Skipped
-}
-
-// logSkipped logs each lease a reconciler will not route, once per
-// family, key and reason (the registry logs malformed entries itself).
-func (n *node) logSkipped(skipped []familySkip) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.skipLogged == nil {
-		n.skipLogged = map[string]string{}
-	}
-	seen := map[string]bool{}
-	for _, sk := range skipped {
-		k := sk.fam.String() + " " + sk.Key
-		seen[k] = true
-		if n.skipLogged[k] == sk.Reason {
-			continue
-		}
-		n.skipLogged[k] = sk.Reason
-		n.log.Warn("lease not routed", "family", sk.fam, "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
-	}
-	for k := range n.skipLogged {
-		if !seen[k] {
-			delete(n.skipLogged, k)
-		}
-	}
 }

@@ -237,7 +237,11 @@ func TestDualStackNode(t *testing.T) {
 	for _, f := range n.families {
 		go f.rec.Run(ctx)
 	}
-	e.do(t, func() { n.onSnapshot(registry.Snapshot{Leases: []registry.Lease{peer, self, v4only}}) })
+	leases := registry.NewTable()
+	for _, l := range []registry.Lease{peer, self, v4only} {
+		leases.Put(l)
+	}
+	e.do(t, func() { n.onChange(registry.Change{Full: true, Leases: leases}) })
 	select {
 	case <-n.firstApply:
 	case <-time.After(5 * time.Second):
@@ -296,6 +300,53 @@ func TestDualStackNode(t *testing.T) {
 	}
 	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv6", reconcile.ReasonNoIPv6)); got != 1 {
 		t.Errorf("hgw_leases_skipped{ipv6,no_ipv6} = %v, want 1 (the IPv4-only lease)", got)
+	}
+
+	// Later changes are followed lease by lease: a dual-stack peer that
+	// joins is routed in both families; one whose subnet overlaps a
+	// peer's is skipped (the smaller key wins) and counted; when the peer
+	// leaves, the other one's subnet is routed in its place.
+	joined := registry.Lease{Key: "q-joined", Subnet: netip.MustParsePrefix("10.244.6.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:244:6::/64"),
+		PublicIP: netip.MustParseAddr("198.18.0.14"), PublicIPv6: netip.MustParseAddr("fd00:198:18::14")}
+	clash := registry.Lease{Key: "z-clash", Subnet: netip.MustParsePrefix("10.244.4.0/25"), PublicIP: netip.MustParseAddr("198.18.0.15")}
+	change := func(keys ...string) { e.do(t, func() { n.onChange(registry.Change{Keys: keys, Leases: leases}) }) }
+	routed := func(what string, want ...datapath.Route) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			kernel, err := reconcile.KernelRoutes(&e.ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m4, _ := maps.Routes().List()
+			m6, _ := maps.Routes6().List()
+			if got := sortRoutes(kernel); slices.Equal(got, sortRoutes(slices.Clone(want))) && slices.Equal(sortRoutes(append(m4, m6...)), got) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: kernel routes %v, maps %v and %v; want %v", what, kernel, m4, m6, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	leases.Put(joined)
+	leases.Put(clash)
+	change(joined.Key, clash.Key)
+	routed("a peer joined, another clashes", append(slices.Clone(want4), want6[0], route("10.244.6.0/24", "198.18.0.14"), route("fd00:10:244:6::/64", "fd00:198:18::14"))...)
+	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv4", reconcile.ReasonOverlap)); got != 1 {
+		t.Errorf("hgw_leases_skipped{ipv4,overlap} = %v, want 1", got)
+	}
+	if got := promtest.ToFloat64(n.metrics.Peers.WithLabelValues("ipv4")); got != 3 {
+		t.Errorf("hgw_peers{ipv4} = %v, want 3", got)
+	}
+	leases.Remove(peer.Key)
+	change(peer.Key)
+	routed("the peer left", route("10.244.4.0/25", "198.18.0.15"), want4[1], route("10.244.6.0/24", "198.18.0.14"), route("fd00:10:244:6::/64", "fd00:198:18::14"))
+	if got := promtest.CollectAndCount(n.metrics.LeasesSkipped); got != 1 {
+		t.Errorf("%d hgw_leases_skipped series, want the IPv6 no_ipv6 one alone (no overlap any more)", got)
+	}
+	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv6", reconcile.ReasonNoIPv6)); got != 2 {
+		t.Errorf("hgw_leases_skipped{ipv6,no_ipv6} = %v, want 2 (the IPv4-only leases)", got)
 	}
 
 	if err := n.writeSubnetFile(); err != nil {

@@ -25,6 +25,11 @@ type familyRoutes struct {
 	network netip.Prefix
 	onLink  []netip.Prefix
 	applied string // its readiness condition
+	// set is the family's desired peers, followed lease by lease on the
+	// registry watch's goroutine, and skips the reasons it counted last
+	// (for the metric).
+	set   reconcile.DesiredSet
+	skips map[string]bool
 }
 
 // routed tells a family the cluster network has.
@@ -100,11 +105,9 @@ func (n *node) resyncRoutes() {
 	}
 }
 
-// desired is the family's desired peers and the leases it skips.
-func (n *node) desired(f *familyRoutes, s registry.Snapshot) ([]reconcile.Peer, []registry.Skipped) {
-	if !f.routed() {
-		return nil, nil
-	}
+// input is what the family's desired peers depend on besides the
+// leases: this node's side of it.
+func (n *node) input(f *familyRoutes) reconcile.Input {
 	local, err := f.rec.LocalPrefixes()
 	if err != nil {
 		n.log.Warn("cannot list local prefixes; leases are checked against them at the next full run", "family", f.fam, "err", err)
@@ -115,9 +118,48 @@ func (n *node) desired(f *familyRoutes, s registry.Snapshot) ([]reconcile.Peer, 
 		own, publicIP = n.own6, n.ownIP6
 	}
 	n.mu.Unlock()
-	return reconcile.Desired(reconcile.Input{
-		Family: f.fam, Own: own, Network: f.network, OnLink: f.onLink, Local: local, PublicIP: publicIP, Leases: s.Leases,
+	return reconcile.Input{Family: f.fam, Own: own, Network: f.network, OnLink: f.onLink, Local: local, PublicIP: publicIP}
+}
+
+// follow hands the family's reconciler what c changed: the changes of
+// the leases c names, judged on their own, or the complete set again
+// where they cannot be (the first change, a relist, an overlap, this
+// node's side changed). It returns the leases newly skipped.
+func (n *node) follow(f *familyRoutes, c registry.Change) []registry.Skipped {
+	if !f.routed() {
+		if c.Full {
+			f.rec.Update(nil) // what an earlier run left goes
+		}
+		return nil
+	}
+	in := n.input(f)
+	if !c.Full {
+		if changes, skipped, ok := f.set.Changed(in, c.Keys, c.Leases); ok {
+			f.rec.Change(changes)
+			return skipped
+		}
+	}
+	peers, skipped := f.set.Full(in, c.Leases)
+	f.rec.Update(peers)
+	return skipped
+}
+
+// countSkips sets the family's peer and skip metrics from its set (none
+// for a family the network does not have).
+func (n *node) countSkips(f *familyRoutes) {
+	fam := f.fam.String()
+	n.metrics.Peers.WithLabelValues(fam).Set(float64(f.set.Peers()))
+	now := map[string]bool{}
+	f.set.Skips(func(reason string, count int) {
+		now[reason] = true
+		n.metrics.LeasesSkipped.WithLabelValues(fam, reason).Set(float64(count))
 	})
+	for reason := range f.skips {
+		if !now[reason] {
+			n.metrics.LeasesSkipped.DeleteLabelValues(fam, reason)
+		}
+	}
+	f.skips = now
 }
 
 // observer records the runs of f's reconciler. The node is ready for pods

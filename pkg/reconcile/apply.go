@@ -42,35 +42,76 @@ type entry struct {
 func (r *Reconciler) Apply(ctx context.Context, peers []Peer) (Result, error) {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
-	a := r.plan(peers)
+	want := newPrefixMap[desiredPeer](len(peers))
+	var errs []error
+	for _, p := range peers {
+		p.Subnet = p.Subnet.Masked() // the kernel and the map list masked prefixes
+		if err := r.checkFamily(p); err != nil {
+			errs = append(errs, &ItemError{Subnet: p.Subnet, Table: "kernel", Op: "replace", Err: err})
+			continue
+		}
+		if _, dup := want.get(p.Subnet); !dup { // Desired never yields duplicates; the first wins
+			want.set(p.Subnet, desiredPeer{nexthop: p.NextHop, key: p.Key})
+		}
+	}
+	a := r.plan(ctx, want, false)
+	a.res.Errors = append(errs, a.res.Errors...)
 	a.execute(ctx)
 	return a.finish(ctx)
 }
 
-// fullRun is one Apply: the desired and the listed state, and the result.
+// fullLive is Run's full comparison, of the desired peers Run holds. It
+// lets the incremental runs through between its steps (yield): a lease
+// that arrives meanwhile is written at once, not after tens of thousands
+// of peers are compared, and the full run leaves what such a run wrote
+// alone (its listing is older). applyMu is held.
+func (r *Reconciler) fullLive(ctx context.Context) Result {
+	a := r.plan(ctx, r.last, true)
+	a.execute(ctx)
+	a.yield(ctx)
+	res, _ := a.finish(ctx)
+	r.active, r.c.idle = nil, nil
+	return res
+}
+
+// fullRun is one full comparison: the desired and the listed state, and
+// the result.
 type fullRun struct {
-	r     *Reconciler
-	res   Result
-	want  map[netip.Prefix]entry
-	peers []Peer // as given: their etcd keys, for the log
+	r   *Reconciler
+	res Result
+	// want is the desired peers: Run's own set during Run (which changes
+	// as incremental runs go through: see touched).
+	want prefixMap[desiredPeer]
 
 	ks       *kernelState
 	kernelOK bool // kernel listed: without it nothing is written blind
-	inMap    map[netip.Prefix]entry
+	inMap    prefixMap[entry]
 	mapOK    bool                    // map present and listed
 	blocked  map[netip.Prefix]string // wanted, not ours to route: reason
-	nhid     map[netip.Addr]uint32   // usable nexthop object per peer
+	nhid     addrMap[uint32]         // usable nexthop object per peer
 	nhErr    map[netip.Addr]error    // peers whose nexthop object could not be written
 
-	wrote   map[netip.Prefix]tables // tables written per subnet (log)
-	removed map[netip.Prefix]tables
+	wrote   prefixMap[tables] // tables written per subnet (log)
+	removed prefixMap[tables]
+
+	// What incremental runs wrote during this run (Run's only): subnets
+	// and peers this run no longer touches, with the state they left
+	// (for the counts), and their results.
+	live      bool
+	touched   prefixMap[touch]
+	touchedNH addrMap[bool]
+	deltas    Result
 }
+
+// touch is what incremental runs left of a subnet in each table during a
+// full run: 1 present, -1 absent, 0 not known.
+type touch struct{ kernel, inMap int8 }
 
 // kernelState is one listing of what the kernel holds that Apply needs.
 type kernelState struct {
-	ours     map[netip.Prefix]kernelEntry // our routes where Apply puts them (main, TOS 0, metric 0)
-	odd      []kroute                     // other routes of ours: removed
-	others   map[netip.Prefix]kroute      // other programs' routes where Apply would write
+	ours     prefixMap[kernelEntry]  // our routes where Apply puts them (main, TOS 0, metric 0)
+	odd      []kroute                // other routes of ours: removed
+	others   map[netip.Prefix]kroute // other programs' routes where Apply would write
 	local    []netip.Prefix
 	nexthops map[uint32]knexthop // every nexthop object (nil: the kernel has none)
 }
@@ -82,26 +123,23 @@ type kernelEntry struct {
 	nhid uint32
 }
 
-func (r *Reconciler) plan(peers []Peer) *fullRun {
-	a := &fullRun{r: r, peers: peers, want: make(map[netip.Prefix]entry, len(peers)),
-		blocked: map[netip.Prefix]string{}, nhid: make(map[netip.Addr]uint32, len(peers)), nhErr: map[netip.Addr]error{},
-		wrote: map[netip.Prefix]tables{}, removed: map[netip.Prefix]tables{}}
-	for _, p := range peers {
-		p.Subnet = p.Subnet.Masked() // the kernel and the map list masked prefixes
-		if err := r.checkFamily(p); err != nil {
-			a.res.Errors = append(a.res.Errors, &ItemError{Subnet: p.Subnet, Table: "kernel", Op: "replace", Err: err})
-			continue
-		}
-		if _, dup := a.want[p.Subnet]; dup {
-			continue // Desired never yields duplicates; the first wins
-		}
-		a.want[p.Subnet] = entry{nexthop: p.NextHop, ifindex: r.ifindex()}
+// plan lists both tables for want. live: want is Run's desired set, and
+// incremental runs may go through from here on.
+func (r *Reconciler) plan(ctx context.Context, want prefixMap[desiredPeer], live bool) *fullRun {
+	n := want.len()
+	a := &fullRun{r: r, want: want, blocked: map[netip.Prefix]string{}, nhid: newAddrMap[uint32](n), nhErr: map[netip.Addr]error{},
+		wrote: newPrefixMap[tables](0), removed: newPrefixMap[tables](0), inMap: newPrefixMap[entry](0)}
+	if live {
+		a.live, a.touched, a.touchedNH = true, newPrefixMap[touch](0), newAddrMap[bool](0)
+		r.active = a
+		r.c.idle = func() { a.yield(ctx) }
 	}
 	var err error
-	if a.ks, err = r.listKernel(len(a.want)); err != nil {
+	if a.ks, err = r.listKernel(); err != nil {
 		a.res.Errors = append(a.res.Errors, err)
 	}
 	a.kernelOK = err == nil
+	a.yield(ctx)
 	if r.opts.RouteMap != nil {
 		if a.inMap, err = r.listMap(); err != nil {
 			a.res.Errors = append(a.res.Errors, err)
@@ -110,9 +148,71 @@ func (r *Reconciler) plan(peers []Peer) *fullRun {
 	}
 	if a.kernelOK {
 		r.setLocal(a.ks.local)
-		a.block()
+		a.block(ctx)
 	}
 	return a
+}
+
+// yield applies what arrived for Run since the run started (or last
+// yielded), as an incremental run, and takes its subnets and peers out
+// of this run. Called between the steps of a live run (between the
+// datagrams of a dump, the windows of writes, the batches of map
+// entries) and at each subnet of its walks over every peer: a walk over
+// tens of thousands takes tens of milliseconds, longer than a new lease
+// should wait. With nothing waiting it costs one atomic load. What a
+// walk decided for a subnet before an incremental run took it is
+// dropped where it would be acted on (mine).
+func (a *fullRun) yield(ctx context.Context) {
+	r := a.r
+	if !a.live || !r.waiting.Load() || r.nh == nhUnknown || ctx.Err() != nil {
+		return // the first dump probes for nexthop objects: changes wait for it
+	}
+	r.absorb()
+	if len(r.delta) == 0 {
+		return
+	}
+	res, needFull := r.applyDelta(ctx)
+	a.deltas.Added += res.Added
+	a.deltas.Changed += res.Changed
+	a.deltas.Removed += res.Removed
+	a.deltas.Errors = append(a.deltas.Errors, res.Errors...)
+	if needFull {
+		r.requestFull() // what it could not settle: after this run
+		r.trigger()
+	}
+}
+
+// touch takes subnet out of this run, noting what an incremental run
+// left of it (0: no news).
+func (a *fullRun) touch(subnet netip.Prefix, kernel, inMap int8) {
+	t, _ := a.touched.get(subnet)
+	if kernel != 0 {
+		t.kernel = kernel
+	}
+	if inMap != 0 {
+		t.inMap = inMap
+	}
+	a.touched.set(subnet, t)
+}
+
+// touchNexthop takes peer's nexthop object out of this run: an
+// incremental run wrote or used it.
+func (a *fullRun) touchNexthop(peer netip.Addr) { a.touchedNH.set(peer, true) }
+
+// mine tells a subnet this run may still write: no incremental run took
+// it over.
+func (a *fullRun) mine(p netip.Prefix) bool {
+	if !a.live {
+		return true
+	}
+	_, t := a.touched.get(p)
+	return !t
+}
+
+// wantEntry is a wanted subnet's entry.
+func (a *fullRun) wantEntry(p netip.Prefix) (entry, bool) {
+	w, ok := a.want.get(p)
+	return entry{nexthop: w.nexthop, ifindex: a.r.ifindex()}, ok
 }
 
 // block sets aside the wanted subnets that are not ours to route: another
@@ -120,17 +220,19 @@ func (r *Reconciler) plan(peers []Peer) *fullRun {
 // would silently take it over, whatever its protocol), or the subnet
 // covers a local route or address of this node. flanneld's own routes are
 // the exception: taking them over is how a node moves from flanneld.
-func (a *fullRun) block() {
+func (a *fullRun) block(ctx context.Context) {
 	r := a.r
-	for subnet := range a.want {
+	a.want.each(func(subnet netip.Prefix, _ desiredPeer) bool {
+		a.yield(ctx)
 		if k, ok := a.ks.others[subnet]; ok && !k.flanneld(r.ifindex()) {
 			a.blocked[subnet] = fmt.Sprintf("route of protocol %d holds it: %s", k.protocol, k)
-			continue
+			return true
 		}
 		if l := coveredLocal(a.ks.local, subnet); l.IsValid() {
 			a.blocked[subnet] = "covers the local prefix " + l.String()
 		}
-	}
+		return true
+	})
 	r.logBlocked(a.blocked, a.keysOf(sortedKeys(a.blocked, func(p netip.Prefix) bool { return r.blockLogged[p] != a.blocked[p] })))
 	r.blockedSet = a.blocked
 	a.res.Blocked = len(a.blocked)
@@ -154,13 +256,15 @@ func (r *Reconciler) logBlocked(blocked map[netip.Prefix]string, keys map[netip.
 }
 
 // listKernel lists routes, addresses and (once the kernel is known to
-// have them) nexthop objects; hint is how many routes of ours to expect. The first listing probes for nexthop
-// objects and says which kind of route the agent installs.
-func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
+// have them) nexthop objects, its maps sized for what the last run left
+// (a start finds none: tens of thousands of empty slots would be most of
+// the agent's memory then). The first listing probes for nexthop objects
+// and says which kind of route the agent installs.
+func (r *Reconciler) listKernel() (*kernelState, error) {
 	ks := &kernelState{}
 	var err error
 	if r.nh != nhNone { // first: routes of ours are resolved through them
-		ks.nexthops, err = r.c.listNexthops(hint)
+		ks.nexthops, err = r.c.listNexthops(r.nexthops.len())
 		switch {
 		case err != nil && nexthopsUnsupported(err):
 			r.opts.Log.Info("the kernel has no nexthop objects: plain kernel routes", "family", r.fam, "dev", r.dev(), "reason", err)
@@ -174,13 +278,13 @@ func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
 	}
 	var local []kroute
 	start := func() {
-		ks.ours, ks.others, ks.odd, local = make(map[netip.Prefix]kernelEntry, hint), map[netip.Prefix]kroute{}, nil, nil
+		ks.ours, ks.others, ks.odd, local = newPrefixMap[kernelEntry](r.kernelN), map[netip.Prefix]kroute{}, nil, nil
 	}
 	start()
 	err = r.c.eachRoute(r.fam, start, func(k kroute) {
 		switch {
 		case k.ours() && k.keyed() && k.typ == unix.RTN_UNICAST && k.dst.Bits() > 0:
-			ks.ours[k.dst] = kernelEntry{entry: resolve(k, ks.nexthops), nhid: k.nhid}
+			ks.ours.set(k.dst, kernelEntry{entry: resolve(k, ks.nexthops), nhid: k.nhid})
 		case k.ours():
 			ks.odd = append(ks.odd, k) // a metric, TOS or type Apply never installs
 		default:
@@ -205,14 +309,14 @@ func (r *Reconciler) listKernel(hint int) (*kernelState, error) {
 	return ks, nil
 }
 
-func (r *Reconciler) listMap() (map[netip.Prefix]entry, error) {
+func (r *Reconciler) listMap() (prefixMap[entry], error) {
 	list, err := r.opts.RouteMap.List()
 	if err != nil {
-		return nil, fmt.Errorf("list routes map: %w", err)
+		return newPrefixMap[entry](0), fmt.Errorf("list routes map: %w", err)
 	}
-	out := make(map[netip.Prefix]entry, len(list))
+	out := newPrefixMap[entry](len(list))
 	for _, e := range list {
-		out[e.Subnet] = entry{nexthop: e.NextHop, ifindex: int(e.Ifindex)}
+		out.set(e.Subnet, entry{nexthop: e.NextHop, ifindex: int(e.Ifindex)})
 	}
 	return out, nil
 }
@@ -223,87 +327,122 @@ func (a *fullRun) routable(subnet netip.Prefix) bool {
 	return !blocked
 }
 
-// execute makes the writes, in the order Apply documents.
+// execute makes the writes, in the order Apply documents. A live run
+// yields between its steps too: each of them walks every peer.
 func (a *fullRun) execute(ctx context.Context) {
 	if !a.kernelOK {
 		return // nothing is written blind: not even the map
 	}
 	// 1. Map entries of peers the kernel has no route for at all.
 	if a.mapOK {
-		a.putMap(sortedKeys(a.want, func(p netip.Prefix) bool {
-			e, ok := a.inMap[p]
-			return a.fresh(p) && (!ok || e != a.want[p])
+		a.putMap(ctx, a.want.keys(func(p netip.Prefix, _ desiredPeer) bool {
+			a.yield(ctx)
+			e, ok := a.inMap.get(p)
+			w, _ := a.wantEntry(p)
+			return a.fresh(p) && (!ok || e != w)
 		}))
 	}
 	if ctx.Err() != nil {
 		return
 	}
 	// 2. Nexthop objects, 3. routes.
-	a.writeNexthops()
+	a.yield(ctx)
+	a.writeNexthops(ctx)
+	a.yield(ctx)
 	a.writeRoutes(ctx)
+	a.yield(ctx)
 	// 4. The other map entries, once their route is right; entries put
 	// early whose route failed come out again.
 	if a.mapOK {
-		a.putMap(sortedKeys(a.want, func(p netip.Prefix) bool {
-			return !a.fresh(p) && a.routed(p) && a.inMap[p] != a.want[p]
+		a.putMap(ctx, a.want.keys(func(p netip.Prefix, _ desiredPeer) bool {
+			a.yield(ctx)
+			e, _ := a.inMap.get(p)
+			w, _ := a.wantEntry(p)
+			return !a.fresh(p) && a.routed(p) && e != w
 		}))
-		for _, p := range sortedKeys(a.wrote, func(p netip.Prefix) bool { return a.fresh(p) && !a.routed(p) }) {
-			if a.wrote[p]&tabMap != 0 && a.deleteMap(p, "rollback") {
-				if a.wrote[p] &^= tabMap; a.wrote[p] == 0 {
-					delete(a.wrote, p)
+		for _, p := range a.wrote.keys(func(p netip.Prefix, t tables) bool {
+			a.yield(ctx)
+			return t&tabMap != 0 && a.fresh(p) && !a.routed(p)
+		}) {
+			if !a.mine(p) {
+				continue
+			}
+			if a.deleteMap(p, "rollback") {
+				if t, _ := a.wrote.get(p); t&^tabMap == 0 {
+					a.wrote.delete(p)
+				} else {
+					a.wrote.set(p, t&^tabMap)
 				}
 			}
 		}
+		a.yield(ctx)
 	}
 	a.removeStale(ctx)
 }
 
 // fresh tells a wanted subnet the kernel had no route for at all.
 func (a *fullRun) fresh(p netip.Prefix) bool {
-	_, ours := a.ks.ours[p]
+	_, ours := a.ks.ours.get(p)
 	_, other := a.ks.others[p]
 	return a.routable(p) && !ours && !other
 }
 
 // right tells a wanted subnet whose route of ours was right before the run.
 func (a *fullRun) right(p netip.Prefix) bool {
-	w := a.want[p]
-	cur, had := a.ks.ours[p]
-	return had && cur.entry == w && cur.nhid == a.nhid[w.nexthop]
+	w, _ := a.wantEntry(p)
+	cur, had := a.ks.ours.get(p)
+	id, _ := a.nhid.get(w.nexthop)
+	return had && cur.entry == w && cur.nhid == id
 }
 
 // routed tells a wanted subnet whose route is right now: it was, or the
 // run wrote it.
 func (a *fullRun) routed(p netip.Prefix) bool {
-	return a.routable(p) && (a.right(p) || a.wrote[p]&tabKernel != 0)
+	t, _ := a.wrote.get(p)
+	return a.routable(p) && (a.right(p) || t&tabKernel != 0)
 }
 
-// putMap writes the wanted entries of subnets, in one batch where the map
+func (a *fullRun) noteWrote(p netip.Prefix, t tables) {
+	old, _ := a.wrote.get(p)
+	a.wrote.set(p, old|t)
+}
+
+// mapBatch is how many map entries one batch writes: a live run lets
+// incremental runs through between batches.
+const mapBatch = 2048
+
+// putMap writes the wanted entries of subnets, in batches where the map
 // can.
-func (a *fullRun) putMap(subnets []netip.Prefix) {
-	if len(subnets) == 0 {
-		return
-	}
-	rts := make([]datapath.Route, len(subnets))
-	for i, p := range subnets {
-		w := a.want[p]
-		rts[i] = datapath.Route{Subnet: p, NextHop: w.nexthop, Ifindex: uint32(w.ifindex)}
-	}
-	done := 0
-	if bm, ok := a.r.opts.RouteMap.(BatchRouteMap); ok && len(rts) > 1 {
-		done, _ = bm.PutBatch(rts) // the rest one by one below, to name the failure
-	}
-	for i, p := range subnets {
-		if i >= done {
-			if err := a.r.opts.RouteMap.Put(rts[i]); err != nil {
-				a.fail(p, "map", "put", err)
+func (a *fullRun) putMap(ctx context.Context, subnets []netip.Prefix) {
+	rts := make([]datapath.Route, 0, min(len(subnets), mapBatch))
+	todo := make([]netip.Prefix, 0, cap(rts))
+	for start := 0; start < len(subnets); start += mapBatch {
+		a.yield(ctx)
+		rts, todo = rts[:0], todo[:0]
+		for _, p := range subnets[start:min(start+mapBatch, len(subnets))] {
+			if !a.mine(p) {
 				continue
 			}
+			w, _ := a.wantEntry(p)
+			rts = append(rts, datapath.Route{Subnet: p, NextHop: w.nexthop, Ifindex: uint32(w.ifindex)})
+			todo = append(todo, p)
 		}
-		if _, had := a.inMap[p]; !had {
-			a.res.MapEntries++
+		done := 0
+		if bm, ok := a.r.opts.RouteMap.(BatchRouteMap); ok && len(rts) > 1 {
+			done, _ = bm.PutBatch(rts) // the rest one by one below, to name the failure
 		}
-		a.wrote[p] |= tabMap
+		for i, p := range todo {
+			if i >= done {
+				if err := a.r.opts.RouteMap.Put(rts[i]); err != nil {
+					a.fail(p, "map", "put", err)
+					continue
+				}
+			}
+			if _, had := a.inMap.get(p); !had {
+				a.res.MapEntries++
+			}
+			a.noteWrote(p, tabMap)
+		}
 	}
 }
 
@@ -318,7 +457,7 @@ func (a *fullRun) deleteMap(p netip.Prefix, why string) bool {
 
 // writeNexthops creates (or corrects) the nexthop object of every peer
 // whose subnets are routed, and records which peers can use one.
-func (a *fullRun) writeNexthops() {
+func (a *fullRun) writeNexthops(ctx context.Context) {
 	r := a.r
 	if r.nh != nhOn {
 		return
@@ -329,20 +468,30 @@ func (a *fullRun) writeNexthops() {
 		flags uint16
 	}
 	var writes []write
-	seen := make(map[netip.Addr]bool, len(a.want))
+	seen := newAddrMap[bool](a.want.len())
 	ids := a.idPicker()
-	for p, w := range a.want {
-		if seen[w.nexthop] || !a.routable(p) {
-			continue
+	a.want.each(func(p netip.Prefix, w desiredPeer) bool {
+		a.yield(ctx)
+		if done, _ := seen.get(w.nexthop); done || !a.routable(p) || !a.mine(p) {
+			return true
 		}
-		seen[w.nexthop] = true
+		seen.set(w.nexthop, true)
+		if a.live {
+			if _, t := a.touchedNH.get(w.nexthop); t {
+				if id, ok := r.nexthops.get(w.nexthop); ok {
+					a.nhid.set(w.nexthop, id) // written by an incremental run meanwhile
+				}
+				return true
+			}
+		}
 		id := ids.pick(w.nexthop)
 		n, exists := a.ks.nexthops[id]
+		e := entry{nexthop: w.nexthop, ifindex: r.ifindex()}
 		switch {
 		case !exists:
 			writes = append(writes, write{w.nexthop, id, unix.NLM_F_CREATE | unix.NLM_F_EXCL})
-		case n.serves(w):
-			a.nhid[w.nexthop] = id
+		case n.serves(e):
+			a.nhid.set(w.nexthop, id)
 		case n.oursIn(r.fam):
 			writes = append(writes, write{w.nexthop, id, unix.NLM_F_CREATE | unix.NLM_F_REPLACE})
 		default:
@@ -352,24 +501,38 @@ func (a *fullRun) writeNexthops() {
 					"id", id, "protocol", n.protocol, "dev", r.dev())
 			}
 		}
-	}
+		return true
+	})
 	slices.SortFunc(writes, func(x, y write) int { return x.peer.Compare(y.peer) })
-	r.c.execEach(context.Background(), len(writes), func(i int) request {
+	r.c.execEach(context.Background(), len(writes), func(i int) (request, bool) {
 		w := writes[i]
-		return nexthopRequest(unix.RTM_NEWNEXTHOP, w.flags, w.id, entry{nexthop: w.peer, ifindex: r.ifindex()})
+		if a.live {
+			if _, t := a.touchedNH.get(w.peer); t {
+				return request{}, false // an incremental run wrote it meanwhile
+			}
+		}
+		return nexthopRequest(unix.RTM_NEWNEXTHOP, w.flags, w.id, entry{nexthop: w.peer, ifindex: r.ifindex()}), true
 	}, func(i int, err error) {
 		w := writes[i]
-		if err != nil {
+		switch {
+		case errors.Is(err, errSkipped):
+			if id, ok := r.nexthops.get(w.peer); ok {
+				a.nhid.set(w.peer, id)
+			}
+		case err != nil:
 			// Its subnets' routes fail with it (writeRoutes); the next run
 			// retries.
 			a.nhErr[w.peer] = fmt.Errorf("nexthop %d via %s dev %s: %w", w.id, w.peer, r.dev(), err)
-			return
+		default:
+			a.nhid.set(w.peer, w.id)
 		}
-		a.nhid[w.peer] = w.id
 	})
-	for gw, id := range a.nhid {
-		r.nexthops[gw] = id
-	}
+	a.nhid.each(func(gw netip.Addr, id uint32) bool {
+		if _, t := a.touchedNH.get(gw); !a.live || !t {
+			r.nexthops.set(gw, id)
+		}
+		return true
+	})
 }
 
 // nexthopIDs picks the ID of each peer's nexthop object in one run.
@@ -425,27 +588,41 @@ func (a *fullRun) writeRoutes(ctx context.Context) {
 	// Only what needs a write is sorted: a resync over thousands of
 	// peers in place sorts nothing.
 	var subnets []netip.Prefix
-	for _, p := range sortedKeys(a.want, func(p netip.Prefix) bool { return a.routable(p) && !a.right(p) }) {
-		if err := a.nhErr[a.want[p].nexthop]; err != nil {
+	for _, p := range a.want.keys(func(p netip.Prefix, _ desiredPeer) bool {
+		a.yield(ctx)
+		return a.routable(p) && !a.right(p)
+	}) {
+		if !a.mine(p) {
+			continue
+		}
+		w, _ := a.wantEntry(p)
+		if err := a.nhErr[w.nexthop]; err != nil {
 			a.fail(p, "kernel", "replace", err)
 			continue
 		}
 		subnets = append(subnets, p)
 	}
-	r.c.execEach(ctx, len(subnets), func(i int) request {
+	r.c.execEach(ctx, len(subnets), func(i int) (request, bool) {
 		p := subnets[i]
-		w := a.want[p]
-		return routeRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, peerRoute(p, w, a.nhid[w.nexthop]))
+		if !a.mine(p) {
+			return request{}, false
+		}
+		w, _ := a.wantEntry(p)
+		id, _ := a.nhid.get(w.nexthop)
+		return routeRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, peerRoute(p, w, id)), true
 	}, func(i int, err error) {
 		p := subnets[i]
-		if err != nil {
-			a.fail(p, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", p, a.want[p].nexthop, r.dev(), err))
-			return
+		switch {
+		case errors.Is(err, errSkipped):
+		case err != nil:
+			w, _ := a.wantEntry(p)
+			a.fail(p, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", p, w.nexthop, r.dev(), err))
+		default:
+			if _, had := a.ks.ours.get(p); !had {
+				a.res.KernelRoutes++
+			}
+			a.noteWrote(p, tabKernel)
 		}
-		if _, had := a.ks.ours[p]; !had {
-			a.res.KernelRoutes++
-		}
-		a.wrote[p] |= tabKernel
 	})
 }
 
@@ -454,90 +631,112 @@ func (a *fullRun) writeRoutes(ctx context.Context) {
 // the nexthop objects of ours no wanted route uses.
 func (a *fullRun) removeStale(ctx context.Context) {
 	r := a.r
-	gone := func(p netip.Prefix) bool { return !a.wanted(p) }
+	gone := func(p netip.Prefix) bool {
+		a.yield(ctx)
+		return !a.wanted(p)
+	}
 	if a.mapOK {
-		for _, p := range sortedKeys(a.inMap, gone) {
+		for i, p := range a.inMap.keys(func(p netip.Prefix, _ entry) bool { return gone(p) }) {
 			if ctx.Err() != nil {
 				return
 			}
-			if a.deleteMap(p, "stale") {
-				a.removed[p] |= tabMap
+			if i%mapBatch == 0 {
+				a.yield(ctx)
+			}
+			if a.mine(p) && a.deleteMap(p, "stale") {
+				t, _ := a.removed.get(p)
+				a.removed.set(p, t|tabMap)
 			}
 		}
 	}
-	stale := sortedKeys(a.ks.ours, gone)
+	a.yield(ctx)
+	stale := a.ks.ours.keys(func(p netip.Prefix, _ kernelEntry) bool { return gone(p) })
 	what := make([]kroute, 0, len(stale)+len(a.ks.odd))
 	for _, p := range stale {
-		k := a.ks.ours[p]
+		k, _ := a.ks.ours.get(p)
 		what = append(what, peerRoute(p, k.entry, k.nhid))
 	}
 	what = append(what, a.ks.odd...)
-	r.deleteRoutes(ctx, what, func(i int, err error) {
+	r.deleteRoutes(ctx, what, func(i int) bool { return i >= len(stale) || a.mine(what[i].dst) }, func(i int, err error) {
 		k := what[i]
 		switch {
+		case errors.Is(err, errSkipped):
 		case err != nil:
 			a.fail(k.dst, "kernel", "delete", err)
 		case i < len(stale):
 			a.res.KernelRoutes--
-			a.removed[k.dst] |= tabKernel
+			t, _ := a.removed.get(k.dst)
+			a.removed.set(k.dst, t|tabKernel)
 		default:
 			r.opts.Log.Info("odd route of ours removed", "subnet", k.dst, "metric", k.priority, "dev", r.dev())
 		}
 	})
-	a.removeNexthops()
+	a.yield(ctx)
+	a.removeNexthops(ctx)
 }
 
 // wanted tells a subnet Apply routes (wanted and not blocked).
 func (a *fullRun) wanted(p netip.Prefix) bool {
-	_, ok := a.want[p]
+	_, ok := a.want.get(p)
 	return ok && a.routable(p)
 }
 
 // removeNexthops deletes our nexthop objects that no routed peer uses
 // (all of them with plain routes). Deleting one takes any route still
 // using it along; every route of ours that did is gone by now.
-func (a *fullRun) removeNexthops() {
+func (a *fullRun) removeNexthops(ctx context.Context) {
 	r := a.r
 	var ids []uint32
 	for id, n := range a.ks.nexthops {
-		if n.oursIn(r.fam) && a.nhid[n.gw] != id {
+		a.yield(ctx)
+		if used, _ := a.nhid.get(n.gw); n.oursIn(r.fam) && used != id {
 			ids = append(ids, id)
 		}
 	}
 	slices.Sort(ids)
-	reqs := make([]request, len(ids))
-	for i, id := range ids {
-		reqs[i] = nexthopRequest(unix.RTM_DELNEXTHOP, 0, id, entry{})
-		r.noteNexthopDeletion(id)
-	}
-	for i, err := range r.c.exec(reqs) {
+	r.c.execEach(ctx, len(ids), func(i int) (request, bool) {
+		if a.live {
+			if _, t := a.touchedNH.get(a.ks.nexthops[ids[i]].gw); t {
+				return request{}, false // an incremental run routes through it now
+			}
+		}
+		r.noteNexthopDeletion(ids[i])
+		return nexthopRequest(unix.RTM_DELNEXTHOP, 0, ids[i], entry{}), true
+	}, func(i int, err error) {
 		n := a.ks.nexthops[ids[i]]
-		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+		switch {
+		case errors.Is(err, errSkipped):
+			return
+		case err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH):
 			r.forgetNexthopDeletion(ids[i])
 			a.fail(netip.PrefixFrom(n.gw, n.gw.BitLen()), "kernel", "nexthop", fmt.Errorf("delete nexthop %d: %w", ids[i], err))
-			continue
+			return
 		}
-		if r.nexthops[n.gw] == ids[i] {
-			delete(r.nexthops, n.gw)
+		if id, ok := r.nexthops.get(n.gw); ok && id == ids[i] {
+			r.nexthops.delete(n.gw)
 		}
 		r.opts.Log.Info("nexthop of ours removed", "nexthop", n.gw, "id", ids[i], "dev", r.dev())
-	}
+	})
 }
 
-// deleteRoutes deletes routes of ours exactly as listed, remembering them
-// so that Run does not take the kernel's deletion events for repairs. A
-// route already gone is no error.
-func (r *Reconciler) deleteRoutes(ctx context.Context, what []kroute, done func(i int, err error)) {
-	for _, k := range what {
-		r.noteDeletion(k.dst)
-	}
-	r.c.execEach(ctx, len(what), func(i int) request {
-		return routeRequest(unix.RTM_DELROUTE, 0, what[i])
+// deleteRoutes deletes routes of ours exactly as listed, those that keep
+// accepts at the moment their window is sent, remembering them so that
+// Run does not take the kernel's deletion events for repairs. A route
+// already gone is no error; one not kept gets errSkipped.
+func (r *Reconciler) deleteRoutes(ctx context.Context, what []kroute, keep func(i int) bool, done func(i int, err error)) {
+	r.c.execEach(ctx, len(what), func(i int) (request, bool) {
+		if !keep(i) {
+			return request{}, false
+		}
+		r.noteDeletion(what[i].dst)
+		return routeRequest(unix.RTM_DELROUTE, 0, what[i]), true
 	}, func(i int, err error) {
-		if err != nil && !errors.Is(err, unix.ESRCH) {
+		switch {
+		case errors.Is(err, errSkipped):
+		case err != nil && !errors.Is(err, unix.ESRCH):
 			r.forgetDeletion(what[i].dst)
 			err = fmt.Errorf("delete route %s: %w", what[i], err)
-		} else {
+		default:
 			err = nil
 		}
 		done(i, err)
@@ -555,9 +754,9 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 		a.res.Errors = append(a.res.Errors, fmt.Errorf("apply interrupted: %w", err))
 	}
 	if a.kernelOK {
-		a.res.KernelRoutes += len(a.ks.ours)
+		a.res.KernelRoutes += a.ks.ours.len()
 	}
-	a.res.MapEntries += len(a.inMap)
+	a.res.MapEntries += a.inMap.len()
 	var (
 		changes []change
 		more    = map[string]int{}
@@ -569,8 +768,16 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 			more[c.verb]++
 		}
 	}
-	for _, p := range sortedKeys(a.wrote, nil) {
-		c := change{subnet: p, nexthop: a.want[p].nexthop, tables: a.wrote[p], verb: "added"}
+	// What incremental runs took over they logged and counted: here and
+	// below, a subnet they took before its turn is theirs, one they took
+	// after was counted here (each counts its own writes).
+	for _, p := range a.wrote.keys(func(p netip.Prefix, _ tables) bool { return a.mine(p) }) {
+		if a.yield(ctx); !a.mine(p) {
+			continue
+		}
+		t, _ := a.wrote.get(p)
+		w, _ := a.wantEntry(p)
+		c := change{subnet: p, nexthop: w.nexthop, tables: t, verb: "added"}
 		if old, had := a.before(p); had {
 			c.verb, c.was, a.res.Changed = "changed", old.nexthop, a.res.Changed+1
 		} else {
@@ -578,10 +785,14 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 		}
 		log(c)
 	}
-	for _, p := range sortedKeys(a.removed, nil) {
+	for _, p := range a.removed.keys(func(p netip.Prefix, _ tables) bool { return a.mine(p) }) {
+		if a.yield(ctx); !a.mine(p) {
+			continue
+		}
+		t, _ := a.removed.get(p)
 		old, _ := a.before(p)
 		a.res.Removed++
-		log(change{verb: "removed", subnet: p, nexthop: old.nexthop, tables: a.removed[p]})
+		log(change{verb: "removed", subnet: p, nexthop: old.nexthop, tables: t})
 	}
 	subnets := make([]netip.Prefix, len(changes))
 	for i, c := range changes {
@@ -595,6 +806,7 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 	for _, err := range a.res.Errors {
 		r.opts.Log.Error("reconcile", "err", err)
 	}
+	a.countTouched()
 	if a.kernelOK {
 		r.kernelN = a.res.KernelRoutes
 	}
@@ -602,20 +814,48 @@ func (a *fullRun) finish(ctx context.Context) (Result, error) {
 	return a.res, errors.Join(a.res.Errors...)
 }
 
-// keysOf is the etcd key of each of subnets, from the peers: one pass for
-// the few that are logged, rather than a map of every peer's key.
+// countTouched counts the subnets incremental runs took over as they
+// left them (the counts so far are the listing's and this run's), and
+// adds their results.
+func (a *fullRun) countTouched() {
+	if !a.live {
+		return
+	}
+	a.touched.each(func(p netip.Prefix, t touch) bool {
+		wrote, _ := a.wrote.get(p)
+		removed, _ := a.removed.get(p)
+		if t.kernel != 0 && a.kernelOK {
+			_, listed := a.ks.ours.get(p)
+			if (listed || wrote&tabKernel != 0) && removed&tabKernel == 0 {
+				a.res.KernelRoutes--
+			}
+			if t.kernel > 0 {
+				a.res.KernelRoutes++
+			}
+		}
+		if t.inMap != 0 {
+			_, listed := a.inMap.get(p)
+			if (listed || wrote&tabMap != 0) && removed&tabMap == 0 {
+				a.res.MapEntries--
+			}
+			if t.inMap > 0 {
+				a.res.MapEntries++
+			}
+		}
+		return true
+	})
+	a.res.Added += a.deltas.Added
+	a.res.Changed += a.deltas.Changed
+	a.res.Removed += a.deltas.Removed
+	a.res.Errors = append(a.res.Errors, a.deltas.Errors...)
+}
+
+// keysOf is the lease key of each of subnets, for the log.
 func (a *fullRun) keysOf(subnets []netip.Prefix) map[netip.Prefix]string {
 	out := make(map[netip.Prefix]string, len(subnets))
-	if len(subnets) == 0 {
-		return out
-	}
 	for _, p := range subnets {
-		out[p] = ""
-	}
-	for _, p := range a.peers {
-		if k, ok := out[p.Subnet.Masked()]; ok && k == "" {
-			out[p.Subnet.Masked()] = p.Key
-		}
+		w, _ := a.want.get(p)
+		out[p] = w.key
 	}
 	return out
 }
@@ -623,12 +863,11 @@ func (a *fullRun) keysOf(subnets []netip.Prefix) map[netip.Prefix]string {
 // before is a subnet's entry before the run, from either table.
 func (a *fullRun) before(p netip.Prefix) (entry, bool) {
 	if a.ks != nil {
-		if e, ok := a.ks.ours[p]; ok {
+		if e, ok := a.ks.ours.get(p); ok {
 			return e.entry, true
 		}
 	}
-	e, ok := a.inMap[p]
-	return e, ok
+	return a.inMap.get(p)
 }
 
 // change is one peer's line in the log.
@@ -702,19 +941,4 @@ func comparePrefix(a, b netip.Prefix) int {
 		return c
 	}
 	return a.Bits() - b.Bits()
-}
-
-// sortTogether orders peers by address, and reqs with them.
-func sortTogether(peers []netip.Addr, reqs []request) {
-	idx := make([]int, len(peers))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortFunc(idx, func(i, j int) int { return peers[i].Compare(peers[j]) })
-	p2, r2 := make([]netip.Addr, len(peers)), make([]request, len(reqs))
-	for to, from := range idx {
-		p2[to], r2[to] = peers[from], reqs[from]
-	}
-	copy(peers, p2)
-	copy(reqs, r2)
 }

@@ -11,38 +11,107 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 )
 
-// Update stores the latest desired peers and wakes Run. The registry hands
-// over complete sets; Update compares this one with the previous (one map
-// lookup per peer) and queues only what changed, which Run applies alone:
-// a new lease costs its own writes, not a listing of every table. Bursts
-// coalesce: Run applies the changes of all pending Updates at once.
+// Update hands Run a complete set of desired peers, to replace the
+// previous, and wakes it. Run compares it with the set it had (one map
+// lookup per peer) and applies only what changed: a new lease costs its
+// own writes, not a listing of every table. The first Update is applied
+// with the full comparison; nothing is applied before it.
 func (r *Reconciler) Update(peers []Peer) {
 	r.mu.Lock()
 	if !r.known {
 		r.known, r.full = true, true
 	}
-	r.gen++
-	for i := range peers {
-		p := &peers[i]
-		subnet := p.Subnet.Masked()
-		old, had := r.last.get(subnet)
-		if !had || old.nexthop != p.NextHop {
-			r.queue(subnet, p, old.nexthop)
-		}
-		r.last.set(subnet, lastPeer{nexthop: p.NextHop, gen: r.gen})
-	}
-	if r.last.len() > len(peers) { // some left (or a subnet came twice)
-		r.last.each(func(subnet netip.Prefix, lp lastPeer) bool {
-			if lp.gen != r.gen {
-				r.last.delete(subnet)
-				r.queue(subnet, nil, lp.nexthop)
-			}
-			return true
-		})
-	}
-	r.desired = peers
+	r.inbox.replace, r.inbox.replaced, r.inbox.changes = peers, true, nil
+	r.waiting.Store(true)
 	r.mu.Unlock()
 	r.trigger()
+}
+
+// Change hands Run changes to the desired peers (Update's set, edited),
+// and wakes it: a subnet routed through another peer, or no longer.
+// Bursts coalesce: Run applies the changes of all pending calls at once.
+func (r *Reconciler) Change(changes []PeerChange) {
+	if len(changes) == 0 {
+		return
+	}
+	r.mu.Lock()
+	r.inbox.changes = append(r.inbox.changes, changes...)
+	r.waiting.Store(true)
+	r.mu.Unlock()
+	r.trigger()
+}
+
+// absorb takes what the inbox holds into the desired peers, and queues
+// what changed for the next incremental run; applyMu is held.
+func (r *Reconciler) absorb() {
+	r.mu.Lock()
+	in := r.inbox
+	r.inbox = inbox{}
+	r.waiting.Store(false)
+	r.mu.Unlock()
+	if in.replaced {
+		r.replaceDesired(in.replace)
+	}
+	for _, c := range in.changes {
+		r.changeDesired(c)
+	}
+	for _, ev := range in.repairs {
+		r.queueRepair(ev)
+	}
+}
+
+// replaceDesired makes peers the desired set, queuing each difference.
+func (r *Reconciler) replaceDesired(peers []Peer) {
+	next := newPrefixMap[desiredPeer](len(peers))
+	for i := range peers {
+		p := peers[i]
+		p.Subnet = p.Subnet.Masked()
+		if _, dup := next.get(p.Subnet); dup || !r.wantable(p) {
+			continue // Desired never yields duplicates; the first wins
+		}
+		next.set(p.Subnet, desiredPeer{nexthop: p.NextHop, key: p.Key})
+		if old, had := r.last.get(p.Subnet); !had || old.nexthop != p.NextHop {
+			r.queue(p.Subnet, &p, old.nexthop)
+		}
+	}
+	r.last.each(func(subnet netip.Prefix, old desiredPeer) bool {
+		if _, still := next.get(subnet); !still {
+			r.queue(subnet, nil, old.nexthop)
+		}
+		return true
+	})
+	r.last = next
+}
+
+// changeDesired applies one change to the desired set, queuing it if it
+// changes a route.
+func (r *Reconciler) changeDesired(c PeerChange) {
+	p := c.Peer
+	p.Subnet = p.Subnet.Masked()
+	old, had := r.last.get(p.Subnet)
+	if c.Removed {
+		if had {
+			r.last.delete(p.Subnet)
+			r.queue(p.Subnet, nil, old.nexthop)
+		}
+		return
+	}
+	if !r.wantable(p) {
+		return
+	}
+	r.last.set(p.Subnet, desiredPeer{nexthop: p.NextHop, key: p.Key})
+	if !had || old.nexthop != p.NextHop {
+		r.queue(p.Subnet, &p, old.nexthop)
+	}
+}
+
+// wantable tells a peer of r's family; another is logged, never desired.
+func (r *Reconciler) wantable(p Peer) bool {
+	if err := r.checkFamily(p); err != nil {
+		r.opts.Log.Error("reconcile", "err", &ItemError{Subnet: p.Subnet, Table: "kernel", Op: "replace", Err: err})
+		return false
+	}
+	return true
 }
 
 // queue records a change for the next incremental run; was is the
@@ -75,16 +144,25 @@ func (r *Reconciler) Resync() {
 }
 
 // applyDelta applies the changes Update queued, without listing either
-// table: for each new or moved peer its nexthop object (if new), its route
-// and then its map entry; for each departed one its map entry and then its
-// route. The kernel is written first here (one batch, one round trip) and
-// the map after, so no map entry is ever ahead of a route: the batch
-// costs well under a millisecond. Anything this cannot settle by itself
+// table: for each new peer its map entry, then its nexthop object (if
+// new) and its route; for each moved one its nexthop object and route,
+// then its map entry; for each departed one its map entry and then its
+// route. The kernel's writes are one batch, one round trip. A new peer's
+// entry goes first for the reason Apply writes a fresh peer's first: the
+// fast path is there at once, while the kernel can take milliseconds (an
+// insertion that resizes a node of its routing trie, at tens of
+// thousands of routes); it is taken out again if the route fails. A
+// subnet routed before keeps its map entry behind its route, as in
+// Apply. Anything this cannot settle by itself
 // (the kernel already has a route for a new subnet, or an object with a
 // new peer's nexthop ID) asks for a full run, which lists and decides.
-func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pending) (res Result, needFull bool) {
-	r.applyMu.Lock()
-	defer r.applyMu.Unlock()
+//
+// applyMu is held. During a full run (r.active) each subnet and peer
+// written is the full run's no more: it was listed before, and the
+// change is newer.
+func (r *Reconciler) applyDelta(ctx context.Context) (res Result, needFull bool) {
+	delta := r.delta
+	r.delta = map[netip.Prefix]pending{}
 	var (
 		reqs  []request
 		items []deltaItem
@@ -99,6 +177,9 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 		if p == nil && !had {
 			continue // came and went between two runs
 		}
+		if r.active != nil {
+			r.active.touch(subnet, 0, 0)
+		}
 		if r.blockedSet[subnet] != "" || r.overlapsLocal(subnet) {
 			needFull = true // not ours to route, or no longer: the full run decides
 			continue
@@ -109,6 +190,9 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 					res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "delete", Err: err})
 				} else {
 					r.mapN--
+					if r.active != nil {
+						r.active.touch(subnet, 0, -1)
+					}
 				}
 			}
 			r.noteDeletion(subnet)
@@ -125,17 +209,18 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 		var nhid uint32
 		if r.nh == nhOn {
 			known := false
-			if nhid, known = r.nexthops[w.nexthop]; !known {
+			if nhid, known = r.nexthops.get(w.nexthop); !known {
 				// Its first free ID among our objects; if another
 				// program's holds it, the kernel says EEXIST and the
 				// full run picks another.
 				nhid = nexthopID(w.nexthop)
 				if r.fam == IPv6 {
 					if ourIDs == nil {
-						ourIDs = make(map[uint32]bool, len(r.nexthops))
-						for _, id := range r.nexthops {
+						ourIDs = make(map[uint32]bool, r.nexthops.len())
+						r.nexthops.each(func(_ netip.Addr, id uint32) bool {
 							ourIDs[id] = true
-						}
+							return true
+						})
 					}
 					for ourIDs[nhid] {
 						nhid = nextNexthopID(nhid)
@@ -155,13 +240,27 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			// makes the kernel refuse rather than take it over.
 			op, flags = "create", unix.NLM_F_CREATE|unix.NLM_F_EXCL
 		}
+		it := deltaItem{subnet: subnet, peer: p, was: was, op: op, repair: q.repair}
+		// A repair's entry is in the map already (only the route went).
+		if op == "create" && !q.repair && r.opts.RouteMap != nil {
+			if err := r.opts.RouteMap.Put(datapath.Route{Subnet: subnet, NextHop: w.nexthop, Ifindex: uint32(ifindex)}); err != nil {
+				res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "put", Err: err})
+			} else {
+				it.mapFirst = true
+			}
+		}
 		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, flags, peerRoute(subnet, w, nhid)))
-		items = append(items, deltaItem{subnet: subnet, peer: p, was: was, op: op, repair: q.repair})
+		items = append(items, it)
 	}
 	if ctx.Err() != nil {
+		for _, it := range items {
+			if it.mapFirst {
+				r.rollbackEntry(it.subnet, &res)
+			}
+		}
 		return res, false
 	}
-	errs := r.c.exec(reqs)
+	errs := r.dc.exec(reqs)
 	var changes []change
 	failedNH := map[netip.Addr]bool{}
 	for i, it := range items {
@@ -177,7 +276,10 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 				res.Errors = append(res.Errors, &ItemError{Subnet: netip.PrefixFrom(it.peer.NextHop, it.peer.NextHop.BitLen()),
 					Table: "kernel", Op: "nexthop", Err: err})
 			default:
-				r.nexthops[it.peer.NextHop] = it.nhid
+				r.nexthops.set(it.peer.NextHop, it.nhid)
+				if r.active != nil {
+					r.active.touchNexthop(it.peer.NextHop)
+				}
 			}
 		case "delete":
 			if err != nil && !errors.Is(err, unix.ESRCH) {
@@ -188,6 +290,9 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			if err == nil {
 				r.kernelN--
 			}
+			if r.active != nil {
+				r.active.touch(it.subnet, -1, 0)
+			}
 			res.Removed++
 			t := tabKernel
 			if r.opts.RouteMap != nil {
@@ -195,27 +300,38 @@ func (r *Reconciler) applyDelta(ctx context.Context, delta map[netip.Prefix]pend
 			}
 			changes = append(changes, change{verb: "removed", subnet: it.subnet, nexthop: it.was, tables: t})
 		default: // create, replace
-			if failedNH[it.peer.NextHop] {
-				needFull = true // its route (if the kernel took it) is checked by the full run
-				continue
-			}
-			if errors.Is(err, unix.EEXIST) {
-				needFull = true // a route not ours (flanneld's?) holds it: the full run decides
-				continue
-			}
-			if err != nil {
-				res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "replace",
-					Err: fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err)})
+			if failedNH[it.peer.NextHop] || err != nil {
+				switch {
+				case failedNH[it.peer.NextHop]:
+					needFull = true // its route (if the kernel took it) is checked by the full run
+				case errors.Is(err, unix.EEXIST):
+					needFull = true // a route not ours (flanneld's?) holds it: the full run decides
+				default:
+					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "replace",
+						Err: fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err)})
+				}
+				if it.mapFirst {
+					r.rollbackEntry(it.subnet, &res)
+				}
 				continue
 			}
 			t := tabKernel
-			if r.opts.RouteMap != nil {
+			var inMap int8
+			if it.mapFirst {
+				t |= tabMap
+				inMap = 1
+			} else if r.opts.RouteMap != nil {
 				rt := datapath.Route{Subnet: it.subnet, NextHop: it.peer.NextHop, Ifindex: uint32(ifindex)}
 				if err := r.opts.RouteMap.Put(rt); err != nil {
 					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "map", Op: "put", Err: err})
 				} else {
 					t |= tabMap
+					inMap = 1
 				}
+			}
+			if r.active != nil {
+				r.active.touch(it.subnet, 1, inMap)
+				r.active.touchNexthop(it.peer.NextHop)
 			}
 			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: t}
 			if it.op == "replace" || it.repair {
@@ -247,6 +363,21 @@ type deltaItem struct {
 	repair bool   // puts back a route counted already
 	op     string // "nexthop", "create", "replace", "delete"
 	nhid   uint32 // the object an op "nexthop" creates
+	// mapFirst: its map entry was put before the route (a new peer).
+	mapFirst bool
+}
+
+// rollbackEntry takes out the map entry of a new peer whose route failed:
+// the map never routes a subnet the kernel does not (Apply's rule). An
+// active full run is told the entry is gone.
+func (r *Reconciler) rollbackEntry(subnet netip.Prefix, res *Result) {
+	if err := r.opts.RouteMap.Delete(subnet); err != nil {
+		res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "delete", Err: fmt.Errorf("rollback: %w", err)})
+		return
+	}
+	if r.active != nil {
+		r.active.touch(subnet, 0, -1)
+	}
 }
 
 // overlapsLocal tells whether subnet overlaps a local prefix of the last

@@ -29,15 +29,17 @@ func (r *Reconciler) requestFull() {
 }
 
 // Run applies the desired peers until ctx is done: the changes of every
-// Update on their own, and the full comparison (Apply) after the first
-// Update, after Resync and every resync interval. When the kernel reports
-// one of our routes or nexthop objects deleted by someone else, what it
-// took is written again at once, on its own (a full comparison of tens of
-// thousands of peers takes most of a second). Triggers
-// that arrive while a run is pending or under way coalesce into one run.
-// Nothing is applied before the first Update: an agent that has not
-// heard from etcd yet leaves existing routes alone. Run always returns
-// nil once ctx is done.
+// Update and Change on their own, and the full comparison (Apply) after
+// the first Update, after Resync and every resync interval. When the
+// kernel reports one of our routes or nexthop objects deleted by someone
+// else, what it took is written again at once, on its own. A full
+// comparison of tens of thousands of peers takes most of a second: the
+// changes and repairs that arrive meanwhile are written between its
+// steps (between the parts of a dump, the windows of writes, the batches
+// of map entries), and it leaves alone what they wrote. Triggers that
+// arrive while a run is pending coalesce into one run. Nothing is applied
+// before the first Update: an agent that has not heard from etcd yet
+// leaves existing routes alone. Run always returns nil once ctx is done.
 func (r *Reconciler) Run(ctx context.Context) error {
 	return kernelwatch.Loop{
 		What: "route deletions",
@@ -57,22 +59,29 @@ func (r *Reconciler) Run(ctx context.Context) error {
 }
 
 func (r *Reconciler) runOnce(ctx context.Context) {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
 	r.mu.Lock()
-	peers, known, full, delta := r.desired, r.known, r.full, r.delta
+	known, full := r.known, r.full
 	if known {
-		r.full, r.delta = false, map[netip.Prefix]pending{}
+		r.full = false
 	}
 	r.mu.Unlock()
-	if !known || (!full && len(delta) == 0) {
+	if !known {
+		return
+	}
+	r.absorb()
+	if !full && len(r.delta) == 0 {
 		return
 	}
 	start := time.Now()
 	var res Result
 	if full {
-		res, _ = r.Apply(ctx, peers) // Apply logs each failure
+		r.delta = map[netip.Prefix]pending{} // the full comparison covers them
+		res = r.fullLive(ctx)
 	} else {
 		var needFull bool
-		res, needFull = r.applyDelta(ctx, delta)
+		res, needFull = r.applyDelta(ctx)
 		if needFull {
 			r.requestFull()
 			r.trigger()
@@ -83,13 +92,19 @@ func (r *Reconciler) runOnce(ctx context.Context) {
 	}
 }
 
+// noteRepair hands a deletion to repair to Run.
+func (r *Reconciler) noteRepair(ev event) {
+	r.mu.Lock()
+	r.inbox.repairs = append(r.inbox.repairs, ev)
+	r.waiting.Store(true)
+	r.mu.Unlock()
+}
+
 // queueRepair queues what a deletion took for the next run: the deleted
 // route's subnet, or every subnet of the deleted nexthop object's peer
 // (the kernel removed their routes with it, without events of their own).
-// A subnet not desired any more needs nothing.
+// A subnet not desired any more needs nothing. applyMu is held.
 func (r *Reconciler) queueRepair(ev event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	restore := func(subnet netip.Prefix, nexthop netip.Addr, nhGone bool) {
 		if _, queued := r.delta[subnet]; !queued {
 			r.delta[subnet] = pending{peer: &Peer{Subnet: subnet, NextHop: nexthop}, repair: true, nhGone: nhGone}
@@ -103,7 +118,7 @@ func (r *Reconciler) queueRepair(ev event) {
 	case unix.RTM_DELNEXTHOP:
 		// The kernel's deletion event names the object's gateway: the
 		// peer (an IPv6 peer's ID is not derived from it alone).
-		r.last.each(func(subnet netip.Prefix, lp lastPeer) bool {
+		r.last.each(func(subnet netip.Prefix, lp desiredPeer) bool {
 			if lp.nexthop == ev.nexthop.gw || (!ev.nexthop.gw.IsValid() && nexthopID(lp.nexthop) == ev.nexthop.id) {
 				restore(subnet, lp.nexthop, true)
 			}
@@ -191,7 +206,7 @@ func (r *Reconciler) subscribeEvents() (subscription, error) {
 					continue
 				}
 				if r.repairNeeded(ev) {
-					r.queueRepair(ev)
+					r.noteRepair(ev)
 					select {
 					case s.repair <- struct{}{}:
 					default: // a repair is pending already

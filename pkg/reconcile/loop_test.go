@@ -3,13 +3,16 @@ package reconcile_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
 )
 
@@ -321,6 +324,182 @@ func TestRunAppliesUpdatesIncrementally(t *testing.T) {
 		waitFor(t, 2*time.Second, "full comparison after Resync", func() bool { return e.converged(t, next) })
 		if o.repairs.Load() != 0 {
 			t.Errorf("%d repairs for deletions the runs made themselves", o.repairs.Load())
+		}
+	})
+}
+
+// Change's changes are applied on their own, as Update's: a new, a moved
+// and a departed peer reach both tables without either being listed.
+func TestRunAppliesChanges(t *testing.T) {
+	forModes(t, func(t *testing.T, e *env) {
+		peers := e.threePeers()
+		r, _, logs := e.running(t, peers)
+		lists := e.rm.listed()
+		r.Change([]reconcile.PeerChange{
+			{Peer: e.peer("10.244.5.0/24", "198.18.0.15")},
+			{Peer: e.peer("10.244.3.0/24", "198.18.0.23")},
+			{Peer: reconcile.Peer{Subnet: peers[2].Subnet}, Removed: true},
+			{Peer: reconcile.Peer{Subnet: netip.MustParsePrefix(e.tr("10.244.9.0/24"))}, Removed: true}, // never desired
+		})
+		next := []reconcile.Peer{peers[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
+		waitFor(t, 2*time.Second, "converge after Change", func() bool { return e.converged(t, next) })
+		if n := e.rm.listed(); n != lists {
+			t.Errorf("a Change listed the map again (%d times): not incremental", n-lists)
+		}
+		want := e.trSorted([]string{"added 10.244.5.0/24 198.18.0.15", "changed 10.244.3.0/24 198.18.0.23", "removed 10.244.4.0/24 198.18.0.14"})
+		time.Sleep(50 * time.Millisecond)
+		if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
+			t.Errorf("logged changes %v, want %v", got, want)
+		}
+		// The full comparison after Changes compares with the edited set.
+		r.Resync()
+		r.Update(next)
+		time.Sleep(100 * time.Millisecond)
+		e.assertConverged(t, next)
+		if got := changes(logs.take()); len(got) != 0 {
+			t.Errorf("the full comparison after Changes changed %v", got)
+		}
+	})
+}
+
+// manyPeers is n peers, /24s of 10.0.0.0/8 through 200 underlay hosts.
+func (e *env) manyPeers(n int) []reconcile.Peer {
+	var out []reconcile.Peer
+	for i := range n {
+		out = append(out, e.peer(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256), fmt.Sprintf("198.18.0.%d", 12+i%200)))
+	}
+	return out
+}
+
+// A change that arrives while a full run compares thousands of peers is
+// written at once, between two of its batches, not after it: here during
+// the first batch of map entries of a start; the full run then leaves the
+// subnets and peers it wrote alone (a stale write would take back the
+// moved peer or put back the departed one), and its Result counts them as
+// they are.
+func TestRunLetsChangesThroughFullRun(t *testing.T) {
+	forModes(t, func(t *testing.T, e *env) {
+		peers := e.manyPeers(5000)
+		bm := batchMap{e.rm}
+		var o observer
+		opts := o.options()
+		opts.ResyncInterval = time.Hour
+		var last atomic.Pointer[reconcile.Result]
+		opts.Observe = func(res reconcile.Result, _ time.Duration) { o.runs.Add(1); last.Store(&res) }
+		r, _ := e.reconciler(t, bm, opts)
+
+		// The last peers are in the full run's last batch: it would
+		// write them after the change.
+		moved, gone := peers[len(peers)-1], peers[len(peers)-2]
+		joined := e.peer("10.250.0.0/24", "198.18.0.240")
+		moved.NextHop = peers[0].NextHop // an object the full run writes later too
+		var once sync.Once
+		e.rm.beforeBatch = func([]datapath.Route) {
+			once.Do(func() {
+				r.Change([]reconcile.PeerChange{{Peer: joined}, {Peer: moved}, {Peer: reconcile.Peer{Subnet: gone.Subnet}, Removed: true}})
+			})
+		}
+		r.Update(peers)
+		t.Cleanup(startRun(t, r))
+		final := append(slices.Clone(peers[:len(peers)-2]), moved, joined)
+		waitFor(t, 10*time.Second, "converge", func() bool { return o.runs.Load() > 0 && e.converged(t, final) })
+
+		// The changes were written before the full run's second batch.
+		ops := e.rm.take()
+		batches := 0
+		for _, op := range ops {
+			switch {
+			case strings.HasPrefix(op, "batch "):
+				batches++
+			case op == "put "+joined.Subnet.String():
+				if batches != 1 {
+					t.Errorf("the joined peer's entry written after batch %d of the full run, want after the first", batches)
+				}
+			case op == "put "+gone.Subnet.String():
+				t.Errorf("%s: the departed peer written by the full run (a stale write)", op)
+			}
+		}
+		if n := slices.Index(ops, "put "+moved.Subnet.String()); n < 0 || slices.Contains(ops[n+1:], "put "+moved.Subnet.String()) {
+			t.Errorf("the moved peer's entry written at %d of %d ops; want once (by the change)", n, len(ops))
+		}
+		if n := o.runs.Load(); n != 1 {
+			t.Errorf("%d runs, want the one full run (the changes went through it)", n)
+		}
+		if res := last.Load(); res.KernelRoutes != len(final) || res.MapEntries != len(final) || len(res.Errors) != 0 {
+			t.Errorf("the full run counts %d routes and %d entries (errors %v), want %d", res.KernelRoutes, res.MapEntries, res.Errors, len(final))
+		}
+	})
+}
+
+// A full run that lists a stale entry of ours leaves it alone once a
+// change made it desired meanwhile: its listing is older than the change.
+func TestRunFullRunKeepsWhatAChangeWrote(t *testing.T) {
+	forModes(t, func(t *testing.T, e *env) {
+		peers := e.threePeers()
+		r, o, _ := e.running(t, peers)
+		// An entry no peer wants (drift): the next full run removes it,
+		// unless a change wants it first.
+		e.setMap("10.244.7.0/24", "198.18.0.17", e.ifindex)
+		joined := e.peer("10.244.7.0/24", "198.18.0.17")
+		var once sync.Once
+		e.rm.onList = func() { once.Do(func() { r.Change([]reconcile.PeerChange{{Peer: joined}}) }) }
+		runs := o.runs.Load()
+		e.rm.take()
+		r.Resync()
+		r.Update(peers)
+		final := append(slices.Clone(peers), joined)
+		waitFor(t, 2*time.Second, "converge", func() bool { return o.runs.Load() > runs && e.converged(t, final) })
+		if ops := e.rm.take(); slices.Contains(ops, "delete "+joined.Subnet.String()) {
+			t.Errorf("map ops %v: the full run deleted the entry the change wanted", ops)
+		}
+	})
+}
+
+// A new peer's map entry is written before its kernel route (the fast
+// path does not wait for the kernel), and taken out again when the
+// kernel refuses the route: here a route of another program that
+// appeared at its destination after the last full run. The full run that
+// follows then leaves that destination alone.
+func TestRunChangeNewPeerMapFirst(t *testing.T) {
+	forModes(t, func(t *testing.T, e *env) {
+		peers := e.threePeers()
+		r, _, logs := e.running(t, peers)
+		joined := e.peer("10.244.5.0/24", "198.18.0.15")
+		kernelAtPut := -1
+		e.rm.afterWrite = func(op string) {
+			if op == "put "+joined.Subnet.String() && kernelAtPut < 0 {
+				kernelAtPut = len(e.routesTo(t, "10.244.5.0/24"))
+			}
+		}
+		r.Change([]reconcile.PeerChange{{Peer: joined}})
+		next := append(slices.Clone(peers), joined)
+		waitFor(t, 2*time.Second, "converge after Change", func() bool { return e.converged(t, next) })
+		if kernelAtPut != 0 {
+			t.Errorf("%d kernel routes to the new peer's subnet when its map entry was put; want 0 (map first)", kernelAtPut)
+		}
+
+		e.addRoute(t, "10.244.6.0/24", "198.18.0.16", protoStatic)
+		refused := e.peer("10.244.6.0/24", "198.18.0.16")
+		// Taken out by the change itself, not by the full run after it.
+		var deleted, deletedAtList atomic.Bool
+		var once sync.Once
+		e.rm.afterWrite = func(op string) {
+			if op == "delete "+refused.Subnet.String() {
+				deleted.Store(true)
+			}
+		}
+		e.rm.onList = func() { once.Do(func() { deletedAtList.Store(deleted.Load()) }) }
+		e.rm.take()
+		logs.take()
+		r.Change([]reconcile.PeerChange{{Peer: refused}})
+		waitFor(t, 2*time.Second, "the refused peer reported", func() bool { return logs.logged("peer not routed") })
+		if ops := e.rm.take(); !slices.Contains(ops, "put "+refused.Subnet.String()) || !deletedAtList.Load() {
+			t.Errorf("map ops %v (taken out before the full run listed the map: %v); want the refused peer's entry put, then taken out",
+				ops, deletedAtList.Load())
+		}
+		e.assertConverged(t, next)
+		if got := e.routesTo(t, "10.244.6.0/24"); len(got) != 1 || got[0].protocol != protoStatic {
+			t.Errorf("routes to the refused subnet %v; want the other program's alone", got)
 		}
 	})
 }

@@ -20,8 +20,10 @@ type memMap struct {
 	failList   bool
 	lists      int
 	afterWrite func(op string)
-	// beforeBatch, if set, is called by batchMap.PutBatch before writing.
+	// beforeBatch, if set, is called by batchMap.PutBatch before writing;
+	// onList by List.
 	beforeBatch func(rts []datapath.Route)
+	onList      func()
 }
 
 func newMemMap() *memMap { return &memMap{entries: map[netip.Prefix]datapath.Route{}} }
@@ -32,6 +34,11 @@ func (m *memMap) List() ([]datapath.Route, error) {
 	m.lists++
 	if m.failList {
 		return nil, fmt.Errorf("list: injected failure")
+	}
+	if m.onList != nil {
+		m.mu.Unlock()
+		m.onList()
+		m.mu.Lock()
 	}
 	out := make([]datapath.Route, 0, len(m.entries))
 	for _, r := range m.entries {

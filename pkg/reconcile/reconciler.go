@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -94,19 +95,30 @@ func (e *ItemError) Error() string {
 func (e *ItemError) Unwrap() error { return e.Err }
 
 // Reconciler makes the kernel routes and the routes map equal to the
-// desired peers: Apply once, or Run on every Update, timer and repair.
+// desired peers: Apply once, or Run on every Update and Change, timer and
+// repair.
 type Reconciler struct {
 	opts Options
 	fam  Family
 	poke chan struct{}
 
-	applyMu sync.Mutex // one run at a time (Run, Apply, RemoveAll)
-	c       *conn      // the request socket, under applyMu
-	nh      nhMode     // under applyMu
-	// What the last full run saw and later runs changed, under applyMu:
-	// the IDs of our nexthop objects by peer (for the incremental runs: no
-	// listing), and our entries in each table.
-	nexthops      map[netip.Addr]uint32
+	applyMu sync.Mutex // one run at a time (Run, Apply, RemoveAll); holds what follows, to localMu
+	c       *conn      // the full runs' socket
+	// dc is the incremental runs' socket: they run between the steps of a
+	// full run, while a dump may be half read on c.
+	dc *conn
+	nh nhMode
+	// The desired peers as Run took them in (Update replaces them, Change
+	// edits them), and their changes not applied yet.
+	last  prefixMap[desiredPeer]
+	delta map[netip.Prefix]pending
+	// active is the full run under way, if any: the incremental runs it
+	// lets through tell it what they took over.
+	active *fullRun
+	// What the last full run saw and later runs changed: the IDs of our
+	// nexthop objects by peer (for the incremental runs: no listing), and
+	// our entries in each table.
+	nexthops      addrMap[uint32]
 	kernelN, mapN int
 	blockLogged   map[netip.Prefix]string // subnet -> reason already logged
 	nhLogged      map[uint32]bool         // nexthop IDs of others already logged
@@ -116,15 +128,22 @@ type Reconciler struct {
 	localListed   bool
 
 	mu        sync.Mutex
-	desired   []Peer
+	inbox     inbox                      // what Update, Change and the route events brought since Run last looked
+	waiting   atomic.Bool                // inbox is not empty: a full run lets it through
 	known     bool                       // Update was called at least once
 	full      bool                       // the next run makes the full comparison
-	last      prefixMap[lastPeer]        // the desired set of the last Update
-	gen       uint64                     // Update's generation, to find departed peers in last
-	delta     map[netip.Prefix]pending   // changes since the last run
 	deleted   map[netip.Prefix]time.Time // routes a run deleted recently: their events are ours
 	deadNH    map[uint32]time.Time       // nexthops a run deleted recently
 	subscribe func() (subscription, error)
+}
+
+// inbox is what arrived for Run: a new complete set of peers, changes
+// after it, and deletions to repair.
+type inbox struct {
+	replace  []Peer
+	replaced bool
+	changes  []PeerChange
+	repairs  []event
 }
 
 // nhMode is whether routes go through nexthop objects.
@@ -137,9 +156,11 @@ const (
 	nhNone // the kernel has no nexthop objects: plain routes, never listed again
 )
 
-type lastPeer struct {
+// desiredPeer is one desired subnet's next hop, and its lease's key (for
+// logs).
+type desiredPeer struct {
 	nexthop netip.Addr
-	gen     uint64
+	key     string
 }
 
 // New builds a Reconciler and opens its netlink socket; nothing is
@@ -165,9 +186,14 @@ func New(opts Options) (*Reconciler, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Reconciler{opts: opts, fam: opts.Family, c: c, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]time.Time{},
-		deadNH: map[uint32]time.Time{}, nexthops: map[netip.Addr]uint32{}, blockLogged: map[netip.Prefix]string{}, nhLogged: map[uint32]bool{},
-		last: newPrefixMap[lastPeer](0), delta: map[netip.Prefix]pending{}, blockedSet: map[netip.Prefix]string{}}
+	dc, err := dial(opts.Netns)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	r := &Reconciler{opts: opts, fam: opts.Family, c: c, dc: dc, poke: make(chan struct{}, 1), deleted: map[netip.Prefix]time.Time{},
+		deadNH: map[uint32]time.Time{}, nexthops: newAddrMap[uint32](0), blockLogged: map[netip.Prefix]string{}, nhLogged: map[uint32]bool{},
+		last: newPrefixMap[desiredPeer](0), delta: map[netip.Prefix]pending{}, blockedSet: map[netip.Prefix]string{}}
 	r.subscribe = r.subscribeEvents
 	if opts.PlainRoutes {
 		r.nh = nhOff
@@ -175,11 +201,11 @@ func New(opts Options) (*Reconciler, error) {
 	return r, nil
 }
 
-// Close releases the netlink socket; Run must have returned.
+// Close releases the netlink sockets; Run must have returned.
 func (r *Reconciler) Close() error {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
-	return r.c.Close()
+	return errors.Join(r.c.Close(), r.dc.Close())
 }
 
 func (r *Reconciler) dev() string { return r.opts.Link.Attrs().Name }

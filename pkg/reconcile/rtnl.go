@@ -26,6 +26,10 @@ type conn struct {
 	buf  []byte    // receive buffer
 	wbuf []byte    // a window's requests
 	msgs []message // a datagram's messages
+	// idle, if set, is called between the datagrams of a dump and the
+	// windows of execEach: a full run lets incremental runs through
+	// there (on another socket).
+	idle func()
 }
 
 const (
@@ -226,26 +230,40 @@ func (c *conn) exec(reqs []request) []error {
 	return errs
 }
 
+// errSkipped is the result of a request execEach's build chose not to
+// send.
+var errSkipped = errors.New("not sent")
+
 // execEach is exec for n requests built one window at a time (tens of
 // thousands of requests built at once would be a large share of the
-// agent's memory): build makes the i-th, done gets its result. ctx stops
-// it between windows; the requests not sent then get ctx's error.
-func (c *conn) execEach(ctx context.Context, n int, build func(i int) request, done func(i int, err error)) {
+// agent's memory): build makes the i-th (false: not to be sent after
+// all, done gets errSkipped), done gets its result. A window is built
+// just before it is sent, after idle. ctx stops it between windows; the
+// requests not sent then get ctx's error.
+func (c *conn) execEach(ctx context.Context, n int, build func(i int) (request, bool), done func(i int, err error)) {
 	reqs := make([]request, 0, min(n, window))
+	idx := make([]int, 0, min(n, window))
 	for start := 0; start < n; start += window {
 		end := min(start+window, n)
+		if c.idle != nil {
+			c.idle()
+		}
 		if err := ctx.Err(); err != nil {
 			for i := start; i < n; i++ {
 				done(i, err)
 			}
 			return
 		}
-		reqs = reqs[:0]
+		reqs, idx = reqs[:0], idx[:0]
 		for i := start; i < end; i++ {
-			reqs = append(reqs, build(i))
+			if req, ok := build(i); ok {
+				reqs, idx = append(reqs, req), append(idx, i)
+			} else {
+				done(i, errSkipped)
+			}
 		}
-		for i, err := range c.exec(reqs) {
-			done(start+i, err)
+		for j, err := range c.exec(reqs) {
+			done(idx[j], err)
 		}
 	}
 }
@@ -300,6 +318,11 @@ func (c *conn) dump(r request, fn func(typ uint16, body []byte)) error {
 			return err
 		}
 		c.msgs = messages(c.msgs, b)
+		if c.idle != nil {
+			// c.buf holds this datagram until the next recv: c.msgs stays
+			// valid across idle, which uses another socket.
+			c.idle()
+		}
 		for _, m := range c.msgs {
 			if m.seq != seq {
 				continue

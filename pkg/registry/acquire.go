@@ -85,10 +85,10 @@ func (r *Registry) Acquire(ctx context.Context, opts AcquireOptions) (Lease, err
 		if err != nil {
 			return Lease{}, err
 		}
-		if l, done, err := r.reuseOwn(ctx, cfg, ls.leases, &opts); done || err != nil {
+		if l, done, err := r.reuseOwn(ctx, cfg, ls.table, &opts); done || err != nil {
 			return l, err
 		}
-		taken4, taken6 := r.occupied(ls.leases, ls.skipped)
+		taken4, taken6 := r.occupied(ls.table)
 		sn, err := pickSubnet(cfg.ipv4(), taken4, opts.Previous)
 		if err != nil {
 			return Lease{}, err
@@ -99,7 +99,7 @@ func (r *Registry) Acquire(ctx context.Context, opts AcquireOptions) (Lease, err
 				return Lease{}, err
 			}
 		}
-		l, won, err := r.create(ctx, cfg, sn, sn6, ls.rev, opts)
+		l, won, err := r.create(ctx, cfg, sn, sn6, ls.table.rev, opts)
 		if err != nil {
 			return Lease{}, err
 		}
@@ -126,13 +126,14 @@ func (c Config) fits(l Lease) bool {
 // fits becomes opts.Previous or opts.PreviousIPv6: when IPv6 is enabled
 // or disabled, the node keeps its IPv4 pod addresses (flanneld would draw
 // a new subnet).
-func (r *Registry) reuseOwn(ctx context.Context, cfg Config, leases map[string]Lease, opts *AcquireOptions) (Lease, bool, error) {
+func (r *Registry) reuseOwn(ctx context.Context, cfg Config, leases *Table, opts *AcquireOptions) (Lease, bool, error) {
 	var own []Lease
-	for _, l := range leases {
+	leases.Each(func(l Lease) bool {
 		if l.PublicIP == opts.PublicIP {
 			own = append(own, l)
 		}
-	}
+		return true
+	})
 	// Several (an operator's reservation next to an old lease): prefer
 	// the reservation, then the subnet file's, then the lowest key.
 	slices.SortFunc(own, func(a, b Lease) int {
@@ -161,7 +162,7 @@ func (r *Registry) reuseOwn(ctx context.Context, cfg Config, leases map[string]L
 		if err := r.deleteIfUnchanged(ctx, l.Key, l.ModRevision, l.LeaseID); err != nil {
 			return Lease{}, false, err
 		}
-		delete(leases, l.Key)
+		leases.Remove(l.Key)
 		if cfg.InRange(l.Subnet) {
 			opts.Previous = l.Subnet
 		}
@@ -190,7 +191,7 @@ func (r *Registry) keySubnets(key string) (v4, v6 netip.Prefix) {
 
 // occupied lists the subnets, per family, that leases and bad entries
 // hold: a bad value still occupies its key.
-func (r *Registry) occupied(leases map[string]Lease, skipped map[string]Skipped) (v4, v6 []netip.Prefix) {
+func (r *Registry) occupied(t *Table) (v4, v6 []netip.Prefix) {
 	add := func(p4, p6 netip.Prefix) {
 		if p4.IsValid() {
 			v4 = append(v4, p4)
@@ -199,11 +200,12 @@ func (r *Registry) occupied(leases map[string]Lease, skipped map[string]Skipped)
 			v6 = append(v6, p6)
 		}
 	}
-	for _, l := range leases {
+	t.Each(func(l Lease) bool {
 		add(l.Subnet, l.IPv6Subnet)
-	}
-	for _, s := range skipped {
-		add(r.keySubnets(s.Key))
+		return true
+	})
+	for k := range t.skipped {
+		add(r.keySubnets(k))
 	}
 	return v4, v6
 }

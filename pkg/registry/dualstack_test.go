@@ -286,7 +286,7 @@ func TestWatchDualStack(t *testing.T) {
 		"10.244.25.0-24&fd00:10:244:25::-64":  {`{"PublicIP":"198.18.0.25","PublicIPv6":"fe80::25%eth0"}`, "bad_public_ip"},
 		"10.244.26.0-24&fd00:10:244:26::-64":  {`{"PublicIP":"198.18.0.26","PublicIPv6":7}`, "bad_json"},
 	}
-	check := func(s registry.Snapshot, keys []string) {
+	check := func(s seen, keys []string) {
 		t.Helper()
 		var gotLeases, gotSkipped, wantLeases, wantSkipped []string
 		for _, l := range s.Leases {

@@ -9,7 +9,7 @@ import (
 // lease is taken and kept, and where every node's lease is read. *Registry
 // keeps leases in etcd under flannel's schema (flanneld's default);
 // package kube keeps them in Kubernetes Node objects, as flanneld
-// --kube-subnet-mgr does. Both hand the agent the same Snapshot, so
+// --kube-subnet-mgr does. Both hand the agent the same Change, so
 // everything after them is the same.
 type Manager interface {
 	// Config reads and checks the network config; every later call
@@ -18,11 +18,11 @@ type Manager interface {
 	// Acquire takes this node's lease, waiting while the source is
 	// unreachable or not ready to give one.
 	Acquire(ctx context.Context, opts AcquireOptions) (Lease, error)
-	// Watch calls fn with the complete set of leases once they are read,
-	// and again after every change, until ctx is done (then it returns
-	// nil). While the source is unreachable fn is not called, so the
-	// consumer keeps the last good state.
-	Watch(ctx context.Context, fn func(Snapshot), hooks WatchHooks) error
+	// Watch calls fn once every lease is read (a Full change), and again
+	// after every change with the keys that changed, until ctx is done
+	// (then it returns nil). While the source is unreachable fn is not
+	// called, so the consumer keeps the last good state.
+	Watch(ctx context.Context, fn func(Change), hooks WatchHooks) error
 	// KeepAlive keeps lease this node's until ctx is done; if it is lost
 	// it acquires again and reports the new lease to onChange.
 	KeepAlive(ctx context.Context, lease Lease, opts AcquireOptions, onChange func(Lease)) error
@@ -33,10 +33,22 @@ type Manager interface {
 
 var _ Manager = (*Registry)(nil)
 
-// NewSnapshot is the snapshot of leases and skipped entries, each keyed
-// by their Key, listed in key order: the order consumers rely on.
-func NewSnapshot(rev int64, leases map[string]Lease, skipped map[string]Skipped) Snapshot {
-	return snapshot(rev, leases, skipped)
+// Change is what Watch hands its consumer: which leases changed, and the
+// table of every lease, read in place. A consumer that wants the complete
+// set reads Leases (in key order); one that follows changes reads the
+// leases of Keys alone: a new lease among tens of thousands costs a
+// lookup, not a copy of every lease.
+type Change struct {
+	// Full: every lease was read anew (the first call, and after a watch
+	// broke beyond resuming): any key may have changed, Keys is empty.
+	Full bool
+	// Keys are the keys whose lease or skipped entry was added, changed
+	// or removed since the previous call, each once, in no order.
+	Keys []string
+	// Leases is every lease and skipped entry after the change. The
+	// manager changes it between calls: read it in fn only, never keep
+	// it.
+	Leases *Table
 }
 
 // ReadyReporter is a Manager that tells its source when this node routes

@@ -20,6 +20,8 @@ type Registry struct {
 	prefix string
 	log    *slog.Logger
 
+	page int // keys per request of a listing (listPage)
+
 	mu     sync.Mutex
 	cfg    *Config          // set by Config
 	logged map[string]int64 // bad entries already logged: key -> its ModRevision then
@@ -30,7 +32,7 @@ func New(cli *clientv3.Client, prefix string, log *slog.Logger) *Registry {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Registry{cli: cli, prefix: strings.TrimSuffix(prefix, "/"), log: log, logged: map[string]int64{}}
+	return &Registry{cli: cli, prefix: strings.TrimSuffix(prefix, "/"), log: log, logged: map[string]int64{}, page: listPage}
 }
 
 func (r *Registry) configKey() string  { return r.prefix + "/config" }
@@ -164,7 +166,7 @@ func (r *Registry) forgetSkipped(key string) {
 }
 
 // keepSkipped forgets every key that is not bad any more.
-func (r *Registry) keepSkipped(bad map[string]Skipped) {
+func (r *Registry) keepSkipped(bad map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k := range r.logged {
@@ -176,37 +178,55 @@ func (r *Registry) keepSkipped(bad map[string]Skipped) {
 
 // listing is every entry under subnets/ at one revision of one etcd.
 type listing struct {
-	leases  map[string]Lease
-	skipped map[string]Skipped
-	rev     int64
+	table   *Table
 	cluster uint64 // etcd's cluster ID: a new one is a new history
 }
 
-// list reads every lease at one revision. It fails as a whole, never
-// returning a partial set.
+// listPage is how many keys one request of a listing reads: tens of
+// thousands of leases in one response would be tens of megabytes held
+// at once, in etcd's client and in ours.
+const listPage = 4096
+
+// list reads every lease at one revision, a page at a time (each page at
+// the revision of the first). It fails as a whole, never returning a
+// partial set.
 func (r *Registry) list(ctx context.Context) (listing, error) {
 	cfg, err := r.config()
 	if err != nil {
 		return listing{}, err
 	}
-	resp, err := r.cli.Get(ctx, r.subnetsDir(), clientv3.WithPrefix())
-	if err != nil {
-		return listing{}, fmt.Errorf("list %s: %w", r.subnetsDir(), err)
-	}
-	ls := listing{leases: map[string]Lease{}, skipped: map[string]Skipped{}, rev: resp.Header.Revision, cluster: resp.Header.ClusterId}
+	dir := r.subnetsDir()
+	ls := listing{table: NewTable()}
+	bad := map[string]bool{}
 	exps := map[int64]time.Time{}
-	for _, kv := range resp.Kvs {
-		l, sk := r.parse(cfg, string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
-		if sk != nil {
-			r.logSkipped(*sk, kv.ModRevision)
-			ls.skipped[sk.Key] = *sk
-			continue
+	opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(dir)), clientv3.WithLimit(int64(r.page))}
+	for from := dir; ; {
+		resp, err := r.cli.Get(ctx, from, opts...)
+		if err != nil {
+			return listing{}, fmt.Errorf("list %s: %w", dir, err)
 		}
-		if l.Expiration, err = r.expiration(ctx, kv.Lease, exps); err != nil {
-			return listing{}, fmt.Errorf("list %s: %s: %w", r.subnetsDir(), l.Key, err)
+		if ls.table.rev == 0 {
+			ls.table.rev, ls.cluster = resp.Header.Revision, resp.Header.ClusterId
+			opts = append(opts, clientv3.WithRev(ls.table.rev))
 		}
-		ls.leases[l.Key] = l
+		for _, kv := range resp.Kvs {
+			l, sk := r.parse(cfg, string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
+			if sk != nil {
+				r.logSkipped(*sk, kv.ModRevision)
+				ls.table.PutSkipped(*sk)
+				bad[sk.Key] = true
+				continue
+			}
+			if l.Expiration, err = r.expiration(ctx, kv.Lease, exps); err != nil {
+				return listing{}, fmt.Errorf("list %s: %s: %w", dir, l.Key, err)
+			}
+			ls.table.Put(l)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	r.keepSkipped(ls.skipped)
+	r.keepSkipped(bad)
 	return ls, nil
 }

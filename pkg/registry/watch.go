@@ -27,13 +27,15 @@ type WatchHooks struct {
 const DefaultHistoryCheck = 30 * time.Second
 
 // Watch lists the leases, then watches them from the listed revision, and
-// calls fn with the complete set after the initial list and after every
-// change. A compacted or broken watch, a lost leader or an unreachable etcd
-// leads to a fresh list once etcd answers again; meanwhile fn is not called,
-// so consumers keep the last good state. fn runs on Watch's goroutine and
-// may keep the Snapshot; consumers that are level-triggered just diff it
-// with what they applied. Returns nil when ctx is done.
-func (r *Registry) Watch(ctx context.Context, fn func(Snapshot), hooks WatchHooks) error {
+// calls fn with the complete table after the initial list (Full) and with
+// the changed keys after every change. A compacted or broken watch, a lost
+// leader or an unreachable etcd leads to a fresh list once etcd answers
+// again (Full again); meanwhile fn is not called, so consumers keep the
+// last good state. The events of one watch response (one etcd
+// transaction, or several revisions read at once) are applied together
+// before fn is called: a consumer never sees half a transaction. fn runs
+// on Watch's goroutine. Returns nil when ctx is done.
+func (r *Registry) Watch(ctx context.Context, fn func(Change), hooks WatchHooks) error {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for first := true; ; first = false {
 		if !first && hooks.Relist != nil {
@@ -50,7 +52,7 @@ func (r *Registry) Watch(ctx context.Context, fn func(Snapshot), hooks WatchHook
 	}
 }
 
-func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks WatchHooks, backoff *backoff) error {
+func (r *Registry) watchOnce(ctx context.Context, fn func(Change), hooks WatchHooks, backoff *backoff) error {
 	// Bounded so that an etcd that accepts connections but does not answer
 	// is retried; generous because list asks each etcd lease its TTL.
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -59,8 +61,8 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 	if err != nil {
 		return err
 	}
-	leases, skipped := ls.leases, ls.skipped
-	fn(snapshot(ls.rev, leases, skipped))
+	t := ls.table
+	fn(Change{Full: true, Leases: t})
 	backoff.reset() // etcd answers again: the next break re-lists quickly
 	cfg, err := r.config()
 	if err != nil {
@@ -69,8 +71,8 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 
 	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer wcancel()
-	wch := r.cli.Watch(wctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(ls.rev+1))
-	last := ls.rev
+	wch := r.cli.Watch(wctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(t.rev+1))
+	last := t.rev
 	every := hooks.HistoryCheck
 	if every == 0 {
 		every = DefaultHistoryCheck
@@ -81,6 +83,7 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 		defer t.Stop()
 		tick = t.C
 	}
+	var keys []string
 	for {
 		var wr clientv3.WatchResponse
 		select {
@@ -99,33 +102,40 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot), hooks Watch
 			return fmt.Errorf("watch %s: %w", r.subnetsDir(), err)
 		}
 		last = wr.Header.Revision
+		keys = keys[:0]
 		for _, ev := range wr.Events {
 			key := string(ev.Kv.Key)
-			delete(leases, key)
-			delete(skipped, key)
-			if ev.Type != clientv3.EventTypePut {
+			switch {
+			case ev.Type != clientv3.EventTypePut:
+				t.Remove(key)
 				r.forgetSkipped(key)
-			} else if l, sk := r.parse(cfg, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision); sk != nil {
-				r.logSkipped(*sk, ev.Kv.ModRevision)
-				skipped[key] = *sk
-			} else {
+			default:
+				l, sk := r.parse(cfg, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
+				if sk != nil {
+					r.logSkipped(*sk, ev.Kv.ModRevision)
+					t.PutSkipped(*sk)
+					break
+				}
 				r.forgetSkipped(key)
 				tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
 				l.Expiration, err = r.expiration(tctx, ev.Kv.Lease, nil)
 				tcancel()
 				if err != nil {
-					// Half-applied events are dropped with this pass: the
-					// next one starts from a fresh list.
+					// Half-applied events are dropped with this table: the
+					// next pass starts from a fresh list.
 					return fmt.Errorf("watch %s: %s: %w", r.subnetsDir(), key, err)
 				}
-				leases[key] = l
+				t.Put(l)
 			}
+			keys = append(keys, key)
 			if hooks.Event != nil {
 				hooks.Event()
 			}
 		}
 		if len(wr.Events) > 0 {
-			fn(snapshot(wr.Header.Revision, leases, skipped))
+			t.rev = wr.Header.Revision
+			slices.Sort(keys) // each once
+			fn(Change{Keys: slices.Compact(keys), Leases: t})
 		}
 	}
 }
@@ -147,13 +157,7 @@ func (r *Registry) sameHistory(ctx context.Context, cluster uint64, seen int64) 
 	return nil
 }
 
-func snapshot(rev int64, leases map[string]Lease, skipped map[string]Skipped) Snapshot {
-	return Snapshot{Revision: rev, Leases: byKey(leases), Skipped: byKey(skipped)}
-}
-
-// byKey is m's values in key order (nil if m is empty). It sorts the keys,
-// not the values: a snapshot is built on every watch event, and sorting
-// thousands of leases moved a whole Lease per swap (3x slower at 5,000).
+// byKey is m's values in key order (nil if m is empty).
 func byKey[V any](m map[string]V) []V {
 	if len(m) == 0 {
 		return nil

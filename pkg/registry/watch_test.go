@@ -32,19 +32,30 @@ const (
 )
 
 // watcher runs Registry.Watch for the rest of the test and queues every
-// snapshot it delivers.
+// change it delivers, with a copy of the table then.
 type watcher struct {
-	snaps           chan registry.Snapshot
+	snaps           chan seen
 	events, relists atomic.Int64
+}
+
+// seen is one call of Watch's fn: the table then, and the change.
+type seen struct {
+	registry.Snapshot
+	full bool
+	keys []string // sorted
 }
 
 func startWatch(t *testing.T, reg *registry.Registry) *watcher {
 	t.Helper()
-	w := &watcher{snaps: make(chan registry.Snapshot, 1000)}
+	w := &watcher{snaps: make(chan seen, 1000)}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- reg.Watch(ctx, func(s registry.Snapshot) {
+		done <- reg.Watch(ctx, func(c registry.Change) {
+			if c.Full != (len(c.Keys) == 0) {
+				t.Errorf("change Full %v with keys %q", c.Full, c.Keys)
+			}
+			s := seen{Snapshot: c.Leases.Snapshot(), full: c.Full, keys: slices.Sorted(slices.Values(c.Keys))}
 			select {
 			case w.snaps <- s:
 			case <-ctx.Done():
@@ -65,21 +76,21 @@ func startWatch(t *testing.T, reg *registry.Registry) *watcher {
 	return w
 }
 
-// next returns the next snapshot.
-func (w *watcher) next(t *testing.T) registry.Snapshot {
+// next returns the next change.
+func (w *watcher) next(t *testing.T) seen {
 	t.Helper()
 	select {
 	case s := <-w.snaps:
 		return s
 	case <-time.After(20 * time.Second):
-		t.Fatal("no snapshot within 20s")
-		return registry.Snapshot{}
+		t.Fatal("no change within 20s")
+		return seen{}
 	}
 }
 
 // until returns the first snapshot for which ok holds; every snapshot
 // it skips must satisfy invariant (if set).
-func (w *watcher) until(t *testing.T, what string, ok func(registry.Snapshot) bool, invariant func(registry.Snapshot) error) registry.Snapshot {
+func (w *watcher) until(t *testing.T, what string, ok func(seen) bool, invariant func(seen) error) seen {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
@@ -100,7 +111,7 @@ func (w *watcher) until(t *testing.T, what string, ok func(registry.Snapshot) bo
 }
 
 // publicIPs maps each lease's subnet key element to its PublicIP.
-func publicIPs(s registry.Snapshot) map[string]string {
+func publicIPs(s seen) map[string]string {
 	m := map[string]string{}
 	for _, l := range s.Leases {
 		m[strings.TrimPrefix(l.Key, registry.DefaultPrefix+"/subnets/")] = l.PublicIP.String()
@@ -108,8 +119,8 @@ func publicIPs(s registry.Snapshot) map[string]string {
 	return m
 }
 
-func sameLeases(want map[string]string) func(registry.Snapshot) bool {
-	return func(s registry.Snapshot) bool { return fmt.Sprint(publicIPs(s)) == fmt.Sprint(want) }
+func sameLeases(want map[string]string) func(seen) bool {
+	return func(s seen) bool { return fmt.Sprint(publicIPs(s)) == fmt.Sprint(want) }
 }
 
 func TestWatchSnapshots(t *testing.T) {
@@ -122,8 +133,8 @@ func TestWatchSnapshots(t *testing.T) {
 
 	want := map[string]string{"10.244.1.0-24": "198.18.0.11", "10.244.2.0-24": "198.18.0.12"}
 	s := w.next(t)
-	if !sameLeases(want)(s) || len(s.Skipped) != 0 {
-		t.Fatalf("initial snapshot %v (skipped %v), want %v", publicIPs(s), s.Skipped, want)
+	if !sameLeases(want)(s) || len(s.Skipped) != 0 || !s.full {
+		t.Fatalf("initial change (full %v) %v (skipped %v), want the full table %v", s.full, publicIPs(s), s.Skipped, want)
 	}
 	if !s.Leases[1].Reservation || s.Leases[0].Reservation || s.Leases[0].LeaseID == 0 {
 		t.Errorf("reservation flags wrong: %+v", s.Leases)
@@ -135,27 +146,28 @@ func TestWatchSnapshots(t *testing.T) {
 		t.Errorf("reservation expires at %s, want never (zero)", s.Leases[1].Expiration)
 	}
 
+	// Each change names the key it touched; the table holds every lease.
 	steps := []struct {
-		name  string
-		write func(ctx context.Context) (int64, error)
-		want  map[string]string
+		name, key string
+		write     func(ctx context.Context) (int64, error)
+		want      map[string]string
 	}{
-		{"add", func(ctx context.Context) (int64, error) {
+		{"add", "10.244.3.0-24", func(ctx context.Context) (int64, error) {
 			r, err := c.cli.Put(ctx, subnetKey("10.244.3.0-24"), `{"PublicIP":"198.18.0.13","BackendType":"host-gw"}`)
 			return rev(r, err)
 		}, map[string]string{"10.244.1.0-24": "198.18.0.11", "10.244.2.0-24": "198.18.0.12", "10.244.3.0-24": "198.18.0.13"}},
-		{"update", func(ctx context.Context) (int64, error) {
+		{"update", "10.244.1.0-24", func(ctx context.Context) (int64, error) {
 			r, err := c.cli.Put(ctx, subnetKey("10.244.1.0-24"), `{"PublicIP":"198.18.0.21","BackendType":"host-gw"}`)
 			return rev(r, err)
 		}, map[string]string{"10.244.1.0-24": "198.18.0.21", "10.244.2.0-24": "198.18.0.12", "10.244.3.0-24": "198.18.0.13"}},
-		{"delete", func(ctx context.Context) (int64, error) {
+		{"delete", "10.244.2.0-24", func(ctx context.Context) (int64, error) {
 			r, err := c.cli.Delete(ctx, subnetKey("10.244.2.0-24"))
 			if err != nil {
 				return 0, err
 			}
 			return r.Header.Revision, nil
 		}, map[string]string{"10.244.1.0-24": "198.18.0.21", "10.244.3.0-24": "198.18.0.13"}},
-		{"unrelated keys are not watched", func(ctx context.Context) (int64, error) {
+		{"unrelated keys are not watched", "10.244.4.0-24", func(ctx context.Context) (int64, error) {
 			if _, err := c.cli.Put(ctx, registry.DefaultPrefix+"/config-backup", "x"); err != nil {
 				return 0, err
 			}
@@ -176,6 +188,9 @@ func TestWatchSnapshots(t *testing.T) {
 		if s.Revision != r {
 			t.Errorf("%s: snapshot revision %d, write was at %d", step.name, s.Revision, r)
 		}
+		if want := []string{subnetKey(step.key)}; s.full || !slices.Equal(s.keys, want) {
+			t.Errorf("%s: change full %v keys %q, want keys %q", step.name, s.full, s.keys, want)
+		}
 		if got := w.events.Load() - events; got != 1 {
 			t.Errorf("%s: %d Event hooks, want 1", step.name, got)
 		}
@@ -183,7 +198,7 @@ func TestWatchSnapshots(t *testing.T) {
 
 	// An etcd lease that nobody keeps alive expires: its node is gone.
 	c.put(t, subnetKey("10.244.5.0-24"), `{"PublicIP":"198.18.0.15"}`, 2)
-	s = w.until(t, "10.244.5.0-24", func(s registry.Snapshot) bool { return publicIPs(s)["10.244.5.0-24"] != "" }, nil)
+	s = w.until(t, "10.244.5.0-24", func(s seen) bool { return publicIPs(s)["10.244.5.0-24"] != "" }, nil)
 	for _, l := range s.Leases {
 		if l.Key == subnetKey("10.244.5.0-24") {
 			if d := time.Until(l.Expiration); d <= 0 || d > 2*time.Second {
@@ -192,10 +207,39 @@ func TestWatchSnapshots(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	w.until(t, "10.244.5.0-24 expired", func(s registry.Snapshot) bool { return publicIPs(s)["10.244.5.0-24"] == "" }, nil)
+	w.until(t, "10.244.5.0-24 expired", func(s seen) bool { return publicIPs(s)["10.244.5.0-24"] == "" }, nil)
 	t.Logf("expired lease left the snapshot after %s", time.Since(start).Round(10*time.Millisecond))
 	if n := w.relists.Load(); n != 0 {
 		t.Errorf("%d relists without any failure", n)
+	}
+}
+
+// One transaction's keys come in one change, applied together: a consumer
+// never sees half of it.
+func TestWatchTransactionIsOneChange(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	c.put(t, subnetKey("10.244.1.0-24"), `{"PublicIP":"198.18.0.11"}`, 0)
+	c.put(t, subnetKey("10.244.2.0-24"), `{"PublicIP":"198.18.0.12"}`, 0)
+	ctx := testCtx(t)
+	w := startWatch(t, c.reg)
+	w.next(t)
+	// A node moves: its old lease goes, a new one comes, and a third is
+	// touched twice.
+	if _, err := c.cli.Txn(ctx).Then(
+		clientv3.OpDelete(subnetKey("10.244.1.0-24")),
+		clientv3.OpPut(subnetKey("10.244.3.0-24"), `{"PublicIP":"198.18.0.11"}`),
+		clientv3.OpPut(subnetKey("10.244.2.0-24"), `{"PublicIP":"198.18.0.22"}`),
+	).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	s := w.next(t)
+	want := map[string]string{"10.244.2.0-24": "198.18.0.22", "10.244.3.0-24": "198.18.0.11"}
+	if !sameLeases(want)(s) {
+		t.Errorf("after the transaction %v, want %v", publicIPs(s), want)
+	}
+	if keys := []string{subnetKey("10.244.1.0-24"), subnetKey("10.244.2.0-24"), subnetKey("10.244.3.0-24")}; s.full || !slices.Equal(s.keys, keys) {
+		t.Errorf("change full %v keys %q, want %q", s.full, s.keys, keys)
 	}
 }
 
@@ -217,7 +261,7 @@ func TestWatchReadsFlanneldLeases(t *testing.T) {
 	w := startWatch(t, c.reg)
 	w.next(t)
 	c.put(t, subnetKey(dualKey), flanneldDualStack, 60)
-	s := w.until(t, "both leases", func(s registry.Snapshot) bool { return len(s.Leases) == 2 }, nil)
+	s := w.until(t, "both leases", func(s seen) bool { return len(s.Leases) == 2 }, nil)
 	if len(s.Skipped) != 0 {
 		t.Fatalf("skipped %+v", s.Skipped)
 	}
@@ -276,8 +320,8 @@ func TestWatchSkipsMalformed(t *testing.T) {
 		"10.244.54.1-24":     {good, "bad_key"}, // host bits
 		"10.244.55.0-24&foo": {good, "bad_key"},
 	}
-	wantSkipped := func(keys ...string) func(registry.Snapshot) error {
-		return func(s registry.Snapshot) error {
+	wantSkipped := func(keys ...string) func(seen) error {
+		return func(s seen) error {
 			var got []string
 			for _, sk := range s.Skipped {
 				k := strings.TrimPrefix(sk.Key, registry.DefaultPrefix+"/subnets/")
@@ -328,6 +372,9 @@ func TestWatchSkipsMalformed(t *testing.T) {
 		}
 		if len(s.Leases) != 1 {
 			t.Fatalf("after putting %s: leases %v", k, publicIPs(s))
+		}
+		if want := []string{subnetKey(k)}; !slices.Equal(s.keys, want) {
+			t.Errorf("after putting %s: change of keys %q, want %q: a skipped entry is a change too", k, s.keys, want)
 		}
 	}
 
@@ -384,7 +431,7 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 	c.put(t, subnetKey("10.244.3.0-24"), `{"PublicIP":"198.18.0.13"}`, 0)
 	after := map[string]string{"10.244.1.0-24": "198.18.0.11", "10.244.2.0-24": "198.18.0.12", "10.244.3.0-24": "198.18.0.13"}
 	start := time.Now()
-	w.until(t, "the lease added after the restart", sameLeases(after), func(s registry.Snapshot) error {
+	w.until(t, "the lease added after the restart", sameLeases(after), func(s seen) error {
 		if len(s.Leases) < 2 {
 			return fmt.Errorf("leases lost: %v", publicIPs(s))
 		}
@@ -430,8 +477,8 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 
 	want := map[string]string{"10.244.2.0-24": "198.18.0.22", "10.244.3.0-24": "198.18.0.13", "10.244.4.0-24": "198.18.0.14"}
 	s := w.next(t)
-	if !sameLeases(want)(s) {
-		t.Errorf("after recovery %v, want %v", publicIPs(s), want)
+	if !sameLeases(want)(s) || !s.full {
+		t.Errorf("after recovery (full %v) %v, want the full table %v", s.full, publicIPs(s), want)
 	}
 	if w.relists.Load() == 0 {
 		t.Error("Relist hook not called")
@@ -631,5 +678,32 @@ func TestWatchNoticesEtcdRecreated(t *testing.T) {
 	t.Logf("caught up %s after the write to the new etcd", time.Since(start).Round(10*time.Millisecond))
 	if w.relists.Load() == 0 {
 		t.Error("Relist hook not called")
+	}
+}
+
+// A listing reads a page of keys per request, all at one revision, and
+// hands over every lease and skipped entry: nothing lost at the pages'
+// edges.
+func TestWatchListsInPages(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, hostGW16)
+	want := map[string]string{}
+	for i := 1; i <= 10; i++ {
+		k, ip := fmt.Sprintf("10.244.%d.0-24", i), fmt.Sprintf("198.18.0.%d", 10+i)
+		c.put(t, subnetKey(k), `{"PublicIP":"`+ip+`"}`, 0)
+		want[k] = ip
+	}
+	c.put(t, subnetKey("10.244.50.0-24"), `nope`, 0)
+	c.put(t, subnetKey("10.244.6.0-24x"), `{"PublicIP":"198.18.0.99"}`, 0)
+	registry.SetListPage(c.reg, 3)
+	w := startWatch(t, c.reg)
+	s := w.next(t)
+	if !s.full || !sameLeases(want)(s) || len(s.Skipped) != 2 {
+		t.Errorf("listed in pages of 3: full %v, leases %v, skipped %v; want %v and 2 skipped", s.full, publicIPs(s), s.Skipped, want)
+	}
+	c.put(t, subnetKey("10.244.11.0-24"), `{"PublicIP":"198.18.0.21"}`, 0)
+	want["10.244.11.0-24"] = "198.18.0.21"
+	if s := w.next(t); !sameLeases(want)(s) {
+		t.Errorf("the watch after a paged listing: %v, want %v", publicIPs(s), want)
 	}
 }

@@ -78,9 +78,9 @@ type Manager struct {
 	mu         sync.Mutex
 	cfg        *registry.Config
 	hooks      registry.WatchHooks
-	listedOnce bool                        // the informer has read every Node once
-	leases     map[string]registry.Lease   // by Key: nodes with a lease
-	skipped    map[string]registry.Skipped // by Key: nodes with a bad one
+	listedOnce bool                // the informer has read every Node once
+	table      *registry.Table     // every Node's lease or skipped entry, by Key
+	changed    map[string]struct{} // keys changed since Watch last called its fn
 }
 
 var _ registry.Manager = (*Manager)(nil)
@@ -118,7 +118,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (*Manager, error) {
 	}
 	m := &Manager{o: o, log: log, ann: ann, client: client, host: rc.Host,
 		ownCh: make(chan struct{}, 1), leaseCh: make(chan struct{}, 1),
-		leases: map[string]registry.Lease{}, skipped: map[string]registry.Skipped{}}
+		table: registry.NewTable(), changed: map[string]struct{}{}}
 	if m.o.NodeName == "" {
 		if m.o.NodeName, err = m.nodeOfPod(ctx); err != nil {
 			return nil, err

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -303,10 +304,12 @@ func TestAcquirePublicIPOverwrite(t *testing.T) {
 	}
 }
 
-// watcher collects Watch's snapshots and hook calls.
+// watcher collects Watch's changes (a copy of the table then, the keys
+// changed) and hook calls.
 type watcher struct {
 	mu      sync.Mutex
 	snaps   []registry.Snapshot
+	keys    [][]string // each change's keys, sorted; nil for a Full one
 	events  int
 	relists int
 }
@@ -325,9 +328,13 @@ func watch(t *testing.T, ctx context.Context, m *kube.Manager) *watcher {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- m.Watch(ctx, func(s registry.Snapshot) {
+		done <- m.Watch(ctx, func(c registry.Change) {
 			w.mu.Lock()
-			w.snaps = append(w.snaps, s)
+			if c.Full != (len(w.snaps) == 0) || c.Full != (len(c.Keys) == 0) {
+				t.Errorf("change %d: Full %v with keys %q: want Full first, keys after", len(w.snaps), c.Full, c.Keys)
+			}
+			w.snaps = append(w.snaps, c.Leases.Snapshot())
+			w.keys = append(w.keys, slices.Sorted(slices.Values(c.Keys)))
 			w.mu.Unlock()
 		}, registry.WatchHooks{
 			Event:  func() { w.mu.Lock(); w.events++; w.mu.Unlock() },
@@ -420,6 +427,11 @@ func TestWatch(t *testing.T) {
 	if after <= before {
 		t.Error("no new snapshot for a new Node")
 	}
+	w.mu.Lock()
+	if got := w.keys[len(w.keys)-1]; !slices.Equal(got, []string{k("new")}) {
+		t.Errorf("the new Node's change names keys %q, want only its own", got)
+	}
+	w.mu.Unlock()
 
 	// Changes that touch no lease make no snapshot.
 	w.mu.Lock()

@@ -152,27 +152,27 @@ func (m *Manager) record(n *corev1.Node, deleted bool) {
 		l, sk, ok = m.nodeLease(*m.cfg, n)
 	}
 	key := KeyPrefix + n.Name
-	oldL, hadL := m.leases[key]
-	oldS, hadS := m.skipped[key]
-	delete(m.leases, key)
-	delete(m.skipped, key)
+	oldL, hadL := m.table.Get(key)
+	oldS, hadS := m.table.Skip(key)
 	switch {
 	case !ok:
 		if !hadL && !hadS {
 			return
 		}
+		m.table.Remove(key)
 	case sk != nil:
-		m.skipped[key] = *sk
+		m.table.PutSkipped(*sk)
 		if hadS && oldS.Reason == sk.Reason && oldS.Err.Error() == sk.Err.Error() {
 			return
 		}
 		m.log.Warn("skipping Node", "key", sk.Key, "reason", sk.Reason, "err", sk.Err)
 	default:
-		m.leases[key] = l
 		if hadL && sameLease(oldL, l) {
 			return
 		}
+		m.table.Put(l)
 	}
+	m.changed[key] = struct{}{}
 	m.changedLocked()
 }
 
@@ -186,14 +186,7 @@ func (m *Manager) changedLocked() {
 
 func sameLease(a, b registry.Lease) bool {
 	return a.Key == b.Key && a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet && a.PublicIP == b.PublicIP &&
-		a.Attrs.PublicIP == b.Attrs.PublicIP && a.Attrs.PublicIPv6 == b.Attrs.PublicIPv6 &&
+		a.PublicIPv6 == b.PublicIPv6 && a.Attrs.PublicIP == b.Attrs.PublicIP && a.Attrs.PublicIPv6 == b.Attrs.PublicIPv6 &&
 		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) &&
 		bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data)
-}
-
-// snapshot is every lease now, in key order.
-func (m *Manager) snapshot() registry.Snapshot {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return registry.NewSnapshot(0, m.leases, m.skipped)
 }

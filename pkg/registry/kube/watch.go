@@ -6,14 +6,15 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
-// Watch calls fn with every node's lease once the Node informer has
-// listed them, and again after every change of a lease (a Node added,
-// deleted, or its podCIDR or annotations changed); changes that arrive
-// while fn runs are taken together. While the API server is unreachable
-// the informer keeps what it had and retries (hooks.Relist counts its
-// fresh lists), and fn is not called. hooks.Event counts lease changes.
-// Returns nil when ctx is done.
-func (m *Manager) Watch(ctx context.Context, fn func(registry.Snapshot), hooks registry.WatchHooks) error {
+// Watch calls fn with the table of every node's lease once the Node
+// informer has listed them (a Full change), and again after every change
+// of a lease (a Node added, deleted, or its podCIDR or annotations
+// changed) with the keys that changed; changes that arrive while fn runs
+// are taken together. The informer waits while fn reads the table. While
+// the API server is unreachable the informer keeps what it had and
+// retries (hooks.Relist counts its fresh lists), and fn is not called.
+// hooks.Event counts lease changes. Returns nil when ctx is done.
+func (m *Manager) Watch(ctx context.Context, fn func(registry.Change), hooks registry.WatchHooks) error {
 	if err := m.run(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -23,12 +24,23 @@ func (m *Manager) Watch(ctx context.Context, fn func(registry.Snapshot), hooks r
 	m.mu.Lock()
 	m.hooks = hooks
 	m.mu.Unlock()
-	select { // the initial list's wake-up: the first snapshot has it
+	select { // the initial list's wake-up: the first change has it
 	case <-m.leaseCh:
 	default:
 	}
-	for {
-		fn(m.snapshot())
+	for full := true; ; full = false {
+		m.mu.Lock()
+		c := registry.Change{Full: full, Leases: m.table}
+		if !full {
+			for k := range m.changed {
+				c.Keys = append(c.Keys, k)
+			}
+		}
+		clear(m.changed)
+		if c.Full || len(c.Keys) > 0 {
+			fn(c)
+		}
+		m.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil
