@@ -160,199 +160,248 @@ func (r *Reconciler) Resync() {
 // applyMu is held. During a full run (r.active) each subnet and peer
 // written is the full run's no more: it was listed before, and the
 // change is newer.
-func (r *Reconciler) applyDelta(ctx context.Context) (res Result, needFull bool) {
+func (r *Reconciler) applyDelta(ctx context.Context) (Result, bool) {
 	delta := r.delta
 	r.delta = map[netip.Prefix]pending{}
-	var (
-		reqs  []request
-		items []deltaItem
-	)
-	ifindex := r.ifindex()
-	newNH := map[netip.Addr]bool{}
-	var ourIDs map[uint32]bool // IDs of our objects, once a new IPv6 peer needs one
+	d := &deltaRun{r: r, ifindex: r.ifindex(), newNH: map[netip.Addr]bool{}, failedNH: map[netip.Addr]bool{}}
 	for _, subnet := range sortedKeys(delta, nil) {
-		q := delta[subnet]
-		p, was := q.peer, q.was
-		had := was.IsValid()
-		if p == nil && !had {
-			continue // came and went between two runs
-		}
-		if r.active != nil {
-			r.active.touch(subnet, 0, 0)
-		}
-		if r.blockedSet[subnet] != "" || r.overlapsLocal(subnet) {
-			needFull = true // not ours to route, or no longer: the full run decides
-			continue
-		}
-		if p == nil {
-			if r.opts.RouteMap != nil {
-				if err := r.opts.RouteMap.Delete(subnet); err != nil {
-					res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "delete", Err: err})
-				} else {
-					r.mapN--
-					if r.active != nil {
-						r.active.touch(subnet, 0, -1)
-					}
-				}
-			}
-			r.noteDeletion(subnet)
-			k := kroute{family: r.fam, dst: subnet, table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol),
-				typ: unix.RTN_UNICAST, priority: r.fam.metric()}
-			reqs, items = append(reqs, routeRequest(unix.RTM_DELROUTE, 0, k)), append(items, deltaItem{subnet: subnet, was: was, op: "delete"})
-			continue
-		}
-		if err := r.checkFamily(Peer{Subnet: subnet, NextHop: p.NextHop}); err != nil {
-			res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "kernel", Op: "replace", Err: err})
-			continue
-		}
-		w := entry{nexthop: p.NextHop, ifindex: ifindex}
-		var nhid uint32
-		if r.nh == nhOn {
-			known := false
-			if nhid, known = r.nexthops.get(w.nexthop); !known {
-				// Its first free ID among our objects; if another
-				// program's holds it, the kernel says EEXIST and the
-				// full run picks another.
-				nhid = nexthopID(w.nexthop)
-				if r.fam == IPv6 {
-					if ourIDs == nil {
-						ourIDs = make(map[uint32]bool, r.nexthops.len())
-						r.nexthops.each(func(_ netip.Addr, id uint32) bool {
-							ourIDs[id] = true
-							return true
-						})
-					}
-					for ourIDs[nhid] {
-						nhid = nextNexthopID(nhid)
-					}
-					ourIDs[nhid] = true
-				}
-			}
-			if (!known || q.nhGone) && !newNH[w.nexthop] {
-				newNH[w.nexthop] = true
-				reqs = append(reqs, nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL, nhid, w))
-				items = append(items, deltaItem{subnet: subnet, peer: p, op: "nexthop", nhid: nhid})
-			}
-		}
-		op, flags := "replace", uint16(unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
-		if !had {
-			// New to us: whatever holds the destination is not ours. EXCL
-			// makes the kernel refuse rather than take it over.
-			op, flags = "create", unix.NLM_F_CREATE|unix.NLM_F_EXCL
-		}
-		it := deltaItem{subnet: subnet, peer: p, was: was, op: op, repair: q.repair}
-		// A repair's entry is in the map already (only the route went).
-		if op == "create" && !q.repair && r.opts.RouteMap != nil {
-			if err := r.opts.RouteMap.Put(datapath.Route{Subnet: subnet, NextHop: w.nexthop, Ifindex: uint32(ifindex)}); err != nil {
-				res.Errors = append(res.Errors, &ItemError{Subnet: subnet, Table: "map", Op: "put", Err: err})
-			} else {
-				it.mapFirst = true
-			}
-		}
-		reqs = append(reqs, routeRequest(unix.RTM_NEWROUTE, flags, peerRoute(subnet, w, nhid)))
-		items = append(items, it)
+		d.plan(subnet, delta[subnet])
 	}
 	if ctx.Err() != nil {
-		for _, it := range items {
+		for _, it := range d.items {
 			if it.mapFirst {
-				r.rollbackEntry(it.subnet, &res)
+				r.rollbackEntry(it.subnet, &d.res)
 			}
 		}
-		return res, false
+		return d.res, false
 	}
-	errs := r.dc.exec(reqs)
-	var changes []change
-	failedNH := map[netip.Addr]bool{}
-	for i, it := range items {
-		err := errs[i]
+	errs := r.dc.exec(d.reqs)
+	for i, it := range d.items {
 		switch it.op {
 		case "nexthop":
-			switch {
-			case errors.Is(err, unix.EEXIST):
-				needFull = true // ours from before, or another program's ID: a listing tells
-				failedNH[it.peer.NextHop] = true
-			case err != nil:
-				failedNH[it.peer.NextHop] = true
-				res.Errors = append(res.Errors, &ItemError{Subnet: netip.PrefixFrom(it.peer.NextHop, it.peer.NextHop.BitLen()),
-					Table: "kernel", Op: "nexthop", Err: err})
-			default:
-				r.nexthops.set(it.peer.NextHop, it.nhid)
-				if r.active != nil {
-					r.active.touchNexthop(it.peer.NextHop)
-				}
-			}
+			d.nexthopDone(it, errs[i])
 		case "delete":
-			if err != nil && !errors.Is(err, unix.ESRCH) {
-				r.forgetDeletion(it.subnet)
-				res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "delete", Err: err})
-				continue
-			}
-			if err == nil {
-				r.kernelN--
-			}
-			if r.active != nil {
-				r.active.touch(it.subnet, -1, 0)
-			}
-			res.Removed++
-			t := tabKernel
-			if r.opts.RouteMap != nil {
-				t |= tabMap
-			}
-			changes = append(changes, change{verb: "removed", subnet: it.subnet, nexthop: it.was, tables: t})
+			d.deleteDone(it, errs[i])
 		default: // create, replace
-			if failedNH[it.peer.NextHop] || err != nil {
-				switch {
-				case failedNH[it.peer.NextHop]:
-					needFull = true // its route (if the kernel took it) is checked by the full run
-				case errors.Is(err, unix.EEXIST):
-					needFull = true // a route not ours (flanneld's?) holds it: the full run decides
-				default:
-					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "kernel", Op: "replace",
-						Err: fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err)})
-				}
-				if it.mapFirst {
-					r.rollbackEntry(it.subnet, &res)
-				}
-				continue
-			}
-			t := tabKernel
-			var inMap int8
-			if it.mapFirst {
-				t |= tabMap
-				inMap = 1
-			} else if r.opts.RouteMap != nil {
-				rt := datapath.Route{Subnet: it.subnet, NextHop: it.peer.NextHop, Ifindex: uint32(ifindex)}
-				if err := r.opts.RouteMap.Put(rt); err != nil {
-					res.Errors = append(res.Errors, &ItemError{Subnet: it.subnet, Table: "map", Op: "put", Err: err})
-				} else {
-					t |= tabMap
-					inMap = 1
-				}
-			}
-			if r.active != nil {
-				r.active.touch(it.subnet, 1, inMap)
-				r.active.touchNexthop(it.peer.NextHop)
-			}
-			c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: t}
-			if it.op == "replace" || it.repair {
-				c.verb, c.was = "changed", it.was
-				res.Changed++
-			} else {
-				res.Added++
-				r.kernelN++
-				if t&tabMap != 0 {
-					r.mapN++
-				}
-			}
-			changes = append(changes, c)
+			d.routeDone(it, errs[i])
 		}
 	}
-	r.logChanges(changes, nil)
-	for _, err := range res.Errors {
+	r.logChanges(d.changes, nil)
+	for _, err := range d.res.Errors {
 		r.opts.Log.Error("reconcile", "err", err)
 	}
-	res.KernelRoutes, res.MapEntries = r.kernelN, r.mapN
-	return res, needFull
+	d.res.KernelRoutes, d.res.MapEntries = r.kernelN, r.mapN
+	return d.res, d.needFull
+}
+
+// deltaRun is one incremental run: the kernel requests it sends in one
+// batch, what each is for, and what came of them.
+type deltaRun struct {
+	r        *Reconciler
+	res      Result
+	needFull bool // something only a full run can decide
+	reqs     []request
+	items    []deltaItem // one per request
+	ifindex  int
+	newNH    map[netip.Addr]bool // nexthop objects this run creates
+	ourIDs   map[uint32]bool     // IDs of our objects, once a new IPv6 peer needs one
+	failedNH map[netip.Addr]bool // nexthop objects the kernel refused
+	changes  []change
+}
+
+func (d *deltaRun) add(req request, it deltaItem) {
+	d.reqs, d.items = append(d.reqs, req), append(d.items, it)
+}
+
+func (d *deltaRun) fail(subnet netip.Prefix, table, op string, err error) {
+	d.res.Errors = append(d.res.Errors, &ItemError{Subnet: subnet, Table: table, Op: op, Err: err})
+}
+
+// plan queues what one subnet's change takes.
+func (d *deltaRun) plan(subnet netip.Prefix, q pending) {
+	r := d.r
+	p, was := q.peer, q.was
+	had := was.IsValid()
+	if p == nil && !had {
+		return // came and went between two runs
+	}
+	if r.active != nil {
+		r.active.touch(subnet, 0, 0)
+	}
+	if r.blockedSet[subnet] != "" || r.overlapsLocal(subnet) {
+		d.needFull = true // not ours to route, or no longer: the full run decides
+		return
+	}
+	if p == nil {
+		d.planRemoval(subnet, was)
+		return
+	}
+	if err := r.checkFamily(Peer{Subnet: subnet, NextHop: p.NextHop}); err != nil {
+		d.fail(subnet, "kernel", "replace", err)
+		return
+	}
+	w := entry{nexthop: p.NextHop, ifindex: d.ifindex}
+	nhid := d.planNexthop(subnet, p, w, q.nhGone)
+	op, flags := "replace", uint16(unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+	if !had {
+		// New to us: whatever holds the destination is not ours. EXCL
+		// makes the kernel refuse rather than take it over.
+		op, flags = "create", unix.NLM_F_CREATE|unix.NLM_F_EXCL
+	}
+	it := deltaItem{subnet: subnet, peer: p, was: was, op: op, repair: q.repair}
+	// A repair's entry is in the map already (only the route went).
+	if op == "create" && !q.repair && r.opts.RouteMap != nil {
+		if err := r.opts.RouteMap.Put(datapath.Route{Subnet: subnet, NextHop: w.nexthop, Ifindex: uint32(d.ifindex)}); err != nil {
+			d.fail(subnet, "map", "put", err)
+		} else {
+			it.mapFirst = true
+		}
+	}
+	d.add(routeRequest(unix.RTM_NEWROUTE, flags, peerRoute(subnet, w, nhid)), it)
+}
+
+// planRemoval takes a departed peer's map entry out and queues its route's
+// deletion.
+func (d *deltaRun) planRemoval(subnet netip.Prefix, was netip.Addr) {
+	r := d.r
+	if r.opts.RouteMap != nil {
+		if err := r.opts.RouteMap.Delete(subnet); err != nil {
+			d.fail(subnet, "map", "delete", err)
+		} else {
+			r.mapN--
+			if r.active != nil {
+				r.active.touch(subnet, 0, -1)
+			}
+		}
+	}
+	r.noteDeletion(subnet)
+	k := kroute{family: r.fam, dst: subnet, table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol),
+		typ: unix.RTN_UNICAST, priority: r.fam.metric()}
+	d.add(routeRequest(unix.RTM_DELROUTE, 0, k), deltaItem{subnet: subnet, was: was, op: "delete"})
+}
+
+// planNexthop is the ID of the nexthop object p's route goes through (0:
+// plain routes), queueing the object's creation when it is new or gone.
+func (d *deltaRun) planNexthop(subnet netip.Prefix, p *Peer, w entry, gone bool) uint32 {
+	r := d.r
+	if r.nh != nhOn {
+		return 0
+	}
+	nhid, known := r.nexthops.get(w.nexthop)
+	if !known {
+		// Its first free ID among our objects; if another program's
+		// holds it, the kernel says EEXIST and the full run picks
+		// another.
+		nhid = nexthopID(w.nexthop)
+		if r.fam == IPv6 {
+			if d.ourIDs == nil {
+				d.ourIDs = make(map[uint32]bool, r.nexthops.len())
+				r.nexthops.each(func(_ netip.Addr, id uint32) bool {
+					d.ourIDs[id] = true
+					return true
+				})
+			}
+			for d.ourIDs[nhid] {
+				nhid = nextNexthopID(nhid)
+			}
+			d.ourIDs[nhid] = true
+		}
+	}
+	if (!known || gone) && !d.newNH[w.nexthop] {
+		d.newNH[w.nexthop] = true
+		d.add(nexthopRequest(unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL, nhid, w),
+			deltaItem{subnet: subnet, peer: p, op: "nexthop", nhid: nhid})
+	}
+	return nhid
+}
+
+func (d *deltaRun) nexthopDone(it deltaItem, err error) {
+	r := d.r
+	switch {
+	case errors.Is(err, unix.EEXIST):
+		d.needFull = true // ours from before, or another program's ID: a listing tells
+		d.failedNH[it.peer.NextHop] = true
+	case err != nil:
+		d.failedNH[it.peer.NextHop] = true
+		d.fail(netip.PrefixFrom(it.peer.NextHop, it.peer.NextHop.BitLen()), "kernel", "nexthop", err)
+	default:
+		r.nexthops.set(it.peer.NextHop, it.nhid)
+		if r.active != nil {
+			r.active.touchNexthop(it.peer.NextHop)
+		}
+	}
+}
+
+func (d *deltaRun) deleteDone(it deltaItem, err error) {
+	r := d.r
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		r.forgetDeletion(it.subnet)
+		d.fail(it.subnet, "kernel", "delete", err)
+		return
+	}
+	if err == nil {
+		r.kernelN--
+	}
+	if r.active != nil {
+		r.active.touch(it.subnet, -1, 0)
+	}
+	d.res.Removed++
+	t := tabKernel
+	if r.opts.RouteMap != nil {
+		t |= tabMap
+	}
+	d.changes = append(d.changes, change{verb: "removed", subnet: it.subnet, nexthop: it.was, tables: t})
+}
+
+// routeDone follows a created or replaced route: its map entry after it
+// (unless put first), or, if the kernel refused it, the entry put first
+// out again.
+func (d *deltaRun) routeDone(it deltaItem, err error) {
+	r := d.r
+	if d.failedNH[it.peer.NextHop] || err != nil {
+		switch {
+		case d.failedNH[it.peer.NextHop]:
+			d.needFull = true // its route (if the kernel took it) is checked by the full run
+		case errors.Is(err, unix.EEXIST):
+			d.needFull = true // a route not ours (flanneld's?) holds it: the full run decides
+		default:
+			d.fail(it.subnet, "kernel", "replace", fmt.Errorf("%s via %s dev %s: %w", it.subnet, it.peer.NextHop, r.dev(), err))
+		}
+		if it.mapFirst {
+			r.rollbackEntry(it.subnet, &d.res)
+		}
+		return
+	}
+	t := tabKernel
+	var inMap int8
+	if it.mapFirst {
+		t |= tabMap
+		inMap = 1
+	} else if r.opts.RouteMap != nil {
+		rt := datapath.Route{Subnet: it.subnet, NextHop: it.peer.NextHop, Ifindex: uint32(d.ifindex)}
+		if err := r.opts.RouteMap.Put(rt); err != nil {
+			d.fail(it.subnet, "map", "put", err)
+		} else {
+			t |= tabMap
+			inMap = 1
+		}
+	}
+	if r.active != nil {
+		r.active.touch(it.subnet, 1, inMap)
+		r.active.touchNexthop(it.peer.NextHop)
+	}
+	c := change{verb: "added", subnet: it.subnet, nexthop: it.peer.NextHop, key: it.peer.Key, tables: t}
+	if it.op == "replace" || it.repair {
+		c.verb, c.was = "changed", it.was
+		d.res.Changed++
+	} else {
+		d.res.Added++
+		r.kernelN++
+		if t&tabMap != 0 {
+			r.mapN++
+		}
+	}
+	d.changes = append(d.changes, c)
 }
 
 // deltaItem is one request of an incremental run.
