@@ -73,16 +73,8 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Change), hooks WatchHo
 	defer wcancel()
 	wch := r.cli.Watch(wctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(t.rev+1))
 	last := t.rev
-	every := hooks.HistoryCheck
-	if every == 0 {
-		every = DefaultHistoryCheck
-	}
-	var tick <-chan time.Time
-	if every > 0 {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		tick = t.C
-	}
+	tick, stopTick := historyTicker(hooks.HistoryCheck)
+	defer stopTick()
 	var keys []string
 	for {
 		var wr clientv3.WatchResponse
@@ -102,35 +94,9 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Change), hooks WatchHo
 			return fmt.Errorf("watch %s: %w", r.subnetsDir(), err)
 		}
 		last = wr.Header.Revision
-		keys = keys[:0]
-		for _, ev := range wr.Events {
-			key := string(ev.Kv.Key)
-			switch {
-			case ev.Type != clientv3.EventTypePut:
-				t.Remove(key)
-				r.forgetSkipped(key)
-			default:
-				l, sk := r.parse(cfg, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
-				if sk != nil {
-					r.logSkipped(*sk, ev.Kv.ModRevision)
-					t.PutSkipped(*sk)
-					break
-				}
-				r.forgetSkipped(key)
-				tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
-				l.Expiration, err = r.expiration(tctx, ev.Kv.Lease, nil)
-				tcancel()
-				if err != nil {
-					// Half-applied events are dropped with this table: the
-					// next pass starts from a fresh list.
-					return fmt.Errorf("watch %s: %s: %w", r.subnetsDir(), key, err)
-				}
-				t.Put(l)
-			}
-			keys = append(keys, key)
-			if hooks.Event != nil {
-				hooks.Event()
-			}
+		keys, err = r.applyEvents(ctx, t, cfg, wr.Events, hooks, keys[:0])
+		if err != nil {
+			return err
 		}
 		if len(wr.Events) > 0 {
 			t.rev = wr.Header.Revision
@@ -138,6 +104,55 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Change), hooks WatchHo
 			fn(Change{Keys: slices.Compact(keys), Leases: t})
 		}
 	}
+}
+
+// historyTicker fires every HistoryCheck (DefaultHistoryCheck when 0;
+// never when negative).
+func historyTicker(every time.Duration) (<-chan time.Time, func()) {
+	if every == 0 {
+		every = DefaultHistoryCheck
+	}
+	if every < 0 {
+		return nil, func() {}
+	}
+	t := time.NewTicker(every)
+	return t.C, t.Stop
+}
+
+// applyEvents applies one watch response's events to t, appending the
+// keys they touched to keys.
+func (r *Registry) applyEvents(ctx context.Context, t *Table, cfg Config, events []*clientv3.Event, hooks WatchHooks, keys []string) ([]string, error) {
+	for _, ev := range events {
+		key := string(ev.Kv.Key)
+		switch {
+		case ev.Type != clientv3.EventTypePut:
+			t.Remove(key)
+			r.forgetSkipped(key)
+		default:
+			l, sk := r.parse(cfg, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
+			if sk != nil {
+				r.logSkipped(*sk, ev.Kv.ModRevision)
+				t.PutSkipped(*sk)
+				break
+			}
+			r.forgetSkipped(key)
+			tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
+			var err error
+			l.Expiration, err = r.expiration(tctx, ev.Kv.Lease, nil)
+			tcancel()
+			if err != nil {
+				// Half-applied events are dropped with this table: the
+				// next pass starts from a fresh list.
+				return nil, fmt.Errorf("watch %s: %s: %w", r.subnetsDir(), key, err)
+			}
+			t.Put(l)
+		}
+		keys = append(keys, key)
+		if hooks.Event != nil {
+			hooks.Event()
+		}
+	}
+	return keys, nil
 }
 
 // sameHistory checks that etcd is still the cluster we listed, at least
