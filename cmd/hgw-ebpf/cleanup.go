@@ -12,7 +12,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry/kube"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
@@ -52,11 +52,11 @@ Safe to run twice or on a node with nothing installed.`,
 			} else {
 				slog.Info("programs detached, pins removed", "pin_root", root)
 			}
-			n, nhs, err := reconcile.RemoveKernelRoutes(nil)
+			n, nhs, err := peers.RemoveKernelRoutes(nil)
 			if err != nil {
 				errs = append(errs, err)
 			}
-			slog.Info("kernel routes removed", "count", n, "nexthops", nhs, "protocol", int(reconcile.RouteProtocol))
+			slog.Info("kernel routes removed", "count", n, "nexthops", nhs, "protocol", int(peers.RouteProtocol))
 			if err := removeFlannelIPTables(); err != nil {
 				errs = append(errs, err)
 			}

@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 )
 
 // routeRow is one peer subnet as the kernel and the map see it.
@@ -36,7 +36,7 @@ both exist and agree on next hop and device. In --datapath routes mode
 there is no map: only the kernel column is filled.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			kernel, err := reconcile.KernelRoutes(nil)
+			kernel, err := peers.KernelRoutes(nil)
 			if err != nil {
 				return err
 			}

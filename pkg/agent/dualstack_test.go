@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
@@ -229,7 +229,7 @@ func TestDualStackNode(t *testing.T) {
 	if c := e.programConfig(t); c.PodSubnet6 != self.IPv6Subnet || c.Gateway6 != netip.MustParseAddr("fd00:10:244:3::1") {
 		t.Errorf("config %+v: want the IPv6 pod subnet %s and gateway ::1", c, self.IPv6Subnet)
 	}
-	if len(n.families) != 2 || n.families[1].fam != reconcile.IPv6 {
+	if len(n.families) != 2 || n.families[1].fam != peers.IPv6 {
 		t.Fatalf("reconcilers %v: want IPv4 and IPv6", n.families)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -254,7 +254,7 @@ func TestDualStackNode(t *testing.T) {
 		t.Errorf("/readyz notes %q: want the IPv6 side named", notes)
 	}
 
-	kernel, err := reconcile.KernelRoutes(&e.ns)
+	kernel, err := peers.KernelRoutes(&e.ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +298,7 @@ func TestDualStackNode(t *testing.T) {
 			t.Errorf("hgw_peers%v = %v, want %v", c.labels, got, c.want)
 		}
 	}
-	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv6", reconcile.ReasonNoIPv6)); got != 1 {
+	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv6", peers.ReasonNoIPv6)); got != 1 {
 		t.Errorf("hgw_leases_skipped{ipv6,no_ipv6} = %v, want 1 (the IPv4-only lease)", got)
 	}
 
@@ -314,7 +314,7 @@ func TestDualStackNode(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			kernel, err := reconcile.KernelRoutes(&e.ns)
+			kernel, err := peers.KernelRoutes(&e.ns)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -333,7 +333,7 @@ func TestDualStackNode(t *testing.T) {
 	leases.Put(clash)
 	change(joined.Key, clash.Key)
 	routed("a peer joined, another clashes", append(slices.Clone(want4), want6[0], route("10.244.6.0/24", "198.18.0.14"), route("fd00:10:244:6::/64", "fd00:198:18::14"))...)
-	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv4", reconcile.ReasonOverlap)); got != 1 {
+	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv4", peers.ReasonOverlap)); got != 1 {
 		t.Errorf("hgw_leases_skipped{ipv4,overlap} = %v, want 1", got)
 	}
 	if got := promtest.ToFloat64(n.metrics.Peers.WithLabelValues("ipv4")); got != 3 {
@@ -345,7 +345,7 @@ func TestDualStackNode(t *testing.T) {
 	if got := promtest.CollectAndCount(n.metrics.LeasesSkipped); got != 1 {
 		t.Errorf("%d hgw_leases_skipped series, want the IPv6 no_ipv6 one alone (no overlap any more)", got)
 	}
-	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv6", reconcile.ReasonNoIPv6)); got != 2 {
+	if got := promtest.ToFloat64(n.metrics.LeasesSkipped.WithLabelValues("ipv6", peers.ReasonNoIPv6)); got != 2 {
 		t.Errorf("hgw_leases_skipped{ipv6,no_ipv6} = %v, want 2 (the IPv4-only leases)", got)
 	}
 

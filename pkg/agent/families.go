@@ -8,7 +8,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
 )
@@ -17,8 +17,8 @@ import (
 // of the network and the underlay that Desired takes, and the Reconciler
 // that applies the result to the kernel and the family's routes map.
 type familyRoutes struct {
-	fam reconcile.Family
-	rec *reconcile.Reconciler
+	fam peers.Family
+	rec *peers.Reconciler
 	// network is the cluster's network of the family; zero for IPv6 on
 	// an IPv4-only network: no peers then, and routes or map entries an
 	// earlier dual-stack run left are removed.
@@ -28,7 +28,7 @@ type familyRoutes struct {
 	// set is the family's desired peers, followed lease by lease on the
 	// registry watch's goroutine, and skips the reasons it counted last
 	// (for the metric).
-	set   reconcile.DesiredSet
+	set   peers.DesiredSet
 	skips map[string]bool
 }
 
@@ -48,16 +48,16 @@ const (
 // left, on any kernel with IPv6. With the programs loaded each also keeps
 // its family's routes map.
 func (n *node) startReconcilers() error {
-	fams := []*familyRoutes{{fam: reconcile.IPv4, network: n.network, onLink: n.ul.prefixes, applied: condApplied}}
+	fams := []*familyRoutes{{fam: peers.IPv4, network: n.network, onLink: n.ul.prefixes, applied: condApplied}}
 	if n.network6.IsValid() || kernelHasIPv6() {
-		fams = append(fams, &familyRoutes{fam: reconcile.IPv6, network: n.network6, onLink: n.ul6.prefixes, applied: condApplied6})
+		fams = append(fams, &familyRoutes{fam: peers.IPv6, network: n.network6, onLink: n.ul6.prefixes, applied: condApplied6})
 	}
 	n.noteIPv6()
 	for _, f := range fams {
-		var routeMap reconcile.RouteMap
+		var routeMap peers.RouteMap
 		switch {
 		case n.dp == nil:
-		case f.fam == reconcile.IPv6:
+		case f.fam == peers.IPv6:
 			routeMap = n.dp.Routes6()
 		default:
 			routeMap = n.dp.Routes()
@@ -65,7 +65,7 @@ func (n *node) startReconcilers() error {
 		if f.routed() {
 			n.ready.Set(f.applied, false)
 		}
-		rec, err := reconcile.New(reconcile.Options{Family: f.fam, Link: n.ul.link, RouteMap: routeMap, PlainRoutes: n.cfg.PlainRoutes,
+		rec, err := peers.New(peers.Options{Family: f.fam, Link: n.ul.link, RouteMap: routeMap, PlainRoutes: n.cfg.PlainRoutes,
 			Log: n.log, ResyncInterval: n.cfg.ResyncInterval, Observe: n.observer(f),
 			OnRepair: n.metrics.RouteRepairs.WithLabelValues(f.fam.String()).Inc})
 		if err != nil {
@@ -107,18 +107,18 @@ func (n *node) resyncRoutes() {
 
 // input is what the family's desired peers depend on besides the
 // leases: this node's side of it.
-func (n *node) input(f *familyRoutes) reconcile.Input {
+func (n *node) input(f *familyRoutes) peers.Input {
 	local, err := f.rec.LocalPrefixes()
 	if err != nil {
 		n.log.Warn("cannot list local prefixes; leases are checked against them at the next full run", "family", f.fam, "err", err)
 	}
 	n.mu.Lock()
 	own, publicIP := n.own, n.ownIP
-	if f.fam == reconcile.IPv6 {
+	if f.fam == peers.IPv6 {
 		own, publicIP = n.own6, n.ownIP6
 	}
 	n.mu.Unlock()
-	return reconcile.Input{Family: f.fam, Own: own, Network: f.network, OnLink: f.onLink, Local: local, PublicIP: publicIP}
+	return peers.Input{Family: f.fam, Own: own, Network: f.network, OnLink: f.onLink, Local: local, PublicIP: publicIP}
 }
 
 // follow hands the family's reconciler what c changed: the changes of
@@ -139,8 +139,8 @@ func (n *node) follow(f *familyRoutes, c registry.Change) []registry.Skipped {
 			return skipped
 		}
 	}
-	peers, skipped := f.set.Full(in, c.Leases)
-	f.rec.Update(peers)
+	peerList, skipped := f.set.Full(in, c.Leases)
+	f.rec.Update(peerList)
 	return skipped
 }
 
@@ -164,9 +164,9 @@ func (n *node) countSkips(f *familyRoutes) {
 
 // observer records the runs of f's reconciler. The node is ready for pods
 // (the subnet file) once every routed family has applied its routes.
-func (n *node) observer(f *familyRoutes) func(reconcile.Result, time.Duration) {
+func (n *node) observer(f *familyRoutes) func(peers.Result, time.Duration) {
 	fam := f.fam.String()
-	return func(res reconcile.Result, d time.Duration) {
+	return func(res peers.Result, d time.Duration) {
 		result := "ok"
 		if len(res.Errors) > 0 {
 			result = "error"

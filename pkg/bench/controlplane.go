@@ -31,7 +31,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
@@ -279,7 +279,7 @@ func (c cpRun) measureInto(ctx context.Context, s *ControlPlaneSample) error {
 	// The agent's default resync: the lab's 2 s would make every other
 	// new lease meet a full comparison of tens of thousands of peers.
 	l, err := lab.Up(ctx, lab.Config{Prefix: c.o.Prefix, StateRoot: c.o.StateRoot, BinDir: c.o.BinDir, CNIPath: c.o.CNIPath,
-		Nodes: 1, PodsPerNode: 0, Datapath: lab.DatapathEBPF, ResyncInterval: reconcile.DefaultResyncInterval,
+		Nodes: 1, PodsPerNode: 0, Datapath: lab.DatapathEBPF, ResyncInterval: peers.DefaultResyncInterval,
 		AgentArgs: args, Registry: c.o.Registry, Log: c.o.Log})
 	if err != nil {
 		return err
@@ -508,7 +508,7 @@ func watchRoutes(node string) (*routeWatch, error) {
 	}
 	go func() {
 		for ev := range ch {
-			if ev.Type != unix.RTM_NEWROUTE || ev.Protocol != reconcile.RouteProtocol || ev.Dst == nil {
+			if ev.Type != unix.RTM_NEWROUTE || ev.Protocol != peers.RouteProtocol || ev.Dst == nil {
 				continue
 			}
 			ones, _ := ev.Dst.Mask.Size()

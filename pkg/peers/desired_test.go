@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
@@ -21,8 +21,8 @@ func lease(subnet, publicIP string) registry.Lease {
 }
 
 // node is the Input of a node 198.18.0.11 owning 10.244.1.0/24.
-func node(leases ...registry.Lease) reconcile.Input {
-	return reconcile.Input{
+func node(leases ...registry.Lease) peers.Input {
+	return peers.Input{
 		Own:      netip.MustParsePrefix("10.244.1.0/24"),
 		Network:  netip.MustParsePrefix("10.244.0.0/16"),
 		OnLink:   []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")},
@@ -34,11 +34,11 @@ func node(leases ...registry.Lease) reconcile.Input {
 // outcome is Desired's verdict on one lease: "peer" or the skip reason.
 type outcome map[string]string
 
-func outcomes(t *testing.T, in reconcile.Input) outcome {
+func outcomes(t *testing.T, in peers.Input) outcome {
 	t.Helper()
-	peers, skipped := reconcile.Desired(in)
+	peerList, skipped := peers.Desired(in)
 	got := outcome{}
-	for _, p := range peers {
+	for _, p := range peerList {
 		if _, dup := got[p.Key]; dup {
 			t.Errorf("%s returned twice", p.Key)
 		}
@@ -194,7 +194,7 @@ func TestDesiredSkipsLocalPrefixes(t *testing.T) {
 	if got := outcomes(t, flat); !reflect.DeepEqual(got, want) {
 		t.Errorf("Desired on a flat network:\n got %v\nwant %v", got, want)
 	}
-	_, skipped := reconcile.Desired(in)
+	_, skipped := peers.Desired(in)
 	for _, s := range skipped {
 		if s.Key == key("10.244.7.0/24") && !strings.Contains(s.Err.Error(), "10.244.7") {
 			t.Errorf("skip of cni0's subnet does not name the local prefix: %v", s.Err)
@@ -204,10 +204,10 @@ func TestDesiredSkipsLocalPrefixes(t *testing.T) {
 
 func TestDesiredPeerFields(t *testing.T) {
 	l := lease("10.244.2.0/24", "198.18.0.12")
-	peers, skipped := reconcile.Desired(node(l))
-	want := []reconcile.Peer{{Subnet: l.Subnet, NextHop: l.PublicIP, Key: l.Key}}
-	if !reflect.DeepEqual(peers, want) || len(skipped) != 0 {
-		t.Fatalf("Desired = %v, %v; want %v and nothing skipped", peers, skipped, want)
+	peerList, skipped := peers.Desired(node(l))
+	want := []peers.Peer{{Subnet: l.Subnet, NextHop: l.PublicIP, Key: l.Key}}
+	if !reflect.DeepEqual(peerList, want) || len(skipped) != 0 {
+		t.Fatalf("Desired = %v, %v; want %v and nothing skipped", peerList, skipped, want)
 	}
 }
 
@@ -221,7 +221,7 @@ func TestDesiredStableOrder(t *testing.T) {
 	leases = append(leases,
 		lease("10.244.1.0/24", "198.18.0.11"), lease("10.244.8.0/21", "198.18.0.99"),
 		lease("10.245.0.0/24", "198.18.0.98"), lease("10.244.50.0/24", "203.0.113.1"))
-	wantPeers, wantSkipped := reconcile.Desired(node(leases...))
+	wantPeers, wantSkipped := peers.Desired(node(leases...))
 	if len(wantPeers) == 0 || len(wantSkipped) == 0 {
 		t.Fatalf("fixture should give peers and skips: %d, %d", len(wantPeers), len(wantSkipped))
 	}
@@ -235,9 +235,9 @@ func TestDesiredStableOrder(t *testing.T) {
 		shuffled := append([]registry.Lease(nil), leases...)
 		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 		before := append([]registry.Lease(nil), shuffled...)
-		peers, skipped := reconcile.Desired(node(shuffled...))
-		if !reflect.DeepEqual(peers, wantPeers) {
-			t.Fatalf("round %d: peers depend on input order:\n got %v\nwant %v", round, peers, wantPeers)
+		peerList, skipped := peers.Desired(node(shuffled...))
+		if !reflect.DeepEqual(peerList, wantPeers) {
+			t.Fatalf("round %d: peers depend on input order:\n got %v\nwant %v", round, peerList, wantPeers)
 		}
 		if !reflect.DeepEqual(skipKeys(skipped), skipKeys(wantSkipped)) {
 			t.Fatalf("round %d: skipped depend on input order:\n got %v\nwant %v", round, skipKeys(skipped), skipKeys(wantSkipped))
@@ -260,7 +260,7 @@ func skipKeys(s []registry.Skipped) []string {
 // mixed-length overlap path runs too. The time is logged, not asserted.
 func TestDesiredManyLeases(t *testing.T) {
 	const n = 5000
-	in := reconcile.Input{
+	in := peers.Input{
 		Own:      netip.MustParsePrefix("10.0.0.0/24"),
 		Network:  netip.MustParsePrefix("10.0.0.0/8"),
 		OnLink:   []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")},
@@ -276,13 +276,13 @@ func TestDesiredManyLeases(t *testing.T) {
 		in.Leases = append(in.Leases, lease(fmt.Sprintf("10.10.%d.0/23", 2*i), fmt.Sprintf("198.19.0.%d", 1+i)))
 	}
 	start := time.Now()
-	peers, skipped := reconcile.Desired(in)
+	peerList, skipped := peers.Desired(in)
 	elapsed := time.Since(start)
-	t.Logf("Desired over %d leases: %v (%d peers, %d skipped)", len(in.Leases), elapsed, len(peers), len(skipped))
+	t.Logf("Desired over %d leases: %v (%d peers, %d skipped)", len(in.Leases), elapsed, len(peerList), len(skipped))
 
 	// 10.10.x is i/256 == 9: leases 9*256 .. 9*256+19 lie under the /23s.
-	if want := n + wide - 2*wide; len(peers) != want {
-		t.Errorf("peers = %d, want %d", len(peers), want)
+	if want := n + wide - 2*wide; len(peerList) != want {
+		t.Errorf("peers = %d, want %d", len(peerList), want)
 	}
 	if len(skipped) != 2*wide {
 		t.Errorf("skipped = %d, want %d", len(skipped), 2*wide)
@@ -311,9 +311,9 @@ func dual(v4, ip, v6, ip6 string) registry.Lease {
 
 // node6 is the IPv6 Input of node 198.18.0.11 / fd00:198:18::11 owning
 // 10.244.1.0/24 and fd00:10:244:1::/64 in fd00:10:244::/56.
-func node6(leases ...registry.Lease) reconcile.Input {
-	return reconcile.Input{
-		Family:   reconcile.IPv6,
+func node6(leases ...registry.Lease) peers.Input {
+	return peers.Input{
+		Family:   peers.IPv6,
 		Own:      netip.MustParsePrefix("fd00:10:244:1::/64"),
 		Network:  netip.MustParsePrefix("fd00:10:244::/56"),
 		OnLink:   []netip.Prefix{netip.MustParsePrefix("fd00:198:18::/64")},
@@ -350,9 +350,9 @@ func TestDesiredIPv6(t *testing.T) {
 	if got := outcomes(t, in); !reflect.DeepEqual(got, want) {
 		t.Errorf("IPv6 Desired:\n got %v\nwant %v", got, want)
 	}
-	peers, _ := reconcile.Desired(in)
-	if !slices.Contains(peers, reconcile.Peer{Subnet: peer.IPv6Subnet, NextHop: peer.PublicIPv6, Key: peer.Key}) {
-		t.Errorf("IPv6 peers %v; want %s via %s", peers, peer.IPv6Subnet, peer.PublicIPv6)
+	peerList, _ := peers.Desired(in)
+	if !slices.Contains(peerList, peers.Peer{Subnet: peer.IPv6Subnet, NextHop: peer.PublicIPv6, Key: peer.Key}) {
+		t.Errorf("IPv6 peers %v; want %s via %s", peerList, peer.IPv6Subnet, peer.PublicIPv6)
 	}
 
 	// The same leases in IPv4: every one routed through its IPv4 half,

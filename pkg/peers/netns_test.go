@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"errors"
@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
@@ -32,14 +32,14 @@ const (
 	resync = 500 * time.Millisecond
 )
 
-func peer(subnet, nexthop string) reconcile.Peer {
+func peer(subnet, nexthop string) peers.Peer {
 	p := netip.MustParsePrefix(subnet)
-	return reconcile.Peer{Subnet: p, NextHop: netip.MustParseAddr(nexthop), Key: key(subnet)}
+	return peers.Peer{Subnet: p, NextHop: netip.MustParseAddr(nexthop), Key: key(subnet)}
 }
 
 // threePeers are nodes .12, .13, .14 on the underlay 198.18.0.0/24.
-func threePeers() []reconcile.Peer {
-	return []reconcile.Peer{
+func threePeers() []peers.Peer {
+	return []peers.Peer{
 		peer("10.244.2.0/24", "198.18.0.12"),
 		peer("10.244.3.0/24", "198.18.0.13"),
 		peer("10.244.4.0/24", "198.18.0.14"),
@@ -52,7 +52,7 @@ func threePeers() []reconcile.Peer {
 // write addresses in the IPv4 plan, which tr turns into the IPv6 one.
 type env struct {
 	name    string // the namespace's, for `ip -n`
-	fam     reconcile.Family
+	fam     peers.Family
 	plain   bool // reconcilers made by reconciler() install plain routes
 	ns      netns.NsHandle
 	h       *netlink.Handle
@@ -61,9 +61,9 @@ type env struct {
 	rm      *memMap
 }
 
-func newEnv(t testing.TB) *env { return newEnvFamily(t, reconcile.IPv4) }
+func newEnv(t testing.TB) *env { return newEnvFamily(t, peers.IPv4) }
 
-func newEnvFamily(t testing.TB, fam reconcile.Family) *env {
+func newEnvFamily(t testing.TB, fam peers.Family) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	name, ns := testutil.NetNS(t, "rc")
@@ -98,7 +98,7 @@ func newEnvFamily(t testing.TB, fam reconcile.Family) *env {
 // counterpart, a.b.c.d/n as fd00:a:b:c::d/(n+40), a host /32 as a /128:
 // 10.244.2.0/24 is fd00:10:244:2::/64, 198.18.0.12 is fd00:198:18::12.
 func (e *env) tr(s string) string {
-	if e.fam != reconcile.IPv6 {
+	if e.fam != peers.IPv6 {
 		return s
 	}
 	words := strings.Fields(s)
@@ -154,18 +154,18 @@ func (e *env) trSorted(ss []string) []string {
 // metric is the metric of the env's family's routes added without one
 // (ours, flanneld's): IPv6 routes always have one.
 func (e *env) metric() int {
-	if e.fam == reconcile.IPv6 {
+	if e.fam == peers.IPv6 {
 		return 1024
 	}
 	return 0
 }
 
 // peer is the peer of subnet via nexthop, in the env's family.
-func (e *env) peer(subnet, nexthop string) reconcile.Peer { return peer(e.tr(subnet), e.tr(nexthop)) }
+func (e *env) peer(subnet, nexthop string) peers.Peer { return peer(e.tr(subnet), e.tr(nexthop)) }
 
 // threePeers is threePeers in the env's family.
-func (e *env) threePeers() []reconcile.Peer {
-	var out []reconcile.Peer
+func (e *env) threePeers() []peers.Peer {
+	var out []peers.Peer
 	for _, p := range threePeers() {
 		out = append(out, e.peer(p.Subnet.String(), p.NextHop.String()))
 	}
@@ -197,7 +197,7 @@ func addUnderlay(t testing.TB, h *netlink.Handle) {
 
 // reconciler builds a Reconciler on the env's namespace; rm nil means
 // routes-only mode.
-func (e *env) reconciler(t testing.TB, rm reconcile.RouteMap, opts reconcile.Options) (*reconcile.Reconciler, *testLog) {
+func (e *env) reconciler(t testing.TB, rm peers.RouteMap, opts peers.Options) (*peers.Reconciler, *testLog) {
 	t.Helper()
 	ns := e.ns
 	logs := &testLog{out: t.Output()}
@@ -214,7 +214,7 @@ func (e *env) reconciler(t testing.TB, rm reconcile.RouteMap, opts reconcile.Opt
 		opts.ResyncInterval = resync
 	}
 	opts.Log = slog.New(slog.NewTextHandler(logs, nil))
-	r, err := reconcile.New(opts)
+	r, err := peers.New(opts)
 	if err != nil {
 		t.Fatalf("new reconciler: %v", err)
 	}
@@ -277,7 +277,7 @@ func (k kroute) String() string {
 // independently of the reconciler's own protocol-filtered listing.
 func (e *env) kernel(t testing.TB) []kroute { return e.kernelOf(t, e.fam) }
 
-func (e *env) kernelOf(t testing.TB, fam reconcile.Family) []kroute {
+func (e *env) kernelOf(t testing.TB, fam peers.Family) []kroute {
 	t.Helper()
 	var (
 		routes []netlink.Route
@@ -321,11 +321,11 @@ func (e *env) notKernels(t testing.TB) []kroute {
 // protocol, in the map's terms.
 func (e *env) ours(t testing.TB) map[netip.Prefix]datapath.Route { return e.oursOf(t, e.fam) }
 
-func (e *env) oursOf(t testing.TB, fam reconcile.Family) map[netip.Prefix]datapath.Route {
+func (e *env) oursOf(t testing.TB, fam peers.Family) map[netip.Prefix]datapath.Route {
 	t.Helper()
 	out := map[netip.Prefix]datapath.Route{}
 	for _, k := range e.kernelOf(t, fam) {
-		if k.protocol != reconcile.RouteProtocol {
+		if k.protocol != peers.RouteProtocol {
 			continue
 		}
 		if _, dup := out[k.subnet]; dup {
@@ -349,25 +349,25 @@ func (e *env) routesTo(t *testing.T, subnet string) []kroute {
 	return out
 }
 
-func (e *env) want(peers []reconcile.Peer) map[netip.Prefix]datapath.Route {
+func (e *env) want(peerList []peers.Peer) map[netip.Prefix]datapath.Route {
 	out := map[netip.Prefix]datapath.Route{}
-	for _, p := range peers {
+	for _, p := range peerList {
 		out[p.Subnet] = datapath.Route{Subnet: p.Subnet, NextHop: p.NextHop, Ifindex: uint32(e.ifindex)}
 	}
 	return out
 }
 
-func (e *env) converged(t *testing.T, peers []reconcile.Peer) bool {
+func (e *env) converged(t *testing.T, peerList []peers.Peer) bool {
 	t.Helper()
-	want := e.want(peers)
+	want := e.want(peerList)
 	return reflect.DeepEqual(e.ours(t), want) && reflect.DeepEqual(e.rm.snapshot(), want)
 }
 
 // assertConverged checks that routes of ours and map entries are exactly
 // `<subnet> via <peer> dev eth0 proto 104`, one per peer.
-func (e *env) assertConverged(t *testing.T, peers []reconcile.Peer) {
+func (e *env) assertConverged(t *testing.T, peerList []peers.Peer) {
 	t.Helper()
-	want := e.want(peers)
+	want := e.want(peerList)
 	if got := e.ours(t); !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel routes of ours:\n got %v\nwant %v", got, want)
 	}
@@ -405,7 +405,7 @@ func (e *env) delRoute(t *testing.T, subnet string) {
 	}
 }
 
-func assertCounts(t *testing.T, res reconcile.Result, added, changed, removed, kernel, entries int) {
+func assertCounts(t *testing.T, res peers.Result, added, changed, removed, kernel, entries int) {
 	t.Helper()
 	if res.Added != added || res.Changed != changed || res.Removed != removed || res.KernelRoutes != kernel || res.MapEntries != entries {
 		t.Errorf("Result = added %d changed %d removed %d kernel %d map %d; want %d %d %d %d %d (errors %v)",
@@ -417,7 +417,7 @@ func assertCounts(t *testing.T, res reconcile.Result, added, changed, removed, k
 // through nexthop objects (the kernel has them), and plain routes (forced,
 // as on a kernel without them).
 func forModes(t *testing.T, fn func(t *testing.T, e *env)) {
-	forFamilies(t, func(t *testing.T, fam reconcile.Family) {
+	forFamilies(t, func(t *testing.T, fam peers.Family) {
 		for _, plain := range []bool{false, true} {
 			name := "nexthop"
 			if plain {
@@ -433,8 +433,8 @@ func forModes(t *testing.T, fn func(t *testing.T, e *env)) {
 }
 
 // forFamilies runs fn once per family: the one mechanism routes both.
-func forFamilies(t *testing.T, fn func(t *testing.T, fam reconcile.Family)) {
-	for _, fam := range []reconcile.Family{reconcile.IPv4, reconcile.IPv6} {
+func forFamilies(t *testing.T, fn func(t *testing.T, fam peers.Family)) {
+	for _, fam := range []peers.Family{peers.IPv4, peers.IPv6} {
 		t.Run(fam.String(), func(t *testing.T) { fn(t, fam) })
 	}
 }
@@ -456,7 +456,7 @@ func (e *env) routeLines(t *testing.T) []string {
 	t.Helper()
 	var out []string
 	family := "-4"
-	if e.fam == reconcile.IPv6 {
+	if e.fam == peers.IPv6 {
 		family = "-6"
 	}
 	for _, l := range strings.Split(e.ip(t, family, "route", "show", "table", "main"), "\n") {
@@ -471,15 +471,15 @@ func (e *env) routeLines(t *testing.T) []string {
 var nhidRE = regexp.MustCompile(`nhid [0-9]+`)
 
 // wantLines is routeLines for peers in the env's mode.
-func (e *env) wantLines(peers []reconcile.Peer) []string {
+func (e *env) wantLines(peerList []peers.Peer) []string {
 	var out []string
-	for _, p := range peers {
+	for _, p := range peerList {
 		nh := ""
 		if !e.plain {
 			nh = "nhid N "
 		}
 		metric := ""
-		if e.fam == reconcile.IPv6 {
+		if e.fam == peers.IPv6 {
 			metric = " metric 1024"
 		}
 		out = append(out, fmt.Sprintf("%s %svia %s dev eth0 proto 104%s", p.Subnet, nh, p.NextHop, metric))

@@ -1,7 +1,7 @@
 // Package reconcile keeps the kernel routes and the BPF routes map equal to
 // the desired peers: level-triggered, idempotent, on every change, on a
 // timer, and at once when one of its routes is deleted.
-package reconcile
+package peers
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 )
 
 // dels collects the IPv4 route deletions the kernel reports in the env's
@@ -39,34 +39,34 @@ func (e *env) dels(t *testing.T) (stop func() []string) {
 // deleted first; objects of ours no route needs are removed, another
 // program's are left.
 func TestApplyConvertsBetweenRouteForms(t *testing.T) {
-	forFamilies(t, func(t *testing.T, fam reconcile.Family) {
+	forFamilies(t, func(t *testing.T, fam peers.Family) {
 		e := newEnvFamily(t, fam)
-		peers := e.threePeers()
-		for _, p := range peers {
-			e.addRoute(t, p.Subnet.String(), p.NextHop.String(), reconcile.RouteProtocol)
+		peerList := e.threePeers()
+		for _, p := range peerList {
+			e.addRoute(t, p.Subnet.String(), p.NextHop.String(), peers.RouteProtocol)
 		}
 		e.ip(t, "nexthop", "add", "id", "7", "via", e.tr("198.18.0.7"), "dev", "eth0", "proto", "static") // not ours
 
 		stop := e.dels(t)
-		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
-		res := apply(t, r, peers)
+		r, _ := e.reconciler(t, e.rm, peers.Options{})
+		res := apply(t, r, peerList)
 		if got := stop(); len(got) != 0 || len(res.Errors) != 0 {
 			t.Fatalf("to nexthop objects: routes deleted %v, errors %v; want none", got, res.Errors)
 		}
-		e.assertConverged(t, peers)
-		if got, want := e.routeLines(t), e.wantLines(peers); !reflect.DeepEqual(got, want) {
+		e.assertConverged(t, peerList)
+		if got, want := e.routeLines(t), e.wantLines(peerList); !reflect.DeepEqual(got, want) {
 			t.Errorf("ip route:\n got %q\nwant %q", got, want)
 		}
 
 		e.plain = true
 		stop = e.dels(t)
-		plain, _ := e.reconciler(t, e.rm, reconcile.Options{})
-		res = apply(t, plain, peers)
+		plain, _ := e.reconciler(t, e.rm, peers.Options{})
+		res = apply(t, plain, peerList)
 		if got := stop(); len(got) != 0 || len(res.Errors) != 0 {
 			t.Fatalf("to plain routes: routes deleted %v, errors %v; want none", got, res.Errors)
 		}
-		e.assertConverged(t, peers)
-		if got, want := e.routeLines(t), e.wantLines(peers); !reflect.DeepEqual(got, want) {
+		e.assertConverged(t, peerList)
+		if got, want := e.routeLines(t), e.wantLines(peerList); !reflect.DeepEqual(got, want) {
 			t.Errorf("ip route:\n got %q\nwant %q", got, want)
 		}
 		if got := e.nexthops(t); len(got) != 0 {
@@ -85,13 +85,13 @@ func TestApplyNexthopIDTakenByAnother(t *testing.T) {
 	taken := peer("10.244.2.0/24", "198.18.0.12")
 	id := fmt.Sprint(uint32(0xc612000c)) // 198.18.0.12 as a number
 	e.ip(t, "nexthop", "add", "id", id, "via", "198.18.0.99", "dev", "eth0", "proto", "static")
-	r, logs := e.reconciler(t, e.rm, reconcile.Options{})
-	peers := threePeers()
+	r, logs := e.reconciler(t, e.rm, peers.Options{})
+	peerList := threePeers()
 
-	if res := apply(t, r, peers); len(res.Errors) != 0 {
+	if res := apply(t, r, peerList); len(res.Errors) != 0 {
 		t.Fatalf("errors: %v", res.Errors)
 	}
-	e.assertConverged(t, peers)
+	e.assertConverged(t, peerList)
 	lines := e.routeLines(t)
 	want := taken.Subnet.String() + " via 198.18.0.12 dev eth0 proto 104"
 	if len(lines) != 3 || lines[0] != want || !strings.Contains(lines[1], "nhid N") {
@@ -109,18 +109,18 @@ func TestApplyNexthopIDTakenByAnother(t *testing.T) {
 // a route event of their own: its deletion event alone repairs both,
 // within a second, on their own.
 func TestRunRepairsDeletedNexthop(t *testing.T) {
-	forFamilies(t, func(t *testing.T, fam reconcile.Family) {
+	forFamilies(t, func(t *testing.T, fam peers.Family) {
 		e := newEnvFamily(t, fam)
 		// Two subnets through one object.
-		peers := append(e.threePeers(), e.peer("10.244.12.0/24", "198.18.0.12"))
-		_, o, _ := e.running(t, peers)
+		peerList := append(e.threePeers(), e.peer("10.244.12.0/24", "198.18.0.12"))
+		_, o, _ := e.running(t, peerList)
 		lists := e.rm.listed()
 
-		e.ip(t, "nexthop", "del", "id", fmt.Sprint(reconcile.NexthopID(peers[0].NextHop)))
+		e.ip(t, "nexthop", "del", "id", fmt.Sprint(peers.NexthopID(peerList[0].NextHop)))
 		if got := e.ours(t); len(got) != 2 {
 			t.Logf("right after the deletion: %d routes of ours", len(got)) // the repair may already have begun
 		}
-		took := waitFor(t, 2*time.Second, "repair", func() bool { return e.converged(t, peers) })
+		took := waitFor(t, 2*time.Second, "repair", func() bool { return e.converged(t, peerList) })
 		t.Logf("nexthop object deleted by hand: both its routes restored in %v", took)
 		if took >= time.Second {
 			t.Errorf("repair took %v, want < 1s", took)
@@ -131,7 +131,7 @@ func TestRunRepairsDeletedNexthop(t *testing.T) {
 		if n := e.rm.listed() - lists; n != 0 {
 			t.Errorf("the repair listed the map %d times; want none (the peer's object and routes alone are written)", n)
 		}
-		if got, want := e.routeLines(t), e.wantLines(peers); !reflect.DeepEqual(got, want) {
+		if got, want := e.routeLines(t), e.wantLines(peerList); !reflect.DeepEqual(got, want) {
 			t.Errorf("ip route:\n got %q\nwant %q", got, want)
 		}
 	})
@@ -142,18 +142,18 @@ func TestRunRepairsDeletedNexthop(t *testing.T) {
 func TestApplyFillsMapBeforeKernel(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		bm := batchMap{e.rm}
-		var peers []reconcile.Peer
+		var peerList []peers.Peer
 		for i := 12; i < 62; i++ { // not .11, the node's own: IPv6 refuses a local gateway
-			peers = append(peers, e.peer(fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("198.18.0.%d", i)))
+			peerList = append(peerList, e.peer(fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("198.18.0.%d", i)))
 		}
 		kernelAtBatch := -1
 		e.rm.beforeBatch = func([]datapath.Route) { kernelAtBatch = len(e.ours(t)) }
-		r, _ := e.reconciler(t, bm, reconcile.Options{})
+		r, _ := e.reconciler(t, bm, peers.Options{})
 
-		if res := apply(t, r, peers); len(res.Errors) != 0 {
+		if res := apply(t, r, peerList); len(res.Errors) != 0 {
 			t.Fatalf("errors: %v", res.Errors)
 		}
-		e.assertConverged(t, peers)
+		e.assertConverged(t, peerList)
 		if ops := e.rm.take(); len(ops) == 0 || ops[0] != "batch 50" {
 			t.Errorf("map writes start %v; want one batch of all 50", ops[:min(3, len(ops))])
 		}

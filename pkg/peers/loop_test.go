@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 )
 
 // waitFor polls cond until it holds and returns how long that took.
@@ -30,7 +30,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 // startRun runs r until the returned stop is called; stop waits for Run.
-func startRun(t *testing.T, r *reconcile.Reconciler) (stop func()) {
+func startRun(t *testing.T, r *peers.Reconciler) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan error, 1)
@@ -56,9 +56,9 @@ type observer struct {
 	runs, repairs, errs atomic.Int32
 }
 
-func (o *observer) options() reconcile.Options {
-	return reconcile.Options{
-		Observe: func(res reconcile.Result, d time.Duration) {
+func (o *observer) options() peers.Options {
+	return peers.Options{
+		Observe: func(res peers.Result, d time.Duration) {
 			o.runs.Add(1)
 			o.errs.Store(int32(len(res.Errors)))
 		},
@@ -69,15 +69,15 @@ func (o *observer) options() reconcile.Options {
 // running starts a Reconciler on e whose resync is an hour away (only the
 // triggers under test run it) and waits until it has applied peers; the
 // log is emptied.
-func (e *env) running(t *testing.T, peers []reconcile.Peer) (*reconcile.Reconciler, *observer, *testLog) {
+func (e *env) running(t *testing.T, peerList []peers.Peer) (*peers.Reconciler, *observer, *testLog) {
 	t.Helper()
 	o := &observer{}
 	opts := o.options()
 	opts.ResyncInterval = time.Hour
 	r, logs := e.reconciler(t, e.rm, opts)
 	t.Cleanup(startRun(t, r))
-	r.Update(peers)
-	waitFor(t, 2*time.Second, "converge after the first Update", func() bool { return e.converged(t, peers) })
+	r.Update(peerList)
+	waitFor(t, 2*time.Second, "converge after the first Update", func() bool { return e.converged(t, peerList) })
 	logs.take()
 	return r, o, logs
 }
@@ -95,8 +95,8 @@ func (l *testLog) logged(msg string) bool {
 func TestRun(t *testing.T) {
 	e := newEnv(t)
 	// A route and entry of ours from a previous agent run.
-	leftover := []reconcile.Peer{peer("10.244.9.0/24", "198.18.0.19")}
-	e.addRoute(t, "10.244.9.0/24", "198.18.0.19", reconcile.RouteProtocol)
+	leftover := []peers.Peer{peer("10.244.9.0/24", "198.18.0.19")}
+	e.addRoute(t, "10.244.9.0/24", "198.18.0.19", peers.RouteProtocol)
 	e.rm.set("10.244.9.0/24", "198.18.0.19", e.ifindex)
 	var o observer
 	r, _ := e.reconciler(t, e.rm, o.options())
@@ -110,25 +110,25 @@ func TestRun(t *testing.T) {
 	}
 	e.assertConverged(t, leftover)
 
-	peers := threePeers()
-	r.Update(peers)
-	took := waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
+	peerList := threePeers()
+	r.Update(peerList)
+	took := waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peerList) })
 	t.Logf("converged %v after Update", took)
 	if o.errs.Load() != 0 {
 		t.Errorf("Apply reported errors")
 	}
 
 	// A map entry lost (no kernel event for that): the resync restores it.
-	if err := e.rm.Delete(peers[1].Subnet); err != nil {
+	if err := e.rm.Delete(peerList[1].Subnet); err != nil {
 		t.Fatal(err)
 	}
-	took = waitFor(t, 3*resync, "map entry restored by resync", func() bool { return e.converged(t, peers) })
+	took = waitFor(t, 3*resync, "map entry restored by resync", func() bool { return e.converged(t, peerList) })
 	t.Logf("map entry restored in %v (resync every %v)", took, resync)
 
 	// A peer leaving is our own deletion, not a repair.
 	repairsBefore := o.repairs.Load()
-	r.Update(peers[:2])
-	waitFor(t, 2*time.Second, "peer removal", func() bool { return e.converged(t, peers[:2]) })
+	r.Update(peerList[:2])
+	waitFor(t, 2*time.Second, "peer removal", func() bool { return e.converged(t, peerList[:2]) })
 	time.Sleep(200 * time.Millisecond) // let the deletion event arrive
 	if n := o.repairs.Load() - repairsBefore; n != 0 {
 		t.Errorf("OnRepair called %d times for a deletion Apply made itself", n)
@@ -138,17 +138,17 @@ func TestRun(t *testing.T) {
 // A route of ours deleted by hand is back within 1 s, from the kernel's
 // deletion event alone (the resync is an hour away), written on its own.
 func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
-	forFamilies(t, func(t *testing.T, fam reconcile.Family) {
+	forFamilies(t, func(t *testing.T, fam peers.Family) {
 		e := newEnvFamily(t, fam)
-		peers := e.threePeers()
-		_, o, logs := e.running(t, peers)
+		peerList := e.threePeers()
+		_, o, logs := e.running(t, peerList)
 
 		lists := e.rm.listed()
-		for i, p := range peers {
+		for i, p := range peerList {
 			gone := p.Subnet.String()
 			repairsBefore := o.repairs.Load()
 			e.delRoute(t, gone)
-			took := waitFor(t, 2*time.Second, "repair "+gone, func() bool { return e.converged(t, peers) })
+			took := waitFor(t, 2*time.Second, "repair "+gone, func() bool { return e.converged(t, peerList) })
 			t.Logf("route %s deleted by hand was restored in %v", gone, took)
 			if took >= time.Second {
 				t.Errorf("repair %d took %v, want < 1s", i, took)
@@ -174,7 +174,7 @@ func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
 				repaired = append(repaired, field(l, "subnet"))
 			}
 		}
-		if len(repaired) != len(peers) {
+		if len(repaired) != len(peerList) {
 			t.Errorf("repair warnings for %v, want one per deleted route", repaired)
 		}
 	})
@@ -191,16 +191,16 @@ func TestRunCoalescesBursts(t *testing.T) {
 	opts.ResyncInterval = time.Hour // only the triggers under test run it
 	r, logs := e.reconciler(t, e.rm, opts)
 
-	var peers []reconcile.Peer
+	var peerList []peers.Peer
 	for i := 2; i < 102; i++ {
-		peers = append(peers, peer(fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("198.18.0.%d", i)))
+		peerList = append(peerList, peer(fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("198.18.0.%d", i)))
 	}
 	// Updates before Run: all pending, one run.
-	for i := 1; i <= len(peers); i++ {
-		r.Update(peers[:i])
+	for i := 1; i <= len(peerList); i++ {
+		r.Update(peerList[:i])
 	}
 	t.Cleanup(startRun(t, r))
-	waitFor(t, 2*time.Second, "converge", func() bool { return e.converged(t, peers) })
+	waitFor(t, 2*time.Second, "converge", func() bool { return e.converged(t, peerList) })
 	time.Sleep(50 * time.Millisecond)
 	if n := o.runs.Load(); n != 1 {
 		t.Errorf("%d runs for 100 pending Updates, want 1", n)
@@ -211,10 +211,10 @@ func TestRunCoalescesBursts(t *testing.T) {
 	// Every route of ours deleted at once, by hand.
 	before := o.runs.Load()
 	start := time.Now()
-	for _, p := range peers {
+	for _, p := range peerList {
 		e.delRoute(t, p.Subnet.String())
 	}
-	took := waitFor(t, 2*time.Second, "repair of 100 routes", func() bool { return e.converged(t, peers) })
+	took := waitFor(t, 2*time.Second, "repair of 100 routes", func() bool { return e.converged(t, peerList) })
 	t.Logf("100 routes deleted by hand, restored %v after the first deletion", time.Since(start))
 	if took >= time.Second {
 		t.Errorf("repair took %v after the deletions, want < 1s", took)
@@ -232,8 +232,8 @@ func TestRunCoalescesBursts(t *testing.T) {
 	for _, c := range changes(logs.take()) {
 		restored[c]++
 	}
-	if len(restored) != len(peers) {
-		t.Errorf("%d routes logged as restored, want %d: %v", len(restored), len(peers), restored)
+	if len(restored) != len(peerList) {
+		t.Errorf("%d routes logged as restored, want %d: %v", len(restored), len(peerList), restored)
 	}
 	for c, n := range restored {
 		if n != 1 || !strings.HasPrefix(c, "changed ") {
@@ -246,12 +246,12 @@ func TestRunCoalescesBursts(t *testing.T) {
 // failure to warn about.
 func TestRunStopsQuietly(t *testing.T) {
 	e := newEnv(t)
-	r, logs := e.reconciler(t, e.rm, reconcile.Options{})
+	r, logs := e.reconciler(t, e.rm, peers.Options{})
 	stop := startRun(t, r)
 	t.Cleanup(stop)
-	peers := threePeers()
-	r.Update(peers)
-	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
+	peerList := threePeers()
+	r.Update(peerList)
+	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peerList) })
 
 	stop()
 	time.Sleep(200 * time.Millisecond) // netlink's reader notices the closed socket
@@ -267,15 +267,15 @@ func TestRunStopsQuietly(t *testing.T) {
 // applies on Update and on every resync, and says why repairs are slower.
 func TestRunWithoutRouteEvents(t *testing.T) {
 	e := newEnv(t)
-	r, logs := e.reconciler(t, e.rm, reconcile.Options{})
-	reconcile.WithoutEvents(r)
+	r, logs := e.reconciler(t, e.rm, peers.Options{})
+	peers.WithoutEvents(r)
 	t.Cleanup(startRun(t, r))
-	peers := threePeers()
-	r.Update(peers)
-	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peers) })
+	peerList := threePeers()
+	r.Update(peerList)
+	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peerList) })
 
-	e.delRoute(t, peers[0].Subnet.String())
-	took := waitFor(t, 3*resync, "repair by resync", func() bool { return e.converged(t, peers) })
+	e.delRoute(t, peerList[0].Subnet.String())
+	took := waitFor(t, 3*resync, "repair by resync", func() bool { return e.converged(t, peerList) })
 	t.Logf("repaired by resync after %v", took)
 	if !logs.logged("cannot watch route deletions") {
 		t.Error("no warning that route deletions are not watched")
@@ -287,15 +287,15 @@ func TestRunWithoutRouteEvents(t *testing.T) {
 // comparison comes with the resync interval and after Resync.
 func TestRunAppliesUpdatesIncrementally(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		peers := e.threePeers()
-		r, o, logs := e.running(t, peers)
+		peerList := e.threePeers()
+		r, o, logs := e.running(t, peerList)
 		lists := e.rm.listed()
 		if lists != 1 {
 			t.Errorf("the first run listed the map %d times, want 1 (the full comparison)", lists)
 		}
 
 		// .5 joins, .3 moves to another host, .4 leaves.
-		next := []reconcile.Peer{peers[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
+		next := []peers.Peer{peerList[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
 		r.Update(next)
 		waitFor(t, 2*time.Second, "converge after the second Update", func() bool { return e.converged(t, next) })
 		if n := e.rm.listed(); n != lists {
@@ -332,16 +332,16 @@ func TestRunAppliesUpdatesIncrementally(t *testing.T) {
 // and a departed peer reach both tables without either being listed.
 func TestRunAppliesChanges(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		peers := e.threePeers()
-		r, _, logs := e.running(t, peers)
+		peerList := e.threePeers()
+		r, _, logs := e.running(t, peerList)
 		lists := e.rm.listed()
-		r.Change([]reconcile.PeerChange{
+		r.Change([]peers.PeerChange{
 			{Peer: e.peer("10.244.5.0/24", "198.18.0.15")},
 			{Peer: e.peer("10.244.3.0/24", "198.18.0.23")},
-			{Peer: reconcile.Peer{Subnet: peers[2].Subnet}, Removed: true},
-			{Peer: reconcile.Peer{Subnet: netip.MustParsePrefix(e.tr("10.244.9.0/24"))}, Removed: true}, // never desired
+			{Peer: peers.Peer{Subnet: peerList[2].Subnet}, Removed: true},
+			{Peer: peers.Peer{Subnet: netip.MustParsePrefix(e.tr("10.244.9.0/24"))}, Removed: true}, // never desired
 		})
-		next := []reconcile.Peer{peers[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
+		next := []peers.Peer{peerList[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
 		waitFor(t, 2*time.Second, "converge after Change", func() bool { return e.converged(t, next) })
 		if n := e.rm.listed(); n != lists {
 			t.Errorf("a Change listed the map again (%d times): not incremental", n-lists)
@@ -363,8 +363,8 @@ func TestRunAppliesChanges(t *testing.T) {
 }
 
 // manyPeers is n peers, /24s of 10.0.0.0/8 through 200 underlay hosts.
-func (e *env) manyPeers(n int) []reconcile.Peer {
-	var out []reconcile.Peer
+func (e *env) manyPeers(n int) []peers.Peer {
+	var out []peers.Peer
 	for i := range n {
 		out = append(out, e.peer(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256), fmt.Sprintf("198.18.0.%d", 12+i%200)))
 	}
@@ -379,29 +379,29 @@ func (e *env) manyPeers(n int) []reconcile.Peer {
 // they are.
 func TestRunLetsChangesThroughFullRun(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		peers := e.manyPeers(5000)
+		peerList := e.manyPeers(5000)
 		bm := batchMap{e.rm}
 		var o observer
 		opts := o.options()
 		opts.ResyncInterval = time.Hour
-		var last atomic.Pointer[reconcile.Result]
-		opts.Observe = func(res reconcile.Result, _ time.Duration) { o.runs.Add(1); last.Store(&res) }
+		var last atomic.Pointer[peers.Result]
+		opts.Observe = func(res peers.Result, _ time.Duration) { o.runs.Add(1); last.Store(&res) }
 		r, _ := e.reconciler(t, bm, opts)
 
 		// The last peers are in the full run's last batch: it would
 		// write them after the change.
-		moved, gone := peers[len(peers)-1], peers[len(peers)-2]
+		moved, gone := peerList[len(peerList)-1], peerList[len(peerList)-2]
 		joined := e.peer("10.250.0.0/24", "198.18.0.240")
-		moved.NextHop = peers[0].NextHop // an object the full run writes later too
+		moved.NextHop = peerList[0].NextHop // an object the full run writes later too
 		var once sync.Once
 		e.rm.beforeBatch = func([]datapath.Route) {
 			once.Do(func() {
-				r.Change([]reconcile.PeerChange{{Peer: joined}, {Peer: moved}, {Peer: reconcile.Peer{Subnet: gone.Subnet}, Removed: true}})
+				r.Change([]peers.PeerChange{{Peer: joined}, {Peer: moved}, {Peer: peers.Peer{Subnet: gone.Subnet}, Removed: true}})
 			})
 		}
-		r.Update(peers)
+		r.Update(peerList)
 		t.Cleanup(startRun(t, r))
-		final := append(slices.Clone(peers[:len(peers)-2]), moved, joined)
+		final := append(slices.Clone(peerList[:len(peerList)-2]), moved, joined)
 		waitFor(t, 10*time.Second, "converge", func() bool { return o.runs.Load() > 0 && e.converged(t, final) })
 
 		// The changes were written before the full run's second batch.
@@ -435,19 +435,19 @@ func TestRunLetsChangesThroughFullRun(t *testing.T) {
 // change made it desired meanwhile: its listing is older than the change.
 func TestRunFullRunKeepsWhatAChangeWrote(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		peers := e.threePeers()
-		r, o, _ := e.running(t, peers)
+		peerList := e.threePeers()
+		r, o, _ := e.running(t, peerList)
 		// An entry no peer wants (drift): the next full run removes it,
 		// unless a change wants it first.
 		e.setMap("10.244.7.0/24", "198.18.0.17", e.ifindex)
 		joined := e.peer("10.244.7.0/24", "198.18.0.17")
 		var once sync.Once
-		e.rm.onList = func() { once.Do(func() { r.Change([]reconcile.PeerChange{{Peer: joined}}) }) }
+		e.rm.onList = func() { once.Do(func() { r.Change([]peers.PeerChange{{Peer: joined}}) }) }
 		runs := o.runs.Load()
 		e.rm.take()
 		r.Resync()
-		r.Update(peers)
-		final := append(slices.Clone(peers), joined)
+		r.Update(peerList)
+		final := append(slices.Clone(peerList), joined)
 		waitFor(t, 2*time.Second, "converge", func() bool { return o.runs.Load() > runs && e.converged(t, final) })
 		if ops := e.rm.take(); slices.Contains(ops, "delete "+joined.Subnet.String()) {
 			t.Errorf("map ops %v: the full run deleted the entry the change wanted", ops)
@@ -462,8 +462,8 @@ func TestRunFullRunKeepsWhatAChangeWrote(t *testing.T) {
 // follows then leaves that destination alone.
 func TestRunChangeNewPeerMapFirst(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		peers := e.threePeers()
-		r, _, logs := e.running(t, peers)
+		peerList := e.threePeers()
+		r, _, logs := e.running(t, peerList)
 		joined := e.peer("10.244.5.0/24", "198.18.0.15")
 		kernelAtPut := -1
 		e.rm.afterWrite = func(op string) {
@@ -471,8 +471,8 @@ func TestRunChangeNewPeerMapFirst(t *testing.T) {
 				kernelAtPut = len(e.routesTo(t, "10.244.5.0/24"))
 			}
 		}
-		r.Change([]reconcile.PeerChange{{Peer: joined}})
-		next := append(slices.Clone(peers), joined)
+		r.Change([]peers.PeerChange{{Peer: joined}})
+		next := append(slices.Clone(peerList), joined)
 		waitFor(t, 2*time.Second, "converge after Change", func() bool { return e.converged(t, next) })
 		if kernelAtPut != 0 {
 			t.Errorf("%d kernel routes to the new peer's subnet when its map entry was put; want 0 (map first)", kernelAtPut)
@@ -491,7 +491,7 @@ func TestRunChangeNewPeerMapFirst(t *testing.T) {
 		e.rm.onList = func() { once.Do(func() { deletedAtList.Store(deleted.Load()) }) }
 		e.rm.take()
 		logs.take()
-		r.Change([]reconcile.PeerChange{{Peer: refused}})
+		r.Change([]peers.PeerChange{{Peer: refused}})
 		waitFor(t, 2*time.Second, "the refused peer reported", func() bool { return logs.logged("peer not routed") })
 		if ops := e.rm.take(); !slices.Contains(ops, "put "+refused.Subnet.String()) || !deletedAtList.Load() {
 			t.Errorf("map ops %v (taken out before the full run listed the map: %v); want the refused peer's entry put, then taken out",

@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"net/netip"
@@ -8,7 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 )
 
 // The kernel's replace matches destination, TOS and metric, not the
@@ -22,8 +22,8 @@ func TestApplyNeverTakesRoutesThatAreNotOurs(t *testing.T) {
 		e.addDevice(t, "cni0", "10.244.7.1/24")
 		e.addRoute(t, "10.244.8.0/24", "198.18.0.1", protoStatic) // the admin's route to a peer's subnet
 		e.addRoute(t, "10.244.2.0/24", "198.18.0.99", protoBoot)  // flanneld's: ours to take over
-		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
-		peers := []reconcile.Peer{
+		r, logs := e.reconciler(t, e.rm, peers.Options{})
+		peerList := []peers.Peer{
 			e.peer("10.244.2.0/24", "198.18.0.12"),
 			e.peer("10.244.7.0/24", "198.18.0.17"),
 			e.peer("10.244.8.0/24", "198.18.0.18"),
@@ -31,15 +31,15 @@ func TestApplyNeverTakesRoutesThatAreNotOurs(t *testing.T) {
 		}
 
 		for run := 1; run <= 2; run++ {
-			res := apply(t, r, peers)
+			res := apply(t, r, peerList)
 			if len(res.Errors) != 0 || res.Blocked != 3 {
 				t.Fatalf("run %d: errors %v, %d blocked; want none and 3", run, res.Errors, res.Blocked)
 			}
-			e.assertConverged(t, peers[:1])
+			e.assertConverged(t, peerList[:1])
 			if got := e.routesTo(t, "10.244.8.0/24"); len(got) != 1 || got[0].protocol != protoStatic || got[0].via != netip.MustParseAddr(e.tr("198.18.0.1")) {
 				t.Errorf("run %d: the static route to 10.244.8.0/24 is now %v", run, got)
 			}
-			if got := e.routesTo(t, "10.244.7.0/24"); len(got) != 1 || got[0].via.IsValid() || got[0].protocol == reconcile.RouteProtocol {
+			if got := e.routesTo(t, "10.244.7.0/24"); len(got) != 1 || got[0].via.IsValid() || got[0].protocol == peers.RouteProtocol {
 				t.Errorf("run %d: cni0's connected route is now %v", run, got)
 			}
 			var warned []string
@@ -55,10 +55,10 @@ func TestApplyNeverTakesRoutesThatAreNotOurs(t *testing.T) {
 
 		// The admin removes their route: the peer is routed at the next run.
 		e.delRoute(t, "10.244.8.0/24")
-		if res := apply(t, r, peers); res.Blocked != 2 || len(res.Errors) != 0 {
+		if res := apply(t, r, peerList); res.Blocked != 2 || len(res.Errors) != 0 {
 			t.Fatalf("after the static route left: %+v", res)
 		}
-		e.assertConverged(t, []reconcile.Peer{peers[0], peers[2]})
+		e.assertConverged(t, []peers.Peer{peerList[0], peerList[2]})
 	})
 }
 
@@ -90,10 +90,10 @@ func (e *env) addDevice(t *testing.T, name, cidr string) {
 // LocalPrefixes gives Desired what the node holds: every address and
 // network, and connected routes not ours.
 func TestLocalPrefixes(t *testing.T) {
-	forFamilies(t, func(t *testing.T, fam reconcile.Family) {
+	forFamilies(t, func(t *testing.T, fam peers.Family) {
 		e := newEnvFamily(t, fam)
 		e.addDevice(t, "cni0", "10.244.7.1/24")
-		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+		r, _ := e.reconciler(t, e.rm, peers.Options{})
 		apply(t, r, e.threePeers())
 
 		got, err := r.LocalPrefixes()

@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
 )
 
@@ -45,9 +45,9 @@ func field(line, name string) string {
 	return "<no " + name + ">"
 }
 
-func apply(t *testing.T, r *reconcile.Reconciler, peers []reconcile.Peer) reconcile.Result {
+func apply(t *testing.T, r *peers.Reconciler, peerList []peers.Peer) peers.Result {
 	t.Helper()
-	res, err := r.Apply(context.Background(), peers)
+	res, err := r.Apply(context.Background(), peerList)
 	if (err != nil) != (len(res.Errors) > 0) {
 		t.Errorf("Apply returned %v with Result.Errors %v", err, res.Errors)
 	}
@@ -56,34 +56,34 @@ func apply(t *testing.T, r *reconcile.Reconciler, peers []reconcile.Peer) reconc
 
 func TestApplyConvergesFromEmpty(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
+		r, logs := e.reconciler(t, e.rm, peers.Options{})
 		// Two subnets of one peer node share its nexthop object.
-		peers := append(e.threePeers(), e.peer("10.244.12.0/24", "198.18.0.12"))
+		peerList := append(e.threePeers(), e.peer("10.244.12.0/24", "198.18.0.12"))
 
-		res := apply(t, r, peers)
+		res := apply(t, r, peerList)
 
 		if len(res.Errors) != 0 {
 			t.Fatalf("errors: %v", res.Errors)
 		}
 		assertCounts(t, res, 4, 0, 0, 4, 4)
-		e.assertConverged(t, peers)
+		e.assertConverged(t, peerList)
 		want := e.trSorted([]string{"added 10.244.12.0/24 198.18.0.12", "added 10.244.2.0/24 198.18.0.12", "added 10.244.3.0/24 198.18.0.13", "added 10.244.4.0/24 198.18.0.14"})
 		if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
 			t.Errorf("logged changes %v, want one line per peer %v", got, want)
 		}
-		if got, want := e.routeLines(t), e.wantLines(peers); !reflect.DeepEqual(got, want) {
+		if got, want := e.routeLines(t), e.wantLines(peerList); !reflect.DeepEqual(got, want) {
 			t.Errorf("ip route:\n got %q\nwant %q", got, want)
 		}
 		var wantNH []string
 		switch {
 		case e.plain:
-		case e.fam == reconcile.IPv4:
+		case e.fam == peers.IPv4:
 			// The peer's address as a number: 198.18.0.12 is 0xc612000c.
 			wantNH = []string{"3323068428 198.18.0.12", "3323068429 198.18.0.13", "3323068430 198.18.0.14"}
 		default:
 			// A hash of the address in 224.0.0.0/3, never an IPv4 peer's.
 			for _, p := range e.threePeers() {
-				id := reconcile.NexthopID(p.NextHop)
+				id := peers.NexthopID(p.NextHop)
 				if id>>29 != 7 {
 					t.Errorf("IPv6 nexthop ID %#x of %s is outside 224.0.0.0/3", id, p.NextHop)
 				}
@@ -101,19 +101,19 @@ func TestApplyConvergesFromDrift(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		// Kernel: .2 right, .3 wrong next hop, .9 a departed peer, .5 has a
 		// route of ours with a metric Apply never installs; .4 and .5 missing.
-		e.addRoute(t, "10.244.2.0/24", "198.18.0.12", reconcile.RouteProtocol)
-		e.addRoute(t, "10.244.3.0/24", "198.18.0.99", reconcile.RouteProtocol)
-		e.addRoute(t, "10.244.9.0/24", "198.18.0.19", reconcile.RouteProtocol)
-		e.addRouteMetric(t, "10.244.5.0/24", "198.18.0.55", reconcile.RouteProtocol, 50)
+		e.addRoute(t, "10.244.2.0/24", "198.18.0.12", peers.RouteProtocol)
+		e.addRoute(t, "10.244.3.0/24", "198.18.0.99", peers.RouteProtocol)
+		e.addRoute(t, "10.244.9.0/24", "198.18.0.19", peers.RouteProtocol)
+		e.addRouteMetric(t, "10.244.5.0/24", "198.18.0.55", peers.RouteProtocol, 50)
 		// Map: .2 right, .3 wrong next hop, .4 wrong ifindex, .10 departed; .5 missing.
 		e.setMap("10.244.2.0/24", "198.18.0.12", e.ifindex)
 		e.setMap("10.244.3.0/24", "198.18.0.99", e.ifindex)
 		e.setMap("10.244.4.0/24", "198.18.0.14", e.ifindex+100)
 		e.setMap("10.244.10.0/24", "198.18.0.20", e.ifindex)
-		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
-		peers := append(e.threePeers(), e.peer("10.244.5.0/24", "198.18.0.15"))
+		r, logs := e.reconciler(t, e.rm, peers.Options{})
+		peerList := append(e.threePeers(), e.peer("10.244.5.0/24", "198.18.0.15"))
 
-		res := apply(t, r, peers)
+		res := apply(t, r, peerList)
 
 		if len(res.Errors) != 0 {
 			t.Fatalf("errors: %v", res.Errors)
@@ -130,9 +130,9 @@ func TestApplyConvergesFromDrift(t *testing.T) {
 		if count(ops, "put") != 3 || count(ops, "delete") != 1 || slices.Contains(ops, e.tr("put 10.244.2.0/24")) {
 			t.Errorf("map writes %v; want 3 puts (.3 .4 .5), 1 delete (.10), none for the right .2", ops)
 		}
-		e.assertConverged(t, peers)
+		e.assertConverged(t, peerList)
 		for _, k := range e.kernel(t) {
-			if k.protocol == reconcile.RouteProtocol && k.metric != e.metric() {
+			if k.protocol == peers.RouteProtocol && k.metric != e.metric() {
 				t.Errorf("route of ours with another metric left: %v", k)
 			}
 		}
@@ -157,19 +157,19 @@ func TestApplyLeavesForeignRoutesAndTakesOverFlannels(t *testing.T) {
 		e.addRoute(t, "10.244.50.0/24", "198.18.0.50", protoBoot) // flanneld's, for no peer of ours
 		e.addRoute(t, "10.244.2.0/24", "198.18.0.12", protoBoot)  // flanneld's, for a peer: same next hop
 		e.addRoute(t, "10.244.3.0/24", "198.18.0.77", protoBoot)  // flanneld's, for a peer: stale next hop
-		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
-		peers := e.threePeers()
+		r, _ := e.reconciler(t, e.rm, peers.Options{})
+		peerList := e.threePeers()
 
-		res := apply(t, r, peers)
+		res := apply(t, r, peerList)
 
 		if len(res.Errors) != 0 {
 			t.Fatalf("errors: %v", res.Errors)
 		}
 		assertCounts(t, res, 3, 0, 0, 3, 3)
-		e.assertConverged(t, peers)
+		e.assertConverged(t, peerList)
 		// Migration: a peer's flanneld route became ours, not a second route.
 		for _, p := range []string{"10.244.2.0/24", "10.244.3.0/24"} {
-			if got := e.routesTo(t, p); len(got) != 1 || got[0].protocol != reconcile.RouteProtocol {
+			if got := e.routesTo(t, p); len(got) != 1 || got[0].protocol != peers.RouteProtocol {
 				t.Errorf("routes to %s: %v; want only ours", p, got)
 			}
 		}
@@ -195,9 +195,9 @@ func TestApplyLeavesForeignRoutesAndTakesOverFlannels(t *testing.T) {
 
 func TestApplyIsIdempotent(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		r, logs := e.reconciler(t, e.rm, reconcile.Options{})
-		peers := e.threePeers()
-		if res := apply(t, r, peers); len(res.Errors) != 0 || res.Added != 3 {
+		r, logs := e.reconciler(t, e.rm, peers.Options{})
+		peerList := e.threePeers()
+		if res := apply(t, r, peerList); len(res.Errors) != 0 || res.Added != 3 {
 			t.Fatalf("first Apply: %+v", res)
 		}
 		e.rm.take()
@@ -207,7 +207,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 		// Watch the kernel: an idempotent run sends it no change at all.
 		events := e.routeEvents(t)
 
-		res := apply(t, r, peers)
+		res := apply(t, r, peerList)
 
 		if len(res.Errors) != 0 {
 			t.Fatalf("errors: %v", res.Errors)
@@ -228,7 +228,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 			case ev := <-events:
 				// eth0 just came up: the kernel's own routes (local table,
 				// link-local) still come and go.
-				if ev.Family == int(e.fam) && ev.Table == unix.RT_TABLE_MAIN && ev.Protocol == reconcile.RouteProtocol {
+				if ev.Family == int(e.fam) && ev.Table == unix.RT_TABLE_MAIN && ev.Protocol == peers.RouteProtocol {
 					t.Errorf("second Apply made the kernel send %v", ev)
 				}
 				continue
@@ -248,7 +248,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 // changed one never points where the kernel routes elsewhere.
 func TestApplyOrderNeverOpensAGap(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
-		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+		r, _ := e.reconciler(t, e.rm, peers.Options{})
 		if res := apply(t, r, e.threePeers()); len(res.Errors) != 0 {
 			t.Fatalf("first Apply: %v", res.Errors)
 		}
@@ -272,18 +272,18 @@ func TestApplyOrderNeverOpensAGap(t *testing.T) {
 		events := e.routeEvents(t)
 
 		// .3 moves to another host, .4 leaves, .5 joins.
-		peers := []reconcile.Peer{
+		peerList := []peers.Peer{
 			e.peer("10.244.2.0/24", "198.18.0.12"),
 			e.peer("10.244.3.0/24", "198.18.0.23"),
 			e.peer("10.244.5.0/24", "198.18.0.15"),
 		}
-		res := apply(t, r, peers)
+		res := apply(t, r, peerList)
 
 		if len(res.Errors) != 0 {
 			t.Fatalf("errors: %v", res.Errors)
 		}
 		assertCounts(t, res, 1, 1, 1, 3, 3)
-		e.assertConverged(t, peers)
+		e.assertConverged(t, peerList)
 		for _, v := range violations {
 			t.Errorf("order: %s", v)
 		}
@@ -329,18 +329,18 @@ func TestApplyOrderNeverOpensAGap(t *testing.T) {
 func TestApplyOneBadItemDoesNotStopOthers(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		e.rm.failPut = netip.MustParsePrefix(e.tr("10.244.3.0/24"))
-		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+		r, _ := e.reconciler(t, e.rm, peers.Options{})
 		offLink := e.peer("10.244.66.0/24", "192.0.2.1") // RouteReplace: network unreachable
-		peers := append(e.threePeers(), offLink)
+		peerList := append(e.threePeers(), offLink)
 
-		res, err := r.Apply(context.Background(), peers)
+		res, err := r.Apply(context.Background(), peerList)
 
 		if len(res.Errors) != 2 || err == nil {
 			t.Fatalf("errors %v (returned %v); want 2: the off-link route and the injected map failure", res.Errors, err)
 		}
 		var items []string
 		for _, err := range res.Errors {
-			var ie *reconcile.ItemError
+			var ie *peers.ItemError
 			if !errors.As(err, &ie) {
 				t.Errorf("error %v is no ItemError", err)
 				continue
@@ -352,7 +352,7 @@ func TestApplyOneBadItemDoesNotStopOthers(t *testing.T) {
 			t.Errorf("failed items %v, want %v", items, want)
 		}
 		unreachable := unix.ENETUNREACH
-		if e.fam == reconcile.IPv6 {
+		if e.fam == peers.IPv6 {
 			unreachable = unix.EHOSTUNREACH // IPv6's word for an off-link gateway
 		}
 		if !errors.Is(err, unreachable) {
@@ -369,7 +369,7 @@ func TestApplyOneBadItemDoesNotStopOthers(t *testing.T) {
 			t.Errorf("route for the off-link peer exists")
 		}
 		entries := e.rm.snapshot()
-		for _, p := range []reconcile.Peer{good[0], good[2]} {
+		for _, p := range []peers.Peer{good[0], good[2]} {
 			if _, ok := entries[p.Subnet]; !ok {
 				t.Errorf("map entry for %s missing", p.Subnet)
 			}
@@ -395,7 +395,7 @@ func TestApplyOneBadItemDoesNotStopOthers(t *testing.T) {
 func TestApplyMapListFailure(t *testing.T) {
 	e := newEnv(t)
 	e.rm.failList = true
-	r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+	r, _ := e.reconciler(t, e.rm, peers.Options{})
 
 	res := apply(t, r, threePeers())
 
@@ -412,24 +412,24 @@ func TestApplyMapListFailure(t *testing.T) {
 
 func TestApplyRoutesOnly(t *testing.T) {
 	e := newEnv(t)
-	e.addRoute(t, "10.244.9.0/24", "198.18.0.19", reconcile.RouteProtocol)
-	r, _ := e.reconciler(t, nil, reconcile.Options{})
-	peers := threePeers()
+	e.addRoute(t, "10.244.9.0/24", "198.18.0.19", peers.RouteProtocol)
+	r, _ := e.reconciler(t, nil, peers.Options{})
+	peerList := threePeers()
 
-	res := apply(t, r, peers)
+	res := apply(t, r, peerList)
 
 	if len(res.Errors) != 0 {
 		t.Fatalf("errors: %v", res.Errors)
 	}
 	assertCounts(t, res, 3, 0, 1, 3, 0)
-	if got := e.ours(t); !reflect.DeepEqual(got, e.want(peers)) {
-		t.Errorf("kernel routes %v, want %v", got, e.want(peers))
+	if got := e.ours(t); !reflect.DeepEqual(got, e.want(peerList)) {
+		t.Errorf("kernel routes %v, want %v", got, e.want(peerList))
 	}
 }
 
 func TestApplyStopsOnCancelledContext(t *testing.T) {
 	e := newEnv(t)
-	r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+	r, _ := e.reconciler(t, e.rm, peers.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 
@@ -447,7 +447,7 @@ func TestRemoveAllKeepsForeignRoutes(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		e.addRoute(t, "10.10.0.0/16", "198.18.0.1", protoStatic)
 		e.addRoute(t, "10.244.50.0/24", "198.18.0.50", protoBoot)
-		r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+		r, _ := e.reconciler(t, e.rm, peers.Options{})
 		if res := apply(t, r, e.threePeers()); len(res.Errors) != 0 {
 			t.Fatalf("Apply: %v", res.Errors)
 		}
@@ -472,25 +472,25 @@ func TestRemoveAllKeepsForeignRoutes(t *testing.T) {
 func TestKernelRoutesAndRemoveKernelRoutes(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		e.addRoute(t, "10.10.0.0/16", "198.18.0.1", protoStatic)
-		r, _ := e.reconciler(t, nil, reconcile.Options{})
-		peers := e.threePeers()
-		apply(t, r, peers)
+		r, _ := e.reconciler(t, nil, peers.Options{})
+		peerList := e.threePeers()
+		apply(t, r, peerList)
 
-		got, err := reconcile.KernelRoutes(&e.ns)
+		got, err := peers.KernelRoutes(&e.ns)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != 3 {
 			t.Fatalf("KernelRoutes = %v, want our 3", got)
 		}
-		want := e.want(peers)
+		want := e.want(peerList)
 		for _, rt := range got {
 			if want[rt.Subnet] != rt {
 				t.Errorf("KernelRoutes has %v, want %v", rt, want[rt.Subnet])
 			}
 		}
 
-		n, nhs, err := reconcile.RemoveKernelRoutes(&e.ns)
+		n, nhs, err := peers.RemoveKernelRoutes(&e.ns)
 		wantNH := 3
 		if e.plain {
 			wantNH = 0
@@ -512,11 +512,11 @@ func TestKernelRoutesAndRemoveKernelRoutes(t *testing.T) {
 func TestKernelRoutesOfAnEmptyNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
 	_, ns := testutil.NetNS(t, "rcempty")
-	got, err := reconcile.KernelRoutes(&ns)
+	got, err := peers.KernelRoutes(&ns)
 	if err != nil || len(got) != 0 {
 		t.Errorf("KernelRoutes = %v, %v; want none and no error", got, err)
 	}
-	if n, nhs, err := reconcile.RemoveKernelRoutes(&ns); err != nil || n != 0 || nhs != 0 {
+	if n, nhs, err := peers.RemoveKernelRoutes(&ns); err != nil || n != 0 || nhs != 0 {
 		t.Errorf("RemoveKernelRoutes = %d, %d, %v; want 0, 0 and no error", n, nhs, err)
 	}
 }

@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"fmt"
@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 )
 
 // A dual-stack node runs one Reconciler per family on the same tables:
@@ -17,7 +17,7 @@ import (
 func TestFamiliesKeepApart(t *testing.T) {
 	e4 := newEnv(t)
 	e6 := *e4
-	e6.fam, e6.rm = reconcile.IPv6, newMemMap()
+	e6.fam, e6.rm = peers.IPv6, newMemMap()
 	peers4, peers6 := e4.threePeers(), e6.threePeers()
 	r4, o4, _ := e4.running(t, peers4)
 	r6, o6, _ := e6.running(t, peers6)
@@ -31,8 +31,8 @@ func TestFamiliesKeepApart(t *testing.T) {
 		o    *observer
 	}{
 		{&e6, []string{"-6", "route", "del", peers6[0].Subnet.String()}, o6},
-		{&e6, []string{"nexthop", "del", "id", fmt.Sprint(reconcile.NexthopID(peers6[1].NextHop))}, o6},
-		{e4, []string{"nexthop", "del", "id", fmt.Sprint(reconcile.NexthopID(peers4[2].NextHop))}, o4},
+		{&e6, []string{"nexthop", "del", "id", fmt.Sprint(peers.NexthopID(peers6[1].NextHop))}, o6},
+		{e4, []string{"nexthop", "del", "id", fmt.Sprint(peers.NexthopID(peers4[2].NextHop))}, o4},
 	} {
 		before4, before6 := o4.repairs.Load(), o6.repairs.Load()
 		del.e.ip(t, del.args...)
@@ -69,24 +69,24 @@ func TestFamiliesKeepApart(t *testing.T) {
 // latter removed as no peer needs it; a restarted agent finds its objects
 // by their gateway and writes nothing.
 func TestIPv6NexthopIDs(t *testing.T) {
-	e := newEnvFamily(t, reconcile.IPv6)
-	peers := e.threePeers()
-	foreign, stale := reconcile.NexthopID(peers[0].NextHop), reconcile.NexthopID(peers[1].NextHop)
+	e := newEnvFamily(t, peers.IPv6)
+	peerList := e.threePeers()
+	foreign, stale := peers.NexthopID(peerList[0].NextHop), peers.NexthopID(peerList[1].NextHop)
 	e.ip(t, "nexthop", "add", "id", fmt.Sprint(foreign), "via", "fd00:198:18::99", "dev", "eth0", "proto", "static")
 	e.ip(t, "nexthop", "add", "id", fmt.Sprint(stale), "via", "fd00:198:18::98", "dev", "eth0", "proto", "104")
-	r, _ := e.reconciler(t, e.rm, reconcile.Options{})
+	r, _ := e.reconciler(t, e.rm, peers.Options{})
 
-	if res := apply(t, r, peers); len(res.Errors) != 0 {
+	if res := apply(t, r, peerList); len(res.Errors) != 0 {
 		t.Fatalf("errors: %v", res.Errors)
 	}
-	e.assertConverged(t, peers)
-	if got, want := e.routeLines(t), e.wantLines(peers); !reflect.DeepEqual(got, want) {
+	e.assertConverged(t, peerList)
+	if got, want := e.routeLines(t), e.wantLines(peerList); !reflect.DeepEqual(got, want) {
 		t.Errorf("ip route:\n got %q\nwant %q (every peer through an object)", got, want)
 	}
 	want := []string{
-		fmt.Sprintf("%d %s", reconcile.NextNexthopID(foreign), peers[0].NextHop),
-		fmt.Sprintf("%d %s", reconcile.NextNexthopID(stale), peers[1].NextHop),
-		fmt.Sprintf("%d %s", reconcile.NexthopID(peers[2].NextHop), peers[2].NextHop),
+		fmt.Sprintf("%d %s", peers.NextNexthopID(foreign), peerList[0].NextHop),
+		fmt.Sprintf("%d %s", peers.NextNexthopID(stale), peerList[1].NextHop),
+		fmt.Sprintf("%d %s", peers.NexthopID(peerList[2].NextHop), peerList[2].NextHop),
 	}
 	slices.Sort(want)
 	if got := e.nexthops(t); !reflect.DeepEqual(got, want) {
@@ -96,8 +96,8 @@ func TestIPv6NexthopIDs(t *testing.T) {
 		t.Errorf("the other program's object changed: %q", out)
 	}
 
-	restarted, _ := e.reconciler(t, e.rm, reconcile.Options{})
-	res := apply(t, restarted, peers)
+	restarted, _ := e.reconciler(t, e.rm, peers.Options{})
+	res := apply(t, restarted, peerList)
 	assertCounts(t, res, 0, 0, 0, 3, 3)
 	if got := e.nexthops(t); !reflect.DeepEqual(got, want) {
 		t.Errorf("after a restart, ip nexthop: %q, want %q", got, want)
@@ -108,18 +108,18 @@ func TestIPv6NexthopIDs(t *testing.T) {
 // object holds: the incremental run's create is refused, and the full run
 // it asks for picks the next ID.
 func TestIPv6NexthopIDTakenBetweenFullRuns(t *testing.T) {
-	e := newEnvFamily(t, reconcile.IPv6)
-	peers := e.threePeers()
-	r, _, _ := e.running(t, peers[:2])
-	id := reconcile.NexthopID(peers[2].NextHop)
+	e := newEnvFamily(t, peers.IPv6)
+	peerList := e.threePeers()
+	r, _, _ := e.running(t, peerList[:2])
+	id := peers.NexthopID(peerList[2].NextHop)
 	e.ip(t, "nexthop", "add", "id", fmt.Sprint(id), "via", "fd00:198:18::99", "dev", "eth0", "proto", "static")
 
-	r.Update(peers)
-	waitFor(t, time.Second, "the new peer routed", func() bool { return e.converged(t, peers) })
-	if got, want := e.routeLines(t), e.wantLines(peers); !reflect.DeepEqual(got, want) {
+	r.Update(peerList)
+	waitFor(t, time.Second, "the new peer routed", func() bool { return e.converged(t, peerList) })
+	if got, want := e.routeLines(t), e.wantLines(peerList); !reflect.DeepEqual(got, want) {
 		t.Errorf("ip route:\n got %q\nwant %q", got, want)
 	}
-	if got := e.nexthops(t); !slices.Contains(got, fmt.Sprintf("%d %s", reconcile.NextNexthopID(id), peers[2].NextHop)) {
+	if got := e.nexthops(t); !slices.Contains(got, fmt.Sprintf("%d %s", peers.NextNexthopID(id), peerList[2].NextHop)) {
 		t.Errorf("ip nexthop (ours): %q; want the new peer's at the ID after %d", got, id)
 	}
 }

@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"net/netip"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
@@ -26,8 +26,8 @@ func scaleLeases(n int) []registry.Lease {
 }
 
 // scaleInput is a node of a 65,536-peer cluster.
-func scaleInput() reconcile.Input {
-	return reconcile.Input{Own: netip.MustParsePrefix("10.255.255.0/24"), Network: netip.MustParsePrefix("10.0.0.0/8"),
+func scaleInput() peers.Input {
+	return peers.Input{Own: netip.MustParsePrefix("10.255.255.0/24"), Network: netip.MustParsePrefix("10.0.0.0/8"),
 		OnLink: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}, PublicIP: netip.MustParseAddr("198.19.255.254"),
 		Leases: scaleLeases(65536)}
 }
@@ -36,21 +36,21 @@ func scaleInput() reconcile.Input {
 func BenchmarkDesired65536(b *testing.B) {
 	in := scaleInput()
 	for b.Loop() {
-		reconcile.Desired(in)
+		peers.Desired(in)
 	}
 }
 
 // Update compares every desired set with the previous one.
 func BenchmarkUpdate65536(b *testing.B) {
-	peers, _ := reconcile.Desired(scaleInput())
+	peerList, _ := peers.Desired(scaleInput())
 	// New opens a netlink socket; nothing is written with it here.
-	r, err := reconcile.New(reconcile.Options{Link: &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "lo", Index: 1}}})
+	r, err := peers.New(peers.Options{Link: &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "lo", Index: 1}}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.Update(peers)
+	r.Update(peerList)
 	for b.Loop() {
-		r.Update(peers)
+		r.Update(peerList)
 	}
 }
 
@@ -65,13 +65,13 @@ func BenchmarkResync65536(b *testing.B) {
 	if err := e.h.AddrAdd(e.link, addr); err != nil {
 		b.Fatal(err)
 	}
-	peers, _ := reconcile.Desired(scaleInput())
-	r, _ := e.reconciler(b, e.rm, reconcile.Options{})
-	if res, err := r.Apply(b.Context(), peers); err != nil || res.KernelRoutes != len(peers) {
+	peerList, _ := peers.Desired(scaleInput())
+	r, _ := e.reconciler(b, e.rm, peers.Options{})
+	if res, err := r.Apply(b.Context(), peerList); err != nil || res.KernelRoutes != len(peerList) {
 		b.Fatalf("first Apply: %d routes, %v", res.KernelRoutes, err)
 	}
 	for b.Loop() {
-		if res, err := r.Apply(b.Context(), peers); err != nil || res.Added+res.Changed+res.Removed != 0 {
+		if res, err := r.Apply(b.Context(), peerList); err != nil || res.Added+res.Changed+res.Removed != 0 {
 			b.Fatalf("resync: %+v, %v", res, err)
 		}
 	}

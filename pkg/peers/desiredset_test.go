@@ -1,4 +1,4 @@
-package reconcile_test
+package peers_test
 
 import (
 	"fmt"
@@ -8,7 +8,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/reconcile"
+	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
 )
 
@@ -21,7 +21,7 @@ import (
 // exactly the peers Desired computes from scratch, counts the same skips,
 // and has reported every skipped lease with its current reason.
 func TestDesiredSetMatchesDesired(t *testing.T) {
-	for _, fam := range []reconcile.Family{reconcile.IPv4, reconcile.IPv6} {
+	for _, fam := range []peers.Family{peers.IPv4, peers.IPv6} {
 		t.Run(fam.String(), func(t *testing.T) {
 			var incremental, full int
 			for seed := range uint64(300) {
@@ -67,11 +67,11 @@ var universe = struct {
 
 // sideOf is the node's side of a family, with or without a local prefix
 // inside the network, and with our public IP or another's.
-func sideOf(fam reconcile.Family, withLocal, otherIP bool) reconcile.Input {
-	in := reconcile.Input{Family: fam, Own: netip.MustParsePrefix("10.244.1.0/24"), Network: netip.MustParsePrefix("10.244.0.0/16"),
+func sideOf(fam peers.Family, withLocal, otherIP bool) peers.Input {
+	in := peers.Input{Family: fam, Own: netip.MustParsePrefix("10.244.1.0/24"), Network: netip.MustParsePrefix("10.244.0.0/16"),
 		OnLink: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}, PublicIP: netip.MustParseAddr("198.18.0.11"),
 		Local: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("198.18.0.0/24")}}
-	if fam == reconcile.IPv6 {
+	if fam == peers.IPv6 {
 		in.Own, in.Network = netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("fd00:10:244::/48")
 		in.OnLink, in.PublicIP = []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, netip.MustParseAddr("fd00::11")
 		in.Local = []netip.Prefix{netip.MustParsePrefix("fd00:10:244:1::/64")}
@@ -81,7 +81,7 @@ func sideOf(fam reconcile.Family, withLocal, otherIP bool) reconcile.Input {
 	}
 	if otherIP {
 		in.PublicIP = netip.MustParseAddr("198.18.0.12")
-		if fam == reconcile.IPv6 {
+		if fam == peers.IPv6 {
 			in.PublicIP = netip.MustParseAddr("fd00::12")
 		}
 	}
@@ -90,7 +90,7 @@ func sideOf(fam reconcile.Family, withLocal, otherIP bool) reconcile.Input {
 
 // randomSequence runs one random sequence of changes and returns how many
 // were judged incrementally and how many in full.
-func randomSequence(t *testing.T, fam reconcile.Family, seed uint64) (incremental, full int) {
+func randomSequence(t *testing.T, fam peers.Family, seed uint64) (incremental, full int) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, uint64(fam)))
 	pick := func(s []string) string { return s[rng.IntN(len(s))] }
@@ -112,9 +112,9 @@ func randomSequence(t *testing.T, fam reconcile.Family, seed uint64) (incrementa
 	}
 	withLocal, otherIP := false, false
 	table := registry.NewTable()
-	var set reconcile.DesiredSet
-	routed := map[netip.Prefix]reconcile.Peer{} // what the changes built
-	reported := map[string]string{}             // key -> the reason it was last reported skipped with
+	var set peers.DesiredSet
+	routed := map[netip.Prefix]peers.Peer{} // what the changes built
+	reported := map[string]string{}         // key -> the reason it was last reported skipped with
 
 	steps := 40 + rng.IntN(40)
 	for step := range steps {
@@ -143,7 +143,7 @@ func randomSequence(t *testing.T, fam reconcile.Family, seed uint64) (incrementa
 			ok      bool
 		)
 		if step > 0 {
-			var changes []reconcile.PeerChange
+			var changes []peers.PeerChange
 			changes, skipped, ok = set.Changed(in, slices.Compact(slices.Sorted(slices.Values(changed))), table)
 			for _, c := range changes {
 				if c.Removed {
@@ -157,10 +157,10 @@ func randomSequence(t *testing.T, fam reconcile.Family, seed uint64) (incrementa
 			incremental++
 		} else {
 			full++
-			var peers []reconcile.Peer
-			peers, skipped = set.Full(in, table)
+			var peerList []peers.Peer
+			peerList, skipped = set.Full(in, table)
 			clear(routed)
-			for _, p := range peers {
+			for _, p := range peerList {
 				routed[p.Subnet] = p
 			}
 		}
@@ -173,8 +173,8 @@ func randomSequence(t *testing.T, fam reconcile.Family, seed uint64) (incrementa
 
 		// The full answer, from scratch.
 		in.Leases = table.Snapshot().Leases
-		wantPeers, wantSkipped := reconcile.Desired(in)
-		want := map[netip.Prefix]reconcile.Peer{}
+		wantPeers, wantSkipped := peers.Desired(in)
+		want := map[netip.Prefix]peers.Peer{}
 		for _, p := range wantPeers {
 			want[p.Subnet] = p
 		}
@@ -216,7 +216,7 @@ func randomSequence(t *testing.T, fam reconcile.Family, seed uint64) (incrementa
 func TestDesiredSetNodeSideChanged(t *testing.T) {
 	table := registry.NewTable()
 	table.Put(lease("10.244.2.0/24", "198.18.0.12"))
-	var set reconcile.DesiredSet
+	var set peers.DesiredSet
 	if _, _, ok := set.Changed(node(), []string{key("10.244.2.0/24")}, table); ok {
 		t.Error("Changed before any Full answered")
 	}

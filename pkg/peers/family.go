@@ -1,4 +1,4 @@
-package reconcile
+package peers
 
 import (
 	"encoding/binary"
