@@ -11,7 +11,7 @@ LDFLAGS      := -X main.version=$(VERSION)
 # Debian packages the build, the tests, the lab and the benchmarks use.
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool iproute2 iputils-ping traceroute \
                 iperf3 sockperf tcpdump iptables nftables conntrack procps util-linux curl
-GENERATED    := pkg/datapath/hgw_bpfel.go pkg/datapath/hgw_bpfel.o
+GENERATED    := internal/datapath/hgw_bpfel.go internal/datapath/hgw_bpfel.o
 GO_TEST_FLAGS ?= -count=1 -timeout 40m
 # A real kube-apiserver and kubectl for the Kubernetes subnet manager's tests
 # and `hgw-lab up --registry kube`, built from tools/kube (its own module:
@@ -52,7 +52,7 @@ deps:
 
 ## generate: compile bpf/*.c with the pinned clang-19 and regenerate the Go bindings
 generate:
-	$(GO) generate ./pkg/datapath/
+	$(GO) generate ./internal/datapath/
 
 ## check-generated: regenerate and fail if the committed bpf2go output differs
 check-generated: generate

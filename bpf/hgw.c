@@ -126,7 +126,7 @@ struct hgw_enums {
 };
 const struct hgw_enums *unused_enums __attribute__((unused));
 
-/* Load-time switches: the loader (pkg/datapath) sets them from its probe of
+/* Load-time switches: the loader (internal/datapath) sets them from its probe of
  * the running kernel, and tests clear them to run the fallback paths. They
  * default to off, so an object loaded without a probe fails closed. */
 volatile const __u8 have_ct_lookup; /* bpf_skb_ct_lookup: 5.18, with nf_conntrack */

@@ -26,10 +26,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/hgw-ebpf/hgw-ebpf/deploy"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/kubeapi"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/kubeapi/kubeapitest"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry/kube"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi/kubeapitest"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry/kube"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubeapitest.Main(m)) }

@@ -10,12 +10,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/peers"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry/kube"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/subnetfile"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/agent"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/peers"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry/kube"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/subnetfile"
 )
 
 func newCleanupCmd() *cobra.Command {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // flanneld's rules as flanneld v0.28 leaves them on a node (--ip-masq).

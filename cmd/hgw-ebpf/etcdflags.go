@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 )
 
 // etcdFlags are flanneld's etcd flags, shared by run and cleanup.

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // status, routes and stats show both families: the IPv6 pod subnet, the

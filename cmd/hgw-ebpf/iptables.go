@@ -4,7 +4,7 @@ import (
 	"errors"
 	"log/slog"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/netfilter"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/netfilter"
 )
 
 // removeFlannelIPTables removes flanneld's FORWARD and masquerade chains and

@@ -7,7 +7,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/registry/kube"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry/kube"
 )
 
 // kubeFlags are flanneld's flags of its Kubernetes subnet manager, shared

@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/agent"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 )
 
 func newRunCmd() *cobra.Command {

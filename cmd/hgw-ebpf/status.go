@@ -9,9 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/agent"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/netfilter"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/agent"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/netfilter"
 )
 
 // statusReport is what `hgw-ebpf status` prints; its JSON field names are

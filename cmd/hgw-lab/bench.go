@@ -11,8 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/bench"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/bench"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
 func newBenchCmd(g *globals) *cobra.Command {

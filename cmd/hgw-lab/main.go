@@ -1,5 +1,5 @@
 // hgw-lab builds a whole hgw-ebpf cluster on one machine out of network
-// namespaces: see `hgw-lab --help` and pkg/lab.
+// namespaces: see `hgw-lab --help` and internal/lab.
 package main
 
 import (

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab/labtest"
 )
 
 // The lab's kube-proxy services (lab.Config.KubeProxy) DNAT a TCP and a

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab/labtest"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // mixedIPMasq: the mixed cluster runs every agent with --ip-masq, as the

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // freshMachine is run by bash in a private mount namespace made to look

@@ -19,10 +19,10 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/netfilter"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab/labtest"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/netfilter"
 )
 
 // kubeNetworkPolicies creates, inside node, the nftables table flannel's

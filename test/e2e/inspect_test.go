@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
 // hgwJSON runs `hgw-ebpf args... -o json --bpffs-root <pins>` inside the

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
 // A node run by flanneld (host-gw) — its lease in flanneld's exact JSON

@@ -21,8 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/kubeapi"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
 const flannelPrefix = "flannel.alpha.coreos.com/"

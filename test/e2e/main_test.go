@@ -1,5 +1,5 @@
 // Package e2e runs whole clusters of `hgw-ebpf run` agents in lab network
-// namespaces (pkg/lab) and checks what a user of flannel host-gw would:
+// namespaces (internal/lab) and checks what a user of flannel host-gw would:
 // pods reach each other, over the fast path, through membership changes.
 package e2e
 
@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab/labtest"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // binDir holds hgw-ebpf and hgw-cni: $HGW_BIN (set by `make test` after

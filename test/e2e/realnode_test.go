@@ -19,9 +19,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab/labtest"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab/labtest"
 )
 
 // realNodeConfig is a lab whose nodes were moved over from flanneld

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/datapath"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
 var pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)

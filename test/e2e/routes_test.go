@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
 // --datapath routes is plain flannel host-gw: the same all-pairs

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/pkg/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // serveHTTP serves HTTP on port inside a lab namespace until the test
