@@ -153,7 +153,7 @@ func TestRunRepairsDeletedRouteAtOnce(t *testing.T) {
 			if took >= time.Second {
 				t.Errorf("repair %d took %v, want < 1s", i, took)
 			}
-			waitFor(t, 100*time.Millisecond, "OnRepair call", func() bool { return o.repairs.Load() > repairsBefore })
+			waitFor(t, 2*time.Second, "OnRepair call", func() bool { return o.repairs.Load() > repairsBefore })
 		}
 		// Each was put back on its own, not by a full comparison.
 		if n := e.rm.listed() - lists; n != 0 {

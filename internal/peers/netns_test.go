@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/nldump"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
@@ -279,16 +280,9 @@ func (e *env) kernel(t testing.TB) []kroute { return e.kernelOf(t, e.fam) }
 
 func (e *env) kernelOf(t testing.TB, fam peers.Family) []kroute {
 	t.Helper()
-	var (
-		routes []netlink.Route
-		err    error
-	)
-	for attempt := 0; attempt < 5; attempt++ {
-		routes, err = e.h.RouteListFiltered(int(fam), &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	routes, err := nldump.Retry(func() ([]netlink.Route, error) {
+		return e.h.RouteListFiltered(int(fam), &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		t.Fatalf("list routes: %v", err)
 	}
