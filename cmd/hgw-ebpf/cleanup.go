@@ -40,7 +40,9 @@ route's device); a lease naming another public IP is left alone. With
 --kube-subnet-mgr it removes the lease annotations from the node's Kubernetes
 Node ($NODE_NAME) instead, if the Node's podCIDR and public IP are those. The other
 nodes then drop their routes to this node at once. Stop the agent first.
-Safe to run twice or on a node with nothing installed.`,
+A CNI ADD or an agent loading that works on the same pins finishes first
+(cleanup waits up to 30s for it). Safe to run twice or on a node with nothing
+installed.`,
 		Example: `  hgw-ebpf cleanup
   hgw-ebpf cleanup --release-lease --etcd-endpoints http://10.0.0.1:2379
   NODE_NAME=worker-1 hgw-ebpf cleanup --release-lease --kube-subnet-mgr --kubeconfig-file /etc/kubernetes/kubelet.conf`,

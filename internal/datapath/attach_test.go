@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -595,5 +596,44 @@ func TestCleanupOfAnEmptyRoot(t *testing.T) {
 			t.Errorf("cleanup of maps without attachments: %v", err)
 		}
 	})
+	e.expectCleanedUp(t)
+}
+
+// Cleanup waits for whoever holds the pin root's lock (an agent loading,
+// a CNI ADD pinning a pod's link) and removes the pins only then.
+func TestCleanupWaitsForThePinRootLock(t *testing.T) {
+	e := newAttachEnv(t)
+	dp := e.load(t, datapath.ModeTCX)
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := datapath.LockPinRoot(e.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		e.ns.do(t, func() { err = datapath.Cleanup(e.root) })
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		unlock()
+		t.Fatalf("Cleanup returned (%v) while another process held the pin root's lock", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := os.Stat(filepath.Join(e.root, "routes")); err != nil {
+		t.Errorf("routes pin while the lock was held: %v, want it there", err)
+	}
+	unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Cleanup after the lock was released: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Cleanup did not finish within 10s of the lock's release")
+	}
 	e.expectCleanedUp(t)
 }

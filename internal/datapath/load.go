@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -185,6 +186,16 @@ func (d *Datapath) Program(p Program) (*ebpf.Program, error) {
 // holding it must not call Load. The kernel drops the lock with a process
 // that dies holding it.
 func LockPinRoot(root string) (unlock func(), err error) {
+	return lockPinRoot(root, unix.LOCK_EX, 0)
+}
+
+// lockPinRootWithin is LockPinRoot that gives up after wait: for a
+// command that must not hang behind a stuck holder.
+func lockPinRootWithin(root string, wait time.Duration) (unlock func(), err error) {
+	return lockPinRoot(root, unix.LOCK_EX|unix.LOCK_NB, wait)
+}
+
+func lockPinRoot(root string, how int, wait time.Duration) (unlock func(), err error) {
 	f, err := os.Open(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("pin root %s: %w", root, ErrNotPinned)
@@ -192,7 +203,19 @@ func LockPinRoot(root string) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pin root %s to lock it: %w", root, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+	deadline := time.Now().Add(wait)
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		f.Close()
+		return nil, fmt.Errorf("lock pin root %s: another process (an agent loading, a CNI ADD) held it for %v", root, wait)
+	}
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("lock pin root %s: %w", root, err)
 	}
