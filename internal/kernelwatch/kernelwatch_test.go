@@ -84,17 +84,7 @@ func (h *harness) waitRun(t *testing.T) {
 	}
 }
 
-func serve(t *testing.T, l Loop) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Serve(ctx) }()
-	return func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve = %v, want nil once ctx is done", err)
-		}
-	}
-}
+func serve(t *testing.T, l Loop) (stop func()) { return testutil.Run(t, "Serve", l.Serve) }
 
 func TestABurstOfEventsIsOneRun(t *testing.T) {
 	h := newHarness()

@@ -1,7 +1,6 @@
 package peers_test
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/peers"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // waitFor polls cond until it holds and returns how long that took.
@@ -32,23 +32,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // startRun runs r until the returned stop is called; stop waits for Run.
 func startRun(t *testing.T, r *peers.Reconciler) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { stopped <- r.Run(ctx) }()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-stopped:
-				if err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Errorf("Run did not return after cancel")
-			}
-		})
-	}
+	return testutil.Run(t, "Run", r.Run)
 }
 
 // observer counts the runs Run makes.
@@ -75,7 +59,7 @@ func (e *env) running(t *testing.T, peerList []peers.Peer) (*peers.Reconciler, *
 	opts := o.options()
 	opts.ResyncInterval = time.Hour
 	r, logs := e.reconciler(t, e.rm, opts)
-	t.Cleanup(startRun(t, r))
+	startRun(t, r)
 	r.Update(peerList)
 	waitFor(t, 2*time.Second, "converge after the first Update", func() bool { return e.converged(t, peerList) })
 	logs.take()
@@ -100,7 +84,7 @@ func TestRun(t *testing.T) {
 	e.rm.set("10.244.9.0/24", "198.18.0.19", e.ifindex)
 	var o observer
 	r, _ := e.reconciler(t, e.rm, o.options())
-	t.Cleanup(startRun(t, r))
+	startRun(t, r)
 
 	// An agent that has not heard from etcd yet leaves routes alone,
 	// through two resyncs.
@@ -199,7 +183,7 @@ func TestRunCoalescesBursts(t *testing.T) {
 	for i := 1; i <= len(peerList); i++ {
 		r.Update(peerList[:i])
 	}
-	t.Cleanup(startRun(t, r))
+	startRun(t, r)
 	waitFor(t, 2*time.Second, "converge", func() bool { return e.converged(t, peerList) })
 	time.Sleep(50 * time.Millisecond)
 	if n := o.runs.Load(); n != 1 {
@@ -269,7 +253,7 @@ func TestRunWithoutRouteEvents(t *testing.T) {
 	e := newEnv(t)
 	r, logs := e.reconciler(t, e.rm, peers.Options{})
 	peers.WithoutEvents(r)
-	t.Cleanup(startRun(t, r))
+	startRun(t, r)
 	peerList := threePeers()
 	r.Update(peerList)
 	waitFor(t, 2*time.Second, "converge after Update", func() bool { return e.converged(t, peerList) })
@@ -400,7 +384,7 @@ func TestRunLetsChangesThroughFullRun(t *testing.T) {
 			})
 		}
 		r.Update(peerList)
-		t.Cleanup(startRun(t, r))
+		startRun(t, r)
 		final := append(slices.Clone(peerList[:len(peerList)-2]), moved, joined)
 		waitFor(t, 10*time.Second, "converge", func() bool { return o.runs.Load() > 0 && e.converged(t, final) })
 

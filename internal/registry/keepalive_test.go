@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // keeper runs KeepAlive for the rest of the test (or until stop) and
@@ -34,26 +35,9 @@ func (c *cluster) acquireAndKeep(t *testing.T, ttl time.Duration) (registry.Leas
 func startKeepAlive(t *testing.T, reg *registry.Registry, l registry.Lease, o registry.AcquireOptions) *keeper {
 	t.Helper()
 	k := &keeper{changes: make(chan registry.Lease, 100)}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- reg.KeepAlive(ctx, l, o, func(l registry.Lease) { k.changes <- l }) }()
-	stopped := false
-	k.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("KeepAlive returned %v after cancel, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("KeepAlive did not return within 10s of cancel")
-		}
-	}
-	t.Cleanup(k.stop)
+	k.stop = testutil.Run(t, "KeepAlive", func(ctx context.Context) error {
+		return reg.KeepAlive(ctx, l, o, func(l registry.Lease) { k.changes <- l })
+	})
 	return k
 }
 

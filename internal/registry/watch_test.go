@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // Leases exactly as flanneld writes them (pkg/subnet.LeaseAttrs through
@@ -48,10 +49,8 @@ type seen struct {
 func startWatch(t *testing.T, reg *registry.Registry) *watcher {
 	t.Helper()
 	w := &watcher{snaps: make(chan seen, 1000)}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() {
-		done <- reg.Watch(ctx, func(c registry.Change) {
+	testutil.Run(t, "Watch", func(ctx context.Context) error {
+		return reg.Watch(ctx, func(c registry.Change) {
 			if c.Full != (len(c.Keys) == 0) {
 				t.Errorf("change Full %v with keys %q", c.Full, c.Keys)
 			}
@@ -61,17 +60,6 @@ func startWatch(t *testing.T, reg *registry.Registry) *watcher {
 			case <-ctx.Done():
 			}
 		}, registry.WatchHooks{Event: func() { w.events.Add(1) }, Relist: func() { w.relists.Add(1) }, HistoryCheck: time.Second})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Watch returned %v after cancel, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Watch did not return within 10s of cancel")
-		}
 	})
 	return w
 }
