@@ -30,11 +30,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			o.Prefix = bench.DefaultPrefix
-			if cmd.Flags().Changed("prefix") {
-				o.Prefix = g.prefix
-			}
-			o.StateRoot, o.BinDir, o.CNIPath, o.Log, o.Progress = g.stateRoot, g.binDir, cniPath, g.logger(), os.Stderr
+			o.LabOptions = g.benchLab(cmd, cniPath)
 			res, err := bench.Run(ctx, o)
 			if res == nil {
 				return err
@@ -74,10 +70,7 @@ func newBenchControlPlaneCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			if cmd.Flags().Changed("prefix") {
-				o.Prefix = g.prefix
-			}
-			o.StateRoot, o.BinDir, o.CNIPath, o.Log, o.Progress = g.stateRoot, g.binDir, cniPath, g.logger(), os.Stderr
+			o.LabOptions = g.benchLab(cmd, cniPath)
 			res, err := bench.RunControlPlane(ctx, o)
 			if res == nil {
 				return err
@@ -194,3 +187,13 @@ the kernel, agent RSS < 150 MiB); writes controlplane.json with every
 sample and controlplane.png (time against leases, log-log) into --out. The
 lab is removed after each round, on Ctrl-C, and (leftovers of a crashed
 run) at the start.`
+
+// benchLab is a benchmark's lab options from the global flags: the
+// benchmark's own default prefix unless --prefix is given.
+func (g *globals) benchLab(cmd *cobra.Command, cniPath string) bench.LabOptions {
+	o := bench.LabOptions{StateRoot: g.stateRoot, BinDir: g.binDir, CNIPath: cniPath, Log: g.logger(), Progress: os.Stderr}
+	if cmd.Flags().Changed("prefix") {
+		o.Prefix = g.prefix
+	}
+	return o
+}

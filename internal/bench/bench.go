@@ -25,12 +25,31 @@ import (
 // DefaultPrefix is the base of the labs' prefixes: hgwbr, hgwbe, hgwbx.
 const DefaultPrefix = "hgwb"
 
+// LabOptions are what both benchmarks take to bring up their labs.
+type LabOptions struct {
+	Prefix    string // the labs' (base) prefix; each benchmark has a default
+	StateRoot string // lab state root (lab.DefaultStateRoot if empty)
+	BinDir    string // hgw-ebpf and cni/
+	CNIPath   string // <BinDir>/cni if empty
+	Log       *slog.Logger
+	Progress  io.Writer // one line per step; os.Stderr if nil
+}
+
+func (o *LabOptions) setDefaults(prefix string) {
+	if o.Prefix == "" {
+		o.Prefix = prefix
+	}
+	if o.Log == nil {
+		o.Log = discard()
+	}
+	if o.Progress == nil {
+		o.Progress = os.Stderr
+	}
+}
+
 // Options configure a run.
 type Options struct {
-	Prefix    string   // base prefix of the labs (DefaultPrefix if empty)
-	StateRoot string   // lab state root (lab.DefaultStateRoot if empty)
-	BinDir    string   // hgw-ebpf and cni/
-	CNIPath   string   // <BinDir>/cni if empty
+	LabOptions
 	Rounds    int      // interleaved rounds (default 5)
 	Profiles  []string // AllProfiles if empty
 	Datapaths []string // AllDatapaths if empty
@@ -41,14 +60,10 @@ type Options struct {
 	LatencyDuration time.Duration
 	PPS             int // offered UDP packet rate of the CPU figure (default 50000)
 	OutDir          string
-	Log             *slog.Logger
-	Progress        io.Writer // one line per step; os.Stderr if nil
 }
 
 func (o *Options) setDefaults() error {
-	if o.Prefix == "" {
-		o.Prefix = DefaultPrefix
-	}
+	o.LabOptions.setDefaults(DefaultPrefix)
 	for _, r := range allLabs {
 		if err := lab.ValidatePrefix(o.Prefix + r.suffix); err != nil {
 			return fmt.Errorf("bench prefix: %w", err)
@@ -108,12 +123,6 @@ func (o *Options) setDefaults() error {
 	}
 	if o.OutDir == "" {
 		o.OutDir = "bench-out"
-	}
-	if o.Log == nil {
-		o.Log = discard()
-	}
-	if o.Progress == nil {
-		o.Progress = os.Stderr
 	}
 	return nil
 }

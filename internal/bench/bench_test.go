@@ -211,7 +211,7 @@ func TestOptionsDefaultsAndOrder(t *testing.T) {
 	for _, bad := range []Options{
 		{Datapaths: []string{"geneve"}},
 		{Profiles: []string{"empty"}},
-		{Prefix: "notours"},
+		{LabOptions: LabOptions{Prefix: "notours"}},
 		{Rounds: -1},
 	} {
 		if err := bad.setDefaults(); err == nil {

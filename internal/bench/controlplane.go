@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net"
 	"net/netip"
@@ -59,26 +58,19 @@ const (
 
 // ControlPlaneOptions configure `hgw-lab bench controlplane`.
 type ControlPlaneOptions struct {
-	Prefix    string // lab prefix (DefaultControlPlanePrefix if empty)
-	StateRoot string
-	BinDir    string
-	CNIPath   string
-	Rounds    int      // per lease count and form (default 1); every round starts from a fresh node
-	Leases    []int    // synthetic peers per run (default 5000), each 1..MaxSyntheticLeases
-	Forms     []string // FormNexthop, FormPlain (default both)
-	NewLeases int      // leases created one by one and timed (default 100)
+	LabOptions          // Prefix: DefaultControlPlanePrefix if empty
+	Rounds     int      // per lease count and form (default 1); every round starts from a fresh node
+	Leases     []int    // synthetic peers per run (default 5000), each 1..MaxSyntheticLeases
+	Forms      []string // FormNexthop, FormPlain (default both)
+	NewLeases  int      // leases created one by one and timed (default 100)
 	// Registry is where the leases are: lab.RegistryEtcd (default) or
 	// lab.RegistryKube (Nodes of a real kube-apiserver; the agent runs
 	// --kube-subnet-mgr).
 	Registry string
-	Log      *slog.Logger
-	Progress io.Writer // one line per step; os.Stderr if nil
 }
 
 func (o *ControlPlaneOptions) setDefaults() error {
-	if o.Prefix == "" {
-		o.Prefix = DefaultControlPlanePrefix
-	}
+	o.LabOptions.setDefaults(DefaultControlPlanePrefix)
 	if err := lab.ValidatePrefix(o.Prefix); err != nil {
 		return fmt.Errorf("bench prefix: %w", err)
 	}
@@ -116,12 +108,6 @@ func (o *ControlPlaneOptions) setDefaults() error {
 	}
 	if o.NewLeases < 1 || o.NewLeases > 256 {
 		return fmt.Errorf("new leases %d: want 1..256", o.NewLeases)
-	}
-	if o.Log == nil {
-		o.Log = discard()
-	}
-	if o.Progress == nil {
-		o.Progress = os.Stderr
 	}
 	return nil
 }

@@ -66,8 +66,9 @@ func TestRunControlPlaneSmall(t *testing.T) {
 	defer cancel()
 	prefix := "hgwtcp" + testutil.RandHex(t, 2)
 	var progress bytes.Buffer
-	res, err := RunControlPlane(ctx, ControlPlaneOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin,
-		CNIPath: testutil.CNIPath(), Rounds: 1, Leases: []int{300, 100}, NewLeases: 5, Progress: &progress})
+	res, err := RunControlPlane(ctx, ControlPlaneOptions{
+		LabOptions: LabOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin, CNIPath: testutil.CNIPath(), Progress: &progress},
+		Rounds:     1, Leases: []int{300, 100}, NewLeases: 5})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, progress.String())
 	}
@@ -121,9 +122,9 @@ func TestRunControlPlaneKubeSmall(t *testing.T) {
 	defer cancel()
 	prefix := "hgwtcp" + testutil.RandHex(t, 2)
 	var progress bytes.Buffer
-	res, err := RunControlPlane(ctx, ControlPlaneOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin,
-		CNIPath: testutil.CNIPath(), Leases: []int{200}, Forms: []string{FormNexthop}, NewLeases: 5,
-		Registry: lab.RegistryKube, Progress: &progress})
+	res, err := RunControlPlane(ctx, ControlPlaneOptions{
+		LabOptions: LabOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin, CNIPath: testutil.CNIPath(), Progress: &progress},
+		Leases:     []int{200}, Forms: []string{FormNexthop}, NewLeases: 5, Registry: lab.RegistryKube})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, progress.String())
 	}
