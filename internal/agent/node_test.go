@@ -7,7 +7,6 @@ package agent
 // namespace (testutil.Do), iptables included.
 
 import (
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -104,7 +103,7 @@ func (e *agentEnv) node(t *testing.T, cfg Config, p probes) *node {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n = &node{cfg: cfg, log: slog.New(slog.NewTextHandler(tlog{t}, nil)), ul: ul,
+		n = &node{cfg: cfg, log: testutil.Logger(t), ul: ul,
 			network: netip.MustParsePrefix("10.244.0.0/16"), probes: p,
 			metrics: metrics.New(nil), ready: metrics.NewReadiness(), firstApply: make(chan struct{})}
 		n.setOwn(registry.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"), PublicIP: ul.publicIP})
@@ -114,10 +113,6 @@ func (e *agentEnv) node(t *testing.T, cfg Config, p probes) *node {
 }
 
 func (e *agentEnv) do(t *testing.T, fn func()) { testutil.Do(t, e.ns, fn) }
-
-type tlog struct{ t *testing.T }
-
-func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
 
 // attached lists program@dev as Attachments reports them (live devices).
 func (e *agentEnv) attached(t *testing.T) map[string]datapath.Attachment {

@@ -309,15 +309,15 @@ func Attachments(root string) ([]Attachment, error) {
 	return out, nil
 }
 
-// CleanupLockWait is how long Cleanup waits for the pin root's lock.
-const CleanupLockWait = 30 * time.Second
+// cleanupLockWait is how long Cleanup waits for the pin root's lock.
+const cleanupLockWait = 30 * time.Second
 
 // Cleanup detaches every program and removes every pin under root: what
 // `hgw-ebpf cleanup` does. Running it twice, or with nothing there, is fine.
 func Cleanup(root string) error {
 	// An agent's Load or a CNI ADD at work on the same pins finishes
 	// first, so that neither pins into a root half removed.
-	unlock, err := lockPinRootWithin(root, CleanupLockWait)
+	unlock, err := lockPinRootWithin(root, cleanupLockWait)
 	switch {
 	case errors.Is(err, ErrNotPinned):
 		unlock = func() {}

@@ -223,13 +223,7 @@ func Packets(counters []Counter, program, reason string) uint64 {
 // Redirected sums the packets a program redirected: to a next hop or the
 // bridge (reason "redirect") or straight into a known pod ("redirect_peer").
 func Redirected(counters []Counter, program string) uint64 {
-	var sum uint64
-	for _, c := range counters {
-		if c.Program == program && (c.Reason == "redirect" || c.Reason == "redirect_peer") {
-			sum += c.Packets
-		}
-	}
-	return sum
+	return Packets(counters, program, "redirect") + Packets(counters, program, "redirect_peer")
 }
 
 // OfFamily keeps the counters of one family: ipv4, ipv6 or other (not IP).

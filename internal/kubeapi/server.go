@@ -268,9 +268,6 @@ func (s *Server) URL() string {
 	return "https://" + net.JoinHostPort(s.cfg.Addr.String(), strconv.Itoa(s.cfg.Port))
 }
 
-// Dir is where the server keeps its files.
-func (s *Server) Dir() string { return s.cfg.Dir }
-
 // Dial connects from this process to an address reachable from the
 // server's namespace: the socket is created there.
 func (s *Server) Dial(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -177,7 +177,7 @@ func (a *fullRun) yield(ctx context.Context) {
 	a.deltas.Removed += res.Removed
 	a.deltas.Errors = append(a.deltas.Errors, res.Errors...)
 	if needFull {
-		r.requestFull() // what it could not settle: after this run
+		r.Resync() // what it could not settle: after this run
 		r.trigger()
 	}
 }

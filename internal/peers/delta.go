@@ -228,7 +228,7 @@ func (d *deltaRun) plan(subnet netip.Prefix, q pending) {
 	if r.active != nil {
 		r.active.touch(subnet, 0, 0)
 	}
-	if r.blockedSet[subnet] != "" || r.overlapsLocal(subnet) {
+	if r.blockedSet[subnet] != "" || r.coversLocal(subnet) {
 		d.needFull = true // not ours to route, or no longer: the full run decides
 		return
 	}
@@ -275,9 +275,7 @@ func (d *deltaRun) planRemoval(subnet netip.Prefix, was netip.Addr) {
 		}
 	}
 	r.noteDeletion(subnet)
-	k := kroute{family: r.fam, dst: subnet, table: unix.RT_TABLE_MAIN, protocol: uint8(RouteProtocol),
-		typ: unix.RTN_UNICAST, priority: r.fam.metric()}
-	d.add(routeRequest(unix.RTM_DELROUTE, 0, k), deltaItem{subnet: subnet, was: was, op: "delete"})
+	d.add(routeRequest(unix.RTM_DELROUTE, 0, peerRoute(subnet, entry{}, 0)), deltaItem{subnet: subnet, was: was, op: "delete"})
 }
 
 // planNexthop is the ID of the nexthop object p's route goes through (0:
@@ -429,15 +427,10 @@ func (r *Reconciler) rollbackEntry(subnet netip.Prefix, res *Result) {
 	}
 }
 
-// overlapsLocal tells whether subnet overlaps a local prefix of the last
-// listing.
-func (r *Reconciler) overlapsLocal(subnet netip.Prefix) bool {
+// coversLocal tells whether subnet covers a local prefix of the last
+// listing: the full run's rule (block) for a subnet it does not route.
+func (r *Reconciler) coversLocal(subnet netip.Prefix) bool {
 	r.localMu.Lock()
 	defer r.localMu.Unlock()
-	for _, l := range r.local {
-		if l.Overlaps(subnet) {
-			return true
-		}
-	}
-	return false
+	return coveredLocal(r.local, subnet).IsValid()
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/nldump"
 )
 
 // RouteProtocol tags the kernel routes and nexthop objects the agent owns:
@@ -23,15 +24,9 @@ import (
 // migrates from flanneld without a gap.
 const RouteProtocol netlink.RouteProtocol = 104
 
-// maxDumpRetries bounds the re-reads of a dump the kernel marked
-// interrupted (the table changed while it was read).
-const maxDumpRetries = 5
-
-// Netlink numbers golang.org/x/sys/unix does not name.
-const (
-	rtaNHID     = 30 // RTA_NH_ID: the nexthop object a route uses (kernel >= 5.3)
-	sizeofNhmsg = 8  // struct nhmsg
-)
+// rtaNHID is RTA_NH_ID, the nexthop object a route uses (kernel >= 5.3),
+// which golang.org/x/sys/unix does not name.
+const rtaNHID = 30
 
 // kroute is one route as the kernel lists it, or as Apply writes it.
 type kroute struct {
@@ -182,10 +177,10 @@ type nhmsg struct {
 	flags                   uint32
 }
 
-func (m *nhmsg) Len() int { return sizeofNhmsg }
+func (m *nhmsg) Len() int { return unix.SizeofNhmsg }
 
 func (m *nhmsg) Serialize() []byte {
-	b := make([]byte, sizeofNhmsg)
+	b := make([]byte, unix.SizeofNhmsg)
 	b[0], b[1], b[2] = m.family, m.scope, m.protocol
 	binary.NativeEndian.PutUint32(b[4:], m.flags)
 	return b
@@ -214,11 +209,11 @@ func (n knexthop) serves(e entry) bool {
 }
 
 func parseNexthop(b []byte) (knexthop, bool) {
-	if len(b) < sizeofNhmsg {
+	if len(b) < unix.SizeofNhmsg {
 		return knexthop{}, false
 	}
 	n := knexthop{family: b[0], protocol: b[2]}
-	walkAttrs(b[sizeofNhmsg:], func(typ uint16, v []byte) {
+	walkAttrs(b[unix.SizeofNhmsg:], func(typ uint16, v []byte) {
 		switch typ {
 		case unix.NHA_ID:
 			n.id = u32(v)
@@ -338,7 +333,7 @@ func (c *conn) listAddrs(fam Family) ([]netip.Prefix, error) {
 func (c *conn) dumpRetry(r request, reset func(), fn func(typ uint16, b []byte)) error {
 	for attempt := 1; ; attempt++ {
 		err := c.dump(r, fn)
-		if errors.Is(err, errDumpInterrupted) && attempt < maxDumpRetries {
+		if errors.Is(err, errDumpInterrupted) && attempt < nldump.Tries {
 			reset()
 			continue
 		}

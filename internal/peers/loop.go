@@ -21,13 +21,6 @@ func (r *Reconciler) trigger() {
 	}
 }
 
-// requestFull makes the next run the full comparison.
-func (r *Reconciler) requestFull() {
-	r.mu.Lock()
-	r.full = true
-	r.mu.Unlock()
-}
-
 // Run applies the desired peers until ctx is done: the changes of every
 // Update and Change on their own, and the full comparison (Apply) after
 // the first Update, after Resync and every resync interval. When the
@@ -52,7 +45,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		},
 		Triggers: r.poke,
 		Resync:   r.opts.ResyncInterval,
-		Missed:   r.requestFull,
+		Missed:   r.Resync,
 		Run:      r.runOnce,
 		Log:      r.opts.Log,
 	}.Serve(ctx)
@@ -83,7 +76,7 @@ func (r *Reconciler) runOnce(ctx context.Context) {
 		var needFull bool
 		res, needFull = r.applyDelta(ctx)
 		if needFull {
-			r.requestFull()
+			r.Resync()
 			r.trigger()
 		}
 	}

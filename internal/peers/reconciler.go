@@ -212,9 +212,6 @@ func (r *Reconciler) dev() string { return r.opts.Link.Attrs().Name }
 
 func (r *Reconciler) ifindex() int { return r.opts.Link.Attrs().Index }
 
-// Family is the address family r routes.
-func (r *Reconciler) Family() Family { return r.fam }
-
 // RemoveAll deletes every route, nexthop and map entry of ours: a node
 // leaving the cluster (--cleanup-on-exit).
 func (r *Reconciler) RemoveAll() error {

@@ -34,8 +34,8 @@ func flanneldBinary(t *testing.T) string {
 	var tried []string
 	if env := os.Getenv("FLANNELD"); env != "" {
 		tried = append(tried, env, filepath.Join(env, "flanneld"))
-	} else if root, err := projectRoot(); err == nil {
-		tried = append(tried, filepath.Join(root, "..", "shared", "tools", "flanneld"))
+	} else {
+		tried = append(tried, filepath.Join(testutil.RepoRoot(), "..", "shared", "tools", "flanneld"))
 	}
 	for _, p := range tried {
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
@@ -48,24 +48,6 @@ func flanneldBinary(t *testing.T) string {
 	}
 	t.Fatal(msg)
 	return ""
-}
-
-// projectRoot is the directory of go.mod above the working directory.
-func projectRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // flannelNode is a network namespace with an underlay link eth0 (with an
