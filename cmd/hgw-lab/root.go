@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,15 +24,6 @@ func (g *globals) logger() *slog.Logger {
 		level = slog.LevelInfo
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-}
-
-// loadState finds the running lab with the chosen prefix.
-func (g *globals) loadState() (*lab.State, error) {
-	st, err := lab.LoadState(g.stateRoot, g.prefix)
-	if err != nil {
-		return nil, fmt.Errorf("%w; start one with `hgw-lab up`", err)
-	}
-	return st, nil
 }
 
 // defaultBinDir is the directory of this executable: `make build` puts

@@ -9,29 +9,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/spf13/cobra"
-
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
-func newStatusCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "status",
-		Short: "Show nodes, pods with their addresses, etcd leases and fast-path counters",
-		Long: `Shows the running lab: each node with its address, pod subnet and agent, each
-pod with its address, the subnet leases in etcd, and for each node the output
-of 'hgw-ebpf status' run inside it (attachments, routes map, counters).`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := g.loadState()
-			if err != nil {
-				return err
-			}
-			return printStatus(cmd.Context(), cmd.OutOrStdout(), *st)
-		},
-	}
-}
-
+// printStatus prints what `hgw-lab status` shows of the lab st.
 func printStatus(ctx context.Context, w io.Writer, st lab.State) error {
 	state := "starting"
 	if st.Ready {
