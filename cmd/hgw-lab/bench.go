@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,28 +17,21 @@ import (
 )
 
 func newBenchCmd(g *globals) *cobra.Command {
-	var (
-		o       bench.Options
-		cniPath string
-	)
-	cmd := &cobra.Command{
+	var o bench.Options
+	cmd := g.benchCmd(&cobra.Command{
 		Use:   "bench",
 		Short: "Measure host, routes, ebpf and vxlan side by side, and host, routes and ebpf over IPv6 (dataplane)",
 		Long:  benchHelp,
 		Example: `  hgw-lab bench --rounds 3
   hgw-lab bench --datapaths host,routes,ebpf --profiles kube --services 5000`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			o.LabOptions = g.benchLab(cmd, cniPath)
-			res, err := bench.Run(ctx, o)
-			if res == nil {
-				return err
-			}
-			return errors.Join(err, writeBenchReport(cmd.OutOrStdout(), res, o.OutDir))
-		},
-	}
+	}, &o.LabOptions, func(ctx context.Context, out io.Writer) error {
+		res, err := bench.Run(ctx, o)
+		if res == nil {
+			return err
+		}
+		return errors.Join(err, writeBenchReport(out, res, o.OutDir))
+	})
 	f := cmd.Flags()
 	f.IntVar(&o.Rounds, "rounds", 5, "interleaved rounds; every datapath is measured once per round")
 	f.StringSliceVar(&o.Profiles, "profiles", bench.AllProfiles, "node profiles: bare (no netfilter rules), kube (kube-proxy + flannel rules, conntrack)")
@@ -47,18 +41,16 @@ func newBenchCmd(g *globals) *cobra.Command {
 	f.DurationVar(&o.LatencyDuration, "latency-duration", 2*time.Second, "length of each latency and connection-rate run")
 	f.IntVar(&o.PPS, "pps", 50000, "offered UDP packets per second for the CPU-per-packet figure")
 	f.StringVar(&o.OutDir, "out", "bench-out", "directory for results.json and the PNG charts")
-	f.StringVar(&cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
 	cmd.AddCommand(newBenchControlPlaneCmd(g))
 	return cmd
 }
 
 func newBenchControlPlaneCmd(g *globals) *cobra.Command {
 	var (
-		o       bench.ControlPlaneOptions
-		cniPath string
-		outDir  string
+		o      bench.ControlPlaneOptions
+		outDir string
 	)
-	cmd := &cobra.Command{
+	cmd := g.benchCmd(&cobra.Command{
 		Use:   "controlplane",
 		Short: "Measure the agent's control plane with up to 65,536 leases",
 		Long:  benchControlPlaneHelp,
@@ -67,30 +59,25 @@ func newBenchControlPlaneCmd(g *globals) *cobra.Command {
   hgw-lab bench controlplane --leases 65536 --forms nexthop --rounds 3
   hgw-lab bench controlplane --registry kube --leases 5000 --forms nexthop`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			o.LabOptions = g.benchLab(cmd, cniPath)
-			res, err := bench.RunControlPlane(ctx, o)
-			if res == nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "hgw-lab bench controlplane: %d CPUs (%s), kernel %s, load %s -> %s; %d round(s), leases %v in %s, forms %v, %d new leases\n\n",
-				res.Machine.CPUs, res.Machine.CPU, res.Machine.Kernel, res.Machine.LoadStart, res.Machine.LoadEnd,
-				res.Rounds, res.Leases, res.Registry, res.Forms, res.NewLeases)
-			errs := []error{err, res.WriteTable(out)}
-			path, jerr := res.WriteJSON(outDir)
-			if jerr == nil {
-				fmt.Fprintf(os.Stderr, "samples: %s\n", path)
-			}
-			chart, cerr := res.WriteChart(outDir)
-			if cerr == nil {
-				fmt.Fprintf(os.Stderr, "chart: %s\n", chart)
-			}
-			return errors.Join(append(errs, jerr, cerr)...)
-		},
-	}
+	}, &o.LabOptions, func(ctx context.Context, out io.Writer) error {
+		res, err := bench.RunControlPlane(ctx, o)
+		if res == nil {
+			return err
+		}
+		fmt.Fprintf(out, "hgw-lab bench controlplane: %d CPUs (%s), kernel %s, load %s -> %s; %d round(s), leases %v in %s, forms %v, %d new leases\n\n",
+			res.Machine.CPUs, res.Machine.CPU, res.Machine.Kernel, res.Machine.LoadStart, res.Machine.LoadEnd,
+			res.Rounds, res.Leases, res.Registry, res.Forms, res.NewLeases)
+		errs := []error{err, res.WriteTable(out)}
+		path, jerr := res.WriteJSON(outDir)
+		if jerr == nil {
+			fmt.Fprintf(os.Stderr, "samples: %s\n", path)
+		}
+		chart, cerr := res.WriteChart(outDir)
+		if cerr == nil {
+			fmt.Fprintf(os.Stderr, "chart: %s\n", chart)
+		}
+		return errors.Join(append(errs, jerr, cerr)...)
+	})
 	f := cmd.Flags()
 	f.IntVar(&o.Rounds, "rounds", 1, "rounds per lease count and form, each on a fresh node")
 	f.IntSliceVar(&o.Leases, "leases", []int{5000}, fmt.Sprintf("synthetic leases (peers) in etcd, one run each (1..%d)", bench.MaxSyntheticLeases))
@@ -98,7 +85,6 @@ func newBenchControlPlaneCmd(g *globals) *cobra.Command {
 	f.IntVar(&o.NewLeases, "new-leases", 100, "leases created one by one and timed to their map entry and kernel route")
 	f.StringVar(&o.Registry, "registry", lab.RegistryEtcd, "where the leases are: etcd, or kube (Nodes of a real kube-apiserver, the agent with --kube-subnet-mgr)")
 	f.StringVar(&outDir, "out", "bench-out", "directory for controlplane.json and controlplane.png")
-	f.StringVar(&cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
 	return cmd
 }
 
@@ -187,6 +173,21 @@ the kernel, agent RSS < 150 MiB); writes controlplane.json with every
 sample and controlplane.png (time against leases, log-log) into --out. The
 lab is removed after each round, on Ctrl-C, and (leftovers of a crashed
 run) at the start.`
+
+// benchCmd completes cmd, a benchmark: it adds --cni-path, and its RunE
+// fills lo from the global flags and runs measure until it returns or
+// SIGINT or SIGTERM stops it (the labs are removed then too).
+func (g *globals) benchCmd(cmd *cobra.Command, lo *bench.LabOptions, measure func(ctx context.Context, out io.Writer) error) *cobra.Command {
+	var cniPath string
+	cmd.Flags().StringVar(&cniPath, "cni-path", os.Getenv("CNI_PATH"), "directory of the CNI bridge and host-local plugins (default <bin>/cni)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		*lo = g.benchLab(cmd, cniPath)
+		return measure(ctx, cmd.OutOrStdout())
+	}
+	return cmd
+}
 
 // benchLab is a benchmark's lab options from the global flags: the
 // benchmark's own default prefix unless --prefix is given.
