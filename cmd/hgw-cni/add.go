@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
@@ -14,17 +13,13 @@ import (
 // from_pods to its veth (in that order: the program takes a pod's frames
 // at its veth only once it knows the pod), and passes the previous result
 // on unchanged. Without usable pins it leaves the pod to the bridge.
-func (pl plugin) add(args *skel.CmdArgs) error {
-	conf, p, eps, err := chainedPod(args)
-	if err != nil {
-		return err
-	}
+func (pl plugin) add(req request, p pod, eps []datapath.Endpoint) error {
 	// Over the agent's pins only: a plugin of another version must not
 	// replace the maps live traffic uses, nor make maps no agent fills.
-	dp, err := datapath.Load(datapath.Options{PinRoot: conf.BPFFSRoot, Mode: datapath.Mode(conf.AttachMode), Existing: true})
+	dp, err := datapath.Load(datapath.Options{PinRoot: req.conf.BPFFSRoot, Mode: datapath.Mode(req.conf.AttachMode), Existing: true})
 	if reason, msg := stepAside(err); reason != "" {
-		pl.log.Warn(msg, "reason", reason, "container", args.ContainerID, "dev", p.hostVeth, "pin_root", conf.BPFFSRoot, "err", err)
-		return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+		pl.log.Warn(msg, "reason", reason, "container", req.ContainerID, "dev", p.hostVeth, "pin_root", req.conf.BPFFSRoot, "err", err)
+		return types.PrintResult(req.conf.PrevResult, req.conf.CNIVersion)
 	}
 	if err != nil {
 		return err
@@ -32,15 +27,15 @@ func (pl plugin) add(args *skel.CmdArgs) error {
 	defer dp.Close()
 	// The agent's endpoint reconciler may attach this veth at the same
 	// moment; the lock makes one of us find the other's link and update it.
-	unlock, err := datapath.LockPinRoot(conf.BPFFSRoot)
+	unlock, err := datapath.LockPinRoot(req.conf.BPFFSRoot)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	// Recorded first, so that whatever this ADD leaves behind if it stops
 	// half way can be found by DEL and GC.
-	rec := record{ContainerID: args.ContainerID, IfName: args.IfName, BPFFSRoot: conf.BPFFSRoot, HostVeth: p.hostVeth, Endpoints: eps}
-	if err := recordsOf(conf).write(rec); err != nil {
+	rec := record{ContainerID: req.ContainerID, IfName: req.IfName, BPFFSRoot: req.conf.BPFFSRoot, HostVeth: p.hostVeth, Endpoints: eps}
+	if err := recordsOf(req.conf).write(rec); err != nil {
 		return err
 	}
 	for _, ep := range eps {
@@ -49,9 +44,9 @@ func (pl plugin) add(args *skel.CmdArgs) error {
 		}
 	}
 	if _, err := dp.Attach(p.hostVeth, datapath.FromPods); err != nil {
-		return fmt.Errorf("pod %s: %w", args.ContainerID, err)
+		return fmt.Errorf("pod %s: %w", req.ContainerID, err)
 	}
-	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+	return types.PrintResult(req.conf.PrevResult, req.conf.CNIVersion)
 }
 
 // stepAside says why ADD leaves a pod to the bridge ("" if it does not).

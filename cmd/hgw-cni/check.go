@@ -3,23 +3,17 @@ package main
 import (
 	"fmt"
 
-	"github.com/containernetworking/cni/pkg/skel"
-
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 )
 
 // check verifies that every endpoint ADD wrote is in the map as the
 // kernel sees the pod now, and that from_pods is attached to its veth. A
 // pod ADD left to the bridge (no record) has nothing of ours to check.
-func (pl plugin) check(args *skel.CmdArgs) error {
-	conf, p, want, err := chainedPod(args)
-	if err != nil {
+func (pl plugin) check(req request, p pod, want []datapath.Endpoint) error {
+	if rec, err := recordsOf(req.conf).read(req.ContainerID, req.IfName); err != nil || rec == nil {
 		return err
 	}
-	if rec, err := recordsOf(conf).read(args.ContainerID, args.IfName); err != nil || rec == nil {
-		return err
-	}
-	maps, err := datapath.OpenPinned(conf.BPFFSRoot)
+	maps, err := datapath.OpenPinned(req.conf.BPFFSRoot)
 	if err != nil {
 		return err
 	}
@@ -30,14 +24,14 @@ func (pl plugin) check(args *skel.CmdArgs) error {
 			return err
 		}
 		if !ok {
-			return fmt.Errorf("endpoint %s missing from the endpoints map under %s", w.IP, conf.BPFFSRoot)
+			return fmt.Errorf("endpoint %s missing from the endpoints map under %s", w.IP, req.conf.BPFFSRoot)
 		}
 		if got.Ifindex != w.Ifindex || got.PodMAC.String() != w.PodMAC.String() || got.GatewayMAC.String() != w.GatewayMAC.String() {
 			return fmt.Errorf("endpoint %s is {ifindex %d, pod %s, gateway %s}, want {ifindex %d, pod %s, gateway %s}",
 				w.IP, got.Ifindex, got.PodMAC, got.GatewayMAC, w.Ifindex, w.PodMAC, w.GatewayMAC)
 		}
 	}
-	atts, err := datapath.Attachments(conf.BPFFSRoot)
+	atts, err := datapath.Attachments(req.conf.BPFFSRoot)
 	if err != nil {
 		return err
 	}

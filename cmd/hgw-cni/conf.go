@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/utils"
@@ -59,6 +60,26 @@ func parseConf(stdin []byte) (*netConf, *types100.Result, error) {
 		return nil, nil, fmt.Errorf("convert prevResult: %w", err)
 	}
 	return conf, res, nil
+}
+
+// request is one call of the plugin: the runtime's arguments and the
+// network configuration parsed from them.
+type request struct {
+	*skel.CmdArgs
+	conf *netConf
+	prev *types100.Result // the previous plugin's result, as 1.0; nil if none
+}
+
+// withConf makes verb a CNI command that parses the network configuration
+// first.
+func withConf(verb func(req request) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		conf, prev, err := parseConf(args.StdinData)
+		if err != nil {
+			return err
+		}
+		return verb(request{CmdArgs: args, conf: conf, prev: prev})
+	}
 }
 
 var errNoPrevResult = errors.New("no prevResult: hgw-cni must be chained after the bridge plugin")

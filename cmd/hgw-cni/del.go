@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 
-	"github.com/containernetworking/cni/pkg/skel"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
@@ -17,21 +16,17 @@ import (
 // ADD's record does; whatever is already gone is fine, so DEL can run any
 // number of times. With neither there is nothing to identify the pod by:
 // the agent's reconciliation removes entries whose veth is gone.
-func (pl plugin) del(args *skel.CmdArgs) error {
-	conf, res, err := parseConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	recs := recordsOf(conf)
-	rec, err := recs.read(args.ContainerID, args.IfName)
+func (pl plugin) del(req request) error {
+	recs := recordsOf(req.conf)
+	rec, err := recs.read(req.ContainerID, req.IfName)
 	if err != nil {
 		// Not ours to fail on: DEL must succeed to let the pod go.
-		pl.log.Warn("attachment record unreadable, ignored", "container", args.ContainerID, "err", err)
+		pl.log.Warn("attachment record unreadable, ignored", "container", req.ContainerID, "err", err)
 	}
 	var a attachment
 	switch {
-	case res != nil:
-		a, err = attachmentOfResult(res)
+	case req.prev != nil:
+		a, err = attachmentOfResult(req.prev)
 	case rec != nil:
 		a, err = attachmentOfRecord(*rec)
 	default:
@@ -40,10 +35,10 @@ func (pl plugin) del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := pl.release(conf.BPFFSRoot, a); err != nil {
+	if err := pl.release(req.conf.BPFFSRoot, a); err != nil {
 		return err
 	}
-	return recs.remove(args.ContainerID, args.IfName)
+	return recs.remove(req.ContainerID, req.IfName)
 }
 
 // attachment is what one pod got from ADD: from_pods on its host veths

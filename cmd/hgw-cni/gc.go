@@ -3,23 +3,18 @@ package main
 import (
 	"errors"
 
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 )
 
 // gc releases every attachment ADD recorded for this network and pin root
 // that the runtime no longer lists in cni.dev/valid-attachments: its
 // endpoint entries and its veth's link pin go, then its record.
-func (pl plugin) gc(args *skel.CmdArgs) error {
-	conf, _, err := parseConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	valid := make(map[types.GCAttachment]bool, len(conf.ValidAttachments))
-	for _, v := range conf.ValidAttachments {
+func (pl plugin) gc(req request) error {
+	valid := make(map[types.GCAttachment]bool, len(req.conf.ValidAttachments))
+	for _, v := range req.conf.ValidAttachments {
 		valid[v] = true
 	}
-	recs := recordsOf(conf)
+	recs := recordsOf(req.conf)
 	all, unreadable := recs.list()
 	for _, err := range unreadable {
 		pl.log.Warn("attachment record unreadable, skipped", "err", err)
@@ -28,12 +23,12 @@ func (pl plugin) gc(args *skel.CmdArgs) error {
 	for _, r := range all {
 		// Another agent's pin root (one data dir, several nodes' worth of
 		// namespaces) is not this runtime's to judge.
-		if r.BPFFSRoot != conf.BPFFSRoot || valid[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
+		if r.BPFFSRoot != req.conf.BPFFSRoot || valid[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
 			continue
 		}
 		a, err := attachmentOfRecord(r)
 		if err == nil {
-			err = pl.release(conf.BPFFSRoot, a)
+			err = pl.release(req.conf.BPFFSRoot, a)
 		}
 		if err == nil {
 			err = recs.remove(r.ContainerID, r.IfName)

@@ -41,7 +41,10 @@ type plugin struct {
 
 func main() {
 	pl := plugin{log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("plugin", "hgw-cni")}
-	skel.PluginMainFuncs(skel.CNIFuncs{Add: pl.add, Del: pl.del, Check: pl.check, GC: pl.gc, Status: pl.status},
-		version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"),
+	cmds := skel.CNIFuncs{
+		Add: chained(pl.add), Check: chained(pl.check),
+		Del: withConf(pl.del), GC: withConf(pl.gc), Status: withConf(pl.status),
+	}
+	skel.PluginMainFuncs(cmds, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"),
 		"hgw-cni "+buildVersion+": hgw-ebpf endpoint fast path (chained after bridge)")
 }

@@ -103,23 +103,22 @@ func (p pod) endpoints() ([]datapath.Endpoint, error) {
 	return out, nil
 }
 
-// chainedPod is what ADD and CHECK both start from: the netconf, the pod the
-// previous plugin (bridge) reported, and the endpoints that pod should have.
-func chainedPod(args *skel.CmdArgs) (*netConf, pod, []datapath.Endpoint, error) {
-	conf, res, err := parseConf(args.StdinData)
-	if err != nil {
-		return nil, pod{}, nil, err
-	}
-	if res == nil {
-		return nil, pod{}, nil, errNoPrevResult
-	}
-	p, err := podFromResult(res, args.IfName)
-	if err != nil {
-		return nil, pod{}, nil, err
-	}
-	eps, err := p.endpoints()
-	if err != nil {
-		return nil, pod{}, nil, err
-	}
-	return conf, p, eps, nil
+// chained makes verb the CNI command of ADD or CHECK, which both start
+// from the netconf, the pod the previous plugin (bridge) reported, and the
+// endpoints that pod should have.
+func chained(verb func(req request, p pod, eps []datapath.Endpoint) error) func(*skel.CmdArgs) error {
+	return withConf(func(req request) error {
+		if req.prev == nil {
+			return errNoPrevResult
+		}
+		p, err := podFromResult(req.prev, req.IfName)
+		if err != nil {
+			return err
+		}
+		eps, err := p.endpoints()
+		if err != nil {
+			return err
+		}
+		return verb(req, p, eps)
+	})
 }
