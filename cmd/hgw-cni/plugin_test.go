@@ -174,17 +174,26 @@ func (e *cniEnv) in(t *testing.T, fn func()) {
 	testutil.Do(t, e.node, fn)
 }
 
-func (e *cniEnv) endpoint(t *testing.T, ip netip.Addr) (datapath.Endpoint, bool) {
+// withEndpoints runs fn on the endpoints map the agent pinned, failing
+// the test if fn fails.
+func (e *cniEnv) withEndpoints(t *testing.T, fn func(eps *datapath.EndpointMap) error) {
 	t.Helper()
 	maps, err := datapath.OpenPinned(e.pinRoot)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer maps.Close()
-	ep, ok, err := maps.Endpoints().Get(ip)
-	if err != nil {
+	if err := fn(maps.Endpoints()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func (e *cniEnv) endpoint(t *testing.T, ip netip.Addr) (ep datapath.Endpoint, ok bool) {
+	t.Helper()
+	e.withEndpoints(t, func(eps *datapath.EndpointMap) (err error) {
+		ep, ok, err = eps.Get(ip)
+		return err
+	})
 	return ep, ok
 }
 
@@ -268,14 +277,7 @@ func TestPluginAddCheckDel(t *testing.T) {
 	})
 
 	// CHECK notices a missing entry.
-	maps, err := datapath.OpenPinned(e.pinRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := maps.Endpoints().Delete(podIP); err != nil {
-		t.Fatal(err)
-	}
-	maps.Close()
+	e.withEndpoints(t, func(eps *datapath.EndpointMap) error { return eps.Delete(podIP) })
 	e.in(t, func() {
 		if err := e.cni.CheckNetworkList(ctx, e.chain, e.rt); err == nil || !strings.Contains(err.Error(), "missing") {
 			t.Errorf("CHECK with the entry gone = %v, want a missing-endpoint error", err)
@@ -283,14 +285,7 @@ func TestPluginAddCheckDel(t *testing.T) {
 	})
 
 	// DEL removes entry and attachment; a second DEL is fine.
-	maps, err = datapath.OpenPinned(e.pinRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := maps.Endpoints().Put(ep); err != nil {
-		t.Fatal(err)
-	}
-	maps.Close()
+	e.withEndpoints(t, func(eps *datapath.EndpointMap) error { return eps.Put(ep) })
 	e.in(t, func() {
 		if err := e.cni.DelNetworkList(ctx, e.chain, e.rt); err != nil {
 			t.Fatalf("DEL: %v", err)
