@@ -60,17 +60,26 @@ func attachedTC(st lab.State, node string) ([]tcProgram, error) {
 	return progs, err
 }
 
+// mustAttachedTC is attachedTC failing t on an error.
+func mustAttachedTC(t *testing.T, st lab.State, node string) []tcProgram {
+	t.Helper()
+	progs, err := attachedTC(st, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return progs
+}
+
+// progName is the program's name, or its ID where the kernel does not
+// tell.
 func progName(id ebpf.ProgramID) string {
-	p, err := ebpf.NewProgramFromID(id)
-	if err != nil {
-		return fmt.Sprintf("prog#%d", id)
+	if p, err := ebpf.NewProgramFromID(id); err == nil {
+		defer p.Close()
+		if info, err := p.Info(); err == nil {
+			return info.Name
+		}
 	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		return fmt.Sprintf("prog#%d", id)
-	}
-	return info.Name
+	return fmt.Sprintf("prog#%d", id)
 }
 
 // fastPathAttached reports whether from_pods sits on cni0 and

@@ -173,8 +173,7 @@ func counterMap(t *testing.T, n lab.Node) map[string]uint64 {
 // conntrack: with the check on, every connection works and the replies are
 // counted as ct_nat; direct pod-to-pod connections stay fast.
 func TestClusterIPThroughConntrack(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	c := startKubeCluster(t, ctx, lab.DatapathEBPF)
 	before := c.counters(t, c.clientNode)
 
@@ -223,8 +222,7 @@ func TestClusterIPThroughConntrack(t *testing.T) {
 // where NAT gives it another source port, instead of having its replies
 // un-NATed as the old connection's.
 func TestDirectFlowReusingAClusterIPSourcePort(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	c := startKubeCluster(t, ctx, lab.DatapathEBPF)
 	for i, tc := range []struct {
 		network, service, direct string
@@ -246,8 +244,7 @@ func TestDirectFlowReusingAClusterIPSourcePort(t *testing.T) {
 // replies reach the client from the backend's address. This proves the
 // test above sees the bug it guards against.
 func TestClusterIPBreaksWithoutConntrackCheck(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	c := startKubeCluster(t, ctx, lab.DatapathEBPF, "--unsafe-ignore-conntrack")
 	ok := 0
 	for i := range 5 {
@@ -263,8 +260,7 @@ func TestClusterIPBreaksWithoutConntrackCheck(t *testing.T) {
 // UDP through a "DNS" ClusterIP: a connected UDP socket only accepts
 // replies from the ClusterIP, so an un-NATed reply is lost.
 func TestUDPClusterIPThroughConntrack(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	c := startKubeCluster(t, ctx, lab.DatapathEBPF)
 	before := c.counters(t, c.clientNode)
 	for i := range 20 {
@@ -283,8 +279,7 @@ func TestUDPClusterIPThroughConntrack(t *testing.T) {
 // already tracks the flow, so it stays on the kernel path (ct_tracked)
 // instead of splitting and being dropped as INVALID.
 func TestTransferSurvivesSwitchToFastPath(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	c := startKubeCluster(t, ctx, lab.DatapathRoutes)
 
 	wait := startIperf(t, c.st, c.server.Name, 5201, c.client.Name, c.server.IP, 5201, 6)

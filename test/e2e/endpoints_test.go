@@ -91,11 +91,7 @@ func endpointRight(t *testing.T, st lab.State, pod lab.Pod) bool {
 // fromPodsOn reports whether from_pods is attached to dev in node.
 func fromPodsOn(t *testing.T, st lab.State, node, dev string) bool {
 	t.Helper()
-	progs, err := attachedTC(st, node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range progs {
+	for _, p := range mustAttachedTC(t, st, node) {
 		if p.Dev == dev && p.Name == "from_pods" && p.Kind == "tcx/ingress" {
 			return true
 		}
@@ -115,9 +111,7 @@ func counterOf(t *testing.T, n lab.Node, program, reason string) uint64 {
 // attachment away.
 func TestEndpointsThroughCNIChain(t *testing.T) {
 	const nodes, pods = 2, 2
-	l := startLab(t, nodes, pods, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, time.Minute, nodes, pods, lab.DatapathEBPF)
 	st := l.State()
 
 	for _, pod := range st.Pods {
@@ -167,9 +161,7 @@ func TestEndpointsThroughCNIChain(t *testing.T) {
 // The agent restores an entry deleted by hand and removes one whose veth
 // is gone, with its attachment.
 func TestAgentRepairsEndpoints(t *testing.T) {
-	l := startLab(t, 2, 2, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, time.Minute, 2, 2, lab.DatapathEBPF)
 	st := l.State()
 	pingAll(t, ctx, st) // the node learns the pods' addresses (ARP) and MACs (FDB)
 	pod := st.Pods[0]
@@ -225,8 +217,7 @@ func TestAgentRepairsEndpoints(t *testing.T) {
 func TestAgentFillsEndpointsWithoutThePlugin(t *testing.T) {
 	const nodes, pods = 2, 2
 	l := startLabConfig(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: lab.DatapathEBPF, PlainBridgeCNI: true})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	st := l.State()
 	// No plugin wrote anything, and the pods have not talked yet.
 	for _, n := range st.Nodes {
@@ -306,8 +297,7 @@ func podWhileAgentDown(t *testing.T, ctx context.Context, cfg lab.Config) (*lab.
 // alone: its endpoint and veth attachment exist, and traffic to it is
 // delivered with redirect_peer from its first packet.
 func TestPodAddedWhileAgentDownUsesThePlugin(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	cfg := lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF}
 	l, pod, node := podWhileAgentDown(t, ctx, cfg)
 	st := l.State()
@@ -335,8 +325,7 @@ func TestPodAddedWhileAgentDownUsesThePlugin(t *testing.T) {
 // once over the bridge (from_underlay's redirect_neigh path), and the
 // agent, back, learns it and moves it to redirect_peer.
 func TestPodAddedWhileAgentDownWithoutThePlugin(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	cfg := lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, PlainBridgeCNI: true}
 	l, pod, node := podWhileAgentDown(t, ctx, cfg)
 	if eps := endpointsOf(t, node); len(eps) != 0 {

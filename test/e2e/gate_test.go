@@ -92,8 +92,7 @@ func waitFastPath(t *testing.T, ctx context.Context, st lab.State, n lab.Node, s
 // path is back within a resync and `status` says so.
 func TestPolicyEngineTakesTheKernelPathAndBack(t *testing.T) {
 	l := startLabConfig(t, realNodeConfig(2, 2))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	st := l.State()
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	client := st.PodsOf(n1.Name)[0]
@@ -202,9 +201,7 @@ func statusText(ctx context.Context, st lab.State, n lab.Node) string {
 // pins; pods keep talking over the kernel routes. A pod added afterwards
 // ends with nothing attached either.
 func TestRoutesRestartAfterEbpfLeavesNothingAttached(t *testing.T) {
-	l := startLab(t, 2, 2, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, 2*time.Minute, 2, 2, lab.DatapathEBPF)
 	st := l.State()
 	for _, n := range st.Nodes {
 		progs, err := attachedTC(st, n.Name)

@@ -42,9 +42,7 @@ func missingFields(obj map[string]any, fields ...string) []string {
 // `hgw-ebpf status|routes|stats -o json` inside a node parse as JSON with
 // the fields docs/operations.md documents, and say what the node has.
 func TestInspectionJSONHasTheDocumentedFields(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, time.Minute, 2, 1, lab.DatapathEBPF)
 	st := l.State()
 	pingAll(t, ctx, st)
 	n, peer := st.Nodes[0], st.Nodes[1]

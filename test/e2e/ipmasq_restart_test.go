@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"strings"
 	"testing"
@@ -10,27 +9,32 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
+// masqueradeRules counts the copies of flanneld's --ip-masq MASQUERADE
+// rules in node.
+func masqueradeRules(t *testing.T, st lab.State, node string) int {
+	t.Helper()
+	copies, err := st.FlannelRuleCopies(node, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	masq := 0
+	for r, c := range copies {
+		if strings.Contains(r.Rule, "MASQUERADE") {
+			masq += c
+		}
+	}
+	return masq
+}
+
 // An operator turns --ip-masq on and restarts the agents (as the
 // benchmark's kube profile does): each agent adds flanneld's masquerade
 // rules once, tells the CNI plugin FLANNEL_IPMASQ=true, and the pods still
 // talk to each other.
 func TestRestartAgentsWithIPMasq(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, 2*time.Minute, 2, 1, lab.DatapathEBPF)
 	st := l.State()
 	for _, n := range st.Nodes {
-		copies, err := st.FlannelRuleCopies(n.Name, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		masq := 0
-		for r, c := range copies {
-			if strings.Contains(r.Rule, "MASQUERADE") {
-				masq += c
-			}
-		}
-		if masq != 0 {
+		if masq := masqueradeRules(t, st, n.Name); masq != 0 {
 			t.Fatalf("%s: %d masquerade rules before --ip-masq", n.Name, masq)
 		}
 	}

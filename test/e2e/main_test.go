@@ -75,6 +75,13 @@ func startLab(t *testing.T, nodes, pods int, datapath string, agentArgs ...strin
 	return startLabConfig(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: datapath, AgentArgs: agentArgs})
 }
 
+// startLabFor is startLab with a context for the test's steps (see
+// testContext).
+func startLabFor(t *testing.T, timeout time.Duration, nodes, pods int, datapath string, agentArgs ...string) (*lab.Lab, context.Context) {
+	t.Helper()
+	return startLab(t, nodes, pods, datapath, agentArgs...), testContext(t, timeout)
+}
+
 // startLabConfig is startLab for a config beyond nodes, pods, datapath and
 // agent flags (see labtest.Start); the state root (stateRoot) and a resync
 // of 1 s are set here, and the binaries unless cfg.BinDir names a
@@ -129,4 +136,12 @@ func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) (time
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// testContext bounds a test's steps: it ends after timeout, or with the
+// test.
+func testContext(t *testing.T, timeout time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	t.Cleanup(cancel)
+	return ctx
 }

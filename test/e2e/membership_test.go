@@ -28,9 +28,7 @@ const maxConvergence = time.Second
 // is reachable. It leaves with cleanup: within 1 s of its lease going both
 // are gone everywhere.
 func TestNodeJoinAndLeave(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, 2*time.Minute, 2, 1, lab.DatapathEBPF)
 	prefix := l.State().EtcdKeys + "/subnets/"
 
 	// Join.
@@ -175,9 +173,7 @@ func eventTime(t *testing.T, events <-chan leaseEvent, typ mvccpb.Event_EventTyp
 // default route's device) and releases it: the other nodes drop their
 // route and map entry, and it says which lease it released.
 func TestCleanupReleasesTheLeaseRunWouldFind(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, time.Minute, 2, 1, lab.DatapathEBPF)
 	st := l.State()
 	n := st.Nodes[0]
 	subnet := netip.MustParsePrefix(n.Subnet)

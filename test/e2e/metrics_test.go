@@ -82,9 +82,7 @@ func value(fams map[string]*dto.MetricFamily, name string, want map[string]strin
 // counters that move with traffic, the peers, the attachments, and ready
 // probes.
 func TestMetricsInANodeFollowTraffic(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, time.Minute, 2, 1, lab.DatapathEBPF)
 	st := l.State()
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	client, server := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
@@ -145,9 +143,7 @@ func TestMetricsInANodeFollowTraffic(t *testing.T) {
 // with no datapath state and no route to its peer (removed while its agent
 // was stopped), so what /readyz reports can only come from this agent.
 func TestReadyzWaitsForEtcdAndAttach(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, 2*time.Minute, 2, 1, lab.DatapathEBPF)
 	st := l.State()
 	node, peer := st.Nodes[1], st.Nodes[0]
 	peerSubnet := netip.MustParsePrefix(peer.Subnet)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -22,8 +21,7 @@ import (
 // INVALID. The other direction, a node talking to a remote pod, is
 // TestRealNodeTraffic's node_to_remote_pod.
 func TestPodAndRemoteNodeTalkThroughTheKernel(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	c := startKubeCluster(t, ctx, lab.DatapathEBPF)
 	podNode := c.server.Node
 	client, _ := c.st.Node(c.clientNode)
@@ -55,8 +53,7 @@ func TestPodAndRemoteNodeTalkThroughTheKernel(t *testing.T) {
 // conntrack would meet an error about a flow it never saw and kube-proxy's
 // INVALID rule (on both nodes here) would drop it.
 func TestPortUnreachableReachesARemotePod(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	c := startKubeCluster(t, ctx, lab.DatapathEBPF)
 	before := c.counters(t, c.clientNode)
 	const tries = 5

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -13,9 +12,7 @@ import (
 // the agents reconnect, and a lease added once etcd is back (while the
 // agents are still reconnecting) is routed to.
 func TestEtcdOutage(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, 2*time.Minute, 2, 1, lab.DatapathEBPF)
 	st := l.State()
 	a, b := st.Pods[0], st.Pods[1]
 
@@ -25,20 +22,10 @@ func TestEtcdOutage(t *testing.T) {
 	if err := l.StartEtcd(ctx); err != nil {
 		t.Fatal(err)
 	}
-	subnet := netip.MustParsePrefix("10.244.210.0/24")
-	fl, err := l.AddFlannelNode(ctx, subnet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addFlannelNode(t, ctx, l, netip.MustParsePrefix("10.244.210.0/24"), 20*time.Second)
 	sent, got := wait()
 	if sent == 0 || got != sent {
 		t.Errorf("ping across the etcd outage: %d sent, %d received", sent, got)
-	}
-	if _, err := l.AddPod(ctx, fl.Name); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := waitFor(ctx, 20*time.Second, func() bool { return everyPeer(t, l.State(), fl, subnet, true) }); !ok {
-		t.Fatalf("agents never picked up the lease of %s added after the outage", subnet)
 	}
 	pingAll(t, ctx, l.State())
 	// The agents' own leases survived the outage.

@@ -18,17 +18,11 @@ func ownerOnly(t *testing.T, n lab.Node) int {
 		if err != nil {
 			return err
 		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
 		want := fs.FileMode(0o600)
 		if d.IsDir() {
 			want = 0o700
 		}
-		if fi.Mode().Perm() != want {
-			t.Errorf("%s: %s has mode %v, want %v", n.Name, path, fi.Mode().Perm(), want)
-		}
+		expectPerm(t, n.Name, path, want)
 		seen++
 		return nil
 	})
@@ -36,6 +30,19 @@ func ownerOnly(t *testing.T, n lab.Node) int {
 		t.Fatalf("%s: walk %s: %v", n.Name, n.PinRoot, err)
 	}
 	return seen
+}
+
+// expectPerm fails t unless path, in node, has exactly the permissions
+// want.
+func expectPerm(t *testing.T, node, path string, want fs.FileMode) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("%s: %v", node, err)
+	}
+	if fi.Mode().Perm() != want {
+		t.Errorf("%s: %s has mode %v, want %v", node, path, fi.Mode().Perm(), want)
+	}
 }
 
 // What a running node's agent (and the CNI plugin that shares its pins)
@@ -50,12 +57,6 @@ func TestNodeStateIsOwnerOnly(t *testing.T) {
 		if seen := ownerOnly(t, n); seen < 8 {
 			t.Errorf("%s: %d entries under %s, want the maps, links/ and three link pins", n.Name, seen, n.PinRoot)
 		}
-		fi, err := os.Stat(n.SubnetFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != 0o600 {
-			t.Errorf("%s: subnet file %s has mode %v, want 0600", n.Name, n.SubnetFile, fi.Mode().Perm())
-		}
+		expectPerm(t, n.Name, n.SubnetFile, 0o600)
 	}
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -15,13 +14,31 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
+// detachPinnedLinks detaches every program of node n through its pinned
+// link, as an operator with bpftool would.
+func detachPinnedLinks(t *testing.T, n lab.Node) {
+	t.Helper()
+	pins, err := filepath.Glob(filepath.Join(n.PinRoot, "links", "*"))
+	if err != nil || len(pins) == 0 {
+		t.Fatalf("no pinned links under %s (%v): tcx expected on this kernel", n.PinRoot, err)
+	}
+	for _, pin := range pins {
+		lk, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := lk.Detach(); err != nil {
+			t.Fatalf("detach %s: %v", pin, err)
+		}
+		lk.Close()
+	}
+}
+
 // A route deleted by hand is back within 1 s. Programs detached by hand:
 // traffic keeps flowing over the kernel routes, and the agent reattaches
 // them on its next resync.
 func TestRepairsRouteAndAttachment(t *testing.T) {
-	l := startLab(t, 2, 1, lab.DatapathEBPF)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, time.Minute, 2, 1, lab.DatapathEBPF)
 	st := l.State()
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	peer := netip.MustParsePrefix(n2.Subnet)
@@ -46,22 +63,8 @@ func TestRepairsRouteAndAttachment(t *testing.T) {
 		t.Errorf("route restored after %s, want <= 1s", d)
 	}
 
-	// Programs detached by hand: through their pinned links, as an
-	// operator with bpftool would.
-	pins, err := filepath.Glob(filepath.Join(n1.PinRoot, "links", "*"))
-	if err != nil || len(pins) == 0 {
-		t.Fatalf("no pinned links under %s (%v): tcx expected on this kernel", n1.PinRoot, err)
-	}
-	for _, pin := range pins {
-		lk, err := link.LoadPinnedLink(pin, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := lk.Detach(); err != nil {
-			t.Fatalf("detach %s: %v", pin, err)
-		}
-		lk.Close()
-	}
+	// Programs detached by hand.
+	detachPinnedLinks(t, n1)
 	if fastPathAttached(t, st, n1.Name) {
 		t.Fatal("programs still attached after the manual detach")
 	}

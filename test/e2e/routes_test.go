@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -11,19 +10,13 @@ import (
 // --datapath routes is plain flannel host-gw: the same all-pairs
 // connectivity, with no BPF program attached to any device of any node.
 func TestRoutesDatapath(t *testing.T) {
-	l := startLab(t, 3, 1, lab.DatapathRoutes)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	l, ctx := startLabFor(t, time.Minute, 3, 1, lab.DatapathRoutes)
 	st := l.State()
 	pingAll(t, ctx, st)
 	// The same check sees the programs on an ebpf node (so its silence
 	// here means something): see TestAllPairsOverFastPath.
 	for _, n := range st.Nodes {
-		progs, err := attachedTC(st, n.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(progs) > 0 {
+		if progs := mustAttachedTC(t, st, n.Name); len(progs) > 0 {
 			t.Errorf("%s has TC programs attached with --datapath routes: %+v", n.Name, progs)
 		}
 	}
