@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
@@ -40,7 +38,7 @@ func dualStack(t *testing.T, a, b *node) {
 		pod("addr", "add", fmt.Sprintf("%s/%d", n.podIP6(), n.subnet6.Bits()), "dev", "eth0", "nodad")
 		pod("route", "add", "default", "via", n.gateway6().String())
 	}
-	addRoutes6(t, *a, *b)
+	addRoutes(t, ipv6, *a, *b)
 	for _, name := range []string{a.ns, a.pod, b.ns, b.pod} {
 		settle(t, name)
 	}
@@ -65,19 +63,6 @@ func settle(t *testing.T, ns string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-func addRoutes6(t *testing.T, a, b node) {
-	run(t, "ip", "-n", a.ns, "-6", "route", "replace", b.subnet6.String(), "via", b.underlay6.String(), "dev", "eth0")
-	run(t, "ip", "-n", b.ns, "-6", "route", "replace", a.subnet6.String(), "via", a.underlay6.String(), "dev", "eth0")
-}
-
-func delRoutes6(t *testing.T, a, b node) {
-	run(t, "ip", "-n", a.ns, "-6", "route", "del", b.subnet6.String())
-	run(t, "ip", "-n", b.ns, "-6", "route", "del", a.subnet6.String())
-}
-
-// ping6 pings to's pod from from's pod over IPv6.
-func ping6(from, to node, count int) error { return pingFrom(from, to.podIP6(), count) }
 
 // tcpEcho6 sends size bytes over a TCP connection from's pod opens to an
 // echo server in to's pod, and checks that the same bytes come back. The
@@ -133,18 +118,13 @@ func TestIPv6FastPathCarriesPingAndTCP(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			a, b := seed(t)
 			dualStack(t, &a, &b)
-			if err := ping6(a, b, 2); err != nil {
-				t.Fatalf("kernel routes alone must connect the pods over IPv6: %v", err)
-			}
-			attach(t, a, b, mode)
-			attach(t, b, a, mode)
+			takeOver(t, ipv6, a, b, mode)
 			// b knows its pod: packets for it go straight in with
 			// bpf_redirect_peer; a's pod gets them through a's bridge.
 			knowPod6(t, b)
-			delRoutes6(t, a, b)
 
 			const count = 5
-			if err := ping6(a, b, count); err != nil {
+			if err := ipv6.ping(a, b, count); err != nil {
 				t.Fatalf("IPv6 with programs attached and no kernel routes: %v", err)
 			}
 			if err := tcpEcho6(t, a, b, 1<<20); err != nil {
@@ -162,19 +142,11 @@ func TestIPv6FastPathCarriesPingAndTCP(t *testing.T) {
 				}
 			}
 			// IPv4 still works beside it, on its own counters.
-			if err := ping(a, b, 2); err != nil {
+			if err := ipv4.ping(a, b, 2); err != nil {
 				t.Errorf("IPv4 beside IPv6: %v", err)
 			}
 
-			detach(t, a)
-			detach(t, b)
-			if err := ping6(a, b, 2); err == nil {
-				t.Fatal("IPv6 ping succeeded with neither programs nor kernel routes")
-			}
-			addRoutes6(t, a, b)
-			if err := ping6(a, b, 2); err != nil {
-				t.Fatalf("IPv6 kernel routes after detach: %v", err)
-			}
+			fallBack(t, ipv6, a, b)
 		})
 	}
 }
@@ -184,31 +156,13 @@ func TestIPv6FastPathCarriesPingAndTCP(t *testing.T) {
 func knowPod6(t *testing.T, n node) {
 	t.Helper()
 	var podMAC net.HardwareAddr
-	testutil.DoIn(t, n.pod, func() {
-		l, err := netlink.LinkByName("eth0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		podMAC = l.Attrs().HardwareAddr
-	})
+	testutil.DoIn(t, n.pod, func() { podMAC = link(t, "eth0").Attrs().HardwareAddr })
 	testutil.DoIn(t, n.ns, func() {
-		veth, err := netlink.LinkByName("veth0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		br, err := netlink.LinkByName("cni0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		maps, err := datapath.OpenPinned(n.pinRoot)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer maps.Close()
-		if err := maps.Endpoints().Put(datapath.Endpoint{IP: n.podIP6(), Ifindex: uint32(veth.Attrs().Index),
-			PodMAC: podMAC, GatewayMAC: br.Attrs().HardwareAddr}); err != nil {
-			t.Fatal(err)
-		}
+		veth, br := link(t, "veth0"), link(t, "cni0")
+		withMaps(t, n, func(maps *datapath.Maps) error {
+			return maps.Endpoints().Put(datapath.Endpoint{IP: n.podIP6(), Ifindex: uint32(veth.Attrs().Index),
+				PodMAC: podMAC, GatewayMAC: br.Attrs().HardwareAddr})
+		})
 	})
 }
 
@@ -217,26 +171,12 @@ func knowPod6(t *testing.T, n node) {
 func TestTraceroute6ShowsThreeHops(t *testing.T) {
 	a, b := seed(t)
 	dualStack(t, &a, &b)
-	attach(t, a, b, datapath.ModeAuto)
-	attach(t, b, a, datapath.ModeAuto)
-	before, _ := redirected(t, a, "ipv6")
+	attachBoth(t, a, b, datapath.ModeAuto)
 	expired := counted(t, a, "ipv6", datapath.FromPods, "ttl_expired")
-	out, err := exec.Command("ip", "netns", "exec", a.pod, "traceroute", "-6", "-n", "-q", "1", "-w", "1", "-m", "5",
-		b.podIP6().String()).CombinedOutput()
-	if err != nil {
-		t.Fatalf("traceroute -6: %v\n%s", err, out)
-	}
-	want := []string{a.gateway6().String(), b.underlay6.String(), b.podIP6().String()}
-	if got := testutil.TracerouteHops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Fatalf("hops %v, want %v\n%s", got, want, out)
-	}
-	// Hop 1 expired at a's from_pods (the kernel answered); hops 2 and 3
-	// crossed a's fast path.
+	expectThreeHops(t, ipv6, a, b)
+	// Hop 1 expired at a's from_pods (the kernel answered it).
 	if d := counted(t, a, "ipv6", datapath.FromPods, "ttl_expired") - expired; d < 1 {
 		t.Errorf("a's from_pods counted %d IPv6 probes as ttl_expired, want >= 1", d)
-	}
-	if after, _ := redirected(t, a, "ipv6"); after-before < 2 {
-		t.Errorf("from_pods on a redirected %d traceroute6 probes, want >= 2", after-before)
 	}
 }
 
@@ -249,8 +189,7 @@ func TestOverMTUIPv6GetsPacketTooBig(t *testing.T) {
 	for _, n := range []node{a, b} {
 		run(t, "ip", "-n", n.ns, "link", "set", "eth0", "mtu", "1400")
 	}
-	attach(t, a, b, datapath.ModeAuto)
-	attach(t, b, a, datapath.ModeAuto)
+	attachBoth(t, a, b, datapath.ModeAuto)
 	tooBig := counted(t, a, "ipv6", datapath.FromPods, "too_big")
 	// 40 + 8 + 1402 = 1450 bytes: over eth0's 1400, within the pod's 1500.
 	out, _ := exec.Command("ip", "netns", "exec", a.pod, "ping", "-6", "-n", "-c", "1", "-W", "2", "-M", "do",
@@ -265,7 +204,7 @@ func TestOverMTUIPv6GetsPacketTooBig(t *testing.T) {
 	// (the kernel's, from_pods leaves fragments to it), and small ones are
 	// fast.
 	before, _ := redirected(t, a, "ipv6")
-	if err := ping6(a, b, 3); err != nil {
+	if err := ipv6.ping(a, b, 3); err != nil {
 		t.Fatal(err)
 	}
 	if after, _ := redirected(t, a, "ipv6"); after-before < 3 {

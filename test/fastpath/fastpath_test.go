@@ -34,6 +34,23 @@ func (n node) podIP() netip.Addr    { return n.gateway().Next() }
 func (n node) gateway6() netip.Addr { return n.subnet6.Addr().Next() }
 func (n node) podIP6() netip.Addr   { return n.gateway6().Next() }
 
+// family is one IP family of the topology: a node's addresses and subnet
+// of it, and the flag that picks it for ip and traceroute.
+type family struct {
+	name           string // as the counters name it: "ipv4", "ipv6"
+	flag           string // "-4", "-6"
+	subnet         func(node) netip.Prefix
+	underlay       func(node) netip.Addr
+	gateway, podIP func(node) netip.Addr
+}
+
+var (
+	ipv4 = family{name: "ipv4", flag: "-4", subnet: func(n node) netip.Prefix { return n.subnet },
+		underlay: func(n node) netip.Addr { return n.underlay }, gateway: node.gateway, podIP: node.podIP}
+	ipv6 = family{name: "ipv6", flag: "-6", subnet: func(n node) netip.Prefix { return n.subnet6 },
+		underlay: func(n node) netip.Addr { return n.underlay6 }, gateway: node.gateway6, podIP: node.podIP6}
+)
+
 func run(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
@@ -82,18 +99,34 @@ func seed(t *testing.T) (a, b node) {
 		pod("link", "set", "eth0", "up")
 		pod("route", "add", "default", "via", n.gateway().String())
 	}
-	addRoutes(t, a, b)
+	addRoutes(t, ipv4, a, b)
 	return a, b
 }
 
-func addRoutes(t *testing.T, a, b node) {
-	run(t, "ip", "-n", a.ns, "route", "replace", b.subnet.String(), "via", b.underlay.String(), "dev", "eth0")
-	run(t, "ip", "-n", b.ns, "route", "replace", a.subnet.String(), "via", a.underlay.String(), "dev", "eth0")
+// addRoutes adds the kernel routes of family f between a and b, as flannel
+// host-gw would: each node's route to the other's pod subnet via its
+// underlay address.
+func addRoutes(t *testing.T, f family, a, b node) {
+	for _, n := range [][2]node{{a, b}, {b, a}} {
+		self, peer := n[0], n[1]
+		run(t, "ip", "-n", self.ns, f.flag, "route", "replace", f.subnet(peer).String(), "via", f.underlay(peer).String(), "dev", "eth0")
+	}
 }
 
-func delRoutes(t *testing.T, a, b node) {
-	run(t, "ip", "-n", a.ns, "route", "del", b.subnet.String())
-	run(t, "ip", "-n", b.ns, "route", "del", a.subnet.String())
+// delRoutes deletes what addRoutes added.
+func delRoutes(t *testing.T, f family, a, b node) {
+	for _, n := range [][2]node{{a, b}, {b, a}} {
+		self, peer := n[0], n[1]
+		run(t, "ip", "-n", self.ns, f.flag, "route", "del", f.subnet(peer).String())
+	}
+}
+
+// attachBoth attaches the programs of a and b, each with the other as its
+// peer.
+func attachBoth(t *testing.T, a, b node, mode datapath.Mode) {
+	t.Helper()
+	attach(t, a, b, mode)
+	attach(t, b, a, mode)
 }
 
 // attach loads the datapath of n with peer as its one route (of each
@@ -107,14 +140,7 @@ func attach(t *testing.T, n, peer node, mode datapath.Mode) {
 			t.Fatal(err)
 		}
 		defer dp.Close()
-		eth0, err := netlink.LinkByName("eth0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cni0, err := netlink.LinkByName("cni0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		eth0, cni0 := link(t, "eth0"), link(t, "cni0")
 		cfg := datapath.NodeConfig{PodSubnet: n.subnet, Gateway: n.gateway(),
 			BridgeIfindex: uint32(cni0.Attrs().Index), UnderlayIfindex: uint32(eth0.Attrs().Index),
 			Conntrack: true}
@@ -142,6 +168,16 @@ func attach(t *testing.T, n, peer node, mode datapath.Mode) {
 	})
 }
 
+// link is the device name in the namespace the caller is in.
+func link(t *testing.T, name string) netlink.Link {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 func detach(t *testing.T, n node) {
 	t.Helper()
 	testutil.DoIn(t, n.ns, func() {
@@ -161,15 +197,11 @@ func redirected(t *testing.T, n node, family string) (fromPods, fromUnderlay uin
 // counted returns n's packet counter for family, program and reason.
 func counted(t *testing.T, n node, family string, p datapath.Program, reason string) uint64 {
 	t.Helper()
-	maps, err := datapath.OpenPinned(n.pinRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer maps.Close()
-	stats, err := maps.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
+	var stats []datapath.Counter
+	withMaps(t, n, func(maps *datapath.Maps) (err error) {
+		stats, err = maps.Stats()
+		return err
+	})
 	for _, c := range stats {
 		if c.Family == family && c.Program == string(p) && c.Reason == reason {
 			return c.Packets
@@ -179,12 +211,23 @@ func counted(t *testing.T, n node, family string, p datapath.Program, reason str
 	return 0
 }
 
-// ping sends count echo requests from a's pod to b's pod, bounded in time,
-// and reports whether all were answered.
-func ping(from, to node, count int) error { return pingFrom(from, to.podIP(), count) }
+// withMaps runs fn on n's pinned maps, failing t on an error.
+func withMaps(t *testing.T, n node, fn func(*datapath.Maps) error) {
+	t.Helper()
+	maps, err := datapath.OpenPinned(n.pinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	if err := fn(maps); err != nil {
+		t.Fatal(err)
+	}
+}
 
-// pingFrom pings dst, of either family, from from's pod.
-func pingFrom(from node, dst netip.Addr, count int) error {
+// ping sends count echo requests of family f from a's pod to b's pod,
+// bounded in time, and reports whether all were answered.
+func (f family) ping(from, to node, count int) error {
+	dst := f.podIP(to)
 	out, err := exec.Command("ip", "netns", "exec", from.pod, "ping", "-n", "-q",
 		"-c", fmt.Sprint(count), "-i", "0.2", "-W", "1", "-w", fmt.Sprint(count+2), dst.String()).CombinedOutput()
 	if err != nil {
@@ -193,19 +236,62 @@ func pingFrom(from node, dst netip.Addr, count int) error {
 	return nil
 }
 
+// takeOver checks that the kernel routes alone connect the pods of a and b
+// over family f, attaches both nodes' programs in mode and deletes f's
+// kernel routes: from then on only the programs can carry f's traffic.
+func takeOver(t *testing.T, f family, a, b node, mode datapath.Mode) {
+	t.Helper()
+	if err := f.ping(a, b, 2); err != nil {
+		t.Fatalf("kernel routes alone must connect the pods over %s: %v", f.name, err)
+	}
+	attachBoth(t, a, b, mode)
+	delRoutes(t, f, a, b)
+}
+
+// fallBack detaches both nodes' programs and checks that, with no kernel
+// routes either, nothing carries f's traffic any more, which proves the
+// programs did; then that f's kernel routes alone do, as flannel host-gw.
+func fallBack(t *testing.T, f family, a, b node) {
+	t.Helper()
+	detach(t, a)
+	detach(t, b)
+	if err := f.ping(a, b, 2); err == nil {
+		t.Fatalf("%s ping succeeded with neither programs nor kernel routes", f.name)
+	}
+	addRoutes(t, f, a, b)
+	if err := f.ping(a, b, 2); err != nil {
+		t.Fatalf("%s kernel routes after detach: %v", f.name, err)
+	}
+}
+
+// expectThreeHops runs traceroute over family f from a's pod to b's: it
+// must see a's gateway, b and b's pod, and hops 2 and 3 must cross a's
+// fast path (hop 1 expires at a's gateway).
+func expectThreeHops(t *testing.T, f family, a, b node) {
+	t.Helper()
+	before, _ := redirected(t, a, f.name)
+	out, err := exec.Command("ip", "netns", "exec", a.pod, "traceroute", f.flag, "-n", "-q", "1", "-w", "1", "-m", "5",
+		f.podIP(b).String()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("traceroute %s: %v\n%s", f.flag, err, out)
+	}
+	want := []string{f.gateway(a).String(), f.underlay(b).String(), f.podIP(b).String()}
+	if got := testutil.TracerouteHops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("hops %v, want %v\n%s", got, want, out)
+	}
+	if after, _ := redirected(t, a, f.name); after-before < 2 {
+		t.Errorf("from_pods on a redirected %d %s traceroute probes, want >= 2", after-before, f.name)
+	}
+}
+
 func TestFastPathCarriesTrafficWithoutKernelRoutes(t *testing.T) {
 	for _, mode := range []datapath.Mode{datapath.ModeTCX, datapath.ModeTC} {
 		t.Run(string(mode), func(t *testing.T) {
 			a, b := seed(t)
-			if err := ping(a, b, 2); err != nil {
-				t.Fatalf("kernel routes alone must connect the pods: %v", err)
-			}
-			attach(t, a, b, mode)
-			attach(t, b, a, mode)
-			delRoutes(t, a, b)
+			takeOver(t, ipv4, a, b, mode)
 
 			const count = 5
-			if err := ping(a, b, count); err != nil {
+			if err := ipv4.ping(a, b, count); err != nil {
 				t.Fatalf("with programs attached and no kernel routes: %v", err)
 			}
 			aPods, aUnder := redirected(t, a, "ipv4")
@@ -217,40 +303,13 @@ func TestFastPathCarriesTrafficWithoutKernelRoutes(t *testing.T) {
 					t.Errorf("%s redirected %d packets, want >= %d", name, got, count)
 				}
 			}
-
-			// Detached and no routes: nothing carries the traffic any more,
-			// which proves the programs did.
-			detach(t, a)
-			detach(t, b)
-			if err := ping(a, b, 2); err == nil {
-				t.Fatal("ping succeeded with neither programs nor kernel routes")
-			}
-
-			// The fallback: kernel routes alone, as flannel host-gw.
-			addRoutes(t, a, b)
-			if err := ping(a, b, 2); err != nil {
-				t.Fatalf("kernel routes after detach: %v", err)
-			}
+			fallBack(t, ipv4, a, b)
 		})
 	}
 }
 
 func TestTracerouteShowsThreeHops(t *testing.T) {
 	a, b := seed(t)
-	attach(t, a, b, datapath.ModeAuto)
-	attach(t, b, a, datapath.ModeAuto)
-	before, _ := redirected(t, a, "ipv4")
-	out, err := exec.Command("ip", "netns", "exec", a.pod, "traceroute", "-n", "-q", "1", "-w", "1", "-m", "5",
-		b.podIP().String()).CombinedOutput()
-	if err != nil {
-		t.Fatalf("traceroute: %v\n%s", err, out)
-	}
-	want := []string{a.gateway().String(), b.underlay.String(), b.podIP().String()}
-	if got := testutil.TracerouteHops(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Fatalf("hops %v, want %v\n%s", got, want, out)
-	}
-	// Hops 2 and 3 crossed a's fast path (hop 1 expired at its gateway).
-	if after, _ := redirected(t, a, "ipv4"); after-before < 2 {
-		t.Errorf("from_pods on a redirected %d traceroute probes, want >= 2", after-before)
-	}
+	attachBoth(t, a, b, datapath.ModeAuto)
+	expectThreeHops(t, ipv4, a, b)
 }
