@@ -31,8 +31,7 @@ func TestBandwidthLimitsHold(t *testing.T) {
 				name = mode + "/plain-bridge"
 			}
 			t.Run(name, func(t *testing.T) {
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				defer cancel()
+				ctx := testContext(t, 2*time.Minute)
 				l := startLabConfig(t, lab.Config{Nodes: 2, Datapath: lab.DatapathEBPF, Bandwidth: true,
 					PlainBridgeCNI: plain, AttachMode: mode})
 				client, server := l.State().Nodes[0], l.State().Nodes[1]

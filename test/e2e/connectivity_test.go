@@ -16,8 +16,7 @@ import (
 func TestAllPairsOverFastPath(t *testing.T) {
 	const nodes, pods = 3, 2
 	l := startLabConfig(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: lab.DatapathEBPF, DualStack: true})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	expectAllPairsOverFastPath(t, ctx, l.State(), nodes, pods)
 }
 

@@ -40,8 +40,7 @@ func gateway6(n lab.Node) string {
 // node (IPv6 routers never fragment), and packets that fit stay fast.
 func TestIPv6HopLimitAndMTU(t *testing.T) {
 	l := dualStackLab(t, 2, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	st := l.State()
 	a, b := st.Pods[0], st.Pods[1]
 	na, nb := mustNode(t, st, a.Node), mustNode(t, st, b.Node)
@@ -88,8 +87,7 @@ func TestIPv6HopLimitAndMTU(t *testing.T) {
 // routes go within 1 s.
 func TestDualStackFlanneldLeaseRoutedInBothFamilies(t *testing.T) {
 	l := dualStackLab(t, 2, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	prefix := l.State().EtcdKeys + "/subnets/"
 	subnet := netip.MustParsePrefix("10.244.200.0/24")
 
@@ -155,8 +153,7 @@ func TestDualStackFlanneldLeaseRoutedInBothFamilies(t *testing.T) {
 // families, and say once why the lease has no IPv6 route.
 func TestIPv4OnlyFlanneldLeaseBesideDualStack(t *testing.T) {
 	l := dualStackLab(t, 2, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	subnet := netip.MustParsePrefix("10.244.201.0/24")
 	fl, err := l.AddFlannelNodeIPv4(ctx, subnet)
 	if err != nil {
@@ -229,8 +226,7 @@ func TestDualStackWithRealFlanneld(t *testing.T) {
 	flanneld, cniDir := flannelTools(t)
 	l := startLabConfig(t, lab.Config{Nodes: 3, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: true, IPMasq: true,
 		Flanneld: flanneld, FlanneldNodes: []int{1}, FlannelCNI: cniDir})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	st := l.State()
 	fl := st.Nodes[0]
 	if fl.Agent != lab.AgentFlanneld || fl.Subnet6 == "" {

@@ -94,8 +94,7 @@ func TestMixedClusterWithRealFlanneld(t *testing.T) {
 	cfg := lab.Config{Nodes: 3, PodsPerNode: 1, Datapath: lab.DatapathEBPF, KubeProxy: true, IPMasq: mixedIPMasq,
 		Flanneld: flanneld, FlanneldNodes: []int{1}, FlannelCNI: cniDir}
 	l := startLabConfig(t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 4*time.Minute)
 	st := l.State()
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	p1, p2, p3 := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0], st.PodsOf(st.Nodes[2].Name)[0]

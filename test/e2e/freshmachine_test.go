@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,8 +52,7 @@ func TestLabOnAFreshMachine(t *testing.T) {
 			t.Fatalf("%s (util-linux) is needed: %v", tool, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 3*time.Minute)
 	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "bash", "-c", freshMachine)
 	cmd.Env = append(os.Environ(), "BIN="+binDir, "CNI="+testutil.CNIPath(),
 		"PREFIX=hgwtf"+testutil.RandHex(t, 3), "STATE="+filepath.Join(t.TempDir(), "state"))

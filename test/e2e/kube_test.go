@@ -66,8 +66,7 @@ func flannelAnnotations(n *corev1.Node) map[string]string {
 func TestKubeAllPairsOverFastPath(t *testing.T) {
 	const nodes, pods = 3, 2
 	l, kn := startKubeLab(t, lab.Config{Nodes: nodes, PodsPerNode: pods, Datapath: lab.DatapathEBPF, DualStack: true})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	for _, n := range l.State().Nodes {
 		node, err := kn.Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
@@ -142,8 +141,7 @@ func firstEvent(t *testing.T, events <-chan nodeEvent, node string, match func(n
 // within 1 s every other node has dropped both.
 func TestKubeNodeJoinAndLeave(t *testing.T) {
 	l, kn := startKubeLab(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 
 	events := nodeEvents(t, ctx, kn)
 	joined, err := l.AddNode(ctx)
@@ -194,8 +192,7 @@ func TestKubeNodeJoinAndLeave(t *testing.T) {
 // joins, and its pod answers.
 func TestKubeNodeWaitsForPodCIDR(t *testing.T) {
 	l, kn := startKubeLab(t, lab.Config{Nodes: 1, PodsPerNode: 1, Datapath: lab.DatapathEBPF})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	st := l.State()
 	k := st.NextIndex
 	name := lab.NodeName(st.Prefix, k)
@@ -273,8 +270,7 @@ func TestKubeNodeWaitsForPodCIDR(t *testing.T) {
 // again and a node added then is routed.
 func TestKubeKill9AndAPIServerOutageLoseNothing(t *testing.T) {
 	l, _ := startKubeLab(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 3*time.Minute)
 	st := l.State()
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	a, b := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
@@ -359,8 +355,7 @@ func TestMixedKubeClusterWithRealFlanneld(t *testing.T) {
 	flanneld, cniDir := flannelTools(t)
 	l, kn := startKubeLab(t, lab.Config{Nodes: 3, PodsPerNode: 1, Datapath: lab.DatapathEBPF, IPMasq: true, DualStack: true,
 		Flanneld: flanneld, FlanneldNodes: []int{1}, FlannelCNI: cniDir})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 4*time.Minute)
 	st := l.State()
 	n1, n2, n3 := st.Nodes[0], st.Nodes[1], st.Nodes[2]
 	p1, p2, p3 := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0], st.PodsOf(n3.Name)[0]
@@ -446,8 +441,7 @@ func TestMixedKubeClusterWithRealFlanneld(t *testing.T) {
 // entry.
 func TestKubeCleanupReleasesTheNodesLease(t *testing.T) {
 	l, kn := startKubeLab(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	st := l.State()
 	n := st.Nodes[0]
 	subnet := netip.MustParsePrefix(n.Subnet)

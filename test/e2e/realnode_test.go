@@ -170,8 +170,7 @@ func mustService(t *testing.T, st lab.State, name string) lab.ServicePort {
 func TestForwardPolicyDrop(t *testing.T) {
 	cfg := lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathRoutes, KubeProxy: true, IPMasq: true, ForwardDrop: true}
 	l := startLabConfig(t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	st := l.State()
 	n1, n2 := st.Nodes[0], st.Nodes[1]
 	p1, p2 := st.PodsOf(n1.Name)[0], st.PodsOf(n2.Name)[0]
@@ -302,8 +301,7 @@ func waitFlannelRules(ctx context.Context, st lab.State, node string, ipMasq boo
 // removes them all.
 func TestFlanneldRulesTakenOver(t *testing.T) {
 	l := startLabConfig(t, realNodeConfig(2, 1))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testContext(t, 2*time.Minute)
 	st := l.State()
 	n1 := st.Nodes[0]
 	p1 := st.PodsOf(n1.Name)[0]

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -49,8 +48,7 @@ func startPinger(t *testing.T, st lab.State, from string, to string, count int, 
 // attached (it takes over the pinned links).
 func TestAgentKill9LosesNothing(t *testing.T) {
 	l := startLabConfig(t, lab.Config{Nodes: 2, PodsPerNode: 1, Datapath: lab.DatapathEBPF, DualStack: true})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testContext(t, time.Minute)
 	st := l.State()
 	a, b := st.Pods[0], st.Pods[1]
 	node, _ := st.Node(a.Node)
