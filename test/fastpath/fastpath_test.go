@@ -224,7 +224,7 @@ func withMaps(t *testing.T, n node, fn func(*datapath.Maps) error) {
 	}
 }
 
-// ping sends count echo requests of family f from a's pod to b's pod,
+// ping sends count echo requests of family f from from's pod to to's pod,
 // bounded in time, and reports whether all were answered.
 func (f family) ping(from, to node, count int) error {
 	dst := f.podIP(to)
