@@ -18,9 +18,9 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
-// binDir holds hgw-ebpf and hgw-cni: $HGW_BIN (set by `make test` after
-// `make build`), or fresh builds of ./cmd/hgw-ebpf and ./cmd/hgw-cni made by
-// TestMain.
+// binDir holds hgw-ebpf, hgw-cni and hgw-lab: $HGW_BIN (set by `make test`
+// after `make build`), or fresh builds made by TestMain beside a link to
+// bin/kube.
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -46,6 +46,12 @@ func runTests(m *testing.M) int {
 				fmt.Fprintf(os.Stderr, "build %s for the end-to-end tests: %v\n%s", cmd, err, out)
 				return 1
 			}
+		}
+		// kube-apiserver and kubectl are not built here: `make deps` puts
+		// them in bin/kube, where the kube labs look for them beside us.
+		if err := os.Symlink(lab.KubeBinDir(testutil.BinDir()), lab.KubeBinDir(dir)); err != nil {
+			fmt.Fprintf(os.Stderr, "link the kube binaries for the end-to-end tests: %v\n", err)
+			return 1
 		}
 		binDir = dir
 	}
