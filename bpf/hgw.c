@@ -790,7 +790,7 @@ static __always_inline int icmp_msg(struct __sk_buff *skb, const struct flow *f)
 
 	if (f->proto != icmp_proto(f->family))
 		return ICMP_NOT;
-	if (bpf_skb_load_bytes(skb, f->l4_off & 0xff, &type, 1))
+	if (read_l4(skb, f->l4_off, &type, sizeof(type)))
 		return -1;
 	return icmp_kind(f->family, type);
 }
