@@ -906,11 +906,10 @@ static __always_inline void reverse_flow(struct flow *f)
  * from seeing half a TCP conversation, which kube-proxy drops as INVALID.
  * Flows conntrack does not know are fast from their first packet, and stay
  * unknown to it because the fast path skips netfilter; so do their ICMP
- * errors. */
-static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct flow *f, int at_bridge,
-				      int from_underlay)
+ * errors. kind is f's icmp_msg(), which the caller may have needed first. */
+static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_config *cfg, struct flow *f, int kind,
+				      int at_bridge, int from_underlay)
 {
-	int kind = icmp_msg(skb, f);
 	__u8 l4[TCP_FLAGS_OFF + 1];
 	__u32 reason;
 
@@ -948,13 +947,6 @@ static __always_inline __u32 ct_check(struct __sk_buff *skb, const struct node_c
 	 * ports. */
 	reverse_flow(f);
 	return ct_lookup(skb, f) == FORWARD ? FORWARD : REASON_CT_CLASH;
-}
-
-/* An ICMP error may come in from a peer node or a router on the way: its
- * source is no pod, and the flow it quotes decides (ct_check). */
-static __always_inline int icmp_error(struct __sk_buff *skb, const struct flow *f)
-{
-	return icmp_msg(skb, f) == ICMP_ERROR_MSG;
 }
 
 /* At a pod's veth the source must be that pod's own address (its endpoint
@@ -1053,7 +1045,7 @@ static __always_inline int pods4(struct __sk_buff *skb, const struct node_config
 		return pass(skb, at, REASON_DST_NOT_POD);
 
 	flow4(&f, ip);
-	reason = ct_check(skb, cfg, &f, !at_veth, 0);
+	reason = ct_check(skb, cfg, &f, icmp_msg(skb, &f), !at_veth, 0);
 	if (reason != FORWARD)
 		return pass(skb, at, reason);
 	reason = route_checks(skb, ip, rt->ifindex);
@@ -1097,7 +1089,7 @@ static __always_inline int pods6(struct __sk_buff *skb, const struct node_config
 		return pass(skb, at, REASON_DST_NOT_POD);
 
 	flow6(&f, ip6);
-	reason = ct_check(skb, cfg, &f, !at_veth, 0);
+	reason = ct_check(skb, cfg, &f, icmp_msg(skb, &f), !at_veth, 0);
 	if (reason != FORWARD)
 		return pass(skb, at, reason);
 	reason = route_checks6(skb, ip6, rt->ifindex);
@@ -1134,6 +1126,7 @@ static __always_inline int underlay4(struct __sk_buff *skb, const struct node_co
 	struct iphdr *ip = NULL;
 	struct flow f = {};
 	__u32 reason;
+	int kind;
 
 	reason = parse_ipv4(skb, &ip, 0);
 	if (reason != FORWARD || !ip)
@@ -1154,10 +1147,11 @@ static __always_inline int underlay4(struct __sk_buff *skb, const struct node_co
 	if (in_pod_subnet(cfg, ip->saddr))
 		return pass(skb, at, REASON_SRC_NOT_POD);
 	flow4(&f, ip);
-	if (!peer_pod(ip->saddr) && !icmp_error(skb, &f))
+	kind = icmp_msg(skb, &f);
+	if (!peer_pod(ip->saddr) && kind != ICMP_ERROR_MSG)
 		return pass(skb, at, REASON_SRC_NOT_POD);
 
-	reason = ct_check(skb, cfg, &f, 0, 1);
+	reason = ct_check(skb, cfg, &f, kind, 0, 1);
 	if (reason != FORWARD)
 		return pass(skb, at, reason);
 	/* Looked up before route_checks rewrites the header. */
@@ -1182,6 +1176,7 @@ static __always_inline int underlay6(struct __sk_buff *skb, const struct node_co
 	struct ipv6hdr *ip6 = NULL;
 	struct flow f = {};
 	__u32 reason;
+	int kind;
 
 	if (!ipv6_configured(cfg))
 		return pass(skb, at, REASON_NO_IPV6_CONFIG);
@@ -1202,10 +1197,11 @@ static __always_inline int underlay6(struct __sk_buff *skb, const struct node_co
 	if (in_pod_subnet6(cfg, saddr))
 		return pass(skb, at, REASON_SRC_NOT_POD);
 	flow6(&f, ip6);
-	if (!peer_pod6(saddr) && !icmp_error(skb, &f))
+	kind = icmp_msg(skb, &f);
+	if (!peer_pod6(saddr) && kind != ICMP_ERROR_MSG)
 		return pass(skb, at, REASON_SRC_NOT_POD);
 
-	reason = ct_check(skb, cfg, &f, 0, 1);
+	reason = ct_check(skb, cfg, &f, kind, 0, 1);
 	if (reason != FORWARD)
 		return pass(skb, at, reason);
 	__builtin_memcpy(ep_key.addr, daddr, sizeof(ep_key.addr));
