@@ -424,22 +424,6 @@ static __always_inline int martian(__be32 addr)
 	return first == 0 || first == 127 || first >= 224;
 }
 
-/* IPv6 sources no router forwards (RFC 4291; what ip6_rcv_core and
- * ip6_forward drop): ::, ::1, multicast, link-local (beyond its scope
- * once routed) and IPv4-mapped addresses. */
-static __always_inline int martian6(const __be32 *a)
-{
-	__u32 w0 = bpf_ntohl(a[0]);
-
-	if ((w0 >> 24) == 0xff || (w0 & 0xffc00000) == 0xfe800000)
-		return 1;
-	if (a[0] || a[1])
-		return 0;
-	if (a[2] == 0)
-		return a[3] == 0 || a[3] == bpf_htonl(1);
-	return a[2] == bpf_htonl(0xffff);
-}
-
 /* Link-local or multicast: an IPv6 destination on this link only (neighbour
  * and router discovery, MLD, a pod talking to its gateway's fe80:: address).
  * Never routed: the node itself answers. */
@@ -448,6 +432,20 @@ static __always_inline int link_scope6(const __be32 *a)
 	__u32 w0 = bpf_ntohl(a[0]);
 
 	return (w0 >> 24) == 0xff || (w0 & 0xffc00000) == 0xfe800000;
+}
+
+/* IPv6 sources no router forwards (RFC 4291; what ip6_rcv_core and
+ * ip6_forward drop): ::, ::1, multicast, link-local (beyond its scope
+ * once routed) and IPv4-mapped addresses. */
+static __always_inline int martian6(const __be32 *a)
+{
+	if (link_scope6(a))
+		return 1;
+	if (a[0] || a[1])
+		return 0;
+	if (a[2] == 0)
+		return a[3] == 0 || a[3] == bpf_htonl(1);
+	return a[2] == bpf_htonl(0xffff);
 }
 
 /* The addresses of a subnet that belong to its node, not to a pod: the
