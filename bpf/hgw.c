@@ -303,11 +303,12 @@ static __always_inline __u32 gate(struct __sk_buff *skb, const struct node_confi
 }
 
 /* The frame checks both families share: an Ethernet header, the expected
- * EtherType, no VLAN tag, addressed to this host. At a pod's veth, the
+ * EtherType, no VLAN tag, addressed to this host, and the fixed IP header
+ * of hdr_len bytes behind it, to which *l3 is set. At a pod's veth, the
  * frames a pod sends to its gateway carry the bridge's MAC, not the veth's,
  * so the kernel marks them PACKET_OTHERHOST: from_pods checks their MAC
  * once it knows the pod. */
-static __always_inline __u32 parse_frame(struct __sk_buff *skb, __u16 ethertype, int at_veth)
+static __always_inline __u32 parse_frame(struct __sk_buff *skb, __u16 ethertype, __u32 hdr_len, int at_veth, void **l3)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -325,6 +326,9 @@ static __always_inline __u32 parse_frame(struct __sk_buff *skb, __u16 ethertype,
 	/* Broadcast, multicast and frames for another MAC are not ours to route. */
 	if (skb->pkt_type != PACKET_HOST && !(at_veth && skb->pkt_type == PACKET_OTHERHOST))
 		return REASON_NOT_FOR_HOST;
+	if (data + sizeof(*eth) + hdr_len > data_end)
+		return REASON_MALFORMED;
+	*l3 = data + sizeof(*eth);
 	return FORWARD;
 }
 
@@ -333,15 +337,12 @@ static __always_inline __u32 parse_frame(struct __sk_buff *skb, __u16 ethertype,
  * sets *ipp, or the reason to leave the packet to the kernel. */
 static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp, int at_veth)
 {
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *ip = (void *)(long)skb->data + sizeof(struct ethhdr);
+	struct iphdr *ip = NULL;
 	__u32 tot_len, reason;
 
-	reason = parse_frame(skb, ETH_P_IP, at_veth);
-	if (reason != FORWARD)
+	reason = parse_frame(skb, ETH_P_IP, sizeof(*ip), at_veth, (void **)&ip);
+	if (reason != FORWARD || !ip)
 		return reason;
-	if ((void *)(ip + 1) > data_end)
-		return REASON_MALFORMED;
 	if (ip->version != 4 || ip->ihl < 5)
 		return REASON_MALFORMED;
 	/* Options (record route, source route, ...) need the kernel's router. */
@@ -370,15 +371,12 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
  * do fragments, which it reassembles for conntrack. */
 static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, struct ipv6hdr **ipp, int at_veth)
 {
-	void *data_end = (void *)(long)skb->data_end;
-	struct ipv6hdr *ip6 = (void *)(long)skb->data + sizeof(struct ethhdr);
+	struct ipv6hdr *ip6 = NULL;
 	__u32 plen, reason;
 
-	reason = parse_frame(skb, ETH_P_IPV6, at_veth);
-	if (reason != FORWARD)
+	reason = parse_frame(skb, ETH_P_IPV6, sizeof(*ip6), at_veth, (void **)&ip6);
+	if (reason != FORWARD || !ip6)
 		return reason;
-	if ((void *)(ip6 + 1) > data_end)
-		return REASON_MALFORMED;
 	if (ip6->version != 6)
 		return REASON_MALFORMED;
 	/* A payload that claims more bytes than the frame holds is corrupt. */
@@ -1017,9 +1015,87 @@ static __always_inline int replies_unreadable(const struct node_config *cfg, con
 	return !ep && !(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && !kern_ctx_usable();
 }
 
-static __always_inline int pods4(struct __sk_buff *skb, const struct node_config *cfg, __u32 at, int at_veth)
+/* The router's duties (route_checks) for f's packet, whose IP header l3
+ * points at. family is f's, passed as read before ct_check handed f to the
+ * kernel, so that it is still known when this is compiled. */
+static __always_inline __u32 router_duties(struct __sk_buff *skb, __u32 family, void *l3, __u32 ifindex)
+{
+	if (family == FAMILY_IPV6)
+		return route_checks6(skb, l3, ifindex);
+	return route_checks(skb, l3, ifindex);
+}
+
+/* from_pods' last steps for a packet to a pod in a peer's subnet, both
+ * families: the conntrack rule, the router's duties, then out of ifindex
+ * toward the peer node at nexthop, whose MAC the kernel's neighbour table
+ * gives. */
+static __always_inline int to_peer(struct __sk_buff *skb, const struct node_config *cfg, struct flow *f, void *l3,
+				   __u32 at, int at_veth, const __u8 *nexthop, __u32 ifindex)
 {
 	struct bpf_redir_neigh nh = {};
+	__u32 family = f->family;
+	__u32 reason;
+
+	reason = ct_check(skb, cfg, f, icmp_msg(skb, f), !at_veth, 0);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+	reason = router_duties(skb, family, l3, ifindex);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+
+	if (family == FAMILY_IPV6) {
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, nexthop, sizeof(nh.ipv6_nh));
+	} else {
+		nh.nh_family = AF_INET;
+		__builtin_memcpy(&nh.ipv4_nh, nexthop, sizeof(nh.ipv4_nh));
+	}
+	count(skb, at, REASON_REDIRECT);
+	return bpf_redirect_neigh(ifindex, &nh, sizeof(nh), 0);
+}
+
+/* from_underlay's last steps for a packet to a pod of this node, both
+ * families: only a peer's pod may send on the fast path, or an ICMP error
+ * about a flow it carries (from a router on the way, say: ct_check looks at
+ * the flow it quotes); then the conntrack rule, the router's duties, and
+ * delivery. */
+static __always_inline int to_local_pod(struct __sk_buff *skb, const struct node_config *cfg, struct flow *f, void *l3,
+					__u32 at, int from_peer_pod)
+{
+	struct endpoint_key ep_key = {};
+	struct endpoint_value *ep;
+	__u32 family = f->family;
+	__u32 reason;
+	int kind;
+
+	kind = icmp_msg(skb, f);
+	if (!from_peer_pod && kind != ICMP_ERROR_MSG)
+		return pass(skb, at, REASON_SRC_NOT_POD);
+	/* The pod's key, taken before ct_check may turn f round. */
+	if (family == FAMILY_IPV6) {
+		ep_key.family = AF_INET6;
+		__builtin_memcpy(ep_key.addr, f->tuple.ipv6.daddr, sizeof(f->tuple.ipv6.daddr));
+	} else {
+		ep_key.family = AF_INET;
+		__builtin_memcpy(ep_key.addr, &f->tuple.ipv4.daddr, sizeof(f->tuple.ipv4.daddr));
+	}
+
+	reason = ct_check(skb, cfg, f, kind, 0, 1);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+	ep = bpf_map_lookup_elem(&endpoints, &ep_key);
+	if (replies_unreadable(cfg, ep))
+		return pass(skb, at, REASON_CT_UNREADABLE);
+	/* The MTU that counts is the bridge's, as on the kernel's path: the
+	 * pods' veths are made with it. */
+	reason = router_duties(skb, family, l3, cfg->bridge_ifindex);
+	if (reason != FORWARD)
+		return pass(skb, at, reason);
+	return deliver(skb, cfg, ep, at);
+}
+
+static __always_inline int pods4(struct __sk_buff *skb, const struct node_config *cfg, __u32 at, int at_veth)
+{
 	struct route_value *rt;
 	struct iphdr *ip = NULL;
 	struct flow f = {};
@@ -1043,22 +1119,11 @@ static __always_inline int pods4(struct __sk_buff *skb, const struct node_config
 		return pass(skb, at, REASON_DST_NOT_POD);
 
 	flow4(&f, ip);
-	reason = ct_check(skb, cfg, &f, icmp_msg(skb, &f), !at_veth, 0);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-	reason = route_checks(skb, ip, rt->ifindex);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-
-	nh.nh_family = AF_INET;
-	__builtin_memcpy(&nh.ipv4_nh, rt->nexthop, sizeof(nh.ipv4_nh));
-	count(skb, at, REASON_REDIRECT);
-	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
+	return to_peer(skb, cfg, &f, ip, at, at_veth, rt->nexthop, rt->ifindex);
 }
 
 static __always_inline int pods6(struct __sk_buff *skb, const struct node_config *cfg, __u32 at, int at_veth)
 {
-	struct bpf_redir_neigh nh = {};
 	struct ipv6hdr *ip6 = NULL;
 	struct route6_value *rt;
 	const __be32 *daddr;
@@ -1087,17 +1152,7 @@ static __always_inline int pods6(struct __sk_buff *skb, const struct node_config
 		return pass(skb, at, REASON_DST_NOT_POD);
 
 	flow6(&f, ip6);
-	reason = ct_check(skb, cfg, &f, icmp_msg(skb, &f), !at_veth, 0);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-	reason = route_checks6(skb, ip6, rt->ifindex);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-
-	nh.nh_family = AF_INET6;
-	__builtin_memcpy(nh.ipv6_nh, rt->nexthop, sizeof(nh.ipv6_nh));
-	count(skb, at, REASON_REDIRECT);
-	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
+	return to_peer(skb, cfg, &f, ip6, at, at_veth, rt->nexthop, rt->ifindex);
 }
 
 SEC("tc")
@@ -1119,12 +1174,9 @@ int from_pods(struct __sk_buff *skb)
 
 static __always_inline int underlay4(struct __sk_buff *skb, const struct node_config *cfg, __u32 at)
 {
-	struct endpoint_key ep_key = {.family = AF_INET};
-	struct endpoint_value *ep;
 	struct iphdr *ip = NULL;
 	struct flow f = {};
 	__u32 reason;
-	int kind;
 
 	reason = parse_ipv4(skb, &ip, 0);
 	if (reason != FORWARD || !ip)
@@ -1140,41 +1192,22 @@ static __always_inline int underlay4(struct __sk_buff *skb, const struct node_co
 	 * path only toward a pod in a peer's subnet (from_pods), so only such
 	 * a source may come in on it. Node IPs, external clients and SNATed
 	 * service traffic go through the kernel both ways, and conntrack sees
-	 * whole flows. An ICMP error (from a router on the way, say) goes with
-	 * the flow it quotes: ct_check looks at that. */
+	 * whole flows. An ICMP error from such a source (a router on the
+	 * way, say) may still come in: to_local_pod asks about the flow it
+	 * quotes. */
 	if (in_pod_subnet(cfg, ip->saddr))
 		return pass(skb, at, REASON_SRC_NOT_POD);
 	flow4(&f, ip);
-	kind = icmp_msg(skb, &f);
-	if (!peer_pod(ip->saddr) && kind != ICMP_ERROR_MSG)
-		return pass(skb, at, REASON_SRC_NOT_POD);
-
-	reason = ct_check(skb, cfg, &f, kind, 0, 1);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-	/* Looked up before route_checks rewrites the header. */
-	__builtin_memcpy(ep_key.addr, &ip->daddr, sizeof(ip->daddr));
-	ep = bpf_map_lookup_elem(&endpoints, &ep_key);
-	if (replies_unreadable(cfg, ep))
-		return pass(skb, at, REASON_CT_UNREADABLE);
-	/* The MTU that counts is the bridge's, as on the kernel's path: the
-	 * pods' veths are made with it. */
-	reason = route_checks(skb, ip, cfg->bridge_ifindex);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-	return deliver(skb, cfg, ep, at);
+	return to_local_pod(skb, cfg, &f, ip, at, peer_pod(ip->saddr));
 }
 
 /* from_underlay for IPv6: the same checks in the same order as IPv4's. */
 static __always_inline int underlay6(struct __sk_buff *skb, const struct node_config *cfg, __u32 at)
 {
-	struct endpoint_key ep_key = {.family = AF_INET6};
 	const __be32 *saddr, *daddr;
-	struct endpoint_value *ep;
 	struct ipv6hdr *ip6 = NULL;
 	struct flow f = {};
 	__u32 reason;
-	int kind;
 
 	if (!ipv6_configured(cfg))
 		return pass(skb, at, REASON_NO_IPV6_CONFIG);
@@ -1195,21 +1228,7 @@ static __always_inline int underlay6(struct __sk_buff *skb, const struct node_co
 	if (in_pod_subnet6(cfg, saddr))
 		return pass(skb, at, REASON_SRC_NOT_POD);
 	flow6(&f, ip6);
-	kind = icmp_msg(skb, &f);
-	if (!peer_pod6(saddr) && kind != ICMP_ERROR_MSG)
-		return pass(skb, at, REASON_SRC_NOT_POD);
-
-	reason = ct_check(skb, cfg, &f, kind, 0, 1);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-	__builtin_memcpy(ep_key.addr, daddr, sizeof(ep_key.addr));
-	ep = bpf_map_lookup_elem(&endpoints, &ep_key);
-	if (replies_unreadable(cfg, ep))
-		return pass(skb, at, REASON_CT_UNREADABLE);
-	reason = route_checks6(skb, ip6, cfg->bridge_ifindex);
-	if (reason != FORWARD)
-		return pass(skb, at, reason);
-	return deliver(skb, cfg, ep, at);
+	return to_local_pod(skb, cfg, &f, ip6, at, peer_pod6(saddr));
 }
 
 SEC("tc")
