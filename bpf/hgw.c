@@ -1155,23 +1155,6 @@ static __always_inline int pods6(struct __sk_buff *skb, const struct node_config
 	return to_peer(skb, cfg, &f, ip6, at, at_veth, rt->nexthop, rt->ifindex);
 }
 
-SEC("tc")
-int from_pods(struct __sk_buff *skb)
-{
-	const struct node_config *cfg = load_config();
-	__u32 family = frame_family(skb);
-	__u32 at = counted_at(family, PROG_FROM_PODS);
-	__u32 reason;
-
-	reason = gate(skb, cfg);
-	if (reason != FORWARD || !cfg)
-		return pass(skb, at, reason);
-	/* Attached to cni0 and to known pods' host-side veths. */
-	if (family == FAMILY_IPV6)
-		return pods6(skb, cfg, at, skb->ifindex != cfg->bridge_ifindex);
-	return pods4(skb, cfg, at, skb->ifindex != cfg->bridge_ifindex);
-}
-
 static __always_inline int underlay4(struct __sk_buff *skb, const struct node_config *cfg, __u32 at)
 {
 	struct iphdr *ip = NULL;
@@ -1231,18 +1214,34 @@ static __always_inline int underlay6(struct __sk_buff *skb, const struct node_co
 	return to_local_pod(skb, cfg, &f, ip6, at, peer_pod6(saddr));
 }
 
-SEC("tc")
-int from_underlay(struct __sk_buff *skb)
+/* How both programs start: every packet is counted by its frame's family
+ * and the program, meets the gate, then takes its family's path. */
+static __always_inline int run(struct __sk_buff *skb, __u32 prog)
 {
 	const struct node_config *cfg = load_config();
 	__u32 family = frame_family(skb);
-	__u32 at = counted_at(family, PROG_FROM_UNDERLAY);
+	__u32 at = counted_at(family, prog);
 	__u32 reason;
+	int at_veth;
 
 	reason = gate(skb, cfg);
 	if (reason != FORWARD || !cfg)
 		return pass(skb, at, reason);
-	if (family == FAMILY_IPV6)
-		return underlay6(skb, cfg, at);
-	return underlay4(skb, cfg, at);
+	if (prog == PROG_FROM_UNDERLAY)
+		return family == FAMILY_IPV6 ? underlay6(skb, cfg, at) : underlay4(skb, cfg, at);
+	/* from_pods is attached to cni0 and to known pods' host-side veths. */
+	at_veth = skb->ifindex != cfg->bridge_ifindex;
+	return family == FAMILY_IPV6 ? pods6(skb, cfg, at, at_veth) : pods4(skb, cfg, at, at_veth);
+}
+
+SEC("tc")
+int from_pods(struct __sk_buff *skb)
+{
+	return run(skb, PROG_FROM_PODS);
+}
+
+SEC("tc")
+int from_underlay(struct __sk_buff *skb)
+{
+	return run(skb, PROG_FROM_UNDERLAY);
 }
