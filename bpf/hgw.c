@@ -70,23 +70,20 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct route_key);
-	__type(value, struct route_value);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} routes SEC(".maps");
+/* The peers' pod subnets, one table a family, alike but for the address
+ * size. */
+#define ROUTE_MAP(key_type, value_type)               \
+	struct {                                      \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);  \
+		__type(key, key_type);                \
+		__type(value, value_type);            \
+		__uint(max_entries, 65536);           \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);  \
+	}
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct route6_key);
-	__type(value, struct route6_value);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} routes6 SEC(".maps");
+ROUTE_MAP(struct route_key, struct route_value) routes SEC(".maps");
+ROUTE_MAP(struct route6_key, struct route6_value) routes6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
