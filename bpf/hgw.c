@@ -299,48 +299,13 @@ static __always_inline __u32 gate(struct __sk_buff *skb, const struct node_confi
 	return miniq ? REASON_TC_FILTERS : FORWARD;
 }
 
-/* The frame checks both families share: an Ethernet header, the expected
- * EtherType, no VLAN tag, addressed to this host, and the fixed IP header
- * of hdr_len bytes behind it, to which *l3 is set. At a pod's veth, the
- * frames a pod sends to its gateway carry the bridge's MAC, not the veth's,
- * so the kernel marks them PACKET_OTHERHOST: from_pods checks their MAC
- * once it knows the pod. */
-static __always_inline __u32 parse_frame(struct __sk_buff *skb, __u16 ethertype, __u32 hdr_len, int at_veth, void **l3)
+/* Checks that an IPv4 header is one a router may forward without looking
+ * inside. */
+static __always_inline __u32 plain_ipv4(struct __sk_buff *skb, const struct iphdr *ip)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	__u32 tot_len;
 
-	if ((void *)(eth + 1) > data_end)
-		return REASON_MALFORMED;
-	if (eth->h_proto != bpf_htons(ethertype))
-		return REASON_NOT_IP;
-	/* The receiving device moved an 802.1Q tag into the skb's metadata
-	 * before TC ingress: the frame belongs to a VLAN device, which the
-	 * kernel hands it to (or drops), never to this device's routing. */
-	if (skb->vlan_present)
-		return REASON_NOT_IP;
-	/* Broadcast, multicast and frames for another MAC are not ours to route. */
-	if (skb->pkt_type != PACKET_HOST && !(at_veth && skb->pkt_type == PACKET_OTHERHOST))
-		return REASON_NOT_FOR_HOST;
-	if (data + sizeof(*eth) + hdr_len > data_end)
-		return REASON_MALFORMED;
-	*l3 = data + sizeof(*eth);
-	return FORWARD;
-}
-
-/* Checks that the frame is a plain IPv4 packet addressed to this host at L2
- * that a router may forward without looking inside. Returns FORWARD and
- * sets *ipp, or the reason to leave the packet to the kernel. */
-static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp, int at_veth)
-{
-	struct iphdr *ip = NULL;
-	__u32 tot_len, reason;
-
-	reason = parse_frame(skb, ETH_P_IP, sizeof(*ip), at_veth, (void **)&ip);
-	if (reason != FORWARD || !ip)
-		return reason;
-	if (ip->version != 4 || ip->ihl < 5)
+	if (ip->ihl < 5)
 		return REASON_MALFORMED;
 	/* Options (record route, source route, ...) need the kernel's router. */
 	if (ip->ihl != 5)
@@ -356,8 +321,6 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
 	 * the fast path never sees a flow half-fragmented. */
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return REASON_FRAGMENT;
-
-	*ipp = ip;
 	return FORWARD;
 }
 
@@ -366,18 +329,11 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct iphdr **ip
  * headers go to the kernel, which walks them (hop-by-hop options must be
  * read by every router; conntrack needs the L4 header behind them), and so
  * do fragments, which it reassembles for conntrack. */
-static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, struct ipv6hdr **ipp, int at_veth)
+static __always_inline __u32 plain_ipv6(struct __sk_buff *skb, const struct ipv6hdr *ip6)
 {
-	struct ipv6hdr *ip6 = NULL;
-	__u32 plen, reason;
+	__u32 plen = bpf_ntohs(ip6->payload_len);
 
-	reason = parse_frame(skb, ETH_P_IPV6, sizeof(*ip6), at_veth, (void **)&ip6);
-	if (reason != FORWARD || !ip6)
-		return reason;
-	if (ip6->version != 6)
-		return REASON_MALFORMED;
 	/* A payload that claims more bytes than the frame holds is corrupt. */
-	plen = bpf_ntohs(ip6->payload_len);
 	if (plen > skb->len - sizeof(struct ethhdr) - sizeof(*ip6))
 		return REASON_MALFORMED;
 	switch (ip6->nexthdr) {
@@ -405,9 +361,50 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, struct ipv6hdr **
 	 * the packet has no L4 header at all. */
 	if (plen == 0 && !skb->gso_size)
 		return REASON_MALFORMED;
-
-	*ipp = ip6;
 	return FORWARD;
+}
+
+/* Checks that the frame is a plain IP packet of the family that a router
+ * may forward without looking inside: an Ethernet header, the family's
+ * EtherType, no VLAN tag, addressed to this host, and behind it an IP
+ * header of the family's version that plain_ipv4/plain_ipv6 accept.
+ * Returns FORWARD and sets *l3 to the IP header, or the reason to leave
+ * the packet to the kernel. At a pod's veth,
+ * the frames a pod sends to its gateway carry the bridge's MAC, not the
+ * veth's, so the kernel marks them PACKET_OTHERHOST: from_pods checks their
+ * MAC once it knows the pod. */
+static __always_inline __u32 parse_ip(struct __sk_buff *skb, __u32 family, int at_veth, void **l3)
+{
+	__u16 ethertype = family == FAMILY_IPV6 ? ETH_P_IPV6 : ETH_P_IP;
+	__u32 hdr_len = family == FAMILY_IPV6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+	__u8 version = family == FAMILY_IPV6 ? 6 : 4;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 *ip = data + sizeof(*eth);
+	__u32 reason;
+
+	if ((void *)(eth + 1) > data_end)
+		return REASON_MALFORMED;
+	if (eth->h_proto != bpf_htons(ethertype))
+		return REASON_NOT_IP;
+	/* The receiving device moved an 802.1Q tag into the skb's metadata
+	 * before TC ingress: the frame belongs to a VLAN device, which the
+	 * kernel hands it to (or drops), never to this device's routing. */
+	if (skb->vlan_present)
+		return REASON_NOT_IP;
+	/* Broadcast, multicast and frames for another MAC are not ours to route. */
+	if (skb->pkt_type != PACKET_HOST && !(at_veth && skb->pkt_type == PACKET_OTHERHOST))
+		return REASON_NOT_FOR_HOST;
+	if ((void *)(ip + hdr_len) > data_end)
+		return REASON_MALFORMED;
+	/* Both headers start with the version, in the high 4 bits. */
+	if (ip[0] >> 4 != version)
+		return REASON_MALFORMED;
+	reason = family == FAMILY_IPV6 ? plain_ipv6(skb, (void *)ip) : plain_ipv4(skb, (void *)ip);
+	if (reason == FORWARD)
+		*l3 = ip;
+	return reason;
 }
 
 /* Sources no router forwards (RFC 1812 5.3.7; the kernel's martian check):
@@ -1098,7 +1095,7 @@ static __always_inline int pods4(struct __sk_buff *skb, const struct node_config
 	struct flow f = {};
 	__u32 reason;
 
-	reason = parse_ipv4(skb, &ip, at_veth);
+	reason = parse_ip(skb, FAMILY_IPV4, at_veth, (void **)&ip);
 	if (reason != FORWARD || !ip)
 		return pass(skb, at, reason);
 	reason = pod_source(skb, cfg, ip->saddr, at_veth);
@@ -1129,7 +1126,7 @@ static __always_inline int pods6(struct __sk_buff *skb, const struct node_config
 
 	if (!ipv6_configured(cfg))
 		return pass(skb, at, REASON_NO_IPV6_CONFIG);
-	reason = parse_ipv6(skb, &ip6, at_veth);
+	reason = parse_ip(skb, FAMILY_IPV6, at_veth, (void **)&ip6);
 	if (reason != FORWARD || !ip6)
 		return pass(skb, at, reason);
 	daddr = ip6->daddr.in6_u.u6_addr32;
@@ -1158,7 +1155,7 @@ static __always_inline int underlay4(struct __sk_buff *skb, const struct node_co
 	struct flow f = {};
 	__u32 reason;
 
-	reason = parse_ipv4(skb, &ip, 0);
+	reason = parse_ip(skb, FAMILY_IPV4, 0, (void **)&ip);
 	if (reason != FORWARD || !ip)
 		return pass(skb, at, reason);
 	if (martian(ip->saddr))
@@ -1191,7 +1188,7 @@ static __always_inline int underlay6(struct __sk_buff *skb, const struct node_co
 
 	if (!ipv6_configured(cfg))
 		return pass(skb, at, REASON_NO_IPV6_CONFIG);
-	reason = parse_ipv6(skb, &ip6, 0);
+	reason = parse_ip(skb, FAMILY_IPV6, 0, (void **)&ip6);
 	if (reason != FORWARD || !ip6)
 		return pass(skb, at, reason);
 	saddr = ip6->saddr.in6_u.u6_addr32;
