@@ -37,6 +37,20 @@ func pinOld(t *testing.T, root string, spec *ebpf.MapSpec) {
 	m.Close()
 }
 
+// loadMigrating loads over the pins in root and checks that it replaced
+// exactly one, the map name, whose layout has changed.
+func loadMigrating(t *testing.T, root, name string) {
+	t.Helper()
+	dp, err := Load(Options{PinRoot: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	if len(dp.Migrated) != 1 || !strings.HasPrefix(dp.Migrated[0], name) {
+		t.Fatalf("migrated %v, want %s", dp.Migrated, name)
+	}
+}
+
 func TestLoadReusesMapsOfTheSameLayout(t *testing.T) {
 	root := layoutTestRoot(t)
 	dp, err := Load(Options{PinRoot: root})
@@ -69,14 +83,7 @@ func TestLoadMigratesAMapOfAnotherSize(t *testing.T) {
 	if _, err := OpenPinned(root); err == nil {
 		t.Fatal("OpenPinned read a routes map of another layout")
 	}
-	dp, err := Load(Options{PinRoot: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	if len(dp.Migrated) != 1 || !strings.HasPrefix(dp.Migrated[0], "routes") {
-		t.Fatalf("migrated %v, want routes", dp.Migrated)
-	}
+	loadMigrating(t, root, "routes")
 	m, err := ebpf.LoadPinnedMap(root+"/routes", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -114,14 +121,7 @@ func TestLoadMigratesAReorderedStructOfTheSameSize(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "node_config changed") {
 		t.Fatalf("OpenPinned = %v, want a layout error naming node_config", err)
 	}
-	dp, err := Load(Options{PinRoot: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	if len(dp.Migrated) != 1 || !strings.HasPrefix(dp.Migrated[0], "config") {
-		t.Fatalf("migrated %v, want config", dp.Migrated)
-	}
+	loadMigrating(t, root, "config")
 	if _, err := OpenPinned(root); err != nil {
 		t.Fatalf("after migration: %v", err)
 	}
