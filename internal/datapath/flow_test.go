@@ -19,56 +19,48 @@ import (
 // are peers' pod subnets; this node's is 10.244.1.0/24 (gateway .1).
 func TestOnePathPerFlow(t *testing.T) {
 	e := newRunEnv(t, true)
-	e.onePath(t, localPod, []onePathCase{
-		// Pods in peer subnets, at the edges of the ranges.
-		{"10.244.2.5", "", ""},
-		{"10.244.2.2", "", ""},
-		{"10.244.2.254", "", ""},
-		{"10.245.3.2", "", ""},
-		{"10.245.0.255", "", ""},                     // inside the /16, not its broadcast
-		{"10.245.255.254", "", ""},                   // the /16's last pod address
-		{"10.245.3.0", "dst_not_pod", "src_not_pod"}, // the /24 wins over the /16
-		// The peer nodes themselves: their subnet's network, gateway
-		// (cni0) and broadcast address.
-		{"10.244.2.0", "dst_not_pod", "src_not_pod"},
-		{"10.244.2.1", "dst_not_pod", "src_not_pod"},
-		{"10.244.2.255", "dst_not_pod", "src_not_pod"},
-		{"10.245.0.1", "dst_not_pod", "src_not_pod"},
-		{"10.245.255.255", "dst_not_pod", "src_not_pod"},
-		// Node IPs, external clients, subnets no peer has.
-		{"198.18.0.12", "no_route", "src_not_pod"},
-		{"198.18.0.11", "no_route", "src_not_pod"},
-		{"8.8.8.8", "no_route", "src_not_pod"},
-		{"10.244.3.5", "no_route", "src_not_pod"},
-		// This node's own subnet, arriving from the underlay: only the
-		// bridge may carry it (spoofed, or a loop).
-		{"10.244.1.6", "local_dest", "src_not_pod"},
-	})
+	// Pods in peer subnets, at the edges of the ranges: inside the /16
+	// 10.245.0.255 is no broadcast address, 10.245.255.254 its last pod.
+	e.onePath(t, localPod, fastPath, "10.244.2.5", "10.244.2.2", "10.244.2.254", "10.245.3.2", "10.245.0.255",
+		"10.245.255.254")
+	// The peer nodes themselves: their subnet's network, gateway (cni0)
+	// and broadcast address; 10.245.3.0 because the /24 wins over the /16.
+	e.onePath(t, localPod, peerNodeAddr, "10.245.3.0", "10.244.2.0", "10.244.2.1", "10.244.2.255", "10.245.0.1",
+		"10.245.255.255")
+	// Node IPs, external clients, subnets no peer has.
+	e.onePath(t, localPod, noPeerRoute, "198.18.0.12", "198.18.0.11", "8.8.8.8", "10.244.3.5")
+	// This node's own subnet, arriving from the underlay: only the bridge
+	// may carry it (spoofed, or a loop).
+	e.onePath(t, localPod, ownSubnet, "10.244.1.6")
 }
 
-// onePathCase is a flow between a local pod and remote: the reasons each
-// direction is passed on with, "" for the fast path.
-type onePathCase struct{ remote, out, back string }
+// onePathWant is how both directions of a flow between a local pod and a
+// remote address are passed on: the reasons, "" for the fast path.
+type onePathWant struct{ out, back string }
 
-// onePath runs each case's TCP, UDP and ICMP echo flow between local and
-// the case's remote through both programs: out from the pod, back to it.
-func (e *runEnv) onePath(t *testing.T, local netip.Addr, cases []onePathCase) {
-	forward, icmpProto := e.forward, uint8(protoICMP)
-	if local.Is6() {
-		forward, icmpProto = e.forward6, protoICMPv6
-	}
-	for _, c := range cases {
-		remote := netip.MustParseAddr(c.remote)
-		t.Run(c.remote, func(t *testing.T) {
-			for _, proto := range []uint8{protoTCP, protoUDP, icmpProto} {
+var (
+	fastPath     = onePathWant{}
+	peerNodeAddr = onePathWant{"dst_not_pod", "src_not_pod"} // a peer node's own address in its subnet
+	noPeerRoute  = onePathWant{"no_route", "src_not_pod"}
+	ownSubnet    = onePathWant{"local_dest", "src_not_pod"}
+)
+
+// onePath runs a TCP, UDP and ICMP echo flow between local and each of
+// remotes through both programs, out from the pod and back to it, and
+// expects want of each.
+func (e *runEnv) onePath(t *testing.T, local netip.Addr, want onePathWant, remotes ...string) {
+	for _, r := range remotes {
+		remote := netip.MustParseAddr(r)
+		t.Run(r, func(t *testing.T) {
+			for _, proto := range []uint8{protoTCP, protoUDP, icmpProtoOf(local)} {
 				out := flowFrame(proto, local, remote, false)
 				back := flowFrame(proto, remote, local, true)
-				if c.out == "" {
-					forward(t, datapath.FromPods, out)
-					forward(t, datapath.FromUnderlay, back)
+				if want == fastPath {
+					e.forward(t, datapath.FromPods, out)
+					e.forward(t, datapath.FromUnderlay, back)
 				} else {
-					e.pass(t, datapath.FromPods, out, c.out)
-					e.pass(t, datapath.FromUnderlay, back, c.back)
+					e.pass(t, datapath.FromPods, out, want.out)
+					e.pass(t, datapath.FromUnderlay, back, want.back)
 				}
 			}
 		})
@@ -106,10 +98,24 @@ func flowFrame(proto uint8, src, dst netip.Addr, reply bool) []byte {
 		}
 		l4 = icmpEchoMsg(typ, 9, 1)
 	}
+	return ipPacket(proto, src, dst, l4)
+}
+
+// ipPacket is a frame of src's family from src to dst carrying l4 of
+// protocol proto, TTL (hop limit) 64.
+func ipPacket(proto uint8, src, dst netip.Addr, l4 []byte) []byte {
 	if src.Is6() {
 		return frame6(ipv6Header{Src: src, Dst: dst, HopLimit: 64, NextHeader: proto}, l4)
 	}
 	return ipFrame(ipv4Header{Src: src, Dst: dst, TTL: 64, Protocol: proto}, l4)
+}
+
+// icmpProtoOf is the ICMP protocol of a's family.
+func icmpProtoOf(a netip.Addr) uint8 {
+	if a.Is6() {
+		return protoICMPv6
+	}
+	return protoICMP
 }
 
 // Sources no router forwards go to the kernel (which drops them), from
@@ -210,12 +216,8 @@ func icmpQuoting(typ, code uint8, frame []byte) []byte {
 // cannot be told, they stay the kernel's, which may have to un-NAT them.
 func TestICMPErrorsFollowTheirFlow(t *testing.T) {
 	e := newRunEnv(t, true)
-	out := udpFrame(localPod, peerPod) // the local pod's flow, as it left
-	in := flowFrame(protoUDP, peerPod, localPod, true)
-	toPod := func(from netip.Addr, typ, code uint8, quoted []byte) []byte {
-		return ipFrame(ipv4Header{Src: from, Dst: localPod, TTL: 64, Protocol: protoICMP}, icmpQuoting(typ, code, quoted))
-	}
-	fromPod := ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoICMP}, icmpQuoting(icmpUnreachable, 3, in))
+	flow := newICMPErrorFlow(localPod, peerPod)
+	out, toPod, fromPod := flow.out, flow.toPod, flow.fromPod
 
 	// Port unreachable from the peer pod, time exceeded and frag-needed
 	// from the peer node; the local pod's own port unreachable going out.
@@ -253,11 +255,45 @@ func TestICMPErrorsFollowTheirFlow(t *testing.T) {
 	e.pass(t, datapath.FromUnderlay, toPod(netip.MustParseAddr("127.0.0.1"), icmpUnreachable, 3, out), "martian_src")
 	e.pass(t, datapath.FromUnderlay, toPod(localPod2, icmpUnreachable, 3, out), "src_not_pod")
 
-	// The flow tracked: its errors are the kernel's, both ways.
-	e.ns.track(t, localPod, peerPod, protoUDP, 40000, 5201)
-	e.pass(t, datapath.FromUnderlay, toPod(peerNode, icmpTimeExceed, 0, out), "icmp_error")
-	e.ns.track(t, peerPod, localPod, protoUDP, 80, 40000)
-	e.pass(t, datapath.FromPods, fromPod, "icmp_error")
+	e.trackedFlowErrors(t, flow, toPod(peerNode, icmpTimeExceed, 0, out))
+}
+
+// icmpErrorFlow is the flow both families' ICMP error tests quote: the
+// local pod's UDP flow to the peer pod as it left (out) and its reply as
+// it came in (in); fromPod is the local pod's port unreachable about in,
+// going out.
+type icmpErrorFlow struct {
+	local, peer      netip.Addr
+	out, in, fromPod []byte
+}
+
+func newICMPErrorFlow(local, peer netip.Addr) icmpErrorFlow {
+	f := icmpErrorFlow{local: local, peer: peer, in: flowFrame(protoUDP, peer, local, true)}
+	unreachable, portUnreachable := uint8(icmpUnreachable), uint8(3)
+	if local.Is6() {
+		f.out = udp6Frame(local, peer, 0)
+		unreachable, portUnreachable = icmp6Unreachable, 4
+	} else {
+		f.out = udpFrame(local, peer)
+	}
+	f.fromPod = ipPacket(icmpProtoOf(local), local, peer, icmpQuoting(unreachable, portUnreachable, f.in))
+	return f
+}
+
+// toPod is an ICMP (ICMPv6) error of type and code from src to the local
+// pod, quoting quoted.
+func (f icmpErrorFlow) toPod(src netip.Addr, typ, code uint8, quoted []byte) []byte {
+	return ipPacket(icmpProtoOf(f.local), src, f.local, icmpQuoting(typ, code, quoted))
+}
+
+// trackedFlowErrors tracks f's flow in both directions and expects its
+// errors to be the kernel's both ways: toPod coming in, f.fromPod going out.
+func (e *runEnv) trackedFlowErrors(t *testing.T, f icmpErrorFlow, toPod []byte) {
+	t.Helper()
+	e.ns.track(t, f.local, f.peer, protoUDP, 40000, 5201)
+	e.pass(t, datapath.FromUnderlay, toPod, "icmp_error")
+	e.ns.track(t, f.peer, f.local, protoUDP, 80, 40000)
+	e.pass(t, datapath.FromPods, f.fromPod, "icmp_error")
 }
 
 // truncateIP cuts frame to an IP packet of n bytes, with tot_len and

@@ -20,22 +20,37 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 )
 
+// Each IPv6 test address is the twin of an IPv4 one, so that the two
+// families' tests read alike: fd00:10:244:1::5 for 10.244.1.5,
+// fd00:10:244:1::/64 for 10.244.1.0/24 (lpmWide6, fd00:10:245::/48, leaves
+// through eth1 and lpmNarrow6, fd00:10:245:3::/64, through eth0, as their
+// twins do).
 var (
-	podSubnet6 = netip.MustParsePrefix("fd00:10:244:1::/64")
-	gateway6   = netip.MustParseAddr("fd00:10:244:1::1")
-	localPod6  = netip.MustParseAddr("fd00:10:244:1::5")
-	localPod6b = netip.MustParseAddr("fd00:10:244:1::6")
-	peerPod6   = netip.MustParseAddr("fd00:10:244:2::5")
-	// fd00:10:245::/48 leaves through eth1 (MTU 1400), its
-	// fd00:10:245:3::/64 through eth0 (MTU 1500), as in the IPv4 routes.
-	lpmWide6   = netip.MustParsePrefix("fd00:10:245::/48")
-	lpmNarrow6 = netip.MustParsePrefix("fd00:10:245:3::/64")
-	nodeIP6    = netip.MustParseAddr("fd00:198:18::11")
-	peerNode6  = netip.MustParseAddr("fd00:198:18::12")
+	podSubnet6 = twin6Prefix(podSubnet)
+	gateway6   = twin6(gateway)
+	localPod6  = twin6(localPod)
+	localPod6b = twin6(localPod2)
+	peerPod6   = twin6(peerPod)
+	lpmWide6   = twin6Prefix(lpmWide)
+	lpmNarrow6 = twin6Prefix(lpmNarrow)
+	nodeIP6    = twin6(nodeIP)
+	peerNode6  = twin6(peerNode)
 )
 
+// twin6 is fd00:a:b:c::d for a.b.c.d.
+func twin6(a netip.Addr) netip.Addr {
+	b := a.As4()
+	return netip.MustParseAddr(fmt.Sprintf("fd00:%d:%d:%d::%d", b[0], b[1], b[2], b[3]))
+}
+
+// twin6Prefix is the twin of an IPv4 prefix of whole octets: 16 bits for
+// fd00, then 16 for each octet.
+func twin6Prefix(p netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(twin6(p.Addr()), 16+2*p.Bits())
+}
+
 // newRunEnv6 is newRunEnv with the node's IPv6 pod subnet configured and
-// three IPv6 routes beside the IPv4 ones.
+// the twins of its three routes beside them.
 func newRunEnv6(t testing.TB, opts ...datapath.Options) *runEnv {
 	t.Helper()
 	e := newRunEnv(t, true, opts...)
@@ -43,11 +58,8 @@ func newRunEnv6(t testing.TB, opts ...datapath.Options) *runEnv {
 	if err := e.dp.SetConfig(e.cfg); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []datapath.Route{
-		{Subnet: netip.MustParsePrefix("fd00:10:244:2::/64"), NextHop: peerNode6, Ifindex: uint32(e.eth0)},
-		{Subnet: lpmWide6, NextHop: netip.MustParseAddr("fd00:198:18::13"), Ifindex: uint32(e.eth1)},
-		{Subnet: lpmNarrow6, NextHop: netip.MustParseAddr("fd00:198:18::14"), Ifindex: uint32(e.eth0)},
-	} {
+	for _, r := range e.peerRoutes() {
+		r.Subnet, r.NextHop = twin6Prefix(r.Subnet), twin6(r.NextHop)
 		if err := e.dp.Routes6().Put(r); err != nil {
 			t.Fatal(err)
 		}
@@ -70,14 +82,7 @@ func udp6Frame(src, dst netip.Addr, size int, opts ...frame6Opt) []byte {
 	for _, o := range opts {
 		o(&h)
 	}
-	data := []byte("hgw-ebpf")
-	if n := size - ethLen - ipv6Len - 8; n > len(data) {
-		data = make([]byte, n)
-		for i := range data {
-			data[i] = byte(i)
-		}
-	}
-	return frame6(h, udp(40000, 5201, data))
+	return frame6(h, udp(40000, 5201, udpPayload(size-ethLen-ipv6Len)))
 }
 
 const protoICMPv6 = 58
@@ -90,41 +95,25 @@ func routed6(frame []byte) []byte {
 	return out
 }
 
-// forward6 expects TC_ACT_REDIRECT (reason redirect) with the frame
-// routed: hop limit one less.
-func (e *runEnv) forward6(t *testing.T, p datapath.Program, data []byte) {
-	t.Helper()
-	e.forward6Ctx(t, p, data, nil)
-}
-
-func (e *runEnv) forward6Ctx(t *testing.T, p datapath.Program, data []byte, ctx any) {
-	t.Helper()
-	want := routed6(data)
-	out := e.expect(t, p, data, ctx, tcActRedirect, "redirect")
-	if !bytes.Equal(out, want) {
-		t.Errorf("%s forwarded IPv6 frame differs from hop limit - 1:\n got % x\nwant % x", p, out, want)
-	}
-}
-
 func TestForwardsIPv6ToRemotePodSubnet(t *testing.T) {
 	e := newRunEnv6(t)
-	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0))
-	e.forward6(t, datapath.FromPods, flowFrame(protoTCP, localPod6, peerPod6, false))
-	e.forward6(t, datapath.FromPods, flowFrame(protoICMPv6, localPod6, peerPod6, false))
-	e.forward6(t, datapath.FromPods, flowFrame(protoICMPv6, localPod6, peerPod6, true))
+	e.forward(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0))
+	e.forward(t, datapath.FromPods, flowFrame(protoTCP, localPod6, peerPod6, false))
+	e.forward(t, datapath.FromPods, flowFrame(protoICMPv6, localPod6, peerPod6, false))
+	e.forward(t, datapath.FromPods, flowFrame(protoICMPv6, localPod6, peerPod6, true))
 	// A frame longer than its payload length (padding after the packet):
 	// the padding is not part of the packet and stays.
 	padded := append(udp6Frame(localPod6, peerPod6, 0), 0xee, 0xee, 0xee, 0xee)
-	e.forward6(t, datapath.FromPods, padded)
+	e.forward(t, datapath.FromPods, padded)
 }
 
 func TestForwardsIPv6ToLocalPods(t *testing.T) {
 	e := newRunEnv6(t)
-	e.forward6(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0))
-	e.forward6(t, datapath.FromUnderlay, udp6Frame(peerPod6, netip.MustParseAddr("fd00:10:244:1:ffff:ffff:ffff:ffff"), 0))
-	e.forward6(t, datapath.FromUnderlay, flowFrame(protoTCP, peerPod6, localPod6, true))
+	e.forward(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0))
+	e.forward(t, datapath.FromUnderlay, udp6Frame(peerPod6, netip.MustParseAddr("fd00:10:244:1:ffff:ffff:ffff:ffff"), 0))
+	e.forward(t, datapath.FromUnderlay, flowFrame(protoTCP, peerPod6, localPod6, true))
 	// From a pod behind the wide route, whose own subnet has no entry.
-	e.forward6(t, datapath.FromUnderlay, frame6(ipv6Header{Src: netip.MustParseAddr("fd00:10:245:77::9"), Dst: localPod6,
+	e.forward(t, datapath.FromUnderlay, frame6(ipv6Header{Src: netip.MustParseAddr("fd00:10:245:77::9"), Dst: localPod6,
 		HopLimit: 2, NextHeader: protoICMPv6}, icmpEchoMsg(icmp6EchoRequest, 7, 3)))
 }
 
@@ -146,7 +135,7 @@ func TestDeliversIPv6ToKnownPodWithRedirectPeer(t *testing.T) {
 			t.Errorf("delivered frame differs from MACs rewritten + hop limit - 1:\n got % x\nwant % x", out, want)
 		}
 	}
-	e.forward6(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6b, 0))
+	e.forward(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6b, 0))
 	// The IPv4 entry of the same pod is another entry.
 	e.forward(t, datapath.FromUnderlay, udpFrame(peerPod, localPod))
 	e.pass(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0, hops(1)), "ttl_expired")
@@ -164,7 +153,7 @@ func TestFromPodsAtTheVethOfADualStackPod(t *testing.T) {
 		copy(f[0:6], macGateway[:])
 		return f
 	}
-	e.forward6Ctx(t, datapath.FromPods, toGateway(udp6Frame(localPod6, peerPod6, 0)), atVeth)
+	e.forwardCtx(t, datapath.FromPods, toGateway(udp6Frame(localPod6, peerPod6, 0)), atVeth)
 	e.forwardCtx(t, datapath.FromPods, toGateway(udpFrame(localPod, peerPod)), atVeth)
 	// The other pod's address, an unknown one, the gateway's: spoofed.
 	for _, src := range []netip.Addr{localPod6b, netip.MustParseAddr("fd00:10:244:1::77"), gateway6, peerPod6} {
@@ -174,7 +163,7 @@ func TestFromPodsAtTheVethOfADualStackPod(t *testing.T) {
 	f := udp6Frame(localPod6, peerPod6, 0)
 	copy(f[0:6], macForeign[:])
 	e.passCtx(t, datapath.FromPods, f, atVeth, "not_for_host")
-	e.forward6Ctx(t, datapath.FromPods, toGateway(udp6Frame(localPod6b, peerPod6, 0)), &skbContext{Ifindex: other.Ifindex})
+	e.forwardCtx(t, datapath.FromPods, toGateway(udp6Frame(localPod6b, peerPod6, 0)), &skbContext{Ifindex: other.Ifindex})
 }
 
 // fd00:10:245:3::/64 goes out of eth0 (MTU 1500), the rest of
@@ -184,9 +173,9 @@ func TestLongestPrefixMatchIPv6(t *testing.T) {
 	e := newRunEnv6(t)
 	const size = ethLen + 1450
 	narrow, wide := netip.MustParseAddr("fd00:10:245:3::7"), netip.MustParseAddr("fd00:10:245:4::7")
-	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, narrow, size))
+	e.forward(t, datapath.FromPods, udp6Frame(localPod6, narrow, size))
 	e.pass(t, datapath.FromPods, udp6Frame(localPod6, wide, size), "too_big")
-	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, wide, 0))
+	e.forward(t, datapath.FromPods, udp6Frame(localPod6, wide, 0))
 	if err := e.dp.Routes6().Delete(lpmNarrow6); err != nil {
 		t.Fatal(err)
 	}
@@ -206,28 +195,28 @@ func TestHopLimit(t *testing.T) {
 		e.pass(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0, hops(v)), "ttl_expired")
 	}
 	for _, v := range []uint8{2, 3, 64, 128, 254, 255} {
-		e.forward6(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0, hops(v)))
-		e.forward6(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0, hops(v)))
+		e.forward(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0, hops(v)))
+		e.forward(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0, hops(v)))
 	}
 }
 
 func TestMTUIPv6(t *testing.T) {
 	e := newRunEnv6(t)
-	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 1514))
+	e.forward(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 1514))
 	e.pass(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 1515), "too_big")
-	e.forward6(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 1514))
+	e.forward(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 1514))
 	e.pass(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 1515), "too_big")
 
 	// A GRO'd packet is checked per segment: 40 + 8 + 1452 = 1500 fits.
 	gso := &skbContext{GSOSegs: 2, GSOSize: 1452}
-	e.forward6Ctx(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 3000), gso)
-	e.forward6Ctx(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 3000), gso)
+	e.forwardCtx(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 3000), gso)
+	e.forwardCtx(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 3000), gso)
 	e.passCtx(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 3000), &skbContext{GSOSegs: 2, GSOSize: 1453}, "too_big")
 	// TCP: 40 + 20 + 1440.
 	tcpSeg := func(src, dst netip.Addr, n int) []byte {
 		return frame6(ipv6Header{Src: src, Dst: dst, HopLimit: 64, NextHeader: protoTCP}, append(tcp(40000, 80, 0x10), make([]byte, n)...))
 	}
-	e.forward6Ctx(t, datapath.FromPods, tcpSeg(localPod6, peerPod6, 2880), &skbContext{GSOSegs: 2, GSOSize: 1440})
+	e.forwardCtx(t, datapath.FromPods, tcpSeg(localPod6, peerPod6, 2880), &skbContext{GSOSegs: 2, GSOSize: 1440})
 	e.passCtx(t, datapath.FromUnderlay, tcpSeg(peerPod6, localPod6, 2882), &skbContext{GSOSegs: 2, GSOSize: 1441}, "too_big")
 
 	// A route to a device that no longer exists: the kernel decides.
@@ -245,7 +234,7 @@ func TestPayloadLengthZero(t *testing.T) {
 	f := udp6Frame(localPod6, peerPod6, 1600)
 	binary.BigEndian.PutUint16(f[ethLen+4:], 0)
 	e.pass(t, datapath.FromPods, f, "malformed")
-	e.forward6Ctx(t, datapath.FromPods, f, &skbContext{GSOSegs: 2, GSOSize: 1400})
+	e.forwardCtx(t, datapath.FromPods, f, &skbContext{GSOSegs: 2, GSOSize: 1400})
 }
 
 func TestMalformedIPv6(t *testing.T) {
@@ -274,7 +263,7 @@ func TestMalformedIPv6(t *testing.T) {
 	// Without the lookup the ports are never read: a router forwards what
 	// it does not need to look into.
 	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, true })
-	e.forward6(t, datapath.FromPods, tcp2)
+	e.forward(t, datapath.FromPods, tcp2)
 }
 
 // Extension headers and fragments go to the kernel, whatever follows them:
@@ -338,7 +327,7 @@ func TestNoIPv6Config(t *testing.T) {
 		Ifindex: uint32(e.eth0)}); err != nil {
 		t.Fatal(err)
 	}
-	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0))
+	e.forward(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0))
 	e.setConfig(t, func(c *datapath.NodeConfig) { c.PodSubnet6, c.Gateway6 = netip.Prefix{}, netip.Addr{} })
 	e.pass(t, datapath.FromPods, udp6Frame(localPod6, peerPod6, 0), "no_ipv6_config")
 }
@@ -356,7 +345,7 @@ func TestGateCountsPerFamily(t *testing.T) {
 	e.pass(t, datapath.FromPods, v6, "no_conntrack")
 	e.pass(t, datapath.FromUnderlay, udp6Frame(peerPod6, localPod6, 0), "no_conntrack")
 	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack = true })
-	e.forward6(t, datapath.FromPods, v6)
+	e.forward(t, datapath.FromPods, v6)
 	e.pass(t, datapath.FromPods, arpRequest(localPod, gateway), "not_ip")
 
 	got, ok, err := e.dp.Config()
@@ -372,31 +361,23 @@ func TestGateCountsPerFamily(t *testing.T) {
 // One path per flow, in both directions, as TestOnePathPerFlow for IPv4.
 func TestOnePathPerFlowIPv6(t *testing.T) {
 	e := newRunEnv6(t)
-	e.onePath(t, localPod6, []onePathCase{
-		{"fd00:10:244:2::5", "", ""},
-		{"fd00:10:244:2::2", "", ""},
-		{"fd00:10:244:2:ffff:ffff:ffff:ffff", "", ""},
-		{"fd00:10:245:3::2", "", ""},
-		{"fd00:10:245:ffff:ffff:ffff:ffff:ffff", "", ""},
-		{"fd00:10:245:0:1::1", "", ""},                     // in the /48, host part not 1
-		{"fd00:10:245:3::", "dst_not_pod", "src_not_pod"},  // the /64 wins over the /48
-		{"fd00:10:244:2::", "dst_not_pod", "src_not_pod"},  // subnet-router anycast
-		{"fd00:10:244:2::1", "dst_not_pod", "src_not_pod"}, // the peer's gateway
-		{"fd00:10:245::1", "dst_not_pod", "src_not_pod"},
-		{"fd00:198:18::12", "no_route", "src_not_pod"}, // node addresses
-		{"fd00:198:18::11", "no_route", "src_not_pod"},
-		{"2001:db8::1", "no_route", "src_not_pod"}, // outside the cluster
-		{"fd00:10:244:3::5", "no_route", "src_not_pod"},
-		{"fd00:10:244:1::6", "local_dest", "src_not_pod"}, // this node's own subnet
-	})
+	e.onePath(t, localPod6, fastPath, "fd00:10:244:2::5", "fd00:10:244:2::2", "fd00:10:244:2:ffff:ffff:ffff:ffff",
+		"fd00:10:245:3::2", "fd00:10:245:ffff:ffff:ffff:ffff:ffff",
+		"fd00:10:245:0:1::1") // in the /48, host part not 1
+	// The /64 wins over the /48; the peer's subnet-router anycast address
+	// and its gateway.
+	e.onePath(t, localPod6, peerNodeAddr, "fd00:10:245:3::", "fd00:10:244:2::", "fd00:10:244:2::1", "fd00:10:245::1")
+	// Node addresses, outside the cluster, a subnet no peer has.
+	e.onePath(t, localPod6, noPeerRoute, "fd00:198:18::12", "fd00:198:18::11", "2001:db8::1", "fd00:10:244:3::5")
+	e.onePath(t, localPod6, ownSubnet, "fd00:10:244:1::6")
 	// /127 and /128 subnets have no node addresses: every address is a pod.
 	for _, p := range []string{"fd00:10:246::/127", "fd00:10:247::1/128"} {
 		pfx := netip.MustParsePrefix(p)
 		if err := e.dp.Routes6().Put(datapath.Route{Subnet: pfx, NextHop: peerNode6, Ifindex: uint32(e.eth0)}); err != nil {
 			t.Fatal(err)
 		}
-		e.forward6(t, datapath.FromPods, udp6Frame(localPod6, pfx.Addr(), 0))
-		e.forward6(t, datapath.FromUnderlay, udp6Frame(pfx.Addr(), localPod6, 0))
+		e.forward(t, datapath.FromPods, udp6Frame(localPod6, pfx.Addr(), 0))
+		e.forward(t, datapath.FromUnderlay, udp6Frame(pfx.Addr(), localPod6, 0))
 	}
 }
 
@@ -418,7 +399,7 @@ func TestMartianSourcesIPv6(t *testing.T) {
 		Ifindex: uint32(e.eth0)}); err != nil {
 		t.Fatal(err)
 	}
-	e.forward6(t, datapath.FromUnderlay, udp6Frame(netip.MustParseAddr("fec0::5"), localPod6b, 0))
+	e.forward(t, datapath.FromUnderlay, udp6Frame(netip.MustParseAddr("fec0::5"), localPod6b, 0))
 }
 
 // At cni0 an IPv6 source must be a pod of this node.
@@ -428,7 +409,7 @@ func TestSpoofedSourcesAtTheBridgeIPv6(t *testing.T) {
 		e.pass(t, datapath.FromPods, udp6Frame(netip.MustParseAddr(src), peerPod6, 0), "spoofed_src")
 	}
 	for _, src := range []string{"fd00:10:244:1::2", "fd00:10:244:1:ffff:ffff:ffff:ffff"} {
-		e.forward6(t, datapath.FromPods, udp6Frame(netip.MustParseAddr(src), peerPod6, 0))
+		e.forward(t, datapath.FromPods, udp6Frame(netip.MustParseAddr(src), peerPod6, 0))
 	}
 }
 
@@ -473,14 +454,7 @@ func TestConntrackIPv6(t *testing.T) {
 	udpBack := frame6(ipv6Header{Src: peerPod6, Dst: localPod6, HopLimit: 64, NextHeader: protoUDP}, udp(5201, 40000, []byte("hgw-ebpf")))
 	tcpOut := flowFrame(protoTCP, localPod6, peerPod6, false)
 
-	e.forward6(t, datapath.FromPods, udpOut)
-	e.forward6(t, datapath.FromUnderlay, udpBack)
-	e.forward6(t, datapath.FromPods, tcpOut)
-
-	e.ns.track(t, localPod6, peerPod6, protoUDP, 40000, 5201)
-	e.pass(t, datapath.FromPods, udpOut, "ct_tracked")
-	e.pass(t, datapath.FromUnderlay, udpBack, "ct_tracked")
-	e.forward6(t, datapath.FromPods, tcpOut)
+	e.unknownThenTracked(t, localPod6, peerPod6, udpOut, udpBack, tcpOut)
 	// The same ports in IPv4 are another flow.
 	e.forward(t, datapath.FromPods, udpFrame(localPod, peerPod))
 
@@ -489,8 +463,8 @@ func TestConntrackIPv6(t *testing.T) {
 	e.pass(t, datapath.FromUnderlay, flowFrame(protoTCP, peerPod6, localPod6, true), "ct_tracked")
 
 	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, true })
-	e.forward6(t, datapath.FromPods, udpOut)
-	e.forward6(t, datapath.FromUnderlay, udpBack)
+	e.forward(t, datapath.FromPods, udpOut)
+	e.forward(t, datapath.FromUnderlay, udpBack)
 }
 
 // With conntrack checking on, protocols the lookup cannot key go to the
@@ -502,7 +476,7 @@ func TestProtocolsConntrackCannotKeyIPv6(t *testing.T) {
 		e.pass(t, datapath.FromUnderlay, frame6(ipv6Header{Src: peerPod6, Dst: localPod6, HopLimit: 64, NextHeader: proto}, make([]byte, 12)), "ct_other_proto")
 	}
 	e.setConfig(t, func(c *datapath.NodeConfig) { c.Conntrack, c.IgnoreConntrack = false, true })
-	e.forward6(t, datapath.FromPods, frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: 132}, make([]byte, 12)))
+	e.forward(t, datapath.FromPods, frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: 132}, make([]byte, 12)))
 }
 
 // ICMPv6 errors go the way of the flow they quote, as ICMP errors do:
@@ -510,19 +484,15 @@ func TestProtocolsConntrackCannotKeyIPv6(t *testing.T) {
 // above all: without it path MTU discovery fails); else the kernel's.
 func TestICMPv6ErrorsFollowTheirFlow(t *testing.T) {
 	e := newRunEnv6(t)
-	out := udp6Frame(localPod6, peerPod6, 0)
-	in := flowFrame(protoUDP, peerPod6, localPod6, true)
-	toPod := func(from netip.Addr, typ, code uint8, quoted []byte) []byte {
-		return frame6(ipv6Header{Src: from, Dst: localPod6, HopLimit: 64, NextHeader: protoICMPv6}, icmpQuoting(typ, code, quoted))
-	}
-	fromPod := frame6(ipv6Header{Src: localPod6, Dst: peerPod6, HopLimit: 64, NextHeader: protoICMPv6}, icmpQuoting(icmp6Unreachable, 4, in))
+	flow := newICMPErrorFlow(localPod6, peerPod6)
+	out, toPod, fromPod := flow.out, flow.toPod, flow.fromPod
 
-	e.forward6(t, datapath.FromUnderlay, toPod(peerPod6, icmp6Unreachable, 4, out))
-	e.forward6(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TooBig, 0, out))
-	e.forward6(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, out))
-	e.forward6(t, datapath.FromUnderlay, toPod(netip.MustParseAddr("2001:db8::1"), icmp6ParamProb, 0, out))
-	e.forward6(t, datapath.FromPods, fromPod)
-	e.forward6(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, flowFrame(protoICMPv6, localPod6, peerPod6, false)))
+	e.forward(t, datapath.FromUnderlay, toPod(peerPod6, icmp6Unreachable, 4, out))
+	e.forward(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TooBig, 0, out))
+	e.forward(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, out))
+	e.forward(t, datapath.FromUnderlay, toPod(netip.MustParseAddr("2001:db8::1"), icmp6ParamProb, 0, out))
+	e.forward(t, datapath.FromPods, fromPod)
+	e.forward(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TimeExceed, 0, flowFrame(protoICMPv6, localPod6, peerPod6, false)))
 
 	for name, quoted := range map[string][]byte{
 		"a flow to a node":              udp6Frame(localPod6, nodeIP6, 0),
@@ -550,10 +520,7 @@ func TestICMPv6ErrorsFollowTheirFlow(t *testing.T) {
 	e.pass(t, datapath.FromUnderlay, toPod(netip.MustParseAddr("fe80::1"), icmp6TooBig, 0, out), "martian_src")
 	e.pass(t, datapath.FromUnderlay, toPod(localPod6b, icmp6TooBig, 0, out), "src_not_pod")
 
-	e.ns.track(t, localPod6, peerPod6, protoUDP, 40000, 5201)
-	e.pass(t, datapath.FromUnderlay, toPod(peerNode6, icmp6TooBig, 0, out), "icmp_error")
-	e.ns.track(t, peerPod6, localPod6, protoUDP, 80, 40000)
-	e.pass(t, datapath.FromPods, fromPod, "icmp_error")
+	e.trackedFlowErrors(t, flow, toPod(peerNode6, icmp6TooBig, 0, out))
 }
 
 // A receiving device that summed the packet (CHECKSUM_COMPLETE) must find
@@ -754,8 +721,8 @@ func TestConntrackClashIPv6(t *testing.T) {
 		udp(40201, 5353, []byte("q"))), "ct_clash")
 	e.pass(t, datapath.FromUnderlay, seg(peerPod6, localPod6, 40300, 8080, 0x02), "ct_clash")
 	// Past the handshake, or other ports: fast.
-	e.forward6(t, datapath.FromPods, seg(localPod6, peerPod6, 40200, 8080, 0x10))
-	e.forward6(t, datapath.FromPods, seg(localPod6, peerPod6, 40202, 8080, 0x02))
+	e.forward(t, datapath.FromPods, seg(localPod6, peerPod6, 40200, 8080, 0x10))
+	e.forward(t, datapath.FromPods, seg(localPod6, peerPod6, 40202, 8080, 0x02))
 	// The same ports in IPv4 clash with nothing.
 	e.forward(t, datapath.FromPods, ipFrame(ipv4Header{Src: localPod, Dst: peerPod, TTL: 64, Protocol: protoTCP}, tcp(40200, 8080, 0x02)))
 }
@@ -775,5 +742,5 @@ func TestBatchWrittenRoutesKnowTheirNodeAddresses(t *testing.T) {
 	e.pass(t, datapath.FromPods, udpFrame(localPod, netip.MustParseAddr("10.244.7.1")), "dst_not_pod")
 	e.forward(t, datapath.FromPods, udpFrame(localPod, netip.MustParseAddr("10.244.7.5")))
 	e.pass(t, datapath.FromPods, udp6Frame(localPod6, netip.MustParseAddr("fd00:10:244:7::1"), 0), "dst_not_pod")
-	e.forward6(t, datapath.FromPods, udp6Frame(localPod6, netip.MustParseAddr("fd00:10:244:7::5"), 0))
+	e.forward(t, datapath.FromPods, udp6Frame(localPod6, netip.MustParseAddr("fd00:10:244:7::5"), 0))
 }

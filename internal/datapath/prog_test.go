@@ -95,16 +95,21 @@ func newRunEnv(t testing.TB, configure bool, opts ...datapath.Options) *runEnv {
 	if err := dp.SetConfig(e.cfg); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []datapath.Route{
-		{Subnet: netip.MustParsePrefix("10.244.2.0/24"), NextHop: peerNode, Ifindex: uint32(e.eth0)},
-		{Subnet: lpmWide, NextHop: netip.MustParseAddr("198.18.0.13"), Ifindex: uint32(e.eth1)},
-		{Subnet: lpmNarrow, NextHop: netip.MustParseAddr("198.18.0.14"), Ifindex: uint32(e.eth0)},
-	} {
+	for _, r := range e.peerRoutes() {
 		if err := dp.Routes().Put(r); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return e
+}
+
+// peerRoutes are the routes newRunEnv writes: peers' pod subnets.
+func (e *runEnv) peerRoutes() []datapath.Route {
+	return []datapath.Route{
+		{Subnet: netip.MustParsePrefix("10.244.2.0/24"), NextHop: peerNode, Ifindex: uint32(e.eth0)},
+		{Subnet: lpmWide, NextHop: netip.MustParseAddr("198.18.0.13"), Ifindex: uint32(e.eth1)},
+		{Subnet: lpmNarrow, NextHop: netip.MustParseAddr("198.18.0.14"), Ifindex: uint32(e.eth0)},
+	}
 }
 
 type counterKey struct{ family, program, reason string }
@@ -215,7 +220,8 @@ func (e *runEnv) passCtx(t *testing.T, p datapath.Program, data []byte, ctx any,
 }
 
 // forward expects TC_ACT_REDIRECT with the packet forwarded as a router
-// forwards it: TTL one less, a valid checksum, nothing else changed.
+// forwards it: TTL one less, a valid checksum, nothing else changed; for
+// an IPv6 frame, hop limit one less and nothing else.
 func (e *runEnv) forward(t *testing.T, p datapath.Program, data []byte) {
 	t.Helper()
 	e.forwardCtx(t, p, data, nil)
@@ -223,6 +229,13 @@ func (e *runEnv) forward(t *testing.T, p datapath.Program, data []byte) {
 
 func (e *runEnv) forwardCtx(t *testing.T, p datapath.Program, data []byte, ctx any) {
 	t.Helper()
+	if familyOf(data) == "ipv6" {
+		want := routed6(data)
+		if out := e.expect(t, p, data, ctx, tcActRedirect, "redirect"); !bytes.Equal(out, want) {
+			t.Errorf("%s forwarded IPv6 frame differs from hop limit - 1:\n got % x\nwant % x", p, out, want)
+		}
+		return
+	}
 	want := routed(data)
 	out := e.expect(t, p, data, ctx, tcActRedirect, "redirect")
 	if !bytes.Equal(out, want) {
@@ -260,14 +273,21 @@ func udpFrameSized(src, dst netip.Addr, size int, opts ...frameOpt) []byte {
 	for _, o := range opts {
 		o(&h)
 	}
+	return ether(macHost, macPod, etherTypeIPv4, ipv4(h, udp(40000, 5201, udpPayload(size-ethLen-ipv4Len))))
+}
+
+// udpPayload is the payload of the test frames' UDP datagrams of ipLen
+// bytes (IP payload): "hgw-ebpf", or counting bytes to fill them when ipLen
+// asks for more.
+func udpPayload(ipLen int) []byte {
 	data := []byte("hgw-ebpf")
-	if n := size - ethLen - ipv4Len - 8; n > len(data) {
+	if n := ipLen - 8; n > len(data) {
 		data = make([]byte, n)
 		for i := range data {
 			data[i] = byte(i)
 		}
 	}
-	return ether(macHost, macPod, etherTypeIPv4, ipv4(h, udp(40000, 5201, data)))
+	return data
 }
 
 func ipFrame(h ipv4Header, l4 []byte) []byte {
@@ -733,16 +753,7 @@ func TestConntrack(t *testing.T) {
 		t.Fatal("kernel lacks bpf_skb_ct_lookup (nf_conntrack not loaded?): the tracked-flow branch cannot run")
 	}
 
-	// A fresh namespace's conntrack knows nothing.
-	e.forward(t, datapath.FromPods, udpOut)
-	e.forward(t, datapath.FromUnderlay, udpBack)
-	e.forward(t, datapath.FromPods, tcpOut)
-
-	e.ns.track(t, localPod, peerPod, protoUDP, 40000, 5201)
-	e.pass(t, datapath.FromPods, udpOut, "ct_tracked")
-	e.pass(t, datapath.FromUnderlay, udpBack, "ct_tracked")
-	// Another flow between the same pods is still unknown, still fast.
-	e.forward(t, datapath.FromPods, tcpOut)
+	e.unknownThenTracked(t, localPod, peerPod, udpOut, udpBack, tcpOut)
 
 	// An ICMP error about the tracked flow: the kernel's (it may un-NAT it).
 	icmpErr := ipFrame(ipv4Header{Src: peerPod, Dst: localPod, TTL: 64, Protocol: protoICMP},
@@ -804,6 +815,23 @@ func TestConntrackClash(t *testing.T) {
 }
 
 // setConfig changes the node config the programs read.
+// unknownThenTracked is how both families' conntrack tests begin: a fresh
+// namespace's conntrack knows nothing, so the UDP flow from local to peer
+// (udpOut, ports 40000 to 5201, and udpBack) and tcpOut are fast; once the
+// UDP flow is tracked, both its directions are the kernel's, while tcpOut,
+// another flow between the same pods, is still unknown, still fast.
+func (e *runEnv) unknownThenTracked(t *testing.T, local, peer netip.Addr, udpOut, udpBack, tcpOut []byte) {
+	t.Helper()
+	e.forward(t, datapath.FromPods, udpOut)
+	e.forward(t, datapath.FromUnderlay, udpBack)
+	e.forward(t, datapath.FromPods, tcpOut)
+
+	e.ns.track(t, local, peer, protoUDP, 40000, 5201)
+	e.pass(t, datapath.FromPods, udpOut, "ct_tracked")
+	e.pass(t, datapath.FromUnderlay, udpBack, "ct_tracked")
+	e.forward(t, datapath.FromPods, tcpOut)
+}
+
 func (e *runEnv) setConfig(t *testing.T, change func(*datapath.NodeConfig)) {
 	t.Helper()
 	change(&e.cfg)
