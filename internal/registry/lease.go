@@ -42,20 +42,23 @@ type LeaseAttrs struct {
 // flanneldAttrs is flanneld's lease.LeaseAttrs on the wire: its PublicIP
 // (an ip.IP4) is never omitted, and its PublicIPv6 is a pointer without
 // omitempty, so an IPv4-only lease says "PublicIPv6":null. flanneld cannot
-// parse "" there: it would ignore the whole lease.
+// parse "" there: it would ignore the whole lease. These two fields hide
+// the embedded ones of the same name; the rest are LeaseAttrs' as they
+// are.
 type flanneldAttrs struct {
-	PublicIP      string
-	PublicIPv6    *string
-	BackendType   string          `json:",omitempty"`
-	BackendData   json.RawMessage `json:",omitempty"`
-	BackendV6Data json.RawMessage `json:",omitempty"`
+	PublicIP   string
+	PublicIPv6 *string
+	plainAttrs
 }
+
+// plainAttrs is LeaseAttrs without its MarshalJSON.
+type plainAttrs LeaseAttrs
 
 // MarshalJSON writes the bytes flanneld writes for the same lease:
 // {"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw"},
 // or with "PublicIPv6":"fd00::11" on a dual-stack node.
 func (a LeaseAttrs) MarshalJSON() ([]byte, error) {
-	w := flanneldAttrs{PublicIP: a.PublicIP, BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
+	w := flanneldAttrs{PublicIP: a.PublicIP, plainAttrs: plainAttrs(a)}
 	if a.PublicIPv6 != "" {
 		w.PublicIPv6 = &a.PublicIPv6
 	}
