@@ -178,11 +178,8 @@ type ControlPlaneSample struct {
 
 // ControlPlaneResult is a run; written as controlplane.json.
 type ControlPlaneResult struct {
-	Registry  string               `json:"registry"`
-	Started   time.Time            `json:"started"`
-	Finished  time.Time            `json:"finished"`
-	Machine   Machine              `json:"machine"`
-	Rounds    int                  `json:"rounds"`
+	Registry string `json:"registry"`
+	Header
 	Leases    []int                `json:"leases"`
 	Forms     []string             `json:"forms"`
 	NewLeases int                  `json:"new_leases"`
@@ -196,12 +193,8 @@ func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneR
 	if err := o.setDefaults(); err != nil {
 		return nil, err
 	}
-	began := time.Now()
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(began).Seconds(), fmt.Sprintf(format, args...))
-	}
-	res := &ControlPlaneResult{Registry: o.Registry, Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Leases: o.Leases,
-		Forms: o.Forms, NewLeases: o.NewLeases}
+	progress := o.progressSince(time.Now())
+	res := &ControlPlaneResult{Registry: o.Registry, Header: startHeader(ctx, o.Rounds), Leases: o.Leases, Forms: o.Forms, NewLeases: o.NewLeases}
 	down := lab.DownOptions{Prefix: o.Prefix, StateRoot: o.StateRoot, BinDir: o.BinDir, Log: o.Log}
 	progress("removing leftovers of earlier runs (prefix %s)", o.Prefix)
 	if err := lab.Down(ctx, down); err != nil {
@@ -220,8 +213,7 @@ func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneR
 			}
 		}
 	}
-	res.Finished = time.Now()
-	res.Machine.LoadEnd = loadAvg()
+	res.finish()
 	return res, errors.Join(append(errs, ctx.Err())...)
 }
 
