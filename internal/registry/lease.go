@@ -99,6 +99,48 @@ type Snapshot struct {
 // Skipped is an etcd entry that is not a usable lease, with the reason.
 type Skipped struct {
 	Key    string
-	Reason string // stable, metric-friendly: "bad_key", "bad_json", "bad_public_ip", "outside_network", "backend", or a reconcile reason
+	Reason string // stable, metric-friendly: one of the Reason constants, or a reconcile reason
 	Err    error
+}
+
+// Why an entry is not a lease (Skipped.Reason).
+const (
+	ReasonBadKey         = "bad_key"
+	ReasonBadJSON        = "bad_json"
+	ReasonBadPublicIP    = "bad_public_ip"
+	ReasonOutsideNetwork = "outside_network"
+	ReasonBackend        = "backend" // of another backend than the network's
+)
+
+// ParsePublicIP parses a lease's IPv4 next hop.
+func ParsePublicIP(s string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(s)
+	return ip, err == nil && ip.Is4()
+}
+
+// ParsePublicIPv6 parses a lease's IPv6 next hop: no IPv4-mapped address,
+// no zone.
+func ParsePublicIPv6(s string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(s)
+	return ip, err == nil && ip.Is6() && !ip.Is4In6() && ip.Zone() == ""
+}
+
+// InNetwork reports whether subnet lies in network.
+func InNetwork(network, subnet netip.Prefix) bool {
+	return network.Contains(subnet.Addr()) && subnet.Bits() >= network.Bits()
+}
+
+// OtherBackend reports whether a lease of backend is to be ignored: as
+// flanneld's host-gw, which ignores leases of other backends (a vxlan
+// node has no route to offer).
+func (c Config) OtherBackend(backend string) bool {
+	return c.BackendType != "" && backend != "" && backend != c.BackendType
+}
+
+// RawJSON is a JSON value as a lease holds it: nil if empty.
+func RawJSON(s string) json.RawMessage {
+	if s == "" {
+		return nil
+	}
+	return json.RawMessage(s)
 }

@@ -115,14 +115,14 @@ func (m *Manager) wanted(v4, v6 netip.Addr) map[string]string {
 // publish writes the lease's annotations on the Node where they differ,
 // and returns the lease.
 func (m *Manager) publish(ctx context.Context, cfg registry.Config, n *corev1.Node, v4, v6 netip.Prefix, opts registry.AcquireOptions) (registry.Lease, error) {
-	if !inNetwork(cfg.Network, v4) {
+	if !registry.InNetwork(cfg.Network, v4) {
 		return registry.Lease{}, fmt.Errorf("node %s's podCIDR %s is outside the network %s of %s: the cluster's --cluster-cidr and the network config must agree",
 			n.Name, v4, cfg.Network, m.o.NetConfPath)
 	}
 	if !cfg.EnableIPv6 {
 		v6 = netip.Prefix{}
 	}
-	if v6.IsValid() && !inNetwork(cfg.IPv6Network, v6) {
+	if v6.IsValid() && !registry.InNetwork(cfg.IPv6Network, v6) {
 		return registry.Lease{}, fmt.Errorf("node %s's IPv6 podCIDR %s is outside the IPv6 network %s of %s: the cluster's --cluster-cidr and the network config must agree",
 			n.Name, v6, cfg.IPv6Network, m.o.NetConfPath)
 	}
