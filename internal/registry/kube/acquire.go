@@ -187,7 +187,7 @@ func (m *Manager) patchAnnotations(ctx context.Context, set map[string]*string) 
 	if err != nil {
 		return err
 	}
-	pause := time.Second
+	backoff := registry.NewBackoff(time.Second, 10*time.Second)
 	for {
 		err := m.client.patchNodeStatus(ctx, m.o.NodeName, types.MergePatchType, patch)
 		if err == nil {
@@ -196,13 +196,10 @@ func (m *Manager) patchAnnotations(ctx context.Context, set map[string]*string) 
 		if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsNotFound(err) || apierrors.IsUnauthorized(err) {
 			return fmt.Errorf("annotate node %s: %w", m.o.NodeName, err)
 		}
-		m.log.Warn("annotate node, retrying", "node", m.o.NodeName, "err", err, "retry_in", pause)
-		select {
-		case <-ctx.Done():
+		m.log.Warn("annotate node, retrying", "node", m.o.NodeName, "err", err, "retry_in", backoff.Delay())
+		if !backoff.Sleep(ctx) {
 			return fmt.Errorf("annotate node %s: %w (last: %v)", m.o.NodeName, ctx.Err(), err)
-		case <-time.After(pause):
 		}
-		pause = min(2*pause, 10*time.Second)
 	}
 }
 
@@ -220,7 +217,7 @@ func (m *Manager) KeepAlive(ctx context.Context, lease registry.Lease, opts regi
 		}
 		return err
 	}
-	pause := time.Second
+	backoff := registry.NewBackoff(time.Second, 30*time.Second)
 	for {
 		select {
 		case <-ctx.Done():
@@ -238,17 +235,15 @@ func (m *Manager) KeepAlive(ctx context.Context, lease registry.Lease, opts regi
 				return nil
 			}
 			if err == nil {
-				lease, pause = next, time.Second
+				lease = next
+				backoff.Reset()
 				onChange(lease)
 				break
 			}
-			m.log.Error("re-acquire lease", "err", err, "retry_in", pause)
-			select {
-			case <-ctx.Done():
+			m.log.Error("re-acquire lease", "err", err, "retry_in", backoff.Delay())
+			if !backoff.Sleep(ctx) {
 				return nil
-			case <-time.After(pause):
 			}
-			pause = min(2*pause, 30*time.Second)
 		}
 	}
 }
