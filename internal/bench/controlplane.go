@@ -392,7 +392,7 @@ func putLeases(ctx context.Context, cli *clientv3.Client, leases []SyntheticLeas
 	defer cancel()
 	prefix := registry.DefaultPrefix
 	cfg := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":"host-gw"}}`, cpNetwork)
-	if _, err := cli.Put(ctx, strings.TrimSuffix(prefix, "/")+"/config", cfg); err != nil {
+	if _, err := cli.Put(ctx, registry.ConfigKey(prefix), cfg); err != nil {
 		return 0, fmt.Errorf("write network config: %w", err)
 	}
 	grant, err := cli.Grant(ctx, int64((24 * time.Hour).Seconds()))

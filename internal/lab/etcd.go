@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 )
 
 // networkConfig is the flannel network config the lab seeds; a
@@ -62,7 +62,7 @@ func newEtcdClient(underlay string) (*clientv3.Client, error) {
 
 // seedNetworkConfig writes <prefix>/config as a flannel operator would.
 func seedNetworkConfig(ctx context.Context, cli *clientv3.Client, prefix string, dualStack bool) error {
-	key := strings.TrimSuffix(prefix, "/") + "/config"
+	key := registry.ConfigKey(prefix)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	config := networkConfig

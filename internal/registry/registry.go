@@ -32,11 +32,17 @@ func New(cli *clientv3.Client, prefix string, log *slog.Logger) *Registry {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Registry{cli: cli, prefix: strings.TrimSuffix(prefix, "/"), log: log, logged: map[string]int64{}, page: listPage}
+	return &Registry{cli: cli, prefix: prefix, log: log, logged: map[string]int64{}, page: listPage}
 }
 
-func (r *Registry) configKey() string  { return r.prefix + "/config" }
-func (r *Registry) subnetsDir() string { return r.prefix + "/subnets/" }
+// ConfigKey is the key of the network config under prefix.
+func ConfigKey(prefix string) string { return strings.TrimSuffix(prefix, "/") + "/config" }
+
+// SubnetsDir is the directory of the lease keys under prefix.
+func SubnetsDir(prefix string) string { return strings.TrimSuffix(prefix, "/") + "/subnets/" }
+
+func (r *Registry) configKey() string  { return ConfigKey(r.prefix) }
+func (r *Registry) subnetsDir() string { return SubnetsDir(r.prefix) }
 
 // LeaseKey is the etcd key of an IPv4-only lease of subnet.
 func (r *Registry) LeaseKey(subnet netip.Prefix) string { return r.subnetsDir() + SubnetKey(subnet) }
