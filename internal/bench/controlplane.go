@@ -659,16 +659,10 @@ func processCPU(pid int) (time.Duration, error) {
 
 // Percentile is the nearest-rank p-th percentile of vals (NaN if empty).
 func Percentile(vals []float64, p float64) float64 {
-	var v []float64
-	for _, x := range vals {
-		if !math.IsNaN(x) {
-			v = append(v, x)
-		}
-	}
+	v := sortedFinite(vals)
 	if len(v) == 0 {
 		return math.NaN()
 	}
-	slices.Sort(v)
 	rank := int(math.Ceil(p / 100 * float64(len(v))))
 	return v[min(max(rank, 1), len(v))-1]
 }
