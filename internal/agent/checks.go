@@ -5,25 +5,16 @@ import (
 	"errors"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/kernelwatch"
 )
 
 // runChecks re-checks, every resync, what can change under the agent:
 // flanneld's iptables rules, the NetworkPolicy engines and the conntrack
 // lookup (and with them what the programs may do), and the attachments.
 func (n *node) runChecks(ctx context.Context) error {
-	t := time.NewTicker(n.cfg.ResyncInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		n.check()
-	}
+	return kernelwatch.Loop{Resync: n.cfg.ResyncInterval, Run: func(context.Context) { n.check() }, Log: n.log}.Serve(ctx)
 }
 
 func (n *node) check() {

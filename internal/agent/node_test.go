@@ -421,12 +421,7 @@ func TestIPTablesDutiesAcrossResyncAndRestart(t *testing.T) {
 		if err := n.startIPTables(); err != nil {
 			t.Fatal(err)
 		}
-		if got := countRules(t, "nat", "FLANNEL-POSTRTG"); got != 7 {
-			t.Errorf("nat: %d lines mention FLANNEL-POSTRTG after start, want 7 (the jump and six rules)", got)
-		}
-		if got := countRules(t, "filter", "FLANNEL-FWD"); got != 3 {
-			t.Errorf("filter: %d lines mention FLANNEL-FWD after start, want 3", got)
-		}
+		expectRules(t, "after start", 7, 3) // masquerade: the jump and six rules
 		iptablesRestore(t, "*nat\n-D"+strings.TrimPrefix(masqRule, "-A")+"\nCOMMIT\n")
 		n.check()
 		if got := countRules(t, "nat", "FLANNEL-POSTRTG"); got != 7 {
@@ -449,18 +444,11 @@ func TestIPTablesDutiesAcrossResyncAndRestart(t *testing.T) {
 		if err := restarted.startIPTables(); err != nil {
 			t.Fatal(err)
 		}
-		if got := countRules(t, "nat", "FLANNEL-POSTRTG"); got != 0 {
-			t.Errorf("nat: %d lines mention FLANNEL-POSTRTG after a start without --ip-masq, want 0", got)
-		}
-		if got := countRules(t, "filter", "FLANNEL-FWD"); got != 3 {
-			t.Errorf("filter: %d lines mention FLANNEL-FWD, want 3", got)
-		}
+		expectRules(t, "after a start without --ip-masq", 0, 3)
 		if err := restarted.removeIPTables(); err != nil {
 			t.Fatal(err)
 		}
-		if got := countRules(t, "filter", "FLANNEL-FWD") + countRules(t, "nat", "FLANNEL-POSTRTG"); got != 0 {
-			t.Errorf("%d lines of ours left after cleanup", got)
-		}
+		expectRules(t, "after cleanup", 0, 0)
 	})
 }
 
@@ -470,6 +458,18 @@ func iptablesRestore(t *testing.T, in string) {
 	cmd.Stdin = strings.NewReader(in)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("iptables-restore: %v\n%s\n%s", err, out, in)
+	}
+}
+
+// expectRules checks how many lines of the nat and filter tables mention
+// flanneld's masquerade and forward chains.
+func expectRules(t *testing.T, when string, masq, fwd int) {
+	t.Helper()
+	if got := countRules(t, "nat", "FLANNEL-POSTRTG"); got != masq {
+		t.Errorf("nat: %d lines mention FLANNEL-POSTRTG %s, want %d", got, when, masq)
+	}
+	if got := countRules(t, "filter", "FLANNEL-FWD"); got != fwd {
+		t.Errorf("filter: %d lines mention FLANNEL-FWD %s, want %d", got, when, fwd)
 	}
 }
 

@@ -47,6 +47,14 @@ func (o *LabOptions) setDefaults(prefix string) {
 	}
 }
 
+// progressSince returns the printer of progress lines, each stamped with
+// the seconds since began.
+func (o *LabOptions) progressSince(began time.Time) func(format string, args ...any) {
+	return func(format string, args ...any) {
+		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(began).Seconds(), fmt.Sprintf(format, args...))
+	}
+}
+
 // Options configure a run.
 type Options struct {
 	LabOptions
@@ -156,12 +164,29 @@ type Machine struct {
 	LoadEnd   string `json:"loadavg_end"`
 }
 
+// Header is when and where a benchmark ran and how many rounds it took:
+// the head of both benchmarks' results.
+type Header struct {
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Machine  Machine   `json:"machine"`
+	Rounds   int       `json:"rounds"`
+}
+
+// startHeader records the start of a run of rounds.
+func startHeader(ctx context.Context, rounds int) Header {
+	return Header{Started: time.Now(), Machine: describeMachine(ctx), Rounds: rounds}
+}
+
+// finish records the end of the run.
+func (h *Header) finish() {
+	h.Finished = time.Now()
+	h.Machine.LoadEnd = loadAvg()
+}
+
 // Result is everything a run measured; it is written as results.json.
 type Result struct {
-	Started    time.Time         `json:"started"`
-	Finished   time.Time         `json:"finished"`
-	Machine    Machine           `json:"machine"`
-	Rounds     int               `json:"rounds"`
+	Header
 	Profiles   []string          `json:"profiles"`
 	Datapaths  []string          `json:"datapaths"`
 	Services   int               `json:"services"`
@@ -184,12 +209,9 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("output dir: %w", err)
 	}
-	began := time.Now()
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(began).Seconds(), fmt.Sprintf(format, args...))
-	}
+	progress := o.progressSince(time.Now())
 	res = &Result{
-		Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Profiles: o.Profiles,
+		Header: startHeader(ctx, o.Rounds), Profiles: o.Profiles,
 		Datapaths: o.Datapaths, Services: o.Services, Duration: o.Duration.String(),
 		LatencyDur: o.LatencyDuration.String(), PPS: o.PPS, LatencyCPU: runtime.NumCPU() - 1,
 		Setup: map[string]string{},
@@ -228,8 +250,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 			return res, err
 		}
 	}
-	res.Finished = time.Now()
-	res.Machine.LoadEnd = loadAvg()
+	res.finish()
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}

@@ -146,7 +146,7 @@ func TestParseChainPackets(t *testing.T) {
 }
 
 func TestRowsRatiosAndJSON(t *testing.T) {
-	r := &Result{Rounds: 2, Profiles: []string{ProfileBare}, Datapaths: []string{DatapathHost, DatapathRoutes, DatapathEBPF}}
+	r := &Result{Header: Header{Rounds: 2}, Profiles: []string{ProfileBare}, Datapaths: []string{DatapathHost, DatapathRoutes, DatapathEBPF}}
 	add := func(dp string, v float64, errMsg string) {
 		r.Samples = append(r.Samples, Sample{Profile: ProfileBare, Datapath: dp, Figure: FigTCPThroughput.Key,
 			Value: Float(v), Error: errMsg, At: time.Unix(0, 0)})
@@ -238,7 +238,7 @@ func TestBrief(t *testing.T) {
 // dual-stack for them, on bare nodes only.
 func TestIPv6Rows(t *testing.T) {
 	dps := []string{DatapathHost, DatapathRoutes, DatapathEBPF, DatapathHost6, DatapathRoutes6, DatapathEBPF6}
-	r := &Result{Rounds: 1, Profiles: []string{ProfileBare}, Datapaths: dps}
+	r := &Result{Header: Header{Rounds: 1}, Profiles: []string{ProfileBare}, Datapaths: dps}
 	for i, dp := range dps {
 		r.Samples = append(r.Samples, Sample{Profile: ProfileBare, Datapath: dp, Figure: FigTCPThroughput.Key, Value: Float(10 + i)})
 	}

@@ -178,11 +178,8 @@ type ControlPlaneSample struct {
 
 // ControlPlaneResult is a run; written as controlplane.json.
 type ControlPlaneResult struct {
-	Registry  string               `json:"registry"`
-	Started   time.Time            `json:"started"`
-	Finished  time.Time            `json:"finished"`
-	Machine   Machine              `json:"machine"`
-	Rounds    int                  `json:"rounds"`
+	Registry string `json:"registry"`
+	Header
 	Leases    []int                `json:"leases"`
 	Forms     []string             `json:"forms"`
 	NewLeases int                  `json:"new_leases"`
@@ -196,12 +193,8 @@ func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneR
 	if err := o.setDefaults(); err != nil {
 		return nil, err
 	}
-	began := time.Now()
-	progress := func(format string, args ...any) {
-		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(began).Seconds(), fmt.Sprintf(format, args...))
-	}
-	res := &ControlPlaneResult{Registry: o.Registry, Started: began, Machine: describeMachine(ctx), Rounds: o.Rounds, Leases: o.Leases,
-		Forms: o.Forms, NewLeases: o.NewLeases}
+	progress := o.progressSince(time.Now())
+	res := &ControlPlaneResult{Registry: o.Registry, Header: startHeader(ctx, o.Rounds), Leases: o.Leases, Forms: o.Forms, NewLeases: o.NewLeases}
 	down := lab.DownOptions{Prefix: o.Prefix, StateRoot: o.StateRoot, BinDir: o.BinDir, Log: o.Log}
 	progress("removing leftovers of earlier runs (prefix %s)", o.Prefix)
 	if err := lab.Down(ctx, down); err != nil {
@@ -220,8 +213,7 @@ func RunControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneR
 			}
 		}
 	}
-	res.Finished = time.Now()
-	res.Machine.LoadEnd = loadAvg()
+	res.finish()
 	return res, errors.Join(append(errs, ctx.Err())...)
 }
 
@@ -400,7 +392,7 @@ func putLeases(ctx context.Context, cli *clientv3.Client, leases []SyntheticLeas
 	defer cancel()
 	prefix := registry.DefaultPrefix
 	cfg := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":"host-gw"}}`, cpNetwork)
-	if _, err := cli.Put(ctx, strings.TrimSuffix(prefix, "/")+"/config", cfg); err != nil {
+	if _, err := cli.Put(ctx, registry.ConfigKey(prefix), cfg); err != nil {
 		return 0, fmt.Errorf("write network config: %w", err)
 	}
 	grant, err := cli.Grant(ctx, int64((24 * time.Hour).Seconds()))
@@ -667,16 +659,10 @@ func processCPU(pid int) (time.Duration, error) {
 
 // Percentile is the nearest-rank p-th percentile of vals (NaN if empty).
 func Percentile(vals []float64, p float64) float64 {
-	var v []float64
-	for _, x := range vals {
-		if !math.IsNaN(x) {
-			v = append(v, x)
-		}
-	}
+	v := sortedFinite(vals)
 	if len(v) == 0 {
 		return math.NaN()
 	}
-	slices.Sort(v)
 	rank := int(math.Ceil(p / 100 * float64(len(v))))
 	return v[min(max(rank, 1), len(v))-1]
 }

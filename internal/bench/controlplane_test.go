@@ -56,22 +56,32 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
+// runSmall runs o in labs of its own (a random prefix, the built
+// binaries), failing the test with the progress it wrote if it fails,
+// and checks that no namespace of them is left.
+func runSmall(t *testing.T, o ControlPlaneOptions) (*ControlPlaneResult, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	prefix := "hgwtcp" + testutil.RandHex(t, 2)
+	var progress bytes.Buffer
+	o.LabOptions = LabOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: testutil.BinDir(), CNIPath: testutil.CNIPath(), Progress: &progress}
+	res, err := RunControlPlane(ctx, o)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	if names, _ := filepath.Glob("/var/run/netns/" + prefix + "*"); len(names) != 0 {
+		t.Errorf("namespaces left behind: %v", names)
+	}
+	return res, progress.String()
+}
+
 // A whole small run: the lab comes up, the leases land in the kernel and
 // the map, new leases are timed, the table states the targets, and the
 // lab is gone afterwards.
 func TestRunControlPlaneSmall(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := testutil.BinDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	prefix := "hgwtcp" + testutil.RandHex(t, 2)
-	var progress bytes.Buffer
-	res, err := RunControlPlane(ctx, ControlPlaneOptions{
-		LabOptions: LabOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin, CNIPath: testutil.CNIPath(), Progress: &progress},
-		Rounds:     1, Leases: []int{300, 100}, NewLeases: 5})
-	if err != nil {
-		t.Fatalf("%v\n%s", err, progress.String())
-	}
+	res, _ := runSmall(t, ControlPlaneOptions{Rounds: 1, Leases: []int{300, 100}, NewLeases: 5})
 	if len(res.Samples) != 4 {
 		t.Fatalf("%d samples, want 2 lease counts x 2 forms", len(res.Samples))
 	}
@@ -98,9 +108,6 @@ func TestRunControlPlaneSmall(t *testing.T) {
 	} else if st, err := os.Stat(path); err != nil || st.Size() == 0 {
 		t.Errorf("chart %s: %v", path, err)
 	}
-	if names, _ := filepath.Glob("/var/run/netns/" + prefix + "*"); len(names) != 0 {
-		t.Errorf("namespaces left behind: %v", names)
-	}
 }
 
 // The same on Kubernetes Nodes: the peers are Nodes of a real
@@ -118,30 +125,18 @@ func TestRunControlPlaneKubeSmall(t *testing.T) {
 			t.Skipf("no %s (run `make deps`); skipping because CI is unset", b)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	prefix := "hgwtcp" + testutil.RandHex(t, 2)
-	var progress bytes.Buffer
-	res, err := RunControlPlane(ctx, ControlPlaneOptions{
-		LabOptions: LabOptions{Prefix: prefix, StateRoot: t.TempDir(), BinDir: bin, CNIPath: testutil.CNIPath(), Progress: &progress},
-		Leases:     []int{200}, Forms: []string{FormNexthop}, NewLeases: 5, Registry: lab.RegistryKube})
-	if err != nil {
-		t.Fatalf("%v\n%s", err, progress.String())
-	}
+	res, progress := runSmall(t, ControlPlaneOptions{Leases: []int{200}, Forms: []string{FormNexthop}, NewLeases: 5, Registry: lab.RegistryKube})
 	if len(res.Samples) != 1 || res.Registry != lab.RegistryKube {
 		t.Fatalf("%d samples of registry %q", len(res.Samples), res.Registry)
 	}
 	if s := res.Samples[0]; !(s.MapSeconds > 0) || !(s.RoutesSeconds > 0) || len(s.NewLeaseMapMs) != 5 || s.RSSBytes == 0 {
 		t.Errorf("sample %+v: want map and route times, 5 new-lease times and an RSS", s)
 	}
-	if !strings.Contains(progress.String(), "writing 199 peers' leases into kube") {
-		t.Errorf("progress does not say the leases went into Nodes:\n%s", progress.String())
+	if !strings.Contains(progress, "writing 199 peers' leases into kube") {
+		t.Errorf("progress does not say the leases went into Nodes:\n%s", progress)
 	}
 	dir := t.TempDir()
 	if path, err := res.WriteJSON(dir); err != nil || filepath.Base(path) != "controlplane-kube.json" {
 		t.Errorf("samples written to %s: %v", path, err)
-	}
-	if names, _ := filepath.Glob("/var/run/netns/" + prefix + "*"); len(names) != 0 {
-		t.Errorf("namespaces left behind: %v", names)
 	}
 }

@@ -28,7 +28,7 @@ func TestNsPerRun(t *testing.T) {
 
 // Figures a datapath does not have get no row (host has no program time).
 func TestRowsLeaveOutMissingFigures(t *testing.T) {
-	r := &Result{Rounds: 1, Profiles: []string{ProfileBare}, Datapaths: []string{DatapathHost, DatapathEBPF}}
+	r := &Result{Header: Header{Rounds: 1}, Profiles: []string{ProfileBare}, Datapaths: []string{DatapathHost, DatapathEBPF}}
 	r.Samples = []Sample{
 		{Profile: ProfileBare, Datapath: DatapathHost, Figure: FigCPUPerPacket.Key, Value: 10},
 		{Profile: ProfileBare, Datapath: DatapathEBPF, Figure: FigCPUPerPacket.Key, Value: 12},

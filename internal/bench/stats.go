@@ -17,22 +17,28 @@ type Summary struct {
 // Summarize computes the summary of samples; NaN samples (a failed
 // measurement) are left out. An empty input gives N = 0 and NaN values.
 func Summarize(samples []float64) Summary {
-	var v []float64
-	for _, s := range samples {
-		if !math.IsNaN(s) {
-			v = append(v, s)
-		}
-	}
+	v := sortedFinite(samples)
 	if len(v) == 0 {
 		return Summary{Median: math.NaN(), Min: math.NaN(), Max: math.NaN()}
 	}
-	slices.Sort(v)
 	n := len(v)
 	med := v[n/2]
 	if n%2 == 0 {
 		med = (v[n/2-1] + v[n/2]) / 2
 	}
 	return Summary{N: n, Median: med, Min: v[0], Max: v[n-1]}
+}
+
+// sortedFinite is samples without the NaNs (failed measurements), sorted.
+func sortedFinite(samples []float64) []float64 {
+	var v []float64
+	for _, s := range samples {
+		if !math.IsNaN(s) {
+			v = append(v, s)
+		}
+	}
+	slices.Sort(v)
+	return v
 }
 
 // Ratio is a / b, NaN when either is missing or b is zero.

@@ -67,6 +67,25 @@ func newNode(t *testing.T) *node {
 	return n
 }
 
+// reconciler is a Reconciler of n's bridge and pin root with o's other
+// fields, by default on n's endpoints map, attaching nothing. Call it in
+// n.ns.
+func (n *node) reconciler(t *testing.T, o endpoints.Options) *endpoints.Reconciler {
+	t.Helper()
+	o.Bridge, o.PinRoot = "cni0", n.dp.PinRoot()
+	if o.Map == nil {
+		o.Map = n.dp.Endpoints()
+	}
+	if o.Attach == nil {
+		o.Attach = func(string) error { return nil }
+	}
+	r, err := endpoints.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // racyMap is the endpoints map with a CNI ADD landing right after each
 // listing: what the reconciler listed is stale by the time it acts.
 type racyMap struct {
@@ -104,11 +123,7 @@ func TestApplyKeepsAnEntryRewrittenAfterTheListing(t *testing.T) {
 		}
 	}
 	testutil.Do(t, n.ns, func() {
-		r, err := endpoints.New(endpoints.Options{Bridge: "cni0", PinRoot: n.dp.PinRoot(), Map: &m,
-			Attach: func(string) error { return nil }, Log: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := n.reconciler(t, endpoints.Options{Map: &m, Log: slog.New(slog.DiscardHandler)})
 		defer r.Close()
 		res := r.Apply()
 		for _, err := range res.Errors {
@@ -128,11 +143,7 @@ func TestApplyKeepsAnEntryRewrittenAfterTheListing(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Do(t, n.ns, func() {
-		r, err := endpoints.New(endpoints.Options{Bridge: "cni0", PinRoot: n.dp.PinRoot(), Map: eps,
-			Attach: func(string) error { return nil }})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := n.reconciler(t, endpoints.Options{Map: eps})
 		defer r.Close()
 		if res := r.Apply(); res.Removed != 1 || len(res.Errors) != 0 {
 			t.Errorf("Apply of a stale entry: %+v, want it removed", res)
@@ -165,16 +176,12 @@ func TestApplyAttachesUnderThePinRootLock(t *testing.T) {
 		unlock()
 	}()
 	testutil.Do(t, n.ns, func() {
-		r, err := endpoints.New(endpoints.Options{Bridge: "cni0", PinRoot: n.dp.PinRoot(), Map: n.dp.Endpoints(),
-			Attach: func(dev string) error {
-				if !released.Load() {
-					t.Errorf("attached %s while another process held the pin root's lock", dev)
-				}
-				return nil
-			}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := n.reconciler(t, endpoints.Options{Attach: func(dev string) error {
+			if !released.Load() {
+				t.Errorf("attached %s while another process held the pin root's lock", dev)
+			}
+			return nil
+		}})
 		defer r.Close()
 		if res := r.Apply(); res.Attached != 1 || len(res.Errors) != 0 {
 			t.Errorf("Apply: %+v, want the pod's veth attached once the lock is free", res)
@@ -224,11 +231,7 @@ func TestApplyLearnsBothFamilies(t *testing.T) {
 				t.Fatalf("neighbour %s: %v", ip, err)
 			}
 		}
-		r, err := endpoints.New(endpoints.Options{Bridge: "cni0", PinRoot: n.dp.PinRoot(), Map: n.dp.Endpoints(),
-			Attach: func(string) error { return nil }})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := n.reconciler(t, endpoints.Options{})
 		defer r.Close()
 		if res := r.Apply(); res.Added != 2 || len(res.Errors) != 0 {
 			t.Errorf("Apply: %+v, want the pod's two addresses added", res)

@@ -27,7 +27,9 @@ const (
 
 // Loop is one reconciler's event loop.
 type Loop struct {
-	What      string // the events, for logs ("route deletions")
+	What string // the events, for logs ("route deletions")
+	// Subscribe makes the event subscription; nil runs on the timer and
+	// the triggers alone.
 	Subscribe func() (Subscription, error)
 	Triggers  <-chan struct{} // other reasons to run (nil: none)
 	Resync    time.Duration
@@ -47,12 +49,15 @@ func (l Loop) Serve(ctx context.Context) error {
 	var events <-chan struct{}
 	var retry <-chan time.Time
 	backoff := MinBackoff
-	sub, err := l.Subscribe()
-	if err != nil {
-		l.Log.Warn("cannot watch "+l.What+", relying on resync until it works", "err", err)
-		retry = time.After(backoff)
-	} else {
-		events = sub.Events()
+	var sub Subscription
+	var err error
+	if l.Subscribe != nil {
+		if sub, err = l.Subscribe(); err != nil {
+			l.Log.Warn("cannot watch "+l.What+", relying on resync until it works", "err", err)
+			retry = time.After(backoff)
+		} else {
+			events = sub.Events()
+		}
 	}
 	defer func() {
 		if sub != nil {

@@ -1,8 +1,10 @@
 package kernelwatch
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -77,11 +79,7 @@ func (h *harness) sub(t *testing.T, i int) *fakeSub {
 
 func (h *harness) waitRun(t *testing.T) {
 	t.Helper()
-	select {
-	case <-h.ran:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no run")
-	}
+	testutil.Recv(t, h.ran, 5*time.Second, "run")
 }
 
 func serve(t *testing.T, l Loop) (stop func()) { return testutil.Run(t, "Serve", l.Serve) }
@@ -151,5 +149,22 @@ func TestWithoutASubscriptionTheTimerRuns(t *testing.T) {
 	stop()
 	if h.missed.Load() < 2 {
 		t.Errorf("Missed called %d times for 2 resync runs", h.missed.Load())
+	}
+}
+
+// A loop without Subscribe (the agent's periodic checks) runs on the
+// timer, and does not warn about a watch it never meant to make.
+func TestWithoutSubscribeTheTimerRuns(t *testing.T) {
+	h := newHarness()
+	l := h.loop(t, nil, 20*time.Millisecond, 0)
+	l.Subscribe = nil
+	var logged bytes.Buffer
+	l.Log = slog.New(slog.NewTextHandler(&logged, nil))
+	stop := serve(t, l)
+	h.waitRun(t)
+	h.waitRun(t)
+	stop()
+	if logged.Len() != 0 {
+		t.Errorf("logged:\n%s", logged.String())
 	}
 }

@@ -5,18 +5,17 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 )
 
 // networkConfig is the flannel network config the lab seeds; a
@@ -29,59 +28,6 @@ const (
 // EtcdEndpoint is the URL the agents (inside the node namespaces) use.
 func EtcdEndpoint() string {
 	return "http://" + net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort))
-}
-
-// startEtcd starts the embedded etcd with its listeners inside the underlay
-// namespace. embed.StartEtcd creates every listen socket synchronously
-// (configurePeerListeners, configureClientListeners) before it returns, and a
-// socket keeps the namespace it was created in, so calling it on a thread in
-// the underlay namespace is enough. The goroutines it leaves behind only
-// accept on those sockets; new OS threads the runtime spawns meanwhile come
-// from its template thread, not from our namespaced one. The gRPC gateway is
-// off because it would dial the client URL from the root namespace.
-func startEtcd(ctx context.Context, underlay, dataDir string) (*embed.Etcd, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("etcd data dir: %w", err)
-	}
-	cfg := embed.NewConfig()
-	cfg.Name = "hgw-lab"
-	cfg.Dir = dataDir
-	client := url.URL{Scheme: "http", Host: net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort))}
-	peer := url.URL{Scheme: "http", Host: net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdPeerPort))}
-	cfg.ListenClientUrls = []url.URL{client}
-	cfg.AdvertiseClientUrls = []url.URL{client}
-	cfg.ListenPeerUrls = []url.URL{peer}
-	cfg.AdvertisePeerUrls = []url.URL{peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.EnableGRPCGateway = false
-	cfg.Logger = "zap"
-	cfg.LogLevel = "warn"
-	cfg.LogOutputs = []string{filepath.Join(filepath.Dir(dataDir), "etcd.log")}
-	// A lab's etcd lives minutes on a tmpfs: durability is not the point.
-	cfg.UnsafeNoFsync = true
-
-	var e *embed.Etcd
-	err := namedns.Do(underlay, func() error {
-		var err error
-		e, err = embed.StartEtcd(cfg)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("start etcd in %s: %w", underlay, err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-		return e, nil
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("etcd failed while starting: %w", err)
-	case <-time.After(30 * time.Second):
-		e.Close()
-		return nil, fmt.Errorf("etcd not ready after 30s (see %s)", cfg.LogOutputs[0])
-	case <-ctx.Done():
-		e.Close()
-		return nil, ctx.Err()
-	}
 }
 
 // newEtcdClient connects to the lab's etcd from any process: every
@@ -116,7 +62,7 @@ func newEtcdClient(underlay string) (*clientv3.Client, error) {
 
 // seedNetworkConfig writes <prefix>/config as a flannel operator would.
 func seedNetworkConfig(ctx context.Context, cli *clientv3.Client, prefix string, dualStack bool) error {
-	key := strings.TrimSuffix(prefix, "/") + "/config"
+	key := registry.ConfigKey(prefix)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	config := networkConfig
@@ -137,7 +83,12 @@ func (l *Lab) StartEtcd(ctx context.Context) error {
 	if l.etcd != nil {
 		return nil
 	}
-	e, err := startEtcd(ctx, l.state.Underlay, filepath.Join(l.state.Dir, "etcd", "data"))
+	e, err := kubeapi.StartEtcd(ctx, kubeapi.EtcdConfig{
+		Netns: l.state.Underlay, Name: "hgw-lab", Dir: filepath.Join(l.state.Dir, "etcd", "data"),
+		Client:  net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort)),
+		Peer:    net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdPeerPort)),
+		LogFile: filepath.Join(l.state.Dir, "etcd", "etcd.log"),
+	})
 	if err != nil {
 		return err
 	}

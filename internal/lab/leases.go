@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -80,7 +79,7 @@ type LeaseEntry struct {
 
 // listLeases reads every subnet lease with its remaining TTL.
 func listLeases(ctx context.Context, cli *clientv3.Client, prefix string) ([]LeaseEntry, error) {
-	dir := strings.TrimSuffix(prefix, "/") + "/subnets/"
+	dir := registry.SubnetsDir(prefix)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))

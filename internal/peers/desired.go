@@ -560,7 +560,7 @@ func findOverlap[V any](m prefixMap[V], bits int, p netip.Prefix) (V, bool) {
 			if v, ok := m.get(q); ok {
 				return v, true
 			}
-			q = nextPrefix(q)
+			q = registry.NextPrefix(q)
 		}
 		return none, false
 	}
@@ -573,31 +573,4 @@ func findOverlap[V any](m prefixMap[V], bits int, p netip.Prefix) (V, bool) {
 		return !hit
 	})
 	return found, hit
-}
-
-// nextPrefix is the prefix of p's length right after p.
-func nextPrefix(p netip.Prefix) netip.Prefix {
-	a := p.Addr().As16()
-	bits := p.Bits()
-	if p.Addr().Is4() {
-		bits += 96
-	}
-	// Add 1 at bit position bits-1 (counted from the left) of the 128.
-	for i := (bits - 1) / 8; i >= 0; i-- {
-		inc := byte(1) << (7 - (bits-1)%8)
-		if i != (bits-1)/8 {
-			inc = 1
-		}
-		sum := a[i] + inc
-		carry := sum < a[i]
-		a[i] = sum
-		if !carry {
-			break
-		}
-	}
-	addr := netip.AddrFrom16(a)
-	if p.Addr().Is4() {
-		addr = addr.Unmap()
-	}
-	return netip.PrefixFrom(addr, p.Bits())
 }

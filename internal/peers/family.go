@@ -23,36 +23,24 @@ const (
 	IPv6 Family = unix.AF_INET6
 )
 
-// String is the family's label in logs and metrics: ipv4 or ipv6.
-func (f Family) String() string {
+// pick is v4 or v6, whichever is f's.
+func pick[T any](f Family, v4, v6 T) T {
 	if f == IPv6 {
-		return "ipv6"
+		return v6
 	}
-	return "ipv4"
+	return v4
 }
+
+// String is the family's label in logs and metrics: ipv4 or ipv6.
+func (f Family) String() string { return pick(f, "ipv4", "ipv6") }
 
 // Name is the family as people write it: IPv4 or IPv6.
-func (f Family) Name() string {
-	if f == IPv6 {
-		return "IPv6"
-	}
-	return "IPv4"
-}
+func (f Family) Name() string { return pick(f, "IPv4", "IPv6") }
 
 // publicIPField is the lease value's field naming the family's next hop.
-func (f Family) publicIPField() string {
-	if f == IPv6 {
-		return "PublicIPv6"
-	}
-	return "PublicIP"
-}
+func (f Family) publicIPField() string { return pick(f, "PublicIP", "PublicIPv6") }
 
-func (f Family) bits() int {
-	if f == IPv6 {
-		return 128
-	}
-	return 32
-}
+func (f Family) bits() int { return pick(f, 32, 128) }
 
 // Has tells an address of the family. An IPv4-mapped IPv6 address is
 // neither: the kernel would route it as IPv6, the map could not hold it.
@@ -74,19 +62,11 @@ func familyOf(a netip.Addr) Family {
 // has one: the kernel gives a route added without it 1024, which is where
 // flanneld's routes (and `ip -6 route add`'s) sit, so ours sit there too
 // and a replace takes flanneld's over in place. IPv4 routes have none.
-func (f Family) metric() uint32 {
-	if f == IPv6 {
-		return 1024
-	}
-	return 0
-}
+func (f Family) metric() uint32 { return pick[uint32](f, 0, 1024) }
 
 // routeGroup is the netlink multicast group of the family's route events.
 func (f Family) routeGroup() uint {
-	if f == IPv6 {
-		return unix.RTNLGRP_IPV6_ROUTE
-	}
-	return unix.RTNLGRP_IPV4_ROUTE
+	return pick[uint](f, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE)
 }
 
 // lease is the family's half of a lease: its subnet and the next hop

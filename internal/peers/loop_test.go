@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/peers"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
@@ -266,6 +269,28 @@ func TestRunWithoutRouteEvents(t *testing.T) {
 	}
 }
 
+// moved is peerList (threePeers) after .5 joined, .3 moved to another
+// host and .4 left.
+func (e *env) moved(peerList []peers.Peer) []peers.Peer {
+	return []peers.Peer{peerList[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
+}
+
+// appliedIncrementally waits for both tables to hold next (moved) after
+// how, and checks that it listed the map no more than the lists times
+// before it and logged just the three changes.
+func (e *env) appliedIncrementally(t *testing.T, how string, next []peers.Peer, lists int, logs *testLog) {
+	t.Helper()
+	waitFor(t, 2*time.Second, "converge after "+how, func() bool { return e.converged(t, next) })
+	if n := e.rm.listed(); n != lists {
+		t.Errorf("%s listed the map again (%d times): not incremental", how, n-lists)
+	}
+	want := e.trSorted([]string{"added 10.244.5.0/24 198.18.0.15", "changed 10.244.3.0/24 198.18.0.23", "removed 10.244.4.0/24 198.18.0.14"})
+	time.Sleep(50 * time.Millisecond)
+	if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
+		t.Errorf("logged changes %v, want %v", got, want)
+	}
+}
+
 // Update's changes are applied on their own: a new, a moved and a
 // departed peer reach both tables without either being listed. The full
 // comparison comes with the resync interval and after Resync.
@@ -278,18 +303,9 @@ func TestRunAppliesUpdatesIncrementally(t *testing.T) {
 			t.Errorf("the first run listed the map %d times, want 1 (the full comparison)", lists)
 		}
 
-		// .5 joins, .3 moves to another host, .4 leaves.
-		next := []peers.Peer{peerList[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
+		next := e.moved(peerList)
 		r.Update(next)
-		waitFor(t, 2*time.Second, "converge after the second Update", func() bool { return e.converged(t, next) })
-		if n := e.rm.listed(); n != lists {
-			t.Errorf("an Update listed the map again (%d times): not incremental", n-lists)
-		}
-		want := e.trSorted([]string{"added 10.244.5.0/24 198.18.0.15", "changed 10.244.3.0/24 198.18.0.23", "removed 10.244.4.0/24 198.18.0.14"})
-		time.Sleep(50 * time.Millisecond)
-		if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
-			t.Errorf("logged changes %v, want %v", got, want)
-		}
+		e.appliedIncrementally(t, "the second Update", next, lists, logs)
 		if got, want := e.routeLines(t), e.wantLines(next); !reflect.DeepEqual(got, want) {
 			t.Errorf("ip route:\n got %q\nwant %q", got, want)
 		}
@@ -325,16 +341,8 @@ func TestRunAppliesChanges(t *testing.T) {
 			{Peer: peers.Peer{Subnet: peerList[2].Subnet}, Removed: true},
 			{Peer: peers.Peer{Subnet: netip.MustParsePrefix(e.tr("10.244.9.0/24"))}, Removed: true}, // never desired
 		})
-		next := []peers.Peer{peerList[0], e.peer("10.244.3.0/24", "198.18.0.23"), e.peer("10.244.5.0/24", "198.18.0.15")}
-		waitFor(t, 2*time.Second, "converge after Change", func() bool { return e.converged(t, next) })
-		if n := e.rm.listed(); n != lists {
-			t.Errorf("a Change listed the map again (%d times): not incremental", n-lists)
-		}
-		want := e.trSorted([]string{"added 10.244.5.0/24 198.18.0.15", "changed 10.244.3.0/24 198.18.0.23", "removed 10.244.4.0/24 198.18.0.14"})
-		time.Sleep(50 * time.Millisecond)
-		if got := changes(logs.take()); !reflect.DeepEqual(got, want) {
-			t.Errorf("logged changes %v, want %v", got, want)
-		}
+		next := e.moved(peerList)
+		e.appliedIncrementally(t, "the Change", next, lists, logs)
 		// The full comparison after Changes compares with the edited set.
 		r.Resync()
 		r.Update(next)
@@ -343,6 +351,42 @@ func TestRunAppliesChanges(t *testing.T) {
 		if got := changes(logs.take()); len(got) != 0 {
 			t.Errorf("the full comparison after Changes changed %v", got)
 		}
+	})
+}
+
+// On a flat network the underlay's prefix (here 10.0.0.0/8 on eth0) holds
+// the pod subnets. A subnet inside a local prefix is routed as any other,
+// so a change to it is applied on its own, without a full comparison; only
+// a subnet that covers a local prefix goes to the full run, which refuses
+// to route it.
+func TestRunChangesOnAFlatNetwork(t *testing.T) {
+	forModes(t, func(t *testing.T, e *env) {
+		addr, err := netlink.ParseAddr(e.tr("10.0.0.11/8"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr.Flags = unix.IFA_F_NODAD
+		if err := e.h.AddrAdd(e.link, addr); err != nil {
+			t.Fatalf("address eth0: %v", err)
+		}
+		peerList := e.threePeers()
+		r, _, _ := e.running(t, peerList)
+		lists := e.rm.listed()
+
+		joined := e.peer("10.244.5.0/24", "198.18.0.15")
+		r.Change([]peers.PeerChange{{Peer: joined}})
+		next := append(peerList[:len(peerList):len(peerList)], joined)
+		waitFor(t, 2*time.Second, "converge after Change", func() bool { return e.converged(t, next) })
+		if n := e.rm.listed(); n != lists {
+			t.Errorf("a subnet inside the underlay's prefix went to the full comparison (%d listings)", n-lists)
+		}
+
+		// 10.0.0.0/24 covers the node's own 10.0.0.11: never routed.
+		covering := e.peer("10.0.0.0/24", "198.18.0.16")
+		r.Change([]peers.PeerChange{{Peer: covering}})
+		waitFor(t, 2*time.Second, "the full comparison", func() bool { return e.rm.listed() > lists })
+		time.Sleep(50 * time.Millisecond)
+		e.assertConverged(t, next) // and nothing for the covering subnet
 	})
 }
 

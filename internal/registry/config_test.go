@@ -9,99 +9,40 @@ import (
 )
 
 func TestParseConfig(t *testing.T) {
+	net16 := v4("10.244.0.0/16", 24, "10.244.1.0", "10.244.255.0") // its defaults
 	tests := []struct {
 		name, json string
 		want       registry.Config
-	}{{
-		name: "defaults for a /16",
-		json: `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"), BackendType: "host-gw"},
-	}, {
-		name: "defaults for a /8, no backend",
-		json: `{"Network":"10.0.0.0/8"}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("10.0.0.0/8"), SubnetLen: 24,
-			SubnetMin: addr("10.0.1.0"), SubnetMax: addr("10.255.255.0")},
-	}, {
+	}{
+		{"defaults for a /16", `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`, hostGW(net16)},
+		{"defaults for a /8, no backend", `{"Network":"10.0.0.0/8"}`, v4("10.0.0.0/8", 24, "10.0.1.0", "10.255.255.0")},
 		// flannel's CheckNetworkConfig: /24 down to a /22, then four subnets.
-		name: "a /22 network still gets /24 subnets",
-		json: `{"Network":"192.168.4.0/22"}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("192.168.4.0/22"), SubnetLen: 24,
-			SubnetMin: addr("192.168.5.0"), SubnetMax: addr("192.168.7.0")},
-	}, {
-		name: "a /23 network is cut in four like flanneld does",
-		json: `{"Network":"192.168.6.0/23"}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("192.168.6.0/23"), SubnetLen: 25,
-			SubnetMin: addr("192.168.6.128"), SubnetMax: addr("192.168.7.128")},
-	}, {
-		name: "a /28 network is the smallest flanneld accepts",
-		json: `{"Network":"192.168.7.0/28"}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("192.168.7.0/28"), SubnetLen: 30,
-			SubnetMin: addr("192.168.7.4"), SubnetMax: addr("192.168.7.12")},
-	}, {
-		name: "explicit values",
-		json: `{"Network":"10.244.0.0/16","SubnetLen":26,"SubnetMin":"10.244.10.0","SubnetMax":"10.244.20.192","Backend":{"Type":"host-gw"}}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("10.244.0.0/16"), SubnetLen: 26,
-			SubnetMin: addr("10.244.10.0"), SubnetMax: addr("10.244.20.192"), BackendType: "host-gw"},
-	}, {
-		name: "the most subnets allowed: 65536",
-		json: `{"Network":"10.240.0.0/14","SubnetLen":30}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("10.240.0.0/14"), SubnetLen: 30,
-			SubnetMin: addr("10.240.0.4"), SubnetMax: addr("10.243.255.252")},
-	}, {
-		name: "network with host bits is masked",
-		json: `{"Network":"10.244.3.4/16"}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0")},
-	}, {
-		name: "flanneld's extra fields are ignored",
-		json: `{"Network":"10.244.0.0/16","EnableIPv6":false,"Backend":{"Type":"host-gw","DirectRouting":true}}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"), BackendType: "host-gw"},
-	}, {
+		{"a /22 network still gets /24 subnets", `{"Network":"192.168.4.0/22"}`, v4("192.168.4.0/22", 24, "192.168.5.0", "192.168.7.0")},
+		{"a /23 network is cut in four like flanneld does", `{"Network":"192.168.6.0/23"}`, v4("192.168.6.0/23", 25, "192.168.6.128", "192.168.7.128")},
+		{"a /28 network is the smallest flanneld accepts", `{"Network":"192.168.7.0/28"}`, v4("192.168.7.0/28", 30, "192.168.7.4", "192.168.7.12")},
+		{"explicit values", `{"Network":"10.244.0.0/16","SubnetLen":26,"SubnetMin":"10.244.10.0","SubnetMax":"10.244.20.192","Backend":{"Type":"host-gw"}}`,
+			hostGW(v4("10.244.0.0/16", 26, "10.244.10.0", "10.244.20.192"))},
+		{"the most subnets allowed: 65536", `{"Network":"10.240.0.0/14","SubnetLen":30}`, v4("10.240.0.0/14", 30, "10.240.0.4", "10.243.255.252")},
+		{"network with host bits is masked", `{"Network":"10.244.3.4/16"}`, net16},
+		{"flanneld's extra fields are ignored", `{"Network":"10.244.0.0/16","EnableIPv6":false,"Backend":{"Type":"host-gw","DirectRouting":true}}`, hostGW(net16)},
 		// flannel's CheckNetworkConfig for IPv6: /64 subnets, the first
 		// one skipped, the last one the maximum.
-		name: "dual stack defaults for a /56",
-		json: `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}`,
-		want: registry.Config{EnableIPv4: true, EnableIPv6: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"),
-			IPv6Network: pfx("fd00:10:244::/56"), IPv6SubnetLen: 64,
-			IPv6SubnetMin: addr("fd00:10:244:1::"), IPv6SubnetMax: addr("fd00:10:244:ff::"), BackendType: "host-gw"},
-	}, {
-		name: "dual stack, EnableIPv4 spelt out, a /64 network cut in four like flanneld does",
-		json: `{"EnableIPv4":true,"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244:7::/64"}`,
-		want: registry.Config{EnableIPv4: true, EnableIPv6: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"),
-			IPv6Network: pfx("fd00:10:244:7::/64"), IPv6SubnetLen: 66,
-			IPv6SubnetMin: addr("fd00:10:244:7:4000::"), IPv6SubnetMax: addr("fd00:10:244:7:c000::")},
-	}, {
-		name: "dual stack, a /124 network is the smallest flanneld accepts",
-		json: `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::10:0/124"}`,
-		want: registry.Config{EnableIPv4: true, EnableIPv6: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"),
-			IPv6Network: pfx("fd00::10:0/124"), IPv6SubnetLen: 126,
-			IPv6SubnetMin: addr("fd00::10:4"), IPv6SubnetMax: addr("fd00::10:c")},
-	}, {
-		name: "dual stack, explicit values, host bits masked; a /8 has room for 2^72 subnets",
-		json: `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd12:3456::1/8","IPv6SubnetLen":80,` +
-			`"IPv6SubnetMin":"fd00:0:0:10:1::","IPv6SubnetMax":"fdff:ffff:ffff:ffff:ffff::"}`,
-		want: registry.Config{EnableIPv4: true, EnableIPv6: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"),
-			IPv6Network: pfx("fd00::/8"), IPv6SubnetLen: 80,
-			IPv6SubnetMin: addr("fd00:0:0:10:1::"), IPv6SubnetMax: addr("fdff:ffff:ffff:ffff:ffff::")},
-	}, {
-		name: "the IPv6 fields are not read without EnableIPv6, as in flanneld",
-		json: `{"Network":"10.244.0.0/16","IPv6Network":"not even an address","IPv6SubnetLen":3}`,
-		want: registry.Config{EnableIPv4: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0")},
-	}, {
-		name: "flanneld takes 0.0.0.0 and :: for an unset bound",
-		json: `{"Network":"10.244.0.0/16","SubnetMin":"0.0.0.0","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetMax":"::"}`,
-		want: registry.Config{EnableIPv4: true, EnableIPv6: true, Network: pfx("10.244.0.0/16"), SubnetLen: 24,
-			SubnetMin: addr("10.244.1.0"), SubnetMax: addr("10.244.255.0"),
-			IPv6Network: pfx("fd00:10:244::/56"), IPv6SubnetLen: 64,
-			IPv6SubnetMin: addr("fd00:10:244:1::"), IPv6SubnetMax: addr("fd00:10:244:ff::")},
-	}}
+		{"dual stack defaults for a /56", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}`,
+			hostGW(dual(net16, "fd00:10:244::/56", 64, "fd00:10:244:1::", "fd00:10:244:ff::"))},
+		{"dual stack, EnableIPv4 spelt out, a /64 network cut in four like flanneld does",
+			`{"EnableIPv4":true,"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244:7::/64"}`,
+			dual(net16, "fd00:10:244:7::/64", 66, "fd00:10:244:7:4000::", "fd00:10:244:7:c000::")},
+		{"dual stack, a /124 network is the smallest flanneld accepts", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::10:0/124"}`,
+			dual(net16, "fd00::10:0/124", 126, "fd00::10:4", "fd00::10:c")},
+		{"dual stack, explicit values, host bits masked; a /8 has room for 2^72 subnets",
+			`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd12:3456::1/8","IPv6SubnetLen":80,` +
+				`"IPv6SubnetMin":"fd00:0:0:10:1::","IPv6SubnetMax":"fdff:ffff:ffff:ffff:ffff::"}`,
+			dual(net16, "fd00::/8", 80, "fd00:0:0:10:1::", "fdff:ffff:ffff:ffff:ffff::")},
+		{"the IPv6 fields are not read without EnableIPv6, as in flanneld", `{"Network":"10.244.0.0/16","IPv6Network":"not even an address","IPv6SubnetLen":3}`, net16},
+		{"flanneld takes 0.0.0.0 and :: for an unset bound",
+			`{"Network":"10.244.0.0/16","SubnetMin":"0.0.0.0","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetMax":"::"}`,
+			dual(net16, "fd00:10:244::/56", 64, "fd00:10:244:1::", "fd00:10:244:ff::")},
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := registry.ParseConfig([]byte(tt.json))
@@ -180,43 +121,55 @@ func TestParseConfigErrors(t *testing.T) {
 }
 
 func TestConfigInRange(t *testing.T) {
-	cfg, err := registry.ParseConfig([]byte(`{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for p, want := range map[string]bool{
+	checkInRange(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0"}`, map[string]bool{
 		"10.244.10.0/24": true, "10.244.11.0/24": true, "10.244.12.0/24": true,
 		"10.244.9.0/24": false, "10.244.13.0/24": false, // outside Min..Max
 		"10.244.10.0/25": false, "10.245.10.0/24": false, // wrong length, wrong network
-	} {
+	})
+}
+
+func TestConfigInRangeIPv6(t *testing.T) {
+	checkInRange(t, `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",`+
+		`"IPv6SubnetMin":"fd00:10:244:10::","IPv6SubnetMax":"fd00:10:244:12::"}`, map[string]bool{
+		"fd00:10:244:10::/64": true, "fd00:10:244:12::/64": true, "10.244.7.0/24": true,
+		"fd00:10:244:f::/64": false, "fd00:10:244:13::/64": false, // outside Min..Max
+		"fd00:10:244:10::/80": false, "fd00:10:245:10::/64": false, // wrong length, wrong network
+	})
+	// A config without EnableIPv6 hands out no IPv6 subnets.
+	checkInRange(t, `{"Network":"10.244.0.0/16"}`, map[string]bool{"fd00:10:244:10::/64": false})
+}
+
+// checkInRange checks which prefixes the config json holds in range.
+func checkInRange(t *testing.T, json string, inRange map[string]bool) {
+	t.Helper()
+	cfg, err := registry.ParseConfig([]byte(json))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range inRange {
 		if got := cfg.InRange(pfx(p)); got != want {
-			t.Errorf("InRange(%s) = %v, want %v", p, got, want)
+			t.Errorf("config %s: InRange(%s) = %v, want %v", json, p, got, want)
 		}
 	}
 }
 
-func TestConfigInRangeIPv6(t *testing.T) {
-	cfg, err := registry.ParseConfig([]byte(`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",` +
-		`"IPv6SubnetMin":"fd00:10:244:10::","IPv6SubnetMax":"fd00:10:244:12::"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for p, want := range map[string]bool{
-		"fd00:10:244:10::/64": true, "fd00:10:244:12::/64": true, "10.244.7.0/24": true,
-		"fd00:10:244:f::/64": false, "fd00:10:244:13::/64": false, // outside Min..Max
-		"fd00:10:244:10::/80": false, "fd00:10:245:10::/64": false, // wrong length, wrong network
-	} {
-		if got := cfg.InRange(pfx(p)); got != want {
-			t.Errorf("InRange(%s) = %v, want %v", p, got, want)
-		}
-	}
-	v4only, err := registry.ParseConfig([]byte(`{"Network":"10.244.0.0/16"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v4only.InRange(pfx("fd00:10:244:10::/64")) {
-		t.Error("a config without EnableIPv6 hands out IPv6 subnets")
-	}
+// v4 is the config of IPv4 network cut into /subnetLen subnets, min to
+// max.
+func v4(network string, subnetLen int, min, max string) registry.Config {
+	return registry.Config{EnableIPv4: true, Network: pfx(network), SubnetLen: subnetLen, SubnetMin: addr(min), SubnetMax: addr(max)}
+}
+
+// dual is c with IPv6 network too, cut into /subnetLen subnets, min to
+// max.
+func dual(c registry.Config, network string, subnetLen int, min, max string) registry.Config {
+	c.EnableIPv6, c.IPv6Network, c.IPv6SubnetLen, c.IPv6SubnetMin, c.IPv6SubnetMax = true, pfx(network), subnetLen, addr(min), addr(max)
+	return c
+}
+
+// hostGW is c with flannel's host-gw backend.
+func hostGW(c registry.Config) registry.Config {
+	c.BackendType = "host-gw"
+	return c
 }
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -24,7 +24,7 @@ import (
 // two thirds of the TTL costs nothing. While etcd is unreachable it keeps
 // trying with backoff; returns nil when ctx is done.
 func (r *Registry) KeepAlive(ctx context.Context, lease Lease, opts AcquireOptions, onChange func(Lease)) error {
-	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
+	backoff := NewBackoff(200*time.Millisecond, 10*time.Second)
 	for {
 		err := r.holdLease(ctx, lease)
 		if ctx.Err() != nil {
@@ -32,7 +32,7 @@ func (r *Registry) KeepAlive(ctx context.Context, lease Lease, opts AcquireOptio
 		}
 		r.log.Warn("own lease lost, acquiring again", "subnet", lease.Subnet, "key", lease.Key, "err", err)
 		for {
-			if !backoff.sleep(ctx) {
+			if !backoff.Sleep(ctx) {
 				return nil
 			}
 			opts.Previous, opts.PreviousIPv6 = lease.Subnet, lease.IPv6Subnet
@@ -41,7 +41,7 @@ func (r *Registry) KeepAlive(ctx context.Context, lease Lease, opts AcquireOptio
 			cancel()
 			if err == nil {
 				lease = next
-				backoff.reset()
+				backoff.Reset()
 				onChange(lease)
 				break
 			}

@@ -41,15 +41,22 @@ func startKeepAlive(t *testing.T, reg *registry.Registry, l registry.Lease, o re
 	return k
 }
 
+// expectHeld checks that l's key is still bound to l's etcd lease and
+// that the lease has time left.
+func (c *cluster) expectHeld(t *testing.T, l registry.Lease, after string) {
+	t.Helper()
+	kv := c.get(t, l.Key)
+	if kv == nil || int64(kv.Lease) != l.LeaseID {
+		t.Fatalf("after %s: key %+v, want it still on etcd lease %x", after, kv, l.LeaseID)
+	}
+	if _, left := c.ttl(t, kv.Lease); left <= 0 {
+		t.Errorf("after %s: etcd lease has %ds left", after, left)
+	}
+}
+
 func (k *keeper) change(t *testing.T) registry.Lease {
 	t.Helper()
-	select {
-	case l := <-k.changes:
-		return l
-	case <-time.After(15 * time.Second):
-		t.Fatal("KeepAlive reported no new lease within 15s")
-		return registry.Lease{}
-	}
+	return testutil.Recv(t, k.changes, 15*time.Second, "new lease from KeepAlive")
 }
 
 func (k *keeper) noChange(t *testing.T) {
@@ -66,13 +73,7 @@ func TestKeepAliveRenews(t *testing.T) {
 	c := newCluster(t, hostGW16)
 	l, _, k := c.acquireAndKeep(t, 2*time.Second)
 	time.Sleep(5 * time.Second) // 2.5 TTLs
-	kv := c.get(t, l.Key)
-	if kv == nil || int64(kv.Lease) != l.LeaseID {
-		t.Fatalf("after 5s with a 2s TTL: key %+v, want it bound to %x", kv, l.LeaseID)
-	}
-	if _, left := c.ttl(t, kv.Lease); left <= 0 {
-		t.Errorf("etcd lease has %ds left", left)
-	}
+	c.expectHeld(t, l, "5s with a 2s TTL")
 	k.noChange(t)
 
 	// Without KeepAlive the same key expires: it was KeepAlive that held it.
@@ -210,13 +211,7 @@ func TestKeepAliveRidesOutShortEtcdOutage(t *testing.T) {
 	c.srv.Restart(t)
 	t.Logf("etcd restarted in %s", time.Since(start).Round(time.Millisecond))
 	time.Sleep(7 * time.Second) // past the TTL: only renewals hold the key now
-	kv := c.get(t, l.Key)
-	if kv == nil || int64(kv.Lease) != l.LeaseID {
-		t.Fatalf("after a short outage: key %+v, want it still on etcd lease %x", kv, l.LeaseID)
-	}
-	if _, left := c.ttl(t, kv.Lease); left <= 0 {
-		t.Errorf("etcd lease has %ds left", left)
-	}
+	c.expectHeld(t, l, "a short outage")
 	k.noChange(t)
 }
 
@@ -292,13 +287,13 @@ func TestKeepAliveRechecksOwnerAfterCompaction(t *testing.T) {
 			k := startKeepAlive(t, reg, l, o)
 			time.Sleep(500 * time.Millisecond) // the watch is established
 
-			p.cut()
+			p.Cut()
 			if _, err := c.cli.Delete(ctx, l.Key); err != nil {
 				t.Fatal(err)
 			}
 			theirs := c.put(t, l.Key, tc.value, 60)
 			c.srv.Compact(t, 0)
-			p.heal()
+			p.Heal()
 
 			got := k.change(t)
 			if tc.moves {

@@ -42,20 +42,23 @@ type LeaseAttrs struct {
 // flanneldAttrs is flanneld's lease.LeaseAttrs on the wire: its PublicIP
 // (an ip.IP4) is never omitted, and its PublicIPv6 is a pointer without
 // omitempty, so an IPv4-only lease says "PublicIPv6":null. flanneld cannot
-// parse "" there: it would ignore the whole lease.
+// parse "" there: it would ignore the whole lease. These two fields hide
+// the embedded ones of the same name; the rest are LeaseAttrs' as they
+// are.
 type flanneldAttrs struct {
-	PublicIP      string
-	PublicIPv6    *string
-	BackendType   string          `json:",omitempty"`
-	BackendData   json.RawMessage `json:",omitempty"`
-	BackendV6Data json.RawMessage `json:",omitempty"`
+	PublicIP   string
+	PublicIPv6 *string
+	plainAttrs
 }
+
+// plainAttrs is LeaseAttrs without its MarshalJSON.
+type plainAttrs LeaseAttrs
 
 // MarshalJSON writes the bytes flanneld writes for the same lease:
 // {"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"host-gw"},
 // or with "PublicIPv6":"fd00::11" on a dual-stack node.
 func (a LeaseAttrs) MarshalJSON() ([]byte, error) {
-	w := flanneldAttrs{PublicIP: a.PublicIP, BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
+	w := flanneldAttrs{PublicIP: a.PublicIP, plainAttrs: plainAttrs(a)}
 	if a.PublicIPv6 != "" {
 		w.PublicIPv6 = &a.PublicIPv6
 	}
@@ -96,6 +99,48 @@ type Snapshot struct {
 // Skipped is an etcd entry that is not a usable lease, with the reason.
 type Skipped struct {
 	Key    string
-	Reason string // stable, metric-friendly: "bad_key", "bad_json", "bad_public_ip", "outside_network", "backend", or a reconcile reason
+	Reason string // stable, metric-friendly: one of the Reason constants, or a reconcile reason
 	Err    error
+}
+
+// Why an entry is not a lease (Skipped.Reason).
+const (
+	ReasonBadKey         = "bad_key"
+	ReasonBadJSON        = "bad_json"
+	ReasonBadPublicIP    = "bad_public_ip"
+	ReasonOutsideNetwork = "outside_network"
+	ReasonBackend        = "backend" // of another backend than the network's
+)
+
+// ParsePublicIP parses a lease's IPv4 next hop.
+func ParsePublicIP(s string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(s)
+	return ip, err == nil && ip.Is4()
+}
+
+// ParsePublicIPv6 parses a lease's IPv6 next hop: no IPv4-mapped address,
+// no zone.
+func ParsePublicIPv6(s string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(s)
+	return ip, err == nil && ip.Is6() && !ip.Is4In6() && ip.Zone() == ""
+}
+
+// InNetwork reports whether subnet lies in network.
+func InNetwork(network, subnet netip.Prefix) bool {
+	return network.Contains(subnet.Addr()) && subnet.Bits() >= network.Bits()
+}
+
+// OtherBackend reports whether a lease of backend is to be ignored: as
+// flanneld's host-gw, which ignores leases of other backends (a vxlan
+// node has no route to offer).
+func (c Config) OtherBackend(backend string) bool {
+	return c.BackendType != "" && backend != "" && backend != c.BackendType
+}
+
+// RawJSON is a JSON value as a lease holds it: nil if empty.
+func RawJSON(s string) json.RawMessage {
+	if s == "" {
+		return nil
+	}
+	return json.RawMessage(s)
 }

@@ -32,11 +32,17 @@ func New(cli *clientv3.Client, prefix string, log *slog.Logger) *Registry {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Registry{cli: cli, prefix: strings.TrimSuffix(prefix, "/"), log: log, logged: map[string]int64{}, page: listPage}
+	return &Registry{cli: cli, prefix: prefix, log: log, logged: map[string]int64{}, page: listPage}
 }
 
-func (r *Registry) configKey() string  { return r.prefix + "/config" }
-func (r *Registry) subnetsDir() string { return r.prefix + "/subnets/" }
+// ConfigKey is the key of the network config under prefix.
+func ConfigKey(prefix string) string { return strings.TrimSuffix(prefix, "/") + "/config" }
+
+// SubnetsDir is the directory of the lease keys under prefix.
+func SubnetsDir(prefix string) string { return strings.TrimSuffix(prefix, "/") + "/subnets/" }
+
+func (r *Registry) configKey() string  { return ConfigKey(r.prefix) }
+func (r *Registry) subnetsDir() string { return SubnetsDir(r.prefix) }
 
 // LeaseKey is the etcd key of an IPv4-only lease of subnet.
 func (r *Registry) LeaseKey(subnet netip.Prefix) string { return r.subnetsDir() + SubnetKey(subnet) }
@@ -85,37 +91,35 @@ func (r *Registry) parse(cfg Config, key string, value []byte, leaseID, modRev i
 	}
 	v4, v6, err := ParseSubnetKey(strings.TrimPrefix(key, r.subnetsDir()))
 	if err != nil {
-		return skip("bad_key", err)
+		return skip(ReasonBadKey, err)
 	}
 	var attrs LeaseAttrs
 	if err := json.Unmarshal(value, &attrs); err != nil {
-		return skip("bad_json", fmt.Errorf("value is not a lease: %w", err))
+		return skip(ReasonBadJSON, fmt.Errorf("value is not a lease: %w", err))
 	}
-	ip, err := netip.ParseAddr(attrs.PublicIP)
-	if err != nil || !ip.Is4() {
-		return skip("bad_public_ip", fmt.Errorf("PublicIP %q is not an IPv4 address", attrs.PublicIP))
+	ip, ok := ParsePublicIP(attrs.PublicIP)
+	if !ok {
+		return skip(ReasonBadPublicIP, fmt.Errorf("PublicIP %q is not an IPv4 address", attrs.PublicIP))
 	}
 	// An IPv4-only lease (flanneld writes "PublicIPv6":null) is fine next
 	// to dual-stack ones; a malformed PublicIPv6 makes the value suspect.
 	var ip6 netip.Addr
 	if attrs.PublicIPv6 != "" {
-		if ip6, err = netip.ParseAddr(attrs.PublicIPv6); err != nil || !ip6.Is6() || ip6.Is4In6() || ip6.Zone() != "" {
-			return skip("bad_public_ip", fmt.Errorf("PublicIPv6 %q is not an IPv6 address", attrs.PublicIPv6))
+		if ip6, ok = ParsePublicIPv6(attrs.PublicIPv6); !ok {
+			return skip(ReasonBadPublicIP, fmt.Errorf("PublicIPv6 %q is not an IPv6 address", attrs.PublicIPv6))
 		}
 	}
-	if !cfg.Network.Contains(v4.Addr()) || v4.Bits() < cfg.Network.Bits() {
-		return skip("outside_network", fmt.Errorf("subnet %s is outside the network %s", v4, cfg.Network))
+	if !InNetwork(cfg.Network, v4) {
+		return skip(ReasonOutsideNetwork, fmt.Errorf("subnet %s is outside the network %s", v4, cfg.Network))
 	}
 	// Without EnableIPv6 an IPv6 subnet is not ours to judge (nor to
 	// route); with it, one outside IPv6Network is as suspect as an IPv4
 	// subnet outside Network.
-	if cfg.EnableIPv6 && v6.IsValid() && (!cfg.IPv6Network.Contains(v6.Addr()) || v6.Bits() < cfg.IPv6Network.Bits()) {
-		return skip("outside_network", fmt.Errorf("IPv6 subnet %s is outside the IPv6 network %s", v6, cfg.IPv6Network))
+	if cfg.EnableIPv6 && v6.IsValid() && !InNetwork(cfg.IPv6Network, v6) {
+		return skip(ReasonOutsideNetwork, fmt.Errorf("IPv6 subnet %s is outside the IPv6 network %s", v6, cfg.IPv6Network))
 	}
-	// flanneld's host-gw ignores leases of other backends (a vxlan node
-	// has no route to offer); so do we.
-	if cfg.BackendType != "" && attrs.BackendType != "" && attrs.BackendType != cfg.BackendType {
-		return skip("backend", fmt.Errorf("backend %q, the network uses %q", attrs.BackendType, cfg.BackendType))
+	if cfg.OtherBackend(attrs.BackendType) {
+		return skip(ReasonBackend, fmt.Errorf("backend %q, the network uses %q", attrs.BackendType, cfg.BackendType))
 	}
 	return Lease{
 		Key: key, Subnet: v4, IPv6Subnet: v6, PublicIP: ip, PublicIPv6: ip6, Attrs: attrs,

@@ -148,6 +148,20 @@ func (c *cluster) leaseCount(t *testing.T) int {
 	return len(resp.Leases)
 }
 
+// expectFull checks that Acquire with o finds no free subnet, with an
+// error that mentions mention, and leaks no etcd lease: there are still
+// leases.
+func (c *cluster) expectFull(t *testing.T, o registry.AcquireOptions, mention string, leases int) {
+	t.Helper()
+	_, err := c.reg.Acquire(testCtx(t), o)
+	if !errors.Is(err, registry.ErrNoFreeSubnet) || !strings.Contains(err.Error(), mention) {
+		t.Errorf("Acquire in a full range: %v, want ErrNoFreeSubnet mentioning %q", err, mention)
+	}
+	if n := c.leaseCount(t); n != leases {
+		t.Errorf("%d etcd leases, want %d (a failed Acquire must not leak a grant)", n, leases)
+	}
+}
+
 func opts(publicIP string, ttl time.Duration) registry.AcquireOptions {
 	return registry.AcquireOptions{PublicIP: netip.MustParseAddr(publicIP), TTL: ttl}
 }
@@ -235,13 +249,7 @@ func TestAcquireFresh(t *testing.T) {
 		}
 		seen[l.Subnet] = ip
 	}
-	_, err = c.reg.Acquire(ctx, opts("198.18.0.21", 5*time.Second))
-	if !errors.Is(err, registry.ErrNoFreeSubnet) {
-		t.Errorf("Acquire in a full range: %v, want ErrNoFreeSubnet", err)
-	}
-	if n := c.leaseCount(t); n != 10 {
-		t.Errorf("%d etcd leases, want 10 (a failed Acquire must not leak a grant)", n)
-	}
+	c.expectFull(t, opts("198.18.0.21", 5*time.Second), "", 10)
 }
 
 func TestAcquireRejectsIPv6PublicIP(t *testing.T) {

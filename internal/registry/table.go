@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"encoding/json"
 	"maps"
 	"net/netip"
 	"slices"
@@ -127,7 +126,7 @@ func (t *Table) lease(key string, s stored) Lease {
 	b := s.backend.Value()
 	l := Lease{Key: key, Subnet: netip.PrefixFrom(netip.AddrFrom4(s.subnet), int(s.bits)), PublicIP: netip.AddrFrom4(s.publicIP),
 		Reservation: s.leaseID == 0, LeaseID: s.leaseID, ModRevision: s.modRev, Expiration: t.expiry[s.leaseID].at,
-		Attrs: LeaseAttrs{BackendType: b.typ, BackendData: raw(b.data), BackendV6Data: raw(b.v6data)}}
+		Attrs: LeaseAttrs{BackendType: b.typ, BackendData: RawJSON(b.data), BackendV6Data: RawJSON(b.v6data)}}
 	if m := s.more; m != nil {
 		if m.odd {
 			l.Subnet, l.PublicIP = m.subnet, m.publicIP
@@ -143,13 +142,6 @@ func (t *Table) lease(key string, s stored) Lease {
 		l.Attrs.PublicIP = l.PublicIP.String()
 	}
 	return l
-}
-
-func raw(s string) json.RawMessage {
-	if s == "" {
-		return nil
-	}
-	return json.RawMessage(s)
 }
 
 // Put stores l under l.Key, replacing what the key had (lease or skipped

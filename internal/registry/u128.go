@@ -34,6 +34,13 @@ func (u u128) addr(like netip.Addr) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
+// NextPrefix is the prefix of p's length right after p (the family's
+// first one after its last).
+func NextPrefix(p netip.Prefix) netip.Prefix {
+	next, _ := addrNum(p.Addr()).add(pow2(p.Addr().BitLen() - p.Bits()))
+	return netip.PrefixFrom(next.addr(p.Addr()), p.Bits())
+}
+
 // pow2 is 1<<n, for n < 128.
 func pow2(n int) u128 {
 	if n >= 64 {

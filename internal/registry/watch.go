@@ -36,7 +36,7 @@ const DefaultHistoryCheck = 30 * time.Second
 // before fn is called: a consumer never sees half a transaction. fn runs
 // on Watch's goroutine. Returns nil when ctx is done.
 func (r *Registry) Watch(ctx context.Context, fn func(Change), hooks WatchHooks) error {
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	backoff := NewBackoff(100*time.Millisecond, 5*time.Second)
 	for first := true; ; first = false {
 		if !first && hooks.Relist != nil {
 			hooks.Relist()
@@ -46,13 +46,13 @@ func (r *Registry) Watch(ctx context.Context, fn func(Change), hooks WatchHooks)
 			return nil
 		}
 		r.log.Warn("lease watch broken, reading all leases again", "err", err)
-		if !backoff.sleep(ctx) {
+		if !backoff.Sleep(ctx) {
 			return nil
 		}
 	}
 }
 
-func (r *Registry) watchOnce(ctx context.Context, fn func(Change), hooks WatchHooks, backoff *backoff) error {
+func (r *Registry) watchOnce(ctx context.Context, fn func(Change), hooks WatchHooks, backoff *Backoff) error {
 	// Bounded so that an etcd that accepts connections but does not answer
 	// is retried; generous because list asks each etcd lease its TTL.
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -63,7 +63,7 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Change), hooks WatchHo
 	}
 	t := ls.table
 	fn(Change{Full: true, Leases: t})
-	backoff.reset() // etcd answers again: the next break re-lists quickly
+	backoff.Reset() // etcd answers again: the next break re-lists quickly
 	cfg, err := r.config()
 	if err != nil {
 		return err
@@ -184,17 +184,23 @@ func byKey[V any](m map[string]V) []V {
 	return out
 }
 
-// backoff doubles a wait up to a ceiling; reset after success.
-type backoff struct {
+// Backoff doubles a wait up to a ceiling; Reset after success. The
+// registries' loops retry with it.
+type Backoff struct {
 	cur, min, max time.Duration
 }
 
-func newBackoff(min, max time.Duration) *backoff { return &backoff{cur: min, min: min, max: max} }
+// NewBackoff starts at min.
+func NewBackoff(min, max time.Duration) *Backoff { return &Backoff{cur: min, min: min, max: max} }
 
-func (b *backoff) reset() { b.cur = b.min }
+// Reset goes back to the shortest wait.
+func (b *Backoff) Reset() { b.cur = b.min }
 
-// sleep waits the current delay; false if ctx ended first.
-func (b *backoff) sleep(ctx context.Context) bool {
+// Delay is what the next Sleep waits.
+func (b *Backoff) Delay() time.Duration { return b.cur }
+
+// Sleep waits the current delay; false if ctx ended first.
+func (b *Backoff) Sleep(ctx context.Context) bool {
 	t := time.NewTimer(b.cur)
 	defer t.Stop()
 	b.cur = min(2*b.cur, b.max)

@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry/etcdtest"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
@@ -64,16 +62,21 @@ func startWatch(t *testing.T, reg *registry.Registry) *watcher {
 	return w
 }
 
+// twoLeases is a cluster holding the leases 10.244.1.0/24 of 198.18.0.11
+// (on an etcd lease of ttl1 seconds; none if 0) and 10.244.2.0/24 of
+// 198.18.0.12.
+func twoLeases(t *testing.T, ttl1 int64) *cluster {
+	t.Helper()
+	c := newCluster(t, hostGW16)
+	c.put(t, subnetKey("10.244.1.0-24"), `{"PublicIP":"198.18.0.11"}`, ttl1)
+	c.put(t, subnetKey("10.244.2.0-24"), `{"PublicIP":"198.18.0.12"}`, 0)
+	return c
+}
+
 // next returns the next change.
 func (w *watcher) next(t *testing.T) seen {
 	t.Helper()
-	select {
-	case s := <-w.snaps:
-		return s
-	case <-time.After(20 * time.Second):
-		t.Fatal("no change within 20s")
-		return seen{}
-	}
+	return testutil.Recv(t, w.snaps, 20*time.Second, "change")
 }
 
 // until returns the first snapshot for which ok holds; every snapshot
@@ -206,9 +209,7 @@ func TestWatchSnapshots(t *testing.T) {
 // never sees half of it.
 func TestWatchTransactionIsOneChange(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, hostGW16)
-	c.put(t, subnetKey("10.244.1.0-24"), `{"PublicIP":"198.18.0.11"}`, 0)
-	c.put(t, subnetKey("10.244.2.0-24"), `{"PublicIP":"198.18.0.12"}`, 0)
+	c := twoLeases(t, 0)
 	ctx := testCtx(t)
 	w := startWatch(t, c.reg)
 	w.next(t)
@@ -391,9 +392,7 @@ func TestWatchSkipsMalformed(t *testing.T) {
 // restart the watch resumes, here past a compaction.
 func TestWatchSurvivesEtcdRestart(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, hostGW16)
-	c.put(t, subnetKey("10.244.1.0-24"), `{"PublicIP":"198.18.0.11"}`, 60)
-	c.put(t, subnetKey("10.244.2.0-24"), `{"PublicIP":"198.18.0.12"}`, 0)
+	c := twoLeases(t, 60)
 	ctx := testCtx(t)
 	w := startWatch(t, c.reg)
 	before := map[string]string{"10.244.1.0-24": "198.18.0.11", "10.244.2.0-24": "198.18.0.12"}
@@ -436,9 +435,7 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 // a deletion.
 func TestWatchRecoversFromCompaction(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, hostGW16)
-	c.put(t, subnetKey("10.244.1.0-24"), `{"PublicIP":"198.18.0.11"}`, 0)
-	c.put(t, subnetKey("10.244.2.0-24"), `{"PublicIP":"198.18.0.12"}`, 0)
+	c := twoLeases(t, 0)
 	ctx := testCtx(t)
 
 	p, reg := c.behindProxy(t)
@@ -449,7 +446,7 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 	c.put(t, subnetKey("10.244.3.0-24"), `{"PublicIP":"198.18.0.13"}`, 0)
 	w.next(t) // the watch has seen revisions up to here
 
-	p.cut()
+	p.Cut()
 	if _, err := c.cli.Delete(ctx, subnetKey("10.244.1.0-24")); err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +458,7 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 		t.Fatalf("snapshot while cut off: %v", publicIPs(s))
 	case <-time.After(time.Second):
 	}
-	p.heal()
+	p.Heal()
 
 	want := map[string]string{"10.244.2.0-24": "198.18.0.22", "10.244.3.0-24": "198.18.0.13", "10.244.4.0-24": "198.18.0.14"}
 	s := w.next(t)
@@ -477,98 +474,17 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 	w.until(t, "10.244.5.0-24", sameLeases(want), nil)
 }
 
-// proxy forwards TCP to etcd and can cut every connection, so that one
-// client loses etcd while etcd and other clients carry on.
-type proxy struct {
-	url    string
-	target string
-
-	mu    sync.Mutex
-	down  bool
-	conns []net.Conn
-}
-
 // behindProxy returns a registry whose client reaches c's etcd through a
 // proxy of its own, so that it alone can be cut off.
-func (c *cluster) behindProxy(t *testing.T) (*proxy, *registry.Registry) {
+func (c *cluster) behindProxy(t *testing.T) (*etcdtest.Proxy, *registry.Registry) {
 	t.Helper()
-	p := newProxy(t, c.srv.Endpoints()[0])
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	p := etcdtest.NewProxy(t, c.srv.Endpoints()[0])
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
 	return p, newRegistry(t, cli, "")
-}
-
-func newProxy(t *testing.T, endpoint string) *proxy {
-	t.Helper()
-	u, err := url.Parse(endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{url: "http://" + ln.Addr().String(), target: u.Host}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { p.serve(conn) })
-		}
-	})
-	return p
-}
-
-func (p *proxy) serve(conn net.Conn) {
-	p.mu.Lock()
-	if p.down {
-		p.mu.Unlock()
-		conn.Close()
-		return
-	}
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		p.mu.Unlock()
-		conn.Close()
-		return
-	}
-	p.conns = append(p.conns, conn, up)
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, conn); done <- struct{}{} }()
-	go func() { io.Copy(conn, up); done <- struct{}{} }()
-	<-done
-	conn.Close()
-	up.Close()
-	<-done
-}
-
-// cut closes every connection and refuses new ones until heal.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *proxy) heal() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
 }
 
 // recorder keeps every log record's message and attributes.

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -21,7 +20,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/hgw-ebpf/hgw-ebpf/deploy"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
@@ -113,11 +111,13 @@ func setup(bin string) error {
 	if err := network(name); err != nil {
 		return err
 	}
-	if shared.etcd, err = startEtcd(name, filepath.Join(dir, "etcd")); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	shared.etcd, err = kubeapi.StartEtcd(ctx, kubeapi.EtcdConfig{
+		Netns: name, Name: "kubeapitest", Dir: filepath.Join(dir, "etcd"), Client: "127.0.0.1:2379", Peer: "127.0.0.1:2380"})
+	if err != nil {
+		return err
+	}
 	shared.srv, err = kubeapi.Start(ctx, kubeapi.Config{
 		Bin: bin, Netns: name, Addr: Addr, EtcdServers: []string{"http://127.0.0.1:2379"},
 		Dir: filepath.Join(dir, "kube"), Users: []kubeapi.User{Agent},
@@ -162,36 +162,6 @@ func network(name string) error {
 		}
 	}
 	return nil
-}
-
-// startEtcd starts an embedded etcd on the namespace's loopback: its
-// listening sockets are made on a thread in the namespace.
-func startEtcd(name, dir string) (*embed.Etcd, error) {
-	cfg := embed.NewConfig()
-	cfg.Name, cfg.Dir = "kubeapitest", dir
-	client, peer := url.URL{Scheme: "http", Host: "127.0.0.1:2379"}, url.URL{Scheme: "http", Host: "127.0.0.1:2380"}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.EnableGRPCGateway = false // it would dial from the host's namespace
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.UnsafeNoFsync = true
-	var e *embed.Etcd
-	err := namedns.Do(name, func() error {
-		var err error
-		e, err = embed.StartEtcd(cfg)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd in %s: %w", name, err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-		return e, nil
-	case <-time.After(30 * time.Second):
-		e.Close()
-		return nil, errors.New("etcd not ready after 30s")
-	}
 }
 
 func teardown() error {

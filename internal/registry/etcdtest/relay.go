@@ -3,7 +3,9 @@ package etcdtest
 import (
 	"io"
 	"net"
+	"net/url"
 	"sync"
+	"testing"
 )
 
 // relay is the server's client endpoint: it forwards TCP to etcd while
@@ -100,3 +102,37 @@ func (r *relay) close() {
 	r.forward("")
 	r.wg.Wait()
 }
+
+// Proxy forwards TCP to an etcd endpoint and can cut every connection,
+// so that one client can be cut off etcd while others stay connected.
+type Proxy struct {
+	r      *relay
+	target string // the endpoint's host:port
+}
+
+// NewProxy starts a proxy of endpoint (a URL, as Endpoints gives) on a
+// free loopback port; it is closed when the test ends.
+func NewProxy(t testing.TB, endpoint string) *Proxy {
+	t.Helper()
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatalf("etcdtest: proxy of %q: %v", endpoint, err)
+	}
+	r, err := newRelay("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("etcdtest: proxy of %s: %v", endpoint, err)
+	}
+	t.Cleanup(r.close)
+	p := &Proxy{r: r, target: u.Host}
+	p.Heal()
+	return p
+}
+
+// URL is the proxy's client URL.
+func (p *Proxy) URL() string { return "http://" + p.r.addr() }
+
+// Cut closes every connection and refuses new ones until Heal.
+func (p *Proxy) Cut() { p.r.forward("") }
+
+// Heal forwards new connections again.
+func (p *Proxy) Heal() { p.r.forward(p.target) }

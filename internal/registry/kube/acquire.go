@@ -115,14 +115,14 @@ func (m *Manager) wanted(v4, v6 netip.Addr) map[string]string {
 // publish writes the lease's annotations on the Node where they differ,
 // and returns the lease.
 func (m *Manager) publish(ctx context.Context, cfg registry.Config, n *corev1.Node, v4, v6 netip.Prefix, opts registry.AcquireOptions) (registry.Lease, error) {
-	if !inNetwork(cfg.Network, v4) {
+	if !registry.InNetwork(cfg.Network, v4) {
 		return registry.Lease{}, fmt.Errorf("node %s's podCIDR %s is outside the network %s of %s: the cluster's --cluster-cidr and the network config must agree",
 			n.Name, v4, cfg.Network, m.o.NetConfPath)
 	}
 	if !cfg.EnableIPv6 {
 		v6 = netip.Prefix{}
 	}
-	if v6.IsValid() && !inNetwork(cfg.IPv6Network, v6) {
+	if v6.IsValid() && !registry.InNetwork(cfg.IPv6Network, v6) {
 		return registry.Lease{}, fmt.Errorf("node %s's IPv6 podCIDR %s is outside the IPv6 network %s of %s: the cluster's --cluster-cidr and the network config must agree",
 			n.Name, v6, cfg.IPv6Network, m.o.NetConfPath)
 	}
@@ -187,7 +187,7 @@ func (m *Manager) patchAnnotations(ctx context.Context, set map[string]*string) 
 	if err != nil {
 		return err
 	}
-	pause := time.Second
+	backoff := registry.NewBackoff(time.Second, 10*time.Second)
 	for {
 		err := m.client.patchNodeStatus(ctx, m.o.NodeName, types.MergePatchType, patch)
 		if err == nil {
@@ -196,13 +196,10 @@ func (m *Manager) patchAnnotations(ctx context.Context, set map[string]*string) 
 		if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsNotFound(err) || apierrors.IsUnauthorized(err) {
 			return fmt.Errorf("annotate node %s: %w", m.o.NodeName, err)
 		}
-		m.log.Warn("annotate node, retrying", "node", m.o.NodeName, "err", err, "retry_in", pause)
-		select {
-		case <-ctx.Done():
+		m.log.Warn("annotate node, retrying", "node", m.o.NodeName, "err", err, "retry_in", backoff.Delay())
+		if !backoff.Sleep(ctx) {
 			return fmt.Errorf("annotate node %s: %w (last: %v)", m.o.NodeName, ctx.Err(), err)
-		case <-time.After(pause):
 		}
-		pause = min(2*pause, 10*time.Second)
 	}
 }
 
@@ -220,7 +217,7 @@ func (m *Manager) KeepAlive(ctx context.Context, lease registry.Lease, opts regi
 		}
 		return err
 	}
-	pause := time.Second
+	backoff := registry.NewBackoff(time.Second, 30*time.Second)
 	for {
 		select {
 		case <-ctx.Done():
@@ -238,17 +235,15 @@ func (m *Manager) KeepAlive(ctx context.Context, lease registry.Lease, opts regi
 				return nil
 			}
 			if err == nil {
-				lease, pause = next, time.Second
+				lease = next
+				backoff.Reset()
 				onChange(lease)
 				break
 			}
-			m.log.Error("re-acquire lease", "err", err, "retry_in", pause)
-			select {
-			case <-ctx.Done():
+			m.log.Error("re-acquire lease", "err", err, "retry_in", backoff.Delay())
+			if !backoff.Sleep(ctx) {
 				return nil
-			case <-time.After(pause):
 			}
-			pause = min(2*pause, 30*time.Second)
 		}
 	}
 }

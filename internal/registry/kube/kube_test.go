@@ -23,6 +23,7 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi/kubeapitest"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry/kube"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubeapitest.Main(m)) }
@@ -147,6 +148,16 @@ func (e *env) delete(name string) {
 	}
 }
 
+// nodeAcquire makes Node name (as node does), and its Manager (as
+// manager does, as Admin) acquires its lease with publicIP.
+func (e *env) nodeAcquire(name string, podCIDRs []string, ann map[string]string) (*kube.Manager, registry.Lease, error) {
+	e.t.Helper()
+	e.node(name, podCIDRs, ann)
+	m, _ := e.manager(name, "", kube.Options{})
+	l, err := m.Acquire(e.ctx(), registry.AcquireOptions{PublicIP: publicIP})
+	return m, l, err
+}
+
 // manager is a Manager of node name (as user, Admin if empty) with the
 // network config read.
 func (e *env) manager(name, user string, o kube.Options) (*kube.Manager, *logs) {
@@ -217,12 +228,7 @@ func TestAcquireWaitsForPodCIDR(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 	e.patch("a", `{"spec":{"podCIDR":"10.244.3.0/24","podCIDRs":["10.244.3.0/24"]}}`)
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Acquire still waiting 10 s after the podCIDR was set")
-	}
+	r := testutil.Recv(t, done, 10*time.Second, "answer from Acquire after the podCIDR was set")
 	if r.err != nil {
 		t.Fatalf("Acquire: %v", r.err)
 	}
@@ -251,13 +257,8 @@ func TestAcquireWaitsForNode(t *testing.T) {
 		return ok
 	})
 	e.node("late", []string{"10.244.4.0/24"}, nil)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Acquire still waiting 10 s after the Node appeared")
+	if err := testutil.Recv(t, done, 10*time.Second, "answer from Acquire after the Node appeared"); err != nil {
+		t.Fatal(err)
 	}
 	if got := e.get("late").Annotations[annManaged]; got != "true" {
 		t.Errorf("%s = %q after Acquire", annManaged, got)
@@ -268,15 +269,11 @@ func TestAcquireWaitsForNode(t *testing.T) {
 // IPv4 address, is an error naming it; the lease is not published.
 func TestAcquireRefuses(t *testing.T) {
 	e := newEnv(t)
-	e.node("outside", []string{"10.99.0.0/24"}, nil)
-	m, _ := e.manager("outside", "", kube.Options{})
-	_, err := m.Acquire(e.ctx(), registry.AcquireOptions{PublicIP: publicIP})
+	_, _, err := e.nodeAcquire("outside", []string{"10.99.0.0/24"}, nil)
 	if err == nil || !strings.Contains(err.Error(), "10.99.0.0/24 is outside the network 10.244.0.0/16") {
 		t.Errorf("podCIDR outside the network: %v", err)
 	}
-	e.node("badip", []string{"10.244.5.0/24"}, map[string]string{annOverwrite: "not-an-ip"})
-	m, _ = e.manager("badip", "", kube.Options{})
-	_, err = m.Acquire(e.ctx(), registry.AcquireOptions{PublicIP: publicIP})
+	_, _, err = e.nodeAcquire("badip", []string{"10.244.5.0/24"}, map[string]string{annOverwrite: "not-an-ip"})
 	if err == nil || !strings.Contains(err.Error(), annOverwrite) {
 		t.Errorf("bad overwrite: %v", err)
 	}
@@ -290,9 +287,7 @@ func TestAcquireRefuses(t *testing.T) {
 // public-ip-overwrite is published as the public IP and is the lease's.
 func TestAcquirePublicIPOverwrite(t *testing.T) {
 	e := newEnv(t)
-	e.node("ov", []string{"10.244.6.0/24"}, map[string]string{annOverwrite: "198.18.0.99"})
-	m, _ := e.manager("ov", "", kube.Options{})
-	l, err := m.Acquire(e.ctx(), registry.AcquireOptions{PublicIP: publicIP})
+	_, l, err := e.nodeAcquire("ov", []string{"10.244.6.0/24"}, map[string]string{annOverwrite: "198.18.0.99"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,13 +548,8 @@ func TestKeepAlive(t *testing.T) {
 		t.Errorf("extra lease change reported: %+v", <-changes)
 	}
 	e.patch("ka", fmt.Sprintf(`{"metadata":{"annotations":{%q:"198.18.0.77"}}}`, annOverwrite))
-	select {
-	case got := <-changes:
-		if got.PublicIP != netip.MustParseAddr("198.18.0.77") {
-			t.Errorf("lease after the overwrite: %+v", got)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no new lease after public-ip-overwrite was set")
+	if got := testutil.Recv(t, changes, 5*time.Second, "new lease after public-ip-overwrite was set"); got.PublicIP != netip.MustParseAddr("198.18.0.77") {
+		t.Errorf("lease after the overwrite: %+v", got)
 	}
 	if got := e.get("ka").Annotations[annPublicIP]; got != "198.18.0.77" {
 		t.Errorf("%s = %q after the overwrite", annPublicIP, got)
@@ -570,9 +560,7 @@ func TestKeepAlive(t *testing.T) {
 // a Node without them, or gone, has nothing to release.
 func TestRelease(t *testing.T) {
 	e := newEnv(t)
-	e.node("rel", []string{"10.244.21.0/24"}, nil)
-	m, _ := e.manager("rel", "", kube.Options{})
-	l, err := m.Acquire(e.ctx(), registry.AcquireOptions{PublicIP: publicIP})
+	m, l, err := e.nodeAcquire("rel", []string{"10.244.21.0/24"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package kube
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 
@@ -12,8 +11,8 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 )
 
-// Skip reasons of Nodes, besides registry's ("bad_public_ip",
-// "outside_network", "backend").
+// Skip reasons of Nodes, besides registry's (ReasonBadPublicIP,
+// ReasonOutsideNetwork, ReasonBackend).
 const ReasonBadPodCIDR = "bad_pod_cidr" // spec.podCIDR(s) missing, unparsable, or more than one per family
 
 // KeyPrefix starts the Key of every lease this manager gives: the Node's
@@ -70,18 +69,17 @@ func (m *Manager) nodeLease(cfg registry.Config, n *corev1.Node) (l registry.Lea
 	attrs := registry.LeaseAttrs{
 		PublicIP:    n.Annotations[m.ann.publicIP],
 		BackendType: n.Annotations[m.ann.backendType],
-		BackendData: rawJSON(n.Annotations[m.ann.backendData]),
+		BackendData: registry.RawJSON(n.Annotations[m.ann.backendData]),
 	}
-	ip, err := netip.ParseAddr(attrs.PublicIP)
-	if err != nil || !ip.Is4() {
-		return skip("bad_public_ip", fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", n.Name, m.ann.publicIP, attrs.PublicIP))
+	ip, valid := registry.ParsePublicIP(attrs.PublicIP)
+	if !valid {
+		return skip(registry.ReasonBadPublicIP, fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", n.Name, m.ann.publicIP, attrs.PublicIP))
 	}
-	if !inNetwork(cfg.Network, v4) {
-		return skip("outside_network", fmt.Errorf("node %s: podCIDR %s is outside the network %s", n.Name, v4, cfg.Network))
+	if !registry.InNetwork(cfg.Network, v4) {
+		return skip(registry.ReasonOutsideNetwork, fmt.Errorf("node %s: podCIDR %s is outside the network %s", n.Name, v4, cfg.Network))
 	}
-	// As flanneld's host-gw: a node of another backend has no route to offer.
-	if cfg.BackendType != "" && attrs.BackendType != "" && attrs.BackendType != cfg.BackendType {
-		return skip("backend", fmt.Errorf("node %s: backend %q, the network uses %q", n.Name, attrs.BackendType, cfg.BackendType))
+	if cfg.OtherBackend(attrs.BackendType) {
+		return skip(registry.ReasonBackend, fmt.Errorf("node %s: backend %q, the network uses %q", n.Name, attrs.BackendType, cfg.BackendType))
 	}
 	l = registry.Lease{Key: key, Subnet: v4, PublicIP: ip, Attrs: attrs}
 	// The IPv6 half, as the etcd registry takes it: only with EnableIPv6;
@@ -91,29 +89,16 @@ func (m *Manager) nodeLease(cfg registry.Config, n *corev1.Node) (l registry.Lea
 	if !cfg.EnableIPv6 || !v6.IsValid() || n.Annotations[m.ann.publicIPv6] == "" {
 		return l, nil, true
 	}
-	ip6, err := netip.ParseAddr(n.Annotations[m.ann.publicIPv6])
-	if err != nil || !ip6.Is6() || ip6.Is4In6() || ip6.Zone() != "" {
-		return skip("bad_public_ip", fmt.Errorf("node %s: annotation %s=%q is not an IPv6 address", n.Name, m.ann.publicIPv6, n.Annotations[m.ann.publicIPv6]))
+	ip6, valid := registry.ParsePublicIPv6(n.Annotations[m.ann.publicIPv6])
+	if !valid {
+		return skip(registry.ReasonBadPublicIP, fmt.Errorf("node %s: annotation %s=%q is not an IPv6 address", n.Name, m.ann.publicIPv6, n.Annotations[m.ann.publicIPv6]))
 	}
-	if !inNetwork(cfg.IPv6Network, v6) {
-		return skip("outside_network", fmt.Errorf("node %s: IPv6 podCIDR %s is outside the IPv6 network %s", n.Name, v6, cfg.IPv6Network))
+	if !registry.InNetwork(cfg.IPv6Network, v6) {
+		return skip(registry.ReasonOutsideNetwork, fmt.Errorf("node %s: IPv6 podCIDR %s is outside the IPv6 network %s", n.Name, v6, cfg.IPv6Network))
 	}
 	l.IPv6Subnet, l.PublicIPv6 = v6, ip6
-	l.Attrs.PublicIPv6, l.Attrs.BackendV6Data = ip6.String(), rawJSON(n.Annotations[m.ann.backendV6Data])
+	l.Attrs.PublicIPv6, l.Attrs.BackendV6Data = ip6.String(), registry.RawJSON(n.Annotations[m.ann.backendV6Data])
 	return l, nil, true
-}
-
-// inNetwork reports whether subnet lies in network.
-func inNetwork(network, subnet netip.Prefix) bool {
-	return network.Contains(subnet.Addr()) && subnet.Bits() >= network.Bits()
-}
-
-// rawJSON is an annotation's JSON value as a lease holds it (nil if unset).
-func rawJSON(s string) json.RawMessage {
-	if s == "" {
-		return nil
-	}
-	return json.RawMessage(s)
 }
 
 // nodeChanged records what a Node added or updated means for its lease.
