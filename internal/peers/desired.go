@@ -22,12 +22,12 @@ type Peer struct {
 
 // Skip reasons Desired gives, stable for logs and metrics.
 const (
-	ReasonOwnSubnet      = "own_subnet"      // overlaps our subnet, another PublicIP
-	ReasonOwnPublicIP    = "own_public_ip"   // our PublicIP with a subnet not ours (a stale lease of ours)
-	ReasonOutsideNetwork = "outside_network" // not inside the cluster Network
-	ReasonLocal          = "local_prefix"    // covers one of this node's addresses or local routes
-	ReasonNotOnLink      = "not_on_link"     // PublicIP not on the underlay: host-gw needs L2 adjacency
-	ReasonOverlap        = "overlap"         // overlaps another peer's subnet that won
+	ReasonOwnSubnet      = "own_subnet"                  // overlaps our subnet, another PublicIP
+	ReasonOwnPublicIP    = "own_public_ip"               // our PublicIP with a subnet not ours (a stale lease of ours)
+	ReasonOutsideNetwork = registry.ReasonOutsideNetwork // not inside the cluster Network (one reason wherever found)
+	ReasonLocal          = "local_prefix"                // covers one of this node's addresses or local routes
+	ReasonNotOnLink      = "not_on_link"                 // PublicIP not on the underlay: host-gw needs L2 adjacency
+	ReasonOverlap        = "overlap"                     // overlaps another peer's subnet that won
 	// ReasonNoIPv6 is a lease without an IPv6 subnet or PublicIPv6 (a
 	// node without IPv6) in the IPv6 desired state: routed in IPv4 only.
 	ReasonNoIPv6 = "no_ipv6"
