@@ -7,6 +7,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/netfilter"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/subnetfile"
 )
 
 // Readiness notes: what /readyz says besides ready or not.
@@ -213,12 +214,12 @@ func (n *node) writeConfig(f FastPath) error {
 	}
 	own, own6 := n.ownSubnet(), n.ownSubnet6()
 	c := datapath.NodeConfig{
-		PodSubnet: own, Gateway: own.Addr().Next(),
+		PodSubnet: own, Gateway: subnetfile.Gateway(own),
 		BridgeIfindex: bridge, UnderlayIfindex: uint32(n.ul.link.Attrs().Index),
 		Conntrack: f.Conntrack, IgnoreConntrack: f.IgnoreConntrack, StepAside: f.StepAside,
 	}
 	if own6.IsValid() {
-		c.PodSubnet6, c.Gateway6 = own6, own6.Addr().Next()
+		c.PodSubnet6, c.Gateway6 = own6, subnetfile.Gateway(own6)
 	}
 	return n.dp.SetConfig(c)
 }

@@ -103,8 +103,7 @@ func newCNINetwork(cniPath, nodeNS, nodeDir string, env subnetfile.Env, c confli
 // hostLocalRange is host-local's range for a subnet, its gateway the
 // subnet's first address (the subnet file's, the bridge's).
 func hostLocalRange(subnet netip.Prefix) []map[string]string {
-	sn := subnet.Masked()
-	return []map[string]string{{"subnet": sn.String(), "gateway": sn.Addr().Next().String()}}
+	return []map[string]string{{"subnet": subnet.Masked().String(), "gateway": subnetfile.Gateway(subnet).String()}}
 }
 
 // attach runs the plugins' ADD for a pod namespace and returns its IPv4

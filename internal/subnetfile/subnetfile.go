@@ -67,11 +67,14 @@ func Format(e Env) ([]byte, error) {
 
 func is6(p netip.Prefix) bool { return p.IsValid() && p.Addr().Is6() && !p.Addr().Is4In6() }
 
-// gateway is subnet's first host address with its length, as flanneld
-// writes it.
+// Gateway is the pod gateway of subnet, flannel's rule: its first address
+// after the network's, which the bridge holds and the pods route through.
+func Gateway(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().Next() }
+
+// gateway is subnet's gateway with its length, as flanneld writes it.
 func gateway(subnet netip.Prefix) (netip.Prefix, error) {
 	sn := subnet.Masked()
-	gw := sn.Addr().Next()
+	gw := Gateway(sn)
 	if !sn.Contains(gw) {
 		return netip.Prefix{}, fmt.Errorf("subnet file: subnet %s has no host address", subnet)
 	}
