@@ -13,12 +13,9 @@ import (
 // them has none to remove.
 func removeFlannelIPTables() error {
 	var errs []error
-	for _, fam := range []struct {
-		cmd  string
-		open func() (*netfilter.IPTables, error)
-	}{{"iptables", netfilter.NewIPTables}, {"ip6tables", netfilter.NewIP6Tables}} {
-		cmd := fam.cmd
-		ipt, err := fam.open()
+	for _, c := range []netfilter.Command{netfilter.IPv4, netfilter.IPv6} {
+		cmd := string(c)
+		ipt, err := c.Open()
 		if err != nil {
 			slog.Warn(cmd+" not found: flanneld's FORWARD and masquerade rules not checked", "err", err)
 			continue

@@ -13,7 +13,7 @@ import (
 // iptables for IPv4 and, on a dual-stack node, in ip6tables for IPv6, as
 // flanneld writes both.
 type iptablesDuties struct {
-	cmd           string // iptables or ip6tables, for logs
+	cmd           netfilter.Command
 	ipt           *netfilter.IPTables
 	keep          *netfilter.Keeper
 	forward, masq netfilter.ChainSet
@@ -21,17 +21,16 @@ type iptablesDuties struct {
 
 // iptablesSide is what one family's duties are made of.
 type iptablesSide struct {
-	cmd          string
-	open         func() (*netfilter.IPTables, error)
+	cmd          netfilter.Command
 	network, own netip.Prefix
 }
 
 // iptablesSides are the families whose rules the node keeps: IPv4's, and
 // IPv6's on a dual-stack node.
 func (n *node) iptablesSides() []iptablesSide {
-	sides := []iptablesSide{{"iptables", netfilter.NewIPTables, n.network, n.ownSubnet()}}
+	sides := []iptablesSide{{netfilter.IPv4, n.network, n.ownSubnet()}}
 	if own6 := n.ownSubnet6(); n.network6.IsValid() && own6.IsValid() {
-		sides = append(sides, iptablesSide{"ip6tables", netfilter.NewIP6Tables, n.network6, own6})
+		sides = append(sides, iptablesSide{netfilter.IPv6, n.network6, own6})
 	}
 	return sides
 }
@@ -42,12 +41,12 @@ func (n *node) iptablesSides() []iptablesSide {
 // an error: a node without it has no FORWARD rules to get past either.
 func (n *node) startIPTables() error {
 	for _, s := range n.iptablesSides() {
-		ipt, err := s.open()
+		ipt, err := s.cmd.Open()
 		if err != nil {
 			if n.cfg.IPMasq {
 				return fmt.Errorf("--ip-masq needs %s: %w", s.cmd, err)
 			}
-			n.log.Warn(s.cmd+" not found: flanneld's FORWARD accept rules are not installed", "err", err)
+			n.log.Warn(string(s.cmd)+" not found: flanneld's FORWARD accept rules are not installed", "err", err)
 			continue
 		}
 		n.fws = append(n.fws, &iptablesDuties{cmd: s.cmd, ipt: ipt, keep: netfilter.NewKeeper(ipt),
@@ -84,13 +83,13 @@ func (n *node) ensureDuties(fw *iptablesDuties, start bool) error {
 		why, err := fw.keep.Ensure(cs)
 		switch {
 		case err != nil:
-			n.log.Error(fw.cmd+" rules", "table", cs.Table, "chain", cs.Chain, "err", err)
+			n.log.Error(string(fw.cmd)+" rules", "table", cs.Table, "chain", cs.Chain, "err", err)
 			errs = append(errs, err)
 		case why != "" && start:
-			n.log.Info(fw.cmd+" rules in place, as flanneld writes them", "table", cs.Table, "chain", cs.Chain, "rules", len(cs.Rules))
+			n.log.Info(string(fw.cmd)+" rules in place, as flanneld writes them", "table", cs.Table, "chain", cs.Chain, "rules", len(cs.Rules))
 		case why != "":
 			n.metrics.IPTablesRepairs.Inc()
-			n.log.Warn(fw.cmd+" rules restored", "table", cs.Table, "chain", cs.Chain, "reason", why)
+			n.log.Warn(string(fw.cmd)+" rules restored", "table", cs.Table, "chain", cs.Chain, "reason", why)
 		}
 	}
 	if !n.cfg.IPMasq {
@@ -112,7 +111,7 @@ func (n *node) removeIPTables() error {
 		removed, err := fw.ipt.RemoveFlannel()
 		for _, rm := range removed {
 			if rm.Any() {
-				n.log.Info(fw.cmd+" rules removed", "removed", rm.String())
+				n.log.Info(string(fw.cmd)+" rules removed", "removed", rm.String())
 			}
 		}
 		errs = append(errs, err)

@@ -27,12 +27,24 @@ type IPTables struct {
 	wait    bool // iptables-restore takes --wait (>= 1.6.2)
 }
 
-// NewIPTables finds iptables and iptables-restore on PATH.
-func NewIPTables() (*IPTables, error) { return newIPTables(iptables.ProtocolIPv4, "iptables") }
+// Command is the iptables command of one address family, by its name.
+type Command string
 
-// NewIP6Tables finds ip6tables and ip6tables-restore on PATH: flanneld's
-// chains for a dual-stack network's IPv6 side.
-func NewIP6Tables() (*IPTables, error) { return newIPTables(iptables.ProtocolIPv6, "ip6tables") }
+// The two commands flanneld writes its chains with: ip6tables for a
+// dual-stack network's IPv6 side.
+const (
+	IPv4 Command = "iptables"
+	IPv6 Command = "ip6tables"
+)
+
+// Open finds the command and its -restore on PATH.
+func (c Command) Open() (*IPTables, error) {
+	proto := iptables.ProtocolIPv4
+	if c == IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	return newIPTables(proto, string(c))
+}
 
 func newIPTables(proto iptables.Protocol, name string) (*IPTables, error) {
 	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(lockWait))

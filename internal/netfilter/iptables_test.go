@@ -135,7 +135,7 @@ COMMIT
 
 func newKeeper(t *testing.T) (*IPTables, *Keeper) {
 	t.Helper()
-	ipt, err := NewIPTables()
+	ipt, err := IPv4.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +300,7 @@ func TestIP6TablesAsFlanneld(t *testing.T) {
 	h := nfNS(t)
 	network6, subnet6 := netip.MustParsePrefix("fd00:10:244::/56"), netip.MustParsePrefix("fd00:10:244:7::/64")
 	testutil.Do(t, h, func() {
-		ipt, err := NewIP6Tables()
+		ipt, err := IPv6.Open()
 		if err != nil {
 			t.Fatal(err)
 		}
