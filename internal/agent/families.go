@@ -82,9 +82,8 @@ func (n *node) noteIPv6() {
 	if !n.network6.IsValid() {
 		return
 	}
-	n.mu.Lock()
-	own6, ip6 := n.own6, n.ownIP6
-	n.mu.Unlock()
+	l := n.ownLease()
+	own6, ip6 := l.IPv6Subnet, l.PublicIPv6
 	note := fmt.Sprintf("IPv6: pod subnet %s, public IPv6 %s (%s)", own6, ip6, n.ul6.why)
 	if !own6.IsValid() {
 		note = "IPv6: no pod subnet (this node's lease has none): its pods are IPv4 only, the peers' IPv6 subnets are routed"
@@ -112,12 +111,11 @@ func (n *node) input(f *familyRoutes) peers.Input {
 	if err != nil {
 		n.log.Warn("cannot list local prefixes; leases are checked against them at the next full run", "family", f.fam, "err", err)
 	}
-	n.mu.Lock()
-	own, publicIP := n.own, n.ownIP
+	l := n.ownLease()
+	own, publicIP := l.Subnet, l.PublicIP
 	if f.fam == peers.IPv6 {
-		own, publicIP = n.own6, n.ownIP6
+		own, publicIP = l.IPv6Subnet, l.PublicIPv6
 	}
-	n.mu.Unlock()
 	return peers.Input{Family: f.fam, Own: own, Network: f.network, OnLink: f.onLink, Local: local, PublicIP: publicIP}
 }
 
@@ -197,11 +195,7 @@ func (n *node) allApplied() bool {
 	return true
 }
 
-func (n *node) ownSubnet6() netip.Prefix {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.own6
-}
+func (n *node) ownSubnet6() netip.Prefix { return n.ownLease().IPv6Subnet }
 
 // resolveDualStack reads the underlay's IPv6 side when the network config
 // enables IPv6; without IPv6 there is none, and a --public-ipv6 is

@@ -111,10 +111,8 @@ func TestPublicIPChangeOnReacquire(t *testing.T) {
 	n.fatal = func(err error) { t.Errorf("fatal: %v", err) }
 	ip := netip.MustParseAddr("198.18.0.99")
 	n.onLeaseChange(registry.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"), PublicIP: ip, Key: "node/n1"})
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.ownIP != ip {
-		t.Errorf("own public IP %s after the lease changed to %s", n.ownIP, ip)
+	if got := n.ownLease().PublicIP; got != ip {
+		t.Errorf("own public IP %s after the lease changed to %s", got, ip)
 	}
 }
 

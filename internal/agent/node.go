@@ -46,10 +46,9 @@ type node struct {
 	fast    FastPath           // what the programs may do now
 	progs   *datapath.Datapath // the programs to attach (reloaded once conntrack can be asked)
 	progsCT bool               // progs were loaded with the conntrack lookup usable
-	own     netip.Prefix
-	ownIP   netip.Addr   // the public IP our lease names (--public-ip, or a public-ip-overwrite)
-	own6    netip.Prefix // our IPv6 subnet, zero without IPv6
-	ownIP6  netip.Addr   // the public IPv6 our lease names
+	// lease is ours: its subnets (IPv6's zero without IPv6) and the public
+	// IPs it names (--public-ip, or a public-ip-overwrite).
+	lease registry.Lease
 }
 
 // acquire takes this node's lease (IPv6 too on a dual-stack network) and
@@ -167,10 +166,13 @@ func (n *node) supervise(ctx context.Context, lease registry.Lease, acq registry
 	return <-errc
 }
 
-func (n *node) ownSubnet() netip.Prefix {
+func (n *node) ownSubnet() netip.Prefix { return n.ownLease().Subnet }
+
+// ownLease is our lease as last acquired.
+func (n *node) ownLease() registry.Lease {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.own
+	return n.lease
 }
 
 func (n *node) writeSubnetFile() error {
@@ -206,7 +208,7 @@ func (n *node) setLeaseExpiry(l registry.Lease) {
 // (a Kubernetes Node's may be an operator's overwrite of ours).
 func (n *node) setOwn(l registry.Lease) {
 	n.mu.Lock()
-	n.own, n.ownIP, n.own6, n.ownIP6 = l.Subnet, l.PublicIP, l.IPv6Subnet, l.PublicIPv6
+	n.lease = l
 	n.mu.Unlock()
 }
 
@@ -255,16 +257,14 @@ func (n *node) cleanup() error {
 	if err := n.removeIPTables(); err != nil {
 		errs = append(errs, fmt.Errorf("remove iptables rules: %w", err))
 	}
-	n.mu.Lock()
-	own, ownIP := n.own, n.ownIP
-	n.mu.Unlock()
+	own := n.ownLease()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := n.reg.Release(ctx, own, ownIP); err != nil {
-		errs = append(errs, fmt.Errorf("release lease %s: %w", own, err))
+	if err := n.reg.Release(ctx, own.Subnet, own.PublicIP); err != nil {
+		errs = append(errs, fmt.Errorf("release lease %s: %w", own.Subnet, err))
 	}
 	if len(errs) == 0 {
-		n.log.Info("cleaned up: routes, programs, pins, iptables rules and lease removed", "subnet", own)
+		n.log.Info("cleaned up: routes, programs, pins, iptables rules and lease removed", "subnet", own.Subnet)
 	}
 	return errors.Join(errs...)
 }
