@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi/kubeapitest"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
@@ -116,14 +117,8 @@ func TestRunControlPlaneSmall(t *testing.T) {
 // etcd run's.
 func TestRunControlPlaneKubeSmall(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := testutil.BinDir()
 	for _, b := range []string{"kube-apiserver", "kubectl"} {
-		if _, err := os.Stat(filepath.Join(lab.KubeBinDir(bin), b)); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("no %s, and CI is set: `make deps` builds it: %v", b, err)
-			}
-			t.Skipf("no %s (run `make deps`); skipping because CI is unset", b)
-		}
+		kubeapitest.Require(t, b)
 	}
 	res, progress := runSmall(t, ControlPlaneOptions{Leases: []int{200}, Forms: []string{FormNexthop}, NewLeases: 5, Registry: lab.RegistryKube})
 	if len(res.Samples) != 1 || res.Registry != lab.RegistryKube {

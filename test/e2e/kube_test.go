@@ -22,6 +22,7 @@ import (
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi/kubeapitest"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
@@ -33,12 +34,7 @@ const flannelPrefix = "flannel.alpha.coreos.com/"
 func startKubeLab(t *testing.T, cfg lab.Config) (*lab.Lab, corev1client.NodeInterface) {
 	t.Helper()
 	for _, b := range []string{"kube-apiserver", "kubectl"} {
-		if !exists(filepath.Join(lab.KubeBinDir(binDir), b)) {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("no %s in %s, and CI is set: `make deps` builds it", b, lab.KubeBinDir(binDir))
-			}
-			t.Skipf("no %s in %s (run `make deps`); skipping because CI is unset", b, lab.KubeBinDir(binDir))
-		}
+		kubeapitest.Require(t, b)
 	}
 	cfg.Registry = lab.RegistryKube
 	l := startLabConfig(t, cfg)
