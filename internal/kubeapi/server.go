@@ -322,11 +322,18 @@ current-context: hgw
 	return os.WriteFile(path, b.Bytes(), 0o600)
 }
 
+// AdminKubeconfig writes Admin's kubeconfig in the server's directory
+// (admin.kubeconfig) and returns its path: kubectl's, and an operator's.
+func (s *Server) AdminKubeconfig() (string, error) {
+	path := filepath.Join(s.cfg.Dir, Admin+".kubeconfig")
+	return path, s.Kubeconfig(Admin, path)
+}
+
 // Kubectl runs kubectl (bin) with args as Admin inside the server's
 // namespace, with stdin as its input, and returns its combined output.
 func (s *Server) Kubectl(ctx context.Context, bin string, stdin []byte, args ...string) ([]byte, error) {
-	kc := filepath.Join(s.cfg.Dir, Admin+".kubeconfig")
-	if err := s.Kubeconfig(Admin, kc); err != nil {
+	kc, err := s.AdminKubeconfig()
+	if err != nil {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", kc}, args...)...)
@@ -337,7 +344,7 @@ func (s *Server) Kubectl(ctx context.Context, bin string, stdin []byte, args ...
 	if err := namedns.Do(s.cfg.Netns, cmd.Start); err != nil {
 		return nil, fmt.Errorf("start kubectl in %s: %w", s.cfg.Netns, err)
 	}
-	err := cmd.Wait()
+	err = cmd.Wait()
 	if err != nil {
 		err = fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}

@@ -80,8 +80,8 @@ func (l *Lab) startKube(ctx context.Context) error {
 	} else {
 		l.log.Info("manifest applied", "output", string(out))
 	}
-	admin := filepath.Join(dir, "admin.kubeconfig")
-	if err := srv.Kubeconfig(kubeapi.Admin, admin); err != nil {
+	admin, err := srv.AdminKubeconfig()
+	if err != nil {
 		return err
 	}
 	if err := srv.Kubeconfig(name, filepath.Join(dir, "agent.kubeconfig")); err != nil {
