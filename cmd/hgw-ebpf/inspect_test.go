@@ -109,5 +109,11 @@ func TestInspectionShowsBothFamilies(t *testing.T) {
 		if stats := run("stats", "--all"); !strings.Contains(stats, "FAMILY") || !strings.Contains(stats, "ipv6") {
 			t.Errorf("stats lacks the family column or ipv6 rows:\n%s", stats)
 		}
+		// Freshly loaded, nothing moved: both commands say so in the same words.
+		for _, cmd := range []string{"status", "stats"} {
+			if out := run(cmd); !strings.Contains(out, "(all zero)") {
+				t.Errorf("%s without --all on zero counters lacks \"(all zero)\":\n%s", cmd, out)
+			}
+		}
 	})
 }

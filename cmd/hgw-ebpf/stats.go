@@ -113,12 +113,7 @@ func rates(cur, prev []datapath.Counter, d time.Duration) []rate {
 func printCounters(w io.Writer, cur, prev []datapath.Counter, d time.Duration, all bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	if prev == nil {
-		fmt.Fprintf(tw, "FAMILY\tPROGRAM\tREASON\tPACKETS\tBYTES\t\n")
-		for _, c := range cur {
-			if c.Packets > 0 || all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t\n", c.Family, c.Program, c.Reason, c.Packets, c.Bytes)
-			}
-		}
+		printCounterTotals(tw, "", cur, all)
 		return tw.Flush()
 	}
 	fmt.Fprintf(tw, "%s\t\t\t\t\t\nFAMILY\tPROGRAM\tREASON\tPKT/S\tBIT/S\t\n", time.Now().Format(time.TimeOnly))

@@ -126,7 +126,8 @@ func printStatus(w io.Writer, rep *statusReport, all bool) error {
 	printAttachments(tw, rep.Attachments)
 	printRouteMap(tw, rep.Routes)
 	printEndpoints(tw, rep.Endpoints)
-	printStatusCounters(tw, rep.Counters, all)
+	fmt.Fprintf(tw, "\nCounters:\n")
+	printCounterTotals(tw, "  ", rep.Counters, all)
 	return tw.Flush()
 }
 
@@ -192,19 +193,19 @@ func printEndpoints(tw io.Writer, eps []datapath.Endpoint) {
 	}
 }
 
-// printStatusCounters prints the counters that moved (all of them with
-// all).
-func printStatusCounters(tw io.Writer, counters []datapath.Counter, all bool) {
-	fmt.Fprintf(tw, "\nCounters:\n  FAMILY\tPROGRAM\tREASON\tPACKETS\tBYTES\n")
+// printCounterTotals prints the counters that moved (all of them with
+// all), each row led by indent: status and stats print the same table.
+func printCounterTotals(tw io.Writer, indent string, counters []datapath.Counter, all bool) {
+	fmt.Fprintf(tw, "%sFAMILY\tPROGRAM\tREASON\tPACKETS\tBYTES\t\n", indent)
 	shown := 0
 	for _, c := range counters {
 		if c.Packets == 0 && !all {
 			continue
 		}
 		shown++
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\n", c.Family, c.Program, c.Reason, c.Packets, c.Bytes)
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%d\t%d\t\n", indent, c.Family, c.Program, c.Reason, c.Packets, c.Bytes)
 	}
 	if shown == 0 {
-		fmt.Fprintf(tw, "  (all zero)\n")
+		fmt.Fprintf(tw, "%s(all zero)\n", indent)
 	}
 }
