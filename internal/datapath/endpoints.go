@@ -29,7 +29,7 @@ type Endpoint struct {
 }
 
 // Endpoints gives typed access to the `endpoints` hash.
-func (m *Maps) Endpoints() *EndpointMap { return &EndpointMap{m: m.eps} }
+func (m *Maps) Endpoints() *EndpointMap { return &EndpointMap{m: m.maps.Endpoints} }
 
 // EndpointMap is the `endpoints` map of local pods.
 type EndpointMap struct{ m *ebpf.Map }

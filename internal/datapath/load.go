@@ -123,7 +123,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF objects (pins under %s): %w", opts.PinRoot, err)
 	}
-	maps, err := newMaps(opts.PinRoot, [len(pinnedMaps)]*ebpf.Map{objs.Routes, objs.Routes6, objs.Config, objs.Stats, objs.Endpoints})
+	maps, err := newMaps(opts.PinRoot, objs.hgwMaps)
 	if err != nil {
 		objs.Close()
 		return nil, err

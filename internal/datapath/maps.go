@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -14,25 +13,20 @@ import (
 // Maps is a typed view of the pinned maps. The agent gets it from Load;
 // inspection commands open it with OpenPinned, with no program loaded.
 type Maps struct {
-	root    string
-	routes  *ebpf.Map
-	routes6 *ebpf.Map
-	config  *ebpf.Map
-	stats   *ebpf.Map
-	eps     *ebpf.Map
-	names   counterNames
+	root  string
+	maps  hgwMaps // the generated set: one field per map in bpf/hgw.c
+	names counterNames
 }
 
-// pinnedMaps names every pinned map, in newMaps' argument order.
+// pinnedMaps names every pinned map.
 var pinnedMaps = [...]string{hgwMapRoutes, hgwMapRoutes6, hgwMapConfig, hgwMapStats, hgwMapEndpoints}
 
-// newMaps takes the maps in pinnedMaps' order.
-func newMaps(root string, ms [len(pinnedMaps)]*ebpf.Map) (*Maps, error) {
+func newMaps(root string, maps hgwMaps) (*Maps, error) {
 	names, err := loadCounterNames()
 	if err != nil {
 		return nil, err
 	}
-	return &Maps{root: root, routes: ms[0], routes6: ms[1], config: ms[2], stats: ms[3], eps: ms[4], names: names}, nil
+	return &Maps{root: root, maps: maps, names: names}, nil
 }
 
 // OpenPinned opens the maps an agent pinned under root.
@@ -44,26 +38,27 @@ func OpenPinned(root string) (*Maps, error) {
 	if _, err := checkPinnedLayouts(root, spec, false); err != nil {
 		return nil, err
 	}
-	var ms [len(pinnedMaps)]*ebpf.Map
-	for i, name := range pinnedMaps {
+	// A collection of the pinned maps, assigned by name as the loader does.
+	pinned := ebpf.Collection{Maps: map[string]*ebpf.Map{}}
+	defer pinned.Close() // what Assign did not take
+	for _, name := range pinnedMaps {
 		path := filepath.Join(root, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
 		if err != nil {
-			for _, prev := range ms[:i] {
-				prev.Close()
-			}
 			return nil, fmt.Errorf("open pinned map %s: %w", path, err)
 		}
-		ms[i] = m
+		pinned.Maps[name] = m
 	}
-	maps, err := newMaps(root, ms)
+	var maps hgwMaps
+	if err := pinned.Assign(&maps); err != nil {
+		return nil, fmt.Errorf("pinned maps under %s: %w", root, err)
+	}
+	m, err := newMaps(root, maps)
 	if err != nil {
-		for _, m := range ms {
-			m.Close()
-		}
+		maps.Close()
 		return nil, err
 	}
-	return maps, nil
+	return m, nil
 }
 
 // PinRoot is the directory the maps are pinned in.
@@ -71,7 +66,7 @@ func (m *Maps) PinRoot() string { return m.root }
 
 // Close releases the handles; the pins stay.
 func (m *Maps) Close() error {
-	return errors.Join(m.routes.Close(), m.routes6.Close(), m.config.Close(), m.stats.Close(), m.eps.Close())
+	return m.maps.Close()
 }
 
 // NodeConfig is what the programs need to know about this node.
@@ -142,7 +137,7 @@ func (m *Maps) SetConfig(c NodeConfig) error {
 			v.Flags |= uint32(f.flag)
 		}
 	}
-	if err := m.config.Put(uint32(0), &v); err != nil {
+	if err := m.maps.Config.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("write config map: %w", err)
 	}
 	return nil
@@ -151,7 +146,7 @@ func (m *Maps) SetConfig(c NodeConfig) error {
 // Config reads the node config back; ok is false if none was written yet.
 func (m *Maps) Config() (c NodeConfig, ok bool, err error) {
 	var v hgwNodeConfig
-	if err := m.config.Lookup(uint32(0), &v); err != nil {
+	if err := m.maps.Config.Lookup(uint32(0), &v); err != nil {
 		return NodeConfig{}, false, fmt.Errorf("read config map: %w", err)
 	}
 	if v.PodPrefixlen == 0 {
@@ -193,7 +188,7 @@ func (m *Maps) Stats() ([]Counter, error) {
 			for r, rname := range n.reasons {
 				var perCPU []hgwCounter
 				idx := uint32((f*len(n.programs)+p)*len(n.reasons) + r)
-				if err := m.stats.Lookup(idx, &perCPU); err != nil {
+				if err := m.maps.Stats.Lookup(idx, &perCPU); err != nil {
 					return nil, fmt.Errorf("read stats map index %d: %w", idx, err)
 				}
 				c := Counter{Family: fname, Program: pname, Reason: rname}

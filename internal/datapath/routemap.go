@@ -9,10 +9,10 @@ import (
 )
 
 // Routes is the LPM map of peer IPv4 subnets (`routes`).
-func (m *Maps) Routes() *RouteMap { return &RouteMap{m: m.routes, codec: route4Codec} }
+func (m *Maps) Routes() *RouteMap { return &RouteMap{m: m.maps.Routes, codec: route4Codec} }
 
 // Routes6 is the LPM map of peer IPv6 subnets (`routes6`).
-func (m *Maps) Routes6() *Route6Map { return &Route6Map{m: m.routes6, codec: route6Codec} }
+func (m *Maps) Routes6() *Route6Map { return &Route6Map{m: m.maps.Routes6, codec: route6Codec} }
 
 // RouteMap gives typed access to the `routes` LPM trie (IPv4).
 type RouteMap = lpmRoutes[hgwRouteKey, hgwRouteValue]
