@@ -7,13 +7,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/logtail"
 )
 
 // detachedEnv marks the background copy of `up --detach`: its parent has
@@ -199,7 +199,7 @@ func startDetached(cmd *cobra.Command, g *globals) error {
 	for {
 		select {
 		case err := <-exited:
-			return fmt.Errorf("background lab exited (%v); its log %s says:\n%s", err, logPath, tail(logPath, 20))
+			return fmt.Errorf("background lab exited (%v); its log %s says:\n%s", err, logPath, logtail.File(logPath, 20))
 		case <-timeout:
 			return fmt.Errorf("background lab not ready after 5 minutes; see %s, stop it with `hgw-lab down`", logPath)
 		case <-ctx.Done():
@@ -241,17 +241,4 @@ func printReady(w io.Writer, st lab.State, g *globals, detached bool) {
 	} else {
 		fmt.Fprintln(w, "Ctrl-C stops and removes everything.")
 	}
-}
-
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "  " + strings.Join(lines, "\n  ") + "\n"
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/logtail"
 )
 
 // Ports the servers listen on, on the server's address only.
@@ -87,17 +88,9 @@ func run(ctx context.Context, p path, timeout time.Duration, argv ...string) (st
 		if ctx.Err() != nil {
 			err = errors.Join(err, fmt.Errorf("timed out after %s", timeout))
 		}
-		return out, fmt.Errorf("%s: %w\n%s", argv[0], err, tailLines(out, 5))
+		return out, fmt.Errorf("%s: %w\n%s", argv[0], err, logtail.Lines(out, 5))
 	}
 	return out, nil
-}
-
-func tailLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // tcpThroughput is one iperf3 TCP stream's goodput in Gbit/s.

@@ -32,6 +32,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/hgw-ebpf/hgw-ebpf/internal/logtail"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
 )
 
@@ -202,7 +203,7 @@ func (s *Server) waitReady(ctx context.Context, exited <-chan struct{}) error {
 				cancel()
 				return nil
 			}
-			last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, lastLines(body, 3))
+			last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, oneLine(logtail.Lines(string(body), 3)))
 		} else {
 			last = err.Error()
 		}
@@ -219,19 +220,13 @@ func (s *Server) waitReady(ctx context.Context, exited <-chan struct{}) error {
 	}
 }
 
-// logTail is the end of the server's log, for errors.
+// logTail is the end of the server's log on one line, for errors.
 func (s *Server) logTail() string {
-	b, err := os.ReadFile(filepath.Join(s.cfg.Dir, logFile))
-	if err != nil {
-		return err.Error()
-	}
-	return fmt.Sprintf("%s (log %s)", lastLines(b, 5), filepath.Join(s.cfg.Dir, logFile))
+	path := filepath.Join(s.cfg.Dir, logFile)
+	return fmt.Sprintf("%s (log %s)", oneLine(logtail.File(path, 5)), path)
 }
 
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], " | ")
-}
+func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " | ") }
 
 // Stop ends the server (SIGTERM, SIGKILL after 10 s) and waits for it.
 // Its credentials stay for Start.

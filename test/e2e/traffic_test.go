@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
-	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/logtail"
 )
 
 // serveHTTP serves HTTP on port inside a lab namespace until the test
@@ -155,7 +155,7 @@ func startIperf(t *testing.T, st lab.State, server string, serverPort int, from,
 		cancel()
 		var res iperfResult
 		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-			return res, fmt.Errorf("iperf3 %s -> %s:%d: %v, report not JSON: %v\n%s", from, addr, port, werr, err, testutil.LastLines(out.String(), 10))
+			return res, fmt.Errorf("iperf3 %s -> %s:%d: %v, report not JSON: %v\n%s", from, addr, port, werr, err, logtail.Lines(out.String(), 10))
 		}
 		if res.Error != "" || werr != nil {
 			return res, fmt.Errorf("iperf3 %s -> %s:%d: %v: %s", from, addr, port, werr, res.Error)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/logtail"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
@@ -57,7 +58,7 @@ func Start(t testing.TB, cfg lab.Config) *lab.Lab {
 		if t.Failed() {
 			for _, n := range st.Nodes {
 				if b, err := os.ReadFile(n.AgentLog); err == nil {
-					t.Logf("agent log of %s:\n%s", n.Name, testutil.LastLines(string(b), 30))
+					t.Logf("agent log of %s:\n%s", n.Name, logtail.Lines(string(b), 30))
 				}
 			}
 		}
