@@ -31,6 +31,7 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/peers"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/procstat"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 )
 
@@ -355,11 +356,11 @@ func (c cpRun) timeStart(ctx context.Context, l *lab.Lab, node string, maps *dat
 	if err != nil {
 		return err
 	}
-	cpu, err := processCPU(pid)
+	agent, err := procstat.Read(pid)
 	if err != nil {
-		return err
+		return fmt.Errorf("agent CPU time: %w", err)
 	}
-	s.RoutesSeconds, s.CPUSeconds = Float(routesAt.Sub(start).Seconds()), Float(cpu.Seconds())
+	s.RoutesSeconds, s.CPUSeconds = Float(routesAt.Sub(start).Seconds()), Float(agent.CPU().Seconds())
 	if s.RSSBytes, err = processRSS(pid); err != nil {
 		return err
 	}
@@ -628,33 +629,6 @@ func processRSS(pid int) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
-// processCPU is the user and system time pid has used, from
-// /proc/<pid>/stat (clock ticks of 1/100 s).
-func processCPU(pid int) (time.Duration, error) {
-	if pid == 0 {
-		return 0, errors.New("agent not running")
-	}
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, fmt.Errorf("agent stat: %w", err)
-	}
-	// The command name may hold spaces: count fields after its ')'.
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	var ticks uint64
-	for _, s := range f[11:13] { // utime, stime (fields 14 and 15)
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
-		}
-		ticks += v
-	}
-	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
 
 // Percentile is the nearest-rank p-th percentile of vals (NaN if empty).

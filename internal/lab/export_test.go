@@ -8,6 +8,5 @@ var (
 	StateFileName  = stateFileName
 	ReadSysctl     = readSysctl
 	ProcStart      = procStart
-	SameProcess    = sameProcess
-	IsZombie       = isZombie
+	Running        = running
 )

@@ -185,7 +185,7 @@ func TestDownAfterCrash(t *testing.T) {
 			if names, _ := namedns.List(prefix + "-"); len(names) != 6 { // underlay, internet, 2 nodes, 2 pods
 				t.Fatalf("namespaces after crash: %v, want 6", names)
 			}
-			if !lab.SameProcess(pid, start) {
+			if !lab.Running(pid, start) {
 				t.Fatalf("orphan %d died with the lab: the test proves nothing", pid)
 			}
 			st, err := lab.LoadState(root, prefix)
@@ -207,7 +207,7 @@ func TestDownAfterCrash(t *testing.T) {
 				t.Errorf("down: %v", err)
 			}
 			labtest.AssertNothingLeft(t, *st)
-			if lab.SameProcess(pid, start) && !lab.IsZombie(pid) {
+			if lab.Running(pid, start) {
 				t.Errorf("process %d still running", pid)
 			}
 		})

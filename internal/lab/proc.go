@@ -5,41 +5,28 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/internal/procstat"
 )
 
-// procStart is a process's start time in clock ticks since boot (field 22
-// of /proc/<pid>/stat). A PID plus its start time names one process for
-// good: a recorded PID that was reused by another process does not match.
+// procStart is a process's start time in clock ticks after boot. A PID
+// plus its start time names one process for good: a recorded PID that was
+// reused by another process does not match.
 func procStart(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may contain spaces: parse after its ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(s[i+1:])
-	const startField = 22 - 3 // fields after ')' start at field 3
-	if len(fields) <= startField {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
-	}
-	return strconv.ParseUint(fields[startField], 10, 64)
+	st, err := procstat.Read(pid)
+	return st.StartTime, err
 }
 
-// sameProcess reports whether pid still is the process that had this start
-// time (and is not a zombie we would wait on forever).
-func sameProcess(pid int, start uint64) bool {
+// running reports whether pid still is the process that had this start
+// time and has not exited: a zombie has, and waiting on it would never end.
+func running(pid int, start uint64) bool {
 	if pid <= 0 {
 		return false
 	}
-	got, err := procStart(pid)
-	return err == nil && got == start
+	st, err := procstat.Read(pid)
+	return err == nil && st.StartTime == start && st.State != 'Z'
 }
 
 // procNetns is the inode of a process's network namespace.
@@ -77,7 +64,7 @@ func procsInNetns(inodes map[uint64]string) ([]int, error) {
 // grace. It returns once the process is gone (or is a zombie of someone
 // else's) or after the SIGKILL wait.
 func terminate(pid int, start uint64, grace time.Duration) error {
-	if !sameProcess(pid, start) {
+	if !running(pid, start) {
 		return nil
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -100,7 +87,7 @@ func terminate(pid int, start uint64, grace time.Duration) error {
 func waitGone(pid int, start uint64, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
-		if !sameProcess(pid, start) || isZombie(pid) {
+		if !running(pid, start) {
 			return true
 		}
 		if time.Now().After(deadline) {
@@ -108,14 +95,4 @@ func waitGone(pid int, start uint64, d time.Duration) bool {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
 }

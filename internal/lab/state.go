@@ -165,7 +165,7 @@ func (s State) PodsOf(node string) []Pod {
 
 // Alive reports whether the process that wrote the state still runs.
 func (s State) Alive() bool {
-	return sameProcess(s.PID, s.PIDStart)
+	return running(s.PID, s.PIDStart)
 }
 
 func (s State) clone() State {

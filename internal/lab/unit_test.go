@@ -3,9 +3,13 @@ package lab
 import (
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/hgw-ebpf/hgw-ebpf/internal/procstat"
 )
 
 func TestSubnetEnvRoundTrip(t *testing.T) {
@@ -64,14 +68,36 @@ func TestProcessIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !sameProcess(self, start) {
+	if !running(self, start) {
 		t.Error("this process does not match its own start time")
 	}
-	if sameProcess(self, start+1) {
+	if running(self, start+1) {
 		t.Error("a different start time matched: a reused PID would be killed")
 	}
-	if sameProcess(0, 0) {
+	if running(0, 0) {
 		t.Error("PID 0 matched")
+	}
+
+	// A child that exited and was not reaped yet is a zombie: not running,
+	// or terminate would wait on it until its SIGKILL timeout.
+	child := exec.Command("true")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Wait()
+	childStart, err := procStart(child.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for running(child.Process.Pid, childStart) {
+		if time.Now().After(deadline) {
+			t.Fatalf("exited child %d still counts as running", child.Process.Pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st, err := procstat.Read(child.Process.Pid); err != nil || st.State != 'Z' {
+		t.Errorf("child %d: %+v, %v; want a zombie (the check above proves nothing otherwise)", child.Process.Pid, st, err)
 	}
 }
 
