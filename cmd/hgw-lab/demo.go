@@ -228,12 +228,10 @@ mostly the agents' etcd traffic, ARP and IPv6 neighbour discovery).`)
 	fmt.Fprintln(tw, "  NODE\tfrom_pods redirected\tfrom_underlay redirected\tleft to the kernel")
 	var total uint64
 	for _, n := range st.Nodes {
-		delta := func(prog string) uint64 {
-			return datapath.Redirected(after[n.Name], prog) - datapath.Redirected(d.before[n.Name], prog)
-		}
-		fp, fu := delta("from_pods"), delta("from_underlay")
+		moved := datapath.Since(after[n.Name], d.before[n.Name])
+		fp, fu := datapath.Redirected(moved, "from_pods"), datapath.Redirected(moved, "from_underlay")
 		total += fp + fu
-		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\n", n.Name, fp, fu, passed(after[n.Name])-passed(d.before[n.Name]))
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\n", n.Name, fp, fu, passed(moved))
 	}
 	tw.Flush()
 	if total == 0 {

@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
@@ -28,5 +29,31 @@ func TestCounterSums(t *testing.T) {
 	}
 	if got := len(datapath.OfFamily(cs, "other")); got != 1 {
 		t.Errorf("%d counters of family other, want 1", got)
+	}
+}
+
+// Since subtracts cell by cell, matched by family, program and reason
+// (not by position); a cell the first reading lacks counts from zero.
+func TestCounterSince(t *testing.T) {
+	before := []datapath.Counter{
+		{Family: "ipv6", Program: "from_pods", Reason: "redirect", Packets: 4, Bytes: 400},
+		{Family: "ipv4", Program: "from_pods", Reason: "redirect", Packets: 10, Bytes: 1000},
+	}
+	after := []datapath.Counter{
+		{Family: "ipv4", Program: "from_pods", Reason: "redirect", Packets: 15, Bytes: 1600},
+		{Family: "ipv6", Program: "from_pods", Reason: "redirect", Packets: 4, Bytes: 400},
+		{Family: "ipv4", Program: "from_underlay", Reason: "redirect_peer", Packets: 7, Bytes: 700},
+	}
+	moved := datapath.Since(after, before)
+	want := []datapath.Counter{
+		{Family: "ipv4", Program: "from_pods", Reason: "redirect", Packets: 5, Bytes: 600},
+		{Family: "ipv6", Program: "from_pods", Reason: "redirect"},
+		{Family: "ipv4", Program: "from_underlay", Reason: "redirect_peer", Packets: 7, Bytes: 700},
+	}
+	if !slices.Equal(moved, want) {
+		t.Errorf("Since = %+v, want %+v", moved, want)
+	}
+	if after[0].Packets != 15 {
+		t.Errorf("Since changed its input: %+v", after[0])
 	}
 }

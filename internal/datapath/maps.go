@@ -221,6 +221,24 @@ func Redirected(counters []Counter, program string) uint64 {
 	return Packets(counters, program, "redirect") + Packets(counters, program, "redirect_peer")
 }
 
+// Since is what each counter moved from before to after: two readings of
+// one node's stats map (a cell missing from before counts from zero).
+func Since(after, before []Counter) []Counter {
+	type cell struct{ family, program, reason string }
+	was := make(map[cell]Counter, len(before))
+	for _, c := range before {
+		was[cell{c.Family, c.Program, c.Reason}] = c
+	}
+	out := make([]Counter, len(after))
+	for i, c := range after {
+		b := was[cell{c.Family, c.Program, c.Reason}]
+		c.Packets -= b.Packets
+		c.Bytes -= b.Bytes
+		out[i] = c
+	}
+	return out
+}
+
 // OfFamily keeps the counters of one family: ipv4, ipv6 or other (not IP).
 func OfFamily(counters []Counter, family string) []Counter {
 	var out []Counter
