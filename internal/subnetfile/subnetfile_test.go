@@ -223,14 +223,10 @@ func TestReadErrors(t *testing.T) {
 // The gateway is the subnet's first address, also when the prefix given
 // has host bits set; the programs, the bridge and host-local all take it.
 func TestGateway(t *testing.T) {
-	for in, want := range map[string]string{
-		"10.244.1.0/24":      "10.244.1.1",
-		"10.244.1.77/24":     "10.244.1.1",
-		"10.244.0.0/16":      "10.244.0.1",
-		"fd00:10:244:1::/64": "fd00:10:244:1::1",
-	} {
-		if got := Gateway(netip.MustParsePrefix(in)); got != netip.MustParseAddr(want) {
-			t.Errorf("Gateway(%s) = %s, want %s", in, got, want)
+	cases := [][2]string{{"10.244.1.77/24", "10.244.1.1"}, {"10.244.0.0/16", "10.244.0.1"}, {"fd00:10:244:1::/64", "fd00:10:244:1::1"}}
+	for _, c := range cases {
+		if got := Gateway(netip.MustParsePrefix(c[0])); got != netip.MustParseAddr(c[1]) {
+			t.Errorf("Gateway(%s) = %s, want %s", c[0], got, c[1])
 		}
 	}
 }
