@@ -195,8 +195,6 @@ func (n *node) allApplied() bool {
 	return true
 }
 
-func (n *node) ownSubnet6() netip.Prefix { return n.ownLease().IPv6Subnet }
-
 // resolveDualStack reads the underlay's IPv6 side when the network config
 // enables IPv6; without IPv6 there is none, and a --public-ipv6 is
 // ignored, as flanneld ignores it.

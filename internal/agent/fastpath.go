@@ -212,7 +212,8 @@ func (n *node) writeConfig(f FastPath) error {
 	if err != nil {
 		return err
 	}
-	own, own6 := n.ownSubnet(), n.ownSubnet6()
+	lease := n.ownLease()
+	own, own6 := lease.Subnet, lease.IPv6Subnet
 	c := datapath.NodeConfig{
 		PodSubnet: own, Gateway: subnetfile.Gateway(own),
 		BridgeIfindex: bridge, UnderlayIfindex: uint32(n.ul.link.Attrs().Index),

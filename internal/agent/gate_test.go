@@ -78,7 +78,7 @@ func TestSubnetChangeOnReacquireEndsTheAgent(t *testing.T) {
 			t.Errorf("error %q does not say %q", fatal, want)
 		}
 	}
-	if got := n.ownSubnet(); got != netip.MustParsePrefix("10.244.3.0/24") {
+	if got := n.ownLease().Subnet; got != netip.MustParsePrefix("10.244.3.0/24") {
 		t.Errorf("own subnet became %s: the old one must not be given up while the agent stops", got)
 	}
 
@@ -98,7 +98,7 @@ func TestSubnetChangeOnReacquireEndsTheAgent(t *testing.T) {
 	if fatal == nil || !strings.Contains(fatal.Error(), "fd00:10:244:3::/64") || !strings.Contains(fatal.Error(), "fd00:10:244:9::/64") {
 		t.Errorf("another IPv6 subnet: %v; want the agent to stop naming both", fatal)
 	}
-	if got := n.ownSubnet6(); got != netip.MustParsePrefix("fd00:10:244:3::/64") {
+	if got := n.ownLease().IPv6Subnet; got != netip.MustParsePrefix("fd00:10:244:3::/64") {
 		t.Errorf("own IPv6 subnet became %s", got)
 	}
 }

@@ -28,9 +28,10 @@ type iptablesSide struct {
 // iptablesSides are the families whose rules the node keeps: IPv4's, and
 // IPv6's on a dual-stack node.
 func (n *node) iptablesSides() []iptablesSide {
-	sides := []iptablesSide{{netfilter.IPv4, n.network, n.ownSubnet()}}
-	if own6 := n.ownSubnet6(); n.network6.IsValid() && own6.IsValid() {
-		sides = append(sides, iptablesSide{netfilter.IPv6, n.network6, own6})
+	own := n.ownLease()
+	sides := []iptablesSide{{netfilter.IPv4, n.network, own.Subnet}}
+	if n.network6.IsValid() && own.IPv6Subnet.IsValid() {
+		sides = append(sides, iptablesSide{netfilter.IPv6, n.network6, own.IPv6Subnet})
 	}
 	return sides
 }

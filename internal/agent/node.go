@@ -67,7 +67,6 @@ func (n *node) acquire(ctx context.Context, netCfg registry.Config) (registry.Le
 		"public_ip", lease.PublicIP, "expires", expiry(lease))
 	n.ready.Set(leaseCondition(n.cfg), true)
 	n.setOwn(lease)
-	n.setLeaseExpiry(lease)
 	return lease, acq, nil
 }
 
@@ -166,8 +165,6 @@ func (n *node) supervise(ctx context.Context, lease registry.Lease, acq registry
 	return <-errc
 }
 
-func (n *node) ownSubnet() netip.Prefix { return n.ownLease().Subnet }
-
 // ownLease is our lease as last acquired.
 func (n *node) ownLease() registry.Lease {
 	n.mu.Lock()
@@ -176,9 +173,10 @@ func (n *node) ownLease() registry.Lease {
 }
 
 func (n *node) writeSubnetFile() error {
-	env := subnetfile.Env{Network: n.network, Subnet: n.ownSubnet(), MTU: n.ul.link.Attrs().MTU, IPMasq: n.cfg.IPMasq}
-	if own6 := n.ownSubnet6(); own6.IsValid() {
-		env.IPv6Network, env.IPv6Subnet = n.network6, own6
+	own := n.ownLease()
+	env := subnetfile.Env{Network: n.network, Subnet: own.Subnet, MTU: n.ul.link.Attrs().MTU, IPMasq: n.cfg.IPMasq}
+	if own.IPv6Subnet.IsValid() {
+		env.IPv6Network, env.IPv6Subnet = n.network6, own.IPv6Subnet
 	}
 	return subnetfile.Write(n.cfg.SubnetFile, env)
 }
@@ -189,7 +187,8 @@ func (n *node) nodeReady(ctx context.Context) error {
 	if err := n.writeSubnetFile(); err != nil {
 		return err
 	}
-	n.log.Info("node ready", "datapath", n.cfg.Datapath, "subnet", n.ownSubnet(), "ipv6_subnet", n.ownSubnet6(), "subnet_file", n.cfg.SubnetFile)
+	own := n.ownLease()
+	n.log.Info("node ready", "datapath", n.cfg.Datapath, "subnet", own.Subnet, "ipv6_subnet", own.IPv6Subnet, "subnet_file", n.cfg.SubnetFile)
 	if r, ok := n.reg.(registry.ReadyReporter); ok {
 		if err := r.ReportReady(ctx); err != nil {
 			n.log.Warn("report the node's network ready", "err", err)
@@ -198,18 +197,16 @@ func (n *node) nodeReady(ctx context.Context) error {
 	return nil
 }
 
-func (n *node) setLeaseExpiry(l registry.Lease) {
-	if n.metrics != nil {
-		n.metrics.SetLeaseExpiry(l.Expiration)
-	}
-}
-
 // setOwn records our lease: its subnets and the public IPs it names
-// (a Kubernetes Node's may be an operator's overwrite of ours).
+// (a Kubernetes Node's may be an operator's overwrite of ours), and its
+// expiry for the lease metric.
 func (n *node) setOwn(l registry.Lease) {
 	n.mu.Lock()
 	n.lease = l
 	n.mu.Unlock()
+	if n.metrics != nil {
+		n.metrics.SetLeaseExpiry(l.Expiration)
+	}
 }
 
 // onChange follows the registry's leases into each family's desired
@@ -230,7 +227,8 @@ func (n *node) onChange(c registry.Change) {
 // to the new subnet while they run, so the agent exits as flanneld does
 // (pods must be recreated; the next start keeps the new lease).
 func (n *node) onLeaseChange(l registry.Lease) {
-	for _, s := range []struct{ was, now netip.Prefix }{{n.ownSubnet(), l.Subnet}, {n.ownSubnet6(), l.IPv6Subnet}} {
+	own := n.ownLease()
+	for _, s := range []struct{ was, now netip.Prefix }{{own.Subnet, l.Subnet}, {own.IPv6Subnet, l.IPv6Subnet}} {
 		if s.now != s.was {
 			n.fatal(fmt.Errorf("this node's subnet changed from %s to %s when its lease was re-acquired (another node holds %s now): "+
 				"exiting as flanneld does; pods with addresses in %s must be recreated", s.was, s.now, s.was, s.was))
@@ -239,7 +237,6 @@ func (n *node) onLeaseChange(l registry.Lease) {
 	}
 	n.log.Warn("own lease re-acquired", "subnet", l.Subnet, "ipv6_subnet", l.IPv6Subnet, "key", l.Key, "public_ip", l.PublicIP)
 	n.setOwn(l)
-	n.setLeaseExpiry(l)
 }
 
 func (n *node) cleanup() error {
