@@ -53,7 +53,4 @@ func TestCounterSince(t *testing.T) {
 	if !slices.Equal(moved, want) {
 		t.Errorf("Since = %+v, want %+v", moved, want)
 	}
-	if after[0].Packets != 15 {
-		t.Errorf("Since changed its input: %+v", after[0])
-	}
 }

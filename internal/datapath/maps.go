@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -55,7 +56,7 @@ func OpenPinned(root string) (*Maps, error) {
 	}
 	m, err := newMaps(root, maps)
 	if err != nil {
-		maps.Close()
+		closeMaps(maps)
 		return nil, err
 	}
 	return m, nil
@@ -64,9 +65,12 @@ func OpenPinned(root string) (*Maps, error) {
 // PinRoot is the directory the maps are pinned in.
 func (m *Maps) PinRoot() string { return m.root }
 
-// Close releases the handles; the pins stay.
-func (m *Maps) Close() error {
-	return m.maps.Close()
+// Close releases the handles; the pins stay. Every map is closed, also
+// after one fails (the generated Close stops at the first error).
+func (m *Maps) Close() error { return closeMaps(m.maps) }
+
+func closeMaps(mm hgwMaps) error {
+	return errors.Join(mm.Config.Close(), mm.Endpoints.Close(), mm.Routes.Close(), mm.Routes6.Close(), mm.Stats.Close())
 }
 
 // NodeConfig is what the programs need to know about this node.

@@ -114,33 +114,27 @@ func (e *runEnv) peerRoutes() []datapath.Route {
 
 type counterKey struct{ family, program, reason string }
 
-func (e *runEnv) stats(t testing.TB) map[counterKey]datapath.Counter {
+func (e *runEnv) stats(t testing.TB) []datapath.Counter {
 	t.Helper()
 	return countersOf(t, e.dp)
 }
 
-// countersOf reads every counter of dp, by program and reason.
-func countersOf(t testing.TB, dp *datapath.Datapath) map[counterKey]datapath.Counter {
+// countersOf reads every counter of dp.
+func countersOf(t testing.TB, dp *datapath.Datapath) []datapath.Counter {
 	t.Helper()
 	cs, err := dp.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := make(map[counterKey]datapath.Counter, len(cs))
-	for _, c := range cs {
-		m[counterKey{c.Family, c.Program, c.Reason}] = c
-	}
-	return m
+	return cs
 }
 
 // moved returns the counters that differ between two readings, as deltas.
-func moved(before, after map[counterKey]datapath.Counter) []datapath.Counter {
+func moved(before, after []datapath.Counter) []datapath.Counter {
 	var out []datapath.Counter
-	for k, a := range after {
-		b := before[k]
-		if a.Packets != b.Packets || a.Bytes != b.Bytes {
-			out = append(out, datapath.Counter{Family: k.family, Program: k.program, Reason: k.reason,
-				Packets: a.Packets - b.Packets, Bytes: a.Bytes - b.Bytes})
+	for _, c := range datapath.Since(after, before) {
+		if c.Packets != 0 || c.Bytes != 0 {
+			out = append(out, c)
 		}
 	}
 	return out
@@ -814,7 +808,6 @@ func TestConntrackClash(t *testing.T) {
 	e.forward(t, datapath.FromPods, out(protoUDP, 40203, 5353, 0))
 }
 
-// setConfig changes the node config the programs read.
 // unknownThenTracked is how both families' conntrack tests begin: a fresh
 // namespace's conntrack knows nothing, so the UDP flow from local to peer
 // (udpOut, ports 40000 to 5201, and udpBack) and tcpOut are fast; once the
@@ -832,6 +825,7 @@ func (e *runEnv) unknownThenTracked(t *testing.T, local, peer netip.Addr, udpOut
 	e.forward(t, datapath.FromPods, tcpOut)
 }
 
+// setConfig changes the node config the programs read.
 func (e *runEnv) setConfig(t *testing.T, change func(*datapath.NodeConfig)) {
 	t.Helper()
 	change(&e.cfg)

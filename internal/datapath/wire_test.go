@@ -69,7 +69,7 @@ func newWireEnv(t *testing.T, mode datapath.Mode) *wireEnv {
 	return e
 }
 
-func (e *wireEnv) counters(t *testing.T) map[counterKey]datapath.Counter {
+func (e *wireEnv) counters(t *testing.T) []datapath.Counter {
 	t.Helper()
 	return countersOf(t, e.dp)
 }
