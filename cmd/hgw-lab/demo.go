@@ -228,7 +228,7 @@ mostly the agents' etcd traffic, ARP and IPv6 neighbour discovery).`)
 	fmt.Fprintln(tw, "  NODE\tfrom_pods redirected\tfrom_underlay redirected\tleft to the kernel")
 	var total uint64
 	for _, n := range st.Nodes {
-		moved := datapath.Since(after[n.Name], d.before[n.Name])
+		moved := datapath.Delta(d.before[n.Name], after[n.Name])
 		fp, fu := datapath.Redirected(moved, "from_pods"), datapath.Redirected(moved, "from_underlay")
 		total += fp + fu
 		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\n", n.Name, fp, fu, passed(moved))

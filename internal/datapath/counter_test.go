@@ -32,9 +32,9 @@ func TestCounterSums(t *testing.T) {
 	}
 }
 
-// Since subtracts cell by cell, matched by family, program and reason
+// Delta subtracts cell by cell, matched by family, program and reason
 // (not by position); a cell the first reading lacks counts from zero.
-func TestCounterSince(t *testing.T) {
+func TestCounterDelta(t *testing.T) {
 	before := []datapath.Counter{
 		{Family: "ipv6", Program: "from_pods", Reason: "redirect", Packets: 4, Bytes: 400},
 		{Family: "ipv4", Program: "from_pods", Reason: "redirect", Packets: 10, Bytes: 1000},
@@ -44,13 +44,13 @@ func TestCounterSince(t *testing.T) {
 		{Family: "ipv6", Program: "from_pods", Reason: "redirect", Packets: 4, Bytes: 400},
 		{Family: "ipv4", Program: "from_underlay", Reason: "redirect_peer", Packets: 7, Bytes: 700},
 	}
-	moved := datapath.Since(after, before)
+	moved := datapath.Delta(before, after)
 	want := []datapath.Counter{
 		{Family: "ipv4", Program: "from_pods", Reason: "redirect", Packets: 5, Bytes: 600},
 		{Family: "ipv6", Program: "from_pods", Reason: "redirect"},
 		{Family: "ipv4", Program: "from_underlay", Reason: "redirect_peer", Packets: 7, Bytes: 700},
 	}
 	if !slices.Equal(moved, want) {
-		t.Errorf("Since = %+v, want %+v", moved, want)
+		t.Errorf("Delta = %+v, want %+v", moved, want)
 	}
 }

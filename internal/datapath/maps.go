@@ -225,9 +225,9 @@ func Redirected(counters []Counter, program string) uint64 {
 	return Packets(counters, program, "redirect") + Packets(counters, program, "redirect_peer")
 }
 
-// Since is what each counter moved from before to after: two readings of
+// Delta is what each counter moved from before to after: two readings of
 // one node's stats map (a cell missing from before counts from zero).
-func Since(after, before []Counter) []Counter {
+func Delta(before, after []Counter) []Counter {
 	type cell struct{ family, program, reason string }
 	was := make(map[cell]Counter, len(before))
 	for _, c := range before {

@@ -132,7 +132,7 @@ func countersOf(t testing.TB, dp *datapath.Datapath) []datapath.Counter {
 // moved returns the counters that differ between two readings, as deltas.
 func moved(before, after []datapath.Counter) []datapath.Counter {
 	var out []datapath.Counter
-	for _, c := range datapath.Since(after, before) {
+	for _, c := range datapath.Delta(before, after) {
 		if c.Packets != 0 || c.Bytes != 0 {
 			out = append(out, c)
 		}

@@ -50,7 +50,7 @@ func expectAllPairsOverFastPath(t *testing.T, ctx context.Context, st lab.State,
 		want := uint64(2 * pods * (nodes - 1) * pods)
 		for _, n := range st.Nodes {
 			for _, prog := range []string{"from_pods", "from_underlay"} {
-				got := datapath.Redirected(datapath.OfFamily(datapath.Since(after[n.Name], before[n.Name]), f.name), prog)
+				got := datapath.Redirected(datapath.OfFamily(datapath.Delta(before[n.Name], after[n.Name]), f.name), prog)
 				if got < want {
 					t.Errorf("%s: %s redirected %d %s packets, want >= %d (counters %+v)", n.Name, prog, got, f.name, want, after[n.Name])
 				}

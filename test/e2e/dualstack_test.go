@@ -258,7 +258,7 @@ func TestDualStackWithRealFlanneld(t *testing.T) {
 	expectAll(t, "ipv6", st.PingAll6(ctx, 16), len(st.Pods))
 	after := labtest.AllCounters(t, ours)
 	for _, n := range ours.Nodes {
-		if d := datapath.Redirected(datapath.OfFamily(datapath.Since(after[n.Name], before[n.Name]), "ipv6"), "from_pods"); d == 0 {
+		if d := datapath.Redirected(datapath.OfFamily(datapath.Delta(before[n.Name], after[n.Name]), "ipv6"), "from_pods"); d == 0 {
 			t.Errorf("%s: no IPv6 packet on the fast path", n.Name)
 		}
 	}

@@ -127,7 +127,7 @@ func TestMixedClusterWithRealFlanneld(t *testing.T) {
 	expectFlannelRules(t, st, n1.Name, mixedIPMasq, 1)
 	before := labtest.AllCounters(t, st)
 	expectHTTP(t, st, p1.Name, httpURL(p2.IP, lab.BackendHTTPPort), p2.Name)
-	if d := datapath.Redirected(datapath.Since(labtest.AllCounters(t, st)[n1.Name], before[n1.Name]), "from_pods"); d == 0 {
+	if d := datapath.Redirected(datapath.Delta(before[n1.Name], labtest.AllCounters(t, st)[n1.Name]), "from_pods"); d == 0 {
 		t.Errorf("%s: no fast path for new pod-to-pod connections after moving to hgw-ebpf", n1.Name)
 	}
 

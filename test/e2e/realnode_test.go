@@ -35,7 +35,7 @@ func realNodeConfig(nodes, pods int) lab.Config {
 // movedBy is how many packets a node's program counted under reason
 // between two counters() readings.
 func movedBy(before, after map[string][]datapath.Counter, node, program, reason string) uint64 {
-	return datapath.Packets(datapath.Since(after[node], before[node]), program, reason)
+	return datapath.Packets(datapath.Delta(before[node], after[node]), program, reason)
 }
 
 // expectKernelPath checks that nothing node's programs saw between the two
@@ -43,7 +43,7 @@ func movedBy(before, after map[string][]datapath.Counter, node, program, reason 
 // kernel by program under reason (if reason is not "").
 func expectKernelPath(t *testing.T, before, after map[string][]datapath.Counter, node, program, reason string, min uint64) {
 	t.Helper()
-	moved := datapath.Since(after[node], before[node])
+	moved := datapath.Delta(before[node], after[node])
 	for _, prog := range []string{"from_pods", "from_underlay"} {
 		if d := datapath.Redirected(moved, prog); d != 0 {
 			t.Errorf("%s: %s redirected %d packets of a flow that must take the kernel path", node, prog, d)

@@ -87,7 +87,7 @@ func TestAgentKill9LosesNothing(t *testing.T) {
 	expectAll(t, "ipv6", l.State().PingAll6(ctx, 16), len(st.Pods))
 	after, _ := node.Counters()
 	for _, family := range []string{"ipv4", "ipv6"} {
-		if d := datapath.Redirected(datapath.OfFamily(datapath.Since(after, before), family), "from_pods"); d == 0 {
+		if d := datapath.Redirected(datapath.OfFamily(datapath.Delta(before, after), family), "from_pods"); d == 0 {
 			t.Errorf("%s: from_pods redirected no %s packet after the restart", node.Name, family)
 		}
 	}

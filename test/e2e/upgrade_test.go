@@ -252,7 +252,7 @@ func TestUpgradeAndRestartReplaceProgramsWithoutLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := datapath.Redirected(datapath.Since(after, before), "from_pods"); d < uint64(sent) {
+	if d := datapath.Redirected(datapath.Delta(before, after), "from_pods"); d < uint64(sent) {
 		t.Errorf("%s: from_pods redirected %d packets during the run for %d echo requests: counters lost across the restarts", src.Name, d, sent)
 	}
 }
