@@ -154,19 +154,17 @@ func exchangeFromPort(st lab.State, from, network string, port int, addr string,
 	return nil
 }
 
-func (c kubeCluster) counters(t *testing.T, node string) map[string]uint64 {
+func (c kubeCluster) counters(t *testing.T, node string) []datapath.Counter {
 	t.Helper()
-	return counterMap(t, mustNode(t, c.st, node))
+	return labtest.Counters(t, mustNode(t, c.st, node))
 }
 
-// counterMap is a node's counters by "program/reason".
-func counterMap(t *testing.T, n lab.Node) map[string]uint64 {
+// tracked is how many packets node's programs left to the kernel's
+// conntrack (reason ct_tracked), over both programs and families.
+func tracked(t *testing.T, n lab.Node) uint64 {
 	t.Helper()
-	out := map[string]uint64{}
-	for _, x := range labtest.Counters(t, n) {
-		out[x.Program+"/"+x.Reason] += x.Packets // summed over families
-	}
-	return out
+	cs := labtest.Counters(t, n)
+	return datapath.Packets(cs, "from_pods", "ct_tracked") + datapath.Packets(cs, "from_underlay", "ct_tracked")
 }
 
 // A ClusterIP connection's replies must be un-NATed by the client node's
@@ -189,7 +187,7 @@ func TestClusterIPThroughConntrack(t *testing.T) {
 		t.Fatalf("%d of %d ClusterIP connections failed", failed, conns)
 	}
 	mid := c.counters(t, c.clientNode)
-	if d := mid["from_underlay/ct_nat"] - before["from_underlay/ct_nat"]; d < conns {
+	if d := datapath.Packets(datapath.Delta(before, mid), "from_underlay", "ct_nat"); d < conns {
 		t.Errorf("from_underlay ct_nat moved by %d, want >= %d (one per reply at least)", d, conns)
 	}
 
@@ -199,17 +197,17 @@ func TestClusterIPThroughConntrack(t *testing.T) {
 			t.Fatalf("direct connection %d: %v", i, err)
 		}
 	}
-	after := c.counters(t, c.clientNode)
-	if d := after["from_pods/redirect"] - mid["from_pods/redirect"]; d < 20*3 {
+	direct := datapath.Delta(mid, c.counters(t, c.clientNode))
+	if d := datapath.Packets(direct, "from_pods", "redirect"); d < 20*3 {
 		t.Errorf("from_pods redirected %d packets of 20 direct connections, want >= 60", d)
 	}
 	// Into a known pod with redirect_peer, else through the bridge.
-	if d := after["from_underlay/redirect"] + after["from_underlay/redirect_peer"] - mid["from_underlay/redirect"] - mid["from_underlay/redirect_peer"]; d < 20*2 {
+	if d := datapath.Redirected(direct, "from_underlay"); d < 20*2 {
 		t.Errorf("from_underlay redirected %d packets of 20 direct connections, want >= 40", d)
 	}
-	for _, k := range []string{"from_pods/ct_tracked", "from_underlay/ct_tracked"} {
-		if after[k] != mid[k] {
-			t.Errorf("%s moved by %d during direct connections, want 0", k, after[k]-mid[k])
+	for _, prog := range []string{"from_pods", "from_underlay"} {
+		if d := datapath.Packets(direct, prog, "ct_tracked"); d != 0 {
+			t.Errorf("%s/ct_tracked moved by %d during direct connections, want 0", prog, d)
 		}
 	}
 }
@@ -268,8 +266,7 @@ func TestUDPClusterIPThroughConntrack(t *testing.T) {
 			t.Fatalf("UDP query %d via ClusterIP: %v", i, err)
 		}
 	}
-	after := c.counters(t, c.clientNode)
-	if d := after["from_underlay/ct_nat"] - before["from_underlay/ct_nat"]; d < 20 {
+	if d := datapath.Packets(datapath.Delta(before, c.counters(t, c.clientNode)), "from_underlay", "ct_nat"); d < 20 {
 		t.Errorf("from_underlay ct_nat moved by %d, want >= 20", d)
 	}
 }
@@ -301,8 +298,7 @@ func TestTransferSurvivesSwitchToFastPath(t *testing.T) {
 		t.Errorf("interval %d moved no bytes: the transfer stalled", i)
 	}
 	for _, n := range c.st.Nodes {
-		cs := c.counters(t, n.Name)
-		if cs["from_pods/ct_tracked"]+cs["from_underlay/ct_tracked"] == 0 {
+		if tracked(t, n) == 0 {
 			t.Errorf("%s: the running transfer was never recognised as tracked (ct_tracked = 0)", n.Name)
 		}
 	}

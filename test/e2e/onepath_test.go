@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hgw-ebpf/hgw-ebpf/internal/datapath"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/lab"
 )
 
@@ -34,15 +35,15 @@ func TestPodAndRemoteNodeTalkThroughTheKernel(t *testing.T) {
 			t.Errorf("pod %s -> node %s, connection %d: %v", c.server.IP, client.IP, i, err)
 		}
 	}
-	after := c.counters(t, podNode)
+	moved := datapath.Delta(before, c.counters(t, podNode))
 	// The node's SYN-ACK and its echo of the line, at least: the pod had
 	// both before its exchange returned.
-	if d := after["from_underlay/src_not_pod"] - before["from_underlay/src_not_pod"]; d < 2*conns {
+	if d := datapath.Packets(moved, "from_underlay", "src_not_pod"); d < 2*conns {
 		t.Errorf("%s: from_underlay src_not_pod moved by %d, want >= %d", podNode, d, 2*conns)
 	}
-	for _, k := range []string{"from_underlay/redirect", "from_underlay/redirect_peer", "from_pods/redirect"} {
-		if after[k] != before[k] {
-			t.Errorf("%s: %s moved by %d: part of a node's flow took the fast path", podNode, k, after[k]-before[k])
+	for _, k := range []struct{ prog, reason string }{{"from_underlay", "redirect"}, {"from_underlay", "redirect_peer"}, {"from_pods", "redirect"}} {
+		if d := datapath.Packets(moved, k.prog, k.reason); d != 0 {
+			t.Errorf("%s: %s/%s moved by %d: part of a node's flow took the fast path", podNode, k.prog, k.reason, d)
 		}
 	}
 }
@@ -75,9 +76,7 @@ func TestPortUnreachableReachesARemotePod(t *testing.T) {
 			t.Errorf("datagram %d to a closed port of %s: %v, want connection refused", i, c.server.IP, err)
 		}
 	}
-	after := c.counters(t, c.clientNode)
-	if d := after["from_underlay/redirect"] + after["from_underlay/redirect_peer"] -
-		before["from_underlay/redirect"] - before["from_underlay/redirect_peer"]; d < tries {
+	if d := datapath.Redirected(datapath.Delta(before, c.counters(t, c.clientNode)), "from_underlay"); d < tries {
 		t.Errorf("%s: from_underlay redirected %d packets, want the %d port unreachables at least", c.clientNode, d, tries)
 	}
 }

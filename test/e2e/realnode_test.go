@@ -208,8 +208,7 @@ func TestForwardPolicyDrop(t *testing.T) {
 		t.Errorf("transfer across the switch stalled in intervals %v", s)
 	}
 	for _, n := range st.Nodes {
-		cs := counterMap(t, n)
-		if cs["from_pods/ct_tracked"]+cs["from_underlay/ct_tracked"] == 0 {
+		if tracked(t, n) == 0 {
 			t.Errorf("%s: the running transfer never counted as tracked", n.Name)
 		}
 	}
