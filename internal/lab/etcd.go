@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
-	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/embedetcd"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 )
@@ -26,8 +26,11 @@ const (
 )
 
 // EtcdEndpoint is the URL the agents (inside the node namespaces) use.
-func EtcdEndpoint() string {
-	return "http://" + net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort))
+func EtcdEndpoint() string { return "http://" + etcdClientAddr() }
+
+// etcdClientAddr is where etcd's client listener is, in the underlay.
+func etcdClientAddr() string {
+	return net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort))
 }
 
 // newEtcdClient connects to the lab's etcd from any process: every
@@ -83,9 +86,9 @@ func (l *Lab) StartEtcd(ctx context.Context) error {
 	if l.etcd != nil {
 		return nil
 	}
-	e, err := kubeapi.StartEtcd(ctx, kubeapi.EtcdConfig{
+	e, err := embedetcd.Start(ctx, embedetcd.Config{
 		Netns: l.state.Underlay, Name: "hgw-lab", Dir: filepath.Join(l.state.Dir, "etcd", "data"),
-		Client:  net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdClientPort)),
+		Client:  etcdClientAddr(),
 		Peer:    net.JoinHostPort(underlayGateway.String(), strconv.Itoa(etcdPeerPort)),
 		LogFile: filepath.Join(l.state.Dir, "etcd", "etcd.log"),
 	})

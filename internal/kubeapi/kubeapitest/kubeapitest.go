@@ -22,6 +22,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/hgw-ebpf/hgw-ebpf/deploy"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/embedetcd"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/kubeapi"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
 	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
@@ -113,7 +114,7 @@ func setup(bin string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	shared.etcd, err = kubeapi.StartEtcd(ctx, kubeapi.EtcdConfig{
+	shared.etcd, err = embedetcd.Start(ctx, embedetcd.Config{
 		Netns: name, Name: "kubeapitest", Dir: filepath.Join(dir, "etcd"), Client: "127.0.0.1:2379", Peer: "127.0.0.1:2380"})
 	if err != nil {
 		return err

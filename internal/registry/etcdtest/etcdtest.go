@@ -4,7 +4,6 @@ package etcdtest
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -17,9 +16,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-)
 
-const readyTimeout = 30 * time.Second
+	"github.com/hgw-ebpf/hgw-ebpf/internal/embedetcd"
+)
 
 // Server is an embedded etcd listening on loopback. Its data survive Stop,
 // so Restart brings back the same cluster on the same ports. Clients reach
@@ -69,30 +68,10 @@ func loopbackURL(t testing.TB) url.URL {
 }
 
 func (s *Server) start() error {
-	cfg := embed.NewConfig()
-	cfg.Name = "etcdtest"
-	cfg.Dir = s.dir
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{s.client}, []url.URL{s.client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{s.peer}, []url.URL{s.peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.LogLevel = "error"
-	// Even error-level lines are noise here (e.g. on Stop): test
-	// failures are reported by the tests, not by etcd's log.
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.UnsafeNoFsync = true // test data need no durability across crashes
-
-	e, err := embed.StartEtcd(cfg)
+	e, err := embedetcd.Start(context.Background(), embedetcd.Config{
+		Name: "etcdtest", Dir: s.dir, Client: s.client.Host, Peer: s.peer.Host})
 	if err != nil {
-		return fmt.Errorf("start etcd on %s: %w", s.client.Host, err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		return fmt.Errorf("etcd on %s failed while starting: %w", s.client.Host, err)
-	case <-time.After(readyTimeout):
-		e.Close()
-		return fmt.Errorf("etcd on %s not ready after %s", s.client.Host, readyTimeout)
+		return err
 	}
 	s.mu.Lock()
 	s.etcd = e

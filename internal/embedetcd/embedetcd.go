@@ -1,4 +1,7 @@
-package kubeapi
+// Package embedetcd starts a single-member etcd inside this process: the
+// lab's flannel registry, the store behind the tests' kube-apiserver, and
+// the registry tests' etcd.
+package embedetcd
 
 import (
 	"context"
@@ -13,10 +16,9 @@ import (
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
 )
 
-// EtcdConfig is an embedded etcd for StartEtcd: the store behind
-// kube-apiserver (and the lab's flannel registry).
-type EtcdConfig struct {
-	Netns   string // the network namespace it listens in
+// Config is one embedded etcd.
+type Config struct {
+	Netns   string // the network namespace it listens in; "" for this thread's
 	Name    string // its member name
 	Dir     string // its data directory, made if missing
 	Client  string // host:port of its client listener, in Netns
@@ -24,10 +26,10 @@ type EtcdConfig struct {
 	LogFile string // where it logs warnings and errors; nowhere if ""
 }
 
-const etcdReadyTimeout = 30 * time.Second
+const readyTimeout = 30 * time.Second
 
-// StartEtcd starts an embedded etcd with its listeners inside c.Netns
-// and waits until it serves. embed.StartEtcd creates every listen socket
+// Start starts an embedded etcd with its listeners inside c.Netns and
+// waits until it serves. embed.StartEtcd creates every listen socket
 // synchronously (configurePeerListeners, configureClientListeners) before
 // it returns, and a socket keeps the namespace it was created in, so
 // calling it on a thread in the namespace is enough. The goroutines it
@@ -36,7 +38,7 @@ const etcdReadyTimeout = 30 * time.Second
 // one. The gRPC gateway is off because it would dial the client URL from
 // the host's namespace. Durability is not the point of these short-lived
 // stores: writes are not synced.
-func StartEtcd(ctx context.Context, c EtcdConfig) (*embed.Etcd, error) {
+func Start(ctx context.Context, c Config) (*embed.Etcd, error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("etcd data dir: %w", err)
 	}
@@ -57,23 +59,29 @@ func StartEtcd(ctx context.Context, c EtcdConfig) (*embed.Etcd, error) {
 	cfg.UnsafeNoFsync = true
 
 	var e *embed.Etcd
-	err := namedns.Do(c.Netns, func() error {
+	start := func() error {
 		var err error
 		e, err = embed.StartEtcd(cfg)
 		return err
-	})
+	}
+	var err error
+	if c.Netns == "" {
+		err = start()
+	} else {
+		err = namedns.Do(c.Netns, start)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("start etcd in %s: %w", c.Netns, err)
+		return nil, fmt.Errorf("start etcd on %s (netns %q): %w", c.Client, c.Netns, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 		return e, nil
 	case err := <-e.Err():
 		e.Close()
-		return nil, fmt.Errorf("etcd failed while starting: %w", err)
-	case <-time.After(etcdReadyTimeout):
+		return nil, fmt.Errorf("etcd on %s failed while starting: %w", c.Client, err)
+	case <-time.After(readyTimeout):
 		e.Close()
-		return nil, fmt.Errorf("etcd not ready after %s%s", etcdReadyTimeout, see)
+		return nil, fmt.Errorf("etcd on %s not ready after %s%s", c.Client, readyTimeout, see)
 	case <-ctx.Done():
 		e.Close()
 		return nil, ctx.Err()
