@@ -436,7 +436,7 @@ func (r rules) judge(l *registry.Lease) verdict {
 		return verdict{reason: ReasonOwnPublicIP}
 	case subnet.Overlaps(r.own):
 		return verdict{reason: ReasonOwnSubnet}
-	case !r.network.Contains(subnet.Addr()) || subnet.Bits() < r.network.Bits():
+	case !registry.InNetwork(r.network, subnet):
 		return verdict{reason: ReasonOutsideNetwork}
 	case coveredLocal(r.local, subnet).IsValid():
 		return verdict{reason: ReasonLocal}
@@ -518,7 +518,7 @@ func keyOrder(leases []registry.Lease) []int {
 // on a 10.0.0.0/8 underlay) is routed as flanneld routes it.
 func coveredLocal(prefixes []netip.Prefix, p netip.Prefix) netip.Prefix {
 	for _, q := range prefixes {
-		if p.Bits() <= q.Bits() && p.Contains(q.Addr()) {
+		if registry.InNetwork(p, q) { // q lies in p
 			return q
 		}
 	}

@@ -47,7 +47,7 @@ func (o *AcquireOptions) Check(cfg Config) error {
 	if cfg.EnableIPv6 && !o.PublicIPv6.IsValid() {
 		return errors.New("acquire: the network config enables IPv6, and this node has no public IPv6 address")
 	}
-	if cfg.EnableIPv6 && (!o.PublicIPv6.Is6() || o.PublicIPv6.Is4In6() || o.PublicIPv6.Zone() != "") {
+	if cfg.EnableIPv6 && !PlainIPv6(o.PublicIPv6) {
 		return fmt.Errorf("acquire: public IPv6 %s is not a plain IPv6 address (IPv4-mapped or with a zone)", o.PublicIPv6)
 	}
 	if o.TTL == 0 {

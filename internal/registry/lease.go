@@ -118,12 +118,15 @@ func ParsePublicIP(s string) (netip.Addr, bool) {
 	return ip, err == nil && ip.Is4()
 }
 
-// ParsePublicIPv6 parses a lease's IPv6 next hop: no IPv4-mapped address,
-// no zone.
+// ParsePublicIPv6 parses a lease's IPv6 next hop (see PlainIPv6).
 func ParsePublicIPv6(s string) (netip.Addr, bool) {
 	ip, err := netip.ParseAddr(s)
-	return ip, err == nil && ip.Is6() && !ip.Is4In6() && ip.Zone() == ""
+	return ip, err == nil && PlainIPv6(ip)
 }
+
+// PlainIPv6 reports whether ip can be an IPv6 next hop in a lease: IPv6,
+// not IPv4-mapped, no zone.
+func PlainIPv6(ip netip.Addr) bool { return ip.Is6() && !ip.Is4In6() && ip.Zone() == "" }
 
 // InNetwork reports whether subnet lies in network.
 func InNetwork(network, subnet netip.Prefix) bool {

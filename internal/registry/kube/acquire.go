@@ -79,21 +79,21 @@ func (m *Manager) Acquire(ctx context.Context, opts registry.AcquireOptions) (re
 // published are the public IPs the Node must announce: each overwrite
 // annotation's, else ours (IPv6 only with EnableIPv6).
 func (m *Manager) published(cfg registry.Config, n *corev1.Node, opts registry.AcquireOptions) (v4, v6 netip.Addr, err error) {
-	pick := func(key string, ours netip.Addr, family string, is func(netip.Addr) bool) (netip.Addr, error) {
+	pick := func(key string, ours netip.Addr, family string, parse func(string) (netip.Addr, bool)) (netip.Addr, error) {
 		ov := n.Annotations[key]
 		if ov == "" {
 			return ours, nil
 		}
-		ip, err := netip.ParseAddr(ov)
-		if err != nil || !is(ip) {
+		ip, ok := parse(ov)
+		if !ok {
 			return netip.Addr{}, fmt.Errorf("node %s: annotation %s=%q is not an %s address", n.Name, key, ov, family)
 		}
 		return ip, nil
 	}
-	if v4, err = pick(m.ann.publicIPOverride, opts.PublicIP, "IPv4", netip.Addr.Is4); err != nil || !cfg.EnableIPv6 {
+	if v4, err = pick(m.ann.publicIPOverride, opts.PublicIP, "IPv4", registry.ParsePublicIP); err != nil || !cfg.EnableIPv6 {
 		return v4, netip.Addr{}, err
 	}
-	v6, err = pick(m.ann.publicIPv6Over, opts.PublicIPv6, "IPv6", func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() && a.Zone() == "" })
+	v6, err = pick(m.ann.publicIPv6Over, opts.PublicIPv6, "IPv6", registry.ParsePublicIPv6)
 	return v4, v6, err
 }
 
