@@ -236,20 +236,16 @@ func leaseCondition(cfg Config) string {
 // trying again with a growing pause. Wrong credentials and other errors
 // that a retry cannot fix end the agent at once.
 func dialEtcd(ctx context.Context, o registry.ClientOptions, log *slog.Logger) (*clientv3.Client, error) {
-	const maxPause = 10 * time.Second
-	pause := time.Second
+	pause := registry.NewBackoff(time.Second, 10*time.Second)
 	for {
 		cli, err := registry.Dial(ctx, o)
 		var unreachable *registry.UnreachableError
 		if err == nil || !errors.As(err, &unreachable) {
 			return cli, err
 		}
-		log.Warn("waiting for etcd", "err", err, "retry_in", pause)
-		select {
-		case <-ctx.Done():
+		log.Warn("waiting for etcd", "err", err, "retry_in", pause.Delay())
+		if !pause.Sleep(ctx) {
 			return nil, fmt.Errorf("waiting for etcd: %w", ctx.Err())
-		case <-time.After(pause):
 		}
-		pause = min(2*pause, maxPause)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/namedns"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/registry"
 )
 
 // Datapaths a lab can run.
@@ -124,8 +125,7 @@ func (l *Lab) startAgent(n Node) (*exec.Cmd, error) {
 // grows while it keeps dying quickly.
 func (l *Lab) superviseAgent(ctx context.Context, n Node, p *agentProc) {
 	defer close(p.done)
-	const minPause, maxPause = 100 * time.Millisecond, 5 * time.Second
-	pause := minPause
+	pause := registry.NewBackoff(100*time.Millisecond, 5*time.Second)
 	for {
 		if ctx.Err() != nil {
 			return
@@ -153,15 +153,12 @@ func (l *Lab) superviseAgent(ctx context.Context, n Node, p *agentProc) {
 			}
 			l.log.Warn("agent exited; restarting", "node", n.Name, "reason", werr, "log", n.AgentLog)
 			if time.Since(started) > 10*time.Second {
-				pause = minPause
+				pause.Reset()
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !pause.Sleep(ctx) {
 			return
-		case <-time.After(pause):
 		}
-		pause = min(2*pause, maxPause)
 	}
 }
 
