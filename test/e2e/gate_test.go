@@ -204,11 +204,7 @@ func TestRoutesRestartAfterEbpfLeavesNothingAttached(t *testing.T) {
 	l, ctx := startLabFor(t, 2*time.Minute, 2, 2, lab.DatapathEBPF)
 	st := l.State()
 	for _, n := range st.Nodes {
-		progs, err := attachedTC(st, n.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(progs) < 2+len(st.PodsOf(n.Name)) {
+		if progs := mustAttachedTC(t, st, n.Name); len(progs) < 2+len(st.PodsOf(n.Name)) {
 			t.Fatalf("%s: %d programs attached before the switch, want cni0, eth0 and every pod's veth: %+v", n.Name, len(progs), progs)
 		}
 	}

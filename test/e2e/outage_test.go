@@ -22,11 +22,12 @@ func TestEtcdOutage(t *testing.T) {
 	if err := l.StartEtcd(ctx); err != nil {
 		t.Fatal(err)
 	}
-	addFlannelNode(t, ctx, l, netip.MustParsePrefix("10.244.210.0/24"), 20*time.Second)
 	sent, got := wait()
 	if sent == 0 || got != sent {
 		t.Errorf("ping across the etcd outage: %d sent, %d received", sent, got)
 	}
+	// A lease added after the outage is followed.
+	addFlannelNode(t, ctx, l, netip.MustParsePrefix("10.244.210.0/24"), 20*time.Second)
 	pingAll(t, ctx, l.State())
 	// The agents' own leases survived the outage.
 	leases, err := l.Leases(ctx)
