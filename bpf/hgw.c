@@ -1009,9 +1009,8 @@ static __always_inline int replies_unreadable(const struct node_config *cfg, con
 	return !ep && !(cfg->flags & CONFIG_F_IGNORE_CONNTRACK) && !kern_ctx_usable();
 }
 
-/* The router's duties (route_checks) for f's packet, whose IP header l3
- * points at. family is f's, passed as read before ct_check handed f to the
- * kernel, so that it is still known when this is compiled. */
+/* The router's duties (route_checks) for the packet whose IP header of
+ * family l3 points at. */
 static __always_inline __u32 router_duties(struct __sk_buff *skb, __u32 family, void *l3, __u32 ifindex)
 {
 	if (family == FAMILY_IPV6)
@@ -1022,12 +1021,12 @@ static __always_inline __u32 router_duties(struct __sk_buff *skb, __u32 family, 
 /* from_pods' last steps for a packet to a pod in a peer's subnet, both
  * families: the conntrack rule, the router's duties, then out of ifindex
  * toward the peer node at nexthop, whose MAC the kernel's neighbour table
- * gives. */
-static __always_inline int to_peer(struct __sk_buff *skb, const struct node_config *cfg, struct flow *f, void *l3,
-				   __u32 at, int at_veth, const __u8 *nexthop, __u32 ifindex)
+ * gives. Each caller passes its family as a constant, so the compiler keeps
+ * only that family's branches. */
+static __always_inline int to_peer(struct __sk_buff *skb, const struct node_config *cfg, __u32 family, struct flow *f,
+				   void *l3, __u32 at, int at_veth, const __u8 *nexthop, __u32 ifindex)
 {
 	struct bpf_redir_neigh nh = {};
-	__u32 family = f->family;
 	__u32 reason;
 
 	reason = ct_check(skb, cfg, f, icmp_msg(skb, f), !at_veth, 0);
@@ -1049,16 +1048,15 @@ static __always_inline int to_peer(struct __sk_buff *skb, const struct node_conf
 }
 
 /* from_underlay's last steps for a packet to a pod of this node, both
- * families: only a peer's pod may send on the fast path, or an ICMP error
- * about a flow it carries (from a router on the way, say: ct_check looks at
- * the flow it quotes); then the conntrack rule, the router's duties, and
- * delivery. */
-static __always_inline int to_local_pod(struct __sk_buff *skb, const struct node_config *cfg, struct flow *f, void *l3,
-					__u32 at, int from_peer_pod)
+ * families (a constant from each caller, as for to_peer): only a peer's pod
+ * may send on the fast path, or an ICMP error about a flow it carries (from
+ * a router on the way, say: ct_check looks at the flow it quotes); then the
+ * conntrack rule, the router's duties, and delivery. */
+static __always_inline int to_local_pod(struct __sk_buff *skb, const struct node_config *cfg, __u32 family,
+					struct flow *f, void *l3, __u32 at, int from_peer_pod)
 {
 	struct endpoint_key ep_key = {};
 	struct endpoint_value *ep;
-	__u32 family = f->family;
 	__u32 reason;
 	int kind;
 
@@ -1113,7 +1111,7 @@ static __always_inline int pods4(struct __sk_buff *skb, const struct node_config
 		return pass(skb, at, REASON_DST_NOT_POD);
 
 	flow4(&f, ip);
-	return to_peer(skb, cfg, &f, ip, at, at_veth, rt->nexthop, rt->ifindex);
+	return to_peer(skb, cfg, FAMILY_IPV4, &f, ip, at, at_veth, rt->nexthop, rt->ifindex);
 }
 
 static __always_inline int pods6(struct __sk_buff *skb, const struct node_config *cfg, __u32 at, int at_veth)
@@ -1146,7 +1144,7 @@ static __always_inline int pods6(struct __sk_buff *skb, const struct node_config
 		return pass(skb, at, REASON_DST_NOT_POD);
 
 	flow6(&f, ip6);
-	return to_peer(skb, cfg, &f, ip6, at, at_veth, rt->nexthop, rt->ifindex);
+	return to_peer(skb, cfg, FAMILY_IPV6, &f, ip6, at, at_veth, rt->nexthop, rt->ifindex);
 }
 
 static __always_inline int underlay4(struct __sk_buff *skb, const struct node_config *cfg, __u32 at)
@@ -1175,7 +1173,7 @@ static __always_inline int underlay4(struct __sk_buff *skb, const struct node_co
 	if (in_pod_subnet(cfg, ip->saddr))
 		return pass(skb, at, REASON_SRC_NOT_POD);
 	flow4(&f, ip);
-	return to_local_pod(skb, cfg, &f, ip, at, peer_pod(ip->saddr));
+	return to_local_pod(skb, cfg, FAMILY_IPV4, &f, ip, at, peer_pod(ip->saddr));
 }
 
 /* from_underlay for IPv6: the same checks in the same order as IPv4's. */
@@ -1205,7 +1203,7 @@ static __always_inline int underlay6(struct __sk_buff *skb, const struct node_co
 	if (in_pod_subnet6(cfg, saddr))
 		return pass(skb, at, REASON_SRC_NOT_POD);
 	flow6(&f, ip6);
-	return to_local_pod(skb, cfg, &f, ip6, at, peer_pod6(saddr));
+	return to_local_pod(skb, cfg, FAMILY_IPV6, &f, ip6, at, peer_pod6(saddr));
 }
 
 /* How both programs start: every packet is counted by its frame's family
