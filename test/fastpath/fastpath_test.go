@@ -187,15 +187,16 @@ func detach(t *testing.T, n node) {
 	})
 }
 
-// redirected returns the packets of family ("ipv4", "ipv6") each program
-// redirected on n.
-func redirected(t *testing.T, n node, family string) (fromPods, fromUnderlay uint64) {
+// redirected returns the packets of the family named fam ("ipv4",
+// "ipv6") each program redirected on n.
+func redirected(t *testing.T, n node, fam string) (fromPods, fromUnderlay uint64) {
 	t.Helper()
-	return counted(t, n, family, datapath.FromPods, "redirect"), counted(t, n, family, datapath.FromUnderlay, "redirect")
+	return counted(t, n, fam, datapath.FromPods, "redirect"), counted(t, n, fam, datapath.FromUnderlay, "redirect")
 }
 
-// counted returns n's packet counter for family, program and reason.
-func counted(t *testing.T, n node, family string, p datapath.Program, reason string) uint64 {
+// counted returns n's packet counter for the family named fam, program
+// and reason; a counter the map does not have fails t.
+func counted(t *testing.T, n node, fam string, p datapath.Program, reason string) uint64 {
 	t.Helper()
 	var stats []datapath.Counter
 	withMaps(t, n, func(maps *datapath.Maps) (err error) {
@@ -203,11 +204,11 @@ func counted(t *testing.T, n node, family string, p datapath.Program, reason str
 		return err
 	})
 	for _, c := range stats {
-		if c.Family == family && c.Program == string(p) && c.Reason == reason {
+		if c.Family == fam && c.Program == string(p) && c.Reason == reason {
 			return c.Packets
 		}
 	}
-	t.Fatalf("no counter %s/%s/%s", family, p, reason)
+	t.Fatalf("no counter %s/%s/%s", fam, p, reason)
 	return 0
 }
 
