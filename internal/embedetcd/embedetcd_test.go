@@ -9,24 +9,16 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-)
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
+)
 
 // In this thread's namespace (Netns ""), it serves once Start returns.
 func TestStartServes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	client := freePort(t)
-	e, err := Start(ctx, Config{Name: "t", Dir: t.TempDir(), Client: client, Peer: freePort(t)})
+	client := testutil.FreeLoopbackAddr(t)
+	e, err := Start(ctx, Config{Name: "t", Dir: t.TempDir(), Client: client, Peer: testutil.FreeLoopbackAddr(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +43,7 @@ func TestStartNamesTheAddressItCannotListenOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	_, err = Start(context.Background(), Config{Name: "t", Dir: t.TempDir(), Client: taken.Addr().String(), Peer: freePort(t)})
+	_, err = Start(context.Background(), Config{Name: "t", Dir: t.TempDir(), Client: taken.Addr().String(), Peer: testutil.FreeLoopbackAddr(t)})
 	if err == nil || !strings.Contains(err.Error(), taken.Addr().String()) {
 		t.Fatalf("Start on a taken port: %v, want an error naming %s", err, taken.Addr())
 	}

@@ -16,13 +16,14 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // pki is a CA and the certificates issued by it, as PEM files.
@@ -93,16 +94,6 @@ func (p *pki) issue(t *testing.T, name string, server bool) (certFile, keyFile s
 	return p.write(t, name+".pem", "CERTIFICATE", der), p.write(t, name+"-key.pem", "EC PRIVATE KEY", kder)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startSecureEtcd starts an embedded etcd whose client URL is https when
 // tls is set, and returns its endpoint.
 func startSecureEtcd(t *testing.T, tls func(*embed.Config)) string {
@@ -115,8 +106,8 @@ func startSecureEtcd(t *testing.T, tls func(*embed.Config)) string {
 		scheme = "https"
 		tls(cfg)
 	}
-	client := url.URL{Scheme: scheme, Host: "127.0.0.1:" + strconv.Itoa(freePort(t))}
-	peer := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(freePort(t))}
+	client := url.URL{Scheme: scheme, Host: testutil.FreeLoopbackAddr(t)}
+	peer := url.URL{Scheme: "http", Host: testutil.FreeLoopbackAddr(t)}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)

@@ -4,11 +4,9 @@ package etcdtest
 
 import (
 	"context"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hgw-ebpf/hgw-ebpf/internal/embedetcd"
+	"github.com/hgw-ebpf/hgw-ebpf/internal/testutil"
 )
 
 // Server is an embedded etcd listening on loopback. Its data survive Stop,
@@ -45,7 +44,8 @@ func Start(t testing.TB) *Server {
 	t.Cleanup(s.relay.close) // after Stop: cleanups run last in, first out
 	// A port found free may be taken before etcd binds it: try a few.
 	for range 3 {
-		s.client, s.peer = loopbackURL(t), loopbackURL(t)
+		s.client = url.URL{Scheme: "http", Host: testutil.FreeLoopbackAddr(t)}
+		s.peer = url.URL{Scheme: "http", Host: testutil.FreeLoopbackAddr(t)}
 		if err = s.start(); err == nil {
 			break
 		}
@@ -55,16 +55,6 @@ func Start(t testing.TB) *Server {
 	}
 	t.Cleanup(s.Stop)
 	return s
-}
-
-func loopbackURL(t testing.TB) url.URL {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("etcdtest: find a free port: %v", err)
-	}
-	defer l.Close()
-	return url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)}
 }
 
 func (s *Server) start() error {
